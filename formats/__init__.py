@@ -1,0 +1,21 @@
+"""lowbit.formats: what a format is. Specs, the catalogue, and exact
+encode / decode / quantize for every family."""
+
+from .block_format import E8M0, BlockFormat
+from .catalogue import CATALOGUE, get_format, list_formats, p3109
+from .element import ElementFormat
+from .encoded import Encoded
+from .float_format import FloatFormat
+from .int_format import IntFormat
+from .microexponent import MicroexponentFormat
+from .packing import pack, unpack
+from .rounding import OVERFLOW_POLICIES, ROUNDING_MODES
+from .scaled import ScaledFormat
+
+FAMILIES = {cls.__name__: cls for cls in (FloatFormat, IntFormat, BlockFormat, MicroexponentFormat)}
+
+__all__ = [
+    "BlockFormat", "CATALOGUE", "E8M0", "ElementFormat", "Encoded", "FAMILIES", "FloatFormat", "IntFormat",
+    "MicroexponentFormat", "OVERFLOW_POLICIES", "ROUNDING_MODES", "ScaledFormat", "get_format", "list_formats",
+    "p3109", "pack", "unpack",
+]

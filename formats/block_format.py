@@ -1,0 +1,167 @@
+"""BlockFormat: an element format, a block size along an axis, and a scale
+format with a scale rule (OCP MX, NVFP4).
+
+A block's value is ``element * scale`` (``* tensor_scale`` with NVFP4's
+per-tensor scale). Elements always saturate. A block holding NaN or Inf gets
+the NaN scale code and decodes to all NaN. An all-zero block gets the
+smallest scale and zero elements.
+
+Power-of-two scales (a scale format without mantissa, E8M0) follow one of
+four rules, with amax the block's largest magnitude, ``emax_elem`` the
+exponent of the element's largest value and ``max_elem`` that value:
+
+- ``floor`` (OCP MX v1.0): 2**(floor(log2 amax) - emax_elem)
+- ``ceil``: 2**(ceil(log2 amax) - emax_elem)
+- ``rceil`` (NVIDIA): 2**ceil(log2(amax / max_elem)), the smallest power of
+  two with amax / scale <= max_elem
+- ``even``: amax first rounded to nearest (ties to even) at the element's
+  mantissa width, then the floor rule
+
+The scale exponent is clamped to the scale format's range ([-127, 127] for
+E8M0). A scale format with a mantissa (NVFP4's E4M3) uses the ``amax`` rule:
+amax / max_elem rounded to nearest even in the scale format (saturating).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .arrays import pow2
+from .element import ElementFormat
+from .float_format import FloatFormat
+from .int_format import IntFormat
+from .rounding import Rounder
+from .scaled import BlockCodes, ScaledFormat
+
+POWER_OF_TWO_RULES = ("floor", "ceil", "rceil", "even")
+
+E8M0 = FloatFormat(8, 0, bias=127, signed=False, subnormals=False, specials="fn", name="e8m0")
+
+
+@dataclass(frozen=True)
+class BlockFormat(ScaledFormat):
+    """``element`` values sharing one ``scale`` per ``block_size`` elements."""
+
+    element: ElementFormat
+    block_size: int = 32
+    scale: FloatFormat = E8M0
+    scale_rule: str = ""
+    tensor_scale: bool = False
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.element, ElementFormat):
+            raise TypeError(f"element must be a FloatFormat or IntFormat, got {type(self.element).__name__}")
+        if not isinstance(self.scale, FloatFormat):
+            raise TypeError(f"scale must be a FloatFormat, got {type(self.scale).__name__}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive int, got {self.block_size!r}")
+        if not self.scale.has_nan:
+            raise ValueError(f"the scale format needs a NaN code for NaN blocks; {self.scale.name} has none")
+        if not self.scale_rule:
+            object.__setattr__(self, "scale_rule", "floor" if self._power_of_two_scale else "amax")
+        self._check_rule(self.scale_rule)
+        if self.tensor_scale and self._power_of_two_scale:
+            raise ValueError("tensor_scale=True applies to scale formats with a mantissa (NVFP4's E4M3), not to power-of-two scales")
+        if not self.name:
+            object.__setattr__(self, "name", f"mx({self.element.name},{self.block_size})" if self.scale == E8M0
+                               else f"block({self.element.name},{self.block_size},{self.scale.name})")
+
+    @property
+    def _power_of_two_scale(self) -> bool:
+        return self.scale.man_bits == 0
+
+    def _check_rule(self, rule: str) -> str:
+        allowed = POWER_OF_TWO_RULES if self._power_of_two_scale else ("amax",)
+        if rule not in allowed:
+            raise ValueError(f"scale_rule for {self.scale.name} scales must be one of {', '.join(allowed)}; got {rule!r}")
+        return rule
+
+    # -- properties ------------------------------------------------------------------
+    @property
+    def bits(self) -> float:
+        """Storage bits per element, the amortised scale included (MXFP4: 4.25)."""
+        return self.element.nbits + self.scale.nbits / self.block_size
+
+    @property
+    def element_code_bits(self) -> int:
+        return self.element.nbits
+
+    @property
+    def scale_code_bits(self) -> int:
+        return self.scale.nbits
+
+    @property
+    def max(self) -> float:
+        """Largest finite value: the largest element times the largest scale."""
+        return self.element.max * self.scale.max
+
+    @property
+    def _element_emax(self) -> int:
+        return self.element.emax
+
+    @property
+    def _element_mantissa_bits(self) -> int:
+        if isinstance(self.element, IntFormat):
+            return max(self.element.nbits - 1 - self.element.signed, 0)
+        return self.element.man_bits
+
+    # -- exact kernels ---------------------------------------------------------------
+    def _scale_exponent(self, amax: torch.Tensor, rule: str) -> torch.Tensor:
+        """Power-of-two scale exponents for positive finite amax."""
+        _, ex = torch.frexp(amax)
+        floor_log2 = ex.to(torch.int64) - 1
+        if rule == "floor":
+            return floor_log2 - self._element_emax
+        if rule == "ceil":
+            is_pow2 = amax == pow2(floor_log2)
+            return floor_log2 + (~is_pow2).to(torch.int64) - self._element_emax
+        if rule == "even":
+            m = self._element_mantissa_bits
+            carry = amax >= pow2(floor_log2) * (2.0 - 2.0 ** -(m + 1))
+            return floor_log2 + carry.to(torch.int64) - self._element_emax
+        # rceil: smallest s with amax <= max_elem * 2**s
+        s = torch.ceil(torch.log2(amax / self.element.max)).to(torch.int64)
+        s = s + (amax > self.element.max * pow2(s)).to(torch.int64)
+        return s - (amax <= self.element.max * pow2(s - 1)).to(torch.int64)
+
+    def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None) -> BlockCodes:
+        rule = self._check_rule(scale_rule or self.scale_rule)
+        finite = torch.isfinite(blocks)
+        bad_block = ~finite.all(dim=-1)
+        magnitudes = torch.where(finite, blocks.abs(), 0.0)
+        amax = magnitudes.amax(dim=-1) if blocks.shape[-1] else torch.zeros(blocks.shape[:-1], dtype=blocks.dtype)
+
+        tensor_scale = None
+        divisor = torch.ones_like(amax)
+        if self.tensor_scale:
+            total = magnitudes.max() if magnitudes.numel() else torch.tensor(0.0)
+            ts = (total.to(torch.float32) / float(self.scale.max * self.element.max)) if 0 < float(total) < math.inf else torch.tensor(1.0)
+            tensor_scale = float(ts.to(torch.float32)) or 1.0
+            divisor = divisor * tensor_scale
+
+        nearest = Rounder("nearest_even", torch.zeros_like(amax, dtype=torch.bool))
+        if self._power_of_two_scale:
+            lowest, highest = self.scale.emin, self.scale.emax
+            exponent = torch.where(amax > 0, self._scale_exponent(torch.where(amax > 0, amax, 1.0), rule), lowest)
+            scale_values = pow2(exponent.clamp(lowest, highest))
+            scale_codes, _ = self.scale._encode_exact(scale_values, nearest, "saturate")
+        else:
+            scale_codes, _ = self.scale._encode_exact(amax / (divisor * self.element.max), nearest, "saturate")
+            scale_values = self.scale._decode_exact(scale_codes)
+
+        full_scale = (scale_values * divisor)[..., None]
+        safe_scale = torch.where(full_scale > 0, full_scale, 1.0)
+        element_codes, _ = self.element._encode_exact(torch.where(finite, blocks, 0.0) / safe_scale, rounder, "saturate")
+        element_codes = torch.where((full_scale > 0) & ~bad_block[..., None], element_codes, 0)
+        scale_codes = torch.where(bad_block, self.scale._nan_code(torch.zeros_like(bad_block)), scale_codes)
+        return BlockCodes(element_codes, scale_codes, tensor_scale=tensor_scale)
+
+    def _decode_blocks(self, codes: BlockCodes) -> torch.Tensor:
+        scale = self.scale._decode_exact(codes.scales)
+        if codes.tensor_scale is not None:
+            scale = scale * codes.tensor_scale
+        return self.element._decode_exact(codes.elements) * scale[..., None]

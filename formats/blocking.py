@@ -1,0 +1,48 @@
+"""Cutting a tensor into blocks along one axis, and putting it back.
+
+The blocked axis is moved last and zero-padded to a multiple of the block
+size; the blocks are then the last dimension of shape (..., nblocks, block).
+Padding takes part in the computation as zeros (it never raises a block's
+amax) and is dropped again on the way out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where the blocks of a tensor of ``shape`` blocked along ``axis`` lie."""
+
+    shape: tuple[int, ...]
+    axis: int
+    block: int
+
+    @property
+    def length(self) -> int:
+        return self.shape[self.axis] if self.shape else 1
+
+    @property
+    def nblocks(self) -> int:
+        return -(-self.length // self.block)
+
+    @property
+    def blocked_shape(self) -> tuple[int, ...]:
+        """Shape of the blocks: the other axes in order, then (nblocks, block)."""
+        others = tuple(n for i, n in enumerate(self.shape) if i != self.axis)
+        return (*others, self.nblocks, self.block)
+
+    def to_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.reshape(1) if x.dim() == 0 else x
+        t = torch.movedim(t, self.axis, -1)
+        t = torch.nn.functional.pad(t, (0, self.nblocks * self.block - self.length))
+        return t.reshape(self.blocked_shape)
+
+    def from_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        t = blocks.reshape(*self.blocked_shape[:-2], self.nblocks * self.block)[..., : self.length]
+        if not self.shape:
+            return t.reshape(())
+        return torch.movedim(t, -1, self.axis)

@@ -1,0 +1,64 @@
+"""Dense bit packing of k-bit codes (1 <= k <= 16).
+
+Layout (little-endian bit order): code i occupies bits i*k .. i*k + k - 1 of
+the packed stream, its least significant bit first; bit j of the stream is
+bit (j % 8) of byte j // 8. So 4-bit codes [a, b] pack into one byte
+``a | b << 4``, and n codes take ceil(n * k / 8) bytes; unused high bits of
+the last byte are zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _check_bits(bits: Any) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise ValueError(f"bits must be an int in 1..16, got {bits!r}")
+
+
+def pack(codes: Any, bits: int) -> Any:
+    """Pack the codes (flattened, C order) into a uint8 array/tensor.
+
+    ``codes`` is an unsigned or signed integer numpy array or torch tensor
+    whose values lie in [0, 2**bits); the result has the same kind and device.
+    """
+    _check_bits(bits)
+    is_numpy = isinstance(codes, np.ndarray)
+    if not is_numpy and not isinstance(codes, torch.Tensor):
+        raise TypeError(f"codes must be a numpy array or torch tensor, got {type(codes).__name__}")
+    t = torch.from_numpy(np.ascontiguousarray(codes)) if is_numpy else codes
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"codes must be integers, got dtype {t.dtype}")
+    t = t.reshape(-1).to(torch.int64)
+    if t.numel() and (bool((t < 0).any()) or bool((t >> bits).any())):
+        raise ValueError(f"codes must lie in [0, {1 << bits}) to pack into {bits} bits")
+    shifts = torch.arange(bits, device=t.device)
+    stream = ((t[:, None] >> shifts) & 1).reshape(-1)
+    stream = torch.nn.functional.pad(stream, (0, (-stream.numel()) % 8))
+    packed = (stream.reshape(-1, 8) << torch.arange(8, device=t.device)).sum(dim=1).to(torch.uint8)
+    return packed.cpu().numpy() if is_numpy else packed
+
+
+def unpack(data: Any, bits: int, count: int) -> Any:
+    """Inverse of :func:`pack`: the first ``count`` codes of the packed bytes,
+    as uint8 (bits <= 8) or uint16, in the kind and device of ``data``."""
+    _check_bits(bits)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"count must be a non-negative int, got {count!r}")
+    is_numpy = isinstance(data, np.ndarray)
+    if not is_numpy and not isinstance(data, torch.Tensor):
+        raise TypeError(f"data must be a numpy array or torch tensor, got {type(data).__name__}")
+    t = torch.from_numpy(np.ascontiguousarray(data)) if is_numpy else data
+    if t.dtype != torch.uint8:
+        raise TypeError(f"data must be uint8 bytes, got dtype {t.dtype}")
+    t = t.reshape(-1)
+    if t.numel() * 8 < count * bits:
+        raise ValueError(f"{t.numel()} bytes hold fewer than count={count} codes of {bits} bits")
+    stream = ((t.to(torch.int64)[:, None] >> torch.arange(8, device=t.device)) & 1).reshape(-1)[: count * bits]
+    codes = (stream.reshape(count, bits) << torch.arange(bits, device=t.device)).sum(dim=1)
+    codes = codes.to(torch.uint8 if bits <= 8 else torch.uint16)
+    return codes.cpu().numpy() if is_numpy else codes
