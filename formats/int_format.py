@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .arrays import pow2
@@ -94,9 +95,17 @@ class IntFormat(ElementFormat):
     def emax(self) -> int:
         return math.frexp(self.max)[1] - 1
 
+    def values(self) -> np.ndarray:
+        """Every value, sorted ascending (without the unused code when narrow)."""
+        values = super().values()
+        return values[values >= self.min]
+
     def _encode_exact(self, x64: torch.Tensor, rounder: Rounder, overflow: str):
         nan_in = torch.isnan(x64)
-        a = torch.where(nan_in, 0.0, x64.abs()).clamp(max=2.0 ** 80) * pow2(self.frac_bits)
+        # magnitudes far below one step all round alike; keeping them >= 2**-900
+        # stops the scaling by 2**frac_bits from underflowing to zero
+        a = torch.where(nan_in, 0.0, x64.abs()).clamp(max=2.0 ** 80)
+        a = torch.where(a > 0, a.clamp(min=2.0 ** -900), a) * pow2(self.frac_bits)
         lo = torch.floor(a)
         upper = rounder.pick_upper(a, lo, lo + 1, torch.remainder(lo, 2) == 1)
         q = (lo + upper.to(torch.float64)) * torch.where(rounder.negative, -1.0, 1.0)

@@ -1,0 +1,15 @@
+"""Small comparison helpers for the tests."""
+
+import numpy as np
+
+
+def assert_same_values(actual, expected, context=""):
+    """Equal as float64, NaN matching NaN, and the sign of zero included."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    assert a.shape == e.shape, (a.shape, e.shape)
+    same = (a == e) & (np.signbit(a) == np.signbit(e)) | (np.isnan(a) & np.isnan(e))
+    if not same.all():
+        bad = np.flatnonzero(~same.reshape(-1))[:8]
+        raise AssertionError(f"{context}: {(~same).sum()} mismatches; first: "
+                             + ", ".join(f"[{i}] got {a.reshape(-1)[i]!r} expected {e.reshape(-1)[i]!r}" for i in bad))
