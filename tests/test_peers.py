@@ -203,7 +203,7 @@ def test_mx_blocks_like_gfloat_floor_rule(name, info):
 def test_mxint8_is_symmetric_by_default_unlike_gfloat():
     """OCP MXINT8 elements are symmetric (-127/64..127/64) by default; the
     full two's complement range (-2.0, as gfloat) is IntFormat(narrow=False)."""
-    x = np.float32([-2.0] + [1.0] * 31)
+    x = np.float32([-1.999] + [1.0] * 31)
     assert lowbit.get_format("mxint8").quantize(x)[0] == np.float32(-127 / 64)
     assert MXINT8_FULL.quantize(x)[0] == -2.0
     assert gfloat.quantize_block(format_info_mxint8, x.astype(np.float64), gfloat.compute_scale_amax)[0] == -2.0
