@@ -19,7 +19,16 @@ exponent of the element's largest value and ``max_elem`` that value:
 
 The scale exponent is clamped to the scale format's range ([-127, 127] for
 E8M0). A scale format with a mantissa (NVFP4's E4M3) uses the ``amax`` rule:
-amax / max_elem rounded to nearest even in the scale format (saturating).
+amax / max_elem rounded to nearest even in the scale format (saturating); a
+block whose scale rounds to zero decodes to zeros. amax / max_elem and
+x / scale are formed in float64, which is exact for float32 and narrower
+inputs' rounding decisions (a float32 quotient cannot land within 2**-53 of
+a tie without being one); float64 inputs can differ in the last place.
+
+``tensor_scale=True`` (NVFP4's second level): a float32 scale
+ts = float32(amax_tensor) / (max_scale * max_elem), computed in float32,
+divides first; decoding multiplies element * block scale (exact) by ts in
+float32, so decoded values are float32 numbers.
 """
 
 from __future__ import annotations
@@ -161,7 +170,9 @@ class BlockFormat(ScaledFormat):
         return BlockCodes(element_codes, scale_codes, tensor_scale=tensor_scale)
 
     def _decode_blocks(self, codes: BlockCodes) -> torch.Tensor:
-        scale = self.scale._decode_exact(codes.scales)
-        if codes.tensor_scale is not None:
-            scale = scale * codes.tensor_scale
-        return self.element._decode_exact(codes.elements) * scale[..., None]
+        values = self.element._decode_exact(codes.elements) * self.scale._decode_exact(codes.scales)[..., None]
+        if codes.tensor_scale is None:
+            return values
+        # element * block scale is exact in float32; the float32 tensor scale
+        # multiplies it in float32 (one rounding), as a float32 datapath does
+        return (values.to(torch.float32) * torch.tensor(codes.tensor_scale, dtype=torch.float32)).to(torch.float64)
