@@ -44,18 +44,6 @@ class InputKind:
             return out[()]
         return out
 
-    def restore_codes(self, codes: torch.Tensor) -> Any:
-        """Give integer codes back as a torch tensor or a numpy array (a
-        numpy scalar or Python int for scalar inputs)."""
-        if self.kind == "torch":
-            return codes
-        out = codes.cpu().numpy()
-        if self.kind == "python":
-            return int(out)
-        if self.kind == "numpy_scalar":
-            return out[()]
-        return out
-
 
 def _check_cast_is_exact(t64: torch.Tensor, out: Any, dtype: Any) -> None:
     if dtype in (torch.float64, np.float64, np.dtype(np.float64)):
@@ -92,7 +80,7 @@ def as_float64(x: Any, name: str = "x") -> tuple[torch.Tensor, InputKind]:
                 f"got dtype {arr.dtype}"
             )
         kind = "numpy_scalar" if isinstance(x, np.generic) else "numpy"
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = torch.from_numpy(arr if arr.flags.c_contiguous and arr.flags.writeable else arr.copy())
         return t.to(torch.float64), InputKind(kind, arr.dtype, torch.device("cpu"))
     if isinstance(x, bool) or not isinstance(x, int | float):
         raise TypeError(

@@ -71,6 +71,8 @@ class FloatFormat(ElementFormat):
             raise TypeError(f"bias must be an int, got {type(self.bias).__name__}")
         if self.subnormals is False and self.specials == "ieee" and self.man_bits == 0:
             raise ValueError("an IEEE-style format without mantissa and subnormals has no zero and no NaN; use specials='fn'")
+        if self.signed and not self.has_zero:
+            raise ValueError("a signed format needs a zero: give it man_bits >= 1 or subnormals=True (only unsigned formats like E8M0 may lack zero)")
         if self.max_code < 1:
             raise ValueError("the format has no finite nonzero value")
         top_exponent = (self.max_code >> self.man_bits) - self.bias
