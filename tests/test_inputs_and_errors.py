@@ -1,0 +1,141 @@
+"""Input kinds, dtypes and devices in and out; bad input gives clear errors;
+inputs are never modified."""
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit
+from lowbit.formats import BlockFormat, FloatFormat, IntFormat, MicroexponentFormat
+
+
+def test_python_and_numpy_scalars():
+    assert lowbit.quantize(0.3, "fp8_e4m3") == 0.3125 and isinstance(lowbit.quantize(0.3, "fp8_e4m3"), float)
+    y = lowbit.quantize(np.float32(0.3), "fp8_e4m3")
+    assert isinstance(y, np.float32) and y == np.float32(0.3125)
+    assert lowbit.encode(0.3125, "fp8_e4m3") == 0x2A
+    assert lowbit.decode(0x2A, "fp8_e4m3") == 0.3125
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_numpy_dtype_kept(dtype):
+    x = np.linspace(-10, 10, 7, dtype=dtype)
+    y = lowbit.quantize(x, "fp8_e4m3")
+    assert isinstance(y, np.ndarray) and y.dtype == dtype and y.shape == x.shape
+
+
+def test_code_dtypes_are_narrowest_unsigned():
+    assert lowbit.encode(np.ones(3, np.float32), "fp8_e4m3").dtype == np.uint8
+    assert lowbit.encode(np.ones(3, np.float32), "fp4_e2m1").dtype == np.uint8
+    assert lowbit.encode(np.ones(3, np.float32), "bf16").dtype == np.uint16
+    assert lowbit.encode(np.ones(3, np.float32), "fp32").dtype == np.uint32
+    assert lowbit.encode(torch.ones(3), "fp16").dtype == torch.uint16
+
+
+def test_inputs_are_not_modified():
+    x = np.array([0.3, np.nan, -1e9, 2.0 ** -140], dtype=np.float32)
+    t = torch.tensor(x)
+    keep_x, keep_t = x.copy(), t.clone()
+    for name in ("fp8_e4m3", "mxfp4", "mx6", "int4"):
+        lowbit.quantize(x, name, flush_subnormals=True)
+        lowbit.quantize(t, name, flush_subnormals=True)
+    np.testing.assert_array_equal(x, keep_x)
+    assert torch.equal(t.nan_to_num(), keep_t.nan_to_num())
+
+
+def test_flush_subnormals_only_when_asked():
+    x = np.float32([2.0 ** -140])
+    assert lowbit.quantize(x, "fp32")[0] == x[0]
+    assert lowbit.quantize(x, "fp32", flush_subnormals=True)[0] == 0
+
+
+def test_non_contiguous_and_read_only_inputs():
+    x = np.arange(40, dtype=np.float32).reshape(8, 5)[:, ::2]
+    np.testing.assert_array_equal(lowbit.quantize(x, "fp8_e4m3"), lowbit.quantize(np.ascontiguousarray(x), "fp8_e4m3"))
+    r = np.arange(5, dtype=np.float32)
+    r.flags.writeable = False
+    lowbit.quantize(r, "int4")
+
+
+def test_result_the_input_dtype_cannot_hold_raises():
+    with pytest.raises(ValueError, match="cannot represent exactly"):
+        lowbit.quantize(np.float16([65504.0]), "bf16")  # rounds to 65536, beyond float16
+
+
+@pytest.mark.parametrize("bad", [np.arange(3), torch.arange(3), torch.ones(3, dtype=torch.complex64),
+                                 np.ones(3, dtype=np.complex128), "1.0", [1.0, 2.0], True, torch.ones(3, dtype=torch.bool)])
+def test_non_float_inputs_raise_type_error(bad):
+    with pytest.raises(TypeError, match="float"):
+        lowbit.quantize(bad, "fp8_e4m3")
+
+
+def test_unknown_names_list_close_matches():
+    with pytest.raises(ValueError, match="unknown format 'mxfp5'.*mxfp4"):
+        lowbit.get_format("mxfp5")
+    with pytest.raises(TypeError):
+        lowbit.get_format(8)
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: FloatFormat(0, 3), "exp_bits must be at least 1"),
+    (lambda: FloatFormat(4, -1), "man_bits must be at least 0"),
+    (lambda: FloatFormat(8, 30), "2..32 bits"),
+    (lambda: FloatFormat(4, 3, specials="weird"), "specials must be one of"),
+    (lambda: FloatFormat(4, 3, signed=False, specials="fnuz"), "needs signed=True"),
+    (lambda: FloatFormat(11, 10), "float64's normal range"),
+    (lambda: FloatFormat(4, 0, subnormals=False, specials="none"), "signed format needs a zero"),
+    (lambda: FloatFormat(4.0, 3), "exp_bits must be an int"),
+    (lambda: IntFormat(1), "2..32 bits"),
+    (lambda: IntFormat(8, signed=False, narrow=True), "needs signed=True"),
+    (lambda: BlockFormat(FloatFormat(2, 1, specials="none"), 0), "block_size must be a positive int"),
+    (lambda: BlockFormat(FloatFormat(2, 1, specials="none"), 32, scale=FloatFormat(2, 1, specials="none")), "needs a NaN code"),
+    (lambda: MicroexponentFormat(4, 16, 3), "divisor of block_size"),
+    (lambda: MicroexponentFormat(0), "man_bits must lie in"),
+])
+def test_invalid_format_parameters(build, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        build()
+
+
+def test_bad_policies_and_axis():
+    x = np.ones((2, 32), np.float32)
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        lowbit.quantize(x, "fp8_e4m3", rounding="nearest")
+    with pytest.raises(ValueError, match="overflow must be one of"):
+        lowbit.quantize(x, "fp8_e4m3", overflow="wrap")
+    with pytest.raises(ValueError, match="overflow='inf' needs a format with infinities; fp8_e4m3 has none"):
+        lowbit.quantize(x, "fp8_e4m3", overflow="inf")
+    with pytest.raises(ValueError, match="overflow='nan' needs a format with NaN"):
+        lowbit.quantize(x, "fp4_e2m1", overflow="nan")
+    with pytest.raises(ValueError, match="axis 2 is out of range"):
+        lowbit.quantize(x, "mxfp4", axis=2)
+    with pytest.raises(TypeError, match="axis must be an int"):
+        lowbit.quantize(x, "mxfp4", axis=1.0)
+    with pytest.raises(ValueError, match="backend must be"):
+        lowbit.quantize(x, "fp8_e4m3", backend="gpu")
+
+
+def test_bad_codes():
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 256\)"):
+        lowbit.decode(np.array([256]), "fp8_e4m3")
+    with pytest.raises(ValueError, match=r"\[0, 16\)"):
+        lowbit.decode(np.array([-1]), "fp4_e2m1")
+    with pytest.raises(TypeError, match="integer"):
+        lowbit.decode(np.array([1.0]), "fp8_e4m3")
+    with pytest.raises(TypeError, match="decodes an Encoded"):
+        lowbit.get_format("mxfp4").decode(np.array([1]))
+    enc = lowbit.encode(np.ones(32, np.float32), "mxfp4")
+    with pytest.raises(ValueError, match="does not match"):
+        lowbit.decode(enc, "mxfp6_e2m3")
+
+
+def test_nan_into_format_without_nan_is_an_encode_error():
+    with pytest.raises(ValueError, match="nan cannot be encoded in int8: the format has no NaN"):
+        lowbit.encode(np.float32([1, np.nan]), "int8")
+    assert np.isnan(lowbit.quantize(np.float32([np.nan]), "int8")).all()
+
+
+def test_empty_and_zero_dim_inputs():
+    for name in ("fp8_e4m3", "mxfp4", "mx6"):
+        assert lowbit.quantize(np.zeros((0, 3), np.float32), name).shape == (0, 3)
+        assert lowbit.quantize(torch.tensor(1.5), name).shape == ()
