@@ -36,7 +36,8 @@ class InputKind:
         if self.kind == "torch":
             out = t64.to(self.dtype)
         else:
-            out = t64.cpu().numpy().astype(self.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = t64.cpu().numpy().astype(self.dtype)
         _check_cast_is_exact(t64, out, self.dtype)
         if self.kind == "python":
             return float(out)

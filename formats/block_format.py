@@ -109,6 +109,11 @@ class BlockFormat(ScaledFormat):
         return self.element.max * self.scale.max
 
     @property
+    def min_subnormal(self) -> float:
+        """Smallest positive value: the smallest element times the smallest scale."""
+        return self.element.min_subnormal * self.scale.min_subnormal
+
+    @property
     def _element_emax(self) -> int:
         return self.element.emax
 

@@ -89,6 +89,11 @@ class MicroexponentFormat(ScaledFormat):
         return -self._exp_bias
 
     @property
+    def min_subnormal(self) -> float:
+        """Smallest positive value: magnitude 1 at the lowest exponent, fully shifted."""
+        return 2.0 ** (self.emin - ((1 << self.micro_bits) - 1) - self.man_bits + 1)
+
+    @property
     def max(self) -> float:
         return float((1 << self.man_bits) - 1) * 2.0 ** (self.emax - self.man_bits + 1)
 

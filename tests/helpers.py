@@ -5,8 +5,8 @@ import numpy as np
 
 def assert_same_values(actual, expected, context=""):
     """Equal as float64, NaN matching NaN, and the sign of zero included."""
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual).astype(np.float64)
+    e = np.asarray(expected).astype(np.float64)
     assert a.shape == e.shape, (a.shape, e.shape)
     same = (a == e) & (np.signbit(a) == np.signbit(e)) | (np.isnan(a) & np.isnan(e))
     if not same.all():

@@ -1,0 +1,107 @@
+"""The ``lowbit`` command: look formats up and encode values by hand.
+
+    lowbit info [FORMAT ...]     properties of formats (no FORMAT: the whole catalogue)
+    lowbit values FORMAT         every value of an element format with its code
+    lowbit encode FORMAT VALUE…  codes and bit fields of values
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import numpy as np
+
+from lowbit.formats import CATALOGUE, ElementFormat, FloatFormat, get_format, unpack
+from lowbit.formats.describe import bit_fields, catalogue_markdown, number, properties
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    if not args.formats:
+        print(f"lowbit catalogue: {len(CATALOGUE)} formats (lowbit info NAME for one)\n")
+        print(catalogue_markdown())
+        return
+    print("\n\n".join(_table(properties(get_format(name))) for name in args.formats))
+
+
+def cmd_values(args: argparse.Namespace) -> None:
+    fmt = get_format(args.format)
+    if not isinstance(fmt, ElementFormat):
+        raise ValueError(f"{fmt.name} is a scaled format; list its element format's values instead")
+    codes, values = fmt.codes_of_values()
+    hex_width = (fmt.nbits + 3) // 4
+    print(f"{'code':>{hex_width + 2}}  {'bits':<{fmt.nbits + 2}}  value")
+    for code, value in zip(codes, values):
+        print(f"0x{int(code):0{hex_width}x}  {bit_fields(fmt, int(code)):<{fmt.nbits + 2}}  {number(value) if np.isfinite(value) else value}")
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    fmt = get_format(args.format)
+    x = np.array(args.values, dtype=np.float64)
+    policy = {"rounding": args.rounding}
+    if isinstance(fmt, ElementFormat):
+        codes = np.atleast_1d(fmt.encode(x, overflow=args.overflow, **policy))
+        decoded = np.atleast_1d(fmt.decode(codes, dtype=np.float64))
+        hex_width = (fmt.nbits + 3) // 4
+        fields = "sign|exponent|mantissa" if isinstance(fmt, FloatFormat) else "bits"
+        width = max(fmt.nbits + 2, len(fields))
+        print(f"{'value':>14}  {'code':<{hex_width + 2}}  {fields:<{width}}  decoded")
+        for v, c, d in zip(x, codes, decoded):
+            print(f"{float(v)!r:>14}  0x{int(c):0{hex_width}x}  {bit_fields(fmt, int(c)):<{width}}  {number(d) if np.isfinite(d) else d}")
+        return
+    if args.overflow is not None:
+        raise ValueError("--overflow does not apply to scaled formats: their elements always saturate")
+    enc = fmt.encode(x, **policy)
+    decoded = enc.decode(dtype=np.float64)
+    scales = np.atleast_1d(enc.scales.numpy())
+    print(f"{fmt.name}: {x.size} values in {scales.size} block(s) of {fmt.block_size}, {enc.nbytes} bytes")
+    print("scale codes: " + " ".join(f"0x{int(s):02x}" for s in scales))
+    count = scales.size * fmt.block_size
+    if enc.subscales is not None:
+        shifts = unpack(enc.subscales, fmt.subscale_code_bits, count // fmt.sub_block).numpy()
+        print("sub-block shifts: " + " ".join(str(int(s)) for s in shifts))
+    element_codes = unpack(enc.elements, fmt.element_code_bits, count).numpy()[: x.size]
+    print(f"{'value':>14}  element code  decoded")
+    for v, c, d in zip(x, element_codes, decoded):
+        print(f"{float(v)!r:>14}  0x{int(c):02x}          {number(d) if np.isfinite(d) else d}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lowbit", description="Exact emulation of low-precision number formats.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="properties of formats; the whole catalogue without arguments")
+    info.add_argument("formats", nargs="*", metavar="FORMAT")
+    info.set_defaults(run=cmd_info)
+    values = sub.add_parser("values", help="every value of an element format with its code")
+    values.add_argument("format", metavar="FORMAT")
+    values.set_defaults(run=cmd_values)
+    enc = sub.add_parser("encode", help="codes and bit fields of values")
+    enc.add_argument("format", metavar="FORMAT")
+    enc.add_argument("values", nargs="+", type=float, metavar="VALUE")
+    enc.add_argument("--rounding", default="nearest_even")
+    enc.add_argument("--overflow", default=None)
+    enc.set_defaults(run=cmd_encode)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lowbit values bf16 | head` ends quietly
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, TypeError) as error:
+        print(f"lowbit: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
