@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from .arrays import InputKind, as_float64
@@ -24,7 +25,7 @@ def prepare_input(x: Any, flush_subnormals: bool, backend: str | None) -> tuple[
     check_backend(backend)
     x64, kind = as_float64(x)
     if flush_subnormals:
-        tiny = torch.finfo(kind.dtype).tiny if kind.kind == "torch" else float(__import__("numpy").finfo(kind.dtype).tiny)
+        tiny = torch.finfo(kind.dtype).tiny if kind.kind == "torch" else float(np.finfo(kind.dtype).tiny)
         x64 = torch.where(x64.abs() < tiny, x64 * 0.0, x64)
     return x64, kind
 

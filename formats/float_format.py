@@ -237,9 +237,11 @@ class FloatFormat(ElementFormat):
         mag = torch.where(inf_in & (overflow == "saturate"), self.max_code, mag)
         if overflow == "inf":
             mag = torch.where(special, self._inf_mag, mag)
-        codes = mag + (negative & (mag != 0 if not self.has_negative_zero else True)).to(torch.int64) * self._sign_code
+        sign = negative if self.has_negative_zero else negative & (mag != 0)
+        codes = mag + sign.to(torch.int64) * self._sign_code
         if self.has_nan:
-            codes = torch.where(nan_in | (special if overflow == "nan" else False), self._nan_code(negative), codes)
+            nan_out = nan_in | special if overflow == "nan" else nan_in
+            codes = torch.where(nan_out, self._nan_code(negative), codes)
 
         invalid = nan_in if not self.has_nan else torch.zeros_like(nan_in)
         if not self.signed:
