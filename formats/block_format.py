@@ -33,9 +33,9 @@ float32, so decoded values are float32 numbers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .arrays import pow2
@@ -147,15 +147,14 @@ class BlockFormat(ScaledFormat):
         finite = torch.isfinite(blocks)
         bad_block = ~finite.all(dim=-1)
         magnitudes = torch.where(finite, blocks.abs(), 0.0)
-        amax = magnitudes.amax(dim=-1) if blocks.shape[-1] else torch.zeros(blocks.shape[:-1], dtype=blocks.dtype)
+        amax = magnitudes.amax(dim=-1) if blocks.shape[-1] else torch.zeros(blocks.shape[:-1], dtype=blocks.dtype, device=blocks.device)
 
         tensor_scale = None
-        divisor = torch.ones_like(amax)
         if self.tensor_scale:
-            total = magnitudes.max() if magnitudes.numel() else torch.tensor(0.0)
-            ts = (total.to(torch.float32) / float(self.scale.max * self.element.max)) if 0 < float(total) < math.inf else torch.tensor(1.0)
-            tensor_scale = float(ts.to(torch.float32)) or 1.0
-            divisor = divisor * tensor_scale
+            total = np.float32(magnitudes.max()) if magnitudes.numel() else np.float32(0)
+            # float32 division, as the datapath does; 1.0 when the tensor is all zero
+            tensor_scale = float(total / np.float32(self.scale.max * self.element.max)) or 1.0
+        divisor = tensor_scale or 1.0
 
         nearest = Rounder("nearest_even", torch.zeros_like(amax, dtype=torch.bool))
         if self._power_of_two_scale:
