@@ -168,7 +168,13 @@ class BlockFormat(ScaledFormat):
 
         full_scale = (scale_values * divisor)[..., None]
         safe_scale = torch.where(full_scale > 0, full_scale, 1.0)
-        element_codes, _ = self.element._encode_exact(torch.where(finite, blocks, 0.0) / safe_scale, rounder, "saturate")
+        scaled = torch.where(finite, blocks, 0.0) / safe_scale
+        # Only float64 inputs far below their block's scale can underflow here.
+        # Every element format's smallest value is >= 2**-1000, so magnitudes
+        # under 2**-1020 all round alike: keep them there, not at zero.
+        vanishing = (scaled.abs() < 2.0 ** -1020) & (blocks != 0) & finite
+        scaled = torch.where(vanishing, torch.copysign(torch.full_like(scaled, 2.0 ** -1020), blocks), scaled)
+        element_codes, _ = self.element._encode_exact(scaled, rounder, "saturate")
         element_codes = torch.where((full_scale > 0) & ~bad_block[..., None], element_codes, 0)
         scale_codes = torch.where(bad_block, self.scale._nan_code(torch.zeros_like(bad_block)), scale_codes)
         return BlockCodes(element_codes, scale_codes, tensor_scale=tensor_scale)

@@ -76,8 +76,8 @@ class FloatFormat(ElementFormat):
         if self.max_code < 1:
             raise ValueError("the format has no finite nonzero value")
         top_exponent = (self.max_code >> self.man_bits) - self.bias
-        if self._lowest_exponent() - self.man_bits < -1022 or top_exponent > 1022:
-            raise ValueError("the format's range must lie within float64's normal range (2**-1022 .. 2**1023): check bias and exp_bits")
+        if self._lowest_exponent() - self.man_bits < -1000 or top_exponent > 1000:
+            raise ValueError("the format's values must lie within 2**-1000 .. 2**1001 (float64 computes them exactly there): check bias and exp_bits")
         if not self.name:
             object.__setattr__(self, "name", self._default_name())
 

@@ -213,3 +213,18 @@ def test_scale_rule_validation():
         lowbit.get_format("mxfp4").quantize(np.ones(32, np.float32), scale_rule="nearest")
     with pytest.raises(ValueError, match="scale_rule applies to MX block formats"):
         lowbit.get_format("mx6").quantize(np.ones(32, np.float32), scale_rule="floor")
+
+
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp4", "mxint8"])
+def test_float64_elements_far_below_the_block_scale(name):
+    """x / scale would underflow float64 here; directed rounding must still
+    see a positive value and give the smallest element times the scale."""
+    fmt = lowbit.get_format(name)
+    x = np.zeros(32)
+    x[0], x[1], x[2] = 2.0 ** 120, 1e-300, -1e-300
+    scale = 2.0 ** (120 - fmt.element.emax)
+    smallest = fmt.element.min_subnormal * scale
+    up = fmt.quantize(x, rounding="up")
+    assert up[1] == smallest and up[2] == 0 and np.signbit(up[2]) == (name != "mxint8")
+    down = fmt.quantize(x, rounding="down")
+    assert down[1] == 0 and down[2] == -smallest
