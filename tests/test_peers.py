@@ -207,3 +207,12 @@ def test_mxint8_is_symmetric_by_default_unlike_gfloat():
     assert lowbit.get_format("mxint8").quantize(x)[0] == np.float32(-127 / 64)
     assert MXINT8_FULL.quantize(x)[0] == -2.0
     assert gfloat.quantize_block(format_info_mxint8, x.astype(np.float64), gfloat.compute_scale_amax)[0] == -2.0
+
+
+@pytest.mark.parametrize("name,dtype", [("fp8_e4m3", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2),
+                                        ("fp8_e4m3fnuz", torch.float8_e4m3fnuz), ("fp8_e5m2fnuz", torch.float8_e5m2fnuz),
+                                        ("e8m0", torch.float8_e8m0fnu)])
+def test_decode_every_code_like_torch(name, dtype):
+    codes = torch.arange(256, dtype=torch.int64).to(torch.uint8)
+    expected = codes.view(dtype).to(torch.float64)
+    assert_same_values(lowbit.get_format(name).decode(codes, dtype=torch.float64).numpy(), expected.numpy(), name)
