@@ -3,6 +3,9 @@
 Layout (see :mod:`lowbit.formats.blocking`): the blocked axis is moved last
 and padded to whole blocks, giving blocks of shape (..., nblocks, block).
 
+The arrays are numpy arrays when the encoded input was numpy, else torch
+tensors on the input's device.
+
 - ``elements``: every element code of every block in that order (padding
   included), bit-packed with :func:`lowbit.formats.pack` (uint8).
 - ``scales``: one scale code per block, shape (..., nblocks), in the scale
@@ -32,9 +35,9 @@ class Encoded:
     format: Any
     shape: tuple[int, ...]
     axis: int
-    elements: torch.Tensor
-    scales: torch.Tensor
-    subscales: torch.Tensor | None = None
+    elements: Any
+    scales: Any
+    subscales: Any = None
     tensor_scale: float | None = None
     kind: str = "torch"
 
@@ -42,9 +45,8 @@ class Encoded:
     def nbytes(self) -> int:
         """Bytes the encoding really takes: packed elements, scale codes,
         packed sub-block shifts and the float32 tensor scale."""
-        total = self.elements.numel() + self.scales.numel() * self.scales.element_size()
-        total += 0 if self.subscales is None else self.subscales.numel()
-        return total + (4 if self.tensor_scale is not None else 0)
+        parts = (self.elements, self.scales, self.subscales)
+        return sum(p.nbytes for p in parts if p is not None) + (4 if self.tensor_scale is not None else 0)
 
     def decode(self, *, dtype: Any = None) -> Any:
         """The decoded values, float32 unless ``dtype`` says float64; a numpy
@@ -54,8 +56,8 @@ class Encoded:
     def save(self, path: str | os.PathLike) -> None:
         """Write to an ``.npz`` file (numpy arrays and the format as JSON)."""
         arrays = {
-            "elements": self.elements.cpu().numpy(),
-            "scales": self.scales.cpu().numpy(),
+            "elements": _to_numpy(self.elements),
+            "scales": _to_numpy(self.scales),
             "meta": np.array(json.dumps({
                 "format": format_to_dict(self.format),
                 "shape": list(self.shape),
@@ -65,22 +67,24 @@ class Encoded:
             })),
         }
         if self.subscales is not None:
-            arrays["subscales"] = self.subscales.cpu().numpy()
+            arrays["subscales"] = _to_numpy(self.subscales)
         with open(path, "wb") as f:
             np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "Encoded":
-        """Read an ``.npz`` file written by :meth:`save`."""
+        """Read an ``.npz`` file written by :meth:`save`: numpy arrays if the
+        encoded input was numpy, else torch tensors on ``device``."""
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
+            as_kind = (lambda a: a) if meta["kind"] == "numpy" else (lambda a: torch.from_numpy(a).to(device))
             return cls(
                 format=format_from_dict(meta["format"]),
                 shape=tuple(meta["shape"]),
                 axis=meta["axis"],
-                elements=torch.from_numpy(data["elements"]).to(device),
-                scales=torch.from_numpy(data["scales"]).to(device),
-                subscales=torch.from_numpy(data["subscales"]).to(device) if "subscales" in data else None,
+                elements=as_kind(data["elements"]),
+                scales=as_kind(data["scales"]),
+                subscales=as_kind(data["subscales"]) if "subscales" in data else None,
                 tensor_scale=meta["tensor_scale"],
                 kind=meta["kind"],
             )
@@ -88,12 +92,18 @@ class Encoded:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Encoded):
             return NotImplemented
-        same = lambda a, b: (a is None and b is None) or (a is not None and b is not None and torch.equal(a.cpu(), b.cpu()))  # noqa: E731
+        def same(a: Any, b: Any) -> bool:
+            return (a is None) == (b is None) and (a is None or np.array_equal(_to_numpy(a), _to_numpy(b)))
+
         return (self.format == other.format and self.shape == other.shape and self.axis == other.axis
                 and same(self.elements, other.elements) and same(self.scales, other.scales)
                 and same(self.subscales, other.subscales) and self.tensor_scale == other.tensor_scale)
 
     __hash__ = None  # mutable payload
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    return a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
 def format_to_dict(fmt: Any) -> dict:

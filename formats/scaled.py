@@ -71,13 +71,14 @@ class ScaledFormat:
         """Encode ``x`` in blocks along ``axis``: bit-packed element codes and
         one scale code per block (see :class:`Encoded` for the layout)."""
         kind, layout, codes = self._block_codes(x, axis, rounding, scale_rule, seed, generator, flush_subnormals, backend)
+        as_kind = (lambda t: t) if kind.kind == "torch" else (lambda t: t.cpu().numpy())
         return Encoded(
             format=self,
             shape=layout.shape,
             axis=layout.axis,
-            elements=pack(codes.elements, self.element_code_bits),
-            scales=codes.scales.to(torch.uint8 if self.scale_code_bits <= 8 else torch.uint16),
-            subscales=None if codes.subscales is None else pack(codes.subscales, self.subscale_code_bits),
+            elements=as_kind(pack(codes.elements, self.element_code_bits)),
+            scales=as_kind(codes.scales.to(torch.uint8 if self.scale_code_bits <= 8 else torch.uint16)),
+            subscales=None if codes.subscales is None else as_kind(pack(codes.subscales, self.subscale_code_bits)),
             tensor_scale=codes.tensor_scale,
             kind="torch" if kind.kind == "torch" else "numpy",
         )
@@ -92,12 +93,15 @@ class ScaledFormat:
             raise ValueError(f"this Encoded holds {encoded.format.name}, not {self.name}")
         layout = BlockLayout(encoded.shape, encoded.axis, self.block_size)
         count = int(np.prod(layout.blocked_shape))
-        elements = unpack(encoded.elements, self.element_code_bits, count).to(torch.int64).reshape(layout.blocked_shape)
+        def codes_of(packed, bits, shape):
+            return unpack(torch.as_tensor(packed), bits, int(np.prod(shape))).to(torch.int64).reshape(shape)
+
+        elements = codes_of(encoded.elements, self.element_code_bits, layout.blocked_shape)
         subscales = None
         if encoded.subscales is not None:
-            shape = (*layout.blocked_shape[:-1], self.block_size // self.sub_block)
-            subscales = unpack(encoded.subscales, self.subscale_code_bits, int(np.prod(shape))).to(torch.int64).reshape(shape)
-        codes = BlockCodes(elements, encoded.scales.to(torch.int64), subscales, encoded.tensor_scale)
+            subscales = codes_of(encoded.subscales, self.subscale_code_bits,
+                                 (*layout.blocked_shape[:-1], self.block_size // self.sub_block))
+        codes = BlockCodes(elements, torch.as_tensor(encoded.scales).to(torch.int64), subscales, encoded.tensor_scale)
         values = layout.from_blocks(self._decode_blocks(codes))
         if encoded.kind == "numpy":
             return values.cpu().numpy().astype(dtype or np.float32)

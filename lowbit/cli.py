@@ -59,14 +59,14 @@ def cmd_encode(args: argparse.Namespace) -> None:
         raise ValueError("--overflow does not apply to scaled formats: their elements always saturate")
     enc = fmt.encode(x, **policy)
     decoded = enc.decode(dtype=np.float64)
-    scales = np.atleast_1d(enc.scales.numpy())
+    scales = np.atleast_1d(enc.scales)
     print(f"{fmt.name}: {x.size} values in {scales.size} block(s) of {fmt.block_size}, {enc.nbytes} bytes")
     print("scale codes: " + " ".join(f"0x{int(s):02x}" for s in scales))
     count = scales.size * fmt.block_size
     if enc.subscales is not None:
-        shifts = unpack(enc.subscales, fmt.subscale_code_bits, count // fmt.sub_block).numpy()
+        shifts = unpack(enc.subscales, fmt.subscale_code_bits, count // fmt.sub_block)
         print("sub-block shifts: " + " ".join(str(int(s)) for s in shifts))
-    element_codes = unpack(enc.elements, fmt.element_code_bits, count).numpy()[: x.size]
+    element_codes = unpack(enc.elements, fmt.element_code_bits, count)[: x.size]
     print(f"{'value':>14}  element code  decoded")
     for v, c, d in zip(x, element_codes, decoded):
         print(f"{float(v)!r:>14}  0x{int(c):02x}          {number(d) if np.isfinite(d) else d}")

@@ -228,3 +228,15 @@ def test_float64_elements_far_below_the_block_scale(name):
     assert up[1] == smallest and up[2] == 0 and np.signbit(up[2]) == (name != "mxint8")
     down = fmt.quantize(x, rounding="down")
     assert down[1] == 0 and down[2] == -smallest
+
+
+def test_encoded_arrays_follow_the_input_kind(tmp_path):
+    fmt = lowbit.get_format("mx6")
+    enc = fmt.encode(np.ones(40, np.float32))
+    assert all(isinstance(a, np.ndarray) for a in (enc.elements, enc.scales, enc.subscales))
+    assert isinstance(enc.decode(), np.ndarray)
+    enc.save(tmp_path / "n.npz")
+    assert isinstance(Encoded.load(tmp_path / "n.npz").scales, np.ndarray)
+    tenc = fmt.encode(torch.ones(40))
+    assert all(isinstance(a, torch.Tensor) for a in (tenc.elements, tenc.scales, tenc.subscales))
+    assert isinstance(tenc.decode(), torch.Tensor)
