@@ -37,3 +37,11 @@ def check_axis(axis: Any, ndim: int) -> int:
     if not -max(ndim, 1) <= axis < max(ndim, 1):
         raise ValueError(f"axis {axis} is out of range for an input with {ndim} dimension(s)")
     return axis % max(ndim, 1)
+
+
+def check_ints(obj: Any, *fields: str) -> None:
+    """TypeError unless each named attribute of obj is an int (bools are not)."""
+    for field in fields:
+        value = getattr(obj, field)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{field} must be an int, got {type(value).__name__}")

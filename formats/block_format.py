@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from .arrays import pow2
+from .base import check_ints
 from .element import ElementFormat
 from .float_format import FloatFormat
 from .int_format import IntFormat
@@ -66,7 +67,8 @@ class BlockFormat(ScaledFormat):
             raise TypeError(f"element must be a FloatFormat or IntFormat, got {type(self.element).__name__}")
         if not isinstance(self.scale, FloatFormat):
             raise TypeError(f"scale must be a FloatFormat, got {type(self.scale).__name__}")
-        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+        check_ints(self, "block_size")
+        if self.block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {self.block_size!r}")
         if not self.scale.has_nan:
             raise ValueError(f"the scale format needs a NaN code for NaN blocks; {self.scale.name} has none")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .arrays import pow2
+from .base import check_ints
 from .element import ElementFormat
 from .rounding import Rounder
 
@@ -48,10 +49,7 @@ class FloatFormat(ElementFormat):
     name: str = ""
 
     def __post_init__(self) -> None:
-        for field in ("exp_bits", "man_bits"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{field} must be an int, got {type(value).__name__}")
+        check_ints(self, "exp_bits", "man_bits")
         if self.exp_bits < 1:
             raise ValueError(f"exp_bits must be at least 1, got {self.exp_bits}")
         if self.man_bits < 0:
@@ -67,8 +65,7 @@ class FloatFormat(ElementFormat):
             raise ValueError("specials='ieee' reserves the top exponent, so it needs exp_bits >= 2")
         if self.bias is None:
             object.__setattr__(self, "bias", (1 << (self.exp_bits - 1)) - 1)
-        elif isinstance(self.bias, bool) or not isinstance(self.bias, int):
-            raise TypeError(f"bias must be an int, got {type(self.bias).__name__}")
+        check_ints(self, "bias")
         if self.subnormals is False and self.specials == "ieee" and self.man_bits == 0:
             raise ValueError("an IEEE-style format without mantissa and subnormals has no zero and no NaN; use specials='fn'")
         if self.signed and not self.has_zero:
@@ -162,20 +159,15 @@ class FloatFormat(ElementFormat):
     @property
     def max(self) -> float:
         """Largest finite value."""
-        return self._mag_value_exact(self.max_code)
+        return self._mag_value(self.max_code)
 
-    def _mag_value_exact(self, mag: int) -> float:
-        e_field, m_field = mag >> self.man_bits, mag & ((1 << self.man_bits) - 1)
-        if e_field == 0 and self.subnormals:
-            return m_field * 2.0 ** (1 - self.bias - self.man_bits)
-        if mag == 0 and self.has_zero:
-            return 0.0
-        return ((1 << self.man_bits) + m_field) * 2.0 ** (e_field - self.bias - self.man_bits)
+    def _mag_value(self, mag: int) -> float:
+        return float(self._decode_exact(torch.tensor(mag, dtype=torch.int64)))
 
     @property
     def min_subnormal(self) -> float:
         """Smallest positive value (a subnormal when the format has them)."""
-        return self._mag_value_exact(1 if self.has_zero else 0)
+        return self._mag_value(1 if self.has_zero else 0)
 
     @property
     def min_normal(self) -> float:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .arrays import pow2
+from .base import check_ints
 from .element import ElementFormat
 from .rounding import Rounder
 
@@ -38,10 +39,7 @@ class IntFormat(ElementFormat):
     has_nan = False
 
     def __post_init__(self) -> None:
-        for field in ("bits", "frac_bits"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{field} must be an int, got {type(value).__name__}")
+        check_ints(self, "bits", "frac_bits")
         if not 2 <= self.bits <= 32:
             raise ValueError(f"an IntFormat has 2..32 bits, got {self.bits}")
         if not -64 <= self.frac_bits <= 64:

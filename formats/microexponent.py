@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .arrays import pow2
+from .base import check_ints
 from .rounding import Rounder
 from .scaled import BlockCodes, ScaledFormat
 
@@ -43,10 +44,7 @@ class MicroexponentFormat(ScaledFormat):
     name: str = ""
 
     def __post_init__(self) -> None:
-        for field in ("man_bits", "block_size", "sub_block", "exp_bits", "micro_bits"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{field} must be an int, got {type(value).__name__}")
+        check_ints(self, "man_bits", "block_size", "sub_block", "exp_bits", "micro_bits")
         if not 1 <= self.man_bits <= 23:
             raise ValueError(f"man_bits must lie in 1..23, got {self.man_bits}")
         if not 2 <= self.exp_bits <= 10:
