@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
-from .arrays import InputKind, as_float64
+from .arrays import InputKind, as_tensor
 
 BACKENDS = (None, "reference")
 
@@ -19,15 +18,30 @@ def check_backend(backend: str | None) -> None:
         raise ValueError(f"backend must be None or 'reference' (no other backend is built yet); got {backend!r}")
 
 
-def prepare_input(x: Any, flush_subnormals: bool, backend: str | None) -> tuple[torch.Tensor, InputKind]:
-    """x as an exact float64 tensor; input subnormals (of x's own dtype) become
-    signed zeros only when ``flush_subnormals`` is asked for."""
+#: How many elements the reference implementation turns into float64 at a
+#: time. Its temporaries (about thirty times the input's bytes at once) are
+#: bounded by this, not by the input's size.
+CHUNK_ELEMENTS = 1 << 20
+
+
+def prepare_input(x: Any, backend: str | None) -> tuple[torch.Tensor, InputKind]:
+    """x as a tensor of its own dtype (no copy where possible), and its kind."""
     check_backend(backend)
-    x64, kind = as_float64(x)
+    return as_tensor(x)
+
+
+def exact(chunk: torch.Tensor, flush_subnormals: bool) -> torch.Tensor:
+    """A chunk of input as exact float64; its subnormals (of the input's own
+    dtype) become signed zeros only when ``flush_subnormals`` is asked for."""
+    x64 = chunk.to(torch.float64)
     if flush_subnormals:
-        tiny = torch.finfo(kind.dtype).tiny if kind.kind == "torch" else float(np.finfo(kind.dtype).tiny)
-        x64 = torch.where(x64.abs() < tiny, x64 * 0.0, x64)
-    return x64, kind
+        x64 = torch.where(x64.abs() < torch.finfo(chunk.dtype).tiny, x64 * 0.0, x64)
+    return x64
+
+
+def chunk_slices(count: int, step: int) -> list[slice]:
+    """Consecutive slices of at most ``step`` covering range(count)."""
+    return [slice(start, min(start + step, count)) for start in range(0, count, step)]
 
 
 def check_axis(axis: Any, ndim: int) -> int:

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from .arrays import pow2
-from .base import check_ints
+from . import base
+from .base import check_ints, chunk_slices, exact
 from .element import ElementFormat
 from .float_format import FloatFormat
 from .int_format import IntFormat
@@ -144,18 +145,25 @@ class BlockFormat(ScaledFormat):
         s = s + (amax > self.element.max * pow2(s)).to(torch.int64)
         return s - (amax <= self.element.max * pow2(s - 1)).to(torch.int64)
 
-    def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None) -> BlockCodes:
+    def _tensor_scale(self, rows: torch.Tensor, flush_subnormals: bool) -> float | None:
+        """NVFP4's second level: float32(amax_tensor) / (max_scale * max_elem),
+        divided in float32 as the datapath does; 1.0 for an all-zero tensor."""
+        if not self.tensor_scale:
+            return None
+        total = np.float32(0)
+        for part in chunk_slices(rows.shape[0], max(1, base.CHUNK_ELEMENTS // self.block_size)):
+            x64 = exact(rows[part], flush_subnormals)
+            if x64.numel():
+                total = max(total, np.float32(torch.where(torch.isfinite(x64), x64.abs(), 0.0).max()))
+        return float(total / np.float32(self.scale.max * self.element.max)) or 1.0
+
+    def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
+                       tensor_scale: float | None) -> BlockCodes:
         rule = self._check_rule(scale_rule or self.scale_rule)
         finite = torch.isfinite(blocks)
         bad_block = ~finite.all(dim=-1)
         magnitudes = torch.where(finite, blocks.abs(), 0.0)
-        amax = magnitudes.amax(dim=-1) if blocks.shape[-1] else torch.zeros(blocks.shape[:-1], dtype=blocks.dtype, device=blocks.device)
-
-        tensor_scale = None
-        if self.tensor_scale:
-            total = np.float32(magnitudes.max()) if magnitudes.numel() else np.float32(0)
-            # float32 division, as the datapath does; 1.0 when the tensor is all zero
-            tensor_scale = float(total / np.float32(self.scale.max * self.element.max)) or 1.0
+        amax = magnitudes.amax(dim=-1)
         divisor = tensor_scale or 1.0
 
         nearest = Rounder("nearest_even", torch.zeros_like(amax, dtype=torch.bool))

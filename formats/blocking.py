@@ -30,6 +30,14 @@ class BlockLayout:
         return -(-self.length // self.block)
 
     @property
+    def nrows(self) -> int:
+        """Number of blocks in all (the rows of the (nrows, block) view)."""
+        count = self.nblocks
+        for i, n in enumerate(self.shape):
+            count *= n if i != self.axis else 1
+        return count
+
+    @property
     def blocked_shape(self) -> tuple[int, ...]:
         """Shape of the blocks: the other axes in order, then (nblocks, block)."""
         others = tuple(n for i, n in enumerate(self.shape) if i != self.axis)

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .arrays import as_codes, narrow_codes
-from .base import check_backend, prepare_input
-from .rounding import Rounder, check_overflow
+from .arrays import NUMPY_TO_TORCH, as_codes, code_dtype
+from . import base
+from .base import check_backend, chunk_slices, exact, prepare_input
+from .rounding import Rounder, check_overflow, stochastic_generator
 
 
 class ElementFormat:
@@ -41,13 +42,22 @@ class ElementFormat:
     def __str__(self) -> str:
         return self.name
 
-    def _codes_and_invalid(self, x: Any, rounding: str, overflow: str | None, seed: Any, generator: Any,
-                           flush_subnormals: bool, backend: str | None):
-        x64, kind = prepare_input(x, flush_subnormals, backend)
+    def _encoded_chunks(self, x: Any, rounding: str, overflow: str | None, seed: Any, generator: Any,
+                        flush_subnormals: bool, backend: str | None):
+        """The input tensor, its kind, and an iterator over chunks of its
+        flattened elements: (slice, exact float64 values, codes, invalid mask)."""
+        t, kind = prepare_input(x, backend)
         policy = check_overflow(overflow, self.has_inf, self.has_nan, self.name)
-        rounder = Rounder(rounding, torch.signbit(x64), seed, generator)
-        codes, invalid = self._encode_exact(x64, rounder, policy)
-        return x64, kind, codes, invalid
+        gen = stochastic_generator(rounding, seed, generator, t.device)
+        flat = t.reshape(-1)
+
+        def chunks():
+            for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
+                x64 = exact(flat[part], flush_subnormals)
+                codes, invalid = self._encode_exact(x64, Rounder(rounding, torch.signbit(x64), gen), policy)
+                yield part, x64, codes, invalid
+
+        return t, kind, chunks()
 
     def quantize(self, x: Any, *, rounding: str = "nearest_even", overflow: str | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
@@ -57,12 +67,14 @@ class ElementFormat:
         NaN stays NaN. Values the format cannot hold at all (negatives in an
         unsigned format, zero in a format without zero) become NaN. Overflow
         follows ``overflow`` (default: ``inf`` if the format has infinities,
-        else ``saturate``).
+        else ``saturate``). Raises ValueError if x's dtype cannot hold a
+        result exactly (pass float32 or float64 then).
         """
-        _, kind, codes, invalid = self._codes_and_invalid(x, rounding, overflow, seed, generator, flush_subnormals, backend)
-        values = self._decode_exact(codes)
-        values = torch.where(invalid, torch.nan, values)
-        return kind.restore(values)
+        t, kind, chunks = self._encoded_chunks(x, rounding, overflow, seed, generator, flush_subnormals, backend)
+        out = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
+        for part, _, codes, invalid in chunks:
+            out[part] = kind.exact_cast(torch.where(invalid, torch.nan, self._decode_exact(codes)))
+        return kind.give_back(out.reshape(t.shape))
 
     def encode(self, x: Any, *, rounding: str = "nearest_even", overflow: str | None = None,
                seed: int | None = None, generator: torch.Generator | None = None,
@@ -71,11 +83,14 @@ class ElementFormat:
         integer dtype (uint8/uint16/uint32). Raises ValueError for elements
         the format cannot represent (NaN into a format without NaN, negatives
         into an unsigned format, zero into a format without zero)."""
-        x64, kind, codes, invalid = self._codes_and_invalid(x, rounding, overflow, seed, generator, flush_subnormals, backend)
-        if bool(invalid.any()):
-            bad = float(x64[invalid].flatten()[0])
-            raise ValueError(f"{bad!r} cannot be encoded in {self.name}: {self._why_unrepresentable(bad)}")
-        return narrow_codes(codes, self.nbits, kind)
+        t, kind, chunks = self._encoded_chunks(x, rounding, overflow, seed, generator, flush_subnormals, backend)
+        out = torch.empty(t.numel(), dtype=code_dtype(self.nbits), device=t.device)
+        for part, x64, codes, invalid in chunks:
+            if bool(invalid.any()):
+                bad = float(x64[invalid][0])
+                raise ValueError(f"{bad!r} cannot be encoded in {self.name}: {self._why_unrepresentable(bad)}")
+            out[part] = codes.to(out.dtype)
+        return kind.give_back(out.reshape(t.shape))
 
     def _why_unrepresentable(self, value: float) -> str:
         if math.isnan(value):
@@ -90,11 +105,12 @@ class ElementFormat:
         codes' kind (numpy or torch) and device."""
         check_backend(backend)
         c, kind = as_codes(codes, self.nbits)
-        values = self._decode_exact(c)
-        if kind.kind == "torch":
-            return values.to(dtype or torch.float32)
-        out = values.cpu().numpy().astype(dtype or np.float32)
-        return float(out) if kind.kind == "python" else out
+        out_dtype = NUMPY_TO_TORCH[np.dtype(dtype)] if dtype is not None and not isinstance(dtype, torch.dtype) else dtype
+        flat = c.reshape(-1)
+        out = torch.empty(flat.numel(), dtype=out_dtype or torch.float32, device=flat.device)
+        for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
+            out[part] = self._decode_exact(flat[part]).to(out.dtype)
+        return kind.give_back(out.reshape(c.shape))
 
     def values(self) -> np.ndarray:
         """Every distinct finite value, sorted ascending, as float64 (-0.0 and

@@ -96,7 +96,8 @@ class MicroexponentFormat(ScaledFormat):
         return float((1 << self.man_bits) - 1) * 2.0 ** (self.emax - self.man_bits + 1)
 
     # -- exact kernels ---------------------------------------------------------------
-    def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None) -> BlockCodes:
+    def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
+                       tensor_scale: float | None) -> BlockCodes:
         if scale_rule is not None:
             raise ValueError(f"scale_rule applies to MX block formats; {self.name} has fixed shared-exponent rules")
         finite = torch.isfinite(blocks)

@@ -37,34 +37,40 @@ def check_overflow(overflow: str | None, has_inf: bool, has_nan: bool, format_na
     return overflow
 
 
-def uniform(shape: torch.Size, device: torch.device, seed: int | None, generator: torch.Generator | None) -> torch.Tensor:
-    """Uniform float64 samples in [0, 1) for stochastic rounding: from
-    ``generator`` if given, else from a generator seeded with ``seed``, else
-    from torch's global generator (reproducible with ``torch.manual_seed``)."""
+def stochastic_generator(rounding: str, seed: int | None, generator: Any, device: torch.device) -> torch.Generator | None:
+    """The generator stochastic rounding draws from: ``generator`` if given,
+    else one seeded with ``seed``, else None (torch's global generator,
+    reproducible with ``torch.manual_seed``). Checks the mode's arguments."""
+    check_rounding(rounding)
+    if rounding != "stochastic":
+        if seed is not None or generator is not None:
+            raise ValueError("seed and generator apply only to rounding='stochastic'")
+        return None
     if generator is not None and seed is not None:
         raise ValueError("pass either seed or generator for stochastic rounding, not both")
-    if generator is None and seed is not None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if seed is not None:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         generator = torch.Generator(device=device).manual_seed(seed)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return torch.rand(shape, dtype=torch.float64, device=device, generator=generator)
+    return generator
 
 
 class Rounder:
     """One rounding mode applied to magnitudes of values with known signs.
 
-    Directed modes become magnitude modes: ``up`` rounds positive values away
+    ``generator`` (from :func:`stochastic_generator`) feeds stochastic
+    rounding. Directed modes become magnitude modes: ``up`` rounds positive values away
     from zero and negative ones toward zero, ``down`` the reverse.
     """
 
-    def __init__(self, rounding: str, negative: torch.Tensor, seed: int | None = None, generator: Any = None):
+    def __init__(self, rounding: str, negative: torch.Tensor, generator: torch.Generator | None = None):
         self.mode = check_rounding(rounding)
         self.negative = negative
-        self.u = uniform(negative.shape, negative.device, seed, generator) if self.mode == "stochastic" else None
-        if self.mode != "stochastic" and (seed is not None or generator is not None):
-            raise ValueError("seed and generator apply only to rounding='stochastic'")
+        self.u = None
+        if self.mode == "stochastic":  # uniform in [0, 1), 53 random bits
+            self.u = torch.rand(negative.shape, dtype=torch.float64, device=negative.device, generator=generator)
 
     def toward_zero(self) -> torch.Tensor | bool:
         """Where this mode rounds magnitudes toward zero (so never overflows to infinity)."""

@@ -11,20 +11,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import check_axis, check_backend, prepare_input
+from .arrays import NUMPY_TO_TORCH, code_dtype
+from . import base
+from .base import check_axis, check_backend, chunk_slices, exact, prepare_input
 from .blocking import BlockLayout
 from .encoded import Encoded
 from .packing import pack, unpack
-from .rounding import Rounder
+from .rounding import Rounder, stochastic_generator
 
 
 @dataclass
 class BlockCodes:
     """Unpacked codes of a blocked tensor, as int64 tensors."""
 
-    elements: torch.Tensor  # (..., nblocks, block)
-    scales: torch.Tensor  # (..., nblocks)
-    subscales: torch.Tensor | None = None  # (..., nblocks, block // sub_block)
+    elements: torch.Tensor  # (rows, block)
+    scales: torch.Tensor  # (rows,)
+    subscales: torch.Tensor | None = None  # (rows, block // sub_block)
     tensor_scale: float | None = None
 
 
@@ -39,22 +41,42 @@ class ScaledFormat:
     scale_code_bits: int
     subscale_code_bits: int = 0
 
-    def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None) -> BlockCodes:
+    def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
+                       tensor_scale: float | None) -> BlockCodes:
+        """Codes of float64 blocks of shape (rows, block_size)."""
         raise NotImplementedError
 
     def _decode_blocks(self, codes: BlockCodes) -> torch.Tensor:
         raise NotImplementedError
 
+    def _tensor_scale(self, rows: torch.Tensor, flush_subnormals: bool) -> float | None:
+        """A per-tensor scale computed over all blocks first (NVFP4); None here."""
+        return None
+
     # -- shared ---------------------------------------------------------------------
     def __str__(self) -> str:
         return self.name
 
-    def _block_codes(self, x, axis, rounding, scale_rule, seed, generator, flush_subnormals, backend):
-        x64, kind = prepare_input(x, flush_subnormals, backend)
-        layout = BlockLayout(tuple(x64.shape), check_axis(axis, x64.dim()), self.block_size)
-        blocks = layout.to_blocks(x64)
-        rounder = Rounder(rounding, torch.signbit(blocks), seed, generator)
-        return kind, layout, self._encode_blocks(blocks, rounder, scale_rule)
+    def _rows_per_chunk(self) -> int:
+        """Whole blocks per chunk, a multiple of 8 blocks so that every chunk's
+        packed codes end on a byte boundary and chunks pack independently."""
+        return max(8, base.CHUNK_ELEMENTS // self.block_size // 8 * 8)
+
+    def _encoded_chunks(self, x, axis, rounding, scale_rule, seed, generator, flush_subnormals, backend):
+        """The kind, layout and tensor scale of x, and an iterator over chunks
+        of whole blocks: (row slice, BlockCodes of those blocks)."""
+        t, kind = prepare_input(x, backend)
+        layout = BlockLayout(tuple(t.shape), check_axis(axis, t.dim()), self.block_size)
+        rows = layout.to_blocks(t).reshape(-1, self.block_size)
+        gen = stochastic_generator(rounding, seed, generator, t.device)
+        tensor_scale = self._tensor_scale(rows, flush_subnormals)
+
+        def chunks():
+            for part in chunk_slices(rows.shape[0], self._rows_per_chunk()):
+                blocks = exact(rows[part], flush_subnormals)
+                yield part, self._encode_blocks(blocks, Rounder(rounding, torch.signbit(blocks), gen), scale_rule, tensor_scale)
+
+        return t, kind, layout, tensor_scale, chunks()
 
     def quantize(self, x: Any, *, axis: int = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
@@ -62,24 +84,35 @@ class ScaledFormat:
         """What ``x`` becomes when encoded in blocks along ``axis`` and decoded
         again; same kind, dtype, shape and device as ``x``. A block holding
         NaN or Inf becomes all NaN. Elements saturate (they never overflow)."""
-        kind, layout, codes = self._block_codes(x, axis, rounding, scale_rule, seed, generator, flush_subnormals, backend)
-        return kind.restore(layout.from_blocks(self._decode_blocks(codes)))
+        t, kind, layout, _, chunks = self._encoded_chunks(x, axis, rounding, scale_rule, seed, generator, flush_subnormals, backend)
+        out = torch.empty((layout.nrows, self.block_size), dtype=t.dtype, device=t.device)
+        for part, codes in chunks:
+            out[part] = kind.exact_cast(self._decode_blocks(codes))
+        return kind.give_back(layout.from_blocks(out))
 
     def encode(self, x: Any, *, axis: int = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
                seed: int | None = None, generator: torch.Generator | None = None,
                flush_subnormals: bool = False, backend: str | None = None) -> Encoded:
         """Encode ``x`` in blocks along ``axis``: bit-packed element codes and
         one scale code per block (see :class:`Encoded` for the layout)."""
-        kind, layout, codes = self._block_codes(x, axis, rounding, scale_rule, seed, generator, flush_subnormals, backend)
-        as_kind = (lambda t: t) if kind.kind == "torch" else (lambda t: t.cpu().numpy())
+        t, kind, layout, tensor_scale, chunks = self._encoded_chunks(
+            x, axis, rounding, scale_rule, seed, generator, flush_subnormals, backend)
+        elements, scales, subscales = [], [], []
+        for _, codes in chunks:
+            elements.append(pack(codes.elements, self.element_code_bits))
+            scales.append(codes.scales.to(code_dtype(self.scale_code_bits)))
+            if codes.subscales is not None:
+                subscales.append(pack(codes.subscales, self.subscale_code_bits))
+
+        scale_codes = torch.cat(scales) if scales else torch.empty(0, dtype=code_dtype(self.scale_code_bits), device=t.device)
         return Encoded(
             format=self,
             shape=layout.shape,
             axis=layout.axis,
-            elements=as_kind(pack(codes.elements, self.element_code_bits)),
-            scales=as_kind(codes.scales.to(torch.uint8 if self.scale_code_bits <= 8 else torch.uint16)),
-            subscales=None if codes.subscales is None else as_kind(pack(codes.subscales, self.subscale_code_bits)),
-            tensor_scale=codes.tensor_scale,
+            elements=kind.give_back(torch.cat(elements) if elements else torch.empty(0, dtype=torch.uint8, device=t.device)),
+            scales=kind.give_back(scale_codes.reshape(layout.blocked_shape[:-2] + (layout.nblocks,))),
+            subscales=kind.give_back(torch.cat(subscales)) if subscales else None,
+            tensor_scale=tensor_scale,
             kind="torch" if kind.kind == "torch" else "numpy",
         )
 
@@ -92,17 +125,27 @@ class ScaledFormat:
         if encoded.format != self:
             raise ValueError(f"this Encoded holds {encoded.format.name}, not {self.name}")
         layout = BlockLayout(encoded.shape, encoded.axis, self.block_size)
-        count = int(np.prod(layout.blocked_shape))
-        def codes_of(packed, bits, shape):
-            return unpack(torch.as_tensor(packed), bits, int(np.prod(shape))).to(torch.int64).reshape(shape)
+        out_dtype = NUMPY_TO_TORCH[np.dtype(dtype)] if dtype is not None and not isinstance(dtype, torch.dtype) else dtype
+        packed_elements = torch.as_tensor(encoded.elements)
+        packed_subscales = None if encoded.subscales is None else torch.as_tensor(encoded.subscales)
+        scales = torch.as_tensor(encoded.scales).reshape(-1)
+        subs_per_block = self.block_size // getattr(self, "sub_block", self.block_size)
+        out = torch.empty((layout.nrows, self.block_size), dtype=out_dtype or torch.float32, device=packed_elements.device)
+        for part in chunk_slices(layout.nrows, self._rows_per_chunk()):
+            n = part.stop - part.start
+            elements = unpack(_bytes(packed_elements, part, self.block_size * self.element_code_bits),
+                              self.element_code_bits, n * self.block_size).to(torch.int64).reshape(n, self.block_size)
+            subscales = None
+            if packed_subscales is not None:
+                subscales = unpack(_bytes(packed_subscales, part, subs_per_block * self.subscale_code_bits),
+                                   self.subscale_code_bits, n * subs_per_block).to(torch.int64).reshape(n, subs_per_block)
+            codes = BlockCodes(elements, scales[part].to(torch.int64), subscales, encoded.tensor_scale)
+            out[part] = self._decode_blocks(codes).to(out.dtype)
+        values = layout.from_blocks(out)
+        return values.cpu().numpy() if encoded.kind == "numpy" else values
 
-        elements = codes_of(encoded.elements, self.element_code_bits, layout.blocked_shape)
-        subscales = None
-        if encoded.subscales is not None:
-            subscales = codes_of(encoded.subscales, self.subscale_code_bits,
-                                 (*layout.blocked_shape[:-1], self.block_size // self.sub_block))
-        codes = BlockCodes(elements, torch.as_tensor(encoded.scales).to(torch.int64), subscales, encoded.tensor_scale)
-        values = layout.from_blocks(self._decode_blocks(codes))
-        if encoded.kind == "numpy":
-            return values.cpu().numpy().astype(dtype or np.float32)
-        return values.to(dtype or torch.float32)
+
+def _bytes(packed: torch.Tensor, rows: slice, bits_per_row: int) -> torch.Tensor:
+    """The packed bytes that hold the codes of a slice of rows (rows start on
+    byte boundaries: chunks are multiples of 8 rows)."""
+    return packed[rows.start * bits_per_row // 8: -(-rows.stop * bits_per_row // 8)]
