@@ -116,6 +116,16 @@ def code_dtype(nbits: int) -> torch.dtype:
     return torch.uint8 if nbits <= 8 else torch.uint16 if nbits <= 16 else torch.uint32
 
 
+def float_dtype(dtype: Any) -> torch.dtype:
+    """A decode dtype (torch or numpy float32/float64, None for float32) as a torch dtype."""
+    if dtype is None:
+        return torch.float32
+    resolved = dtype if isinstance(dtype, torch.dtype) else NUMPY_TO_TORCH.get(np.dtype(dtype))
+    if resolved not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return resolved
+
+
 def pow2(k: torch.Tensor | int) -> torch.Tensor:
     """2**k as float64, exact for integer k in [-1074, 1023]."""
     k = torch.as_tensor(k)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .arrays import NUMPY_TO_TORCH, as_codes, code_dtype
+from .arrays import as_codes, code_dtype, float_dtype
 from . import base
 from .base import check_backend, chunk_slices, exact, prepare_input
 from .rounding import Rounder, check_overflow, stochastic_generator
@@ -105,9 +105,8 @@ class ElementFormat:
         codes' kind (numpy or torch) and device."""
         check_backend(backend)
         c, kind = as_codes(codes, self.nbits)
-        out_dtype = NUMPY_TO_TORCH[np.dtype(dtype)] if dtype is not None and not isinstance(dtype, torch.dtype) else dtype
         flat = c.reshape(-1)
-        out = torch.empty(flat.numel(), dtype=out_dtype or torch.float32, device=flat.device)
+        out = torch.empty(flat.numel(), dtype=float_dtype(dtype), device=flat.device)
         for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
             out[part] = self._decode_exact(flat[part]).to(out.dtype)
         return kind.give_back(out.reshape(c.shape))

@@ -75,6 +75,10 @@ class MicroexponentFormat(ScaledFormat):
         return max(self.micro_bits, 1)
 
     @property
+    def subscales_per_block(self) -> int:
+        return self.block_size // self.sub_block if self.micro_bits else 0
+
+    @property
     def _exp_bias(self) -> int:
         return (1 << (self.exp_bits - 1)) - 1
 

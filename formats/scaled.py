@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from .arrays import NUMPY_TO_TORCH, code_dtype
+from .arrays import code_dtype, float_dtype
 from . import base
 from .base import check_axis, check_backend, chunk_slices, exact, prepare_input
 from .blocking import BlockLayout
@@ -40,6 +39,7 @@ class ScaledFormat:
     element_code_bits: int
     scale_code_bits: int
     subscale_code_bits: int = 0
+    subscales_per_block: int = 0
 
     def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
                        tensor_scale: float | None) -> BlockCodes:
@@ -110,7 +110,7 @@ class ScaledFormat:
             shape=layout.shape,
             axis=layout.axis,
             elements=kind.give_back(torch.cat(elements) if elements else torch.empty(0, dtype=torch.uint8, device=t.device)),
-            scales=kind.give_back(scale_codes.reshape(layout.blocked_shape[:-2] + (layout.nblocks,))),
+            scales=kind.give_back(scale_codes.reshape(layout.blocked_shape[:-1])),
             subscales=kind.give_back(torch.cat(subscales)) if subscales else None,
             tensor_scale=tensor_scale,
             kind="torch" if kind.kind == "torch" else "numpy",
@@ -125,12 +125,11 @@ class ScaledFormat:
         if encoded.format != self:
             raise ValueError(f"this Encoded holds {encoded.format.name}, not {self.name}")
         layout = BlockLayout(encoded.shape, encoded.axis, self.block_size)
-        out_dtype = NUMPY_TO_TORCH[np.dtype(dtype)] if dtype is not None and not isinstance(dtype, torch.dtype) else dtype
         packed_elements = torch.as_tensor(encoded.elements)
         packed_subscales = None if encoded.subscales is None else torch.as_tensor(encoded.subscales)
         scales = torch.as_tensor(encoded.scales).reshape(-1)
-        subs_per_block = self.block_size // getattr(self, "sub_block", self.block_size)
-        out = torch.empty((layout.nrows, self.block_size), dtype=out_dtype or torch.float32, device=packed_elements.device)
+        subs_per_block = self.subscales_per_block
+        out = torch.empty((layout.nrows, self.block_size), dtype=float_dtype(dtype), device=packed_elements.device)
         for part in chunk_slices(layout.nrows, self._rows_per_chunk()):
             n = part.stop - part.start
             elements = unpack(_bytes(packed_elements, part, self.block_size * self.element_code_bits),

@@ -1,7 +1,6 @@
 import subprocess
 import sys
 
-import pytest
 
 from lowbit.cli import main
 

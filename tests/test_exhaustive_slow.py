@@ -1,7 +1,6 @@
 """Every float32 bit pattern through the 8- and 16-bit casts torch also has.
 Slow (minutes per format with the reference backend): run with -m slow."""
 
-import numpy as np
 import pytest
 import torch
 
