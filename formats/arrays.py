@@ -1,10 +1,10 @@
 """Input normalisation: every public entry point accepts numpy arrays, torch
-tensors and Python scalars, computes on an exact float64 torch tensor, and
-returns its result in the caller's kind, dtype and device.
-
-float16, bfloat16 and float32 values are all exactly representable in
-float64, so the conversion never rounds. Inputs are never modified in place:
-numpy arrays are wrapped zero-copy and only read.
+tensors and Python scalars, wraps them as a torch tensor of their own dtype,
+computes chunk by chunk on exact float64 copies (float16, bfloat16 and
+float32 values are all exactly representable in float64, so that never
+rounds), and returns the result in the caller's kind, dtype and device.
+Inputs are never modified in place: numpy arrays are wrapped zero-copy and
+only read.
 """
 
 from __future__ import annotations

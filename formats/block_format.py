@@ -117,10 +117,6 @@ class BlockFormat(ScaledFormat):
         return self.element.min_subnormal * self.scale.min_subnormal
 
     @property
-    def _element_emax(self) -> int:
-        return self.element.emax
-
-    @property
     def _element_mantissa_bits(self) -> int:
         if isinstance(self.element, IntFormat):
             return max(self.element.nbits - 1 - self.element.signed, 0)
@@ -132,14 +128,14 @@ class BlockFormat(ScaledFormat):
         _, ex = torch.frexp(amax)
         floor_log2 = ex.to(torch.int64) - 1
         if rule == "floor":
-            return floor_log2 - self._element_emax
+            return floor_log2 - self.element.emax
         if rule == "ceil":
             is_pow2 = amax == pow2(floor_log2)
-            return floor_log2 + (~is_pow2).to(torch.int64) - self._element_emax
+            return floor_log2 + (~is_pow2).to(torch.int64) - self.element.emax
         if rule == "even":
             m = self._element_mantissa_bits
             carry = amax >= pow2(floor_log2) * (2.0 - 2.0 ** -(m + 1))
-            return floor_log2 + carry.to(torch.int64) - self._element_emax
+            return floor_log2 + carry.to(torch.int64) - self.element.emax
         # rceil: smallest s with amax <= max_elem * 2**s
         s = torch.ceil(torch.log2(amax / self.element.max)).to(torch.int64)
         s = s + (amax > self.element.max * pow2(s)).to(torch.int64)

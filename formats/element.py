@@ -114,16 +114,14 @@ class ElementFormat:
     def values(self) -> np.ndarray:
         """Every distinct finite value, sorted ascending, as float64 (-0.0 and
         +0.0 count as one value, 0.0). Formats of at most 16 bits."""
-        if self.nbits > 16:
-            raise ValueError(f"values() enumerates formats of at most 16 bits; {self.name} has {self.nbits}")
-        v = self._decode_exact(torch.arange(1 << self.nbits, dtype=torch.int64))
-        v = v[torch.isfinite(v)] + 0.0  # -0.0 + 0.0 == +0.0
-        return np.unique(v.numpy())
+        _, v = self.codes_of_values()
+        return np.unique(v[np.isfinite(v)] + 0.0)  # -0.0 + 0.0 == +0.0
 
     def codes_of_values(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every code and its value (float64, NaN/Inf included), code order."""
+        """Every code and its value (float64, NaN/Inf included), code order.
+        Formats of at most 16 bits."""
         if self.nbits > 16:
-            raise ValueError(f"codes_of_values() enumerates formats of at most 16 bits; {self.name} has {self.nbits}")
+            raise ValueError(f"values are enumerated for formats of at most 16 bits; {self.name} has {self.nbits}")
         codes = torch.arange(1 << self.nbits, dtype=torch.int64)
         return codes.numpy(), self._decode_exact(codes).numpy()
 
