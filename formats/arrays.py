@@ -3,12 +3,13 @@ tensors and Python scalars, wraps them as a torch tensor of their own dtype,
 computes chunk by chunk on exact float64 copies (float16, bfloat16 and
 float32 values are all exactly representable in float64, so that never
 rounds), and returns the result in the caller's kind, dtype and device.
-Inputs are never modified in place: numpy arrays are wrapped zero-copy and
-only read.
+Inputs are never modified in place: numpy arrays are wrapped zero-copy
+(whatever their strides) and only read.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +39,15 @@ class InputKind:
         if self.dtype != torch.float64:
             back = out.to(torch.float64)
             if not bool(((back == t64) | (torch.isnan(back) & torch.isnan(t64))).all()):
-                raise ValueError(
-                    f"the result holds values that {self.dtype} cannot represent exactly "
-                    "(outside its range or precision); pass the input as float32 or float64"
-                )
+                raise self.inexact_error()
         return out
+
+    def inexact_error(self) -> ValueError:
+        """The error for results that the input's dtype cannot hold exactly."""
+        return ValueError(
+            f"the result holds values that {self.dtype} cannot represent exactly "
+            "(outside its range or precision); pass the input as float32 or float64"
+        )
 
     def give_back(self, t: torch.Tensor) -> Any:
         """A result tensor (values or codes) in the input's kind."""
@@ -79,8 +84,7 @@ def as_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, InputKind]:
                 f"got dtype {arr.dtype}"
             )
         kind = "numpy_scalar" if isinstance(x, np.generic) else "numpy"
-        t = torch.from_numpy(arr if arr.flags.c_contiguous and arr.flags.writeable else arr.copy())
-        return t, InputKind(kind, NUMPY_TO_TORCH[arr.dtype])
+        return _from_numpy(arr), InputKind(kind, NUMPY_TO_TORCH[arr.dtype])
     if isinstance(x, bool) or not isinstance(x, int | float):
         raise TypeError(
             f"{name} must be a torch tensor, a numpy array or a Python float, got {type(x).__name__}"
@@ -88,27 +92,45 @@ def as_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, InputKind]:
     return torch.tensor(float(x), dtype=torch.float64), InputKind("python", torch.float64)
 
 
-def as_codes(codes: Any, nbits: int, name: str = "codes") -> tuple[torch.Tensor, InputKind]:
-    """Return integer codes as an int64 tensor, checking each is in [0, 2**nbits)."""
+def integer_input(codes: Any, name: str = "codes") -> tuple[torch.Tensor, InputKind]:
+    """Integer codes as a torch tensor of their own dtype (numpy arrays
+    wrapped without a copy), and their kind. TypeError for non-integers."""
     if isinstance(codes, torch.Tensor):
         if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer tensor, got dtype {codes.dtype}")
-        kind = InputKind("torch", torch.int64)
-        t = codes.to(torch.int64)
-    elif isinstance(codes, np.ndarray | np.generic):
+        return codes.detach(), InputKind("torch", torch.int64)
+    if isinstance(codes, np.ndarray | np.generic):
         arr = np.asarray(codes)
         if arr.dtype.kind not in "iu":
             raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
         kind = InputKind("numpy_scalar" if isinstance(codes, np.generic) else "numpy", torch.int64)
-        t = torch.from_numpy(arr.astype(np.int64))
-    elif isinstance(codes, int) and not isinstance(codes, bool):
-        kind = InputKind("python", torch.int64)
-        t = torch.tensor(codes, dtype=torch.int64)
-    else:
-        raise TypeError(f"{name} must be an integer array, tensor or int, got {type(codes).__name__}")
+        return _from_numpy(arr), kind
+    if isinstance(codes, int) and not isinstance(codes, bool):
+        return torch.tensor(codes, dtype=torch.int64), InputKind("python", torch.int64)
+    raise TypeError(f"{name} must be an integer array, tensor or int, got {type(codes).__name__}")
+
+
+def codes_range_error(nbits: int, name: str = "codes") -> ValueError:
+    return ValueError(f"{name} must lie in [0, {1 << nbits}) for a {nbits}-bit format")
+
+
+def as_codes(codes: Any, nbits: int, name: str = "codes") -> tuple[torch.Tensor, InputKind]:
+    """Integer codes as an int64 tensor, checking each is in [0, 2**nbits)."""
+    t, kind = integer_input(codes, name)
+    t = t.to(torch.int64)
     if t.numel() and (bool((t < 0).any()) or bool((t >= (1 << nbits)).any())):
-        raise ValueError(f"{name} must lie in [0, {1 << nbits}) for a {nbits}-bit format")
+        raise codes_range_error(nbits, name)
     return t, kind
+
+
+def _from_numpy(arr: np.ndarray) -> torch.Tensor:
+    """A tensor sharing the array's memory (read only by lowbit); arrays
+    torch cannot wrap (negative strides) are copied."""
+    if any(stride < 0 for stride in arr.strides):
+        arr = arr.copy()
+    with warnings.catch_warnings():  # read-only arrays: lowbit never writes its inputs
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
 
 
 def code_dtype(nbits: int) -> torch.dtype:

@@ -8,14 +8,23 @@ import torch
 
 from .arrays import InputKind, as_tensor
 
-BACKENDS = (None, "reference")
+BACKENDS = ("reference", "cpu")
+
+#: The backend that backend=None picks for CPU data. The tests switch it to
+#: run every formats test on each backend.
+CPU_DEFAULT = "cpu"
 
 
-def check_backend(backend: str | None) -> None:
-    """Only the reference implementation exists in this layer; the numba and
-    CUDA kernels register themselves as further backends when they exist."""
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """The implementation that runs: ``backend`` when given, else the numba
+    kernels ("cpu") for CPU data and the reference implementation elsewhere."""
+    if backend is None:
+        return CPU_DEFAULT if device.type == "cpu" else "reference"
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be None or 'reference' (no other backend is built yet); got {backend!r}")
+        raise ValueError(f"backend must be None, 'reference' or 'cpu'; got {backend!r}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"backend='cpu' runs on CPU data; this input is on {device}")
+    return backend
 
 
 #: How many elements the reference implementation turns into float64 at a
@@ -24,10 +33,11 @@ def check_backend(backend: str | None) -> None:
 CHUNK_ELEMENTS = 1 << 20
 
 
-def prepare_input(x: Any, backend: str | None) -> tuple[torch.Tensor, InputKind]:
-    """x as a tensor of its own dtype (no copy where possible), and its kind."""
-    check_backend(backend)
-    return as_tensor(x)
+def prepare_input(x: Any, backend: str | None) -> tuple[torch.Tensor, InputKind, str]:
+    """x as a tensor of its own dtype (no copy where possible), its kind, and
+    the backend that will run."""
+    t, kind = as_tensor(x)
+    return t, kind, resolve_backend(backend, t.device)
 
 
 def exact(chunk: torch.Tensor, flush_subnormals: bool) -> torch.Tensor:

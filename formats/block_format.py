@@ -86,6 +86,9 @@ class BlockFormat(ScaledFormat):
     def _power_of_two_scale(self) -> bool:
         return self.scale.man_bits == 0
 
+    def _resolve_rule(self, scale_rule: str | None) -> str:
+        return self._check_rule(scale_rule or self.scale_rule)
+
     def _check_rule(self, rule: str) -> str:
         allowed = POWER_OF_TWO_RULES if self._power_of_two_scale else ("amax",)
         if rule not in allowed:
@@ -141,21 +144,27 @@ class BlockFormat(ScaledFormat):
         s = s + (amax > self.element.max * pow2(s)).to(torch.int64)
         return s - (amax <= self.element.max * pow2(s - 1)).to(torch.int64)
 
-    def _tensor_scale(self, rows: torch.Tensor, flush_subnormals: bool) -> float | None:
-        """NVFP4's second level: float32(amax_tensor) / (max_scale * max_elem),
-        divided in float32 as the datapath does; 1.0 for an all-zero tensor."""
+    def _tensor_scale(self, t: torch.Tensor, flush_subnormals: bool) -> float | None:
+        """NVFP4's second level, from the largest finite magnitude of the
+        tensor (see :meth:`tensor_scale_of`)."""
         if not self.tensor_scale:
             return None
-        total = np.float32(0)
-        for part in chunk_slices(rows.shape[0], max(1, base.CHUNK_ELEMENTS // self.block_size)):
-            x64 = exact(rows[part], flush_subnormals)
+        amax = 0.0
+        flat = t.reshape(-1)
+        for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
+            x64 = exact(flat[part], flush_subnormals)
             if x64.numel():
-                total = max(total, np.float32(torch.where(torch.isfinite(x64), x64.abs(), 0.0).max()))
-        return float(total / np.float32(self.scale.max * self.element.max)) or 1.0
+                amax = max(amax, float(torch.where(torch.isfinite(x64), x64.abs(), 0.0).max()))
+        return self.tensor_scale_of(amax)
+
+    def tensor_scale_of(self, amax: float) -> float:
+        """float32(amax) / (max_scale * max_elem), divided in float32 as the
+        datapath does; 1.0 for an all-zero tensor."""
+        return float(np.float32(amax) / np.float32(self.scale.max * self.element.max)) or 1.0
 
     def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
                        tensor_scale: float | None) -> BlockCodes:
-        rule = self._check_rule(scale_rule or self.scale_rule)
+        rule = self._resolve_rule(scale_rule)
         finite = torch.isfinite(blocks)
         bad_block = ~finite.all(dim=-1)
         magnitudes = torch.where(finite, blocks.abs(), 0.0)

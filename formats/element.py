@@ -10,10 +10,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .arrays import as_codes, code_dtype, float_dtype
+from .arrays import as_codes, code_dtype, float_dtype, integer_input
 from . import base
-from .base import check_backend, chunk_slices, exact, prepare_input
-from .rounding import Rounder, check_overflow, stochastic_generator
+from .base import chunk_slices, exact, prepare_input, resolve_backend
+from .rounding import Rounder, check_overflow, stochastic_key
+
+
+def cpu_elements():
+    """The CPU kernels' element entry points (imported on first use: numba
+    takes a moment to load)."""
+    from .cpu import element_backend
+
+    return element_backend
 
 
 class ElementFormat:
@@ -42,22 +50,20 @@ class ElementFormat:
     def __str__(self) -> str:
         return self.name
 
-    def _encoded_chunks(self, x: Any, rounding: str, overflow: str | None, seed: Any, generator: Any,
-                        flush_subnormals: bool, backend: str | None):
-        """The input tensor, its kind, and an iterator over chunks of its
-        flattened elements: (slice, exact float64 values, codes, invalid mask)."""
-        t, kind = prepare_input(x, backend)
-        policy = check_overflow(overflow, self.has_inf, self.has_nan, self.name)
-        gen = stochastic_generator(rounding, seed, generator, t.device)
+    def _encoded_chunks(self, t: torch.Tensor, rounding: str, policy: str, key: int | None, flush_subnormals: bool):
+        """Chunks of t's flattened elements: (slice, exact float64 values, codes, invalid mask)."""
         flat = t.reshape(-1)
+        for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
+            x64 = exact(flat[part], flush_subnormals)
+            codes, invalid = self._encode_exact(x64, Rounder(rounding, torch.signbit(x64), key, part.start), policy)
+            yield part, x64, codes, invalid
 
-        def chunks():
-            for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
-                x64 = exact(flat[part], flush_subnormals)
-                codes, invalid = self._encode_exact(x64, Rounder(rounding, torch.signbit(x64), gen), policy)
-                yield part, x64, codes, invalid
-
-        return t, kind, chunks()
+    def _policy(self, x: Any, rounding: str, overflow: str | None, seed: Any, generator: Any, backend: str | None):
+        """The input as a tensor, its kind, the checked overflow policy, the
+        stochastic key and the backend that runs."""
+        t, kind, backend = prepare_input(x, backend)
+        policy = check_overflow(overflow, self.has_inf, self.has_nan, self.name)
+        return t, kind, policy, stochastic_key(rounding, seed, generator), backend
 
     def quantize(self, x: Any, *, rounding: str = "nearest_even", overflow: str | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
@@ -68,11 +74,17 @@ class ElementFormat:
         unsigned format, zero in a format without zero) become NaN. Overflow
         follows ``overflow`` (default: ``inf`` if the format has infinities,
         else ``saturate``). Raises ValueError if x's dtype cannot hold a
-        result exactly (pass float32 or float64 then).
+        result exactly (pass float32 or float64 then). ``backend``: None (the
+        CPU kernels for CPU data, else the reference), "cpu" or "reference".
         """
-        t, kind, chunks = self._encoded_chunks(x, rounding, overflow, seed, generator, flush_subnormals, backend)
+        t, kind, policy, key, backend = self._policy(x, rounding, overflow, seed, generator, backend)
+        if backend == "cpu":
+            out, exact_fit = cpu_elements().quantize(self, t, rounding, policy, key, flush_subnormals)
+            if not exact_fit:
+                raise kind.inexact_error()
+            return kind.give_back(out)
         out = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
-        for part, _, codes, invalid in chunks:
+        for part, _, codes, invalid in self._encoded_chunks(t, rounding, policy, key, flush_subnormals):
             out[part] = kind.exact_cast(torch.where(invalid, torch.nan, self._decode_exact(codes)))
         return kind.give_back(out.reshape(t.shape))
 
@@ -83,30 +95,39 @@ class ElementFormat:
         integer dtype (uint8/uint16/uint32). Raises ValueError for elements
         the format cannot represent (NaN into a format without NaN, negatives
         into an unsigned format, zero into a format without zero)."""
-        t, kind, chunks = self._encoded_chunks(x, rounding, overflow, seed, generator, flush_subnormals, backend)
+        t, kind, policy, key, backend = self._policy(x, rounding, overflow, seed, generator, backend)
+        if backend == "cpu":
+            out, bad = cpu_elements().encode(self, t, rounding, policy, key, flush_subnormals)
+            if bad is not None:
+                raise self._unrepresentable(float(exact(t.reshape(-1)[bad], flush_subnormals)))
+            return kind.give_back(out)
         out = torch.empty(t.numel(), dtype=code_dtype(self.nbits), device=t.device)
-        for part, x64, codes, invalid in chunks:
+        for part, x64, codes, invalid in self._encoded_chunks(t, rounding, policy, key, flush_subnormals):
             if bool(invalid.any()):
-                bad = float(x64[invalid][0])
-                raise ValueError(f"{bad!r} cannot be encoded in {self.name}: {self._why_unrepresentable(bad)}")
+                raise self._unrepresentable(float(x64[invalid][0]))
             out[part] = codes.to(out.dtype)
         return kind.give_back(out.reshape(t.shape))
 
-    def _why_unrepresentable(self, value: float) -> str:
+    def _unrepresentable(self, value: float) -> ValueError:
         if math.isnan(value):
-            return "the format has no NaN"
-        if value < 0:
-            return "the format is unsigned"
-        return "the format has no zero"
+            why = "the format has no NaN"
+        elif value < 0:
+            why = "the format is unsigned"
+        else:
+            why = "the format has no zero"
+        return ValueError(f"{value!r} cannot be encoded in {self.name}: {why}")
 
     def decode(self, codes: Any, *, dtype: Any = None, backend: str | None = None) -> Any:
         """Values of ``codes`` (integers in [0, 2**nbits)); float32 by default,
         ``dtype=torch.float64`` / ``np.float64`` on request. Returns the
         codes' kind (numpy or torch) and device."""
-        check_backend(backend)
-        c, kind = as_codes(codes, self.nbits)
+        c, kind = integer_input(codes)
+        out_dtype = float_dtype(dtype)
+        if resolve_backend(backend, c.device) == "cpu":
+            return kind.give_back(cpu_elements().decode(self, c, out_dtype))
+        c, _ = as_codes(c, self.nbits)
         flat = c.reshape(-1)
-        out = torch.empty(flat.numel(), dtype=float_dtype(dtype), device=flat.device)
+        out = torch.empty(flat.numel(), dtype=out_dtype, device=flat.device)
         for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
             out[part] = self._decode_exact(flat[part]).to(out.dtype)
         return kind.give_back(out.reshape(c.shape))

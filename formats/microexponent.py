@@ -100,10 +100,12 @@ class MicroexponentFormat(ScaledFormat):
         return float((1 << self.man_bits) - 1) * 2.0 ** (self.emax - self.man_bits + 1)
 
     # -- exact kernels ---------------------------------------------------------------
-    def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
-                       tensor_scale: float | None) -> BlockCodes:
+    def _resolve_rule(self, scale_rule: str | None) -> None:
         if scale_rule is not None:
             raise ValueError(f"scale_rule applies to MX block formats; {self.name} has fixed shared-exponent rules")
+
+    def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
+                       tensor_scale: float | None) -> BlockCodes:
         finite = torch.isfinite(blocks)
         bad_block = ~finite.all(dim=-1)
         a = torch.where(finite, blocks.abs(), 0.0)

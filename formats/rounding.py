@@ -37,10 +37,22 @@ def check_overflow(overflow: str | None, has_inf: bool, has_nan: bool, format_na
     return overflow
 
 
-def stochastic_generator(rounding: str, seed: int | None, generator: Any, device: torch.device) -> torch.Generator | None:
-    """The generator stochastic rounding draws from: ``generator`` if given,
-    else one seeded with ``seed``, else None (torch's global generator,
-    reproducible with ``torch.manual_seed``). Checks the mode's arguments."""
+#: SplitMix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number
+#: generators", OOPSLA 2014): the i-th draw of a stream with key k is
+#: mix(k + (i + 1) * GAMMA). A counter-based generator: element i's random
+#: bits depend only on the key and i, never on chunking or thread count, so
+#: every backend draws the same bits for the same element.
+SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
+SPLITMIX_MUL1 = 0xBF58476D1CE4E5B9
+SPLITMIX_MUL2 = 0x94D049BB133111EB
+_MASK64 = (1 << 64) - 1
+
+
+def stochastic_key(rounding: str, seed: int | None, generator: Any) -> int | None:
+    """The 64-bit key of stochastic rounding's random stream: ``seed`` itself
+    (mod 2**64) if given, else drawn from ``generator``, else from torch's
+    global generator (reproducible with ``torch.manual_seed``). None when
+    the mode is not stochastic. Checks the mode's arguments."""
     check_rounding(rounding)
     if rounding != "stochastic":
         if seed is not None or generator is not None:
@@ -48,29 +60,58 @@ def stochastic_generator(rounding: str, seed: int | None, generator: Any, device
         return None
     if generator is not None and seed is not None:
         raise ValueError("pass either seed or generator for stochastic rounding, not both")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if seed is not None:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        generator = torch.Generator(device=device).manual_seed(seed)
-    return generator
+        return seed & _MASK64
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    draw = torch.randint(-(1 << 63), (1 << 63) - 1, (), dtype=torch.int64, generator=generator,
+                         device=generator.device if generator is not None else "cpu")
+    return int(draw) & _MASK64
+
+
+def _as_int64(value: int) -> int:
+    """A 64-bit pattern as the signed int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _shift_right(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def counter_uniforms(key: int, first: int, shape: tuple[int, ...], device: Any) -> torch.Tensor:
+    """Uniforms in [0, 1) (53 random bits) for the elements numbered
+    ``first``, ``first + 1``, ... in C order over ``shape``: draw i of
+    SplitMix64 with ``key``, its top 53 bits scaled by 2**-53."""
+    count = 1
+    for n in shape:
+        count *= n
+    index = torch.arange(first + 1, first + 1 + count, dtype=torch.int64, device=device)
+    z = _as_int64(key) + index * _as_int64(SPLITMIX_GAMMA)  # int64 arithmetic wraps modulo 2**64
+    z = (z ^ _shift_right(z, 30)) * _as_int64(SPLITMIX_MUL1)
+    z = (z ^ _shift_right(z, 27)) * _as_int64(SPLITMIX_MUL2)
+    z = z ^ _shift_right(z, 31)
+    return (_shift_right(z, 11).to(torch.float64) * 2.0 ** -53).reshape(shape)
 
 
 class Rounder:
     """One rounding mode applied to magnitudes of values with known signs.
 
-    ``generator`` (from :func:`stochastic_generator`) feeds stochastic
-    rounding. Directed modes become magnitude modes: ``up`` rounds positive values away
-    from zero and negative ones toward zero, ``down`` the reverse.
+    Stochastic rounding draws element i's uniform from the counter-based
+    stream ``key`` (see :func:`stochastic_key`), ``first`` being the number
+    of the first element of ``negative``. Directed modes become magnitude
+    modes: ``up`` rounds positive values away from zero and negative ones
+    toward zero, ``down`` the reverse.
     """
 
-    def __init__(self, rounding: str, negative: torch.Tensor, generator: torch.Generator | None = None):
+    def __init__(self, rounding: str, negative: torch.Tensor, key: int | None = None, first: int = 0):
         self.mode = check_rounding(rounding)
         self.negative = negative
         self.u = None
-        if self.mode == "stochastic":  # uniform in [0, 1), 53 random bits
-            self.u = torch.rand(negative.shape, dtype=torch.float64, device=negative.device, generator=generator)
+        if self.mode == "stochastic":
+            self.u = counter_uniforms(key, first, tuple(negative.shape), negative.device)
 
     def toward_zero(self) -> torch.Tensor | bool:
         """Where this mode rounds magnitudes toward zero (so never overflows to infinity)."""

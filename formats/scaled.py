@@ -12,11 +12,11 @@ import torch
 
 from .arrays import code_dtype, float_dtype
 from . import base
-from .base import check_axis, check_backend, chunk_slices, exact, prepare_input
+from .base import check_axis, chunk_slices, exact, prepare_input, resolve_backend
 from .blocking import BlockLayout
 from .encoded import Encoded
 from .packing import pack, unpack
-from .rounding import Rounder, stochastic_generator
+from .rounding import Rounder, stochastic_key
 
 
 @dataclass
@@ -49,8 +49,8 @@ class ScaledFormat:
     def _decode_blocks(self, codes: BlockCodes) -> torch.Tensor:
         raise NotImplementedError
 
-    def _tensor_scale(self, rows: torch.Tensor, flush_subnormals: bool) -> float | None:
-        """A per-tensor scale computed over all blocks first (NVFP4); None here."""
+    def _tensor_scale(self, t: torch.Tensor, flush_subnormals: bool) -> float | None:
+        """A per-tensor scale computed over the whole input first (NVFP4); None here."""
         return None
 
     # -- shared ---------------------------------------------------------------------
@@ -62,31 +62,49 @@ class ScaledFormat:
         packed codes end on a byte boundary and chunks pack independently."""
         return max(8, base.CHUNK_ELEMENTS // self.block_size // 8 * 8)
 
-    def _encoded_chunks(self, x, axis, rounding, scale_rule, seed, generator, flush_subnormals, backend):
-        """The kind, layout and tensor scale of x, and an iterator over chunks
-        of whole blocks: (row slice, BlockCodes of those blocks)."""
-        t, kind = prepare_input(x, backend)
+    def _resolve_rule(self, scale_rule: str | None) -> str | None:
+        """The scale rule a call uses (checked); None for formats without one."""
+        raise NotImplementedError
+
+    def _prepare(self, x: Any, axis: int, rounding: str, scale_rule: str | None, seed: Any, generator: Any,
+                 backend: str | None):
+        """The input tensor, its kind, its block layout, the scale rule, the
+        stochastic key and the backend that runs."""
+        t, kind, backend = prepare_input(x, backend)
         layout = BlockLayout(tuple(t.shape), check_axis(axis, t.dim()), self.block_size)
+        rule = self._resolve_rule(scale_rule)
+        return t, kind, layout, rule, stochastic_key(rounding, seed, generator), backend
+
+    def _encoded_chunks(self, t, layout, rounding, rule, key, tensor_scale, flush_subnormals):
+        """Chunks of whole blocks of t: (row slice, BlockCodes of those blocks)."""
         rows = layout.to_blocks(t).reshape(-1, self.block_size)
-        gen = stochastic_generator(rounding, seed, generator, t.device)
-        tensor_scale = self._tensor_scale(rows, flush_subnormals)
+        for part in chunk_slices(rows.shape[0], self._rows_per_chunk()):
+            blocks = exact(rows[part], flush_subnormals)
+            rounder = Rounder(rounding, torch.signbit(blocks), key, part.start * self.block_size)
+            yield part, self._encode_blocks(blocks, rounder, rule, tensor_scale)
 
-        def chunks():
-            for part in chunk_slices(rows.shape[0], self._rows_per_chunk()):
-                blocks = exact(rows[part], flush_subnormals)
-                yield part, self._encode_blocks(blocks, Rounder(rounding, torch.signbit(blocks), gen), scale_rule, tensor_scale)
-
-        return t, kind, layout, tensor_scale, chunks()
+    def _tensor_scale_of_input(self, t: torch.Tensor, layout: BlockLayout, flush_subnormals: bool, backend: str):
+        if backend == "cpu":
+            return cpu_scaled().tensor_scale(self, t, flush_subnormals)
+        return self._tensor_scale(t, flush_subnormals)
 
     def quantize(self, x: Any, *, axis: int = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
                  flush_subnormals: bool = False, backend: str | None = None) -> Any:
         """What ``x`` becomes when encoded in blocks along ``axis`` and decoded
         again; same kind, dtype, shape and device as ``x``. A block holding
-        NaN or Inf becomes all NaN. Elements saturate (they never overflow)."""
-        t, kind, layout, _, chunks = self._encoded_chunks(x, axis, rounding, scale_rule, seed, generator, flush_subnormals, backend)
+        NaN or Inf becomes all NaN. Elements saturate (they never overflow).
+        ``backend``: None (the CPU kernels for CPU data, else the
+        reference), "cpu" or "reference"."""
+        t, kind, layout, rule, key, backend = self._prepare(x, axis, rounding, scale_rule, seed, generator, backend)
+        tensor_scale = self._tensor_scale_of_input(t, layout, flush_subnormals, backend)
+        if backend == "cpu":
+            out, exact_fit = cpu_scaled().quantize(self, t, layout, rounding, rule, key, flush_subnormals, tensor_scale)
+            if not exact_fit:
+                raise kind.inexact_error()
+            return kind.give_back(out)
         out = torch.empty((layout.nrows, self.block_size), dtype=t.dtype, device=t.device)
-        for part, codes in chunks:
+        for part, codes in self._encoded_chunks(t, layout, rounding, rule, key, tensor_scale, flush_subnormals):
             out[part] = kind.exact_cast(self._decode_blocks(codes))
         return kind.give_back(layout.from_blocks(out))
 
@@ -95,31 +113,40 @@ class ScaledFormat:
                flush_subnormals: bool = False, backend: str | None = None) -> Encoded:
         """Encode ``x`` in blocks along ``axis``: bit-packed element codes and
         one scale code per block (see :class:`Encoded` for the layout)."""
-        t, kind, layout, tensor_scale, chunks = self._encoded_chunks(
-            x, axis, rounding, scale_rule, seed, generator, flush_subnormals, backend)
-        elements, scales, subscales = [], [], []
-        for _, codes in chunks:
-            elements.append(pack(codes.elements, self.element_code_bits))
-            scales.append(codes.scales.to(code_dtype(self.scale_code_bits)))
-            if codes.subscales is not None:
-                subscales.append(pack(codes.subscales, self.subscale_code_bits))
-
-        scale_codes = torch.cat(scales) if scales else torch.empty(0, dtype=code_dtype(self.scale_code_bits), device=t.device)
+        t, kind, layout, rule, key, backend = self._prepare(x, axis, rounding, scale_rule, seed, generator, backend)
+        tensor_scale = self._tensor_scale_of_input(t, layout, flush_subnormals, backend)
+        if backend == "cpu":
+            elements, scale_codes, subscales = cpu_scaled().encode(self, t, layout, rounding, rule, key,
+                                                                   flush_subnormals, tensor_scale)
+        else:
+            elements, scale_codes, subscales = self._encode_reference(t, layout, rounding, rule, key, tensor_scale,
+                                                                      flush_subnormals)
         return Encoded(
             format=self,
             shape=layout.shape,
             axis=layout.axis,
-            elements=kind.give_back(torch.cat(elements) if elements else torch.empty(0, dtype=torch.uint8, device=t.device)),
-            scales=kind.give_back(scale_codes.reshape(layout.blocked_shape[:-1])),
-            subscales=kind.give_back(torch.cat(subscales)) if subscales else None,
+            elements=kind.give_back(elements),
+            scales=kind.give_back(scale_codes),
+            subscales=kind.give_back(subscales) if subscales is not None else None,
             tensor_scale=tensor_scale,
             kind="torch" if kind.kind == "torch" else "numpy",
         )
 
+    def _encode_reference(self, t, layout, rounding, rule, key, tensor_scale, flush_subnormals):
+        elements, scales, subscales = [], [], []
+        for _, codes in self._encoded_chunks(t, layout, rounding, rule, key, tensor_scale, flush_subnormals):
+            elements.append(pack(codes.elements, self.element_code_bits))
+            scales.append(codes.scales.to(code_dtype(self.scale_code_bits)))
+            if codes.subscales is not None:
+                subscales.append(pack(codes.subscales, self.subscale_code_bits))
+        device = t.device
+        scale_codes = torch.cat(scales) if scales else torch.empty(0, dtype=code_dtype(self.scale_code_bits), device=device)
+        packed = torch.cat(elements) if elements else torch.empty(0, dtype=torch.uint8, device=device)
+        return packed, scale_codes.reshape(layout.blocked_shape[:-1]), torch.cat(subscales) if subscales else None
+
     def decode(self, encoded: Encoded, *, dtype: Any = None, backend: str | None = None) -> Any:
         """Values of an :class:`Encoded` of this format, in its true shape:
         float32 unless ``dtype`` asks for float64."""
-        check_backend(backend)
         if not isinstance(encoded, Encoded):
             raise TypeError(f"{self.name} decodes an Encoded (from {self.name}.encode), got {type(encoded).__name__}")
         if encoded.format != self:
@@ -128,8 +155,18 @@ class ScaledFormat:
         packed_elements = torch.as_tensor(encoded.elements)
         packed_subscales = None if encoded.subscales is None else torch.as_tensor(encoded.subscales)
         scales = torch.as_tensor(encoded.scales).reshape(-1)
+        out_dtype = float_dtype(dtype)
+        if resolve_backend(backend, packed_elements.device) == "cpu":
+            values = cpu_scaled().decode(self, layout, packed_elements, scales, packed_subscales,
+                                         encoded.tensor_scale, out_dtype)
+        else:
+            values = self._decode_reference(layout, packed_elements, scales, packed_subscales, encoded.tensor_scale,
+                                            out_dtype)
+        return values.cpu().numpy() if encoded.kind == "numpy" else values
+
+    def _decode_reference(self, layout, packed_elements, scales, packed_subscales, tensor_scale, dtype):
         subs_per_block = self.subscales_per_block
-        out = torch.empty((layout.nrows, self.block_size), dtype=float_dtype(dtype), device=packed_elements.device)
+        out = torch.empty((layout.nrows, self.block_size), dtype=dtype, device=packed_elements.device)
         for part in chunk_slices(layout.nrows, self._rows_per_chunk()):
             n = part.stop - part.start
             elements = unpack(_bytes(packed_elements, part, self.block_size * self.element_code_bits),
@@ -138,10 +175,16 @@ class ScaledFormat:
             if packed_subscales is not None:
                 subscales = unpack(_bytes(packed_subscales, part, subs_per_block * self.subscale_code_bits),
                                    self.subscale_code_bits, n * subs_per_block).to(torch.int64).reshape(n, subs_per_block)
-            codes = BlockCodes(elements, scales[part].to(torch.int64), subscales, encoded.tensor_scale)
+            codes = BlockCodes(elements, scales[part].to(torch.int64), subscales, tensor_scale)
             out[part] = self._decode_blocks(codes).to(out.dtype)
-        values = layout.from_blocks(out)
-        return values.cpu().numpy() if encoded.kind == "numpy" else values
+        return layout.from_blocks(out)
+
+
+def cpu_scaled():
+    """The CPU kernels' scaled-format entry points (imported on first use)."""
+    from .cpu import scaled_backend
+
+    return scaled_backend
 
 
 def _bytes(packed: torch.Tensor, rows: slice, bits_per_row: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
     lowbit info [FORMAT ...]     properties of formats (no FORMAT: the whole catalogue)
     lowbit values FORMAT         every value of an element format with its code
     lowbit encode FORMAT VALUE…  codes and bit fields of values
+    lowbit bench [--sizes …]     CPU kernel throughput against a copy, ml_dtypes, torch
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ def cmd_encode(args: argparse.Namespace) -> None:
         print(f"{float(v)!r:>14}  0x{int(c):02x}          {number(d) if np.isfinite(d) else d}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from lowbit import bench
+
+    for name in args.formats:
+        get_format(name)  # unknown names fail before minutes of measuring
+    bench.run(args.sizes, args.formats, args.repeat, args.reference_max, not args.no_cold_start)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowbit", description="Exact emulation of low-precision number formats.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--rounding", default="nearest_even")
     enc.add_argument("--overflow", default=None)
     enc.set_defaults(run=cmd_encode)
+    from lowbit import bench
+
+    ben = sub.add_parser("bench", help="CPU kernel throughput against a parallel copy, ml_dtypes, torch, the reference")
+    ben.add_argument("--sizes", type=int, nargs="+", default=bench.SIZES, metavar="LOG2N",
+                     help="log2 of the element counts (default: %(default)s)")
+    ben.add_argument("--formats", nargs="+", default=bench.FORMATS, metavar="FORMAT")
+    ben.add_argument("--repeat", type=int, default=5, help="timed runs per operation; the best counts")
+    ben.add_argument("--reference-max", type=int, default=20, metavar="LOG2N",
+                     help="time the (slow) reference implementation up to this size")
+    ben.add_argument("--no-cold-start", action="store_true", help="skip timing the kernels' first compilation")
+    ben.set_defaults(run=cmd_bench)
     return parser
 
 

@@ -15,6 +15,8 @@ from lowbit.formats import BlockFormat, Encoded
 from helpers import assert_same_values
 from oracle import Oracle
 
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 MX = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8"]
 MODES = ["nearest_even", "nearest_away", "toward_zero", "up", "down"]
 

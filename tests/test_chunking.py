@@ -8,6 +8,8 @@ import torch
 import lowbit
 from lowbit.formats import base
 
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 
 @pytest.fixture
 def tiny_chunks(monkeypatch):

@@ -8,6 +8,8 @@ import torch
 import lowbit
 from lowbit.formats import BlockFormat, FloatFormat, IntFormat, MicroexponentFormat
 
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 
 def test_python_and_numpy_scalars():
     assert lowbit.quantize(0.3, "fp8_e4m3") == 0.3125 and isinstance(lowbit.quantize(0.3, "fp8_e4m3"), float)

@@ -11,6 +11,8 @@ from lowbit.formats import ElementFormat, FloatFormat, IntFormat
 from helpers import assert_same_values
 from oracle import Oracle, boundary_inputs, enumerate_codes
 
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 ELEMENT_FORMATS = [n for n in lowbit.list_formats()
                    if isinstance(lowbit.get_format(n), ElementFormat) and lowbit.get_format(n).nbits <= 16]
 EXTRA_FORMATS = [

@@ -17,6 +17,8 @@ import lowbit
 from helpers import assert_same_values
 from oracle import boundary_inputs
 
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 # lowbit format, ml_dtypes type, the overflow policy that reproduces ml_dtypes
 ML_DTYPES = [
     ("fp8_e4m3", ml_dtypes.float8_e4m3fn, "nan"),

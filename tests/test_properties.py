@@ -1,6 +1,7 @@
 """Hypothesis properties over formats of every family, including randomly
 built ones, with the brute-force oracle as the reference."""
 
+import pytest
 import numpy as np
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -13,6 +14,8 @@ from lowbit.testing import (
 
 from helpers import assert_same_values
 from oracle import Oracle
+
+pytestmark = pytest.mark.usefixtures("each_backend")
 
 DETERMINISTIC = ["nearest_even", "nearest_away", "toward_zero", "up", "down"]
 

@@ -8,6 +8,8 @@ import lowbit
 
 from oracle import Oracle
 
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 
 @pytest.mark.parametrize("name", ["fp8_e4m3", "fp4_e2m1", "int4", "bf16", "e8m0"])
 def test_result_is_one_of_the_two_neighbours(name):

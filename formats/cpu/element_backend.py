@@ -1,0 +1,93 @@
+"""Element formats on the CPU kernels: tensors in, tensors out.
+
+Called by :class:`lowbit.formats.ElementFormat` for CPU data; returns torch
+tensors (the caller gives them back in the input's kind) and raises the
+same errors as the reference implementation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..arrays import code_dtype, codes_range_error
+from . import element_kernels as kernels
+from . import fast32
+from .descriptors import element_descriptor, overflow_code, rounding_code
+from .views import numpy_data, planes_rows_cols
+
+
+def flush_threshold(dtype: torch.dtype, flush_subnormals: bool) -> float:
+    """Magnitudes below this become zeros: the dtype's smallest normal, or 0."""
+    return float(torch.finfo(dtype).tiny) if flush_subnormals else 0.0
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    return numpy_data(t)[0].reshape(-1)
+
+
+def new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor from numpy's allocator, which backs large
+    arrays with huge pages where it can (fewer page faults on first write)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.from_numpy(np.empty(shape, dtype=np.int16)).view(dtype)
+    return torch.from_numpy(np.empty(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+
+
+def _fast_float32(fmt, t: torch.Tensor, rounding: str, overflow: str, flush_subnormals: bool):
+    """The fast32 kernels and parameters that serve this call, or None."""
+    if t.dtype != torch.float32 or rounding != "nearest_even" or not t.is_contiguous():
+        return None
+    params = fast32.float_params(fmt, overflow, flush_subnormals)
+    if params is not None:
+        return fast32.quantize_float, fast32.encode_float, params
+    params = fast32.int_params(fmt, flush_subnormals)
+    if params is not None:
+        return fast32.quantize_int, fast32.encode_int, params
+    return None
+
+
+def quantize(fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None,
+             flush_subnormals: bool) -> tuple[torch.Tensor, bool]:
+    """The rounded values in t's dtype and shape, and whether they all fit
+    that dtype exactly."""
+    out = new_tensor(tuple(t.shape), t.dtype)
+    fast = _fast_float32(fmt, t, rounding, overflow, flush_subnormals)
+    if fast is not None:
+        fast[0](_flat(t), _flat(out), fast[2])
+        return out, True
+    data, half = numpy_data(t)
+    inexact = np.zeros(kernels.span_count(t.numel()), dtype=np.bool_)
+    kernels.quantize_elements(planes_rows_cols(data), _flat(out), element_descriptor(fmt), rounding_code(rounding),
+                              overflow_code(overflow), np.uint64(key or 0), half,
+                              flush_threshold(t.dtype, flush_subnormals), inexact)
+    return out, not inexact.any()
+
+
+def encode(fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None,
+           flush_subnormals: bool) -> tuple[torch.Tensor, int | None]:
+    """The codes in t's shape, and the flat index of the first element the
+    format cannot represent (None if every element encoded)."""
+    out = new_tensor(tuple(t.shape), code_dtype(fmt.nbits))
+    fast = _fast_float32(fmt, t, rounding, overflow, flush_subnormals)
+    if fast is not None and fast[1](_flat(t), out.numpy().reshape(-1), fast[2]) == 0:
+        return out, None
+    data, half = numpy_data(t)
+    first_invalid = np.full(kernels.span_count(t.numel()), kernels.NO_INDEX, dtype=np.int64)
+    kernels.encode_elements(planes_rows_cols(data), out.numpy().reshape(-1), element_descriptor(fmt),
+                            rounding_code(rounding), overflow_code(overflow), np.uint64(key or 0), half,
+                            flush_threshold(t.dtype, flush_subnormals), first_invalid)
+    bad = int(first_invalid.min(initial=kernels.NO_INDEX))
+    return out, None if bad == kernels.NO_INDEX else bad
+
+
+def decode(fmt, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The values of integer codes (any integer dtype) in ``dtype``; raises
+    ValueError for codes outside [0, 2**nbits)."""
+    out = new_tensor(tuple(codes.shape), dtype)
+    out_of_range = np.zeros(kernels.span_count(codes.numel()), dtype=np.int64)
+    kernels.decode_elements(planes_rows_cols(codes.numpy()), out.numpy().reshape(-1), element_descriptor(fmt),
+                            fmt.nbits, out_of_range)
+    if out_of_range.any():
+        raise codes_range_error(fmt.nbits)
+    return out

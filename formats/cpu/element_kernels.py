@@ -1,0 +1,138 @@
+"""Parallel kernels for element formats: quantize, encode and decode.
+
+Each takes its input as a (planes, rows, cols) strided view (see
+:mod:`.views`) and writes a flat C-order output. The elements are split
+into spans of ``SPAN``, one span per task, so results (stochastic ones
+included: element i draws its uniform from the counter-based stream at i)
+never depend on the thread count. Each span reports into its own slot of a
+status array. Every kernel branches once on the family and runs a loop
+compiled for that family alone (``is_int`` is a constant in each), and
+IEEE-like float formats under nearest_even get a loop of their own with
+those constants folded in (about twice as fast as the general loop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .descriptors import IS_INT, NEAREST_EVEN, STOCHASTIC
+from .scalar import (
+    counter_uniform, decode_element, encode_element, ieee_like, is_ieee_like, load, round_element, store,
+)
+
+SPAN = 1 << 14
+NO_INDEX = np.iinfo(np.int64).max
+inline = njit(inline="always", cache=True)
+#: what one parallel task runs: compiled on its own (inlining it into the
+#: parallel loop makes numba's compile time explode)
+task = njit(cache=True)
+
+
+def span_count(total: int) -> int:
+    return -(-total // SPAN)
+
+
+@inline
+def locate(i, rows, cols):
+    """(plane, row, column) of flat index i in a (planes, rows, cols) view."""
+    return i // (rows * cols), (i // cols) % rows, i % cols
+
+
+@inline
+def exact_input(x, i, mode, key, half, tiny):
+    """Element i's exact value (flushed to a signed zero below ``tiny``)
+    and its stochastic uniform."""
+    v = load(x, half)
+    v = v * 0.0 if abs(v) < tiny else v
+    return v, counter_uniform(key, i) if mode == STOCHASTIC else 0.0
+
+
+@task
+def quantize_span(x, out, start, stop, d, mode, overflow, key, half, tiny, is_int):
+    lost = False
+    i = start
+    while i < stop:
+        p, r, c = locate(i, x.shape[1], x.shape[2])
+        n = min(x.shape[2] - c, stop - i)
+        for j in range(n):
+            v, u = exact_input(x[p, r, c + j], i + j, mode, key, half, tiny)
+            narrow, exact = store(round_element(v, d, mode, overflow, u, is_int), out, half)
+            out[i + j] = narrow
+            lost |= not exact
+        i += n
+    return lost
+
+
+@njit(parallel=True, cache=True)
+def quantize_elements(x, out, d, mode, overflow, key, half, tiny, inexact):
+    """out[i] = the i-th element of x rounded into ``d`` (NaN where the
+    format cannot hold it); inexact[span] says whether out's dtype failed to
+    hold a result exactly."""
+    for s in prange(inexact.size):
+        start, stop = s * SPAN, min(s * SPAN + SPAN, out.size)
+        if d[IS_INT]:
+            inexact[s] = quantize_span(x, out, start, stop, d, mode, overflow, key, half, tiny, True)
+        elif is_ieee_like(d) & (mode == NEAREST_EVEN):
+            inexact[s] = quantize_span(x, out, start, stop, ieee_like(d), NEAREST_EVEN, overflow, key, half, tiny, False)
+        else:
+            inexact[s] = quantize_span(x, out, start, stop, d, mode, overflow, key, half, tiny, False)
+
+
+@task
+def encode_span(x, out, start, stop, d, mode, overflow, key, half, tiny, is_int):
+    bad = NO_INDEX
+    i = start
+    while i < stop:
+        p, r, c = locate(i, x.shape[1], x.shape[2])
+        n = min(x.shape[2] - c, stop - i)
+        for j in range(n):
+            v, u = exact_input(x[p, r, c + j], i + j, mode, key, half, tiny)
+            code, invalid = encode_element(v, d, mode, overflow, u, is_int)
+            out[i + j] = code
+            bad = min(bad, i + j if invalid else NO_INDEX)
+        i += n
+    return bad
+
+
+@njit(parallel=True, cache=True)
+def encode_elements(x, out, d, mode, overflow, key, half, tiny, first_invalid):
+    """out[i] = the code of x's i-th element; first_invalid[span] is the
+    first index in the span the format cannot represent (NO_INDEX if none)."""
+    for s in prange(first_invalid.size):
+        start, stop = s * SPAN, min(s * SPAN + SPAN, out.size)
+        if d[IS_INT]:
+            first_invalid[s] = encode_span(x, out, start, stop, d, mode, overflow, key, half, tiny, True)
+        elif is_ieee_like(d) & (mode == NEAREST_EVEN):
+            first_invalid[s] = encode_span(x, out, start, stop, ieee_like(d), NEAREST_EVEN, overflow, key, half, tiny, False)
+        else:
+            first_invalid[s] = encode_span(x, out, start, stop, d, mode, overflow, key, half, tiny, False)
+
+
+@task
+def decode_span(codes, out, start, stop, d, nbits, is_int):
+    count = 0
+    i = start
+    while i < stop:
+        p, r, c = locate(i, codes.shape[1], codes.shape[2])
+        n = min(codes.shape[2] - c, stop - i)
+        for j in range(n):
+            code = np.int64(codes[p, r, c + j])
+            ok = (code >= 0) & (code < (1 << nbits))
+            value = decode_element(code if ok else 0, d, is_int)
+            out[i + j] = value if ok else np.nan
+            count += 0 if ok else 1
+        i += n
+    return count
+
+
+@njit(parallel=True, cache=True)
+def decode_elements(codes, out, d, nbits, out_of_range):
+    """out[i] = the value of the i-th code; out_of_range[span] counts codes
+    outside [0, 2**nbits) (their outputs are NaN)."""
+    for s in prange(out_of_range.size):
+        start, stop = s * SPAN, min(s * SPAN + SPAN, out.size)
+        if d[IS_INT]:
+            out_of_range[s] = decode_span(codes, out, start, stop, d, nbits, True)
+        else:
+            out_of_range[s] = decode_span(codes, out, start, stop, d, nbits, False)

@@ -1,0 +1,119 @@
+"""Scaled formats (BlockFormat, MicroexponentFormat) on the CPU kernels.
+
+Called by :class:`lowbit.formats.ScaledFormat` for CPU data. The input is
+read in place through an (outer, axis, inner) view; outputs are new
+tensors: values in the input's shape and dtype, or the packed codes and
+scale codes of an :class:`~lowbit.formats.Encoded`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..arrays import code_dtype
+from ..block_format import BlockFormat
+from ..int_format import IntFormat
+from ..blocking import BlockLayout
+from . import block_kernels, fast32, microexponent_kernels
+from .descriptors import block_params, element_descriptor, microexponent_params, rounding_code
+from .element_backend import flush_threshold, new_tensor
+from .views import numpy_data, outer_axis_inner, planes_rows_cols
+
+
+def tensor_scale(fmt, t: torch.Tensor, flush_subnormals: bool) -> float | None:
+    """NVFP4's per-tensor scale (None for formats without one)."""
+    if not (isinstance(fmt, BlockFormat) and fmt.tensor_scale):
+        return None
+    data, half = numpy_data(t)
+    x = planes_rows_cols(data)
+    amax = block_kernels.finite_amax(x, half, flush_threshold(t.dtype, flush_subnormals)) if x.size else 0.0
+    return fmt.tensor_scale_of(amax)
+
+
+def _common(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, key: int | None, flush_subnormals: bool):
+    data, half = numpy_data(t)
+    return (outer_axis_inner(data, layout.axis), layout.nblocks, rounding_code(rounding), np.uint64(key or 0), half,
+            flush_threshold(t.dtype, flush_subnormals))
+
+
+def _fast_mx(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None,
+             flush_subnormals: bool):
+    """(float32 blocks as rows, fast32.mx_params) when the call can take
+    the fast path: contiguous float32 blocked along its last axis in whole
+    blocks, nearest_even, an MX format that fast32 serves; else None."""
+    if (t.dtype != torch.float32 or rounding != "nearest_even" or flush_subnormals or not t.is_contiguous()
+            or not isinstance(fmt, BlockFormat) or layout.axis != max(t.dim() - 1, 0)
+            or layout.length % fmt.block_size):
+        return None
+    params = fast32.mx_params(fmt, scale_rule)
+    if params is None:
+        return None
+    return t.numpy().reshape(layout.nrows, fmt.block_size), params
+
+
+def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None, key: int | None,
+             flush_subnormals: bool, ts: float | None) -> tuple[torch.Tensor, bool]:
+    """x encoded and decoded, in its shape and dtype, and whether the dtype
+    held every result exactly."""
+    fast = _fast_mx(fmt, t, layout, rounding, scale_rule, flush_subnormals)
+    if fast is not None:
+        rows, (fp, ip, bp) = fast
+        out = new_tensor(tuple(t.shape), t.dtype)
+        inexact = np.zeros(-(-layout.nrows // 64), dtype=np.bool_)
+        fast32.quantize_mx(rows, out.numpy().reshape(rows.shape), fp, ip, bp, isinstance(fmt.element, IntFormat),
+                           inexact)
+        return out, not inexact.any()
+    x, nblocks, mode, key64, half, tiny = _common(fmt, t, layout, rounding, key, flush_subnormals)
+    out = new_tensor(tuple(t.shape), t.dtype)
+    out_view = outer_axis_inner(numpy_data(out)[0], layout.axis, writeable=True)
+    inexact = np.zeros(block_kernels.group_count(layout.nrows), dtype=np.bool_)
+    if isinstance(fmt, BlockFormat):
+        block_kernels.quantize_blocks(x, out_view, nblocks, element_descriptor(fmt.element),
+                                      element_descriptor(fmt.scale), block_params(fmt, scale_rule, ts), mode, key64,
+                                      half, tiny, inexact)
+    else:
+        microexponent_kernels.quantize_microexponent(x, out_view, nblocks, microexponent_params(fmt), mode, key64,
+                                                     half, tiny, inexact)
+    return out, not inexact.any()
+
+
+def encode(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None, key: int | None,
+           flush_subnormals: bool, ts: float | None):
+    """(packed element codes, scale codes in the blocked shape, packed
+    sub-block shifts or None) as CPU tensors."""
+    nrows = layout.nrows
+    elements = torch.zeros(-(-nrows * fmt.block_size * fmt.element_code_bits // 8), dtype=torch.uint8)
+    scales = new_tensor((nrows,), code_dtype(fmt.scale_code_bits))
+    fast = _fast_mx(fmt, t, layout, rounding, scale_rule, flush_subnormals)
+    if fast is not None:
+        rows, (fp, ip, bp) = fast
+        fast32.encode_mx(rows, elements.numpy(), scales.numpy(), fp, ip, bp, isinstance(fmt.element, IntFormat))
+        return elements, scales.reshape(layout.blocked_shape[:-1]), None
+    x, nblocks, mode, key64, half, tiny = _common(fmt, t, layout, rounding, key, flush_subnormals)
+    if isinstance(fmt, BlockFormat):
+        block_kernels.encode_blocks(x, elements.numpy(), scales.numpy(), nblocks, element_descriptor(fmt.element),
+                                    element_descriptor(fmt.scale), block_params(fmt, scale_rule, ts), mode, key64,
+                                    half, tiny)
+        return elements, scales.reshape(layout.blocked_shape[:-1]), None
+    per_block = fmt.subscales_per_block
+    subscales = torch.zeros(-(-nrows * per_block * fmt.subscale_code_bits // 8), dtype=torch.uint8)
+    microexponent_kernels.encode_microexponent(x, elements.numpy(), scales.numpy(), subscales.numpy(), nblocks,
+                                               microexponent_params(fmt), mode, key64, half, tiny)
+    return elements, scales.reshape(layout.blocked_shape[:-1]), subscales if per_block else None
+
+
+def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
+           ts: float | None, dtype: torch.dtype) -> torch.Tensor:
+    """The values in the layout's true shape."""
+    out = new_tensor(layout.shape, dtype)
+    out_view = outer_axis_inner(out.numpy(), layout.axis, writeable=True)
+    packed, scale_codes = elements.contiguous().numpy(), scales.reshape(-1).contiguous().numpy()
+    if isinstance(fmt, BlockFormat):
+        block_kernels.decode_blocks(packed, scale_codes, out_view, layout.nblocks, element_descriptor(fmt.element),
+                                    element_descriptor(fmt.scale), block_params(fmt, fmt.scale_rule, ts))
+    else:
+        shifts = np.zeros(0, np.uint8) if subscales is None else subscales.contiguous().numpy()
+        microexponent_kernels.decode_microexponent(packed, scale_codes, shifts, out_view, layout.nblocks,
+                                                   microexponent_params(fmt))
+    return out

@@ -1,0 +1,203 @@
+"""The CPU kernels against the reference implementation, bit for bit: every
+family, every rounding mode and overflow policy, every input dtype,
+strided inputs and other axes, and the float32 fast paths on every
+rounding boundary of the formats they serve."""
+
+import numba
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lowbit
+from lowbit.formats import BlockFormat, FloatFormat, IntFormat, ROUNDING_MODES, base
+from lowbit.formats.cpu import fast32
+from lowbit.formats.cpu.scalar import ieee_like
+from lowbit.formats.cpu.descriptors import element_descriptor
+from lowbit.testing import element_formats, rounding_boundaries, scaled_formats, wide_range_blocks
+
+from helpers import assert_same_values
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+SPECIALS = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-40, 3e38, 1e300, -1e-300, 2.0 ** -1074]
+
+
+def outcome(call):
+    """A call's result, or its error's type and message."""
+    try:
+        return call()
+    except (ValueError, TypeError) as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def same(a, b, context):
+    if isinstance(a, str) or isinstance(b, str):
+        assert a == b, context
+    elif isinstance(a, lowbit.Encoded):
+        assert a == b, context
+    else:
+        assert a.dtype == b.dtype, context
+        assert_same_values(a.float().numpy() if a.dtype == torch.bfloat16 else a, 
+                           b.float().numpy() if b.dtype == torch.bfloat16 else b, context)
+
+
+def both(method, *args, **kwargs):
+    return [outcome(lambda b=b: method(*args, backend=b, **kwargs)) for b in ("cpu", "reference")]
+
+
+def overflow_policies(fmt):
+    return [None, "saturate"] + (["inf"] if fmt.has_inf else []) + (["nan"] if fmt.has_nan else [])
+
+
+def layouts(t):
+    """The tensor as given, transposed, and as a strided slice."""
+    yield t
+    if t.dim() == 2:
+        yield t.t()
+        yield t[:, ::2]
+
+
+@st.composite
+def inputs(draw, fmt_max=1e4):
+    values = draw(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
+                                     st.floats(-fmt_max, fmt_max), st.sampled_from(SPECIALS)),
+                           min_size=1, max_size=48))
+    rows = draw(st.sampled_from([1, 2, 3, 4]))
+    values = values + [0.5] * ((-len(values)) % rows)
+    return torch.tensor(values, dtype=torch.float64).reshape(rows, -1)
+
+
+@given(st.data())
+def test_element_formats_agree(data):
+    fmt = data.draw(element_formats(max_bits=16), "format")
+    x64 = data.draw(inputs(fmt.max), "values")
+    dtype = data.draw(st.sampled_from(DTYPES), "dtype")
+    rounding = data.draw(st.sampled_from(ROUNDING_MODES), "rounding")
+    overflow = data.draw(st.sampled_from(overflow_policies(fmt)), "overflow")
+    flush = data.draw(st.booleans(), "flush_subnormals")
+    seed = {"seed": 11} if rounding == "stochastic" else {}
+    for x in layouts(x64.to(dtype)):
+        policy = dict(rounding=rounding, overflow=overflow, flush_subnormals=flush, **seed)
+        context = f"{fmt.name} {dtype} {policy} {tuple(x.stride())}"
+        same(*both(fmt.quantize, x, **policy), context)
+        same(*both(fmt.encode, x, **policy), context)
+    codes = torch.randint(0, 1 << fmt.nbits, (40,), dtype=torch.int64)
+    same(*both(fmt.decode, codes, dtype=torch.float64), f"{fmt.name} decode")
+
+
+@given(st.data())
+def test_scaled_formats_agree(data):
+    fmt = data.draw(scaled_formats(), "format")
+    blocks = data.draw(wide_range_blocks(block_size=fmt.block_size, max_blocks=3), "blocks")
+    x = torch.from_numpy(np.asarray(blocks, dtype=np.float64).reshape(-1))
+    extra = data.draw(st.integers(0, fmt.block_size), "extra")
+    x = torch.cat([x, torch.linspace(-3, 3, extra, dtype=torch.float64)])
+    shape = data.draw(st.sampled_from([(-1,), (1, -1), (-1, 1)]), "shape")
+    x = x.reshape(shape).to(data.draw(st.sampled_from(DTYPES), "dtype"))
+    axis = data.draw(st.sampled_from(range(-x.dim(), x.dim())), "axis")
+    rounding = data.draw(st.sampled_from(ROUNDING_MODES), "rounding")
+    policy = dict(axis=axis, rounding=rounding, **({"seed": 5} if rounding == "stochastic" else {}))
+    if isinstance(fmt, BlockFormat):
+        policy["scale_rule"] = data.draw(st.sampled_from(
+            ["floor", "ceil", "rceil", "even"] if fmt.scale.man_bits == 0 else ["amax"]), "rule")
+    context = f"{fmt.name} {x.dtype} {tuple(x.shape)} {policy}"
+    same(*both(fmt.quantize, x, **policy), context)
+    encoded = both(fmt.encode, x, **policy)
+    same(*encoded, context)
+    if not isinstance(encoded[1], str):
+        same(*both(fmt.decode, encoded[1]), context)
+
+
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8",
+                                  "nvfp4", "mx9", "mx6", "mx4", "msfp12"])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_scaled_formats_along_every_axis(name, axis):
+    fmt = lowbit.get_format(name)
+    x = torch.randn(3, 37, 5) * torch.logspace(-3, 3, 5)
+    x[1, 2, 3] = torch.nan
+    policy = dict(axis=axis) if name not in ("nvfp4",) else dict(axis=axis)
+    same(*both(fmt.quantize, x, **policy), f"{name} axis {axis}")
+    encoded = both(fmt.encode, x.permute(2, 0, 1), axis=axis)  # non-contiguous input
+    same(*encoded, f"{name} permuted axis {axis}")
+    same(*both(fmt.decode, encoded[0], dtype=torch.float64), f"{name} decode axis {axis}")
+
+
+def boundary_inputs(fmt):
+    """float32 inputs at and around every value and midpoint of a format."""
+    values = fmt.values()
+    values = values[np.abs(values) < 3e38]
+    mids = (values[1:] + values[:-1]) / 2
+    points = np.concatenate([values, mids, values * 2, mids * 1.5, [fmt.max * 1.0625, 1e-45, 1e-38]])
+    points = np.concatenate([points, -points]).astype(np.float32)
+    up, down = np.nextafter(points, np.float32(np.inf)), np.nextafter(points, np.float32(-np.inf))
+    return np.concatenate([points, up, down, np.float32([np.inf, -np.inf, np.nan, 0.0, -0.0])])
+
+
+FAST_FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "bf16", "fp16", "int8", "uint4",
+                "int2", FloatFormat(3, 5, name="e3m5"), IntFormat(8, frac_bits=6, narrow=True)]
+
+
+@pytest.mark.parametrize("fmt", FAST_FORMATS, ids=str)
+def test_fast_path_on_every_boundary(fmt):
+    fmt = lowbit.get_format(fmt) if isinstance(fmt, str) else fmt
+    assert fast32.float_params(fmt, "saturate", False) is not None or fast32.int_params(fmt, False) is not None
+    x = boundary_inputs(fmt)
+    for overflow in overflow_policies(fmt):
+        for flush in (False, True):
+            policy = dict(overflow=overflow, flush_subnormals=flush)
+            same(*both(fmt.quantize, torch.from_numpy(x), **policy), f"{fmt.name} {policy}")
+            same(*both(fmt.encode, torch.from_numpy(x[~np.isnan(x)]), **policy), f"{fmt.name} encode {policy}")
+
+
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8"])
+@pytest.mark.parametrize("rule", ["floor", "ceil", "rceil", "even"])
+def test_mx_fast_path_on_every_boundary(name, rule):
+    fmt = lowbit.get_format(name)
+    elements = boundary_inputs(fmt.element)
+    scales = np.float32(2.0) ** np.arange(-140, 120, 37, dtype=np.float32)
+    x = np.concatenate([elements * s for s in scales]).astype(np.float32)
+    x = torch.from_numpy(np.resize(x, (-(-x.size // 32) * 32,)).reshape(-1, 32))
+    same(*both(fmt.quantize, x, scale_rule=rule), f"{name} {rule}")
+    same(*both(fmt.encode, x, scale_rule=rule), f"{name} {rule} encode")
+
+
+def test_ieee_like_fields_are_the_checked_ones():
+    for name in ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "bf16", "fp16", "fp6_e3m2"]:
+        d = element_descriptor(lowbit.get_format(name))
+        assert ieee_like.py_func(d) == d, name
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "int4", "mxfp4", "mx6", "nvfp4"])
+def test_stochastic_does_not_depend_on_threads_or_backend(name):
+    fmt = lowbit.get_format(name)
+    x = torch.randn(1 << 16)
+    results = []
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        numba.set_num_threads(threads)
+        results.append(fmt.quantize(x, rounding="stochastic", seed=3, backend="cpu"))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    results.append(fmt.quantize(x, rounding="stochastic", seed=3, backend="reference"))
+    for r in results[1:]:
+        assert torch.equal(results[0], r)
+
+
+def test_cpu_is_the_default_for_cpu_data_and_backends_are_checked():
+    assert base.resolve_backend(None, torch.device("cpu")) == "cpu"
+    assert base.resolve_backend(None, torch.device("meta")) == "reference"
+    with pytest.raises(ValueError, match="backend must be None, 'reference' or 'cpu'"):
+        lowbit.quantize(np.ones(3), "fp8_e4m3", backend="gpu")
+    with pytest.raises(ValueError, match="backend='cpu' runs on CPU data"):
+        base.resolve_backend("cpu", torch.device("meta"))
+
+
+def test_counter_uniforms_look_uniform():
+    from lowbit.formats.rounding import counter_uniforms
+
+    u = counter_uniforms(123, 0, (1 << 18,), "cpu").numpy()
+    assert 0.0 <= u.min() and u.max() < 1.0
+    assert abs(u.mean() - 0.5) < 6 * np.sqrt(1 / 12 / u.size)
+    counts = np.histogram(u, bins=64, range=(0, 1))[0]
+    expected = u.size / 64
+    assert ((counts - expected) ** 2 / expected).sum() < 64 + 6 * np.sqrt(2 * 64)  # chi-square, 63 dof
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 6 / np.sqrt(u.size)
