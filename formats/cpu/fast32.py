@@ -28,7 +28,7 @@ from .bits import put_code
 from .scalar import pow2
 from .block_kernels import scale_exponent
 from .descriptors import (
-    ELEMENT_BITS, INF, INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, RULE, SATURATE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN,
+    ELEMENT_BITS, ELEMENT_EMAX, FLOOR, INF, INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, RULE, SATURATE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN,
     SIGN_CODE, element_descriptor,
 )
 
@@ -179,14 +179,20 @@ def mx_params(fmt, rule: str) -> tuple | None:
 
 
 @inline
-def block_power(x, r, bp):
-    """(scale exponent, NaN block) of row r of float32 blocks."""
-    amax, bad = np.float32(0.0), False
-    for j in range(x.shape[1]):
-        a = abs(x[r, j])
-        bad |= not (a < np.inf)
-        amax = max(amax, a if a < np.inf else np.float32(0.0))
-    exponent = scale_exponent(np.float64(amax), bp[RULE], bp) if amax > 0 else bp[SCALE_EMIN]
+def block_power(x, r, bp, block):
+    """(scale exponent, NaN block) of row r of float32 blocks. The largest
+    magnitude is found on the bits (their order is the magnitudes' order, and
+    NaN/Inf sort above every finite value); a NaN block's scale is NaN
+    whatever its finite amax, so that amax is not needed."""
+    top = 0
+    for j in range(block):
+        top = max(top, np.int64(np.float32(x[r, j]).view(np.int32)) & MAGNITUDE32)
+    bad = top >= 0x7F800000
+    if bp[RULE] == FLOOR:  # 2**(floor(log2 amax) - emax_elem); subnormal amax clamps to the lowest scale
+        exponent = (top >> 23) - 127 - bp[ELEMENT_EMAX]
+    else:
+        amax = np.float64(np.int32(np.int64(top)).view(np.float32))
+        exponent = scale_exponent(amax, bp[RULE], bp) if top > 0 else bp[SCALE_EMIN]
     return min(max(exponent, bp[SCALE_EMIN]), bp[SCALE_EMAX]), bad
 
 
@@ -210,12 +216,12 @@ def scaled_code(v, fp, ip, is_int):
 
 
 @inline
-def mx_quantize_rows(x, out, g, fp, ip, bp, is_int):
+def mx_quantize_rows(x, out, g, fp, ip, bp, is_int, block):
     lost = False
     for r in range(g * 64, min(g * 64 + 64, x.shape[0])):
-        exponent, bad = block_power(x, r, bp)
+        exponent, bad = block_power(x, r, bp, block)
         inverse, scale = np.float32(pow2(-exponent)), np.float32(pow2(exponent))
-        for j in range(x.shape[1]):
+        for j in range(block):
             element = scaled_nearest(x[r, j] * inverse, fp, ip, is_int)
             value = element * scale  # exact unless it overflows (the element quantum is >= 2**-22)
             lost |= (abs(value) == np.inf) & (abs(element) < np.inf) & (not bad)
@@ -229,17 +235,18 @@ def quantize_mx(x, out, fp, ip, bp, is_int, inexact):
     says whether a result left float32's range."""
     for g in prange(inexact.size):
         if is_int:
-            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, True)
+            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, True, x.shape[1])
+        elif x.shape[1] == 32:
+            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, False, 32)
         else:
-            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, False)
+            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, False, x.shape[1])
 
 
 @inline
-def mx_encode_rows(x, elements, scales, g, fp, ip, bp, is_int):
+def mx_encode_rows(x, elements, scales, g, fp, ip, bp, is_int, block):
     bits = bp[ELEMENT_BITS]
-    block = x.shape[1]
     for r in range(g * 64, min(g * 64 + 64, x.shape[0])):
-        exponent, bad = block_power(x, r, bp)
+        exponent, bad = block_power(x, r, bp, block)
         scales[r] = bp[SCALE_NAN] if bad else exponent - bp[SCALE_EMIN]
         inverse = np.float32(pow2(-exponent))
         if bits == 8:
@@ -262,6 +269,65 @@ def encode_mx(x, elements, scales, fp, ip, bp, is_int):
     float32 blocks (rows of x)."""
     for g in prange((x.shape[0] + 63) // 64):
         if is_int:
-            mx_encode_rows(x, elements, scales, g, fp, ip, bp, True)
+            mx_encode_rows(x, elements, scales, g, fp, ip, bp, True, x.shape[1])
+        elif x.shape[1] == 32:
+            mx_encode_rows(x, elements, scales, g, fp, ip, bp, False, 32)
         else:
-            mx_encode_rows(x, elements, scales, g, fp, ip, bp, False)
+            mx_encode_rows(x, elements, scales, g, fp, ip, bp, False, x.shape[1])
+
+
+# -- microexponent blocks ----------------------------------------------------------------------
+def microexponent_fits(fmt) -> bool:
+    """Whether a MicroexponentFormat's quantize can take the fast path:
+    magnitudes of at most 23 bits (exact in float32 after scaling)."""
+    return fmt.man_bits <= 22
+
+
+@inline
+def exponent64(v):
+    """floor(log2 |v|) of a nonzero finite float32 (exact via float64, so
+    float32 subnormals get their true exponent); NO_EXPONENT otherwise."""
+    a = abs(np.float64(v))
+    e = ((np.float64(a).view(np.int64) >> 52) & 0x7FF) - 1023
+    return e if (a > 0.0) & (a < np.inf) else -(1 << 20)
+
+
+@inline
+def microexponent_rows(x, out, g, mp, block, sub):
+    man, micro, emin, emax = mp[0], mp[4], mp[5], mp[6]
+    largest = np.float32((1 << man) - 1)
+    exponents, down, up = np.empty(block, np.int64), np.empty(block, np.float64), np.empty(block, np.float64)
+    lost = False
+    for r in range(g * 64, min(g * 64 + 64, x.shape[0])):
+        e_max, bad = -(1 << 20), False
+        for j in range(block):
+            exponents[j] = exponent64(x[r, j])
+            e_max = max(e_max, exponents[j])
+            bad |= not (abs(x[r, j]) < np.inf)
+        e_max = min(max(e_max, emin), emax)
+        for first in range(0, block, sub):
+            sub_max = exponents[first]
+            for k in range(1, sub):
+                sub_max = max(sub_max, exponents[first + k])
+            step_exp = e_max - min(max(e_max - sub_max, 0), (1 << micro) - 1) - man + 1
+            for k in range(sub):
+                down[first + k], up[first + k] = pow2(-step_exp), pow2(step_exp)
+        for j in range(block):
+            t = np.float32(abs(np.float64(x[r, j])) * down[j])  # exact, or far below 1/2
+            magnitude = min((t + np.float32(1 << 23)) - np.float32(1 << 23), largest)
+            value = np.float64(magnitude) * up[j]
+            narrow = np.float32(value)
+            lost |= (np.float64(narrow) != value) & (not bad)
+            signed = -narrow if np.float32(x[r, j]).view(np.int32) < 0 else narrow
+            out[r, j] = np.float32(np.nan) if bad else signed
+    return lost
+
+
+@njit(parallel=True, cache=True)
+def quantize_microexponent(x, out, mp, inexact):
+    """Microexponent quantize (nearest even) of float32 blocks (rows of x)."""
+    for g in prange(inexact.size):
+        if (x.shape[1] == 16) & (mp[2] == 2):
+            inexact[g] = microexponent_rows(x, out, g, mp, 16, 2)
+        else:
+            inexact[g] = microexponent_rows(x, out, g, mp, x.shape[1], mp[2])

@@ -37,19 +37,23 @@ def _common(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, key: int |
             flush_threshold(t.dtype, flush_subnormals))
 
 
+def _fast_rows(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, flush_subnormals: bool):
+    """The input as float32 rows of whole blocks when the call can take a
+    float32 fast path (contiguous float32 blocked along its last axis in
+    whole blocks, nearest_even, no flushing), else None."""
+    if (t.dtype != torch.float32 or rounding != "nearest_even" or flush_subnormals or not t.is_contiguous()
+            or layout.axis != max(t.dim() - 1, 0) or layout.length % fmt.block_size):
+        return None
+    return t.numpy().reshape(layout.nrows, fmt.block_size)
+
+
 def _fast_mx(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None,
              flush_subnormals: bool):
-    """(float32 blocks as rows, fast32.mx_params) when the call can take
-    the fast path: contiguous float32 blocked along its last axis in whole
-    blocks, nearest_even, an MX format that fast32 serves; else None."""
-    if (t.dtype != torch.float32 or rounding != "nearest_even" or flush_subnormals or not t.is_contiguous()
-            or not isinstance(fmt, BlockFormat) or layout.axis != max(t.dim() - 1, 0)
-            or layout.length % fmt.block_size):
-        return None
-    params = fast32.mx_params(fmt, scale_rule)
-    if params is None:
-        return None
-    return t.numpy().reshape(layout.nrows, fmt.block_size), params
+    """(float32 blocks as rows, fast32.mx_params) when an MX call can take
+    the fast path, else None."""
+    rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals) if isinstance(fmt, BlockFormat) else None
+    params = None if rows is None else fast32.mx_params(fmt, scale_rule)
+    return None if params is None else (rows, params)
 
 
 def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None, key: int | None,
@@ -63,6 +67,12 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rul
         inexact = np.zeros(-(-layout.nrows // 64), dtype=np.bool_)
         fast32.quantize_mx(rows, out.numpy().reshape(rows.shape), fp, ip, bp, isinstance(fmt.element, IntFormat),
                            inexact)
+        return out, not inexact.any()
+    rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals)
+    if rows is not None and not isinstance(fmt, BlockFormat) and fast32.microexponent_fits(fmt):
+        out = new_tensor(tuple(t.shape), t.dtype)
+        inexact = np.zeros(-(-layout.nrows // 64), dtype=np.bool_)
+        fast32.quantize_microexponent(rows, out.numpy().reshape(rows.shape), microexponent_params(fmt), inexact)
         return out, not inexact.any()
     x, nblocks, mode, key64, half, tiny = _common(fmt, t, layout, rounding, key, flush_subnormals)
     out = new_tensor(tuple(t.shape), t.dtype)
