@@ -15,7 +15,7 @@ from lowbit.formats import BlockFormat, FloatFormat, IntFormat, ROUNDING_MODES, 
 from lowbit.formats.cpu import fast32
 from lowbit.formats.cpu.scalar import ieee_like
 from lowbit.formats.cpu.descriptors import element_descriptor
-from lowbit.testing import element_formats, rounding_boundaries, scaled_formats, wide_range_blocks
+from lowbit.testing import element_formats, scaled_formats, wide_range_blocks
 
 from helpers import assert_same_values
 
@@ -160,6 +160,22 @@ def test_mx_fast_path_on_every_boundary(name, rule):
     x = torch.from_numpy(np.resize(x, (-(-x.size // 32) * 32,)).reshape(-1, 32))
     same(*both(fmt.quantize, x, scale_rule=rule), f"{name} {rule}")
     same(*both(fmt.encode, x, scale_rule=rule), f"{name} {rule} encode")
+
+
+@pytest.mark.parametrize("tensor_scale", [False, True])
+def test_nvfp4_fast_path_on_every_boundary(tensor_scale):
+    nvfp4 = lowbit.get_format("nvfp4")
+    fmt = BlockFormat(nvfp4.element, 16, nvfp4.scale, tensor_scale=tensor_scale)
+    elements = boundary_inputs(fmt.element)
+    elements = np.resize(elements, (-(-elements.size // 15) * 15,)).reshape(-1, 15)
+    rows = []
+    for scale in nvfp4.scale.values()[nvfp4.scale.values() > 0][::5]:
+        # the first element fixes the block's amax, so its scale is exactly `scale`
+        first = np.full((elements.shape[0], 1), 6 * scale, dtype=np.float32)
+        rows.append(np.concatenate([first, elements * np.float32(scale)], axis=1))
+    x = torch.from_numpy(np.concatenate(rows).astype(np.float32))
+    same(*both(fmt.quantize, x), f"{fmt.name} tensor_scale={tensor_scale}")
+    same(*both(fmt.encode, x), f"{fmt.name} tensor_scale={tensor_scale} encode")
 
 
 def test_ieee_like_fields_are_the_checked_ones():

@@ -9,6 +9,8 @@ their float64 bit patterns.
 
 from __future__ import annotations
 
+import functools
+
 import struct
 
 from ..element import ElementFormat
@@ -44,6 +46,7 @@ def float_bits(value: float) -> int:
     return struct.unpack("<q", struct.pack("<d", value))[0]
 
 
+@functools.lru_cache(maxsize=256)
 def element_descriptor(fmt: ElementFormat) -> tuple[int, ...]:
     """The kernels' description of a FloatFormat or IntFormat."""
     fields = [0] * ELEMENT_FIELDS
@@ -83,6 +86,7 @@ SCALE_RULES = ("floor", "ceil", "rceil", "even", "amax")
  ELEMENT_BITS, HAS_TENSOR_SCALE, SCALE_NAN) = range(11)
 
 
+@functools.lru_cache(maxsize=256)
 def block_params(fmt, rule: str, tensor_scale: float | None) -> tuple:
     """The kernels' description of a BlockFormat's scale rule and sizes."""
     scale_nan = _nan_codes(fmt.scale)[0]
@@ -95,6 +99,7 @@ def block_params(fmt, rule: str, tensor_scale: float | None) -> tuple:
 (MAN, ME_BLOCK, SUB_BLOCK, EXP_BITS, MICRO_BITS, ME_EMIN, ME_EMAX, EXP_BIAS) = range(8)
 
 
+@functools.lru_cache(maxsize=256)
 def microexponent_params(fmt) -> tuple[int, ...]:
     return (fmt.man_bits, fmt.block_size, fmt.sub_block, fmt.exp_bits, fmt.micro_bits, fmt.emin, fmt.emax,
             fmt._exp_bias)

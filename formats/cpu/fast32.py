@@ -19,23 +19,20 @@ integer format of at most 24 bits whose values float32 holds exactly.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
 from ..float_format import FloatFormat
 from ..int_format import IntFormat
-from .bits import put_code
-from .scalar import pow2
-from .block_kernels import scale_exponent
-from .descriptors import (
-    ELEMENT_BITS, ELEMENT_EMAX, FLOOR, INF, INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, RULE, SATURATE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN,
-    SIGN_CODE, element_descriptor,
-)
+from .descriptors import INF, INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, SATURATE, SIGN_CODE, element_descriptor
 
 inline = njit(inline="always", cache=True)
 SIGN32, MAGNITUDE32 = 0x80000000, 0x7FFFFFFF
 
 
+@functools.lru_cache(maxsize=256)
 def float_params(fmt, overflow: str, flush_subnormals: bool) -> tuple | None:
     """The fast path's parameters for a FloatFormat, or None if it does not qualify."""
     if not (isinstance(fmt, FloatFormat) and fmt.signed and fmt.subnormals and fmt.has_negative_zero
@@ -48,9 +45,10 @@ def float_params(fmt, overflow: str, flush_subnormals: bool) -> tuple | None:
     return (fmt.man_bits, np.float32(2.0 ** fmt.emin), np.float32(2.0 ** (fmt.emin - fmt.man_bits + 23)),
             np.float32(fmt.max), np.float32(beyond), policy == SATURATE, _tiny(flush_subnormals),
             fmt.emin, d[SIGN_CODE], d[INF_MAG], d[NAN_POSITIVE], d[NAN_NEGATIVE],
-            2.0 ** (fmt.man_bits - fmt.emin))
+            2.0 ** (fmt.man_bits - fmt.emin), np.float32(min(2.0 ** (fmt.man_bits - fmt.emin), 2.0 ** 127)))
 
 
+@functools.lru_cache(maxsize=256)
 def int_params(fmt, flush_subnormals: bool) -> tuple | None:
     """The fast path's parameters for an IntFormat, or None if it does not qualify."""
     if not (isinstance(fmt, IntFormat) and fmt.bits <= 24 and -100 <= fmt.frac_bits <= 100):
@@ -100,6 +98,18 @@ def float_code(r, sign, p):
     is_nan = r != r
     code = (nan_negative if sign else nan_positive) if is_nan else code
     return code, is_nan & (nan_positive < 0)
+
+
+@inline
+def finite_code(r, sign, p):
+    """float_code for a finite r in 32-bit lanes (the MX path, where elements
+    saturate): the normal code straight from r's bits, the subnormal one as
+    r / quantum (p[13], exact when the format's m - emin <= 127)."""
+    m, smallest_normal, emin = p[0], p[1], p[7]
+    r_bits = np.int32(np.float32(r).view(np.int32))
+    normal_code = np.int32(r_bits - ((127 + emin - 1) << 23)) >> (23 - m)
+    code = normal_code if r >= smallest_normal else np.int32(r * p[13])
+    return code | (p[8] if sign else 0)
 
 
 @inline
@@ -154,180 +164,3 @@ def encode_int(x, out, p):
         out[i] = np.int64(q) & mask if q == q else 0
         bad += 0 if q == q else 1
     return bad
-
-
-# -- MX blocks (power-of-two scales) ---------------------------------------------------------
-def mx_params(fmt, rule: str) -> tuple | None:
-    """(float element params, int element params, block params) when an MX
-    format's blocks can take the fast path (element as above, E8M0 scale,
-    element quantum >= 2**-22 so that every element times every scale is a
-    float32 number or overflows), else None."""
-    from .descriptors import block_params
-
-    from ..block_format import E8M0
-
-    element = fmt.element
-    if fmt.scale != E8M0:
-        return None
-    fp, ip = float_params(element, "saturate", False), int_params(element, False)
-    if fp is None and ip is None or element.min_subnormal < 2.0 ** -22:
-        return None
-    # a stand-in of the right type for the family not in use
-    fp = fp or float_params(FloatFormat(2, 1, name="e2m1"), "saturate", False)
-    ip = ip or int_params(IntFormat(8), False)
-    return fp, ip, block_params(fmt, rule, None)
-
-
-@inline
-def block_power(x, r, bp, block):
-    """(scale exponent, NaN block) of row r of float32 blocks. The largest
-    magnitude is found on the bits (their order is the magnitudes' order, and
-    NaN/Inf sort above every finite value); a NaN block's scale is NaN
-    whatever its finite amax, so that amax is not needed."""
-    top = 0
-    for j in range(block):
-        top = max(top, np.int64(np.float32(x[r, j]).view(np.int32)) & MAGNITUDE32)
-    bad = top >= 0x7F800000
-    if bp[RULE] == FLOOR:  # 2**(floor(log2 amax) - emax_elem); subnormal amax clamps to the lowest scale
-        exponent = (top >> 23) - 127 - bp[ELEMENT_EMAX]
-    else:
-        amax = np.float64(np.int32(np.int64(top)).view(np.float32))
-        exponent = scale_exponent(amax, bp[RULE], bp) if top > 0 else bp[SCALE_EMIN]
-    return min(max(exponent, bp[SCALE_EMIN]), bp[SCALE_EMAX]), bad
-
-
-@inline
-def scaled_nearest(v, fp, ip, is_int):
-    """v rounded to nearest even in the element format, as a signed float32."""
-    if is_int:
-        return int_nearest(v, ip) * ip[1]
-    r, sign = float_nearest(v, fp)
-    return with_sign(r, sign)
-
-
-@inline
-def scaled_code(v, fp, ip, is_int):
-    if is_int:
-        q = int_nearest(v, ip)
-        return np.int64(q) & ((1 << ip[5]) - 1)
-    r, sign = float_nearest(v, fp)
-    code, _ = float_code(r, sign, fp)
-    return code
-
-
-@inline
-def mx_quantize_rows(x, out, g, fp, ip, bp, is_int, block):
-    lost = False
-    for r in range(g * 64, min(g * 64 + 64, x.shape[0])):
-        exponent, bad = block_power(x, r, bp, block)
-        inverse, scale = np.float32(pow2(-exponent)), np.float32(pow2(exponent))
-        for j in range(block):
-            element = scaled_nearest(x[r, j] * inverse, fp, ip, is_int)
-            value = element * scale  # exact unless it overflows (the element quantum is >= 2**-22)
-            lost |= (abs(value) == np.inf) & (abs(element) < np.inf) & (not bad)
-            out[r, j] = np.float32(np.nan) if bad else value
-    return lost
-
-
-@njit(parallel=True, cache=True)
-def quantize_mx(x, out, fp, ip, bp, is_int, inexact):
-    """MX quantize of float32 blocks (rows of x) into out; inexact[task]
-    says whether a result left float32's range."""
-    for g in prange(inexact.size):
-        if is_int:
-            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, True, x.shape[1])
-        elif x.shape[1] == 32:
-            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, False, 32)
-        else:
-            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, False, x.shape[1])
-
-
-@inline
-def mx_encode_rows(x, elements, scales, g, fp, ip, bp, is_int, block):
-    bits = bp[ELEMENT_BITS]
-    for r in range(g * 64, min(g * 64 + 64, x.shape[0])):
-        exponent, bad = block_power(x, r, bp, block)
-        scales[r] = bp[SCALE_NAN] if bad else exponent - bp[SCALE_EMIN]
-        inverse = np.float32(pow2(-exponent))
-        if bits == 8:
-            for j in range(block):
-                elements[r * block + j] = 0 if bad else scaled_code(x[r, j] * inverse, fp, ip, is_int)
-        elif bits == 4:
-            for j in range(block // 2):
-                low = scaled_code(x[r, 2 * j] * inverse, fp, ip, is_int)
-                high = scaled_code(x[r, 2 * j + 1] * inverse, fp, ip, is_int)
-                elements[(r * block) // 2 + j] = 0 if bad else low | (high << 4)
-        else:
-            for j in range(block):
-                code = 0 if bad else scaled_code(x[r, j] * inverse, fp, ip, is_int)
-                put_code(elements, (r * block + j) * bits, code, bits)
-
-
-@njit(parallel=True, cache=True)
-def encode_mx(x, elements, scales, fp, ip, bp, is_int):
-    """Packed element codes (``elements`` zeroed) and E8M0 scale codes of
-    float32 blocks (rows of x)."""
-    for g in prange((x.shape[0] + 63) // 64):
-        if is_int:
-            mx_encode_rows(x, elements, scales, g, fp, ip, bp, True, x.shape[1])
-        elif x.shape[1] == 32:
-            mx_encode_rows(x, elements, scales, g, fp, ip, bp, False, 32)
-        else:
-            mx_encode_rows(x, elements, scales, g, fp, ip, bp, False, x.shape[1])
-
-
-# -- microexponent blocks ----------------------------------------------------------------------
-def microexponent_fits(fmt) -> bool:
-    """Whether a MicroexponentFormat's quantize can take the fast path:
-    magnitudes of at most 23 bits (exact in float32 after scaling)."""
-    return fmt.man_bits <= 22
-
-
-@inline
-def exponent64(v):
-    """floor(log2 |v|) of a nonzero finite float32 (exact via float64, so
-    float32 subnormals get their true exponent); NO_EXPONENT otherwise."""
-    a = abs(np.float64(v))
-    e = ((np.float64(a).view(np.int64) >> 52) & 0x7FF) - 1023
-    return e if (a > 0.0) & (a < np.inf) else -(1 << 20)
-
-
-@inline
-def microexponent_rows(x, out, g, mp, block, sub):
-    man, micro, emin, emax = mp[0], mp[4], mp[5], mp[6]
-    largest = np.float32((1 << man) - 1)
-    exponents, down, up = np.empty(block, np.int64), np.empty(block, np.float64), np.empty(block, np.float64)
-    lost = False
-    for r in range(g * 64, min(g * 64 + 64, x.shape[0])):
-        e_max, bad = -(1 << 20), False
-        for j in range(block):
-            exponents[j] = exponent64(x[r, j])
-            e_max = max(e_max, exponents[j])
-            bad |= not (abs(x[r, j]) < np.inf)
-        e_max = min(max(e_max, emin), emax)
-        for first in range(0, block, sub):
-            sub_max = exponents[first]
-            for k in range(1, sub):
-                sub_max = max(sub_max, exponents[first + k])
-            step_exp = e_max - min(max(e_max - sub_max, 0), (1 << micro) - 1) - man + 1
-            for k in range(sub):
-                down[first + k], up[first + k] = pow2(-step_exp), pow2(step_exp)
-        for j in range(block):
-            t = np.float32(abs(np.float64(x[r, j])) * down[j])  # exact, or far below 1/2
-            magnitude = min((t + np.float32(1 << 23)) - np.float32(1 << 23), largest)
-            value = np.float64(magnitude) * up[j]
-            narrow = np.float32(value)
-            lost |= (np.float64(narrow) != value) & (not bad)
-            signed = -narrow if np.float32(x[r, j]).view(np.int32) < 0 else narrow
-            out[r, j] = np.float32(np.nan) if bad else signed
-    return lost
-
-
-@njit(parallel=True, cache=True)
-def quantize_microexponent(x, out, mp, inexact):
-    """Microexponent quantize (nearest even) of float32 blocks (rows of x)."""
-    for g in prange(inexact.size):
-        if (x.shape[1] == 16) & (mp[2] == 2):
-            inexact[g] = microexponent_rows(x, out, g, mp, 16, 2)
-        else:
-            inexact[g] = microexponent_rows(x, out, g, mp, x.shape[1], mp[2])

@@ -9,7 +9,6 @@ Powers of two and exponents are read and built on the float64 bits.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit, types

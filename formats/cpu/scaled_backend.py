@@ -15,7 +15,7 @@ from ..arrays import code_dtype
 from ..block_format import BlockFormat
 from ..int_format import IntFormat
 from ..blocking import BlockLayout
-from . import block_kernels, fast32, microexponent_kernels
+from . import block_kernels, fast_blocks, microexponent_kernels
 from .descriptors import block_params, element_descriptor, microexponent_params, rounding_code
 from .element_backend import flush_threshold, new_tensor
 from .views import numpy_data, outer_axis_inner, planes_rows_cols
@@ -49,10 +49,10 @@ def _fast_rows(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, flush_s
 
 def _fast_mx(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None,
              flush_subnormals: bool):
-    """(float32 blocks as rows, fast32.mx_params) when an MX call can take
+    """(float32 blocks as rows, fast_blocks.mx_params) when an MX call can take
     the fast path, else None."""
     rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals) if isinstance(fmt, BlockFormat) else None
-    params = None if rows is None else fast32.mx_params(fmt, scale_rule)
+    params = None if rows is None else fast_blocks.mx_params(fmt, scale_rule)
     return None if params is None else (rows, params)
 
 
@@ -64,15 +64,21 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rul
     if fast is not None:
         rows, (fp, ip, bp) = fast
         out = new_tensor(tuple(t.shape), t.dtype)
-        inexact = np.zeros(-(-layout.nrows // 64), dtype=np.bool_)
-        fast32.quantize_mx(rows, out.numpy().reshape(rows.shape), fp, ip, bp, isinstance(fmt.element, IntFormat),
+        inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
+        fast_blocks.quantize_mx(rows, out.numpy().reshape(rows.shape), fp, ip, bp, isinstance(fmt.element, IntFormat),
                            inexact)
         return out, not inexact.any()
     rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals)
-    if rows is not None and not isinstance(fmt, BlockFormat) and fast32.microexponent_fits(fmt):
+    amax_params = fast_blocks.scaled_block_params(fmt, ts) if rows is not None and isinstance(fmt, BlockFormat) else None
+    if amax_params is not None:
         out = new_tensor(tuple(t.shape), t.dtype)
-        inexact = np.zeros(-(-layout.nrows // 64), dtype=np.bool_)
-        fast32.quantize_microexponent(rows, out.numpy().reshape(rows.shape), microexponent_params(fmt), inexact)
+        inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
+        fast_blocks.quantize_amax_blocks(rows, out.numpy().reshape(rows.shape), amax_params, inexact)
+        return out, not inexact.any()
+    if rows is not None and not isinstance(fmt, BlockFormat) and fast_blocks.microexponent_fits(fmt):
+        out = new_tensor(tuple(t.shape), t.dtype)
+        inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
+        fast_blocks.quantize_microexponent(rows, out.numpy().reshape(rows.shape), microexponent_params(fmt), inexact)
         return out, not inexact.any()
     x, nblocks, mode, key64, half, tiny = _common(fmt, t, layout, rounding, key, flush_subnormals)
     out = new_tensor(tuple(t.shape), t.dtype)
@@ -98,7 +104,12 @@ def encode(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule:
     fast = _fast_mx(fmt, t, layout, rounding, scale_rule, flush_subnormals)
     if fast is not None:
         rows, (fp, ip, bp) = fast
-        fast32.encode_mx(rows, elements.numpy(), scales.numpy(), fp, ip, bp, isinstance(fmt.element, IntFormat))
+        fast_blocks.encode_mx(rows, elements.numpy(), scales.numpy(), fp, ip, bp, isinstance(fmt.element, IntFormat))
+        return elements, scales.reshape(layout.blocked_shape[:-1]), None
+    rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals)
+    amax_params = fast_blocks.scaled_block_params(fmt, ts) if rows is not None and isinstance(fmt, BlockFormat) else None
+    if amax_params is not None:
+        fast_blocks.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), amax_params)
         return elements, scales.reshape(layout.blocked_shape[:-1]), None
     x, nblocks, mode, key64, half, tiny = _common(fmt, t, layout, rounding, key, flush_subnormals)
     if isinstance(fmt, BlockFormat):

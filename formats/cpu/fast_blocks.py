@@ -1,0 +1,318 @@
+"""Float32 fast paths for scaled formats: contiguous float32 data blocked
+along its last axis in whole blocks, rounded to nearest even (the default).
+The blocks are the rows of a (blocks, block_size) view.
+
+- MX (E8M0 scales): the block's largest magnitude is found on the float32
+  bits; x / 2**s is an exact float32 product, rounded by
+  :func:`.fast32.float_nearest`/:func:`.fast32.int_nearest`.
+- NVFP4 (E4M3 scales): amax / 6 and x / scale are formed in float64 as the
+  reference forms them, and rounded to nearest even on the float64 bits.
+- Microexponents: exponents, shifts and steps per block, magnitudes rounded
+  by adding and subtracting 2**23.
+
+Each agrees with the reference bit for bit (tests/test_backends.py checks
+every rounding boundary).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from ..block_format import E8M0
+from ..float_format import FloatFormat
+from ..int_format import IntFormat
+from .bits import put_code
+from .block_kernels import scale_exponent
+from .descriptors import (
+    DIVISOR, ELEMENT_BITS, ELEMENT_EMAX, FLOOR, HAS_TENSOR_SCALE, RULE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN,
+    block_params,
+)
+from .fast32 import MAGNITUDE32, finite_code, float_nearest, float_params, int_nearest, int_params, with_sign
+from .scalar import pow2
+
+inline = njit(inline="always", cache=True)
+ROWS_PER_TASK = 64
+
+
+# -- MX blocks (power-of-two scales) ---------------------------------------------------------
+@functools.lru_cache(maxsize=256)
+def mx_params(fmt, rule: str) -> tuple | None:
+    """(float element params, int element params, block params) when an MX
+    format's blocks can take the fast path (element as above, E8M0 scale,
+    element quantum >= 2**-22 so that every element times every scale is a
+    float32 number or overflows), else None."""
+    element = fmt.element
+    if fmt.scale != E8M0:
+        return None
+    fp, ip = float_params(element, "saturate", False), int_params(element, False)
+    if fp is None and ip is None or element.min_subnormal < 2.0 ** -22 or fp and element.man_bits - element.emin > 127:
+        return None
+    # a stand-in of the right type for the family not in use
+    fp = fp or float_params(FloatFormat(2, 1, name="e2m1"), "saturate", False)
+    ip = ip or int_params(IntFormat(8), False)
+    return fp, ip, block_params(fmt, rule, None)
+
+
+@inline
+def block_power(x, r, bp, block):
+    """(scale exponent, NaN block) of row r of float32 blocks. The largest
+    magnitude is found on the bits (their order is the magnitudes' order, and
+    NaN/Inf sort above every finite value); a NaN block's scale is NaN
+    whatever its finite amax, so that amax is not needed."""
+    top = 0
+    for j in range(block):
+        top = max(top, np.int64(np.float32(x[r, j]).view(np.int32)) & MAGNITUDE32)
+    bad = top >= 0x7F800000
+    if bp[RULE] == FLOOR:  # 2**(floor(log2 amax) - emax_elem); subnormal amax clamps to the lowest scale
+        exponent = (top >> 23) - 127 - bp[ELEMENT_EMAX]
+    else:
+        amax = np.float64(np.int32(np.int64(top)).view(np.float32))
+        exponent = scale_exponent(amax, bp[RULE], bp) if top > 0 else bp[SCALE_EMIN]
+    return min(max(exponent, bp[SCALE_EMIN]), bp[SCALE_EMAX]), bad
+
+
+@inline
+def scaled_nearest(v, fp, ip, is_int):
+    """v rounded to nearest even in the element format, as a signed float32."""
+    if is_int:
+        return int_nearest(v, ip) * ip[1]
+    r, sign = float_nearest(v, fp)
+    return with_sign(r, sign)
+
+
+@inline
+def scaled_code(v, fp, ip, is_int):
+    if is_int:
+        q = int_nearest(v, ip)
+        return np.int64(q) & ((1 << ip[5]) - 1)
+    r, sign = float_nearest(v, fp)
+    return finite_code(r, sign, fp)
+
+
+@inline
+def mx_quantize_rows(x, out, g, fp, ip, bp, is_int, block):
+    lost = False
+    for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
+        exponent, bad = block_power(x, r, bp, block)
+        inverse, scale = np.float32(pow2(-exponent)), np.float32(pow2(exponent))
+        for j in range(block):
+            element = scaled_nearest(x[r, j] * inverse, fp, ip, is_int)
+            value = element * scale  # exact unless it overflows (the element quantum is >= 2**-22)
+            lost |= (abs(value) == np.inf) & (abs(element) < np.inf) & (not bad)
+            out[r, j] = np.float32(np.nan) if bad else value
+    return lost
+
+
+@njit(parallel=True, cache=True)
+def quantize_mx(x, out, fp, ip, bp, is_int, inexact):
+    """MX quantize of float32 blocks (rows of x) into out; inexact[task]
+    says whether a result left float32's range."""
+    for g in prange(inexact.size):
+        if is_int:
+            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, True, x.shape[1])
+        elif x.shape[1] == 32:
+            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, False, 32)
+        else:
+            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, False, x.shape[1])
+
+
+@inline
+def pack_row(elements, r, codes, block, bits):
+    """Pack row r's codes (whole bytes per row for 4- and 8-bit codes)."""
+    if bits == 8:
+        for j in range(block):
+            elements[r * block + j] = codes[j]
+    elif (bits == 4) & (block % 2 == 0):
+        for j in range(block // 2):
+            elements[(r * block) // 2 + j] = codes[2 * j] | (codes[2 * j + 1] << 4)
+    else:
+        for j in range(block):
+            put_code(elements, (r * block + j) * bits, codes[j], bits)
+
+
+@inline
+def mx_encode_rows(x, elements, scales, g, fp, ip, bp, is_int, block):
+    bits = bp[ELEMENT_BITS]
+    codes = np.empty(block, np.int32)
+    for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
+        exponent, bad = block_power(x, r, bp, block)
+        scales[r] = bp[SCALE_NAN] if bad else exponent - bp[SCALE_EMIN]
+        inverse = np.float32(pow2(-exponent))
+        for j in range(block):
+            codes[j] = 0 if bad else scaled_code(x[r, j] * inverse, fp, ip, is_int)
+        pack_row(elements, r, codes, block, bits)
+
+
+@njit(parallel=True, cache=True)
+def encode_mx(x, elements, scales, fp, ip, bp, is_int):
+    """Packed element codes (``elements`` zeroed) and E8M0 scale codes of
+    float32 blocks (rows of x)."""
+    for g in prange((x.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        if is_int:
+            mx_encode_rows(x, elements, scales, g, fp, ip, bp, True, x.shape[1])
+        elif x.shape[1] == 32:
+            mx_encode_rows(x, elements, scales, g, fp, ip, bp, False, 32)
+        else:
+            mx_encode_rows(x, elements, scales, g, fp, ip, bp, False, x.shape[1])
+
+
+# -- microexponent blocks ----------------------------------------------------------------------
+def microexponent_fits(fmt) -> bool:
+    """Whether a MicroexponentFormat's quantize can take the fast path:
+    magnitudes of at most 23 bits (exact in float32 after scaling)."""
+    return fmt.man_bits <= 22
+
+
+@inline
+def exponent64(v):
+    """floor(log2 |v|) of a nonzero finite float32 (exact via float64, so
+    float32 subnormals get their true exponent); NO_EXPONENT otherwise."""
+    a = abs(np.float64(v))
+    e = ((np.float64(a).view(np.int64) >> 52) & 0x7FF) - 1023
+    return e if (a > 0.0) & (a < np.inf) else -(1 << 20)
+
+
+@inline
+def microexponent_rows(x, out, g, mp, block, sub):
+    man, micro, emin, emax = mp[0], mp[4], mp[5], mp[6]
+    largest = np.float32((1 << man) - 1)
+    exponents, down, up = np.empty(block, np.int64), np.empty(block, np.float64), np.empty(block, np.float64)
+    lost = False
+    for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
+        e_max, bad = -(1 << 20), False
+        for j in range(block):
+            exponents[j] = exponent64(x[r, j])
+            e_max = max(e_max, exponents[j])
+            bad |= not (abs(x[r, j]) < np.inf)
+        e_max = min(max(e_max, emin), emax)
+        for first in range(0, block, sub):
+            sub_max = exponents[first]
+            for k in range(1, sub):
+                sub_max = max(sub_max, exponents[first + k])
+            step_exp = e_max - min(max(e_max - sub_max, 0), (1 << micro) - 1) - man + 1
+            for k in range(sub):
+                down[first + k], up[first + k] = pow2(-step_exp), pow2(step_exp)
+        for j in range(block):
+            t = np.float32(abs(np.float64(x[r, j])) * down[j])  # exact, or far below 1/2
+            magnitude = min((t + np.float32(1 << 23)) - np.float32(1 << 23), largest)
+            value = np.float64(magnitude) * up[j]
+            narrow = np.float32(value)
+            lost |= (np.float64(narrow) != value) & (not bad)
+            signed = -narrow if np.float32(x[r, j]).view(np.int32) < 0 else narrow
+            out[r, j] = np.float32(np.nan) if bad else signed
+    return lost
+
+
+@njit(parallel=True, cache=True)
+def quantize_microexponent(x, out, mp, inexact):
+    """Microexponent quantize (nearest even) of float32 blocks (rows of x)."""
+    for g in prange(inexact.size):
+        if (x.shape[1] == 16) & (mp[2] == 2):
+            inexact[g] = microexponent_rows(x, out, g, mp, 16, 2)
+        else:
+            inexact[g] = microexponent_rows(x, out, g, mp, x.shape[1], mp[2])
+
+
+# -- NVFP4-style blocks (scales with a mantissa) ------------------------------------------------
+def nearest64_params(fmt) -> tuple:
+    """float_params' rounding constants for rounding float64 values."""
+    return (fmt.man_bits, 2.0 ** fmt.emin, 2.0 ** (fmt.emin - fmt.man_bits + 52), float(fmt.max))
+
+
+@functools.lru_cache(maxsize=256)
+def scaled_block_params(fmt, tensor_scale: float | None) -> tuple | None:
+    """Parameters of the fast path for a BlockFormat whose scale has a
+    mantissa (NVFP4): element and scale float formats that float_params
+    serves; else None."""
+    if fmt.scale.man_bits == 0 or not fmt.scale.signed:
+        return None
+    element_fp, scale_fp = float_params(fmt.element, "saturate", False), float_params(fmt.scale, "saturate", False)
+    if element_fp is None or scale_fp is None:
+        return None
+    return (element_fp, scale_fp, nearest64_params(fmt.element), nearest64_params(fmt.scale),
+            block_params(fmt, "amax", tensor_scale))
+
+
+@inline
+def nearest64(a, p):
+    """Non-negative finite float64 a rounded to nearest even in the float
+    format of p (nearest64_params), saturating at its largest value: the
+    float_nearest method on float64 bits."""
+    m, smallest_normal, magic, largest = p[0], p[1], p[2], p[3]
+    bits = np.int64(np.float64(a).view(np.int64))
+    s = 52 - m
+    normal = (bits + ((1 << (s - 1)) - 1) + ((bits >> s) & 1)) & ~((1 << s) - 1)
+    r = (a + magic) - magic if a < smallest_normal else np.int64(normal).view(np.float64)
+    return min(r, largest)
+
+
+@inline
+def amax_scale(x, r, q, block):
+    """(block scale value, scale code, scale times the tensor scale, NaN
+    block) of row r: amax / (tensor scale * max element) rounded to nearest
+    even in the scale format, saturating."""
+    element_fp, scale_fp, element64, scale64, bp = q
+    top = 0
+    for j in range(block):
+        top = max(top, np.int64(np.float32(x[r, j]).view(np.int32)) & MAGNITUDE32)
+    amax = np.float64(np.int32(np.int64(top)).view(np.float32))
+    value = nearest64(amax / (bp[DIVISOR] * element64[3]), scale64)
+    return value, finite_code(np.float32(value), False, scale_fp), value * bp[DIVISOR], top >= 0x7F800000
+
+
+@inline
+def amax_element(v, full_scale, q):
+    """(|element| rounded, negative) of one value of a block scaled by full_scale."""
+    a = abs(np.float64(v)) / (full_scale if full_scale > 0.0 else 1.0)
+    return (nearest64(a, q[2]) if full_scale > 0.0 else 0.0), (np.float32(v).view(np.int32) < 0) & (full_scale > 0.0)
+
+
+@inline
+def amax_quantize_rows(x, out, g, q, block):
+    bp = q[4]
+    lost = False
+    for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
+        scale, _, full_scale, bad = amax_scale(x, r, q, block)
+        for j in range(block):
+            magnitude, negative = amax_element(x[r, j], full_scale, q)
+            value = (-magnitude if negative else magnitude) * scale
+            if bp[HAS_TENSOR_SCALE]:
+                value = np.float64(np.float32(value) * np.float32(bp[DIVISOR]))
+            narrow = np.float32(value)
+            lost |= (np.float64(narrow) != value) & (not bad)
+            out[r, j] = np.float32(np.nan) if bad else narrow
+    return lost
+
+
+@njit(parallel=True, cache=True)
+def quantize_amax_blocks(x, out, q, inexact):
+    """NVFP4-style quantize of float32 blocks (rows of x)."""
+    element_fp, scale_fp, element64, scale64, bp = q  # a parallel loop takes flat tuples only
+    for g in prange(inexact.size):
+        q = (element_fp, scale_fp, element64, scale64, bp)
+        if x.shape[1] == 16:
+            inexact[g] = amax_quantize_rows(x, out, g, q, 16)
+        else:
+            inexact[g] = amax_quantize_rows(x, out, g, q, x.shape[1])
+
+
+@njit(parallel=True, cache=True)
+def encode_amax_blocks(x, elements, scales, q):
+    """Packed element codes (``elements`` zeroed) and scale codes of
+    NVFP4-style float32 blocks (rows of x)."""
+    bits, block = q[4][ELEMENT_BITS], x.shape[1]
+    element_fp, scale_fp, element64, scale64, bp = q  # a parallel loop takes flat tuples only
+    for g in prange((x.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        q = (element_fp, scale_fp, element64, scale64, bp)
+        codes = np.empty(block, np.int32)
+        for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
+            _, scale_code, full_scale, bad = amax_scale(x, r, q, block)
+            scales[r] = q[4][SCALE_NAN] if bad else scale_code
+            for j in range(block):
+                magnitude, negative = amax_element(x[r, j], full_scale, q)
+                code = finite_code(np.float32(magnitude), negative, q[0])
+                codes[j] = 0 if bad else code
+            pack_row(elements, r, codes, block, bits)
