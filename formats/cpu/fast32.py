@@ -63,18 +63,26 @@ def _tiny(flush_subnormals: bool) -> np.float32:
 
 # -- per element -------------------------------------------------------------------------
 @inline
+def nearest_magnitude(a, p):
+    """Finite a >= 0 (float32) rounded to nearest even on the grid of the
+    float format ``p`` continued past its largest value."""
+    m, smallest_normal, magic = p[0], p[1], p[2]
+    s = 23 - m
+    a_bits = np.uint32(np.float32(a).view(np.uint32))
+    normal = np.uint32(np.uint32(a_bits + ((1 << (s - 1)) - 1) + ((a_bits >> s) & 1)) & np.uint32(~((1 << s) - 1)))
+    return (a + magic) - magic if a < smallest_normal else np.uint32(normal).view(np.float32)
+
+
+@inline
 def float_nearest(x, p):
     """(|result|, sign bit) of float32 x rounded to nearest even in the float
     format ``p`` (float_params), overflow per its policy; NaN stays NaN."""
-    m, smallest_normal, magic, largest, beyond, saturate, tiny = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+    largest, beyond, saturate, tiny = p[3], p[4], p[5], p[6]
     bits = np.float32(x).view(np.uint32)
     sign = np.uint32(bits & SIGN32)
     a = np.uint32(bits & MAGNITUDE32).view(np.float32)
     a = np.float32(0.0) if a < tiny else a
-    s = 23 - m
-    mag_bits = np.uint32(np.float32(a).view(np.uint32))
-    normal = np.uint32(np.uint32(mag_bits + ((1 << (s - 1)) - 1) + ((mag_bits >> s) & 1)) & np.uint32(~((1 << s) - 1)))
-    r = (a + magic) - magic if a < smallest_normal else np.uint32(normal).view(np.float32)
+    r = nearest_magnitude(a, p)
     r = (largest if saturate else beyond) if r > largest else r
     return (r if a == a else a), sign
 

@@ -30,7 +30,9 @@ from .descriptors import (
     DIVISOR, ELEMENT_BITS, ELEMENT_EMAX, FLOOR, HAS_TENSOR_SCALE, RULE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN,
     block_params,
 )
-from .fast32 import MAGNITUDE32, finite_code, float_nearest, float_params, int_nearest, int_params, with_sign
+from .fast32 import (
+    MAGNITUDE32, SIGN32, finite_code, float_params, int_nearest, int_params, nearest_magnitude, with_sign,
+)
 from .scalar import pow2
 
 inline = njit(inline="always", cache=True)
@@ -62,16 +64,25 @@ def block_power(x, r, bp, block):
     magnitude is found on the bits (their order is the magnitudes' order, and
     NaN/Inf sort above every finite value); a NaN block's scale is NaN
     whatever its finite amax, so that amax is not needed."""
-    top = 0
+    top = np.int32(0)
     for j in range(block):
-        top = max(top, np.int64(np.float32(x[r, j]).view(np.int32)) & MAGNITUDE32)
+        top = max(top, np.int32(np.float32(x[r, j]).view(np.int32) & MAGNITUDE32))
     bad = top >= 0x7F800000
     if bp[RULE] == FLOOR:  # 2**(floor(log2 amax) - emax_elem); subnormal amax clamps to the lowest scale
         exponent = (top >> 23) - 127 - bp[ELEMENT_EMAX]
     else:
-        amax = np.float64(np.int32(np.int64(top)).view(np.float32))
+        amax = np.float64(np.int32(top).view(np.float32))
         exponent = scale_exponent(amax, bp[RULE], bp) if top > 0 else bp[SCALE_EMIN]
     return min(max(exponent, bp[SCALE_EMIN]), bp[SCALE_EMAX]), bad
+
+
+@inline
+def saturated(v, fp):
+    """(|v| rounded to nearest even and saturated, sign bit) in the float
+    element format: finite v only (the elements of NaN blocks are discarded)."""
+    bits = np.float32(v).view(np.uint32)
+    a = np.uint32(bits & MAGNITUDE32).view(np.float32)
+    return min(nearest_magnitude(a, fp), fp[3]), np.uint32(bits & SIGN32)
 
 
 @inline
@@ -79,7 +90,7 @@ def scaled_nearest(v, fp, ip, is_int):
     """v rounded to nearest even in the element format, as a signed float32."""
     if is_int:
         return int_nearest(v, ip) * ip[1]
-    r, sign = float_nearest(v, fp)
+    r, sign = saturated(v, fp)
     return with_sign(r, sign)
 
 
@@ -88,7 +99,7 @@ def scaled_code(v, fp, ip, is_int):
     if is_int:
         q = int_nearest(v, ip)
         return np.int64(q) & ((1 << ip[5]) - 1)
-    r, sign = float_nearest(v, fp)
+    r, sign = saturated(v, fp)
     return finite_code(r, sign, fp)
 
 
@@ -255,10 +266,10 @@ def amax_scale(x, r, q, block):
     block) of row r: amax / (tensor scale * max element) rounded to nearest
     even in the scale format, saturating."""
     element_fp, scale_fp, element64, scale64, bp = q
-    top = 0
+    top = np.int32(0)
     for j in range(block):
-        top = max(top, np.int64(np.float32(x[r, j]).view(np.int32)) & MAGNITUDE32)
-    amax = np.float64(np.int32(np.int64(top)).view(np.float32))
+        top = max(top, np.int32(np.float32(x[r, j]).view(np.int32) & MAGNITUDE32))
+    amax = np.float64(np.int32(top).view(np.float32))
     value = nearest64(amax / (bp[DIVISOR] * element64[3]), scale64)
     return value, finite_code(np.float32(value), False, scale_fp), value * bp[DIVISOR], top >= 0x7F800000
 
