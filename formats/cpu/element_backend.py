@@ -36,7 +36,7 @@ def new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 def _fast_float32(fmt, t: torch.Tensor, rounding: str, overflow: str, flush_subnormals: bool):
     """The fast32 kernels and parameters that serve this call, or None."""
-    if t.dtype != torch.float32 or rounding != "nearest_even" or not t.is_contiguous():
+    if t.dtype != torch.float32 or rounding not in ("nearest_even", "stochastic") or not t.is_contiguous():
         return None
     params = fast32.float_params(fmt, overflow, flush_subnormals)
     if params is not None:
@@ -54,7 +54,7 @@ def quantize(fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None
     out = new_tensor(tuple(t.shape), t.dtype)
     fast = _fast_float32(fmt, t, rounding, overflow, flush_subnormals)
     if fast is not None:
-        fast[0](_flat(t), _flat(out), fast[2])
+        fast[0](_flat(t), _flat(out), fast[2], np.uint64(key or 0), rounding == "stochastic")
         return out, True
     data, half = numpy_data(t)
     inexact = np.zeros(kernels.span_count(t.numel()), dtype=np.bool_)
@@ -70,7 +70,8 @@ def encode(fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None,
     format cannot represent (None if every element encoded)."""
     out = new_tensor(tuple(t.shape), code_dtype(fmt.nbits))
     fast = _fast_float32(fmt, t, rounding, overflow, flush_subnormals)
-    if fast is not None and fast[1](_flat(t), out.numpy().reshape(-1), fast[2]) == 0:
+    if fast is not None and fast[1](_flat(t), out.numpy().reshape(-1), fast[2], np.uint64(key or 0),
+                                    rounding == "stochastic") == 0:
         return out, None
     data, half = numpy_data(t)
     first_invalid = np.full(kernels.span_count(t.numel()), kernels.NO_INDEX, dtype=np.int64)

@@ -1,5 +1,5 @@
-"""The float32 fast path: nearest-even rounding of float32 data computed in
-32-bit lanes (twice the SIMD width of the float64 path, and a third of its
+"""The float32 fast path: nearest-even (and stochastic) rounding of float32
+data computed in 32-bit lanes (twice the SIMD width of the float64 path, and a third of its
 instructions), for formats whose values are all float32 numbers.
 
 Normal results round on the float32 bits (add half an ulp of the target
@@ -27,6 +27,7 @@ from numba import njit, prange
 from ..float_format import FloatFormat
 from ..int_format import IntFormat
 from .descriptors import INF, INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, SATURATE, SIGN_CODE, element_descriptor
+from .scalar import counter_uniform, pow2
 
 inline = njit(inline="always", cache=True)
 SIGN32, MAGNITUDE32 = 0x80000000, 0x7FFFFFFF
@@ -135,40 +136,123 @@ def int_nearest(x, p):
     return (q + np.float32(0.0)) if x == x else np.float32(x)
 
 
-# -- kernels (flat C-contiguous float32 in, flat out) -------------------------------------
+@inline
+def float_stochastic(x, u, p):
+    """(|result|, sign bit) of float32 x rounded stochastically in the float
+    format ``p``: up with probability (|x| - lo) / (hi - lo), decided as
+    u < that fraction (exact in float64, as the reference decides
+    u * (hi - lo) < |x| - lo); overflow per the policy; NaN stays NaN."""
+    m, smallest_normal, largest, beyond, saturate, tiny = p[0], p[1], p[3], p[4], p[5], p[6]
+    bits = np.float32(x).view(np.uint32)
+    sign = np.uint32(bits & SIGN32)
+    a = np.uint32(bits & MAGNITUDE32).view(np.float32)
+    a = np.float32(0.0) if a < tiny else a
+    s = 23 - m
+    a_bits = np.uint32(np.float32(a).view(np.uint32))
+    low = np.uint32(a_bits & np.uint32(~((1 << s) - 1)))
+    normal_lo = np.uint32(low).view(np.float32)
+    normal_hi = np.uint32(low + np.uint32(1 << s)).view(np.float32)
+    normal_fraction = np.float64(a_bits - low) * pow2(-s)
+    steps = np.float64(a) * p[12]  # |x| in units of the subnormal quantum, exactly
+    whole = np.floor(steps)
+    normal = a >= smallest_normal
+    up = u < (normal_fraction if normal else steps - whole)
+    sub = np.float32((whole + (1.0 if up else 0.0)) / p[12])
+    r = (normal_hi if up else normal_lo) if normal else sub
+    r = (largest if saturate else beyond) if r > largest else r
+    return (r if a == a else a), sign
+
+
+@inline
+def float_rounded(x, i, p, key, stochastic):
+    if stochastic:
+        return float_stochastic(x, counter_uniform(key, i), p)
+    return float_nearest(x, p)
+
+
+@inline
+def int_rounded(x, i, p, key, stochastic):
+    """int_nearest, or stochastic rounding with element i's uniform."""
+    if not stochastic:
+        return int_nearest(x, p)
+    up, qmin, qmax, tiny = p[0], p[2], p[3], p[4]
+    a = abs(np.float32(x))
+    a = np.float32(0.0) if a < tiny else a
+    t = np.float64(a * up)
+    whole = np.floor(t)
+    r = np.float32(whole + (1.0 if counter_uniform(key, i) < t - whole else 0.0))
+    q = -r if np.float32(x).view(np.int32) < 0 else r
+    q = min(max(q, qmin), qmax)
+    return (q + np.float32(0.0)) if x == x else np.float32(x)
+
+
+# -- kernels (flat C-contiguous float32 in, flat out; ``stochastic`` picks the
+# -- rounding, and each branch is a loop compiled for its mode alone) ---------------------
 @njit(parallel=True, cache=True)
-def quantize_float(x, out, p):
-    for i in prange(x.size):
-        r, sign = float_nearest(x[i], p)
-        out[i] = with_sign(r, sign)
+def quantize_float(x, out, p, key, stochastic):
+    if stochastic:
+        for i in prange(x.size):
+            r, sign = float_rounded(x[i], i, p, key, True)
+            out[i] = with_sign(r, sign)
+    else:
+        for i in prange(x.size):
+            r, sign = float_rounded(x[i], i, p, key, False)
+            out[i] = with_sign(r, sign)
+
+
+@inline
+def float_encoded(x, i, p, key, stochastic):
+    r, sign = float_rounded(x, i, p, key, stochastic)
+    code, invalid = float_code(r, sign, p)
+    return code, 1 if invalid else 0
 
 
 @njit(parallel=True, cache=True)
-def encode_float(x, out, p):
+def encode_float(x, out, p, key, stochastic):
     """Codes into out; returns the number of elements the format cannot represent."""
     bad = 0
-    for i in prange(x.size):
-        r, sign = float_nearest(x[i], p)
-        code, invalid = float_code(r, sign, p)
-        out[i] = code
-        bad += 1 if invalid else 0
+    if stochastic:
+        for i in prange(x.size):
+            code, invalid = float_encoded(x[i], i, p, key, True)
+            out[i] = code
+            bad += invalid
+    else:
+        for i in prange(x.size):
+            code, invalid = float_encoded(x[i], i, p, key, False)
+            out[i] = code
+            bad += invalid
     return bad
 
 
 @njit(parallel=True, cache=True)
-def quantize_int(x, out, p):
+def quantize_int(x, out, p, key, stochastic):
     down = p[1]
-    for i in prange(x.size):
-        out[i] = int_nearest(x[i], p) * down
+    if stochastic:
+        for i in prange(x.size):
+            out[i] = int_rounded(x[i], i, p, key, True) * down
+    else:
+        for i in prange(x.size):
+            out[i] = int_rounded(x[i], i, p, key, False) * down
+
+
+@inline
+def int_encoded(q, mask):
+    return (np.int64(q) & mask if q == q else 0), (0 if q == q else 1)
 
 
 @njit(parallel=True, cache=True)
-def encode_int(x, out, p):
+def encode_int(x, out, p, key, stochastic):
     """Codes into out; returns the number of NaN elements (not encodable)."""
     mask = (1 << p[5]) - 1
     bad = 0
-    for i in prange(x.size):
-        q = int_nearest(x[i], p)
-        out[i] = np.int64(q) & mask if q == q else 0
-        bad += 0 if q == q else 1
+    if stochastic:
+        for i in prange(x.size):
+            code, invalid = int_encoded(int_rounded(x[i], i, p, key, True), mask)
+            out[i] = code
+            bad += invalid
+    else:
+        for i in prange(x.size):
+            code, invalid = int_encoded(int_rounded(x[i], i, p, key, False), mask)
+            out[i] = code
+            bad += invalid
     return bad

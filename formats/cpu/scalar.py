@@ -281,7 +281,9 @@ def _load(value, half):
         return lambda value, half: np.float64(value)
 
     def impl(value, half):
-        return float16_value(value) if half == HALF_FLOAT16 else bfloat16_value(value)
+        if half == HALF_FLOAT16:
+            return float16_value(value)
+        return bfloat16_value(value)
     return impl
 
 
@@ -301,8 +303,12 @@ def _store(value, out, half):
         return impl32
 
     def impl16(value, out, half):
-        code = float16_code(value) if half == HALF_FLOAT16 else bfloat16_code(value)
-        back = float16_value(code) if half == HALF_FLOAT16 else bfloat16_value(code)
+        if half == HALF_FLOAT16:
+            code = float16_code(value)
+            back = float16_value(code)
+        else:
+            code = bfloat16_code(value)
+            back = bfloat16_value(code)
         return np.int16(code), (back == value) | (value != value)
     return impl16
 
