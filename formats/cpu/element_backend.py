@@ -36,7 +36,8 @@ def new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 def _fast_float32(fmt, t: torch.Tensor, rounding: str, overflow: str, flush_subnormals: bool):
     """The fast32 kernels and parameters that serve this call, or None."""
-    if t.dtype != torch.float32 or rounding not in ("nearest_even", "stochastic") or not t.is_contiguous():
+    if (t.dtype not in (torch.float32, torch.bfloat16) or rounding not in ("nearest_even", "stochastic")
+            or not t.is_contiguous()):
         return None
     params = fast32.float_params(fmt, overflow, flush_subnormals)
     if params is not None:
@@ -54,8 +55,8 @@ def quantize(fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None
     out = new_tensor(tuple(t.shape), t.dtype)
     fast = _fast_float32(fmt, t, rounding, overflow, flush_subnormals)
     if fast is not None:
-        fast[0](_flat(t), _flat(out), fast[2], np.uint64(key or 0), rounding == "stochastic")
-        return out, True
+        lost = fast[0](_flat(t), _flat(out), fast[2], np.uint64(key or 0), rounding == "stochastic")
+        return out, lost == 0
     data, half = numpy_data(t)
     inexact = np.zeros(kernels.span_count(t.numel()), dtype=np.bool_)
     kernels.quantize_elements(planes_rows_cols(data), _flat(out), element_descriptor(fmt), rounding_code(rounding),

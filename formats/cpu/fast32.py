@@ -1,6 +1,7 @@
 """The float32 fast path: nearest-even (and stochastic) rounding of float32
-data computed in 32-bit lanes (twice the SIMD width of the float64 path, and a third of its
-instructions), for formats whose values are all float32 numbers.
+and bfloat16 data computed in 32-bit lanes (twice the SIMD width of the
+float64 path, and a third of its instructions), for formats whose values
+are all float32 numbers.
 
 Normal results round on the float32 bits (add half an ulp of the target
 minus one plus the kept parity bit, then mask: ties go to the even
@@ -22,7 +23,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ..float_format import FloatFormat
 from ..int_format import IntFormat
@@ -186,23 +188,61 @@ def int_rounded(x, i, p, key, stochastic):
     return (q + np.float32(0.0)) if x == x else np.float32(x)
 
 
-# -- kernels (flat C-contiguous float32 in, flat out; ``stochastic`` picks the
-# -- rounding, and each branch is a loop compiled for its mode alone) ---------------------
+# -- float32 and bfloat16 data (bfloat16 travels as int16 bits) ------------------------------
+def as_float32(value):
+    """An input element as float32 (exact for bfloat16)."""
+
+
+@overload(as_float32, inline="always")
+def _as_float32(value):
+    if isinstance(value, types.Float):
+        return lambda value: np.float32(value)
+    return lambda value: np.int32(np.int32(value) << 16).view(np.float32)
+
+
+def to_output(value, out):
+    """A float32 result in out's dtype, and whether that is exact."""
+
+
+@overload(to_output, inline="always")
+def _to_output(value, out):
+    if isinstance(out.dtype, types.Float):
+        return lambda value, out: (value, True)
+
+    def impl(value, out):
+        bits = np.float32(value).view(np.int32)
+        return np.int16(bits >> 16), ((bits & 0xFFFF) == 0) | (value != value)
+    return impl
+
+
+# -- kernels (flat C-contiguous float32 or bfloat16 in, flat out; ``stochastic`` picks
+# -- the rounding, and each branch is a loop compiled for its mode alone). The
+# -- quantize kernels return how many results the output dtype could not hold. ----------
+@inline
+def float_value(x, i, out, p, key, stochastic):
+    r, sign = float_rounded(as_float32(x), i, p, key, stochastic)
+    return to_output(with_sign(r, sign), out)
+
+
 @njit(parallel=True, cache=True)
 def quantize_float(x, out, p, key, stochastic):
+    lost = 0
     if stochastic:
         for i in prange(x.size):
-            r, sign = float_rounded(x[i], i, p, key, True)
-            out[i] = with_sign(r, sign)
+            value, exact = float_value(x[i], i, out, p, key, True)
+            out[i] = value
+            lost += 0 if exact else 1
     else:
         for i in prange(x.size):
-            r, sign = float_rounded(x[i], i, p, key, False)
-            out[i] = with_sign(r, sign)
+            value, exact = float_value(x[i], i, out, p, key, False)
+            out[i] = value
+            lost += 0 if exact else 1
+    return lost
 
 
 @inline
 def float_encoded(x, i, p, key, stochastic):
-    r, sign = float_rounded(x, i, p, key, stochastic)
+    r, sign = float_rounded(as_float32(x), i, p, key, stochastic)
     code, invalid = float_code(r, sign, p)
     return code, 1 if invalid else 0
 
@@ -227,12 +267,18 @@ def encode_float(x, out, p, key, stochastic):
 @njit(parallel=True, cache=True)
 def quantize_int(x, out, p, key, stochastic):
     down = p[1]
+    lost = 0
     if stochastic:
         for i in prange(x.size):
-            out[i] = int_rounded(x[i], i, p, key, True) * down
+            value, exact = to_output(int_rounded(as_float32(x[i]), i, p, key, True) * down, out)
+            out[i] = value
+            lost += 0 if exact else 1
     else:
         for i in prange(x.size):
-            out[i] = int_rounded(x[i], i, p, key, False) * down
+            value, exact = to_output(int_rounded(as_float32(x[i]), i, p, key, False) * down, out)
+            out[i] = value
+            lost += 0 if exact else 1
+    return lost
 
 
 @inline
@@ -247,12 +293,12 @@ def encode_int(x, out, p, key, stochastic):
     bad = 0
     if stochastic:
         for i in prange(x.size):
-            code, invalid = int_encoded(int_rounded(x[i], i, p, key, True), mask)
+            code, invalid = int_encoded(int_rounded(as_float32(x[i]), i, p, key, True), mask)
             out[i] = code
             bad += invalid
     else:
         for i in prange(x.size):
-            code, invalid = int_encoded(int_rounded(x[i], i, p, key, False), mask)
+            code, invalid = int_encoded(int_rounded(as_float32(x[i]), i, p, key, False), mask)
             out[i] = code
             bad += invalid
     return bad
