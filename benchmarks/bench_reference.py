@@ -13,24 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import numpy as np
 import torch
 
 import lowbit
+from lowbit.bench import best_seconds
 
 FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "int8", "mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "mx6"]
-
-
-def best_time(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -48,15 +38,15 @@ def main() -> None:
         n = 1 << log2n
         x = torch.randn(n)
         xn = x.numpy()
-        copy = best_time(lambda: x.clone(), args.repeat)
+        copy = best_seconds(lambda: x.clone(), args.repeat)
         rows = [("float32 copy", copy)]
-        rows.append(("torch float8_e4m3fn cast+back", best_time(lambda: x.to(torch.float8_e4m3fn).float(), args.repeat)))
+        rows.append(("torch float8_e4m3fn cast+back", best_seconds(lambda: x.to(torch.float8_e4m3fn).float(), args.repeat)))
         if ml_dtypes is not None:
             rows.append(("ml_dtypes float8_e4m3fn astype+back",
-                         best_time(lambda: xn.astype(ml_dtypes.float8_e4m3fn).astype(np.float32), args.repeat)))
+                         best_seconds(lambda: xn.astype(ml_dtypes.float8_e4m3fn).astype(np.float32), args.repeat)))
         for name in FORMATS:
             fmt = lowbit.get_format(name)
-            rows.append((f"lowbit {name} quantize (reference)", best_time(lambda: fmt.quantize(x), args.repeat)))
+            rows.append((f"lowbit {name} quantize (reference)", best_seconds(lambda: fmt.quantize(x), args.repeat)))
         print(f"\n2^{log2n} float32 elements")
         print(f"{'operation':<42} {'G elem/s':>9} {'vs copy':>8}")
         for label, seconds in rows:

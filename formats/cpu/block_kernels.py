@@ -19,7 +19,7 @@ from numba import njit, prange
 from .bits import get_code, put_code
 from .descriptors import (
     AMAX, BLOCK, CEIL, DIVISOR, ELEMENT_BITS, ELEMENT_EMAX, ELEMENT_MANTISSA_BITS, ELEMENT_MAX, EVEN, FLOOR,
-    HAS_TENSOR_SCALE, IS_INT, NEAREST_EVEN, RULE, SATURATE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN, STOCHASTIC,
+    HAS_TENSOR_SCALE, NEAREST_EVEN, RULE, SATURATE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN, STOCHASTIC,
 )
 from .scalar import (
     counter_uniform, decode_element, encode_element, float_decode, float_encode, floor_log2_or, load, pow2, store,
@@ -92,28 +92,28 @@ def block_scale(x, o, i, k0, sd, bp, half, tiny):
 
 
 @inline
-def element_code(v, full_scale, bad, ed, mode, u, is_int):
+def element_code(v, full_scale, bad, ed, mode, u):
     """The element code of v in a block with scale ``full_scale``."""
     scaled = v / (full_scale if full_scale > 0.0 else 1.0) if abs(v) < np.inf else 0.0
     # only float64 inputs far below the scale underflow here: keep them at
     # 2**-1020, which rounds like any magnitude below every format's values
     if abs(scaled) < 2.0 ** -1020 and v != 0.0 and abs(v) < np.inf:
         scaled = math.copysign(2.0 ** -1020, v)
-    code, _ = encode_element(scaled, ed, mode, SATURATE, u, is_int)
+    code, _ = encode_element(scaled, ed, mode, SATURATE, u)
     return code if (full_scale > 0.0) & (not bad) else 0
 
 
 @inline
-def element_value(code, scale_value, bad, ed, bp, is_int):
+def element_value(code, scale_value, bad, ed, bp):
     """BlockFormat._decode_blocks of one element."""
-    value = decode_element(code, ed, is_int) * scale_value
+    value = decode_element(code, ed) * scale_value
     if bp[HAS_TENSOR_SCALE]:
         value = np.float64(np.float32(value) * np.float32(bp[DIVISOR]))
     return np.nan if bad else value
 
 
 @task
-def quantize_group(x, out, g, nblocks, ed, sd, bp, mode, key, half, tiny, is_int):
+def quantize_group(x, out, g, nblocks, ed, sd, bp, mode, key, half, tiny):
     lost = False
     block = bp[BLOCK]
     for r in range(g * GROUP, min(g * GROUP + GROUP, x.shape[0] * x.shape[2] * nblocks)):
@@ -122,8 +122,8 @@ def quantize_group(x, out, g, nblocks, ed, sd, bp, mode, key, half, tiny, is_int
         for j in range(min(block, x.shape[1] - k0)):
             v = element_at(x, o, i, k0 + j, half, tiny)
             u = counter_uniform(key, r * block + j) if mode == STOCHASTIC else 0.0
-            code = element_code(v, full_scale, bad, ed, mode, u, is_int)
-            narrow, exact = store(element_value(code, scale_value, bad, ed, bp, is_int), out, half)
+            code = element_code(v, full_scale, bad, ed, mode, u)
+            narrow, exact = store(element_value(code, scale_value, bad, ed, bp), out, half)
             out[o, k0 + j, i] = narrow
             lost |= not exact
     return lost
@@ -134,14 +134,11 @@ def quantize_blocks(x, out, nblocks, ed, sd, bp, mode, key, half, tiny, inexact)
     """out (the shape of x, contiguous) = x encoded in blocks and decoded;
     inexact[task] says whether out's dtype failed to hold a result exactly."""
     for g in prange(inexact.size):
-        if ed[IS_INT]:
-            inexact[g] = quantize_group(x, out, g, nblocks, ed, sd, bp, mode, key, half, tiny, True)
-        else:
-            inexact[g] = quantize_group(x, out, g, nblocks, ed, sd, bp, mode, key, half, tiny, False)
+        inexact[g] = quantize_group(x, out, g, nblocks, ed, sd, bp, mode, key, half, tiny)
 
 
 @task
-def encode_group(x, elements, scales, g, nblocks, ed, sd, bp, mode, key, half, tiny, is_int):
+def encode_group(x, elements, scales, g, nblocks, ed, sd, bp, mode, key, half, tiny):
     block, bits = bp[BLOCK], bp[ELEMENT_BITS]
     for r in range(g * GROUP, min(g * GROUP + GROUP, scales.size)):
         o, i, k0 = block_origin(r, nblocks, x.shape[2], block)
@@ -150,7 +147,7 @@ def encode_group(x, elements, scales, g, nblocks, ed, sd, bp, mode, key, half, t
         for j in range(block):
             v = element_at(x, o, i, k0 + j, half, tiny)
             u = counter_uniform(key, r * block + j) if mode == STOCHASTIC else 0.0
-            put_code(elements, (r * block + j) * bits, element_code(v, full_scale, bad, ed, mode, u, is_int), bits)
+            put_code(elements, (r * block + j) * bits, element_code(v, full_scale, bad, ed, mode, u), bits)
 
 
 @njit(parallel=True, cache=True)
@@ -158,14 +155,11 @@ def encode_blocks(x, elements, scales, nblocks, ed, sd, bp, mode, key, half, tin
     """Packed element codes into ``elements`` (zeroed) and one scale code
     per block into ``scales``."""
     for g in prange((scales.size + GROUP - 1) // GROUP):
-        if ed[IS_INT]:
-            encode_group(x, elements, scales, g, nblocks, ed, sd, bp, mode, key, half, tiny, True)
-        else:
-            encode_group(x, elements, scales, g, nblocks, ed, sd, bp, mode, key, half, tiny, False)
+        encode_group(x, elements, scales, g, nblocks, ed, sd, bp, mode, key, half, tiny)
 
 
 @task
-def decode_group(elements, scales, out, g, nblocks, ed, sd, bp, is_int):
+def decode_group(elements, scales, out, g, nblocks, ed, sd, bp):
     block, bits = bp[BLOCK], bp[ELEMENT_BITS]
     for r in range(g * GROUP, min(g * GROUP + GROUP, scales.size)):
         o, i, k0 = block_origin(r, nblocks, out.shape[2], block)
@@ -174,17 +168,14 @@ def decode_group(elements, scales, out, g, nblocks, ed, sd, bp, is_int):
         bad = scale_code == bp[SCALE_NAN]
         for j in range(min(block, out.shape[1] - k0)):
             code = get_code(elements, (r * block + j) * bits, bits)
-            out[o, k0 + j, i] = element_value(code, scale_value, bad, ed, bp, is_int)
+            out[o, k0 + j, i] = element_value(code, scale_value, bad, ed, bp)
 
 
 @njit(parallel=True, cache=True)
 def decode_blocks(elements, scales, out, nblocks, ed, sd, bp):
     """out (outer, length, inner) = the decoded values of packed codes."""
     for g in prange((scales.size + GROUP - 1) // GROUP):
-        if ed[IS_INT]:
-            decode_group(elements, scales, out, g, nblocks, ed, sd, bp, True)
-        else:
-            decode_group(elements, scales, out, g, nblocks, ed, sd, bp, False)
+        decode_group(elements, scales, out, g, nblocks, ed, sd, bp)
 
 
 @njit(parallel=True, cache=True)

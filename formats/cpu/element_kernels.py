@@ -5,10 +5,8 @@ Each takes its input as a (planes, rows, cols) strided view (see
 into spans of ``SPAN``, one span per task, so results (stochastic ones
 included: element i draws its uniform from the counter-based stream at i)
 never depend on the thread count. Each span reports into its own slot of a
-status array. Every kernel branches once on the family and runs a loop
-compiled for that family alone (``is_int`` is a constant in each), and
-IEEE-like float formats under nearest_even get a loop of their own with
-those constants folded in (about twice as fast as the general loop).
+status array. This is the general path, for every format, mode, dtype and
+layout; the common cases take :mod:`.fast32` instead.
 """
 
 from __future__ import annotations
@@ -16,10 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .descriptors import IS_INT, NEAREST_EVEN, STOCHASTIC
-from .scalar import (
-    counter_uniform, decode_element, encode_element, ieee_like, is_ieee_like, load, round_element, store,
-)
+from .descriptors import STOCHASTIC
+from .scalar import counter_uniform, decode_element, encode_element, load, round_element, store
 
 SPAN = 1 << 14
 NO_INDEX = np.iinfo(np.int64).max
@@ -49,7 +45,7 @@ def exact_input(x, i, mode, key, half, tiny):
 
 
 @task
-def quantize_span(x, out, start, stop, d, mode, overflow, key, half, tiny, is_int):
+def quantize_span(x, out, start, stop, d, mode, overflow, key, half, tiny):
     lost = False
     i = start
     while i < stop:
@@ -57,7 +53,7 @@ def quantize_span(x, out, start, stop, d, mode, overflow, key, half, tiny, is_in
         n = min(x.shape[2] - c, stop - i)
         for j in range(n):
             v, u = exact_input(x[p, r, c + j], i + j, mode, key, half, tiny)
-            narrow, exact = store(round_element(v, d, mode, overflow, u, is_int), out, half)
+            narrow, exact = store(round_element(v, d, mode, overflow, u), out, half)
             out[i + j] = narrow
             lost |= not exact
         i += n
@@ -71,16 +67,11 @@ def quantize_elements(x, out, d, mode, overflow, key, half, tiny, inexact):
     hold a result exactly."""
     for s in prange(inexact.size):
         start, stop = s * SPAN, min(s * SPAN + SPAN, out.size)
-        if d[IS_INT]:
-            inexact[s] = quantize_span(x, out, start, stop, d, mode, overflow, key, half, tiny, True)
-        elif is_ieee_like(d) & (mode == NEAREST_EVEN):
-            inexact[s] = quantize_span(x, out, start, stop, ieee_like(d), NEAREST_EVEN, overflow, key, half, tiny, False)
-        else:
-            inexact[s] = quantize_span(x, out, start, stop, d, mode, overflow, key, half, tiny, False)
+        inexact[s] = quantize_span(x, out, start, stop, d, mode, overflow, key, half, tiny)
 
 
 @task
-def encode_span(x, out, start, stop, d, mode, overflow, key, half, tiny, is_int):
+def encode_span(x, out, start, stop, d, mode, overflow, key, half, tiny):
     bad = NO_INDEX
     i = start
     while i < stop:
@@ -88,7 +79,7 @@ def encode_span(x, out, start, stop, d, mode, overflow, key, half, tiny, is_int)
         n = min(x.shape[2] - c, stop - i)
         for j in range(n):
             v, u = exact_input(x[p, r, c + j], i + j, mode, key, half, tiny)
-            code, invalid = encode_element(v, d, mode, overflow, u, is_int)
+            code, invalid = encode_element(v, d, mode, overflow, u)
             out[i + j] = code
             bad = min(bad, i + j if invalid else NO_INDEX)
         i += n
@@ -101,16 +92,11 @@ def encode_elements(x, out, d, mode, overflow, key, half, tiny, first_invalid):
     first index in the span the format cannot represent (NO_INDEX if none)."""
     for s in prange(first_invalid.size):
         start, stop = s * SPAN, min(s * SPAN + SPAN, out.size)
-        if d[IS_INT]:
-            first_invalid[s] = encode_span(x, out, start, stop, d, mode, overflow, key, half, tiny, True)
-        elif is_ieee_like(d) & (mode == NEAREST_EVEN):
-            first_invalid[s] = encode_span(x, out, start, stop, ieee_like(d), NEAREST_EVEN, overflow, key, half, tiny, False)
-        else:
-            first_invalid[s] = encode_span(x, out, start, stop, d, mode, overflow, key, half, tiny, False)
+        first_invalid[s] = encode_span(x, out, start, stop, d, mode, overflow, key, half, tiny)
 
 
 @task
-def decode_span(codes, out, start, stop, d, nbits, is_int):
+def decode_span(codes, out, start, stop, d, nbits):
     count = 0
     i = start
     while i < stop:
@@ -119,7 +105,7 @@ def decode_span(codes, out, start, stop, d, nbits, is_int):
         for j in range(n):
             code = np.int64(codes[p, r, c + j])
             ok = (code >= 0) & (code < (1 << nbits))
-            value = decode_element(code if ok else 0, d, is_int)
+            value = decode_element(code if ok else 0, d)
             out[i + j] = value if ok else np.nan
             count += 0 if ok else 1
         i += n
@@ -132,7 +118,4 @@ def decode_elements(codes, out, d, nbits, out_of_range):
     outside [0, 2**nbits) (their outputs are NaN)."""
     for s in prange(out_of_range.size):
         start, stop = s * SPAN, min(s * SPAN + SPAN, out.size)
-        if d[IS_INT]:
-            out_of_range[s] = decode_span(codes, out, start, stop, d, nbits, True)
-        else:
-            out_of_range[s] = decode_span(codes, out, start, stop, d, nbits, False)
+        out_of_range[s] = decode_span(codes, out, start, stop, d, nbits)

@@ -128,40 +128,6 @@ def float_encode(x, d, mode, overflow, u):
 
 
 @function
-def float_round(x, d, mode, overflow, u):
-    """The value of float_encode's code, computed without the code (the
-    quantize path): NaN where float_encode reports invalid."""
-    x_bits = bits_of(x)
-    negative = x_bits < 0
-    nan_in = (x_bits & MAGNITUDE_MASK) > EXPONENT_MASK
-    inf_in = (x_bits & MAGNITUDE_MASK) == EXPONENT_MASK
-    a = 0.0 if nan_in | inf_in else abs(x)
-    m, e0 = d[MAN_BITS], d[LOWEST_EXPONENT]
-    e = max(floor_log2_or(bits_of(a), e0), e0)
-    step = pow2(e - m)
-    sig = np.floor(a * pow2(m - e))
-    lo = sig * step
-    hi = lo + step
-    code = ((e - e0) << m) + np.int64(sig) - (0 if d[SUBNORMALS] else 1 << m)
-    smallest = np.int64(d[SMALLEST_BITS]).view(np.float64)
-    below = (d[SUBNORMALS] == 0) & (lo < smallest)
-    lo, hi = (0.0, smallest) if below else (lo, hi)
-    code = (d[HAS_ZERO] - 1) if below else code
-    upper = pick_upper(mode, a, lo, hi, (code & 1) == 1, negative, u) | (code < 0)
-    value = hi if upper else lo
-
-    top = d[MAX_CODE]
-    largest = float_decode(top, d)
-    to_max = (overflow == SATURATE) | toward_zero(mode, negative)
-    beyond = np.inf if overflow == INF else np.nan
-    value = (largest if to_max else beyond) if value > largest else value
-    value = (largest if overflow == SATURATE else beyond) if inf_in else value
-    value = 0.0 if value == 0.0 and not d[HAS_NEGATIVE_ZERO] else (-value if negative else value)
-    unrepresentable = nan_in | ((d[SIGNED] == 0) & negative & (x != 0.0)) | ((d[HAS_ZERO] == 0) & (x == 0.0))
-    return np.nan if unrepresentable else value
-
-
-@function
 def float_decode(code, d):
     """FloatFormat._decode_exact of one code."""
     m, bias = d[MAN_BITS], d[BIAS]
@@ -204,21 +170,6 @@ def int_encode(x, d, mode, u):
 
 
 @function
-def int_round(x, d, mode, u):
-    """The value of int_encode's code, computed without the code; NaN for NaN."""
-    negative = bits_of(x) < 0
-    a = min(abs(x), 2.0 ** 80)
-    a = max(a, 2.0 ** -900) if a > 0.0 else a
-    a = a * pow2(d[FRAC_BITS])
-    lo = np.floor(a)
-    half = lo * 0.5
-    upper = pick_upper(mode, a, lo, lo + 1.0, half != np.floor(half), negative, u)
-    q = lo + (1.0 if upper else 0.0)
-    q = min(max(-q if negative else q, np.float64(d[QMIN])), np.float64(d[QMAX]))
-    return (q + 0.0) * pow2(-d[FRAC_BITS]) if x == x else np.nan
-
-
-@function
 def int_decode(code, d):
     bits = d[INT_BITS]
     q = code - ((code >> (bits - 1)) << bits) if d[INT_SIGNED] else code
@@ -226,41 +177,25 @@ def int_decode(code, d):
 
 
 # -- either family ---------------------------------------------------------------------
-@inline
-def is_ieee_like(d):
-    """Whether ``d`` is a signed float format with subnormals and -0 (fp16,
-    bf16, OCP FP8/FP6/FP4): the formats the kernels compile a fast loop for."""
-    return (d[IS_INT] == 0) & (d[SUBNORMALS] == 1) & (d[SIGNED] == 1) & (d[HAS_NEGATIVE_ZERO] == 1)
-
-
-@inline
-def ieee_like(d):
-    """``d`` (for which is_ieee_like holds) with those flags as constants, so
-    the compiler drops the branches the other formats need."""
-    return (0, d[1], d[2], 1, 1, d[5], d[6], d[7], d[8], d[9], d[10], 1, 1, d[13], 0, d[15])
-
-
 @function
-def encode_element(x, d, mode, overflow, u, is_int):
+def encode_element(x, d, mode, overflow, u):
     """(code, invalid) of one exact value in the element format ``d``."""
-    if is_int:
+    if d[IS_INT]:
         return int_encode(x, d, mode, u)
     return float_encode(x, d, mode, overflow, u)
 
 
 @function
-def round_element(x, d, mode, overflow, u, is_int):
-    """decode_element of encode_element's code, NaN where it is invalid.
-    ``is_int`` (d[IS_INT]) is passed as a constant by the kernels, so each
-    compiled loop holds one family's math only."""
-    if is_int:
-        return int_round(x, d, mode, u)
-    return float_round(x, d, mode, overflow, u)
+def round_element(x, d, mode, overflow, u):
+    """What x becomes: decode_element of encode_element's code, NaN where
+    the format cannot represent x (as ElementFormat.quantize)."""
+    code, invalid = encode_element(x, d, mode, overflow, u)
+    return np.nan if invalid else decode_element(code, d)
 
 
 @function
-def decode_element(code, d, is_int):
-    if is_int:
+def decode_element(code, d):
+    if d[IS_INT]:
         return int_decode(code, d)
     return float_decode(code, d)
 
