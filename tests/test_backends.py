@@ -167,8 +167,9 @@ def test_mx_fast_path_on_every_boundary(name, rule):
     with np.errstate(over="ignore"):  # products past float32's range are infinities, inputs like any other
         x = np.concatenate([elements * s for s in scales]).astype(np.float32)
     x = torch.from_numpy(np.resize(x, (-(-x.size // 32) * 32,)).reshape(-1, 32))
-    same(*both(fmt.quantize, x, scale_rule=rule), f"{name} {rule}")
-    same(*both(fmt.encode, x, scale_rule=rule), f"{name} {rule} encode")
+    for xd in (x, x.bfloat16()):
+        same(*both(fmt.quantize, xd, scale_rule=rule), f"{name} {rule} {xd.dtype}")
+        same(*both(fmt.encode, xd, scale_rule=rule), f"{name} {rule} {xd.dtype} encode")
 
 
 @pytest.mark.parametrize("tensor_scale", [False, True])
@@ -183,8 +184,20 @@ def test_nvfp4_fast_path_on_every_boundary(tensor_scale):
         first = np.full((elements.shape[0], 1), 6 * scale, dtype=np.float32)
         rows.append(np.concatenate([first, elements * np.float32(scale)], axis=1))
     x = torch.from_numpy(np.concatenate(rows).astype(np.float32))
-    same(*both(fmt.quantize, x), f"{fmt.name} tensor_scale={tensor_scale}")
-    same(*both(fmt.encode, x), f"{fmt.name} tensor_scale={tensor_scale} encode")
+    for xd in (x, x.bfloat16()):
+        same(*both(fmt.quantize, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype}")
+        same(*both(fmt.encode, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype} encode")
+
+
+@pytest.mark.parametrize("name", ["mx9", "mx6", "mx4", "msfp12"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_microexponent_fast_path_across_exponents(name, dtype):
+    fmt = lowbit.get_format(name)
+    x = torch.randn(512, 64, generator=torch.Generator().manual_seed(1))
+    x = x * torch.exp2(torch.randint(-150, 120, (512, 1)).float()) * torch.exp2(torch.randint(-3, 3, (512, 64)).float())
+    x[::7, ::5] = 0.0
+    x[3, 3], x[5, 17] = float("nan"), float("-inf")
+    same(*both(fmt.quantize, x.to(dtype)), f"{name} {dtype}")
 
 
 @pytest.mark.parametrize("name", ["fp8_e4m3", "int4", "mxfp4", "mx6", "nvfp4"])

@@ -1,5 +1,6 @@
-"""Float32 fast paths for scaled formats: contiguous float32 data blocked
-along its last axis in whole blocks, rounded to nearest even (the default).
+"""Float32 fast paths for scaled formats: contiguous float32 or bfloat16
+data blocked along its last axis in whole blocks, rounded to nearest even
+(the default).
 The blocks are the rows of a (blocks, block_size) view.
 
 - MX (E8M0 scales): the block's largest magnitude is found on the float32
@@ -31,7 +32,7 @@ from .descriptors import (
     block_params,
 )
 from .fast32 import (
-    MAGNITUDE32, SIGN32, finite_code, float_params, int_nearest, int_params, nearest_magnitude, with_sign,
+    MAGNITUDE32, SIGN32, as_float32, finite_code, float_params, int_nearest, int_params, nearest_magnitude, to_output, with_sign,
 )
 from .scalar import pow2
 
@@ -66,7 +67,7 @@ def block_power(x, r, bp, block):
     whatever its finite amax, so that amax is not needed."""
     top = np.int32(0)
     for j in range(block):
-        top = max(top, np.int32(np.float32(x[r, j]).view(np.int32) & MAGNITUDE32))
+        top = max(top, np.int32(np.float32(as_float32(x[r, j])).view(np.int32) & MAGNITUDE32))
     bad = top >= 0x7F800000
     if bp[RULE] == FLOOR:  # 2**(floor(log2 amax) - emax_elem); subnormal amax clamps to the lowest scale
         exponent = (top >> 23) - 127 - bp[ELEMENT_EMAX]
@@ -110,10 +111,12 @@ def mx_quantize_rows(x, out, g, fp, ip, bp, is_int, block):
         exponent, bad = block_power(x, r, bp, block)
         inverse, scale = np.float32(pow2(-exponent)), np.float32(pow2(exponent))
         for j in range(block):
-            element = scaled_nearest(x[r, j] * inverse, fp, ip, is_int)
+            element = scaled_nearest(as_float32(x[r, j]) * inverse, fp, ip, is_int)
             value = element * scale  # exact unless it overflows (the element quantum is >= 2**-22)
             lost |= (abs(value) == np.inf) & (abs(element) < np.inf) & (not bad)
-            out[r, j] = np.float32(np.nan) if bad else value
+            narrow, exact = to_output(np.float32(np.nan) if bad else value, out)
+            out[r, j] = narrow
+            lost |= not exact
     return lost
 
 
@@ -153,7 +156,7 @@ def mx_encode_rows(x, elements, scales, g, fp, ip, bp, is_int, block):
         scales[r] = bp[SCALE_NAN] if bad else exponent - bp[SCALE_EMIN]
         inverse = np.float32(pow2(-exponent))
         for j in range(block):
-            codes[j] = 0 if bad else scaled_code(x[r, j] * inverse, fp, ip, is_int)
+            codes[j] = 0 if bad else scaled_code(as_float32(x[r, j]) * inverse, fp, ip, is_int)
         pack_row(elements, r, codes, block, bits)
 
 
@@ -195,9 +198,9 @@ def microexponent_rows(x, out, g, mp, block, sub):
     for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
         e_max, bad = -(1 << 20), False
         for j in range(block):
-            exponents[j] = exponent64(x[r, j])
+            exponents[j] = exponent64(as_float32(x[r, j]))
             e_max = max(e_max, exponents[j])
-            bad |= not (abs(x[r, j]) < np.inf)
+            bad |= not (abs(as_float32(x[r, j])) < np.inf)
         e_max = min(max(e_max, emin), emax)
         for first in range(0, block, sub):
             sub_max = exponents[first]
@@ -207,13 +210,16 @@ def microexponent_rows(x, out, g, mp, block, sub):
             for k in range(sub):
                 down[first + k], up[first + k] = pow2(-step_exp), pow2(step_exp)
         for j in range(block):
-            t = np.float32(abs(np.float64(x[r, j])) * down[j])  # exact, or far below 1/2
+            v = as_float32(x[r, j])
+            t = np.float32(abs(np.float64(v)) * down[j])  # exact, or far below 1/2
             magnitude = min((t + np.float32(1 << 23)) - np.float32(1 << 23), largest)
             value = np.float64(magnitude) * up[j]
             narrow = np.float32(value)
             lost |= (np.float64(narrow) != value) & (not bad)
-            signed = -narrow if np.float32(x[r, j]).view(np.int32) < 0 else narrow
-            out[r, j] = np.float32(np.nan) if bad else signed
+            signed = -narrow if np.float32(v).view(np.int32) < 0 else narrow
+            stored, exact = to_output(np.float32(np.nan) if bad else signed, out)
+            out[r, j] = stored
+            lost |= not exact
     return lost
 
 
@@ -268,7 +274,7 @@ def amax_scale(x, r, q, block):
     element_fp, scale_fp, element64, scale64, bp = q
     top = np.int32(0)
     for j in range(block):
-        top = max(top, np.int32(np.float32(x[r, j]).view(np.int32) & MAGNITUDE32))
+        top = max(top, np.int32(np.float32(as_float32(x[r, j])).view(np.int32) & MAGNITUDE32))
     amax = np.float64(np.int32(top).view(np.float32))
     value = nearest64(amax / (bp[DIVISOR] * element64[3]), scale64)
     return value, finite_code(np.float32(value), False, scale_fp), value * bp[DIVISOR], top >= 0x7F800000
@@ -288,13 +294,15 @@ def amax_quantize_rows(x, out, g, q, block):
     for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
         scale, _, full_scale, bad = amax_scale(x, r, q, block)
         for j in range(block):
-            magnitude, negative = amax_element(x[r, j], full_scale, q)
+            magnitude, negative = amax_element(as_float32(x[r, j]), full_scale, q)
             value = (-magnitude if negative else magnitude) * scale
             if bp[HAS_TENSOR_SCALE]:
                 value = np.float64(np.float32(value) * np.float32(bp[DIVISOR]))
             narrow = np.float32(value)
             lost |= (np.float64(narrow) != value) & (not bad)
-            out[r, j] = np.float32(np.nan) if bad else narrow
+            stored, exact = to_output(np.float32(np.nan) if bad else narrow, out)
+            out[r, j] = stored
+            lost |= not exact
     return lost
 
 
@@ -323,7 +331,7 @@ def encode_amax_blocks(x, elements, scales, q):
             _, scale_code, full_scale, bad = amax_scale(x, r, q, block)
             scales[r] = q[4][SCALE_NAN] if bad else scale_code
             for j in range(block):
-                magnitude, negative = amax_element(x[r, j], full_scale, q)
+                magnitude, negative = amax_element(as_float32(x[r, j]), full_scale, q)
                 code = finite_code(np.float32(magnitude), negative, q[0])
                 codes[j] = 0 if bad else code
             pack_row(elements, r, codes, block, bits)

@@ -38,13 +38,13 @@ def _common(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, key: int |
 
 
 def _fast_rows(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, flush_subnormals: bool):
-    """The input as float32 rows of whole blocks when the call can take a
-    float32 fast path (contiguous float32 blocked along its last axis in
-    whole blocks, nearest_even, no flushing), else None."""
-    if (t.dtype != torch.float32 or rounding != "nearest_even" or flush_subnormals or not t.is_contiguous()
-            or layout.axis != max(t.dim() - 1, 0) or layout.length % fmt.block_size):
+    """The input as rows of whole blocks when the call can take a fast path
+    (contiguous float32 or bfloat16 blocked along its last axis in whole
+    blocks, nearest_even, no flushing), else None."""
+    if (t.dtype not in (torch.float32, torch.bfloat16) or rounding != "nearest_even" or flush_subnormals
+            or not t.is_contiguous() or layout.axis != max(t.dim() - 1, 0) or layout.length % fmt.block_size):
         return None
-    return t.numpy().reshape(layout.nrows, fmt.block_size)
+    return numpy_data(t)[0].reshape(layout.nrows, fmt.block_size)
 
 
 def _fast_mx(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None,
@@ -65,7 +65,7 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rul
         rows, (fp, ip, bp) = fast
         out = new_tensor(tuple(t.shape), t.dtype)
         inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
-        fast_blocks.quantize_mx(rows, out.numpy().reshape(rows.shape), fp, ip, bp, isinstance(fmt.element, IntFormat),
+        fast_blocks.quantize_mx(rows, numpy_data(out)[0].reshape(rows.shape), fp, ip, bp, isinstance(fmt.element, IntFormat),
                            inexact)
         return out, not inexact.any()
     rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals)
@@ -73,12 +73,12 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rul
     if amax_params is not None:
         out = new_tensor(tuple(t.shape), t.dtype)
         inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
-        fast_blocks.quantize_amax_blocks(rows, out.numpy().reshape(rows.shape), amax_params, inexact)
+        fast_blocks.quantize_amax_blocks(rows, numpy_data(out)[0].reshape(rows.shape), amax_params, inexact)
         return out, not inexact.any()
     if rows is not None and not isinstance(fmt, BlockFormat) and fast_blocks.microexponent_fits(fmt):
         out = new_tensor(tuple(t.shape), t.dtype)
         inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
-        fast_blocks.quantize_microexponent(rows, out.numpy().reshape(rows.shape), microexponent_params(fmt), inexact)
+        fast_blocks.quantize_microexponent(rows, numpy_data(out)[0].reshape(rows.shape), microexponent_params(fmt), inexact)
         return out, not inexact.any()
     x, nblocks, mode, key64, half, tiny = _common(fmt, t, layout, rounding, key, flush_subnormals)
     out = new_tensor(tuple(t.shape), t.dtype)
