@@ -1,11 +1,11 @@
-"""Throughput of lowbit's reference implementation (this layer's only
-backend) against baselines measured in the same run: a float32 copy, torch's
-float8 cast there and back, and ml_dtypes' astype there and back.
+"""Throughput of lowbit's reference implementation (``backend="reference"``)
+against baselines measured in the same run: a float32 copy, torch's float8
+cast there and back, and ml_dtypes' astype there and back.
 
     python benchmarks/bench_reference.py [--sizes 16 20 22] [--repeat 3]
 
-Prints G elements/s and the ratio to the copy. The numba and CUDA kernels of
-later issues are measured against these same baselines.
+Prints G elements/s and the ratio to the copy. The CPU kernels have their
+own benchmark, benchmarks/bench_cpu.py (``lowbit bench``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
                          best_seconds(lambda: xn.astype(ml_dtypes.float8_e4m3fn).astype(np.float32), args.repeat)))
         for name in FORMATS:
             fmt = lowbit.get_format(name)
-            rows.append((f"lowbit {name} quantize (reference)", best_seconds(lambda: fmt.quantize(x), args.repeat)))
+            rows.append((f"lowbit {name} quantize (reference)", best_seconds(lambda: fmt.quantize(x, backend="reference"), args.repeat)))
         print(f"\n2^{log2n} float32 elements")
         print(f"{'operation':<42} {'G elem/s':>9} {'vs copy':>8}")
         for label, seconds in rows:
