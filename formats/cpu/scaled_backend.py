@@ -31,7 +31,8 @@ def tensor_scale(fmt, t: torch.Tensor, flush_subnormals: bool) -> float | None:
     return fmt.tensor_scale_of(amax)
 
 
-def _common(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, key: int | None, flush_subnormals: bool):
+def _common(t: torch.Tensor, layout: BlockLayout, rounding: str, key: int | None, flush_subnormals: bool):
+    """The general kernels' arguments for t: its view, block count, mode, key, half type, flush threshold."""
     data, half = numpy_data(t)
     return (outer_axis_inner(data, layout.axis), layout.nblocks, rounding_code(rounding), np.uint64(key or 0), half,
             flush_threshold(t.dtype, flush_subnormals))
@@ -49,7 +50,7 @@ def _fast_rows(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, flush_s
 
 def _fast_mx(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None,
              flush_subnormals: bool):
-    """(float32 blocks as rows, fast_blocks.mx_params) when an MX call can take
+    """(the blocks as rows, fast_blocks.mx_params) when an MX call can take
     the fast path, else None."""
     rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals) if isinstance(fmt, BlockFormat) else None
     params = None if rows is None else fast_blocks.mx_params(fmt, scale_rule)
@@ -80,7 +81,7 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rul
         inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
         fast_blocks.quantize_microexponent(rows, numpy_data(out)[0].reshape(rows.shape), microexponent_params(fmt), inexact)
         return out, not inexact.any()
-    x, nblocks, mode, key64, half, tiny = _common(fmt, t, layout, rounding, key, flush_subnormals)
+    x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
     out = new_tensor(tuple(t.shape), t.dtype)
     out_view = outer_axis_inner(numpy_data(out)[0], layout.axis, writeable=True)
     inexact = np.zeros(block_kernels.group_count(layout.nrows), dtype=np.bool_)
@@ -111,7 +112,7 @@ def encode(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule:
     if amax_params is not None:
         fast_blocks.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), amax_params)
         return elements, scales.reshape(layout.blocked_shape[:-1]), None
-    x, nblocks, mode, key64, half, tiny = _common(fmt, t, layout, rounding, key, flush_subnormals)
+    x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
     if isinstance(fmt, BlockFormat):
         block_kernels.encode_blocks(x, elements.numpy(), scales.numpy(), nblocks, element_descriptor(fmt.element),
                                     element_descriptor(fmt.scale), block_params(fmt, scale_rule, ts), mode, key64,
