@@ -30,9 +30,12 @@ def span_count(total: int) -> int:
 
 
 @inline
-def locate(i, rows, cols):
-    """(plane, row, column) of flat index i in a (planes, rows, cols) view."""
-    return i // (rows * cols), (i // cols) % rows, i % cols
+def segment(x, i, stop):
+    """(plane, row, column) of flat index i in the (planes, rows, cols) view
+    x, and how many elements from there on lie in that row before ``stop``."""
+    rows, cols = x.shape[1], x.shape[2]
+    c = i % cols
+    return i // (rows * cols), (i // cols) % rows, c, min(cols - c, stop - i)
 
 
 @inline
@@ -49,8 +52,7 @@ def quantize_span(x, out, start, stop, d, mode, overflow, key, half, tiny):
     lost = False
     i = start
     while i < stop:
-        p, r, c = locate(i, x.shape[1], x.shape[2])
-        n = min(x.shape[2] - c, stop - i)
+        p, r, c, n = segment(x, i, stop)
         for j in range(n):
             v, u = exact_input(x[p, r, c + j], i + j, mode, key, half, tiny)
             narrow, exact = store(round_element(v, d, mode, overflow, u), out, half)
@@ -75,8 +77,7 @@ def encode_span(x, out, start, stop, d, mode, overflow, key, half, tiny):
     bad = NO_INDEX
     i = start
     while i < stop:
-        p, r, c = locate(i, x.shape[1], x.shape[2])
-        n = min(x.shape[2] - c, stop - i)
+        p, r, c, n = segment(x, i, stop)
         for j in range(n):
             v, u = exact_input(x[p, r, c + j], i + j, mode, key, half, tiny)
             code, invalid = encode_element(v, d, mode, overflow, u)
@@ -100,8 +101,7 @@ def decode_span(codes, out, start, stop, d, nbits):
     count = 0
     i = start
     while i < stop:
-        p, r, c = locate(i, codes.shape[1], codes.shape[2])
-        n = min(codes.shape[2] - c, stop - i)
+        p, r, c, n = segment(codes, i, stop)
         for j in range(n):
             code = np.int64(codes[p, r, c + j])
             ok = (code >= 0) & (code < (1 << nbits))

@@ -181,6 +181,15 @@ def microexponent_fits(fmt) -> bool:
 
 
 @inline
+def block_output(value, bad, out):
+    """A float64 block result in out's dtype (NaN for a NaN block), and
+    whether float32 or out's dtype failed to hold it exactly."""
+    narrow = np.float32(value)
+    stored, exact = to_output(np.float32(np.nan) if bad else narrow, out)
+    return stored, ((np.float64(narrow) != value) & (not bad)) | (not exact)
+
+
+@inline
 def exponent64(v):
     """floor(log2 |v|) of a nonzero finite float32 (exact via float64, so
     float32 subnormals get their true exponent); NO_EXPONENT otherwise."""
@@ -214,12 +223,8 @@ def microexponent_rows(x, out, g, mp, block, sub):
             t = np.float32(abs(np.float64(v)) * down[j])  # exact, or far below 1/2
             magnitude = min((t + np.float32(1 << 23)) - np.float32(1 << 23), largest)
             value = np.float64(magnitude) * up[j]
-            narrow = np.float32(value)
-            lost |= (np.float64(narrow) != value) & (not bad)
-            signed = -narrow if np.float32(v).view(np.int32) < 0 else narrow
-            stored, exact = to_output(np.float32(np.nan) if bad else signed, out)
-            out[r, j] = stored
-            lost |= not exact
+            out[r, j], lost_here = block_output(-value if np.float32(v).view(np.int32) < 0 else value, bad, out)
+            lost |= lost_here
     return lost
 
 
@@ -298,11 +303,8 @@ def amax_quantize_rows(x, out, g, q, block):
             value = (-magnitude if negative else magnitude) * scale
             if bp[HAS_TENSOR_SCALE]:
                 value = np.float64(np.float32(value) * np.float32(bp[DIVISOR]))
-            narrow = np.float32(value)
-            lost |= (np.float64(narrow) != value) & (not bad)
-            stored, exact = to_output(np.float32(np.nan) if bad else narrow, out)
-            out[r, j] = stored
-            lost |= not exact
+            out[r, j], lost_here = block_output(value, bad, out)
+            lost |= lost_here
     return lost
 
 
