@@ -24,7 +24,7 @@ import functools
 
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from ..float_format import FloatFormat
 from ..int_format import IntFormat
@@ -64,6 +64,21 @@ def _tiny(flush_subnormals: bool) -> np.float32:
     return np.float32(np.finfo(np.float32).tiny if flush_subnormals else 0.0)
 
 
+@intrinsic
+def shift_right32(typingctx, value, count):
+    """value >> count (arithmetic) computed in 32 bits: numba widens integer
+    arithmetic to 64 bits, and a shift by a runtime count stays that wide,
+    halving the SIMD lanes; both are truncated to int32 first (value must
+    fit, 0 <= count < 32)."""
+    if not (isinstance(value, types.Integer) and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value32, count32 = (context.cast(builder, arg, kind, types.int32) for arg, kind in zip(args, signature.args))
+        return builder.ashr(value32, count32)
+    return types.int32(value, count), codegen
+
+
 # -- per element -------------------------------------------------------------------------
 @inline
 def nearest_magnitude(a, p):
@@ -71,9 +86,9 @@ def nearest_magnitude(a, p):
     float format ``p`` continued past its largest value."""
     m, smallest_normal, magic = p[0], p[1], p[2]
     s = 23 - m
-    a_bits = np.uint32(np.float32(a).view(np.uint32))
-    normal = np.uint32(np.uint32(a_bits + ((1 << (s - 1)) - 1) + ((a_bits >> s) & 1)) & np.uint32(~((1 << s) - 1)))
-    return (a + magic) - magic if a < smallest_normal else np.uint32(normal).view(np.float32)
+    a_bits = np.int32(np.float32(a).view(np.int32))  # < 2**31 - 2**23, so the sums below stay in int32
+    normal = np.int32(a_bits + ((1 << (s - 1)) - 1) + (shift_right32(a_bits, s) & 1)) & np.int32(-(1 << s))
+    return (a + magic) - magic if a < smallest_normal else np.int32(normal).view(np.float32)
 
 
 @inline
@@ -118,7 +133,7 @@ def finite_code(r, sign, p):
     r / quantum (p[13], exact when the format's m - emin <= 127)."""
     m, smallest_normal, emin = p[0], p[1], p[7]
     r_bits = np.int32(np.float32(r).view(np.int32))
-    normal_code = np.int32(r_bits - ((127 + emin - 1) << 23)) >> (23 - m)
+    normal_code = shift_right32(r_bits - ((127 + emin - 1) << 23), 23 - m)
     code = normal_code if r >= smallest_normal else np.int32(r * p[13])
     return code | (p[8] if sign else 0)
 

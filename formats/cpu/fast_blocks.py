@@ -28,7 +28,7 @@ from ..int_format import IntFormat
 from .bits import put_code
 from .block_kernels import scale_exponent
 from .descriptors import (
-    DIVISOR, ELEMENT_BITS, ELEMENT_EMAX, FLOOR, HAS_TENSOR_SCALE, RULE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN,
+    BLOCK, DIVISOR, ELEMENT_BITS, ELEMENT_EMAX, FLOOR, HAS_TENSOR_SCALE, RULE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN,
     block_params,
 )
 from .fast32 import (
@@ -38,6 +38,7 @@ from .scalar import pow2
 
 inline = njit(inline="always", cache=True)
 ROWS_PER_TASK = 64
+NO_EXPONENT = -(1 << 20)  # floor(log2 0), below every exponent
 
 
 # -- MX blocks (power-of-two scales) ---------------------------------------------------------
@@ -60,14 +61,24 @@ def mx_params(fmt, rule: str) -> tuple | None:
 
 
 @inline
-def block_power(x, r, bp, block):
-    """(scale exponent, NaN block) of row r of float32 blocks. The largest
-    magnitude is found on the bits (their order is the magnitudes' order, and
-    NaN/Inf sort above every finite value); a NaN block's scale is NaN
-    whatever its finite amax, so that amax is not needed."""
+def largest_magnitude_bits(row, length):
+    """The largest |row[j]| for j < length, as float32 bits (their order is
+    the magnitudes' order; NaN and Inf sort above every finite value).
+    ``length`` is the block size from the format's parameters, a value the
+    compiler cannot see as a constant even where the row length is one:
+    a reduction over a known 16 or 32 elements is unrolled into a chain of
+    branches, over an unknown count it is vectorized (8x faster)."""
     top = np.int32(0)
-    for j in range(block):
-        top = max(top, np.int32(np.float32(as_float32(x[r, j])).view(np.int32) & MAGNITUDE32))
+    for j in range(length):
+        top = max(top, np.int32(np.float32(as_float32(row[j])).view(np.int32) & MAGNITUDE32))
+    return top
+
+
+@inline
+def block_power(x, r, bp):
+    """(scale exponent, NaN block) of row r of float32 blocks; a NaN
+    block's scale is NaN whatever its finite amax, so that amax is not needed."""
+    top = largest_magnitude_bits(x[r], bp[BLOCK])
     bad = top >= 0x7F800000
     if bp[RULE] == FLOOR:  # 2**(floor(log2 amax) - emax_elem); subnormal amax clamps to the lowest scale
         exponent = (top >> 23) - 127 - bp[ELEMENT_EMAX]
@@ -108,7 +119,7 @@ def scaled_code(v, fp, ip, is_int):
 def mx_quantize_rows(x, out, g, fp, ip, bp, is_int, block):
     lost = False
     for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
-        exponent, bad = block_power(x, r, bp, block)
+        exponent, bad = block_power(x, r, bp)
         inverse, scale = np.float32(pow2(-exponent)), np.float32(pow2(exponent))
         for j in range(block):
             element = scaled_nearest(as_float32(x[r, j]) * inverse, fp, ip, is_int)
@@ -124,24 +135,29 @@ def mx_quantize_rows(x, out, g, fp, ip, bp, is_int, block):
 def quantize_mx(x, out, fp, ip, bp, is_int, inexact):
     """MX quantize of float32 blocks (rows of x) into out; inexact[task]
     says whether a result left float32's range."""
-    for g in prange(inexact.size):
-        if is_int:
-            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, True, x.shape[1])
+    for g in prange(inexact.size):  # a loop each for the standard 32-element blocks, with a constant trip count
+        if (x.shape[1] == 32) & is_int:
+            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, True, 32)
         elif x.shape[1] == 32:
             inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, False, 32)
         else:
-            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, False, x.shape[1])
+            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, is_int, x.shape[1])
 
 
 @inline
 def pack_row(elements, r, codes, block, bits):
-    """Pack row r's codes (whole bytes per row for 4- and 8-bit codes)."""
+    """Pack row r's codes (non-negative int32, fewer than 2**bits). Rows of
+    4- and 8-bit codes fill whole bytes; they are written through a slice
+    per row (indices the compiler knows are in range) and, for 4 bits, by
+    reading the codes in pairs as one int64, so that both loops vectorize."""
     if bits == 8:
+        row = elements[r * block:(r + 1) * block]
         for j in range(block):
-            elements[r * block + j] = codes[j]
+            row[j] = codes[j]
     elif (bits == 4) & (block % 2 == 0):
+        row = elements[r * (block // 2):(r + 1) * (block // 2)]
         for j in range(block // 2):
-            elements[(r * block) // 2 + j] = codes[2 * j] | (codes[2 * j + 1] << 4)
+            row[j] = codes[2 * j] | (codes[2 * j + 1] << 4)
     else:
         for j in range(block):
             put_code(elements, (r * block + j) * bits, codes[j], bits)
@@ -152,7 +168,7 @@ def mx_encode_rows(x, elements, scales, g, fp, ip, bp, is_int, block):
     bits = bp[ELEMENT_BITS]
     codes = np.empty(block, np.int32)
     for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
-        exponent, bad = block_power(x, r, bp, block)
+        exponent, bad = block_power(x, r, bp)
         scales[r] = bp[SCALE_NAN] if bad else exponent - bp[SCALE_EMIN]
         inverse = np.float32(pow2(-exponent))
         for j in range(block):
@@ -165,19 +181,20 @@ def encode_mx(x, elements, scales, fp, ip, bp, is_int):
     """Packed element codes (``elements`` zeroed) and E8M0 scale codes of
     float32 blocks (rows of x)."""
     for g in prange((x.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        if is_int:
-            mx_encode_rows(x, elements, scales, g, fp, ip, bp, True, x.shape[1])
+        if (x.shape[1] == 32) & is_int:
+            mx_encode_rows(x, elements, scales, g, fp, ip, bp, True, 32)
         elif x.shape[1] == 32:
             mx_encode_rows(x, elements, scales, g, fp, ip, bp, False, 32)
         else:
-            mx_encode_rows(x, elements, scales, g, fp, ip, bp, False, x.shape[1])
+            mx_encode_rows(x, elements, scales, g, fp, ip, bp, is_int, x.shape[1])
 
 
 # -- microexponent blocks ----------------------------------------------------------------------
 def microexponent_fits(fmt) -> bool:
     """Whether a MicroexponentFormat's quantize can take the fast path:
-    magnitudes of at most 23 bits (exact in float32 after scaling)."""
-    return fmt.man_bits <= 22
+    sub-blocks of two elements (MX4, MX6, MX9, MSFP) and magnitudes of at
+    most 23 bits (exact in float32 after scaling)."""
+    return fmt.sub_block == 2 and fmt.man_bits <= 22
 
 
 @inline
@@ -190,52 +207,57 @@ def block_output(value, bad, out):
 
 
 @inline
-def exponent64(v):
-    """floor(log2 |v|) of a nonzero finite float32 (exact via float64, so
-    float32 subnormals get their true exponent); NO_EXPONENT otherwise."""
-    a = abs(np.float64(v))
-    e = ((np.float64(a).view(np.int64) >> 52) & 0x7FF) - 1023
-    return e if (a > 0.0) & (a < np.inf) else -(1 << 20)
+def exponent_of_bits(bits):
+    """floor(log2 |v|) of a finite float32 v given as its magnitude bits
+    (subnormals included: below 2**23 the bits convert to float32 exactly,
+    and that float's exponent is the bits' top set bit); NO_EXPONENT for 0."""
+    normal = (bits >> 23) - 127
+    subnormal = (np.float32(np.float32(bits)).view(np.int32) >> 23) - 127 - 149 if bits > 0 else NO_EXPONENT
+    return normal if bits >= (1 << 23) else subnormal
 
 
 @inline
-def microexponent_rows(x, out, g, mp, block, sub):
-    man, micro, emin, emax = mp[0], mp[4], mp[5], mp[6]
-    largest = np.float32((1 << man) - 1)
-    exponents, down, up = np.empty(block, np.int64), np.empty(block, np.float64), np.empty(block, np.float64)
-    lost = False
-    for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
-        e_max, bad = -(1 << 20), False
-        for j in range(block):
-            exponents[j] = exponent64(as_float32(x[r, j]))
-            e_max = max(e_max, exponents[j])
-            bad |= not (abs(as_float32(x[r, j])) < np.inf)
-        e_max = min(max(e_max, emin), emax)
-        for first in range(0, block, sub):
-            sub_max = exponents[first]
-            for k in range(1, sub):
-                sub_max = max(sub_max, exponents[first + k])
-            step_exp = e_max - min(max(e_max - sub_max, 0), (1 << micro) - 1) - man + 1
-            for k in range(sub):
-                down[first + k], up[first + k] = pow2(-step_exp), pow2(step_exp)
-        for j in range(block):
-            v = as_float32(x[r, j])
-            t = np.float32(abs(np.float64(v)) * down[j])  # exact, or far below 1/2
-            magnitude = min((t + np.float32(1 << 23)) - np.float32(1 << 23), largest)
-            value = np.float64(magnitude) * up[j]
-            out[r, j], lost_here = block_output(-value if np.float32(v).view(np.int32) < 0 else value, bad, out)
-            lost |= lost_here
-    return lost
+def microexponent_element(v, down, up, largest, bad, out):
+    """(v in out's dtype, inexact) for element v of a sub-block with steps
+    ``up`` = 1 / ``down``: |v| / step rounded to nearest even, saturated."""
+    t = np.float32(abs(np.float64(v)) * down)  # exact, or far below 1/2
+    magnitude = min((t + np.float32(1 << 23)) - np.float32(1 << 23), largest)
+    value = np.float64(magnitude) * up
+    return block_output(-value if np.float32(v).view(np.int32) < 0 else value, bad, out)
 
 
 @njit(parallel=True, cache=True)
 def quantize_microexponent(x, out, mp, inexact):
-    """Microexponent quantize (nearest even) of float32 blocks (rows of x)."""
+    """Microexponent quantize (nearest even) of float32 blocks of mp[1]
+    elements in sub-blocks of two (x and out flat). Per task, first each
+    block's shared exponent (one entry per sub-block, NO_EXPONENT for a NaN
+    block), then one loop over the task's pairs, which vectorizes."""
+    man, block, micro, emin, emax = mp[0], mp[1], mp[4], mp[5], mp[6]
+    largest = np.float32((1 << man) - 1)
+    pairs = block // 2
     for g in prange(inexact.size):
-        if (x.shape[1] == 16) & (mp[2] == 2):
-            inexact[g] = microexponent_rows(x, out, g, mp, 16, 2)
-        else:
-            inexact[g] = microexponent_rows(x, out, g, mp, x.shape[1], mp[2])
+        first_row, end_row = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.size // block)
+        shared = np.empty(ROWS_PER_TASK * pairs, np.int32)
+        for r in range(first_row, end_row):
+            top = largest_magnitude_bits(x[r * block:(r + 1) * block], block)
+            e_max = min(max(exponent_of_bits(top), emin), emax) if top < 0x7F800000 else NO_EXPONENT
+            for k in range(pairs):
+                shared[(r - first_row) * pairs + k] = e_max
+        xs, outs = x[first_row * block:end_row * block], out[first_row * block:end_row * block]
+        lost = False
+        for i in range((end_row - first_row) * pairs):
+            a, b = as_float32(xs[2 * i]), as_float32(xs[2 * i + 1])
+            e_max = np.int64(shared[i])
+            bad = e_max == NO_EXPONENT
+            pair_top = max(np.int32(np.float32(a).view(np.int32) & MAGNITUDE32),
+                           np.int32(np.float32(b).view(np.int32) & MAGNITUDE32))
+            step_exp = e_max - min(max(e_max - exponent_of_bits(pair_top), 0), (1 << micro) - 1) - man + 1
+            step_exp = 0 if bad else step_exp
+            down, up = pow2(-step_exp), pow2(step_exp)
+            outs[2 * i], lost_a = microexponent_element(a, down, up, largest, bad, out)
+            outs[2 * i + 1], lost_b = microexponent_element(b, down, up, largest, bad, out)
+            lost |= lost_a | lost_b
+        inexact[g] = lost
 
 
 # -- NVFP4-style blocks (scales with a mantissa) ------------------------------------------------
@@ -272,14 +294,12 @@ def nearest64(a, p):
 
 
 @inline
-def amax_scale(x, r, q, block):
+def amax_scale(x, r, q):
     """(block scale value, scale code, scale times the tensor scale, NaN
     block) of row r: amax / (tensor scale * max element) rounded to nearest
     even in the scale format, saturating."""
     element_fp, scale_fp, element64, scale64, bp = q
-    top = np.int32(0)
-    for j in range(block):
-        top = max(top, np.int32(np.float32(as_float32(x[r, j])).view(np.int32) & MAGNITUDE32))
+    top = largest_magnitude_bits(x[r], bp[BLOCK])
     amax = np.float64(np.int32(top).view(np.float32))
     value = nearest64(amax / (bp[DIVISOR] * element64[3]), scale64)
     return value, finite_code(np.float32(value), False, scale_fp), value * bp[DIVISOR], top >= 0x7F800000
@@ -297,7 +317,7 @@ def amax_quantize_rows(x, out, g, q, block):
     bp = q[4]
     lost = False
     for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
-        scale, _, full_scale, bad = amax_scale(x, r, q, block)
+        scale, _, full_scale, bad = amax_scale(x, r, q)
         for j in range(block):
             magnitude, negative = amax_element(as_float32(x[r, j]), full_scale, q)
             value = (-magnitude if negative else magnitude) * scale
@@ -330,7 +350,7 @@ def encode_amax_blocks(x, elements, scales, q):
         q = (element_fp, scale_fp, element64, scale64, bp)
         codes = np.empty(block, np.int32)
         for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
-            _, scale_code, full_scale, bad = amax_scale(x, r, q, block)
+            _, scale_code, full_scale, bad = amax_scale(x, r, q)
             scales[r] = q[4][SCALE_NAN] if bad else scale_code
             for j in range(block):
                 magnitude, negative = amax_element(as_float32(x[r, j]), full_scale, q)

@@ -79,7 +79,8 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rul
     if rows is not None and not isinstance(fmt, BlockFormat) and fast_blocks.microexponent_fits(fmt):
         out = new_tensor(tuple(t.shape), t.dtype)
         inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
-        fast_blocks.quantize_microexponent(rows, numpy_data(out)[0].reshape(rows.shape), microexponent_params(fmt), inexact)
+        fast_blocks.quantize_microexponent(rows.reshape(-1), numpy_data(out)[0].reshape(-1), microexponent_params(fmt),
+                                            inexact)
         return out, not inexact.any()
     x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
     out = new_tensor(tuple(t.shape), t.dtype)
