@@ -145,12 +145,19 @@ def quantize_mx(x, out, fp, ip, bp, is_int, inexact):
 
 
 @inline
+def whole_bytes(bits, block):
+    """Whether pack_row writes every byte of its rows (so the packed buffer
+    need not be zeroed first)."""
+    return (bits == 8) | ((bits == 4) & (block % 2 == 0))
+
+
+@inline
 def pack_row(elements, r, codes, block, bits):
     """Pack row r's codes (non-negative int32, fewer than 2**bits). Rows of
     4- and 8-bit codes fill whole bytes; they are written through a slice
     per row (indices the compiler knows are in range) and, for 4 bits, by
     reading the codes in pairs as one int64, so that both loops vectorize."""
-    if bits == 8:
+    if bits == 8:  # the two cases of whole_bytes
         row = elements[r * block:(r + 1) * block]
         for j in range(block):
             row[j] = codes[j]
@@ -294,20 +301,26 @@ def nearest64(a, p):
 
 
 @inline
-def amax_scale(x, r, q):
-    """(block scale value, scale code, scale times the tensor scale, NaN
-    block) of row r: amax / (tensor scale * max element) rounded to nearest
-    even in the scale format, saturating."""
-    element_fp, scale_fp, element64, scale64, bp = q
-    top = largest_magnitude_bits(x[r], bp[BLOCK])
-    amax = np.float64(np.int32(top).view(np.float32))
-    value = nearest64(amax / (bp[DIVISOR] * element64[3]), scale64)
-    return value, finite_code(np.float32(value), False, scale_fp), value * bp[DIVISOR], top >= 0x7F800000
+def amax_scales(x, g, q, tops, values):
+    """For task g's rows: tops[k], the largest magnitude bits of row
+    first + k, and values[k], its block scale: amax / (tensor scale * max
+    element) rounded to nearest even in the scale format, saturating. Two
+    loops, so that the scales' float64 divisions and roundings run as a
+    batch instead of one dependent chain per row (40% faster)."""
+    element64, scale64, bp = q[2], q[3], q[4]
+    first_row, end_row = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])
+    for r in range(first_row, end_row):
+        tops[r - first_row] = largest_magnitude_bits(x[r], bp[BLOCK])
+    for k in range(end_row - first_row):
+        amax = np.float64(np.int32(tops[k]).view(np.float32))
+        values[k] = nearest64(amax / (bp[DIVISOR] * element64[3]), scale64)
+    return first_row, end_row
 
 
 @inline
 def amax_element(v, full_scale, q):
-    """(|element| rounded, negative) of one value of a block scaled by full_scale."""
+    """(|element| rounded, negative) of one value of a block scaled by
+    full_scale (the block scale times the tensor scale)."""
     a = abs(np.float64(v)) / (full_scale if full_scale > 0.0 else 1.0)
     return (nearest64(a, q[2]) if full_scale > 0.0 else 0.0), (np.float32(v).view(np.int32) < 0) & (full_scale > 0.0)
 
@@ -315,11 +328,13 @@ def amax_element(v, full_scale, q):
 @inline
 def amax_quantize_rows(x, out, g, q, block):
     bp = q[4]
+    tops, values = np.empty(ROWS_PER_TASK, np.int32), np.empty(ROWS_PER_TASK, np.float64)
+    first_row, end_row = amax_scales(x, g, q, tops, values)
     lost = False
-    for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
-        scale, _, full_scale, bad = amax_scale(x, r, q)
+    for r in range(first_row, end_row):
+        scale, bad = values[r - first_row], tops[r - first_row] >= 0x7F800000
         for j in range(block):
-            magnitude, negative = amax_element(as_float32(x[r, j]), full_scale, q)
+            magnitude, negative = amax_element(as_float32(x[r, j]), scale * bp[DIVISOR], q)
             value = (-magnitude if negative else magnitude) * scale
             if bp[HAS_TENSOR_SCALE]:
                 value = np.float64(np.float32(value) * np.float32(bp[DIVISOR]))
@@ -340,20 +355,29 @@ def quantize_amax_blocks(x, out, q, inexact):
             inexact[g] = amax_quantize_rows(x, out, g, q, x.shape[1])
 
 
+@inline
+def amax_encode_rows(x, elements, scales, g, q, block):
+    bp = q[4]
+    tops, values = np.empty(ROWS_PER_TASK, np.int32), np.empty(ROWS_PER_TASK, np.float64)
+    first_row, end_row = amax_scales(x, g, q, tops, values)
+    codes = np.empty(block, np.int32)
+    for r in range(first_row, end_row):
+        scale, bad = values[r - first_row], tops[r - first_row] >= 0x7F800000
+        scales[r] = bp[SCALE_NAN] if bad else finite_code(np.float32(scale), False, q[1])
+        for j in range(block):
+            magnitude, negative = amax_element(as_float32(x[r, j]), scale * bp[DIVISOR], q)
+            codes[j] = 0 if bad else finite_code(np.float32(magnitude), negative, q[0])
+        pack_row(elements, r, codes, block, bp[ELEMENT_BITS])
+
+
 @njit(parallel=True, cache=True)
 def encode_amax_blocks(x, elements, scales, q):
     """Packed element codes (``elements`` zeroed) and scale codes of
     NVFP4-style float32 blocks (rows of x)."""
-    bits, block = q[4][ELEMENT_BITS], x.shape[1]
     element_fp, scale_fp, element64, scale64, bp = q  # a parallel loop takes flat tuples only
     for g in prange((x.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         q = (element_fp, scale_fp, element64, scale64, bp)
-        codes = np.empty(block, np.int32)
-        for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
-            _, scale_code, full_scale, bad = amax_scale(x, r, q)
-            scales[r] = q[4][SCALE_NAN] if bad else scale_code
-            for j in range(block):
-                magnitude, negative = amax_element(as_float32(x[r, j]), full_scale, q)
-                code = finite_code(np.float32(magnitude), negative, q[0])
-                codes[j] = 0 if bad else code
-            pack_row(elements, r, codes, block, bits)
+        if x.shape[1] == 16:
+            amax_encode_rows(x, elements, scales, g, q, 16)
+        else:
+            amax_encode_rows(x, elements, scales, g, q, x.shape[1])

@@ -101,18 +101,21 @@ def encode(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule:
     """(packed element codes, scale codes in the blocked shape, packed
     sub-block shifts or None) as CPU tensors."""
     nrows = layout.nrows
-    elements = torch.zeros(-(-nrows * fmt.block_size * fmt.element_code_bits // 8), dtype=torch.uint8)
+    packed_bytes = -(-nrows * fmt.block_size * fmt.element_code_bits // 8)
     scales = new_tensor((nrows,), code_dtype(fmt.scale_code_bits))
     fast = _fast_mx(fmt, t, layout, rounding, scale_rule, flush_subnormals)
-    if fast is not None:
-        rows, (fp, ip, bp) = fast
-        fast_blocks.encode_mx(rows, elements.numpy(), scales.numpy(), fp, ip, bp, isinstance(fmt.element, IntFormat))
-        return elements, scales.reshape(layout.blocked_shape[:-1]), None
     rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals)
     amax_params = fast_blocks.scaled_block_params(fmt, ts) if rows is not None and isinstance(fmt, BlockFormat) else None
-    if amax_params is not None:
-        fast_blocks.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), amax_params)
+    if fast is not None or amax_params is not None:
+        whole = fast_blocks.whole_bytes(fmt.element_code_bits, fmt.block_size)
+        elements = new_tensor((packed_bytes,), torch.uint8) if whole else torch.zeros(packed_bytes, dtype=torch.uint8)
+        if fast is not None:
+            rows, (fp, ip, bp) = fast
+            fast_blocks.encode_mx(rows, elements.numpy(), scales.numpy(), fp, ip, bp, isinstance(fmt.element, IntFormat))
+        else:
+            fast_blocks.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), amax_params)
         return elements, scales.reshape(layout.blocked_shape[:-1]), None
+    elements = torch.zeros(packed_bytes, dtype=torch.uint8)
     x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
     if isinstance(fmt, BlockFormat):
         block_kernels.encode_blocks(x, elements.numpy(), scales.numpy(), nblocks, element_descriptor(fmt.element),
