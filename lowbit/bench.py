@@ -1,13 +1,16 @@
 """Throughput of lowbit's CPU kernels against baselines measured in the same
-run: a parallel float32 copy into a new array, ml_dtypes' astype there and
-back, torch's float8 casts there and back, and lowbit's own reference
-implementation. Run as ``lowbit bench`` or ``python benchmarks/bench_cpu.py``.
+run: a parallel float32 copy, ml_dtypes' astype there and back, torch's
+float8 casts there and back, and lowbit's own reference implementation.
+Run as ``lowbit bench`` or ``python benchmarks/bench_cpu.py``.
 
-Every lowbit and peer operation allocates its output, as the "new output"
-copy does; the "preallocated" copy does not, so the ratio to it is the
-stricter one (allocating and first touching a large output costs about as
-much as the copy itself on some machines). Times are the best of
-``repeat`` runs after a warm-up call (which also compiles the kernels).
+Each comparison is like for like. A lowbit call allocates its output, as
+the peers' casts do; its ratio is to the copy into a new array. Allocating
+and first touching a large output can cost as much as the copy itself (the
+kernel zeroes every new page), so each lowbit call is timed a second time
+with its output buffers reused from call to call, and that time is compared
+with the copy into a preallocated array: the kernels alone. Times are the
+best of ``repeat`` runs after a warm-up call (which also compiles the
+kernels).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
+from unittest import mock
 
 import numpy as np
 import torch
@@ -29,56 +34,87 @@ FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "int8", "mxfp8_e4m3", "mxfp4", "m
 SIZES = [16, 18, 20, 22, 24, 26]
 
 
-def best_seconds(fn: Callable[[], object], repeat: int) -> float:
+def seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return time.perf_counter() - start
 
 
-def copy_rows(x: np.ndarray, repeat: int) -> list[tuple[str, float]]:
-    """A numba parallel copy, into a preallocated array and into a new one:
-    the memory-speed baselines."""
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=True)
-    def copy_into(x, out):
-        for i in prange(x.size):
-            out[i] = x[i]
-
-    out = np.empty_like(x)
-    return [("parallel float32 copy, preallocated output", best_seconds(lambda: copy_into(x, out), repeat)),
-            ("parallel float32 copy, new output", best_seconds(lambda: copy_into(x, np.empty_like(x)), repeat))]
+def best_seconds(fn: Callable[[], object], baseline: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Best times of fn and of a baseline, run alternately ``repeat`` times
+    after a warm-up call of each: both see the same state of the machine
+    (on a shared VM memory bandwidth and page-fault costs drift by 2x and
+    more within minutes)."""
+    fn(), baseline()
+    pairs = [(seconds(baseline), seconds(fn)) for _ in range(repeat)]
+    return min(p[1] for p in pairs), min(p[0] for p in pairs)
 
 
-def peer_rows(x: np.ndarray, repeat: int) -> list[tuple[str, float]]:
-    """The peers' casts there and back."""
-    rows = []
+class Copies:
+    """A numba parallel copy of x into a new array and into a preallocated
+    one: the memory-speed baselines."""
+
+    def __init__(self, x: np.ndarray):
+        from numba import njit, prange
+
+        @njit(parallel=True, cache=True)
+        def copy_into(x, out):
+            for i in prange(x.size):
+                out[i] = x[i]
+
+        out = np.empty_like(x)
+        self.new = lambda: copy_into(x, np.empty_like(x))
+        self.preallocated = lambda: copy_into(x, out)
+
+
+def peer_rows(x: np.ndarray, copies: Copies, repeat: int) -> list[tuple[str, float, float]]:
+    """(cast there and back, its seconds, the new-output copy's seconds beside it)."""
+    casts = []
     t = torch.from_numpy(x)
     for dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        rows.append((f"torch {str(dtype).replace('torch.', '')} cast+back", best_seconds(lambda: t.to(dtype).float(), repeat)))
+        casts.append((f"torch {str(dtype).replace('torch.', '')} cast+back", lambda dtype=dtype: t.to(dtype).float()))
     try:
         import ml_dtypes
     except ImportError:
-        return rows
-    for name in ("float8_e4m3fn", "float8_e5m2", "float4_e2m1fn"):
+        ml_dtypes = None
+    for name in ("float8_e4m3fn", "float8_e5m2", "float4_e2m1fn") if ml_dtypes else ():
         dtype = getattr(ml_dtypes, name)
-        rows.append((f"ml_dtypes {name} astype+back", best_seconds(lambda: x.astype(dtype).astype(np.float32), repeat)))
-    return rows
+        casts.append((f"ml_dtypes {name} astype+back", lambda dtype=dtype: x.astype(dtype).astype(np.float32)))
+    return [(label, *best_seconds(cast, copies.new, repeat)) for label, cast in casts]
 
 
-def lowbit_rows(x: np.ndarray, formats: list[str], repeat: int, reference: bool) -> list[tuple[str, float]]:
+@contextmanager
+def reused_outputs() -> Iterator[None]:
+    """lowbit's CPU backend with its output allocator replaced by one that
+    hands out the same buffer for the same shape and dtype on every call."""
+    from lowbit.formats.cpu import element_backend, scaled_backend
+
+    buffers: dict[tuple, torch.Tensor] = {}
+    allocate = element_backend.new_tensor
+
+    def reuse(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if (shape, dtype) not in buffers:
+            buffers[shape, dtype] = allocate(shape, dtype)
+        return buffers[shape, dtype]
+
+    with mock.patch.object(element_backend, "new_tensor", reuse), mock.patch.object(scaled_backend, "new_tensor", reuse):
+        yield
+
+
+def lowbit_rows(x: np.ndarray, copies: Copies, formats: list[str], repeat: int,
+                reference: bool) -> list[tuple[str, tuple[float, float], tuple[float, float], float | None]]:
+    """(operation, (seconds, new-output copy's), (seconds with outputs
+    reused, preallocated copy's), seconds on the reference backend or None)."""
     rows = []
     for name in formats:
         fmt = lowbit.get_format(name)
-        rows.append((f"lowbit {name} quantize", best_seconds(lambda: fmt.quantize(x), repeat)))
-        rows.append((f"lowbit {name} encode", best_seconds(lambda: fmt.encode(x), repeat)))
-        if reference:
-            rows.append((f"lowbit {name} quantize (reference)",
-                         best_seconds(lambda: fmt.quantize(x, backend="reference"), 1)))
+        for op in ("quantize", "encode"):
+            call = getattr(fmt, op)
+            allocating = best_seconds(lambda: call(x), copies.new, repeat)
+            with reused_outputs():
+                reused = best_seconds(lambda: call(x), copies.preallocated, repeat)
+            slow = seconds(lambda: call(x, backend="reference")) if reference and op == "quantize" else None
+            rows.append((f"lowbit {name} {op}", allocating, reused, slow))
     return rows
 
 
@@ -95,29 +131,45 @@ def cold_start_seconds() -> tuple[float, float]:
     return runs[0], runs[1]
 
 
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def machine() -> str:
     import numba
 
-    return (f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, numba "
-            f"{numba.__version__} ({numba.get_num_threads()} threads), torch {torch.__version__}".replace("  ", " "))
+    return (f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, numba {numba.__version__} "
+            f"({numba.get_num_threads()} threads), torch {torch.__version__}")
 
 
 def run(sizes: list[int], formats: list[str], repeat: int, reference_max: int, cold_start: bool) -> None:
     print(f"machine: {machine()}")
+    print("\nEach ratio divides the copy's best time, measured alternately with the operation, by the operation's.")
     for log2n in sizes:
         n = 1 << log2n
         x = torch.randn(n, generator=torch.Generator().manual_seed(0)).numpy()
-        rows = copy_rows(x, repeat)
-        preallocated, new = rows[0][1], rows[1][1]
-        rows += peer_rows(x, repeat)
-        rows += lowbit_rows(x, formats, repeat, reference=log2n <= reference_max)
-        references = {label.replace(" (reference)", ""): s for label, s in rows if label.endswith("(reference)")}
+        copies = Copies(x)
+        peers = peer_rows(x, copies, repeat)
+        ours = lowbit_rows(x, copies, formats, repeat, reference=log2n <= reference_max)
+        new = min([copy for _, _, copy in peers] + [row[1][1] for row in ours])
+        preallocated = min(row[2][1] for row in ours) if ours else best_seconds(copies.preallocated, copies.preallocated, repeat)[0]
         print(f"\n### 2^{log2n} float32 elements\n")
-        print("| operation | G elem/s | vs copy, new output | vs copy, preallocated | vs reference |")
-        print("|---|---:|---:|---:|---:|")
-        for label, seconds in rows:
-            speedup = f"{references[label] / seconds:.0f}x" if label in references else ""
-            print(f"| {label} | {n / seconds / 1e9:.3f} | {new / seconds:.2f} | {preallocated / seconds:.2f} | {speedup} |")
+        print("| operation | G elem/s | vs copy, new output | G elem/s, outputs reused | vs copy, preallocated "
+              "| vs reference |")
+        print("|---|---:|---:|---:|---:|---:|")
+        print(f"| parallel float32 copy (best seen) | {n / new / 1e9:.3f} | 1.00 | {n / preallocated / 1e9:.3f} | 1.00 | |")
+        for label, time_, copy in peers:
+            print(f"| {label} | {n / time_ / 1e9:.3f} | {copy / time_:.2f} | | | |")
+        for label, (time_, copy), (reused, copy_into), slow in ours:
+            speedup = f"{slow / time_:.0f}x" if slow else ""
+            print(f"| {label} | {n / time_ / 1e9:.3f} | {copy / time_:.2f} | {n / reused / 1e9:.3f} "
+                  f"| {copy_into / reused:.2f} | {speedup} |")
     if cold_start:
         cold, warm = cold_start_seconds()
         print(f"\nfirst fp8_e4m3 + mxfp4 quantize in a new process: {cold:.1f} s with an empty kernel cache, "

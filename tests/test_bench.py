@@ -1,0 +1,24 @@
+"""`lowbit bench` runs and prints its table (a smoke test: timings are not checked)."""
+
+import torch
+
+from lowbit.bench import reused_outputs
+from lowbit.cli import main
+from lowbit.formats.cpu import element_backend, scaled_backend
+
+
+def test_bench_prints_a_row_per_operation(capsys):
+    assert main(["bench", "--sizes", "10", "--formats", "fp8_e4m3", "mxfp4", "--repeat", "1", "--no-cold-start"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("machine: ")
+    for row in ("| parallel float32 copy (best seen) |", "| lowbit fp8_e4m3 quantize |", "| lowbit mxfp4 encode |"):
+        assert row in out
+
+
+def test_reused_outputs_hands_out_one_buffer_per_shape_and_restores_the_allocator():
+    allocate = element_backend.new_tensor
+    with reused_outputs():
+        a, b = element_backend.new_tensor((4,), torch.float32), scaled_backend.new_tensor((4,), torch.float32)
+        assert a is b
+        assert element_backend.new_tensor((5,), torch.float32) is not a
+    assert element_backend.new_tensor is allocate and scaled_backend.new_tensor is allocate
