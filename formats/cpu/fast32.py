@@ -115,8 +115,8 @@ def float_code(r, sign, p):
     """The code of float_nearest's (r, sign); invalid for NaN in a format without NaN."""
     m, smallest_normal, emin = p[0], p[1], p[7]
     sign_code, inf_mag, nan_positive, nan_negative = p[8], p[9], p[10], p[11]
-    r_bits = np.int64(np.float32(r).view(np.uint32))
-    normal_code = (((r_bits >> 23) - 127 - emin + 1) << m) | ((r_bits & 0x7FFFFF) >> (23 - m))
+    r_bits = np.int32(np.float32(r).view(np.int32))
+    normal_code = shift_right32(r_bits - ((127 + emin - 1) << 23), 23 - m)  # r's dropped mantissa bits are 0
     subnormal_code = np.int64(np.float64(r) * p[12]) if r < smallest_normal else 0
     code = normal_code if r >= smallest_normal else subnormal_code
     code = inf_mag if r == np.inf else code
