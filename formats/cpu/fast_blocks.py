@@ -205,11 +205,14 @@ def microexponent_fits(fmt) -> bool:
 
 
 @inline
-def block_output(value, bad, out):
+def block_output(value, bad, out, known_float32=False):
     """A float64 block result in out's dtype (NaN for a NaN block), and
-    whether float32 or out's dtype failed to hold it exactly."""
+    whether float32 or out's dtype failed to hold it exactly
+    (``known_float32``: the caller knows value is a float32 number)."""
     narrow = np.float32(value)
     stored, exact = to_output(np.float32(np.nan) if bad else narrow, out)
+    if known_float32:
+        return stored, not exact
     return stored, ((np.float64(narrow) != value) & (not bad)) | (not exact)
 
 
@@ -224,13 +227,35 @@ def exponent_of_bits(bits):
 
 
 @inline
-def microexponent_element(v, down, up, largest, bad, out):
+def microexponent_element(v, down, up, largest, bad, out, known_float32):
     """(v in out's dtype, inexact) for element v of a sub-block with steps
     ``up`` = 1 / ``down``: |v| / step rounded to nearest even, saturated."""
     t = np.float32(abs(np.float64(v)) * down)  # exact, or far below 1/2
     magnitude = min((t + np.float32(1 << 23)) - np.float32(1 << 23), largest)
     value = np.float64(magnitude) * up
-    return block_output(-value if np.float32(v).view(np.int32) < 0 else value, bad, out)
+    return block_output(-value if np.float32(v).view(np.int32) < 0 else value, bad, out, known_float32)
+
+
+@inline
+def microexponent_pairs(x, out, shared, mp, known_float32):
+    """x's pairs (x and out: a task's slices) quantized into out, with the
+    shared exponent of pair i in shared[i]; whether any result was inexact."""
+    man, micro = mp[0], mp[4]
+    largest = np.float32((1 << man) - 1)
+    lost = False
+    for i in range(x.size // 2):
+        a, b = as_float32(x[2 * i]), as_float32(x[2 * i + 1])
+        e_max = np.int64(shared[i])
+        bad = e_max == NO_EXPONENT
+        pair_top = max(np.int32(np.float32(a).view(np.int32) & MAGNITUDE32),
+                       np.int32(np.float32(b).view(np.int32) & MAGNITUDE32))
+        step_exp = e_max - min(max(e_max - exponent_of_bits(pair_top), 0), (1 << micro) - 1) - man + 1
+        step_exp = 0 if bad else step_exp
+        down, up = pow2(-step_exp), pow2(step_exp)
+        out[2 * i], lost_a = microexponent_element(a, down, up, largest, bad, out, known_float32)
+        out[2 * i + 1], lost_b = microexponent_element(b, down, up, largest, bad, out, known_float32)
+        lost |= lost_a | lost_b
+    return lost
 
 
 @njit(parallel=True, cache=True)
@@ -238,33 +263,26 @@ def quantize_microexponent(x, out, mp, inexact):
     """Microexponent quantize (nearest even) of float32 blocks of mp[1]
     elements in sub-blocks of two (x and out flat). Per task, first each
     block's shared exponent (one entry per sub-block, NO_EXPONENT for a NaN
-    block), then one loop over the task's pairs, which vectorizes."""
+    block), then one loop over the task's pairs, which vectorizes. A result
+    is a float32 number unless its step lies below 2**-149 or its block's
+    exponent above 127; the loop skips that check in tasks without such blocks."""
     man, block, micro, emin, emax = mp[0], mp[1], mp[4], mp[5], mp[6]
-    largest = np.float32((1 << man) - 1)
     pairs = block // 2
     for g in prange(inexact.size):
         first_row, end_row = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.size // block)
         shared = np.empty(ROWS_PER_TASK * pairs, np.int32)
+        beyond_float32 = False
         for r in range(first_row, end_row):
             top = largest_magnitude_bits(x[r * block:(r + 1) * block], block)
             e_max = min(max(exponent_of_bits(top), emin), emax) if top < 0x7F800000 else NO_EXPONENT
+            beyond_float32 |= (e_max != NO_EXPONENT) & ((e_max - ((1 << micro) - 1) - man + 1 < -149) | (e_max > 127))
             for k in range(pairs):
                 shared[(r - first_row) * pairs + k] = e_max
         xs, outs = x[first_row * block:end_row * block], out[first_row * block:end_row * block]
-        lost = False
-        for i in range((end_row - first_row) * pairs):
-            a, b = as_float32(xs[2 * i]), as_float32(xs[2 * i + 1])
-            e_max = np.int64(shared[i])
-            bad = e_max == NO_EXPONENT
-            pair_top = max(np.int32(np.float32(a).view(np.int32) & MAGNITUDE32),
-                           np.int32(np.float32(b).view(np.int32) & MAGNITUDE32))
-            step_exp = e_max - min(max(e_max - exponent_of_bits(pair_top), 0), (1 << micro) - 1) - man + 1
-            step_exp = 0 if bad else step_exp
-            down, up = pow2(-step_exp), pow2(step_exp)
-            outs[2 * i], lost_a = microexponent_element(a, down, up, largest, bad, out)
-            outs[2 * i + 1], lost_b = microexponent_element(b, down, up, largest, bad, out)
-            lost |= lost_a | lost_b
-        inexact[g] = lost
+        if beyond_float32:
+            inexact[g] = microexponent_pairs(xs, outs, shared, mp, False)
+        else:
+            inexact[g] = microexponent_pairs(xs, outs, shared, mp, True)
 
 
 # -- NVFP4-style blocks (scales with a mantissa) ------------------------------------------------
