@@ -205,14 +205,11 @@ def microexponent_fits(fmt) -> bool:
 
 
 @inline
-def block_output(value, bad, out, known_float32=False):
+def block_output(value, bad, out):
     """A float64 block result in out's dtype (NaN for a NaN block), and
-    whether float32 or out's dtype failed to hold it exactly
-    (``known_float32``: the caller knows value is a float32 number)."""
+    whether float32 or out's dtype failed to hold it exactly."""
     narrow = np.float32(value)
     stored, exact = to_output(np.float32(np.nan) if bad else narrow, out)
-    if known_float32:
-        return stored, not exact
     return stored, ((np.float64(narrow) != value) & (not bad)) | (not exact)
 
 
@@ -227,17 +224,32 @@ def exponent_of_bits(bits):
 
 
 @inline
-def microexponent_element(v, down, up, largest, bad, out, known_float32):
-    """(v in out's dtype, inexact) for element v of a sub-block with steps
-    ``up`` = 1 / ``down``: |v| / step rounded to nearest even, saturated."""
-    t = np.float32(abs(np.float64(v)) * down)  # exact, or far below 1/2
+def microexponent_element(v, step_exp, largest, bad, out, in_float32):
+    """(v in out's dtype, inexact) for element v of a sub-block with step
+    2**step_exp: |v| / step rounded to nearest even, saturated. With
+    ``in_float32`` (the caller knows 2**-126 <= step and every result is a
+    float32 number) in float32 lanes, else in float64 with the check."""
+    negative = np.float32(v).view(np.int32) < 0
+    if in_float32:
+        t = abs(np.float32(v)) * pow2_32(-step_exp)  # exact, or below 2**-126 (and so rounds to 0)
+        magnitude = min((t + np.float32(1 << 23)) - np.float32(1 << 23), largest)
+        value = magnitude * pow2_32(step_exp)
+        stored, exact = to_output(np.float32(np.nan) if bad else (-value if negative else value), out)
+        return stored, not exact
+    t = np.float32(abs(np.float64(v)) * pow2(-step_exp))  # exact, or far below 1/2
     magnitude = min((t + np.float32(1 << 23)) - np.float32(1 << 23), largest)
-    value = np.float64(magnitude) * up
-    return block_output(-value if np.float32(v).view(np.int32) < 0 else value, bad, out, known_float32)
+    value = np.float64(magnitude) * pow2(step_exp)
+    return block_output(-value if negative else value, bad, out)
 
 
 @inline
-def microexponent_pairs(x, out, shared, mp, known_float32):
+def pow2_32(k):
+    """2.0**k as float32, for integer k in [-126, 127], on the bits."""
+    return np.int32((k + 127) << 23).view(np.float32)
+
+
+@inline
+def microexponent_pairs(x, out, shared, mp, in_float32):
     """x's pairs (x and out: a task's slices) quantized into out, with the
     shared exponent of pair i in shared[i]; whether any result was inexact."""
     man, micro = mp[0], mp[4]
@@ -245,15 +257,14 @@ def microexponent_pairs(x, out, shared, mp, known_float32):
     lost = False
     for i in range(x.size // 2):
         a, b = as_float32(x[2 * i]), as_float32(x[2 * i + 1])
-        e_max = np.int64(shared[i])
+        e_max = shared[i]
         bad = e_max == NO_EXPONENT
         pair_top = max(np.int32(np.float32(a).view(np.int32) & MAGNITUDE32),
                        np.int32(np.float32(b).view(np.int32) & MAGNITUDE32))
         step_exp = e_max - min(max(e_max - exponent_of_bits(pair_top), 0), (1 << micro) - 1) - man + 1
-        step_exp = 0 if bad else step_exp
-        down, up = pow2(-step_exp), pow2(step_exp)
-        out[2 * i], lost_a = microexponent_element(a, down, up, largest, bad, out, known_float32)
-        out[2 * i + 1], lost_b = microexponent_element(b, down, up, largest, bad, out, known_float32)
+        step_exp = np.int32(0 if bad else step_exp)
+        out[2 * i], lost_a = microexponent_element(a, step_exp, largest, bad, out, in_float32)
+        out[2 * i + 1], lost_b = microexponent_element(b, step_exp, largest, bad, out, in_float32)
         lost |= lost_a | lost_b
     return lost
 
@@ -263,9 +274,10 @@ def quantize_microexponent(x, out, mp, inexact):
     """Microexponent quantize (nearest even) of float32 blocks of mp[1]
     elements in sub-blocks of two (x and out flat). Per task, first each
     block's shared exponent (one entry per sub-block, NO_EXPONENT for a NaN
-    block), then one loop over the task's pairs, which vectorizes. A result
-    is a float32 number unless its step lies below 2**-149 or its block's
-    exponent above 127; the loop skips that check in tasks without such blocks."""
+    block), then one loop over the task's pairs, which vectorizes: in
+    float32 lanes when every block's steps lie in 2**-126..2**127 (its
+    results are then float32 numbers), else in float64 with an exactness
+    check."""
     man, block, micro, emin, emax = mp[0], mp[1], mp[4], mp[5], mp[6]
     pairs = block // 2
     for g in prange(inexact.size):
@@ -275,7 +287,7 @@ def quantize_microexponent(x, out, mp, inexact):
         for r in range(first_row, end_row):
             top = largest_magnitude_bits(x[r * block:(r + 1) * block], block)
             e_max = min(max(exponent_of_bits(top), emin), emax) if top < 0x7F800000 else NO_EXPONENT
-            beyond_float32 |= (e_max != NO_EXPONENT) & ((e_max - ((1 << micro) - 1) - man + 1 < -149) | (e_max > 127))
+            beyond_float32 |= (e_max != NO_EXPONENT) & ((e_max - ((1 << micro) - 1) - man + 1 < -126) | (e_max > 127))
             for k in range(pairs):
                 shared[(r - first_row) * pairs + k] = e_max
         xs, outs = x[first_row * block:end_row * block], out[first_row * block:end_row * block]
