@@ -151,7 +151,7 @@ class ScaledFormat:
             raise TypeError(f"{self.name} decodes an Encoded (from {self.name}.encode), got {type(encoded).__name__}")
         if encoded.format != self:
             raise ValueError(f"this Encoded holds {encoded.format.name}, not {self.name}")
-        layout = BlockLayout(encoded.shape, encoded.axis, self.block_size)
+        layout = BlockLayout(tuple(encoded.shape), check_axis(encoded.axis, len(encoded.shape)), self.block_size)
         packed_elements = torch.as_tensor(encoded.elements)
         packed_subscales = None if encoded.subscales is None else torch.as_tensor(encoded.subscales)
         scales = torch.as_tensor(encoded.scales).reshape(-1)

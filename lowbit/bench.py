@@ -108,12 +108,13 @@ def lowbit_rows(x: np.ndarray, copies: Copies, formats: list[str], repeat: int,
     rows = []
     for name in formats:
         fmt = lowbit.get_format(name)
-        for op in ("quantize", "encode"):
-            call = getattr(fmt, op)
-            allocating = best_seconds(lambda: call(x), copies.new, repeat)
+        encoded = fmt.encode(x)
+        for op, call in (("quantize", lambda: fmt.quantize(x)), ("encode", lambda: fmt.encode(x)),
+                         ("decode", lambda: fmt.decode(encoded))):
+            allocating = best_seconds(call, copies.new, repeat)
             with reused_outputs():
-                reused = best_seconds(lambda: call(x), copies.preallocated, repeat)
-            slow = seconds(lambda: call(x, backend="reference")) if reference and op == "quantize" else None
+                reused = best_seconds(call, copies.preallocated, repeat)
+            slow = seconds(lambda: fmt.quantize(x, backend="reference")) if reference and op == "quantize" else None
             rows.append((f"lowbit {name} {op}", allocating, reused, slow))
     return rows
 

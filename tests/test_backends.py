@@ -200,6 +200,24 @@ def test_microexponent_fast_path_across_exponents(name, dtype):
     same(*both(fmt.quantize, x.to(dtype)), f"{name} {dtype}")
 
 
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp4", "mxint8", "nvfp4", "nvfp4 tensor scale"])
+def test_block_decode_fast_path_on_every_code(name):
+    # every element code beside every scale code (NaN ones included), decoded both ways
+    nvfp4 = lowbit.get_format("nvfp4")
+    fmt = BlockFormat(nvfp4.element, 16, nvfp4.scale, tensor_scale=True) if name.endswith("scale") else lowbit.get_format(name)
+    element_codes = torch.arange(1 << fmt.element_code_bits, dtype=torch.int64)
+    scale_codes = torch.arange(1 << fmt.scale_code_bits, dtype=torch.int64)
+    nblocks = -(-element_codes.numel() // fmt.block_size) * scale_codes.numel()
+    codes = element_codes.repeat(-(-nblocks * fmt.block_size // element_codes.numel()))[:nblocks * fmt.block_size]
+    packed = lowbit.formats.pack(codes, fmt.element_code_bits)
+    scales = scale_codes.repeat_interleave(nblocks // scale_codes.numel()).to(torch.uint8)
+    for tensor_scale in ([None] if fmt.tensor_scale is False else [0.75, 3e-5]):
+        encoded = lowbit.Encoded(fmt, (nblocks, fmt.block_size), -1, packed, scales.reshape(-1, 1),
+                                 tensor_scale=tensor_scale)
+        for dtype in (torch.float32, torch.float64):
+            same(*both(fmt.decode, encoded, dtype=dtype), f"{name} {dtype} tensor scale {tensor_scale}")
+
+
 @pytest.mark.parametrize("name", ["mx9", "mx6", "mx4", "msfp12"])
 def test_microexponent_fast_path_where_results_leave_float32(name):
     # the kernel checks exactness only in tasks of 64 blocks holding a block whose steps fall

@@ -242,3 +242,12 @@ def test_encoded_arrays_follow_the_input_kind(tmp_path):
     tenc = fmt.encode(torch.ones(40))
     assert all(isinstance(a, torch.Tensor) for a in (tenc.elements, tenc.scales, tenc.subscales))
     assert isinstance(tenc.decode(), torch.Tensor)
+
+
+def test_an_encoded_built_by_hand_may_name_its_axis_from_the_end():
+    fmt = lowbit.get_format("mxfp4")
+    encoded = fmt.encode(torch.randn(3, 64))
+    by_hand = lowbit.Encoded(fmt, encoded.shape, -1, encoded.elements, encoded.scales)
+    assert torch.equal(fmt.decode(by_hand), fmt.decode(encoded))
+    with pytest.raises(ValueError, match="axis 2 is out of range"):
+        fmt.decode(lowbit.Encoded(fmt, encoded.shape, 2, encoded.elements, encoded.scales))

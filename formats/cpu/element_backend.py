@@ -7,6 +7,8 @@ same errors as the reference implementation.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -83,13 +85,20 @@ def encode(fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None,
     return out, None if bad == kernels.NO_INDEX else bad
 
 
+@functools.lru_cache(maxsize=64)
+def decode_table(fmt) -> np.ndarray:
+    """The value (float64) of every code of a format of at most 16 bits;
+    empty for wider formats, which the decode kernel computes code by code."""
+    return fmt.codes_of_values()[1] if fmt.nbits <= 16 else np.empty(0)
+
+
 def decode(fmt, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The values of integer codes (any integer dtype) in ``dtype``; raises
     ValueError for codes outside [0, 2**nbits)."""
     out = new_tensor(tuple(codes.shape), dtype)
     out_of_range = np.zeros(kernels.span_count(codes.numel()), dtype=np.int64)
     kernels.decode_elements(planes_rows_cols(codes.numpy()), out.numpy().reshape(-1), element_descriptor(fmt),
-                            fmt.nbits, out_of_range)
+                            fmt.nbits, decode_table(fmt), out_of_range)
     if out_of_range.any():
         raise codes_range_error(fmt.nbits)
     return out

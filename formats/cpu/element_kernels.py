@@ -97,7 +97,7 @@ def encode_elements(x, out, d, mode, overflow, key, half, tiny, first_invalid):
 
 
 @task
-def decode_span(codes, out, start, stop, d, nbits):
+def decode_span(codes, out, start, stop, d, nbits, table):
     count = 0
     i = start
     while i < stop:
@@ -105,7 +105,7 @@ def decode_span(codes, out, start, stop, d, nbits):
         for j in range(n):
             code = np.int64(codes[p, r, c + j])
             ok = (code >= 0) & (code < (1 << nbits))
-            value = decode_element(code if ok else 0, d)
+            value = table[code if ok else 0] if table.size else decode_element(code if ok else 0, d)
             out[i + j] = value if ok else np.nan
             count += 0 if ok else 1
         i += n
@@ -113,9 +113,10 @@ def decode_span(codes, out, start, stop, d, nbits):
 
 
 @njit(parallel=True, cache=True)
-def decode_elements(codes, out, d, nbits, out_of_range):
-    """out[i] = the value of the i-th code; out_of_range[span] counts codes
-    outside [0, 2**nbits) (their outputs are NaN)."""
+def decode_elements(codes, out, d, nbits, table, out_of_range):
+    """out[i] = the value of the i-th code, looked up in ``table`` (the
+    value of every code) or, where that is empty, computed; out_of_range[span]
+    counts codes outside [0, 2**nbits) (their outputs are NaN)."""
     for s in prange(out_of_range.size):
         start, stop = s * SPAN, min(s * SPAN + SPAN, out.size)
-        out_of_range[s] = decode_span(codes, out, start, stop, d, nbits)
+        out_of_range[s] = decode_span(codes, out, start, stop, d, nbits, table)

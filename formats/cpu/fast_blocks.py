@@ -411,3 +411,40 @@ def encode_amax_blocks(x, elements, scales, q):
             amax_encode_rows(x, elements, scales, g, q, 16)
         else:
             amax_encode_rows(x, elements, scales, g, q, x.shape[1])
+
+
+# -- decoding whole-byte block codes ------------------------------------------------------------
+@functools.lru_cache(maxsize=256)
+def decode_tables(fmt) -> tuple[np.ndarray, np.ndarray]:
+    """(value of every element code, value of every scale code), float64,
+    NaN for NaN codes: a BlockFormat's decoding as two table lookups."""
+    return fmt.element.codes_of_values()[1], fmt.scale.codes_of_values()[1]
+
+
+@inline
+def scaled_value(element, scale, tensor_scale):
+    """element * scale (exact in float64), times the tensor scale (None for
+    none) in float32 as the reference applies it."""
+    value = element * scale
+    return value if tensor_scale is None else np.float64(np.float32(value) * np.float32(tensor_scale))
+
+
+@njit(parallel=True, cache=True)
+def decode_whole_bytes(packed, scale_codes, out, element_values, scale_values, tensor_scale, bits):
+    """out (blocks as rows, float32 or float64) = the values of 8-bit or
+    4-bit element codes packed whole bytes per block (whole_bytes) and one
+    scale code per block. A NaN scale code's value is NaN, so its block
+    decodes to NaN. ``tensor_scale``: a float, or None."""
+    block = out.shape[1]
+    for g in prange((out.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, out.shape[0])):
+            scale = scale_values[scale_codes[r]]
+            if bits == 8:
+                row = packed[r * block:(r + 1) * block]
+                for j in range(block):
+                    out[r, j] = scaled_value(element_values[row[j]], scale, tensor_scale)
+            else:
+                row = packed[r * (block // 2):(r + 1) * (block // 2)]
+                for j in range(block // 2):
+                    out[r, 2 * j] = scaled_value(element_values[row[j] & 0xF], scale, tensor_scale)
+                    out[r, 2 * j + 1] = scaled_value(element_values[row[j] >> 4], scale, tensor_scale)

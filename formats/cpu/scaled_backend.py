@@ -133,8 +133,15 @@ def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tenso
            ts: float | None, dtype: torch.dtype) -> torch.Tensor:
     """The values in the layout's true shape."""
     out = new_tensor(layout.shape, dtype)
-    out_view = outer_axis_inner(out.numpy(), layout.axis, writeable=True)
     packed, scale_codes = elements.contiguous().numpy(), scales.reshape(-1).contiguous().numpy()
+    if (isinstance(fmt, BlockFormat) and fast_blocks.whole_bytes(fmt.element_code_bits, fmt.block_size)
+            and fmt.scale_code_bits <= 16 and layout.axis == max(len(layout.shape) - 1, 0)
+            and layout.length % fmt.block_size == 0):
+        element_values, scale_values = fast_blocks.decode_tables(fmt)
+        fast_blocks.decode_whole_bytes(packed, scale_codes, out.numpy().reshape(layout.nrows, fmt.block_size),
+                                       element_values, scale_values, ts, fmt.element_code_bits)
+        return out
+    out_view = outer_axis_inner(out.numpy(), layout.axis, writeable=True)
     if isinstance(fmt, BlockFormat):
         block_kernels.decode_blocks(packed, scale_codes, out_view, layout.nblocks, element_descriptor(fmt.element),
                                     element_descriptor(fmt.scale), block_params(fmt, fmt.scale_rule, ts))
