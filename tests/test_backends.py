@@ -198,6 +198,7 @@ def test_microexponent_fast_path_across_exponents(name, dtype):
     x[::7, ::5] = 0.0
     x[3, 3], x[5, 17] = float("nan"), float("-inf")
     same(*both(fmt.quantize, x.to(dtype)), f"{name} {dtype}")
+    same(*both(fmt.encode, x.to(dtype)), f"{name} {dtype} encode")
 
 
 @pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp4", "mxint8", "nvfp4", "nvfp4 tensor scale"])

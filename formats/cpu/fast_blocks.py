@@ -146,28 +146,38 @@ def quantize_mx(x, out, fp, ip, bp, is_int, inexact):
 
 @inline
 def whole_bytes(bits, block):
-    """Whether pack_row writes every byte of its rows (so the packed buffer
-    need not be zeroed first)."""
-    return (bits == 8) | ((bits == 4) & (block % 2 == 0))
+    """Whether each row of ``block`` codes of ``bits`` bits fills whole
+    bytes, which pack_row then writes outright (so the packed buffer need
+    not be zeroed first)."""
+    return (block * bits) % 8 == 0
 
 
 @inline
-def pack_row(elements, r, codes, block, bits):
-    """Pack row r's codes (non-negative int32, fewer than 2**bits). Rows of
-    4- and 8-bit codes fill whole bytes; they are written through a slice
-    per row (indices the compiler knows are in range) and, for 4 bits, by
-    reading the codes in pairs as one int64, so that both loops vectorize."""
-    if bits == 8:  # the two cases of whole_bytes
-        row = elements[r * block:(r + 1) * block]
+def pack_row(packed, r, codes, block, bits):
+    """Pack row r's codes (non-negative int32, fewer than 2**bits) in
+    packing's layout. Rows of 4- and 8-bit codes are written through a slice
+    (indices the compiler knows are in range) so that the loops vectorize;
+    other rows filling whole bytes stream their bits through a 64-bit word;
+    the rest OR their codes into zeroed bytes."""
+    if bits == 8:
+        row = packed[r * block:(r + 1) * block]
         for j in range(block):
             row[j] = codes[j]
     elif (bits == 4) & (block % 2 == 0):
-        row = elements[r * (block // 2):(r + 1) * (block // 2)]
+        row = packed[r * (block // 2):(r + 1) * (block // 2)]
         for j in range(block // 2):
             row[j] = codes[2 * j] | (codes[2 * j + 1] << 4)
+    elif whole_bytes(bits, block):
+        byte, word, filled = r * block * bits // 8, np.int64(0), 0
+        for j in range(block):
+            word |= np.int64(codes[j]) << filled
+            filled += bits
+            while filled >= 8:
+                packed[byte] = word & 0xFF
+                byte, word, filled = byte + 1, word >> 8, filled - 8
     else:
         for j in range(block):
-            put_code(elements, (r * block + j) * bits, codes[j], bits)
+            put_code(packed, (r * block + j) * bits, codes[j], bits)
 
 
 @inline
@@ -295,6 +305,54 @@ def quantize_microexponent(x, out, mp, inexact):
             inexact[g] = microexponent_pairs(xs, outs, shared, mp, False)
         else:
             inexact[g] = microexponent_pairs(xs, outs, shared, mp, True)
+
+
+@inline
+def finite_magnitude_bits(bits):
+    """Magnitude bits, 0 for NaN and Inf (a NaN block's exponents come from
+    its finite elements, as the reference computes them)."""
+    return bits if bits < 0x7F800000 else np.int32(0)
+
+
+@inline
+def microexponent_code(v, step_exp, largest, man):
+    """The code (sign bit above ``man`` magnitude bits) of finite v on the
+    grid 2**step_exp: |v| / step rounded to nearest even, saturated."""
+    t = np.float32(abs(np.float64(v)) * pow2(-step_exp))  # exact, or far below 1/2
+    magnitude = np.int32(min((t + np.float32(1 << 23)) - np.float32(1 << 23), largest))
+    return magnitude | (np.int32(1 << man) if np.float32(v).view(np.int32) < 0 else np.int32(0))
+
+
+@njit(parallel=True, cache=True)
+def encode_microexponent(x, elements, scales, subscales, mp):
+    """Packed element codes, shared-exponent codes and packed sub-block
+    shifts of float32 blocks of mp[1] elements in sub-blocks of two (x flat;
+    ``elements`` and ``subscales`` zeroed unless their rows fill whole bytes)."""
+    man, block, exp_bits, micro, emin, emax, bias = mp[0], mp[1], mp[3], mp[4], mp[5], mp[6], mp[7]
+    largest = np.float32((1 << man) - 1)
+    for g in prange((x.size // block + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        codes, shifts = np.empty(block, np.int32), np.empty(block // 2, np.int32)
+        for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.size // block)):
+            row = x[r * block:(r + 1) * block]
+            top = largest_magnitude_bits(row, block)
+            bad = top >= 0x7F800000
+            if bad:
+                top = np.int32(0)
+                for j in range(block):
+                    top = max(top, finite_magnitude_bits(np.int32(np.float32(as_float32(row[j])).view(np.int32) & MAGNITUDE32)))
+            e_max = min(max(exponent_of_bits(top), emin), emax)
+            scales[r] = (1 << exp_bits) - 1 if bad else e_max + bias
+            for i in range(block // 2):
+                a, b = as_float32(row[2 * i]), as_float32(row[2 * i + 1])
+                pair_top = max(finite_magnitude_bits(np.int32(np.float32(a).view(np.int32) & MAGNITUDE32)),
+                               finite_magnitude_bits(np.int32(np.float32(b).view(np.int32) & MAGNITUDE32)))
+                shifts[i] = min(max(e_max - exponent_of_bits(pair_top), 0), (1 << micro) - 1)
+                step_exp = e_max - shifts[i] - man + 1
+                codes[2 * i] = 0 if bad else microexponent_code(a, step_exp, largest, man)
+                codes[2 * i + 1] = 0 if bad else microexponent_code(b, step_exp, largest, man)
+            pack_row(elements, r, codes, block, man + 1)
+            if micro:
+                pack_row(subscales, r, shifts, block // 2, micro)
 
 
 # -- NVFP4-style blocks (scales with a mantissa) ------------------------------------------------
@@ -431,8 +489,8 @@ def scaled_value(element, scale, tensor_scale):
 
 @njit(parallel=True, cache=True)
 def decode_whole_bytes(packed, scale_codes, out, element_values, scale_values, tensor_scale, bits):
-    """out (blocks as rows, float32 or float64) = the values of 8-bit or
-    4-bit element codes packed whole bytes per block (whole_bytes) and one
+    """out (blocks as rows of even length, float32 or float64) = the values
+    of 8-bit or 4-bit element codes (``bits``) and one
     scale code per block. A NaN scale code's value is NaN, so its block
     decodes to NaN. ``tensor_scale``: a float, or None."""
     block = out.shape[1]

@@ -96,37 +96,57 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rul
     return out, not inexact.any()
 
 
+def _fast_encoder(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None,
+                  flush_subnormals: bool, ts: float | None):
+    """A function (elements, scales, subscales) -> None running the fast
+    encode kernel that serves this call, or None."""
+    fast = _fast_mx(fmt, t, layout, rounding, scale_rule, flush_subnormals)
+    if fast is not None:
+        rows, (fp, ip, bp) = fast
+        is_int = isinstance(fmt.element, IntFormat)
+        return lambda elements, scales, _: fast_blocks.encode_mx(rows, elements, scales, fp, ip, bp, is_int)
+    rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals)
+    if rows is None:
+        return None
+    if isinstance(fmt, BlockFormat):
+        params = fast_blocks.scaled_block_params(fmt, ts)
+        return None if params is None else lambda elements, scales, _: fast_blocks.encode_amax_blocks(
+            rows, elements, scales, params)
+    if not fast_blocks.microexponent_fits(fmt):
+        return None
+    return lambda elements, scales, subscales: fast_blocks.encode_microexponent(
+        rows.reshape(-1), elements, scales, subscales, microexponent_params(fmt))
+
+
 def encode(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None, key: int | None,
            flush_subnormals: bool, ts: float | None):
     """(packed element codes, scale codes in the blocked shape, packed
     sub-block shifts or None) as CPU tensors."""
     nrows = layout.nrows
     packed_bytes = -(-nrows * fmt.block_size * fmt.element_code_bits // 8)
+    fast = _fast_encoder(fmt, t, layout, rounding, scale_rule, flush_subnormals, ts)
+    if fast is not None and fast_blocks.whole_bytes(fmt.element_code_bits, fmt.block_size):
+        elements = new_tensor((packed_bytes,), torch.uint8)  # the kernel writes every byte
+    else:
+        elements = torch.zeros(packed_bytes, dtype=torch.uint8)  # the kernel ORs codes in
     scales = new_tensor((nrows,), code_dtype(fmt.scale_code_bits))
-    fast = _fast_mx(fmt, t, layout, rounding, scale_rule, flush_subnormals)
-    rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals)
-    amax_params = fast_blocks.scaled_block_params(fmt, ts) if rows is not None and isinstance(fmt, BlockFormat) else None
-    if fast is not None or amax_params is not None:
-        whole = fast_blocks.whole_bytes(fmt.element_code_bits, fmt.block_size)
-        elements = new_tensor((packed_bytes,), torch.uint8) if whole else torch.zeros(packed_bytes, dtype=torch.uint8)
-        if fast is not None:
-            rows, (fp, ip, bp) = fast
-            fast_blocks.encode_mx(rows, elements.numpy(), scales.numpy(), fp, ip, bp, isinstance(fmt.element, IntFormat))
-        else:
-            fast_blocks.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), amax_params)
-        return elements, scales.reshape(layout.blocked_shape[:-1]), None
-    elements = torch.zeros(packed_bytes, dtype=torch.uint8)
-    x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
-    if isinstance(fmt, BlockFormat):
+    subscale_bytes = -(-nrows * fmt.subscales_per_block * fmt.subscale_code_bits // 8)
+    if fast is not None and fast_blocks.whole_bytes(fmt.subscale_code_bits, fmt.subscales_per_block):
+        subscales = new_tensor((subscale_bytes,), torch.uint8)
+    else:
+        subscales = torch.zeros(subscale_bytes, dtype=torch.uint8)
+    if fast is not None:
+        fast(elements.numpy(), scales.numpy(), subscales.numpy())
+    elif isinstance(fmt, BlockFormat):
+        x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
         block_kernels.encode_blocks(x, elements.numpy(), scales.numpy(), nblocks, element_descriptor(fmt.element),
                                     element_descriptor(fmt.scale), block_params(fmt, scale_rule, ts), mode, key64,
                                     half, tiny)
-        return elements, scales.reshape(layout.blocked_shape[:-1]), None
-    per_block = fmt.subscales_per_block
-    subscales = torch.zeros(-(-nrows * per_block * fmt.subscale_code_bits // 8), dtype=torch.uint8)
-    microexponent_kernels.encode_microexponent(x, elements.numpy(), scales.numpy(), subscales.numpy(), nblocks,
-                                               microexponent_params(fmt), mode, key64, half, tiny)
-    return elements, scales.reshape(layout.blocked_shape[:-1]), subscales if per_block else None
+    else:
+        x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
+        microexponent_kernels.encode_microexponent(x, elements.numpy(), scales.numpy(), subscales.numpy(), nblocks,
+                                                   microexponent_params(fmt), mode, key64, half, tiny)
+    return elements, scales.reshape(layout.blocked_shape[:-1]), subscales if fmt.subscales_per_block else None
 
 
 def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
@@ -134,7 +154,7 @@ def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tenso
     """The values in the layout's true shape."""
     out = new_tensor(layout.shape, dtype)
     packed, scale_codes = elements.contiguous().numpy(), scales.reshape(-1).contiguous().numpy()
-    if (isinstance(fmt, BlockFormat) and fast_blocks.whole_bytes(fmt.element_code_bits, fmt.block_size)
+    if (isinstance(fmt, BlockFormat) and fmt.element_code_bits in (4, 8) and fmt.block_size % 2 == 0
             and fmt.scale_code_bits <= 16 and layout.axis == max(len(layout.shape) - 1, 0)
             and layout.length % fmt.block_size == 0):
         element_values, scale_values = fast_blocks.decode_tables(fmt)
