@@ -199,9 +199,12 @@ def test_microexponent_fast_path_across_exponents(name, dtype):
     x[3, 3], x[5, 17] = float("nan"), float("-inf")
     same(*both(fmt.quantize, x.to(dtype)), f"{name} {dtype}")
     same(*both(fmt.encode, x.to(dtype)), f"{name} {dtype} encode")
+    encoded = fmt.encode(x.to(dtype), backend="reference")
+    same(*both(fmt.decode, encoded), f"{name} {dtype} decode")
 
 
-@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp4", "mxint8", "nvfp4", "nvfp4 tensor scale"])
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4",
+                                  "nvfp4 tensor scale"])
 def test_block_decode_fast_path_on_every_code(name):
     # every element code beside every scale code (NaN ones included), decoded both ways
     nvfp4 = lowbit.get_format("nvfp4")
@@ -217,6 +220,23 @@ def test_block_decode_fast_path_on_every_code(name):
                                  tensor_scale=tensor_scale)
         for dtype in (torch.float32, torch.float64):
             same(*both(fmt.decode, encoded, dtype=dtype), f"{name} {dtype} tensor scale {tensor_scale}")
+
+
+@pytest.mark.parametrize("name", ["mx9", "mx6", "mx4", "msfp12"])
+def test_microexponent_decode_fast_path_on_every_code(name):
+    # every element code in blocks of every shared-exponent code (the NaN one included), random shifts
+    fmt = lowbit.get_format(name)
+    element_codes = torch.arange(1 << fmt.element_code_bits, dtype=torch.int64)
+    nblocks = -(-element_codes.numel() // fmt.block_size) * (1 << fmt.scale_code_bits)
+    codes = element_codes.repeat(-(-nblocks * fmt.block_size // element_codes.numel()))[:nblocks * fmt.block_size]
+    scales = torch.arange(1 << fmt.scale_code_bits).repeat_interleave(nblocks >> fmt.scale_code_bits)
+    shifts = torch.randint(0, 1 << fmt.micro_bits, (nblocks * fmt.subscales_per_block,),
+                           generator=torch.Generator().manual_seed(4))
+    encoded = lowbit.Encoded(fmt, (nblocks, fmt.block_size), 1, lowbit.formats.pack(codes, fmt.element_code_bits),
+                             scales.to(torch.uint8).reshape(-1, 1),
+                             lowbit.formats.pack(shifts, fmt.subscale_code_bits) if fmt.subscales_per_block else None)
+    for dtype in (torch.float32, torch.float64):
+        same(*both(fmt.decode, encoded, dtype=dtype), f"{name} {dtype}")
 
 
 @pytest.mark.parametrize("name", ["mx9", "mx6", "mx4", "msfp12"])

@@ -471,7 +471,29 @@ def encode_amax_blocks(x, elements, scales, q):
             amax_encode_rows(x, elements, scales, g, q, x.shape[1])
 
 
-# -- decoding whole-byte block codes ------------------------------------------------------------
+# -- decoding rows of whole bytes ----------------------------------------------------------------
+@inline
+def unpack_row(packed, r, codes, block, bits):
+    """Row r's ``block`` codes of ``bits`` bits into codes (int32): the
+    inverse of pack_row, for rows that fill whole bytes."""
+    if bits == 8:
+        row = packed[r * block:(r + 1) * block]
+        for j in range(block):
+            codes[j] = row[j]
+    elif (bits == 4) & (block % 2 == 0):
+        row = packed[r * (block // 2):(r + 1) * (block // 2)]
+        for j in range(block // 2):
+            codes[2 * j], codes[2 * j + 1] = row[j] & 0xF, row[j] >> 4
+    else:
+        byte, word, filled = r * block * bits // 8, np.int64(0), 0
+        for j in range(block):
+            while filled < bits:
+                word |= np.int64(packed[byte]) << filled
+                byte, filled = byte + 1, filled + 8
+            codes[j] = word & ((1 << bits) - 1)
+            word, filled = word >> bits, filled - bits
+
+
 @functools.lru_cache(maxsize=256)
 def decode_tables(fmt) -> tuple[np.ndarray, np.ndarray]:
     """(value of every element code, value of every scale code), float64,
@@ -488,21 +510,37 @@ def scaled_value(element, scale, tensor_scale):
 
 
 @njit(parallel=True, cache=True)
-def decode_whole_bytes(packed, scale_codes, out, element_values, scale_values, tensor_scale, bits):
-    """out (blocks as rows of even length, float32 or float64) = the values
-    of 8-bit or 4-bit element codes (``bits``) and one
-    scale code per block. A NaN scale code's value is NaN, so its block
+def decode_blocks(packed, scale_codes, out, element_values, scale_values, tensor_scale, bits):
+    """out (blocks as rows filling whole bytes of packed ``bits``-bit codes;
+    float32 or float64) = element value * scale value, looked up in the
+    tables of every code. A NaN scale code's value is NaN, so its block
     decodes to NaN. ``tensor_scale``: a float, or None."""
     block = out.shape[1]
     for g in prange((out.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        codes = np.empty(block, np.int32)
         for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, out.shape[0])):
             scale = scale_values[scale_codes[r]]
-            if bits == 8:
-                row = packed[r * block:(r + 1) * block]
-                for j in range(block):
-                    out[r, j] = scaled_value(element_values[row[j]], scale, tensor_scale)
-            else:
-                row = packed[r * (block // 2):(r + 1) * (block // 2)]
-                for j in range(block // 2):
-                    out[r, 2 * j] = scaled_value(element_values[row[j] & 0xF], scale, tensor_scale)
-                    out[r, 2 * j + 1] = scaled_value(element_values[row[j] >> 4], scale, tensor_scale)
+            unpack_row(packed, r, codes, block, bits)
+            for j in range(block):
+                out[r, j] = scaled_value(element_values[codes[j]], scale, tensor_scale)
+
+
+@njit(parallel=True, cache=True)
+def decode_microexponent(packed, scale_codes, packed_shifts, out, mp):
+    """out (blocks as rows; float32 or float64) = the values of microexponent
+    codes in sub-blocks of two whose element codes and shifts fill whole
+    bytes per block: magnitude * 2**(e_max - shift - man + 1), signed; NaN
+    for a block whose shared-exponent code is the NaN one."""
+    man, exp_bits, micro, bias = mp[0], mp[3], mp[4], mp[7]
+    block = out.shape[1]
+    for g in prange((out.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        codes, shifts = np.empty(block, np.int32), np.zeros(block // 2, np.int32)
+        for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, out.shape[0])):
+            e_max = np.int64(scale_codes[r]) - bias
+            bad = np.int64(scale_codes[r]) == (1 << exp_bits) - 1
+            unpack_row(packed, r, codes, block, man + 1)
+            if micro:
+                unpack_row(packed_shifts, r, shifts, block // 2, micro)
+            for j in range(block):
+                magnitude = np.float64(codes[j] & ((1 << man) - 1)) * pow2(e_max - shifts[j // 2] - man + 1)
+                out[r, j] = np.nan if bad else (-magnitude if codes[j] >> man else magnitude)

@@ -154,19 +154,34 @@ def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tenso
     """The values in the layout's true shape."""
     out = new_tensor(layout.shape, dtype)
     packed, scale_codes = elements.contiguous().numpy(), scales.reshape(-1).contiguous().numpy()
-    if (isinstance(fmt, BlockFormat) and fmt.element_code_bits in (4, 8) and fmt.block_size % 2 == 0
-            and fmt.scale_code_bits <= 16 and layout.axis == max(len(layout.shape) - 1, 0)
-            and layout.length % fmt.block_size == 0):
-        element_values, scale_values = fast_blocks.decode_tables(fmt)
-        fast_blocks.decode_whole_bytes(packed, scale_codes, out.numpy().reshape(layout.nrows, fmt.block_size),
-                                       element_values, scale_values, ts, fmt.element_code_bits)
+    shifts = np.zeros(0, np.uint8) if subscales is None else subscales.contiguous().numpy()
+    if _fast_decode(fmt, layout):
+        rows = out.numpy().reshape(layout.nrows, fmt.block_size)
+        if isinstance(fmt, BlockFormat):
+            element_values, scale_values = fast_blocks.decode_tables(fmt)
+            fast_blocks.decode_blocks(packed, scale_codes, rows, element_values, scale_values, ts,
+                                      fmt.element_code_bits)
+        else:
+            fast_blocks.decode_microexponent(packed, scale_codes, shifts, rows, microexponent_params(fmt))
         return out
     out_view = outer_axis_inner(out.numpy(), layout.axis, writeable=True)
     if isinstance(fmt, BlockFormat):
         block_kernels.decode_blocks(packed, scale_codes, out_view, layout.nblocks, element_descriptor(fmt.element),
                                     element_descriptor(fmt.scale), block_params(fmt, fmt.scale_rule, ts))
     else:
-        shifts = np.zeros(0, np.uint8) if subscales is None else subscales.contiguous().numpy()
         microexponent_kernels.decode_microexponent(packed, scale_codes, shifts, out_view, layout.nblocks,
                                                    microexponent_params(fmt))
     return out
+
+
+def _fast_decode(fmt, layout: BlockLayout) -> bool:
+    """Whether the fast decode kernels serve this layout: whole blocks along
+    the last axis whose codes (and shifts) fill whole bytes, with tables of
+    at most 2**16 codes or in sub-blocks of two."""
+    if layout.axis != max(len(layout.shape) - 1, 0) or layout.length % fmt.block_size:
+        return False
+    if not fast_blocks.whole_bytes(fmt.element_code_bits, fmt.block_size):
+        return False
+    if isinstance(fmt, BlockFormat):
+        return fmt.element_code_bits <= 16 and fmt.scale_code_bits <= 16
+    return fmt.sub_block == 2 and fast_blocks.whole_bytes(fmt.subscale_code_bits, fmt.subscales_per_block)
