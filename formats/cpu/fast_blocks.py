@@ -188,6 +188,20 @@ def mx_encode_rows(x, elements, scales, g, fp, ip, bp, is_int, block):
         exponent, bad = block_power(x, r, bp)
         scales[r] = bp[SCALE_NAN] if bad else exponent - bp[SCALE_EMIN]
         inverse = np.float32(pow2(-exponent))
+        # rows of 4- and 8-bit codes are packed as they are computed: a codes buffer
+        # between the two loops costs a quarter of the time
+        if (bits == 4) & (block % 2 == 0):
+            row = elements[r * (block // 2):(r + 1) * (block // 2)]
+            for j in range(block // 2):
+                low = scaled_code(as_float32(x[r, 2 * j]) * inverse, fp, ip, is_int)
+                high = scaled_code(as_float32(x[r, 2 * j + 1]) * inverse, fp, ip, is_int)
+                row[j] = 0 if bad else low | (high << 4)
+            continue
+        if bits == 8:
+            row = elements[r * block:(r + 1) * block]
+            for j in range(block):
+                row[j] = 0 if bad else scaled_code(as_float32(x[r, j]) * inverse, fp, ip, is_int)
+            continue
         for j in range(block):
             codes[j] = 0 if bad else scaled_code(as_float32(x[r, j]) * inverse, fp, ip, is_int)
         pack_row(elements, r, codes, block, bits)
@@ -414,6 +428,13 @@ def amax_element(v, full_scale, q):
 
 
 @inline
+def amax_code(v, full_scale, q):
+    """The element code of one value of a block scaled by full_scale."""
+    magnitude, negative = amax_element(v, full_scale, q)
+    return finite_code(np.float32(magnitude), negative, q[0])
+
+
+@inline
 def amax_quantize_rows(x, out, g, q, block):
     bp = q[4]
     tops, values = np.empty(ROWS_PER_TASK, np.int32), np.empty(ROWS_PER_TASK, np.float64)
@@ -452,9 +473,8 @@ def amax_encode_rows(x, elements, scales, g, q, block):
     for r in range(first_row, end_row):
         scale, bad = values[r - first_row], tops[r - first_row] >= 0x7F800000
         scales[r] = bp[SCALE_NAN] if bad else finite_code(np.float32(scale), False, q[1])
-        for j in range(block):
-            magnitude, negative = amax_element(as_float32(x[r, j]), scale * bp[DIVISOR], q)
-            codes[j] = 0 if bad else finite_code(np.float32(magnitude), negative, q[0])
+        for j in range(block):  # (packing codes as they are computed, as mx_encode_rows does, is 4x slower here)
+            codes[j] = 0 if bad else amax_code(as_float32(x[r, j]), scale * bp[DIVISOR], q)
         pack_row(elements, r, codes, block, bp[ELEMENT_BITS])
 
 
