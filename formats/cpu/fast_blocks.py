@@ -379,11 +379,15 @@ def nearest64_params(fmt) -> tuple:
 def scaled_block_params(fmt, tensor_scale: float | None) -> tuple | None:
     """Parameters of the fast path for a BlockFormat whose scale has a
     mantissa (NVFP4): element and scale float formats that float_params
-    serves; else None."""
-    if fmt.scale.man_bits == 0 or not fmt.scale.signed:
+    serves, whose every product (element times scale) is a float32 number;
+    else None."""
+    element, scale = fmt.element, fmt.scale
+    if scale.man_bits == 0 or not scale.signed:
         return None
-    element_fp, scale_fp = float_params(fmt.element, "saturate", False), float_params(fmt.scale, "saturate", False)
-    if element_fp is None or scale_fp is None:
+    element_fp, scale_fp = float_params(element, "saturate", False), float_params(scale, "saturate", False)
+    if (element_fp is None or scale_fp is None or element.man_bits + scale.man_bits + 2 > 24
+            or element.max * scale.max > float(np.finfo(np.float32).max)
+            or element.min_subnormal * scale.min_subnormal < float(np.finfo(np.float32).tiny)):
         return None
     return (element_fp, scale_fp, nearest64_params(fmt.element), nearest64_params(fmt.scale),
             block_params(fmt, "amax", tensor_scale))
@@ -445,10 +449,11 @@ def amax_quantize_rows(x, out, g, q, block):
         for j in range(block):
             magnitude, negative = amax_element(as_float32(x[r, j]), scale * bp[DIVISOR], q)
             value = (-magnitude if negative else magnitude) * scale
+            narrow = np.float32(value)  # exact (scaled_block_params)
             if bp[HAS_TENSOR_SCALE]:
-                value = np.float64(np.float32(value) * np.float32(bp[DIVISOR]))
-            out[r, j], lost_here = block_output(value, bad, out)
-            lost |= lost_here
+                narrow = narrow * np.float32(bp[DIVISOR])
+            out[r, j], exact = to_output(np.float32(np.nan) if bad else narrow, out)
+            lost |= not exact
     return lost
 
 
