@@ -8,11 +8,14 @@ The blocks are the rows of a (blocks, block_size) view.
   :func:`.fast32.float_nearest`/:func:`.fast32.int_nearest`.
 - NVFP4 (E4M3 scales): amax / 6 and x / scale are formed in float64 as the
   reference forms them, and rounded to nearest even on the float64 bits.
-- Microexponents: exponents, shifts and steps per block, magnitudes rounded
-  by adding and subtracting 2**23.
+- Microexponents (sub-blocks of two): shared exponents per block, then
+  shifts, steps and magnitudes per pair, rounded by adding and subtracting
+  2**23.
+- Decoding: codes unpacked a row at a time, values from tables of every
+  element and scale code (blocks) or from the steps (microexponents).
 
 Each agrees with the reference bit for bit (tests/test_backends.py checks
-every rounding boundary).
+every rounding boundary and every code).
 """
 
 from __future__ import annotations
