@@ -288,7 +288,10 @@ def microexponent_pairs(x, out, shared, mp, in_float32):
         bad = e_max == NO_EXPONENT
         pair_top = max(np.int32(np.float32(a).view(np.int32) & MAGNITUDE32),
                        np.int32(np.float32(b).view(np.int32) & MAGNITUDE32))
-        step_exp = e_max - min(max(e_max - exponent_of_bits(pair_top), 0), (1 << micro) - 1) - man + 1
+        # in float32 lanes every block exponent is >= -126 + the largest shift, so a pair
+        # below 2**-126 (whose field reads -127) takes the largest shift either way
+        pair_exponent = (pair_top >> 23) - 127 if in_float32 else exponent_of_bits(pair_top)
+        step_exp = e_max - min(max(e_max - pair_exponent, 0), (1 << micro) - 1) - man + 1
         step_exp = np.int32(0 if bad else step_exp)
         out[2 * i], lost_a = microexponent_element(a, step_exp, largest, bad, out, in_float32)
         out[2 * i + 1], lost_b = microexponent_element(b, step_exp, largest, bad, out, in_float32)
