@@ -104,6 +104,24 @@ def test_nvfp4_matches_reference():
     assert_same_values(fmt.quantize(x), expected.astype(np.float32), "nvfp4")
 
 
+def test_nvfp4_quantize_again_may_change_the_block_scale():
+    # the block scale follows amax, which directed rounding lowers: [-1, 0, ...] under toward_zero
+    # gets scale rn(1/6) and element rz(-1/scale); its amax then gives a smaller scale
+    fmt = lowbit.get_format("nvfp4")
+    e4m3, e2m1 = Oracle(lowbit.get_format("fp8_e4m3")), Oracle(lowbit.get_format("fp4_e2m1"))
+
+    def by_hand(amax_value):
+        scale = float(e4m3.round(np.array([amax_value / 6.0]), "nearest_even", "saturate")[0])
+        return float(e2m1.round(np.array([-amax_value / scale]), "toward_zero", "saturate")[0]) * scale
+
+    x = np.zeros(16, dtype=np.float32)
+    x[15] = -1.0
+    once = fmt.quantize(x, rounding="toward_zero")
+    twice = fmt.quantize(once, rounding="toward_zero")
+    assert once[15] == by_hand(1.0) and twice[15] == by_hand(-float(once[15]))
+    assert twice[15] != once[15]
+
+
 def test_nvfp4_tensor_scale():
     fmt = BlockFormat(lowbit.get_format("fp4_e2m1"), 16, scale=lowbit.get_format("fp8_e4m3"), tensor_scale=True)
     x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32) * 1e5

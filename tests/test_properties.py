@@ -49,7 +49,10 @@ def test_assert_correctly_rounded_accepts_lowbit(data):
 
 @given(st.data())
 def test_quantize_is_idempotent(data):
-    fmt = data.draw(element_formats() | scaled_formats())
+    # formats whose block scales are powers of two; NVFP4's scale follows the block's amax
+    # to three mantissa bits, so quantizing again may change it (test_blocks.py shows a case)
+    fmt = data.draw(element_formats() | scaled_formats().filter(
+        lambda f: not (isinstance(f, BlockFormat) and f.scale.man_bits > 0)))
     rounding = data.draw(st.sampled_from(DETERMINISTIC))
     if isinstance(fmt, ElementFormat):
         x = np.array(data.draw(st.lists(rounding_boundaries(fmt), min_size=1, max_size=30)))
