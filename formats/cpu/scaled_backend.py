@@ -48,42 +48,40 @@ def _fast_rows(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, flush_s
     return numpy_data(t)[0].reshape(layout.nrows, fmt.block_size)
 
 
-def _fast_mx(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None,
-             flush_subnormals: bool):
-    """(the blocks as rows, fast_blocks.mx_params) when an MX call can take
-    the fast path, else None."""
-    rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals) if isinstance(fmt, BlockFormat) else None
-    params = None if rows is None else fast_blocks.mx_params(fmt, scale_rule)
-    return None if params is None else (rows, params)
+def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None,
+               flush_subnormals: bool, ts: float | None):
+    """(kernel family: "mx", "amax" or "microexponent", the blocks as rows,
+    the family's parameters) when a fast kernel serves the call, else None."""
+    rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals)
+    if rows is None:
+        return None
+    if isinstance(fmt, BlockFormat):
+        mx = fast_blocks.mx_params(fmt, scale_rule)
+        if mx is not None:
+            return "mx", rows, (*mx, isinstance(fmt.element, IntFormat))
+        amax = fast_blocks.scaled_block_params(fmt, ts)
+        return None if amax is None else ("amax", rows, amax)
+    return ("microexponent", rows, microexponent_params(fmt)) if fast_blocks.microexponent_fits(fmt) else None
 
 
 def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None, key: int | None,
              flush_subnormals: bool, ts: float | None) -> tuple[torch.Tensor, bool]:
     """x encoded and decoded, in its shape and dtype, and whether the dtype
     held every result exactly."""
-    fast = _fast_mx(fmt, t, layout, rounding, scale_rule, flush_subnormals)
+    out = new_tensor(tuple(t.shape), t.dtype)
+    fast = _fast_path(fmt, t, layout, rounding, scale_rule, flush_subnormals, ts)
     if fast is not None:
-        rows, (fp, ip, bp) = fast
-        out = new_tensor(tuple(t.shape), t.dtype)
+        family, rows, params = fast
+        values = numpy_data(out)[0].reshape(rows.shape)
         inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
-        fast_blocks.quantize_mx(rows, numpy_data(out)[0].reshape(rows.shape), fp, ip, bp, isinstance(fmt.element, IntFormat),
-                           inexact)
-        return out, not inexact.any()
-    rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals)
-    amax_params = fast_blocks.scaled_block_params(fmt, ts) if rows is not None and isinstance(fmt, BlockFormat) else None
-    if amax_params is not None:
-        out = new_tensor(tuple(t.shape), t.dtype)
-        inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
-        fast_blocks.quantize_amax_blocks(rows, numpy_data(out)[0].reshape(rows.shape), amax_params, inexact)
-        return out, not inexact.any()
-    if rows is not None and not isinstance(fmt, BlockFormat) and fast_blocks.microexponent_fits(fmt):
-        out = new_tensor(tuple(t.shape), t.dtype)
-        inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
-        fast_blocks.quantize_microexponent(rows.reshape(-1), numpy_data(out)[0].reshape(-1), microexponent_params(fmt),
-                                            inexact)
+        if family == "mx":
+            fast_blocks.quantize_mx(rows, values, *params, inexact)
+        elif family == "amax":
+            fast_blocks.quantize_amax_blocks(rows, values, params, inexact)
+        else:
+            fast_blocks.quantize_microexponent(rows.reshape(-1), values.reshape(-1), params, inexact)
         return out, not inexact.any()
     x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
-    out = new_tensor(tuple(t.shape), t.dtype)
     out_view = outer_axis_inner(numpy_data(out)[0], layout.axis, writeable=True)
     inexact = np.zeros(block_kernels.group_count(layout.nrows), dtype=np.bool_)
     if isinstance(fmt, BlockFormat):
@@ -96,47 +94,24 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rul
     return out, not inexact.any()
 
 
-def _fast_encoder(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None,
-                  flush_subnormals: bool, ts: float | None):
-    """A function (elements, scales, subscales) -> None running the fast
-    encode kernel that serves this call, or None."""
-    fast = _fast_mx(fmt, t, layout, rounding, scale_rule, flush_subnormals)
-    if fast is not None:
-        rows, (fp, ip, bp) = fast
-        is_int = isinstance(fmt.element, IntFormat)
-        return lambda elements, scales, _: fast_blocks.encode_mx(rows, elements, scales, fp, ip, bp, is_int)
-    rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals)
-    if rows is None:
-        return None
-    if isinstance(fmt, BlockFormat):
-        params = fast_blocks.scaled_block_params(fmt, ts)
-        return None if params is None else lambda elements, scales, _: fast_blocks.encode_amax_blocks(
-            rows, elements, scales, params)
-    if not fast_blocks.microexponent_fits(fmt):
-        return None
-    return lambda elements, scales, subscales: fast_blocks.encode_microexponent(
-        rows.reshape(-1), elements, scales, subscales, microexponent_params(fmt))
-
-
 def encode(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None, key: int | None,
            flush_subnormals: bool, ts: float | None):
     """(packed element codes, scale codes in the blocked shape, packed
     sub-block shifts or None) as CPU tensors."""
     nrows = layout.nrows
-    packed_bytes = -(-nrows * fmt.block_size * fmt.element_code_bits // 8)
-    fast = _fast_encoder(fmt, t, layout, rounding, scale_rule, flush_subnormals, ts)
-    if fast is not None and fast_blocks.whole_bytes(fmt.element_code_bits, fmt.block_size):
-        elements = new_tensor((packed_bytes,), torch.uint8)  # the kernel writes every byte
-    else:
-        elements = torch.zeros(packed_bytes, dtype=torch.uint8)  # the kernel ORs codes in
+    fast = _fast_path(fmt, t, layout, rounding, scale_rule, flush_subnormals, ts)
+    elements = _packed(fast is not None, nrows, fmt.block_size, fmt.element_code_bits)
+    subscales = _packed(fast is not None, nrows, fmt.subscales_per_block, fmt.subscale_code_bits)
     scales = new_tensor((nrows,), code_dtype(fmt.scale_code_bits))
-    subscale_bytes = -(-nrows * fmt.subscales_per_block * fmt.subscale_code_bits // 8)
-    if fast is not None and fast_blocks.whole_bytes(fmt.subscale_code_bits, fmt.subscales_per_block):
-        subscales = new_tensor((subscale_bytes,), torch.uint8)
-    else:
-        subscales = torch.zeros(subscale_bytes, dtype=torch.uint8)
     if fast is not None:
-        fast(elements.numpy(), scales.numpy(), subscales.numpy())
+        family, rows, params = fast
+        if family == "mx":
+            fast_blocks.encode_mx(rows, elements.numpy(), scales.numpy(), *params)
+        elif family == "amax":
+            fast_blocks.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), params)
+        else:
+            fast_blocks.encode_microexponent(rows.reshape(-1), elements.numpy(), scales.numpy(), subscales.numpy(),
+                                             params)
     elif isinstance(fmt, BlockFormat):
         x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
         block_kernels.encode_blocks(x, elements.numpy(), scales.numpy(), nblocks, element_descriptor(fmt.element),
@@ -147,6 +122,16 @@ def encode(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule:
         microexponent_kernels.encode_microexponent(x, elements.numpy(), scales.numpy(), subscales.numpy(), nblocks,
                                                    microexponent_params(fmt), mode, key64, half, tiny)
     return elements, scales.reshape(layout.blocked_shape[:-1]), subscales if fmt.subscales_per_block else None
+
+
+def _packed(fast: bool, nrows: int, per_row: int, bits: int) -> torch.Tensor:
+    """A buffer for nrows rows of per_row packed codes: uninitialised when a
+    fast kernel writes every byte of it (rows that fill whole bytes), else
+    zeroed for the kernels that OR codes in."""
+    nbytes = -(-nrows * per_row * bits // 8)
+    if fast and fast_blocks.whole_bytes(bits, per_row):
+        return new_tensor((nbytes,), torch.uint8)
+    return torch.zeros(nbytes, dtype=torch.uint8)
 
 
 def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
