@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -13,6 +13,16 @@ BACKENDS = ("reference", "cpu")
 #: The backend that backend=None picks for CPU data. The tests switch it to
 #: run every formats test on each backend.
 CPU_DEFAULT = "cpu"
+
+
+class Grid(NamedTuple):
+    """The grid each element of an input is rounded on, as float64 values of
+    the input's kind: ``ulp`` is the spacing of that grid where the element
+    lies, ``largest`` the largest magnitude the grid holds (anything beyond
+    it is clamped or overflows)."""
+
+    ulp: Any
+    largest: Any
 
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:

@@ -194,6 +194,13 @@ class BlockFormat(ScaledFormat):
         scale_codes = torch.where(bad_block, self.scale._nan_code(torch.zeros_like(bad_block)), scale_codes)
         return BlockCodes(element_codes, scale_codes, tensor_scale=tensor_scale)
 
+    def _grid_blocks(self, blocks: torch.Tensor, codes: BlockCodes) -> tuple[torch.Tensor, torch.Tensor]:
+        # a block whose scale rounded to zero is on the grid of the smallest scale
+        scale = self.scale._decode_exact(codes.scales)
+        scale = torch.where(scale == 0, self.scale.min_subnormal, scale) * (codes.tensor_scale or 1.0)
+        ulp, largest = self.element._grid_exact(blocks / scale[..., None])
+        return ulp * scale[..., None], largest * scale[..., None]
+
     def _decode_blocks(self, codes: BlockCodes) -> torch.Tensor:
         values = self.element._decode_exact(codes.elements) * self.scale._decode_exact(codes.scales)[..., None]
         if codes.tensor_scale is None:

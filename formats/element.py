@@ -12,7 +12,7 @@ import torch
 
 from .arrays import as_codes, code_dtype, float_dtype, integer_input
 from . import base
-from .base import chunk_slices, exact, prepare_input, resolve_backend
+from .base import Grid, chunk_slices, exact, prepare_input, resolve_backend
 from .rounding import Rounder, check_overflow, stochastic_key
 
 
@@ -40,6 +40,10 @@ class ElementFormat:
         raise NotImplementedError
 
     def _decode_exact(self, codes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _grid_exact(self, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ulp and the largest magnitude of the grid at each exact float64 value."""
         raise NotImplementedError
 
     @property
@@ -107,6 +111,23 @@ class ElementFormat:
                 raise self._unrepresentable(float(x64[invalid][0]))
             out[part] = codes.to(out.dtype)
         return kind.give_back(out.reshape(t.shape))
+
+    def grid(self, x: Any, *, flush_subnormals: bool = False) -> Grid:
+        """The format's grid where each element of ``x`` lies: its ulp (the
+        spacing of neighbouring values in x's binade: the subnormal spacing
+        below the normal range, the gap from zero to the smallest value below
+        that value in formats without subnormals, the top binade's spacing
+        beyond the largest value) and the largest magnitude on x's side of
+        zero; NaN for NaN. float64, in x's
+        kind; for error analysis (errors in ulps, overflow), not rounding."""
+        t, kind, _ = prepare_input(x, "reference")
+        ulp = torch.empty(t.numel(), dtype=torch.float64, device=t.device)
+        largest = torch.empty_like(ulp)
+        flat = t.reshape(-1)
+        for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
+            x64 = exact(flat[part], flush_subnormals)
+            ulp[part], largest[part] = (torch.where(torch.isnan(x64), torch.nan, g) for g in self._grid_exact(x64))
+        return Grid(kind.give_back(ulp.reshape(t.shape)), kind.give_back(largest.reshape(t.shape)))
 
     def _unrepresentable(self, value: float) -> ValueError:
         if math.isnan(value):

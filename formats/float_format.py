@@ -214,6 +214,15 @@ class FloatFormat(ElementFormat):
         hi = torch.where(below, smallest, hi)
         return code, lo, hi
 
+    def _grid_exact(self, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.where(torch.isfinite(x64), x64.abs(), self.max)
+        _, ex = torch.frexp(a)
+        binade = torch.where(a == 0, self.emin, ex.to(torch.int64) - 1).clamp(self.emin, self.emax)
+        ulp = pow2(binade - self.man_bits)
+        if not self.subnormals:  # below the smallest positive value the neighbours are 0 and it
+            ulp = torch.where(a < self.min_subnormal, self.min_subnormal, ulp)
+        return ulp, torch.full_like(a, self.max)
+
     def _encode_exact(self, x64: torch.Tensor, rounder: Rounder, overflow: str):
         negative = rounder.negative
         nan_in, inf_in = torch.isnan(x64), torch.isinf(x64)

@@ -98,6 +98,10 @@ class IntFormat(ElementFormat):
         values = super().values()
         return values[values >= self.min]
 
+    def _grid_exact(self, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        largest = torch.where(x64 < 0, torch.full_like(x64, -self.min), torch.full_like(x64, self.max))
+        return torch.full_like(x64, self.min_subnormal), largest
+
     def _encode_exact(self, x64: torch.Tensor, rounder: Rounder, overflow: str):
         nan_in = torch.isnan(x64)
         # magnitudes far below one step all round alike; keeping them >= 2**-900

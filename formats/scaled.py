@@ -12,7 +12,7 @@ import torch
 
 from .arrays import code_dtype, float_dtype
 from . import base
-from .base import check_axis, chunk_slices, exact, prepare_input, resolve_backend
+from .base import Grid, check_axis, chunk_slices, exact, prepare_input, resolve_backend
 from .blocking import BlockLayout
 from .encoded import Encoded
 from .packing import pack, unpack
@@ -49,6 +49,11 @@ class ScaledFormat:
     def _decode_blocks(self, codes: BlockCodes) -> torch.Tensor:
         raise NotImplementedError
 
+    def _grid_blocks(self, blocks: torch.Tensor, codes: BlockCodes) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ulp and the largest magnitude of each element's grid, given
+        the float64 blocks and their codes."""
+        raise NotImplementedError
+
     def _tensor_scale(self, t: torch.Tensor, flush_subnormals: bool) -> float | None:
         """A per-tensor scale computed over the whole input first (NVFP4); None here."""
         return None
@@ -76,12 +81,12 @@ class ScaledFormat:
         return t, kind, layout, rule, stochastic_key(rounding, seed, generator), backend
 
     def _encoded_chunks(self, t, layout, rounding, rule, key, tensor_scale, flush_subnormals):
-        """Chunks of whole blocks of t: (row slice, BlockCodes of those blocks)."""
+        """Chunks of whole blocks of t: (row slice, the float64 blocks, their BlockCodes)."""
         rows = layout.to_blocks(t).reshape(-1, self.block_size)
         for part in chunk_slices(rows.shape[0], self._rows_per_chunk()):
             blocks = exact(rows[part], flush_subnormals)
             rounder = Rounder(rounding, torch.signbit(blocks), key, part.start * self.block_size)
-            yield part, self._encode_blocks(blocks, rounder, rule, tensor_scale)
+            yield part, blocks, self._encode_blocks(blocks, rounder, rule, tensor_scale)
 
     def _tensor_scale_of_input(self, t: torch.Tensor, layout: BlockLayout, flush_subnormals: bool, backend: str):
         if backend == "cpu":
@@ -104,7 +109,7 @@ class ScaledFormat:
                 raise kind.inexact_error()
             return kind.give_back(out)
         out = torch.empty((layout.nrows, self.block_size), dtype=t.dtype, device=t.device)
-        for part, codes in self._encoded_chunks(t, layout, rounding, rule, key, tensor_scale, flush_subnormals):
+        for part, _, codes in self._encoded_chunks(t, layout, rounding, rule, key, tensor_scale, flush_subnormals):
             out[part] = kind.exact_cast(self._decode_blocks(codes))
         return kind.give_back(layout.from_blocks(out))
 
@@ -132,9 +137,26 @@ class ScaledFormat:
             kind="torch" if kind.kind == "torch" else "numpy",
         )
 
+    def grid(self, x: Any, *, axis: int = -1, scale_rule: str | None = None,
+             flush_subnormals: bool = False) -> Grid:
+        """The grid each element of ``x`` is rounded on once its block's
+        scales are set (they do not depend on the rounding mode): its ulp
+        (the spacing of the element's grid where it lies, times the block's
+        scales) and the largest magnitude its block can hold. NaN in blocks
+        holding NaN or Inf. float64, in x's kind and shape; for error
+        analysis (errors in ulps, clamping), not rounding."""
+        t, kind, layout, rule, key, _ = self._prepare(x, axis, "nearest_even", scale_rule, None, None, "reference")
+        tensor_scale = self._tensor_scale(t, flush_subnormals)
+        ulp = torch.empty((layout.nrows, self.block_size), dtype=torch.float64, device=t.device)
+        largest = torch.empty_like(ulp)
+        for part, blocks, codes in self._encoded_chunks(t, layout, "nearest_even", rule, key, tensor_scale,
+                                                        flush_subnormals):
+            ulp[part], largest[part] = self._grid_blocks(blocks, codes)
+        return Grid(kind.give_back(layout.from_blocks(ulp)), kind.give_back(layout.from_blocks(largest)))
+
     def _encode_reference(self, t, layout, rounding, rule, key, tensor_scale, flush_subnormals):
         elements, scales, subscales = [], [], []
-        for _, codes in self._encoded_chunks(t, layout, rounding, rule, key, tensor_scale, flush_subnormals):
+        for _, _, codes in self._encoded_chunks(t, layout, rounding, rule, key, tensor_scale, flush_subnormals):
             elements.append(pack(codes.elements, self.element_code_bits))
             scales.append(codes.scales.to(code_dtype(self.scale_code_bits)))
             if codes.subscales is not None:
