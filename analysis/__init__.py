@@ -1,2 +1,25 @@
-"""lowbit.analysis: error metrics, sweeps, plots and reports. Not built yet:
-see the project's open issues."""
+"""lowbit.analysis: how much error a format costs on your data.
+
+- :mod:`~lowbit.analysis.metrics`: :func:`error_stats` and :class:`ErrorStats`
+  (MSE, SQNR, absolute/relative/ulp errors, bias, overflow and underflow).
+- :mod:`~lowbit.analysis.data`: seeded distributions (:func:`generate`).
+- :mod:`~lowbit.analysis.models`: a model's weights and recorded activations.
+- :mod:`~lowbit.analysis.settings`: :class:`Setting`, a format with its
+  rounding, scale rule and per-tensor scaling.
+- :mod:`~lowbit.analysis.sweep`: settings x data into a table of records,
+  CSV and Markdown.
+- :mod:`~lowbit.analysis.plots` and :mod:`~lowbit.analysis.report`
+  (``write_report``, the ``lowbit report`` command) load matplotlib, so they
+  are imported on their own: ``from lowbit.analysis import plots``.
+"""
+
+from .data import DISTRIBUTIONS, generate
+from .metrics import METRICS, ErrorStats, error_stats
+from .models import model_weights, recording
+from .settings import Setting
+from .sweep import markdown_table, pivot, settings_grid, sweep, write_csv
+
+__all__ = [
+    "DISTRIBUTIONS", "METRICS", "ErrorStats", "Setting", "error_stats", "generate", "markdown_table",
+    "model_weights", "pivot", "recording", "settings_grid", "sweep", "write_csv",
+]

@@ -1,5 +1,6 @@
-"""The ``lowbit`` command: look formats up and encode values by hand.
+"""The ``lowbit`` command: error reports, and formats looked up and encoded by hand.
 
+    lowbit report [--out DIR …]  error analysis of formats on built-in data (or a model): report.md + PNGs
     lowbit info [FORMAT ...]     properties of formats (no FORMAT: the whole catalogue)
     lowbit values FORMAT         every value of an element format with its code
     lowbit encode FORMAT VALUE…  codes and bit fields of values
@@ -81,9 +82,41 @@ def cmd_bench(args: argparse.Namespace) -> None:
     bench.run(args.sizes, args.formats, args.repeat, args.reference_max, not args.no_cold_start)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from lowbit.analysis import report
+
+    if args.size < 1:
+        raise ValueError(f"--size must be a positive number of elements, got {args.size}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative int, got {args.seed}")
+    rules = [None if rule == "default" else rule for rule in args.scale_rule]
+    path = report.write_report(args.out, formats=args.formats, data=args.data, size=args.size, seed=args.seed,
+                               roundings=args.rounding, scale_rules=rules, model=args.model,
+                               progress=not args.quiet)
+    print(f"wrote {path} (tables; figures and CSV beside it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowbit", description="Exact emulation of low-precision number formats.")
     sub = parser.add_subparsers(dest="command", required=True)
+    from lowbit.analysis import data as analysis_data, defaults
+
+    rep = sub.add_parser("report", help="error analysis of formats on built-in data or a model: report.md, CSV, PNGs")
+    rep.add_argument("--formats", nargs="+", default=list(defaults.DEFAULT_FORMATS), metavar="FORMAT",
+                     help="formats to compare (default: %(default)s)")
+    rep.add_argument("--data", nargs="+", default=list(defaults.DEFAULT_DATA), metavar="NAME",
+                     help=f"built-in distributions, of {', '.join(analysis_data.DISTRIBUTIONS)} (default: all)")
+    rep.add_argument("--out", default="lowbit-report", metavar="DIR", help="output folder (default: %(default)s)")
+    rep.add_argument("--size", type=int, default=defaults.DEFAULT_SIZE, help="elements per data set (default: %(default)s)")
+    rep.add_argument("--seed", type=int, default=0, help="seed of the data (default: %(default)s)")
+    rep.add_argument("--rounding", nargs="+", default=["nearest_even"], metavar="MODE",
+                     help="rounding modes to sweep (default: nearest_even)")
+    rep.add_argument("--scale-rule", nargs="+", default=["default"], metavar="RULE",
+                     help="MX scale rules to sweep: floor, ceil, rceil, even, or default (each format's own)")
+    rep.add_argument("--model", default=None, metavar="MODEL",
+                     help="also analyse a model layer by layer: 'minilm' (needs lowbit[examples]) or a saved state_dict")
+    rep.add_argument("--quiet", action="store_true", help="no progress lines")
+    rep.set_defaults(run=cmd_report)
     info = sub.add_parser("info", help="properties of formats; the whole catalogue without arguments")
     info.add_argument("formats", nargs="*", metavar="FORMAT")
     info.set_defaults(run=cmd_info)

@@ -1,0 +1,137 @@
+"""Plots, the report and the `lowbit report` command."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+
+from lowbit.analysis import generate, sweep
+from lowbit.analysis import plots
+from lowbit.analysis.report import write_report
+from lowbit.cli import main
+
+
+def assert_readable_png(path):
+    """A PNG that is not blank: some pixels differ from the background."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = imread(path)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 200
+    assert np.mean(np.any(pixels[..., :3] != pixels[0, 0, :3], axis=-1)) > 0.01
+
+
+def assert_labelled(fig):
+    """Every visible axes (colour bars aside) has a title and labelled axes."""
+    for ax in fig.axes:
+        if ax.get_visible() and ax.get_label() != "<colorbar>":
+            assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+
+
+@pytest.fixture(scope="module")
+def records():
+    data = {name: generate(name, 4096) for name in ("normal", "llm_activations")}
+    return sweep(data, ["fp8_e4m3", "int4", "mxfp4", "nvfp4", "mx6"])
+
+
+def test_each_plot_is_labelled_and_drawn(tmp_path, records):
+    figures = {
+        "number_line": plots.number_line(["fp8_e4m3", "fp4_e2m1", "int4"]),
+        "relative_error": plots.relative_error(["fp8_e4m3", "fp6_e2m3", "int8"]),
+        "block_relative_error": plots.relative_error(["mxfp4", "mx6", "nvfp4"]),
+        "sqnr_vs_bits": plots.sqnr_vs_bits(records),
+        "histogram": plots.histogram_vs_grid({"normal": generate("normal", 4096)}, "mxfp4"),
+        "layers": plots.layer_sensitivity(records, "SQNR per data set"),
+    }
+    for name, fig in figures.items():
+        assert_labelled(fig)
+        plots.save(fig, tmp_path / f"{name}.png")
+        assert_readable_png(tmp_path / f"{name}.png")
+
+
+def test_relative_error_curve_is_the_sawtooth():
+    """fp8_e4m3 (3 mantissa bits): the worst error of round to nearest runs
+    from 2**-4 just above a power of two down to 2**-5 just below the next."""
+    fig = plots.relative_error(["fp8_e4m3"], low=1.0, high=2.0 - 2 ** -10, points=1025)
+    x, worst = fig.axes[0].lines[0].get_data()
+    assert worst[0] == 2.0 ** -4 and worst[-1] == pytest.approx(2.0 ** -4 / (2 - 2 ** -10))
+    assert np.all(np.diff(worst) <= 0)
+
+
+def test_pareto_front():
+    points = [(4, 10.0), (4.25, 9.0), (4.5, 12.0), (6, 11.0), (8, 20.0), (8, 19.0)]
+    assert plots.pareto_front(points) == [(4, 10.0), (4.5, 12.0), (8, 20.0)]
+
+
+def test_plot_arguments_are_checked(records):
+    with pytest.raises(ValueError, match="element formats of at most 16 bits; mxfp4"):
+        plots.number_line(["mxfp4"])
+    with pytest.raises(ValueError, match="not both"):
+        plots.relative_error(["mxfp4", "int8"])
+    with pytest.raises(ValueError, match="low < high"):
+        plots.relative_error(["int8"], low=4.0, high=2.0)
+    for empty in (plots.sqnr_vs_bits, plots.layer_sensitivity):
+        with pytest.raises(ValueError, match="no records"):
+            empty([])
+
+
+def small_report(out, **options):
+    return write_report(out, formats=["fp8_e4m3", "int4", "mxfp4", "mx6"], data=["normal", "lognormal"],
+                        size=4096, **options)
+
+
+def test_report_writes_tables_and_pictures(tmp_path):
+    path = small_report(tmp_path)
+    text = path.read_text()
+    assert text.startswith("# lowbit error report")
+    assert "lowbit report --formats fp8_e4m3 int4 mxfp4 mx6 --data normal lognormal --size 4096" in text
+    for png in ("sqnr_vs_bits", "number_line", "relative_error", "block_relative_error", "histograms"):
+        assert f"![{png}]({png}.png)" in text
+        assert_readable_png(tmp_path / f"{png}.png")
+    assert "| int4 absmax-scaled | 4.0 |" in text and "## Definitions" in text
+    assert (tmp_path / "results.csv").read_text().count("\n") == 1 + 4 * 2
+
+
+def test_report_is_reproducible_from_its_seed(tmp_path):
+    def digest(folder):
+        return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("report.md", "results.csv")}
+
+    first, again, other = (small_report(tmp_path / d, seed=s).parent for d, s in (("a", 1), ("b", 1), ("c", 2)))
+    assert digest(first) == digest(again)
+    assert digest(first)["results.csv"] != digest(other)["results.csv"]
+
+
+def test_report_on_a_saved_model(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 64))
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    path = write_report(tmp_path / "out", formats=["int8", "mxfp4"], data=["normal"], size=1024,
+                        model=tmp_path / "model.pt")
+    text = path.read_text()
+    assert "### Weights: 2 tensors, 16384 values" in text and f"--model {tmp_path / 'model.pt'}" in text
+    assert_readable_png(tmp_path / "out" / "layer_sensitivity_weights.png")
+    assert (tmp_path / "out" / "model_weights.csv").read_text().count("\n") == 1 + 2 * 2
+
+
+def test_report_command(tmp_path, capsys):
+    assert main(["report", "--out", str(tmp_path), "--formats", "mxfp4", "nvfp4", "--data", "uniform",
+                 "--size", "2048", "--scale-rule", "floor", "rceil"]) == 0
+    captured = capsys.readouterr()
+    assert f"wrote {tmp_path / 'report.md'}" in captured.out
+    assert "[3/3] nvfp4 on uniform" in captured.err  # rules apply to MX: mxfp4 twice, nvfp4 once
+    assert "--scale-rule floor rceil" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "gaussian"], "unknown distribution 'gaussian'"),
+    (["--formats", "mxfp44"], "unknown format 'mxfp44'"),
+    (["--size", "0"], "--size must be a positive number"),
+    (["--seed", "-2"], "--seed must be a non-negative int"),
+    (["--rounding", "nearest"], "rounding must be one of"),
+    (["--scale-rule", "round"], "scale_rule for e8m0 scales must be one of"),
+    (["--model", "missing.pt"], "model file 'missing.pt' does not exist"),
+])
+def test_report_command_errors(tmp_path, capsys, argv, message):
+    assert main(["report", "--out", str(tmp_path / "out"), "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "report.md").exists()
