@@ -23,7 +23,7 @@ from .rounding import Rounder, stochastic_key
 class BlockCodes:
     """Unpacked codes of a blocked tensor, as int64 tensors."""
 
-    elements: torch.Tensor  # (rows, block)
+    elements: torch.Tensor | None  # (rows, block); None where only the scales are needed
     scales: torch.Tensor  # (rows,)
     subscales: torch.Tensor | None = None  # (rows, block // sub_block)
     tensor_scale: float | None = None
@@ -138,21 +138,40 @@ class ScaledFormat:
         )
 
     def grid(self, x: Any, *, axis: int = -1, scale_rule: str | None = None,
-             flush_subnormals: bool = False) -> Grid:
+             flush_subnormals: bool = False, backend: str | None = None) -> Grid:
         """The grid each element of ``x`` is rounded on once its block's
         scales are set (they do not depend on the rounding mode): its ulp
         (the spacing of the element's grid where it lies, times the block's
         scales) and the largest magnitude its block can hold. NaN in blocks
         holding NaN or Inf. float64, in x's kind and shape; for error
-        analysis (errors in ulps, clamping), not rounding."""
-        t, kind, layout, rule, key, _ = self._prepare(x, axis, "nearest_even", scale_rule, None, None, "reference")
-        tensor_scale = self._tensor_scale(t, flush_subnormals)
+        analysis (errors in ulps, clamping), not rounding. ``backend``
+        computes the scales, as in :meth:`encode`."""
+        t, kind, layout, _, _, _ = self._prepare(x, axis, "nearest_even", scale_rule, None, None, backend)
+        encoded = self.encode(t, axis=axis, scale_rule=scale_rule, flush_subnormals=flush_subnormals,
+                              backend=backend)
+        scales = encoded.scales.reshape(-1)
+        rows = layout.to_blocks(t).reshape(-1, self.block_size)
         ulp = torch.empty((layout.nrows, self.block_size), dtype=torch.float64, device=t.device)
         largest = torch.empty_like(ulp)
-        for part, blocks, codes in self._encoded_chunks(t, layout, "nearest_even", rule, key, tensor_scale,
-                                                        flush_subnormals):
-            ulp[part], largest[part] = self._grid_blocks(blocks, codes)
+        for part in chunk_slices(layout.nrows, self._rows_per_chunk()):
+            codes = self._chunk_codes(part, None, scales, encoded.subscales, encoded.tensor_scale)
+            ulp[part], largest[part] = self._grid_blocks(exact(rows[part], flush_subnormals), codes)
         return Grid(kind.give_back(layout.from_blocks(ulp)), kind.give_back(layout.from_blocks(largest)))
+
+    def _chunk_codes(self, part: slice, packed_elements: torch.Tensor | None, scales: torch.Tensor,
+                     packed_subscales: torch.Tensor | None, tensor_scale: float | None) -> BlockCodes:
+        """The unpacked codes of a chunk of whole blocks (element codes only
+        when ``packed_elements`` is given)."""
+        n = part.stop - part.start
+        elements = subscales = None
+        if packed_elements is not None:
+            elements = unpack(_bytes(packed_elements, part, self.block_size * self.element_code_bits),
+                              self.element_code_bits, n * self.block_size).to(torch.int64).reshape(n, self.block_size)
+        if packed_subscales is not None:
+            per_block = self.subscales_per_block
+            subscales = unpack(_bytes(packed_subscales, part, per_block * self.subscale_code_bits),
+                               self.subscale_code_bits, n * per_block).to(torch.int64).reshape(n, per_block)
+        return BlockCodes(elements, scales[part].to(torch.int64), subscales, tensor_scale)
 
     def _encode_reference(self, t, layout, rounding, rule, key, tensor_scale, flush_subnormals):
         elements, scales, subscales = [], [], []
@@ -187,17 +206,9 @@ class ScaledFormat:
         return values.cpu().numpy() if encoded.kind == "numpy" else values
 
     def _decode_reference(self, layout, packed_elements, scales, packed_subscales, tensor_scale, dtype):
-        subs_per_block = self.subscales_per_block
         out = torch.empty((layout.nrows, self.block_size), dtype=dtype, device=packed_elements.device)
         for part in chunk_slices(layout.nrows, self._rows_per_chunk()):
-            n = part.stop - part.start
-            elements = unpack(_bytes(packed_elements, part, self.block_size * self.element_code_bits),
-                              self.element_code_bits, n * self.block_size).to(torch.int64).reshape(n, self.block_size)
-            subscales = None
-            if packed_subscales is not None:
-                subscales = unpack(_bytes(packed_subscales, part, subs_per_block * self.subscale_code_bits),
-                                   self.subscale_code_bits, n * subs_per_block).to(torch.int64).reshape(n, subs_per_block)
-            codes = BlockCodes(elements, scales[part].to(torch.int64), subscales, tensor_scale)
+            codes = self._chunk_codes(part, packed_elements, scales, packed_subscales, tensor_scale)
             out[part] = self._decode_blocks(codes).to(out.dtype)
         return layout.from_blocks(out)
 
