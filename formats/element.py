@@ -118,8 +118,8 @@ class ElementFormat:
         below the normal range, the gap from zero to the smallest value below
         that value in formats without subnormals, the top binade's spacing
         beyond the largest value) and the largest magnitude on x's side of
-        zero; NaN for NaN. float64, in x's
-        kind; for error analysis (errors in ulps, overflow), not rounding."""
+        zero; NaN for NaN. float64, in x's kind; for error analysis (errors
+        in ulps, overflow), not rounding."""
         t, kind, _ = prepare_input(x, "reference")
         ulp = torch.empty(t.numel(), dtype=torch.float64, device=t.device)
         largest = torch.empty_like(ulp)

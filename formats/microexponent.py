@@ -128,18 +128,22 @@ class MicroexponentFormat(ScaledFormat):
         return BlockCodes(elements, scales, shift if self.micro_bits else None)
 
     def _steps(self, codes: BlockCodes) -> torch.Tensor:
-        """Each element's step 2**(e_max - shift - m + 1); NaN in NaN blocks."""
+        """Each element's step 2**(e_max - shift - m + 1) (NaN blocks aside)."""
         e_max = codes.scales - self._exp_bias
         shift = codes.subscales if codes.subscales is not None else torch.zeros((*e_max.shape, self.block_size // self.sub_block), dtype=torch.int64, device=e_max.device)
-        step = pow2((e_max[..., None] - shift - self.man_bits + 1).repeat_interleave(self.sub_block, dim=-1))
-        return torch.where((codes.scales == (1 << self.exp_bits) - 1)[..., None], torch.nan, step)
+        return pow2((e_max[..., None] - shift - self.man_bits + 1).repeat_interleave(self.sub_block, dim=-1))
+
+    def _nan_blocks(self, codes: BlockCodes) -> torch.Tensor:
+        """Where a block's exponent is the NaN code, broadcast over its elements."""
+        return (codes.scales == (1 << self.exp_bits) - 1)[..., None]
 
     def _grid_blocks(self, blocks: torch.Tensor, codes: BlockCodes) -> tuple[torch.Tensor, torch.Tensor]:
-        step = self._steps(codes)
+        step = torch.where(self._nan_blocks(codes), torch.nan, self._steps(codes))
         return step, step * ((1 << self.man_bits) - 1)
 
     def _decode_blocks(self, codes: BlockCodes) -> torch.Tensor:
         magnitude = (codes.elements & ((1 << self.man_bits) - 1)).to(torch.float64)
         negative = (codes.elements >> self.man_bits).bool()
         values = magnitude * self._steps(codes)
-        return torch.where(negative, -values, values)
+        values = torch.where(negative, -values, values)
+        return torch.where(self._nan_blocks(codes), torch.nan, values)
