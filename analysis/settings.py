@@ -113,17 +113,16 @@ def absmax_scale(x: np.ndarray, fmt_max: float) -> float:
 
 
 def as_array(x: Any) -> np.ndarray:
-    """A float array or tensor as a numpy array (CPU, no copy where possible;
-    bfloat16 tensors become float32, which holds them exactly)."""
+    """A float array or tensor as a numpy array on the CPU: float32 and
+    float64 as they are (no copy where possible), float16 and bfloat16 as
+    float32, which holds them exactly, so that results wider than the
+    input's dtype (bf16's 65536 from float16's 65504) can be measured."""
     if hasattr(x, "detach"):
         t = x.detach().cpu()
-        if t.dtype.is_floating_point and t.dtype not in _NUMPY_FLOATS:
+        if t.dtype.is_floating_point and t.dtype not in (torch.float32, torch.float64):
             t = t.float()
         x = t.numpy()
     array = np.asarray(x)
     if array.dtype.kind != "f":
         raise TypeError(f"data must be floating point, got dtype {array.dtype}")
-    return array
-
-
-_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+    return array.astype(np.float32) if array.dtype == np.float16 else array

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import lowbit
 from lowbit.analysis import Setting, markdown_table, pivot, settings_grid, sweep, write_csv
@@ -36,6 +37,15 @@ def test_unscaled_settings_match_quantize():
                                                             rounding="toward_zero"))
     stochastic = Setting("int4", rounding="stochastic", seed=5)
     np.testing.assert_array_equal(stochastic.apply(x).values, stochastic.apply(x).values)
+
+
+def test_half_precision_data_is_measured_in_float32():
+    """bf16 rounds float16's largest value, 65504, up to 65536, which float16
+    cannot hold: the analysis works on an exact float32 copy."""
+    x = np.array([65504.0, 1.0], dtype=np.float16)
+    q = Setting("bf16").apply(x)
+    assert q.values.tolist() == [65536.0, 1.0]
+    assert Setting("mxfp4").apply(torch.tensor([1.0, 3.0], dtype=torch.bfloat16)).values.tolist() == [1.0, 3.0]
 
 
 def test_labels_and_bits():
