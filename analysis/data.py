@@ -1,5 +1,8 @@
 """Seeded synthetic data: the distributions formats are compared on.
 
+:func:`load` reads a tensor of your own (``.npy``, ``.pt``), and
+:func:`dataset` takes either.
+
 Every generator returns float32 (the dtype real tensors arrive in) drawn
 from numpy's PCG64. A distribution's stream depends only on the seed and its
 own name, so asking for more or fewer distributions never changes the data
@@ -23,6 +26,8 @@ every machine.
 
 from __future__ import annotations
 
+import os
+import pathlib
 import zlib
 from collections.abc import Callable
 
@@ -83,3 +88,40 @@ def generate(name: str, size: int = 1 << 16, seed: int = 0) -> np.ndarray:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
     return DISTRIBUTIONS[name](rng, int(size)).astype(np.float32)
+
+
+def load(path: str | os.PathLike) -> np.ndarray:
+    """A tensor saved by the user: ``.npy`` (numpy, no pickles) or ``.pt`` /
+    ``.pth`` (one tensor saved with ``torch.save``, loaded with
+    ``weights_only=True``), as a float array (float16 and bfloat16 as float32)."""
+    import torch
+
+    from .settings import as_array
+
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ValueError(f"data file {os.fspath(path)!r} does not exist")
+    if file.suffix not in (".npy", ".pt", ".pth"):
+        raise ValueError(f"data files are .npy, .pt or .pth; got {file.name!r}")
+    try:
+        if file.suffix == ".npy":
+            data = np.load(file, allow_pickle=False)
+        else:
+            data = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # numpy and torch raise many kinds for files they cannot read
+        raise ValueError(f"cannot read a tensor from {os.fspath(path)!r}: {error}") from error
+    if not isinstance(data, np.ndarray | torch.Tensor):
+        raise ValueError(f"{os.fspath(path)!r} holds a {type(data).__name__}, not one tensor "
+                         "(a state_dict? pass it as the model)")
+    try:
+        return as_array(data)
+    except TypeError as error:
+        raise ValueError(f"{os.fspath(path)!r}: {error}") from error
+
+
+def dataset(name: str, size: int, seed: int) -> np.ndarray:
+    """A built-in distribution by name, or the tensor in a file (a name
+    ending in .npy, .pt or .pth)."""
+    if name.endswith((".npy", ".pt", ".pth")):
+        return load(name)
+    return generate(name, size, seed)

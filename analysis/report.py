@@ -19,7 +19,7 @@ import lowbit
 from lowbit.formats import ElementFormat, ScaledFormat, get_format
 
 from . import plots
-from .data import generate
+from .data import DISTRIBUTIONS, dataset
 from .defaults import DEFAULT_DATA, DEFAULT_FORMATS, DEFAULT_SIZE
 from .metrics import METRICS
 from .models import minilm_tensors, model_weights
@@ -50,7 +50,8 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
 
     ``formats``: names or format objects. ``data``: names of built-in
     distributions (:data:`lowbit.analysis.data.DISTRIBUTIONS`), ``size``
-    elements each, drawn from ``seed``. ``roundings`` and ``scale_rules``
+    elements each, drawn from ``seed``, or paths of tensors saved as
+    ``.npy`` or ``.pt`` (blocked along their last axis). ``roundings`` and ``scale_rules``
     (MX formats) multiply the settings. ``model``: None, ``"minilm"`` (its
     Linear weights and the activations it records on built-in sentences),
     or an ``nn.Module``, a state_dict, or a path to a saved state_dict (its
@@ -61,7 +62,7 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
         raise ValueError("formats is empty: give at least one format")
     if not data:
         raise ValueError("data is empty: give at least one distribution")
-    datasets = {name: generate(name, size, seed) for name in data}
+    datasets = {os.fspath(name): dataset(os.fspath(name), size, seed) for name in data}
     settings = settings_grid(fmts, roundings, scale_rules)
     model_data = _model_tensors(model) if model is not None else None
 
@@ -71,8 +72,7 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
     write_csv(records, out / "results.csv")
 
     md = [f"# lowbit error report\n\nlowbit {lowbit.__version__}. Reproduce with `{_command(fmts, data, size, seed, roundings, scale_rules, model)}`.\n",
-          f"Data: {', '.join(data)} ({size} float32 samples each, seed {seed}; see `lowbit.analysis.data`). "
-          f"Settings: {len(settings)} ({', '.join(s.label for s in settings)}). "
+          f"Data: {_describe(datasets, size, seed)}. Settings: {len(settings)} ({', '.join(s.label for s in settings)}). "
           "Every metric of every run is in [results.csv](results.csv).\n"]
     by_bits = sorted(range(len(settings)), key=lambda i: (settings[i].bits, i))
     sqnr = pivot(records, "sqnr_db")
@@ -89,6 +89,13 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
+
+
+def _describe(datasets: Mapping[str, np.ndarray], size: int, seed: int) -> str:
+    builtin = [name for name in datasets if name in DISTRIBUTIONS]
+    parts = [f"{', '.join(builtin)} ({size} float32 samples each, seed {seed}; see `lowbit.analysis.data`)"] if builtin else []
+    parts += [f"{name} (a tensor of shape {tuple(x.shape)})" for name, x in datasets.items() if name not in DISTRIBUTIONS]
+    return "; ".join(parts)
 
 
 def _figure(fig: Any, out: pathlib.Path, name: str) -> str:

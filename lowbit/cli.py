@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--formats", nargs="+", default=list(defaults.DEFAULT_FORMATS), metavar="FORMAT",
                      help="formats to compare (default: %(default)s)")
     rep.add_argument("--data", nargs="+", default=list(defaults.DEFAULT_DATA), metavar="NAME",
-                     help=f"built-in distributions, of {', '.join(analysis_data.DISTRIBUTIONS)} (default: all)")
+                     help=f"built-in distributions ({', '.join(analysis_data.DISTRIBUTIONS)}; default: all) "
+                          "or tensors saved as .npy or .pt files")
     rep.add_argument("--out", default="lowbit-report", metavar="DIR", help="output folder (default: %(default)s)")
     rep.add_argument("--size", type=int, default=defaults.DEFAULT_SIZE, help="elements per data set (default: %(default)s)")
     rep.add_argument("--seed", type=int, default=0, help="seed of the data (default: %(default)s)")

@@ -118,3 +118,23 @@ def test_minilm_weights_and_activations():
     assert len(weights) == len(activations) == 37  # 6 layers x 6 Linear + the pooler
     assert weights["0.model.encoder.layer.0.attention.self.query.weight"].shape == (384, 384)
     assert activations["0.model.encoder.layer.0.intermediate.dense"].shape[1] == 384
+
+
+def test_user_tensors_from_files(tmp_path):
+    from lowbit.analysis.data import dataset, load
+
+    x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    torch.save(torch.from_numpy(x).to(torch.bfloat16), tmp_path / "x.pt")
+    np.testing.assert_array_equal(dataset(str(tmp_path / "x.npy"), 10, 0), x)
+    assert load(tmp_path / "x.pt").dtype == np.float32
+    np.testing.assert_array_equal(dataset("normal", 10, 0), generate("normal", 10, 0))
+    (tmp_path / "x.txt").write_text("1 2 3")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
+    np.save(tmp_path / "ints.npy", np.arange(4))
+    torch.save({"w": torch.ones(2)}, tmp_path / "state.pt")
+    for name, match in [("missing.npy", "does not exist"), ("x.txt", "data files are .npy, .pt or .pth"),
+                        ("objects.npy", "cannot read a tensor"), ("ints.npy", "must be floating point"),
+                        ("state.pt", "not one tensor")]:
+        with pytest.raises(ValueError, match=match):
+            load(tmp_path / name)

@@ -122,6 +122,14 @@ def test_report_command(tmp_path, capsys):
     assert "--scale-rule floor rceil" in (tmp_path / "report.md").read_text()
 
 
+def test_report_command_on_a_saved_tensor(tmp_path, capsys):
+    np.save(tmp_path / "acts.npy", generate("llm_activations", 2048))
+    assert main(["report", "--out", str(tmp_path / "out"), "--formats", "nvfp4", "--quiet",
+                 "--data", str(tmp_path / "acts.npy")]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert f"{tmp_path / 'acts.npy'} (a tensor of shape (2, 1024))" in text
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--data", "gaussian"], "unknown distribution 'gaussian'"),
     (["--formats", "mxfp44"], "unknown format 'mxfp44'"),
@@ -130,6 +138,7 @@ def test_report_command(tmp_path, capsys):
     (["--rounding", "nearest"], "rounding must be one of"),
     (["--scale-rule", "round"], "scale_rule for e8m0 scales must be one of"),
     (["--model", "missing.pt"], "model file 'missing.pt' does not exist"),
+    (["--data", "missing.npy"], "data file 'missing.npy' does not exist"),
 ])
 def test_report_command_errors(tmp_path, capsys, argv, message):
     assert main(["report", "--out", str(tmp_path / "out"), "--quiet", *argv]) == 2
