@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="error analysis of formats on built-in data or a model: report.md, CSV, PNGs")
     rep.add_argument("--formats", nargs="+", default=list(defaults.DEFAULT_FORMATS), metavar="FORMAT",
-                     help="formats to compare (default: %(default)s)")
+                     help=f"formats to compare (default: {' '.join(defaults.DEFAULT_FORMATS)})")
     rep.add_argument("--data", nargs="+", default=list(defaults.DEFAULT_DATA), metavar="NAME",
                      help=f"built-in distributions ({', '.join(analysis_data.DISTRIBUTIONS)}; default: all) "
                           "or tensors saved as .npy or .pt files")
