@@ -151,7 +151,8 @@ def error_stats(x: Any, q: Any, ulp: Any = None, out_of_range: Any = None) -> Er
     nonzero = x64 != 0
     rel_error = abs_error[nonzero] / np.abs(x64[nonzero])
     ulp_error = np.full(x64.shape, np.nan) if ulp is None else abs_error / _same_shape("ulp", ulp, measured)
-    overflows = 0 if out_of_range is None else int(np.count_nonzero(_same_shape("out_of_range", out_of_range, measured)))
+    beyond = None if out_of_range is None else _same_shape("out_of_range", out_of_range, measured)
+    overflows = 0 if beyond is None else int(np.count_nonzero(beyond))
     with np.errstate(invalid="ignore", over="ignore"):
         return ErrorStats(
             count=int(x64.size),

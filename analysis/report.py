@@ -16,17 +16,17 @@ from typing import Any, TextIO
 import numpy as np
 
 import lowbit
-from lowbit.formats import ElementFormat, ScaledFormat, get_format
+from lowbit.formats import BlockFormat, ElementFormat, ScaledFormat, get_format
 
 from . import plots
 from .data import DISTRIBUTIONS, dataset
 from .defaults import DEFAULT_DATA, DEFAULT_FORMATS, DEFAULT_SIZE
-from .metrics import METRICS
 from .models import minilm_tensors, model_weights
 from .sweep import markdown_table, measure, pivot, record, settings_grid, sweep, write_csv
 
 TABLE_COLUMNS = ("data", "label", "bits", "sqnr_db", "mse", "mean_rel_error", "max_ulp_error", "mean_ulp_error",
                  "bias", "overflow_fraction", "underflow_fraction")
+MODEL_COLUMNS = ("label", "bits", "mse", "sqnr_db", "mean_rel_error", "overflow_fraction", "underflow_fraction")
 
 DEFINITIONS = """\
 - **SQNR** = 10 log10(sum x² / sum (q − x)²) in dB: signal power over error power; +6 dB is one more bit.
@@ -51,8 +51,8 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
     ``formats``: names or format objects. ``data``: names of built-in
     distributions (:data:`lowbit.analysis.data.DISTRIBUTIONS`), ``size``
     elements each, drawn from ``seed``, or paths of tensors saved as
-    ``.npy`` or ``.pt`` (blocked along their last axis). ``roundings`` and ``scale_rules``
-    (MX formats) multiply the settings. ``model``: None, ``"minilm"`` (its
+    ``.npy`` or ``.pt`` (blocked along their last axis). ``roundings`` and
+    ``scale_rules`` (MX formats) multiply the settings. ``model``: None, ``"minilm"`` (its
     Linear weights and the activations it records on built-in sentences),
     or an ``nn.Module``, a state_dict, or a path to a saved state_dict (its
     weights): adds a per-layer section.
@@ -71,8 +71,10 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
     records = sweep(datasets, settings, progress=progress)
     write_csv(records, out / "results.csv")
 
-    md = [f"# lowbit error report\n\nlowbit {lowbit.__version__}. Reproduce with `{_command(fmts, data, size, seed, roundings, scale_rules, model)}`.\n",
-          f"Data: {_describe(datasets, size, seed)}. Settings: {len(settings)} ({', '.join(s.label for s in settings)}). "
+    command = _command(fmts, data, size, seed, roundings, scale_rules, model)
+    md = [f"# lowbit error report\n\nlowbit {lowbit.__version__}. Reproduce with `{command}`.\n",
+          f"Data: {_describe(datasets, size, seed)}. "
+          f"Settings: {len(settings)} ({', '.join(s.label for s in settings)}). "
           "Every metric of every run is in [results.csv](results.csv).\n"]
     by_bits = sorted(range(len(settings)), key=lambda i: (settings[i].bits, i))
     sqnr = pivot(records, "sqnr_db")
@@ -93,8 +95,9 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
 
 def _describe(datasets: Mapping[str, np.ndarray], size: int, seed: int) -> str:
     builtin = [name for name in datasets if name in DISTRIBUTIONS]
-    parts = [f"{', '.join(builtin)} ({size} float32 samples each, seed {seed}; see `lowbit.analysis.data`)"] if builtin else []
-    parts += [f"{name} (a tensor of shape {tuple(x.shape)})" for name, x in datasets.items() if name not in DISTRIBUTIONS]
+    parts = [f"{', '.join(builtin)} ({size} float32 samples each, seed {seed}; see `lowbit.analysis.data`)"]
+    parts = parts if builtin else []
+    parts += [f"{name} (a tensor of shape {x.shape})" for name, x in datasets.items() if name not in DISTRIBUTIONS]
     return "; ".join(parts)
 
 
@@ -106,7 +109,7 @@ def _figure(fig: Any, out: pathlib.Path, name: str) -> str:
 def _format_figures(fmts, datasets, settings, out) -> list[str]:
     md = []
     element_formats = [f for f in fmts if isinstance(f, ElementFormat) and f.nbits <= 16]
-    elements_of_blocks = [f.element for f in fmts if hasattr(f, "element") and f.element.nbits <= 16]
+    elements_of_blocks = [f.element for f in fmts if isinstance(f, BlockFormat) and f.element.nbits <= 16]
     on_line = list(dict.fromkeys(element_formats + elements_of_blocks))
     if on_line:
         md += ["## Values on the number line\n",
@@ -124,6 +127,8 @@ def _format_figures(fmts, datasets, settings, out) -> list[str]:
                "largest element.\n", _figure(plots.relative_error(scaled), out, "block_relative_error")]
     lowest = min(settings, key=lambda s: (not isinstance(s.format, ElementFormat), s.bits))
     md += [f"## The data against the grid of {lowest.label}\n",
+           "Histograms of each data set with the values this setting can give them (red): where the data "
+           "crowds between two red lines, it loses most.\n",
            _figure(plots.histogram_vs_grid(datasets, lowest), out, "histograms")]
     return md
 
@@ -147,9 +152,7 @@ def _model_section(model_data: Mapping[str, Mapping[str, np.ndarray]], settings,
         md += [f"### {kind.capitalize()}: {len(tensors)} tensors, {count} values\n",
                "Scaled formats block along each tensor's last axis (a Linear layer's input features). "
                f"Per-layer metrics: [model_{kind}.csv](model_{kind}.csv).\n",
-               markdown_table(sorted(total, key=lambda r: r["bits"]), ("label", "bits", *METRICS[:2], "mean_rel_error",
-                                                                        "overflow_fraction", "underflow_fraction"),
-                              digits=4),
+               markdown_table(sorted(total, key=lambda r: r["bits"]), MODEL_COLUMNS, digits=4),
                _figure(plots.layer_sensitivity(records, f"SQNR per layer: {kind}"), out, f"layer_sensitivity_{kind}")]
     return md
 
@@ -159,7 +162,7 @@ def _command(fmts, data, size, seed, roundings, scale_rules, model) -> str:
     if tuple(f.name for f in fmts) != DEFAULT_FORMATS:
         words.append("--formats " + " ".join(f.name for f in fmts))
     if tuple(data) != DEFAULT_DATA:
-        words.append("--data " + " ".join(data))
+        words.append("--data " + " ".join(map(os.fspath, data)))
     if size != DEFAULT_SIZE:
         words.append(f"--size {size}")
     if seed:

@@ -108,14 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"built-in distributions ({', '.join(analysis_data.DISTRIBUTIONS)}; default: all) "
                           "or tensors saved as .npy or .pt files")
     rep.add_argument("--out", default="lowbit-report", metavar="DIR", help="output folder (default: %(default)s)")
-    rep.add_argument("--size", type=int, default=defaults.DEFAULT_SIZE, help="elements per data set (default: %(default)s)")
+    rep.add_argument("--size", type=int, default=defaults.DEFAULT_SIZE,
+                     help="elements per data set (default: %(default)s)")
     rep.add_argument("--seed", type=int, default=0, help="seed of the data (default: %(default)s)")
     rep.add_argument("--rounding", nargs="+", default=["nearest_even"], metavar="MODE",
                      help="rounding modes to sweep (default: nearest_even)")
     rep.add_argument("--scale-rule", nargs="+", default=["default"], metavar="RULE",
                      help="MX scale rules to sweep: floor, ceil, rceil, even, or default (each format's own)")
     rep.add_argument("--model", default=None, metavar="MODEL",
-                     help="also analyse a model layer by layer: 'minilm' (needs lowbit[examples]) or a saved state_dict")
+                     help="also analyse a model layer by layer: 'minilm' (needs lowbit[examples]) "
+                          "or a saved state_dict")
     rep.add_argument("--quiet", action="store_true", help="no progress lines")
     rep.set_defaults(run=cmd_report)
     info = sub.add_parser("info", help="properties of formats; the whole catalogue without arguments")
