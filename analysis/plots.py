@@ -5,9 +5,10 @@ Each function returns a ``matplotlib.figure.Figure``; save it with
 units and a legend where several series share the axes.
 
 - :func:`number_line`: the positive values of element formats, log scale.
-- :func:`relative_error`: |q(x) - x| / |x| across the dynamic range (the
-  sawtooth), for element formats, or for scaled formats as a function of
-  an element's size relative to its block's largest.
+- :func:`relative_error`: the worst relative error of round-to-nearest
+  across the dynamic range (the sawtooth), for element formats, or for
+  scaled formats as a function of an element's size relative to its
+  block's largest.
 - :func:`sqnr_vs_bits`: SQNR against storage bits per element (block
   scales included), one panel per data set, with the Pareto front.
 - :func:`histogram_vs_grid`: data against the values a setting can produce.
@@ -182,10 +183,10 @@ def sqnr_vs_bits(records: Sequence[Mapping[str, Any]], columns: int = 3) -> Figu
 def histogram_vs_grid(data: Mapping[str, Any], setting: Setting | Any, bins: int = 200,
                       axis: int = -1, columns: int = 3) -> Figure:
     """A histogram of each data set (a panel each; log counts where they
-    span more than 20x) with the
-    values ``setting`` can produce on it as vertical lines: the element
-    format's values (times the per-tensor scale), or for scaled formats
-    the distinct values the data was quantized to."""
+    span more than 20x) with the values ``setting`` can produce on it as
+    vertical lines: the element format's values (times the per-tensor
+    scale), or for scaled formats the distinct values the data was
+    quantized to."""
     setting = setting if isinstance(setting, Setting) else Setting(setting)
     if not data:
         raise ValueError("data is empty")
@@ -226,7 +227,8 @@ def histogram_vs_grid(data: Mapping[str, Any], setting: Setting | Any, bins: int
 def layer_sensitivity(records: Sequence[Mapping[str, Any]], title: str = "SQNR per layer") -> Figure:
     """A heat map of SQNR (dB): a column per layer (the records' ``data``,
     in order), a row per setting (``label``, fewest bits at the top), each
-    cell written out in whole dB. Low cells are the sensitive layers."""
+    cell written out in whole dB (∞ where quantizing changed nothing). Low
+    cells are the sensitive layers."""
     if not records:
         raise ValueError("no records to plot")
     layers = list(dict.fromkeys(r["data"] for r in records))
@@ -242,9 +244,9 @@ def layer_sensitivity(records: Sequence[Mapping[str, Any]], title: str = "SQNR p
     shown = np.where(np.isfinite(sqnr), sqnr, np.nan)
     image = ax.imshow(shown, aspect="auto", cmap="viridis", interpolation="nearest")
     for (i, j), value in np.ndenumerate(sqnr):
-        if np.isfinite(value):
-            light = value < np.nanmean(shown)
-            ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6,
+        if not np.isnan(value):
+            light = np.isfinite(value) and value < np.nanmean(shown)
+            ax.text(j, i, f"{value:.0f}" if np.isfinite(value) else "∞", ha="center", va="center", fontsize=6,
                     color="white" if light else "black")
     ax.set_xticks(range(len(layers)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(labels)), [f"{label} ({bits[label]:g})" for label in labels], fontsize=7)
