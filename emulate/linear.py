@@ -1,0 +1,100 @@
+"""The quantized Linear: y = Q(Q(x) @ Q(w).T + b), with its backward pass
+re-blocked along each backward product's reduction dimension (the roles
+are described in :mod:`lowbit.emulate.spec`).
+
+The rounding runs through the ``lowbit::fake_quantize`` op, so
+``torch.compile`` traces quantized modules as it traces the op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .fake_quant import _fake_quantize_op, format_key
+from .spec import QuantSpec
+
+
+def round_to(t: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Tensor:
+    """``t`` rounded to ``fmt`` (blocked along ``axis``) with the spec's
+    rounding and scale rule; ``t`` itself when ``fmt`` is None. No autograd."""
+    if fmt is None:
+        return t
+    rule = spec.scale_rule if spec.applies_rule(fmt) else None
+    return _fake_quantize_op(t, format_key(fmt), axis, spec.rounding, rule, None, "identity", None, "nearest_even")
+
+
+class _QuantizedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(x, weight, bias, spec):
+        y = F.linear(round_to(x, spec.input, -1, spec), round_to(weight, spec.weight, 1, spec), bias)
+        return round_to(y, spec.output, -1, spec)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, spec = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.spec, ctx.has_bias = spec, bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        spec = ctx.spec
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # grad @ w: reduces over the output features
+            product = round_to(grad, spec.grad_output, -1, spec) @ round_to(weight, spec.weight, 0, spec)
+            grad_x = round_to(product, spec.grad_input, -1, spec)
+        rows = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:  # grad.T @ x: reduces over the tokens
+            tokens = x.reshape(-1, x.shape[-1])
+            product = round_to(rows, spec.grad_output, 0, spec).T @ round_to(tokens, spec.input, 0, spec)
+            grad_w = round_to(product, spec.grad_weight, -1, spec)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = rows.sum(dim=0)
+        return grad_x, grad_w, grad_b, None
+
+
+def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     spec: QuantSpec) -> torch.Tensor:
+    """F.linear with its operands rounded as ``spec`` says (differentiable)."""
+    return _QuantizedLinear.apply(x, weight, bias, spec)
+
+
+class QuantLinear(torch.nn.Module):
+    """A Linear layer that rounds its operands as ``spec`` says.
+
+    It holds the wrapped layer's own parameters (same objects, same
+    state_dict keys). In inference (no gradient to compute for the weight)
+    the rounded weight is cached and reused until the weight changes (a new
+    tensor or an in-place update); in training it is rounded on every call.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, spec: QuantSpec) -> None:
+        if not isinstance(linear, torch.nn.Linear):
+            raise TypeError(f"QuantLinear wraps an nn.Linear, got {type(linear).__name__}")
+        if not isinstance(spec, QuantSpec):
+            raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.spec = spec
+        self.__dict__["original"] = linear  # not a submodule: the state_dict keys stay those of the Linear
+        self._cache: tuple[Any, torch.Tensor] | None = None
+
+    def _rounded_weight(self) -> torch.Tensor:
+        key = (id(self.weight), self.weight.data_ptr(), self.weight._version, self.spec)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, round_to(self.weight.detach(), self.spec.weight, 1, self.spec))
+        return self._cache[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad):
+            return quantized_linear(x, self.weight, self.bias, self.spec)
+        y = F.linear(round_to(x, self.spec.input, -1, self.spec), self._rounded_weight(), self.bias)
+        return round_to(y, self.spec.output, -1, self.spec)
+
+    def extra_repr(self) -> str:
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return f"{sizes}, {self.spec}"

@@ -1,0 +1,69 @@
+"""QuantSpec: which format each operand of a matmul-like op is rounded to.
+
+Roles, for y = x @ w.T (+ b) and its backward pass:
+
+- ``input`` (x) and ``weight`` (w): rounded before the forward product,
+  each blocked along the product's reduction dimension (x's last axis, w's
+  input-feature axis); in the backward pass they are rounded again from
+  their full-precision values, blocked along the reduction dimension of the
+  product they enter there (w along its output features for the input
+  gradient, x along the tokens for the weight gradient).
+- ``output`` (y): rounded after the product (last axis).
+- ``grad_output``: the incoming gradient, rounded before each backward
+  product, blocked along that product's reduction dimension.
+- ``grad_input``, ``grad_weight``: the gradients the backward products
+  give, rounded along their last axis.
+
+``None`` leaves an operand in full precision. ``rounding`` applies to every
+role; ``scale_rule`` to the roles whose format is an MX block format
+(power-of-two scales), and is ignored by the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lowbit.formats import ROUNDING_MODES, BlockFormat, get_format
+
+ROLES = ("input", "weight", "output", "grad_input", "grad_weight", "grad_output")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """A format (or None) per operand role; see the module docstring."""
+
+    input: Any = None
+    weight: Any = None
+    output: Any = None
+    grad_input: Any = None
+    grad_weight: Any = None
+    grad_output: Any = None
+    rounding: str = "nearest_even"
+    scale_rule: str | None = None
+
+    def __post_init__(self) -> None:
+        for role in ROLES:
+            value = getattr(self, role)
+            if value is not None:
+                object.__setattr__(self, role, get_format(value))
+        if self.rounding not in ROUNDING_MODES:
+            raise ValueError(f"rounding must be one of {', '.join(ROUNDING_MODES)}; got {self.rounding!r}")
+        if self.scale_rule is not None and not any(self.applies_rule(getattr(self, r)) for r in ROLES):
+            raise ValueError(f"scale_rule={self.scale_rule!r} needs an MX block format in some role")
+
+    def applies_rule(self, fmt: Any) -> bool:
+        """Whether ``scale_rule`` applies to ``fmt`` (an MX format: power-of-two block scales)."""
+        return isinstance(fmt, BlockFormat) and fmt.scale.man_bits == 0
+
+    def formats(self) -> dict[str, str]:
+        """The role -> format name of the roles that are quantized."""
+        return {role: getattr(self, role).name for role in ROLES if getattr(self, role) is not None}
+
+    def __str__(self) -> str:
+        parts = [f"{role}={name}" for role, name in self.formats().items()]
+        if self.rounding != "nearest_even":
+            parts.append(f"rounding={self.rounding}")
+        if self.scale_rule is not None:
+            parts.append(f"scale_rule={self.scale_rule}")
+        return ", ".join(parts) or "nothing quantized"
