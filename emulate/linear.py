@@ -8,6 +8,9 @@ The rounding runs through the ``lowbit::fake_quantize`` op, so
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -15,6 +18,25 @@ import torch.nn.functional as F
 
 from .fake_quant import _fake_quantize_op, format_key
 from .spec import QuantSpec
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def _quantized_module() -> Iterator[None]:
+    """Mark the calls a quantized module makes, so that ``emulating`` lets
+    them through rather than rounding their operands a second time."""
+    _local.depth = getattr(_local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
+
+
+def inside_quantized_module() -> bool:
+    """Whether a quantized module's forward is running on this thread."""
+    return getattr(_local, "depth", 0) > 0
 
 
 def round_to(t: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Tensor:
@@ -90,10 +112,11 @@ class QuantLinear(torch.nn.Module):
         return self._cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad):
-            return quantized_linear(x, self.weight, self.bias, self.spec)
-        y = F.linear(round_to(x, self.spec.input, -1, self.spec), self._rounded_weight(), self.bias)
-        return round_to(y, self.spec.output, -1, self.spec)
+        with _quantized_module():
+            if torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad):
+                return quantized_linear(x, self.weight, self.bias, self.spec)
+            y = F.linear(round_to(x, self.spec.input, -1, self.spec), self._rounded_weight(), self.bias)
+            return round_to(y, self.spec.output, -1, self.spec)
 
     def extra_repr(self) -> str:
         sizes = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
