@@ -1,6 +1,7 @@
-"""The quantized Linear: y = Q(Q(x) @ Q(w).T + b), with its backward pass
-re-blocked along each backward product's reduction dimension (the roles
-are described in :mod:`lowbit.emulate.spec`).
+"""The quantized Linear product: y = Q(Q(x) @ Q(w).T + b), with its
+backward pass re-blocked along each backward product's reduction dimension
+(the roles are described in :mod:`lowbit.emulate.spec`; the module is in
+:mod:`lowbit.emulate.modules`).
 
 The rounding runs through the ``lowbit::fake_quantize`` op, so
 ``torch.compile`` traces quantized modules as it traces the op.
@@ -24,7 +25,7 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def _quantized_module() -> Iterator[None]:
+def quantized_module() -> Iterator[None]:
     """Mark the calls a quantized module makes, so that ``emulating`` lets
     them through rather than rounding their operands a second time."""
     _local.depth = getattr(_local, "depth", 0) + 1
@@ -82,42 +83,3 @@ def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      spec: QuantSpec) -> torch.Tensor:
     """F.linear with its operands rounded as ``spec`` says (differentiable)."""
     return _QuantizedLinear.apply(x, weight, bias, spec)
-
-
-class QuantLinear(torch.nn.Module):
-    """A Linear layer that rounds its operands as ``spec`` says.
-
-    It holds the wrapped layer's own parameters (same objects, same
-    state_dict keys). In inference (no gradient to compute for the weight)
-    the rounded weight is cached and reused until the weight changes (a new
-    tensor or an in-place update); in training it is rounded on every call.
-    """
-
-    def __init__(self, linear: torch.nn.Linear, spec: QuantSpec) -> None:
-        if not isinstance(linear, torch.nn.Linear):
-            raise TypeError(f"QuantLinear wraps an nn.Linear, got {type(linear).__name__}")
-        if not isinstance(spec, QuantSpec):
-            raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight, self.bias = linear.weight, linear.bias
-        self.spec = spec
-        self.__dict__["original"] = linear  # not a submodule: the state_dict keys stay those of the Linear
-        self._cache: tuple[Any, torch.Tensor] | None = None
-
-    def _rounded_weight(self) -> torch.Tensor:
-        key = (id(self.weight), self.weight.data_ptr(), self.weight._version, self.spec)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, round_to(self.weight.detach(), self.spec.weight, 1, self.spec))
-        return self._cache[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _quantized_module():
-            if torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad):
-                return quantized_linear(x, self.weight, self.bias, self.spec)
-            y = F.linear(round_to(x, self.spec.input, -1, self.spec), self._rounded_weight(), self.bias)
-            return round_to(y, self.spec.output, -1, self.spec)
-
-    def extra_repr(self) -> str:
-        sizes = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-        return f"{sizes}, {self.spec}"

@@ -7,6 +7,8 @@ Within ``with emulating(spec):`` these calls run quantized:
 - ``torch.matmul``, ``Tensor.matmul`` and ``a @ b``, ``torch.bmm`` and the
   product in ``torch.baddbmm`` (as :func:`~lowbit.emulate.quantized_matmul`:
   ``input`` is the left operand, ``weight`` the right one);
+- ``F.conv1d/2d/3d`` and ``F.conv_transpose1d/2d/3d`` (as
+  :func:`~lowbit.emulate.quantized_conv`);
 - ``F.scaled_dot_product_attention``, computed as its two products
   (q @ k.mT and probabilities @ v, both quantized) around the scaling,
   mask, softmax and dropout, which stay in full precision.
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode, resolve_name
 
+from .conv import quantized_conv
 from .linear import inside_quantized_module, quantized_linear
 from .matmul import quantized_matmul
 from .spec import QuantSpec
@@ -47,6 +50,15 @@ def _rmatmul(spec, b, a):
 def _baddbmm(spec, base, a, b, *, beta=1, alpha=1):
     product = quantized_matmul(a, b, spec)
     return (base if beta == 1 else beta * base) + (product if alpha == 1 else alpha * product)
+
+
+def _conv(spec, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return quantized_conv(x, weight, bias, spec, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def _conv_transpose(spec, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    return quantized_conv(x, weight, bias, spec, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                          transposed=True, output_padding=output_padding)
 
 
 def _attention(spec, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
@@ -76,6 +88,8 @@ HANDLERS = {
     "torch.baddbmm": _baddbmm,
     "torch.Tensor.baddbmm": _baddbmm,
     "torch.nn.functional.scaled_dot_product_attention": _attention,
+    **{f"torch.nn.functional.conv{d}d": _conv for d in (1, 2, 3)},
+    **{f"torch.nn.functional.conv_transpose{d}d": _conv_transpose for d in (1, 2, 3)},
 }
 
 

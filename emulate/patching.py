@@ -1,11 +1,11 @@
-"""quantize_model / restore_model: swap a model's Linear layers for
-QuantLinear ones, by rules, and back.
+"""quantize_model / restore_model: swap a model's Linear, convolution and
+Embedding layers for quantized ones, by rules, and back.
 
 Rules map a layer's qualified name (a regular expression, matched with
 ``re.fullmatch``) or a module type to a QuantSpec, or to None to leave the
 layer alone; the first rule that matches a layer wins (in the rules' order),
 and layers no rule matches get the default spec. The patched model keeps its
-parameters and state_dict keys; restore_model puts the original Linear
+parameters and state_dict keys; restore_model puts the original layer
 objects back, so outputs are bit-identical to the model's before patching.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .linear import QuantLinear
+from .modules import QUANTIZED, QuantModule, quantized
 from .spec import QuantSpec
 
 
@@ -45,9 +45,11 @@ def _check_rules(rules: Mapping[Any, Any]) -> None:
 
 def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mapping[Any, QuantSpec | None] | None = None,
                    *, inplace: bool = True) -> torch.nn.Module:
-    """The model with each nn.Linear swapped for a QuantLinear under its spec
-    (``spec``, or the first matching rule's). ``inplace=False`` patches a
-    deep copy and leaves ``model`` as it was."""
+    """The model with each layer of a type lowbit quantizes (Linear,
+    Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding) swapped for its
+    quantized module under its spec (``spec``, or the first matching
+    rule's). ``inplace=False`` patches a deep copy and leaves ``model`` as
+    it was."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if spec is not None and not isinstance(spec, QuantSpec):
@@ -57,19 +59,19 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
     if not inplace:
         model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
-        if type(module) is not torch.nn.Linear:
+        if type(module) not in QUANTIZED:
             continue
         chosen = _spec_for(name, module, spec, rules)
         if chosen is not None:
-            _replace(model, name, QuantLinear(module, chosen))
+            _replace(model, name, quantized(module, chosen))
     return model
 
 
 def restore_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Undo quantize_model in place: every QuantLinear gives way to the
-    Linear it wraps (the same object, with its current parameters)."""
+    """Undo quantize_model in place: every quantized module gives way to the
+    module it wraps (the same object, with its current parameters)."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, QuantLinear):
+        if isinstance(module, QuantModule):
             _replace(model, name, module.original)
     return model
 
@@ -80,10 +82,12 @@ def _replace(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
 
 
 def summary(model: torch.nn.Module) -> list[dict[str, str]]:
-    """What is quantized: a row per QuantLinear (its name and the format of
-    each role), in module order; print it with :func:`summary_table`."""
-    return [{"layer": name, "type": "Linear", **module.spec.formats()}
-            for name, module in model.named_modules() if isinstance(module, QuantLinear)]
+    """What is quantized: a row per quantized module (its name, the type it
+    wraps and the format of each role), in module order; print it with
+    :func:`summary_table`."""
+    return [{"layer": name, "type": type(module.original).__name__,
+             **{role: fmt for role, fmt in module.spec.formats().items() if role in module.roles}}
+            for name, module in model.named_modules() if isinstance(module, QuantModule)]
 
 
 def summary_table(model: torch.nn.Module) -> str:

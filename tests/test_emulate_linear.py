@@ -8,7 +8,7 @@ import torch
 
 import lowbit
 from lowbit.emulate import QuantLinear, QuantSpec, quantize_model, restore_model, summary, summary_table
-from lowbit.emulate import linear as linear_module
+from lowbit.emulate import modules as modules_module
 
 FULL = QuantSpec(input="mxfp8_e4m3", weight="mxfp4", output="bf16", grad_input="mxfp8_e5m2",
                  grad_weight="fp8_e4m3", grad_output="mxfp8_e5m2")
@@ -69,12 +69,12 @@ def test_an_empty_spec_is_the_plain_linear():
 def test_inference_caches_the_rounded_weight_until_it_changes(monkeypatch):
     layer = QuantLinear(torch.nn.Linear(64, 16), QuantSpec(weight="mxfp4", input="mxfp8_e4m3"))
     calls = []
-    real = linear_module.round_to
+    real = modules_module.round_to
     def counted(t, fmt, axis, spec):
         calls.append(fmt)
         return real(t, fmt, axis, spec)
 
-    monkeypatch.setattr(linear_module, "round_to", counted)
+    monkeypatch.setattr(modules_module, "round_to", counted)
     x = torch.randn(3, 64)
     with torch.no_grad():
         first = layer(x)
@@ -171,7 +171,7 @@ def test_spec_errors():
         QuantSpec(weight="mxfp4", rounding="nearest")
     with pytest.raises(ValueError, match="needs an MX block format"):
         QuantSpec(weight="nvfp4", scale_rule="ceil")
-    with pytest.raises(TypeError, match="wraps an nn.Linear"):
+    with pytest.raises(TypeError, match="QuantLinear wraps Linear, got Conv1d"):
         QuantLinear(torch.nn.Conv1d(1, 1, 1), QuantSpec())
     with pytest.raises(TypeError, match="spec must be a QuantSpec"):
         quantize_model(model(), "mxfp4")

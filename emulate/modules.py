@@ -1,0 +1,151 @@
+"""Quantized modules: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d and
+Embedding that round their operands as a QuantSpec says.
+
+Each wraps a module of its type: it holds the very same parameter and
+buffer objects (same state_dict keys, so optimizers and checkpoints are
+unaffected) and keeps the original for :func:`~lowbit.emulate.restore_model`.
+In inference (no gradient to compute for the weight) the rounded weight is
+cached and reused until the weight changes (a new tensor or an in-place
+update); in training it is rounded on every call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .conv import quantized_conv
+from .fake_quant import fake_quantize
+from .linear import quantized_linear, quantized_module, round_to
+from .spec import ROLES, QuantSpec
+
+
+class QuantModule(torch.nn.Module):
+    """Base of the quantized modules: the wrapped module's parameters and
+    buffers, its spec, and the cached rounded weight."""
+
+    wraps: tuple[type, ...] = ()
+    roles = ROLES  # the spec's roles that apply
+    weight_axis = 1  # the weight's axis blocks run along in the forward pass
+
+    def __init__(self, module: torch.nn.Module, spec: QuantSpec) -> None:
+        if type(module) not in self.wraps:
+            names = ", ".join(t.__name__ for t in self.wraps)
+            raise TypeError(f"{type(self).__name__} wraps {names}, got {type(module).__name__}")
+        if not isinstance(spec, QuantSpec):
+            raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+        super().__init__()
+        for name, param in module.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, buffer in module.named_buffers(recurse=False):
+            self.register_buffer(name, buffer)
+        self.spec = spec
+        self.__dict__["original"] = module  # not a submodule: the state_dict keys stay the module's own
+        self._cache: tuple[Any, torch.Tensor] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            original = self.__dict__.get("original")
+            if original is None:
+                raise
+            return getattr(original, name)  # in_features, stride, padding_idx, ...
+
+    def rounded_weight(self) -> torch.Tensor:
+        """The weight rounded to the spec's weight format (cached)."""
+        key = (id(self.weight), self.weight.data_ptr(), self.weight._version, self.spec)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, round_to(self.weight.detach(), self.spec.weight, self.weight_axis, self.spec))
+        return self._cache[1]
+
+    def training_step(self, x: torch.Tensor) -> bool:
+        """Whether this call needs the differentiable path."""
+        return torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
+
+    def extra_repr(self) -> str:
+        return f"{self.original.extra_repr()}, {self.spec}"
+
+
+class QuantLinear(QuantModule):
+    """nn.Linear with its operands rounded (see :mod:`lowbit.emulate.linear`)."""
+
+    wraps = (torch.nn.Linear,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with quantized_module():
+            if self.training_step(x):
+                return quantized_linear(x, self.weight, self.bias, self.spec)
+            y = F.linear(round_to(x, self.spec.input, -1, self.spec), self.rounded_weight(), self.bias)
+            return round_to(y, self.spec.output, -1, self.spec)
+
+
+class QuantConv(QuantModule):
+    """nn.Conv1d/2d/3d and nn.ConvTranspose1d/2d/3d with their operands
+    rounded (see :mod:`lowbit.emulate.conv`)."""
+
+    wraps = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d,
+             torch.nn.ConvTranspose3d)
+
+    def __init__(self, module: torch.nn.Module, spec: QuantSpec) -> None:
+        super().__init__(module, spec)
+        self.weight_axis = 0 if module.transposed else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.original
+        padding = conv.padding
+        if conv.padding_mode != "zeros":
+            x, padding = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), 0
+        geometry = {"stride": conv.stride, "padding": padding, "dilation": conv.dilation, "groups": conv.groups,
+                    "transposed": conv.transposed, "output_padding": conv.output_padding}
+        with quantized_module():
+            if self.training_step(x):
+                return quantized_conv(x, self.weight, self.bias, self.spec, **geometry)
+            plain = QuantSpec(rounding=self.spec.rounding)  # the weight is rounded already
+            y = quantized_conv(round_to(x, self.spec.input, 1, self.spec), self.rounded_weight(), self.bias, plain,
+                               **geometry)
+            return round_to(y, self.spec.output, 1, self.spec)
+
+
+class QuantEmbedding(QuantModule):
+    """nn.Embedding whose table is rounded (``weight``, along the embedding
+    dimension) and whose looked-up rows are rounded to ``output``; the
+    table's gradient passes straight through, rounded to ``grad_weight``.
+    Embeddings with ``max_norm`` (which renormalise their table in place)
+    are not supported."""
+
+    wraps = (torch.nn.Embedding,)
+    roles = ("weight", "output", "grad_weight")
+
+    def __init__(self, module: torch.nn.Module, spec: QuantSpec) -> None:
+        if getattr(module, "max_norm", None) is not None:
+            raise ValueError("an Embedding with max_norm renormalises its table in place; lowbit cannot round it")
+        super().__init__(module, spec)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        spec, emb = self.spec, self.original
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            rule = spec.scale_rule if spec.applies_rule(spec.weight) else None
+            table = self.weight if spec.weight is None else fake_quantize(
+                self.weight, spec.weight, axis=1, rounding=spec.rounding, scale_rule=rule, grad_format=spec.grad_weight)
+        else:
+            table = self.rounded_weight()
+        rows = F.embedding(indices, table, emb.padding_idx, None, 2.0, emb.scale_grad_by_freq, emb.sparse)
+        if spec.output is None:
+            return rows
+        rule = spec.scale_rule if spec.applies_rule(spec.output) else None
+        return fake_quantize(rows, spec.output, axis=-1, rounding=spec.rounding, scale_rule=rule)
+
+
+QUANTIZED = {wrapped: cls for cls in (QuantLinear, QuantConv, QuantEmbedding) for wrapped in cls.wraps}
+
+
+def quantized(module: torch.nn.Module, spec: QuantSpec) -> QuantModule:
+    """The quantized module that wraps ``module`` (of a type in :data:`QUANTIZED`)."""
+    cls = QUANTIZED.get(type(module))
+    if cls is None:
+        raise TypeError(f"lowbit has no quantized {type(module).__name__}; it quantizes "
+                        f"{', '.join(t.__name__ for t in QUANTIZED)}")
+    return cls(module, spec)
