@@ -73,7 +73,14 @@ def _policy(fmt: Any, axis: int, rounding: str, scale_rule: Optional[str], seed:
 def _fake_quantize_op(x: torch.Tensor, fmt: str, axis: int, rounding: str, scale_rule: Optional[str],
                       seed: Optional[int], ste: str, grad_format: Optional[str], grad_rounding: str) -> torch.Tensor:
     format_ = format_of(fmt)
-    return format_.quantize(x, **_policy(format_, axis, rounding, scale_rule, seed))
+    policy = _policy(format_, axis, rounding, scale_rule, seed)
+    inner = -x.dim() <= axis < x.dim() and axis % max(x.dim(), 1) != x.dim() - 1
+    if "axis" in policy and x.device.type == "cpu" and inner:
+        # the CPU kernels' fast paths block along a contiguous last axis: move the axis there (the
+        # blocks, their order and the stochastic stream are those of the blocked layout either way)
+        moved = format_.quantize(x.movedim(axis, -1).contiguous(), **{**policy, "axis": -1})
+        return torch.empty_like(x).copy_(moved.movedim(-1, axis))
+    return format_.quantize(x, **policy)
 
 
 @_fake_quantize_op.register_fake

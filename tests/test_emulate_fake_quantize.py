@@ -108,3 +108,15 @@ def test_bad_arguments():
         fake_quantize(torch.zeros(3), "int8", rounding="nearest")
     with pytest.raises(ValueError, match="axis 2 is out of range"):
         fake_quantize(torch.zeros(3, 4), "mxfp4", axis=2)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "mx6"])
+def test_other_axes_match_quantize(fmt):
+    """On the CPU the op moves a blocked axis last for the fast kernels: the
+    blocks, their order and the stochastic stream must not change."""
+    x = torch.randn(3, 40, 50)
+    for t, axis in ((x, 1), (x, 0), (x.transpose(0, 2), 1), (x[:, ::2], -2)):
+        for rounding, seed in (("nearest_even", None), ("stochastic", 7), ("up", None)):
+            out = fake_quantize(t, fmt, axis=axis, rounding=rounding, seed=seed)
+            assert torch.equal(out, lowbit.quantize(t, fmt, axis=axis, rounding=rounding, seed=seed))
+            assert out.stride() == torch.empty_like(t).stride()
