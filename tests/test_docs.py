@@ -19,6 +19,11 @@ def python_blocks(path):
 
 @pytest.mark.parametrize("path", [p for p in DOCS if python_blocks(p)], ids=lambda p: p.name)
 def test_code_blocks_run(path):
+    """A page that starts with <!-- requires: MODULE --> runs only where
+    that optional module is installed."""
+    required = re.match(r"<!-- requires: (\w+) -->", path.read_text())
+    if required:
+        pytest.importorskip(required.group(1))
     namespace = {}
     for block in python_blocks(path):  # blocks of one page share a namespace, in order
         exec(compile(block, str(path), "exec"), namespace)
