@@ -15,8 +15,9 @@
 - :func:`emulating`: a function mode that quantizes F.linear, matmul / @,
   bmm, baddbmm and scaled_dot_product_attention wherever they are called.
 
-Limited-precision accumulators and calibration are not built yet: see the
-project's open issues.
+``QuantSpec(accumulate=...)`` emulates a limited-precision accumulator in
+the forward products. Calibration is not built yet: see the project's open
+issues.
 """
 
 from .fake_quant import STE_MODES, fake_quantize

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .linear import round_to
+from .rounding import round_to
 from .spec import QuantSpec
 
 
@@ -88,6 +88,8 @@ def quantized_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """F.conv{1,2,3}d (or conv_transpose{1,2,3}d with ``transposed``) with
     its operands rounded as ``spec`` says (differentiable; see the module
     docstring). ``padding`` may be "valid" or "same" for convolutions."""
+    if spec.accumulate is not None:
+        raise ValueError("accumulate= applies to Linear and matmul products; convolutions accumulate in full precision")
     dims = weight.dim() - 2
     stride, dilation = _per_dim(stride, dims), _per_dim(dilation, dims)
     if isinstance(padding, str):

@@ -9,50 +9,26 @@ The rounding runs through the ``lowbit::fake_quantize`` op, so
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from .fake_quant import _fake_quantize_op, format_key
+from .accumulate import accumulated_matmul
+from .rounding import round_to
 from .spec import QuantSpec
 
 
-_local = threading.local()
-
-
-@contextlib.contextmanager
-def quantized_module() -> Iterator[None]:
-    """Mark the calls a quantized module makes, so that ``emulating`` lets
-    them through rather than rounding their operands a second time."""
-    _local.depth = getattr(_local, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _local.depth -= 1
-
-
-def inside_quantized_module() -> bool:
-    """Whether a quantized module's forward is running on this thread."""
-    return getattr(_local, "depth", 0) > 0
-
-
-def round_to(t: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Tensor:
-    """``t`` rounded to ``fmt`` (blocked along ``axis``) with the spec's
-    rounding and scale rule; ``t`` itself when ``fmt`` is None. No autograd."""
-    if fmt is None:
-        return t
-    rule = spec.scale_rule if spec.applies_rule(fmt) else None
-    return _fake_quantize_op(t, format_key(fmt), axis, spec.rounding, rule, None, "identity", None, "nearest_even")
+def linear_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: QuantSpec) -> torch.Tensor:
+    """F.linear of operands rounded already, accumulated as the spec says."""
+    if spec.accumulate is None:
+        return F.linear(x, weight, bias)
+    y = accumulated_matmul(x.reshape(-1, x.shape[-1]), weight.T, spec).reshape(*x.shape[:-1], weight.shape[0])
+    return y if bias is None else y + bias
 
 
 class _QuantizedLinear(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, bias, spec):
-        y = F.linear(round_to(x, spec.input, -1, spec), round_to(weight, spec.weight, 1, spec), bias)
+        y = linear_product(round_to(x, spec.input, -1, spec), round_to(weight, spec.weight, 1, spec), bias, spec)
         return round_to(y, spec.output, -1, spec)
 
     @staticmethod

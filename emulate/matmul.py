@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import torch
 
-from .linear import round_to
+from .accumulate import accumulated_matmul
+from .rounding import round_to
 from .spec import QuantSpec
 
 
 class _QuantizedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(a, b, spec):
-        product = round_to(a, spec.input, -1, spec) @ round_to(b, spec.weight, -2, spec)
+        product = accumulated_matmul(round_to(a, spec.input, -1, spec), round_to(b, spec.weight, -2, spec), spec)
         return round_to(product, spec.output, -1, spec)
 
     @staticmethod

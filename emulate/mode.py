@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from .conv import quantized_conv
-from .linear import inside_quantized_module, quantized_linear
+from .linear import quantized_linear
+from .rounding import inside_quantized_module
 from .matmul import quantized_matmul
 from .spec import QuantSpec
 

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from .conv import quantized_conv
 from .fake_quant import fake_quantize
-from .linear import quantized_linear, quantized_module, round_to
+from .linear import linear_product, quantized_linear
+from .rounding import quantized_module, round_to
 from .spec import ROLES, QuantSpec
 
 
@@ -78,7 +79,7 @@ class QuantLinear(QuantModule):
         with quantized_module():
             if self.training_step(x):
                 return quantized_linear(x, self.weight, self.bias, self.spec)
-            y = F.linear(round_to(x, self.spec.input, -1, self.spec), self.rounded_weight(), self.bias)
+            y = linear_product(round_to(x, self.spec.input, -1, self.spec), self.rounded_weight(), self.bias, self.spec)
             return round_to(y, self.spec.output, -1, self.spec)
 
 

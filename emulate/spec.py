@@ -16,7 +16,9 @@ Roles, for y = x @ w.T (+ b) and its backward pass:
 
 ``None`` leaves an operand in full precision. ``rounding`` applies to every
 role; ``scale_rule`` to the roles whose format is an MX block format
-(power-of-two scales), and is ignored by the others.
+(power-of-two scales), and is ignored by the others. ``accumulate`` (an
+element format) and ``accumulate_chunk`` emulate a limited-precision
+accumulator in the forward products (:mod:`lowbit.emulate.accumulate`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lowbit.formats import ROUNDING_MODES, BlockFormat, get_format
+from lowbit.formats import ROUNDING_MODES, BlockFormat, ElementFormat, get_format
 
 ROLES = ("input", "weight", "output", "grad_input", "grad_weight", "grad_output")
 
@@ -41,12 +43,22 @@ class QuantSpec:
     grad_output: Any = None
     rounding: str = "nearest_even"
     scale_rule: str | None = None
+    accumulate: Any = None
+    accumulate_chunk: int = 32
 
     def __post_init__(self) -> None:
         for role in ROLES:
             value = getattr(self, role)
             if value is not None:
                 object.__setattr__(self, role, get_format(value))
+        if self.accumulate is not None:
+            object.__setattr__(self, "accumulate", get_format(self.accumulate))
+            if not isinstance(self.accumulate, ElementFormat):
+                raise ValueError(f"accumulate must be an element format (an accumulator holds single numbers); "
+                                 f"{self.accumulate.name} is scaled")
+        if isinstance(self.accumulate_chunk, bool) or not isinstance(self.accumulate_chunk, int) \
+                or self.accumulate_chunk < 1:
+            raise ValueError(f"accumulate_chunk must be a positive int, got {self.accumulate_chunk!r}")
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(f"rounding must be one of {', '.join(ROUNDING_MODES)}; got {self.rounding!r}")
         if self.scale_rule is not None and not any(self.applies_rule(getattr(self, r)) for r in ROLES):
@@ -66,4 +78,6 @@ class QuantSpec:
             parts.append(f"rounding={self.rounding}")
         if self.scale_rule is not None:
             parts.append(f"scale_rule={self.scale_rule}")
+        if self.accumulate is not None:
+            parts.append(f"accumulate={self.accumulate.name} every {self.accumulate_chunk}")
         return ", ".join(parts) or "nothing quantized"

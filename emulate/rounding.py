@@ -1,0 +1,42 @@
+"""How the emulation layer rounds an operand: :func:`round_to`, a call of
+the ``lowbit::fake_quantize`` op with a spec's policy, and the marker that
+tells ``emulating`` which calls quantized modules make themselves."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .fake_quant import _fake_quantize_op, format_key
+from .spec import QuantSpec
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def quantized_module() -> Iterator[None]:
+    """Mark the calls a quantized module makes, so that ``emulating`` lets
+    them through rather than rounding their operands a second time."""
+    _local.depth = getattr(_local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
+
+
+def inside_quantized_module() -> bool:
+    """Whether a quantized module's forward is running on this thread."""
+    return getattr(_local, "depth", 0) > 0
+
+
+def round_to(t: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Tensor:
+    """``t`` rounded to ``fmt`` (blocked along ``axis``) with the spec's
+    rounding and scale rule; ``t`` itself when ``fmt`` is None. No autograd."""
+    if fmt is None:
+        return t
+    rule = spec.scale_rule if spec.applies_rule(fmt) else None
+    return _fake_quantize_op(t, format_key(fmt), axis, spec.rounding, rule, None, "identity", None, "nearest_even")
