@@ -16,11 +16,13 @@
   bmm, baddbmm and scaled_dot_product_attention wherever they are called.
 
 ``QuantSpec(accumulate=...)`` emulates a limited-precision accumulator in
-the forward products. Calibration is not built yet: see the project's open
-issues.
+the forward products; ``QuantSpec(observers=...)`` with :class:`Observer`
+and :func:`calibrate` give element formats external scales (per tensor,
+channel or group; absmax, percentile or MSE-optimal).
 """
 
 from .fake_quant import STE_MODES, fake_quantize
+from .calibration import Observer, calibrate
 from .conv import quantized_conv
 from .linear import quantized_linear
 from .matmul import quantized_matmul
@@ -30,7 +32,7 @@ from .patching import quantize_model, restore_model, summary, summary_table
 from .spec import ROLES, QuantSpec
 
 __all__ = [
-    "QuantConv", "QuantEmbedding", "QuantLinear", "QuantModule", "QuantSpec", "ROLES", "STE_MODES", "emulating",
-    "fake_quantize", "quantize_model", "quantized_conv", "quantized_linear", "quantized_matmul", "restore_model",
-    "summary", "summary_table",
+    "Observer", "QuantConv", "QuantEmbedding", "QuantLinear", "QuantModule", "QuantSpec", "ROLES", "STE_MODES",
+    "calibrate", "emulating", "fake_quantize", "quantize_model", "quantized_conv", "quantized_linear",
+    "quantized_matmul", "restore_model", "summary", "summary_table",
 ]

@@ -11,11 +11,13 @@ update); in training it is rounded on every call.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .calibration import Calibrated, Recorder
 from .conv import quantized_conv
 from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
@@ -45,6 +47,10 @@ class QuantModule(torch.nn.Module):
         self.spec = spec
         self.__dict__["original"] = module  # not a submodule: the state_dict keys stay the module's own
         self._cache: tuple[Any, torch.Tensor] | None = None
+        self._weight_scale: tuple[Any, torch.Tensor] | None = None
+        self._input_scale: torch.Tensor | None = None
+        self._recorder: Recorder | None = None
+        self._recording = False
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -55,12 +61,59 @@ class QuantModule(torch.nn.Module):
                 raise
             return getattr(original, name)  # in_features, stride, padding_idx, ...
 
+    def _weight_key(self) -> tuple[Any, ...]:
+        return (id(self.weight), self.weight.data_ptr(), self.weight._version, self.spec)
+
+    def _rounder(self, fmt: Any):
+        plain = QuantSpec(rounding=self.spec.rounding)
+        return lambda t: round_to(t, fmt, -1, plain)
+
+    def _weight_format(self) -> Any:
+        """The spec's weight format, with its observer's scale if it has one."""
+        observer = self.spec.observer("weight")
+        if observer is None:
+            return self.spec.weight
+        key = self._weight_key()
+        if self._weight_scale is None or self._weight_scale[0] != key:
+            scale = observer.scale(self.weight.detach(), self.spec.weight, self._rounder(self.spec.weight))
+            self._weight_scale = (key, scale)
+        return Calibrated(self.spec.weight, self._weight_scale[1])
+
+    def active_spec(self) -> QuantSpec:
+        """The spec with the observed scales in place of the plain formats."""
+        changes = {}
+        if self.spec.observer("weight") is not None:
+            changes["weight"] = self._weight_format()
+        if self.spec.observer("input") is not None:
+            if self._input_scale is None:
+                raise RuntimeError("this layer's input scale comes from data: run "
+                                   "lowbit.emulate.calibrate(model, batches) first")
+            changes["input"] = Calibrated(self.spec.input, self._input_scale)
+        return dataclasses.replace(self.spec, **changes) if changes else self.spec
+
     def rounded_weight(self) -> torch.Tensor:
-        """The weight rounded to the spec's weight format (cached)."""
-        key = (id(self.weight), self.weight.data_ptr(), self.weight._version, self.spec)
+        """The weight rounded as the spec says (cached)."""
+        key = self._weight_key()
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, round_to(self.weight.detach(), self.spec.weight, self.weight_axis, self.spec))
+            self._cache = (key, round_to(self.weight.detach(), self._weight_format(), self.weight_axis, self.spec))
         return self._cache[1]
+
+    # -- calibration (see lowbit.emulate.calibration) ---------------------------------------
+    def start_calibration(self) -> None:
+        self._recorder, self._recording = Recorder(self.spec.observer("input")), True
+
+    def stop_calibration(self) -> None:
+        self._recording = False
+
+    def finish_calibration(self) -> None:
+        self._input_scale = self._recorder.scale(self.spec.input, self._rounder(self.spec.input), self.weight.dtype)
+        self._recorder = None
+
+    def recorded(self, x: torch.Tensor) -> bool:
+        """While calibrating, record x and say so (the layer then runs in full precision)."""
+        if self._recording:
+            self._recorder.record(x)
+        return self._recording
 
     def training_step(self, x: torch.Tensor) -> bool:
         """Whether this call needs the differentiable path."""
@@ -76,11 +129,14 @@ class QuantLinear(QuantModule):
     wraps = (torch.nn.Linear,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recorded(x):
+            return self.original(x)
+        spec = self.active_spec()
         with quantized_module():
             if self.training_step(x):
-                return quantized_linear(x, self.weight, self.bias, self.spec)
-            y = linear_product(round_to(x, self.spec.input, -1, self.spec), self.rounded_weight(), self.bias, self.spec)
-            return round_to(y, self.spec.output, -1, self.spec)
+                return quantized_linear(x, self.weight, self.bias, spec)
+            y = linear_product(round_to(x, spec.input, -1, spec), self.rounded_weight(), self.bias, spec)
+            return round_to(y, spec.output, -1, spec)
 
 
 class QuantConv(QuantModule):
@@ -93,8 +149,15 @@ class QuantConv(QuantModule):
     def __init__(self, module: torch.nn.Module, spec: QuantSpec) -> None:
         super().__init__(module, spec)
         self.weight_axis = 0 if module.transposed else 1
+        observer = spec.observer("weight")
+        if module.transposed and observer is not None and observer.granularity != "tensor":
+            raise ValueError("a transposed convolution's weight takes a per-tensor scale (its axis 0 holds input "
+                             "channels)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recorded(x):
+            return self.original(x)
+        spec = self.active_spec()
         conv = self.original
         padding = conv.padding
         if conv.padding_mode != "zeros":
@@ -103,11 +166,10 @@ class QuantConv(QuantModule):
                     "transposed": conv.transposed, "output_padding": conv.output_padding}
         with quantized_module():
             if self.training_step(x):
-                return quantized_conv(x, self.weight, self.bias, self.spec, **geometry)
-            plain = QuantSpec(rounding=self.spec.rounding)  # the weight is rounded already
-            y = quantized_conv(round_to(x, self.spec.input, 1, self.spec), self.rounded_weight(), self.bias, plain,
-                               **geometry)
-            return round_to(y, self.spec.output, 1, self.spec)
+                return quantized_conv(x, self.weight, self.bias, spec, **geometry)
+            plain = QuantSpec(rounding=spec.rounding)  # the weight is rounded already
+            y = quantized_conv(round_to(x, spec.input, 1, spec), self.rounded_weight(), self.bias, plain, **geometry)
+            return round_to(y, spec.output, 1, spec)
 
 
 class QuantEmbedding(QuantModule):
@@ -123,14 +185,14 @@ class QuantEmbedding(QuantModule):
     def __init__(self, module: torch.nn.Module, spec: QuantSpec) -> None:
         if getattr(module, "max_norm", None) is not None:
             raise ValueError("an Embedding with max_norm renormalises its table in place; lowbit cannot round it")
+        if spec.observer("input") is not None:
+            raise ValueError("an Embedding's input is indices: it takes no input observer")
         super().__init__(module, spec)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         spec, emb = self.spec, self.original
         if torch.is_grad_enabled() and self.weight.requires_grad:
-            rule = spec.scale_rule if spec.applies_rule(spec.weight) else None
-            table = self.weight if spec.weight is None else fake_quantize(
-                self.weight, spec.weight, axis=1, rounding=spec.rounding, scale_rule=rule, grad_format=spec.grad_weight)
+            table = self.weight if spec.weight is None else self._differentiable_table()
         else:
             table = self.rounded_weight()
         rows = F.embedding(indices, table, emb.padding_idx, None, 2.0, emb.scale_grad_by_freq, emb.sparse)
@@ -138,6 +200,16 @@ class QuantEmbedding(QuantModule):
             return rows
         rule = spec.scale_rule if spec.applies_rule(spec.output) else None
         return fake_quantize(rows, spec.output, axis=-1, rounding=spec.rounding, scale_rule=rule)
+
+    def _differentiable_table(self) -> torch.Tensor:
+        """The rounded table, its gradient straight through (rounded to grad_weight)."""
+        spec, fmt = self.spec, self._weight_format()
+        scale = fmt.scale if isinstance(fmt, Calibrated) else None
+        fmt = fmt.format if scale is not None else fmt
+        rule = spec.scale_rule if spec.applies_rule(fmt) else None
+        table = self.weight if scale is None else self.weight / scale
+        table = fake_quantize(table, fmt, axis=1, rounding=spec.rounding, scale_rule=rule, grad_format=spec.grad_weight)
+        return table if scale is None else table * scale
 
 
 QUANTIZED = {wrapped: cls for cls in (QuantLinear, QuantConv, QuantEmbedding) for wrapped in cls.wraps}

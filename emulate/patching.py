@@ -85,9 +85,18 @@ def summary(model: torch.nn.Module) -> list[dict[str, str]]:
     """What is quantized: a row per quantized module (its name, the type it
     wraps and the format of each role), in module order; print it with
     :func:`summary_table`."""
-    return [{"layer": name, "type": type(module.original).__name__,
-             **{role: fmt for role, fmt in module.spec.formats().items() if role in module.roles}}
+    return [{"layer": name, "type": type(module.original).__name__, **_formats(module)}
             for name, module in model.named_modules() if isinstance(module, QuantModule)]
+
+
+def _formats(module: QuantModule) -> dict[str, str]:
+    """The module's roles and formats; observed scales as [method/granularity]."""
+    formats = {}
+    for role, name in module.spec.formats().items():
+        if role in module.roles:
+            observer = module.spec.observer(role)
+            formats[role] = name if observer is None else f"{name} [{observer.method}/{observer.granularity}]"
+    return formats
 
 
 def summary_table(model: torch.nn.Module) -> str:

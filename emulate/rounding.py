@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .calibration import Calibrated
 from .fake_quant import _fake_quantize_op, format_key
 from .spec import QuantSpec
 
@@ -38,5 +39,7 @@ def round_to(t: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Ten
     rounding and scale rule; ``t`` itself when ``fmt`` is None. No autograd."""
     if fmt is None:
         return t
+    if isinstance(fmt, Calibrated):
+        return round_to(t / fmt.scale, fmt.format, axis, spec) * fmt.scale
     rule = spec.scale_rule if spec.applies_rule(fmt) else None
     return _fake_quantize_op(t, format_key(fmt), axis, spec.rounding, rule, None, "identity", None, "nearest_even")

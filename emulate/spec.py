@@ -28,6 +28,8 @@ from typing import Any
 
 from lowbit.formats import ROUNDING_MODES, BlockFormat, ElementFormat, get_format
 
+from .calibration import Calibrated, Observer
+
 ROLES = ("input", "weight", "output", "grad_input", "grad_weight", "grad_output")
 
 
@@ -45,12 +47,14 @@ class QuantSpec:
     scale_rule: str | None = None
     accumulate: Any = None
     accumulate_chunk: int = 32
+    observers: Any = None
 
     def __post_init__(self) -> None:
         for role in ROLES:
             value = getattr(self, role)
-            if value is not None:
+            if value is not None and not isinstance(value, Calibrated):
                 object.__setattr__(self, role, get_format(value))
+        object.__setattr__(self, "observers", self._checked_observers())
         if self.accumulate is not None:
             object.__setattr__(self, "accumulate", get_format(self.accumulate))
             if not isinstance(self.accumulate, ElementFormat):
@@ -63,6 +67,23 @@ class QuantSpec:
             raise ValueError(f"rounding must be one of {', '.join(ROUNDING_MODES)}; got {self.rounding!r}")
         if self.scale_rule is not None and not any(self.applies_rule(getattr(self, r)) for r in ROLES):
             raise ValueError(f"scale_rule={self.scale_rule!r} needs an MX block format in some role")
+
+    def _checked_observers(self) -> tuple[tuple[str, Any], ...]:
+        pairs = dict(self.observers or {})
+        for role, observer in pairs.items():
+            if role not in ("input", "weight"):
+                raise ValueError(f"observers apply to the input and weight roles, not {role!r}")
+            if not isinstance(observer, Observer):
+                raise TypeError(f"the {role} observer must be an Observer, got {type(observer).__name__}")
+            fmt = getattr(self, role)
+            if not (isinstance(fmt, Calibrated) or isinstance(fmt, ElementFormat)):
+                raise ValueError(f"an observer sets the scale of an element format; the {role} role has "
+                                 f"{'none' if fmt is None else fmt.name}")
+        return tuple(sorted(pairs.items()))
+
+    def observer(self, role: str) -> Any:
+        """The role's observer, or None."""
+        return dict(self.observers).get(role)
 
     def applies_rule(self, fmt: Any) -> bool:
         """Whether ``scale_rule`` applies to ``fmt`` (an MX format: power-of-two block scales)."""
@@ -80,4 +101,5 @@ class QuantSpec:
             parts.append(f"scale_rule={self.scale_rule}")
         if self.accumulate is not None:
             parts.append(f"accumulate={self.accumulate.name} every {self.accumulate_chunk}")
+        parts += [f"{role} scale={obs.method}/{obs.granularity}" for role, obs in self.observers]
         return ", ".join(parts) or "nothing quantized"

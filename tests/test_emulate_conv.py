@@ -15,7 +15,9 @@ SPEC = QuantSpec(input="mxfp8_e4m3", weight="mxfp4", output="bf16", grad_input="
 def q(t, fmt, axis):
     if fmt is None:
         return t
-    return lowbit.quantize(t, fmt) if isinstance(fmt, lowbit.formats.ElementFormat) else lowbit.quantize(t, fmt, axis=axis)
+    if isinstance(fmt, lowbit.formats.ElementFormat):
+        return lowbit.quantize(t, fmt)
+    return lowbit.quantize(t, fmt, axis=axis)
 
 
 def vjp(op, x, w, upstream, wrt):
