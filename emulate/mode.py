@@ -4,8 +4,9 @@ wherever they are called, inside modules or not.
 Within ``with emulating(spec):`` these calls run quantized:
 
 - ``F.linear`` (as :class:`~lowbit.emulate.QuantLinear` does);
-- ``torch.matmul``, ``Tensor.matmul`` and ``a @ b``, ``torch.bmm`` and the
-  product in ``torch.baddbmm`` (as :func:`~lowbit.emulate.quantized_matmul`:
+- ``torch.matmul``, ``Tensor.matmul`` and ``a @ b``, ``torch.bmm``, and the
+  product in ``torch.addmm`` and ``torch.baddbmm`` (as
+  :func:`~lowbit.emulate.quantized_matmul`:
   ``input`` is the left operand, ``weight`` the right one);
 - ``F.conv1d/2d/3d`` and ``F.conv_transpose1d/2d/3d`` (as
   :func:`~lowbit.emulate.quantized_conv`);
@@ -48,7 +49,7 @@ def _rmatmul(spec, b, a):
     return quantized_matmul(a, b, spec)
 
 
-def _baddbmm(spec, base, a, b, *, beta=1, alpha=1):
+def _addmm(spec, base, a, b, *, beta=1, alpha=1):  # also baddbmm: base + a @ b, batched or not
     product = quantized_matmul(a, b, spec)
     return (base if beta == 1 else beta * base) + (product if alpha == 1 else alpha * product)
 
@@ -86,8 +87,10 @@ HANDLERS = {
     "torch.Tensor.__rmatmul__": _rmatmul,
     "torch.bmm": _matmul,
     "torch.Tensor.bmm": _matmul,
-    "torch.baddbmm": _baddbmm,
-    "torch.Tensor.baddbmm": _baddbmm,
+    "torch.baddbmm": _addmm,
+    "torch.Tensor.baddbmm": _addmm,
+    "torch.addmm": _addmm,
+    "torch.Tensor.addmm": _addmm,
     "torch.nn.functional.scaled_dot_product_attention": _attention,
     **{f"torch.nn.functional.conv{d}d": _conv for d in (1, 2, 3)},
     **{f"torch.nn.functional.conv_transpose{d}d": _conv_transpose for d in (1, 2, 3)},

@@ -181,3 +181,24 @@ def test_spec_errors():
         quantize_model(model(), QuantSpec(), rules={"(": None})
     with pytest.raises(TypeError, match="give a QuantSpec or None"):
         quantize_model(model(), QuantSpec(), rules={"0": "mxfp4"})
+
+
+def test_backward_formulas_pass_gradcheck():
+    """With nothing rounded, every quantized product is plain linear algebra:
+    gradcheck (finite differences in float64) checks the hand-written
+    backward passes, transposes, reductions and broadcasting included."""
+    from lowbit.emulate import quantized_conv, quantized_linear, quantized_matmul
+
+    plain = QuantSpec()
+    double = {"dtype": torch.float64, "requires_grad": True}
+    torch.manual_seed(5)
+    x, w, b = torch.randn(2, 3, 6, **double), torch.randn(4, 6, **double), torch.randn(4, **double)
+    assert torch.autograd.gradcheck(lambda *t: quantized_linear(*t, plain), (x, w, b))
+    a, m = torch.randn(3, 1, 2, 5, **double), torch.randn(2, 5, 3, **double)
+    assert torch.autograd.gradcheck(lambda *t: quantized_matmul(*t, plain), (a, m))
+    image, kernel = torch.randn(2, 4, 5, 6, **double), torch.randn(6, 2, 3, 2, **double)
+    assert torch.autograd.gradcheck(lambda i, k: quantized_conv(i, k, b[:2].repeat(3), plain, stride=2, padding=1,
+                                                                groups=2), (image, kernel))
+    signal, transposed = torch.randn(1, 4, 7, **double), torch.randn(4, 3, 3, **double)
+    assert torch.autograd.gradcheck(lambda i, k: quantized_conv(i, k, None, plain, stride=2, transposed=True,
+                                                                output_padding=1), (signal, transposed))

@@ -53,11 +53,13 @@ def test_the_mode_quantizes_every_spelling_of_matmul():
         results = [a @ b, torch.matmul(a, b), a.matmul(b), torch.bmm(a, b), a.bmm(b),
                    torch.baddbmm(torch.ones(2, 4, 8), a, b, beta=2, alpha=0.5) - 2]
         linear = F.linear(a, w)
+        addmm = torch.addmm(torch.ones(8), a[0], b[0])  # how GPT-2's Conv1D layers multiply
         summed = torch.add(a, 1)  # anything else runs as it is
     for result in results[:-1]:
         assert torch.equal(result, expected)
     assert torch.equal(results[-1], 0.5 * expected)
     assert torch.equal(linear, q(a, SPEC.input) @ q(w, SPEC.weight, 1).T)
+    assert torch.equal(addmm, 1 + expected[0])
     assert torch.equal(summed, a + 1)
 
 
