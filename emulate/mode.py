@@ -15,8 +15,8 @@ Within ``with emulating(spec):`` these calls run quantized:
   mask, softmax and dropout, which stay in full precision.
 
 Every other call runs as it is, and so do the calls that quantized modules
-(:class:`~lowbit.emulate.QuantLinear`) make themselves: their operands are
-rounded once, by their own spec. Calls are matched by name
+(:mod:`lowbit.emulate.modules`) make themselves: their operands are rounded
+once, by their own spec. Calls are matched by name
 (``torch.overrides.resolve_name``), which is how ``a @ b`` reaches a
 function mode in torch 2.13: as ``torch.Tensor.matmul``.
 """
@@ -26,14 +26,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from .conv import quantized_conv
 from .linear import quantized_linear
-from .rounding import inside_quantized_module
 from .matmul import quantized_matmul
+from .rounding import inside_quantized_module
 from .spec import QuantSpec
 
 

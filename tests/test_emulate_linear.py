@@ -31,7 +31,8 @@ def expected_linear(x, w, b, upstream, spec):
     """The spec's semantics written out: forward operands blocked along the
     reduction (in-features) axis; backward operands re-blocked along the
     output features (input gradient) and the tokens (weight gradient)."""
-    y = q(q(x, spec.input, spec) @ q(w, spec.weight, spec, axis=1).T + b, spec.output, spec)
+    # F.linear adds the bias inside its product, as the layer does (added outside, it could round differently)
+    y = q(torch.nn.functional.linear(q(x, spec.input, spec), q(w, spec.weight, spec, axis=1), b), spec.output, spec)
     g = q(upstream, spec.grad_output, spec)
     grad_x = q(g @ q(w, spec.weight, spec, axis=0), spec.grad_input, spec)
     rows, tokens = upstream.reshape(-1, upstream.shape[-1]), x.reshape(-1, x.shape[-1])
