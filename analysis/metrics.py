@@ -74,7 +74,7 @@ class ErrorStats:
 
     @property
     def mse(self) -> float:
-        return self.error_energy / self.count if self.count else math.nan
+        return _mean(self.error_energy, self.count)
 
     @property
     def sqnr_db(self) -> float:
@@ -84,31 +84,31 @@ class ErrorStats:
 
     @property
     def mean_abs_error(self) -> float:
-        return self.abs_error_sum / self.count if self.count else math.nan
+        return _mean(self.abs_error_sum, self.count)
 
     @property
     def mean_rel_error(self) -> float:
-        return self.rel_error_sum / self.nonzero_count if self.nonzero_count else math.nan
+        return _mean(self.rel_error_sum, self.nonzero_count)
 
     @property
     def mean_ulp_error(self) -> float:
-        return self.ulp_error_sum / self.count if self.count else math.nan
+        return _mean(self.ulp_error_sum, self.count)
 
     @property
     def bias(self) -> float:
-        return self.error_sum / self.count if self.count else math.nan
+        return _mean(self.error_sum, self.count)
 
     @property
     def overflow_fraction(self) -> float:
-        return self.overflows / self.count if self.count else math.nan
+        return _mean(self.overflows, self.count)
 
     @property
     def underflow_fraction(self) -> float:
-        return self.underflows / self.count if self.count else math.nan
+        return _mean(self.underflows, self.count)
 
     @property
     def nonfinite_fraction(self) -> float:
-        return self.nonfinite / self.count if self.count else math.nan
+        return _mean(self.nonfinite, self.count)
 
     def metrics(self) -> dict[str, float]:
         """The metrics by name (see the module docstring), and ``count``."""
@@ -117,6 +117,11 @@ class ErrorStats:
     def as_dict(self) -> dict[str, float]:
         """The raw statistics (to store and add up later)."""
         return asdict(self)
+
+
+def _mean(total: float, count: int) -> float:
+    """total / count; NaN when nothing was counted."""
+    return total / count if count else math.nan
 
 
 def _nan_max(a: float, b: float) -> float:
