@@ -10,9 +10,11 @@ Within ``with emulating(spec):`` these calls run quantized:
   ``input`` is the left operand, ``weight`` the right one);
 - ``F.conv1d/2d/3d`` and ``F.conv_transpose1d/2d/3d`` (as
   :func:`~lowbit.emulate.quantized_conv`);
-- ``F.scaled_dot_product_attention``, computed as its two products
-  (q @ k.mT and probabilities @ v, both quantized) around the scaling,
-  mask, softmax and dropout, which stay in full precision.
+- ``F.scaled_dot_product_attention`` and ``F.multi_head_attention_forward``
+  (``nn.MultiheadAttention``, the ``nn.Transformer`` layers), computed from
+  quantized projections and products (:mod:`lowbit.emulate.attention`):
+  a function mode sees each as one call, so their inner products would
+  otherwise run in full precision.
 
 Every other call runs as it is, and so do the calls that quantized modules
 (:mod:`lowbit.emulate.modules`) make themselves: their operands are rounded
@@ -24,13 +26,11 @@ function mode in torch 2.13: as ``torch.Tensor.matmul``.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
-import torch
-import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode, resolve_name
 
+from .attention import attention, multi_head_attention
 from .conv import quantized_conv
 from .linear import quantized_linear
 from .matmul import quantized_matmul
@@ -64,22 +64,6 @@ def _conv_transpose(spec, x, weight, bias=None, stride=1, padding=0, output_padd
                           transposed=True, output_padding=output_padding)
 
 
-def _attention(spec, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    if enable_gqa and k.shape[-3] != q.shape[-3]:
-        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-    scores = quantized_matmul(q, k.mT, spec) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
-    if is_causal:
-        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
-    probabilities = torch.softmax(scores, dim=-1)
-    if dropout_p > 0:
-        probabilities = F.dropout(probabilities, dropout_p)
-    return quantized_matmul(probabilities, v, spec)
-
-
 HANDLERS = {
     "torch.nn.functional.linear": _linear,
     "torch.matmul": _matmul,
@@ -92,7 +76,8 @@ HANDLERS = {
     "torch.Tensor.baddbmm": _addmm,
     "torch.addmm": _addmm,
     "torch.Tensor.addmm": _addmm,
-    "torch.nn.functional.scaled_dot_product_attention": _attention,
+    "torch.nn.functional.scaled_dot_product_attention": attention,
+    "torch.nn.functional.multi_head_attention_forward": multi_head_attention,
     **{f"torch.nn.functional.conv{d}d": _conv for d in (1, 2, 3)},
     **{f"torch.nn.functional.conv_transpose{d}d": _conv_transpose for d in (1, 2, 3)},
 }

@@ -157,3 +157,48 @@ def test_mode_errors():
     with pytest.raises(TypeError, match="spec must be a QuantSpec"):
         with emulating("mxfp4"):
             pass
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("kdim", [None, 24])
+def test_multihead_attention_is_computed_from_its_parts(batch_first, kdim):
+    """With nothing rounded, the decomposition equals nn.MultiheadAttention
+    (to float rounding) for every mask kind and weight layout."""
+    torch.manual_seed(5)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=batch_first, kdim=kdim, vdim=kdim)
+    query, source = torch.randn(2, 5, 32), torch.randn(2, 7, kdim or 32)
+    if not batch_first:
+        query, source = query.transpose(0, 1), source.transpose(0, 1)
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[1, -2:] = True
+    for options in ({}, {"attn_mask": torch.rand(5, 7) > 0.7}, {"key_padding_mask": padding},
+                    {"attn_mask": torch.randn(8, 5, 7), "average_attn_weights": False}):
+        expected, expected_weights = mha(query, source, source, **options)
+        with emulating(QuantSpec()):
+            out, weights = mha(query, source, source, **options)
+        assert torch.allclose(out, expected, atol=1e-6) and torch.allclose(weights, expected_weights, atol=1e-6)
+
+
+def test_multihead_attention_products_are_quantized(monkeypatch):
+    from lowbit.emulate import attention as attention_module
+
+    calls = []
+    for name in ("quantized_matmul", "quantized_linear"):
+        real = getattr(attention_module, name)
+        monkeypatch.setattr(attention_module, name,
+                            lambda *args, _real=real, _name=name: calls.append(_name) or _real(*args))
+    torch.manual_seed(6)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    x = torch.randn(2, 6, 32)
+    plain = layer(x)
+    with emulating(SPEC):
+        quantized = layer(x)
+    assert sorted(calls) == ["quantized_linear"] * 4 + ["quantized_matmul"] * 2
+    assert not torch.equal(quantized, plain) and torch.isfinite(quantized).all()
+    unbatched = torch.nn.MultiheadAttention(32, 4)
+    with emulating(QuantSpec()):
+        out, _ = unbatched(x[0], x[0], x[0])
+    assert torch.allclose(out, unbatched(x[0], x[0], x[0])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="add_bias_kv"):
+        with emulating(SPEC):
+            torch.nn.MultiheadAttention(32, 4, add_bias_kv=True)(x[0], x[0], x[0])
