@@ -6,13 +6,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from . import backends
 from .arrays import InputKind, as_tensor
-
-BACKENDS = ("reference", "cpu")
-
-#: The backend that backend=None picks for CPU data. The tests switch it to
-#: run every formats test on each backend.
-CPU_DEFAULT = "cpu"
 
 
 class Grid(NamedTuple):
@@ -26,15 +21,15 @@ class Grid(NamedTuple):
 
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """The implementation that runs: ``backend`` when given, else the numba
-    kernels ("cpu") for CPU data and the reference implementation elsewhere."""
-    if backend is None:
-        return CPU_DEFAULT if device.type == "cpu" else "reference"
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be None, 'reference' or 'cpu'; got {backend!r}")
-    if backend == "cpu" and device.type != "cpu":
-        raise ValueError(f"backend='cpu' runs on CPU data; this input is on {device}")
-    return backend
+    """The implementation that runs: ``backend`` when given, else the
+    device's default kernels (numba for CPU data, the CUDA extension for
+    CUDA data where it can be built), else the reference implementation."""
+    return backends.resolve(backend, device.type)
+
+
+def kernels(backend: str) -> backends.Kernels:
+    """The entry points of a kernel backend that resolve_backend returned."""
+    return backends.kernels(backend)
 
 
 #: How many elements the reference implementation turns into float64 at a

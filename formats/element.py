@@ -12,16 +12,8 @@ import torch
 
 from .arrays import as_codes, code_dtype, float_dtype, integer_input
 from . import base
-from .base import Grid, chunk_slices, exact, prepare_input, resolve_backend
+from .base import Grid, chunk_slices, exact, kernels, prepare_input, resolve_backend
 from .rounding import Rounder, check_overflow, stochastic_key
-
-
-def cpu_elements():
-    """The CPU kernels' element entry points (imported on first use: numba
-    takes a moment to load)."""
-    from .cpu import element_backend
-
-    return element_backend
 
 
 class ElementFormat:
@@ -79,11 +71,12 @@ class ElementFormat:
         follows ``overflow`` (default: ``inf`` if the format has infinities,
         else ``saturate``). Raises ValueError if x's dtype cannot hold a
         result exactly (pass float32 or float64 then). ``backend``: None (the
-        CPU kernels for CPU data, else the reference), "cpu" or "reference".
+        device's kernels: "cpu" for CPU data, "cuda" for CUDA data where the
+        extension builds; else the reference), or one of those by name.
         """
         t, kind, policy, key, backend = self._policy(x, rounding, overflow, seed, generator, backend)
-        if backend == "cpu":
-            out, exact_fit = cpu_elements().quantize(self, t, rounding, policy, key, flush_subnormals)
+        if backend != "reference":
+            out, exact_fit = kernels(backend).elements.quantize(self, t, rounding, policy, key, flush_subnormals)
             if not exact_fit:
                 raise kind.inexact_error()
             return kind.give_back(out)
@@ -100,8 +93,8 @@ class ElementFormat:
         the format cannot represent (NaN into a format without NaN, negatives
         into an unsigned format, zero into a format without zero)."""
         t, kind, policy, key, backend = self._policy(x, rounding, overflow, seed, generator, backend)
-        if backend == "cpu":
-            out, bad = cpu_elements().encode(self, t, rounding, policy, key, flush_subnormals)
+        if backend != "reference":
+            out, bad = kernels(backend).elements.encode(self, t, rounding, policy, key, flush_subnormals)
             if bad is not None:
                 raise self._unrepresentable(float(exact(t.reshape(-1)[bad], flush_subnormals)))
             return kind.give_back(out)
@@ -144,8 +137,9 @@ class ElementFormat:
         codes' kind (numpy or torch) and device."""
         c, kind = integer_input(codes)
         out_dtype = float_dtype(dtype)
-        if resolve_backend(backend, c.device) == "cpu":
-            return kind.give_back(cpu_elements().decode(self, c, out_dtype))
+        backend = resolve_backend(backend, c.device)
+        if backend != "reference":
+            return kind.give_back(kernels(backend).elements.decode(self, c, out_dtype))
         c, _ = as_codes(c, self.nbits)
         flat = c.reshape(-1)
         out = torch.empty(flat.numel(), dtype=out_dtype, device=flat.device)

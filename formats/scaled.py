@@ -12,7 +12,7 @@ import torch
 
 from .arrays import code_dtype, float_dtype
 from . import base
-from .base import Grid, check_axis, chunk_slices, exact, prepare_input, resolve_backend
+from .base import Grid, check_axis, chunk_slices, exact, kernels, prepare_input, resolve_backend
 from .blocking import BlockLayout
 from .encoded import Encoded
 from .packing import pack, unpack
@@ -89,8 +89,8 @@ class ScaledFormat:
             yield part, blocks, self._encode_blocks(blocks, rounder, rule, tensor_scale)
 
     def _tensor_scale_of_input(self, t: torch.Tensor, layout: BlockLayout, flush_subnormals: bool, backend: str):
-        if backend == "cpu":
-            return cpu_scaled().tensor_scale(self, t, flush_subnormals)
+        if backend != "reference":
+            return kernels(backend).scaled.tensor_scale(self, t, flush_subnormals)
         return self._tensor_scale(t, flush_subnormals)
 
     def quantize(self, x: Any, *, axis: int = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
@@ -99,12 +99,11 @@ class ScaledFormat:
         """What ``x`` becomes when encoded in blocks along ``axis`` and decoded
         again; same kind, dtype, shape and device as ``x``. A block holding
         NaN or Inf becomes all NaN. Elements saturate (they never overflow).
-        ``backend``: None (the CPU kernels for CPU data, else the
-        reference), "cpu" or "reference"."""
+        ``backend``: as in :meth:`ElementFormat.quantize`."""
         t, kind, layout, rule, key, backend = self._prepare(x, axis, rounding, scale_rule, seed, generator, backend)
         tensor_scale = self._tensor_scale_of_input(t, layout, flush_subnormals, backend)
-        if backend == "cpu":
-            out, exact_fit = cpu_scaled().quantize(self, t, layout, rounding, rule, key, flush_subnormals, tensor_scale)
+        if backend != "reference":
+            out, exact_fit = kernels(backend).scaled.quantize(self, t, layout, rounding, rule, key, flush_subnormals, tensor_scale)
             if not exact_fit:
                 raise kind.inexact_error()
             return kind.give_back(out)
@@ -120,8 +119,8 @@ class ScaledFormat:
         one scale code per block (see :class:`Encoded` for the layout)."""
         t, kind, layout, rule, key, backend = self._prepare(x, axis, rounding, scale_rule, seed, generator, backend)
         tensor_scale = self._tensor_scale_of_input(t, layout, flush_subnormals, backend)
-        if backend == "cpu":
-            elements, scale_codes, subscales = cpu_scaled().encode(self, t, layout, rounding, rule, key,
+        if backend != "reference":
+            elements, scale_codes, subscales = kernels(backend).scaled.encode(self, t, layout, rounding, rule, key,
                                                                    flush_subnormals, tensor_scale)
         else:
             elements, scale_codes, subscales = self._encode_reference(t, layout, rounding, rule, key, tensor_scale,
@@ -197,8 +196,9 @@ class ScaledFormat:
         packed_subscales = None if encoded.subscales is None else torch.as_tensor(encoded.subscales)
         scales = torch.as_tensor(encoded.scales).reshape(-1)
         out_dtype = float_dtype(dtype)
-        if resolve_backend(backend, packed_elements.device) == "cpu":
-            values = cpu_scaled().decode(self, layout, packed_elements, scales, packed_subscales,
+        backend = resolve_backend(backend, packed_elements.device)
+        if backend != "reference":
+            values = kernels(backend).scaled.decode(self, layout, packed_elements, scales, packed_subscales,
                                          encoded.tensor_scale, out_dtype)
         else:
             values = self._decode_reference(layout, packed_elements, scales, packed_subscales, encoded.tensor_scale,
@@ -211,13 +211,6 @@ class ScaledFormat:
             codes = self._chunk_codes(part, packed_elements, scales, packed_subscales, tensor_scale)
             out[part] = self._decode_blocks(codes).to(out.dtype)
         return layout.from_blocks(out)
-
-
-def cpu_scaled():
-    """The CPU kernels' scaled-format entry points (imported on first use)."""
-    from .cpu import scaled_backend
-
-    return scaled_backend
 
 
 def _bytes(packed: torch.Tensor, rows: slice, bits_per_row: int) -> torch.Tensor:

@@ -13,6 +13,8 @@ from lowbit.formats import (
     BlockFormat, Encoded, FloatFormat, IntFormat, MicroexponentFormat, get_format, list_formats, pack, unpack,
 )
 
+import lowbit.cuda  # noqa: F401,E402  (registers the "cuda" backend; builds nothing until used)
+
 __version__ = "0.1.0"
 
 

@@ -3,7 +3,12 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from lowbit.formats import base
+import lowbit
+from lowbit.formats import backends
+
+#: the CUDA kernels' math compiled for the host (lowbit.cuda.host_kernels),
+#: run as a backend for CPU data so every formats test checks it
+backends.register_backend("cuda_host", "cpu", lowbit.cuda.host_kernels)
 
 # the backend fixture is function-scoped but fixed for a whole test, so
 # hypothesis may share it across examples
@@ -14,9 +19,16 @@ settings.register_profile("thorough", max_examples=2000, **_shared)
 settings.load_profile(os.environ.get("LOWBIT_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-@pytest.fixture(params=["cpu", "reference"])
+@pytest.fixture(params=["cpu", "reference", "cuda_host"])
 def each_backend(request, monkeypatch):
     """Run a test with backend=None meaning the given backend for CPU data
-    (modules opt in with ``pytestmark = pytest.mark.usefixtures("each_backend")``)."""
-    monkeypatch.setattr(base, "CPU_DEFAULT", request.param)
+    (modules opt in with ``pytestmark = pytest.mark.usefixtures("each_backend")``).
+    ``cuda_host`` needs a C++ compiler and ninja (tests/test_cuda_build.py
+    checks that it builds where they exist)."""
+    if request.param == "cuda_host":
+        try:
+            backends.kernels("cuda_host")
+        except backends.BackendUnavailable as why:
+            pytest.skip(str(why))
+    monkeypatch.setitem(backends.defaults, "cpu", request.param)
     return request.param

@@ -1,7 +1,9 @@
-"""The CPU kernels against the reference implementation, bit for bit: every
-family, every rounding mode and overflow policy, every input dtype,
-strided inputs and other axes, and the float32 fast paths on every
-rounding boundary of the formats they serve."""
+"""The kernel backends against the reference implementation, bit for bit:
+the CPU kernels and the CUDA kernels' math built for the host (the
+``cuda_host`` twin, see conftest.py), on every family, every rounding mode
+and overflow policy, every input dtype, strided inputs and other axes; and
+the CPU's float32 fast paths on every rounding boundary of the formats
+they serve."""
 
 import itertools
 
@@ -13,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lowbit
-from lowbit.formats import BlockFormat, FloatFormat, IntFormat, ROUNDING_MODES, base
+from lowbit.formats import BlockFormat, FloatFormat, IntFormat, ROUNDING_MODES, backends, base
 from lowbit.formats.cpu import fast32
 from lowbit.testing import element_formats, scaled_formats, wide_range_blocks
 
@@ -31,7 +33,25 @@ def outcome(call):
         return f"{type(error).__name__}: {error}"
 
 
-def same(a, b, context):
+def kernel_backends():
+    """The kernel backends that run here (cuda_host needs a C++ compiler)."""
+    try:
+        backends.kernels("cuda_host")
+    except backends.BackendUnavailable:
+        return ("cpu",)
+    return ("cpu", "cuda_host")
+
+
+COMPARED = (*kernel_backends(), "reference")
+
+
+def same(results, context):
+    """Each kernel backend's result equals the reference's (the last)."""
+    for backend, result in zip(COMPARED, results[:-1]):
+        same_pair(result, results[-1], f"{backend}: {context}")
+
+
+def same_pair(a, b, context):
     if isinstance(a, str) or isinstance(b, str):
         assert a == b, context
     elif isinstance(a, lowbit.Encoded):
@@ -43,7 +63,8 @@ def same(a, b, context):
 
 
 def both(method, *args, **kwargs):
-    return [outcome(lambda b=b: method(*args, backend=b, **kwargs)) for b in ("cpu", "reference")]
+    """The outcome of the call on each backend of COMPARED."""
+    return [outcome(lambda b=b: method(*args, backend=b, **kwargs)) for b in COMPARED]
 
 
 def overflow_policies(fmt):
@@ -80,10 +101,10 @@ def test_element_formats_agree(data):
     for x in layouts(x64.to(dtype)):
         policy = dict(rounding=rounding, overflow=overflow, flush_subnormals=flush, **seed)
         context = f"{fmt.name} {dtype} {policy} {tuple(x.stride())}"
-        same(*both(fmt.quantize, x, **policy), context)
-        same(*both(fmt.encode, x, **policy), context)
+        same(both(fmt.quantize, x, **policy), context)
+        same(both(fmt.encode, x, **policy), context)
     codes = torch.randint(0, 1 << fmt.nbits, (40,), dtype=torch.int64)
-    same(*both(fmt.decode, codes, dtype=torch.float64), f"{fmt.name} decode")
+    same(both(fmt.decode, codes, dtype=torch.float64), f"{fmt.name} decode")
 
 
 @given(st.data())
@@ -102,11 +123,11 @@ def test_scaled_formats_agree(data):
         policy["scale_rule"] = data.draw(st.sampled_from(
             ["floor", "ceil", "rceil", "even"] if fmt.scale.man_bits == 0 else ["amax"]), "rule")
     context = f"{fmt.name} {x.dtype} {tuple(x.shape)} {policy}"
-    same(*both(fmt.quantize, x, **policy), context)
+    same(both(fmt.quantize, x, **policy), context)
     encoded = both(fmt.encode, x, **policy)
-    same(*encoded, context)
-    if not isinstance(encoded[1], str):
-        same(*both(fmt.decode, encoded[1]), context)
+    same(encoded, context)
+    if not isinstance(encoded[-1], str):
+        same(both(fmt.decode, encoded[-1]), context)
 
 
 @pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8",
@@ -117,10 +138,10 @@ def test_scaled_formats_along_every_axis(name, axis):
     x = torch.randn(3, 37, 5) * torch.logspace(-3, 3, 5)
     x[1, 2, 3] = torch.nan
     policy = dict(axis=axis) if name not in ("nvfp4",) else dict(axis=axis)
-    same(*both(fmt.quantize, x, **policy), f"{name} axis {axis}")
+    same(both(fmt.quantize, x, **policy), f"{name} axis {axis}")
     encoded = both(fmt.encode, x.permute(2, 0, 1), axis=axis)  # non-contiguous input
-    same(*encoded, f"{name} permuted axis {axis}")
-    same(*both(fmt.decode, encoded[0], dtype=torch.float64), f"{name} decode axis {axis}")
+    same(encoded, f"{name} permuted axis {axis}")
+    same(both(fmt.decode, encoded[0], dtype=torch.float64), f"{name} decode axis {axis}")
 
 
 def boundary_inputs(fmt, most=2048):
@@ -154,8 +175,8 @@ def test_fast_path_on_every_boundary(fmt):
         policy = dict(rounding=rounding, overflow=overflow, flush_subnormals=flush,
                       **({"seed": 9} if rounding == "stochastic" else {}))
         xd = x.to(dtype)
-        same(*both(fmt.quantize, xd, **policy), f"{fmt.name} {dtype} {policy}")
-        same(*both(fmt.encode, xd[~torch.isnan(xd)], **policy), f"{fmt.name} {dtype} encode {policy}")
+        same(both(fmt.quantize, xd, **policy), f"{fmt.name} {dtype} {policy}")
+        same(both(fmt.encode, xd[~torch.isnan(xd)], **policy), f"{fmt.name} {dtype} encode {policy}")
 
 
 @pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8"])
@@ -168,8 +189,8 @@ def test_mx_fast_path_on_every_boundary(name, rule):
         x = np.concatenate([elements * s for s in scales]).astype(np.float32)
     x = torch.from_numpy(np.resize(x, (-(-x.size // 32) * 32,)).reshape(-1, 32))
     for xd in (x, x.bfloat16()):
-        same(*both(fmt.quantize, xd, scale_rule=rule), f"{name} {rule} {xd.dtype}")
-        same(*both(fmt.encode, xd, scale_rule=rule), f"{name} {rule} {xd.dtype} encode")
+        same(both(fmt.quantize, xd, scale_rule=rule), f"{name} {rule} {xd.dtype}")
+        same(both(fmt.encode, xd, scale_rule=rule), f"{name} {rule} {xd.dtype} encode")
 
 
 @pytest.mark.parametrize("tensor_scale", [False, True])
@@ -185,8 +206,8 @@ def test_nvfp4_fast_path_on_every_boundary(tensor_scale):
         rows.append(np.concatenate([first, elements * np.float32(scale)], axis=1))
     x = torch.from_numpy(np.concatenate(rows).astype(np.float32))
     for xd in (x, x.bfloat16()):
-        same(*both(fmt.quantize, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype}")
-        same(*both(fmt.encode, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype} encode")
+        same(both(fmt.quantize, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype}")
+        same(both(fmt.encode, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype} encode")
 
 
 @pytest.mark.parametrize("name", ["mx9", "mx6", "mx4", "msfp12"])
@@ -197,10 +218,10 @@ def test_microexponent_fast_path_across_exponents(name, dtype):
     x = x * torch.exp2(torch.randint(-150, 120, (512, 1)).float()) * torch.exp2(torch.randint(-3, 3, (512, 64)).float())
     x[::7, ::5] = 0.0
     x[3, 3], x[5, 17] = float("nan"), float("-inf")
-    same(*both(fmt.quantize, x.to(dtype)), f"{name} {dtype}")
-    same(*both(fmt.encode, x.to(dtype)), f"{name} {dtype} encode")
+    same(both(fmt.quantize, x.to(dtype)), f"{name} {dtype}")
+    same(both(fmt.encode, x.to(dtype)), f"{name} {dtype} encode")
     encoded = fmt.encode(x.to(dtype), backend="reference")
-    same(*both(fmt.decode, encoded), f"{name} {dtype} decode")
+    same(both(fmt.decode, encoded), f"{name} {dtype} decode")
 
 
 @pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4",
@@ -219,7 +240,7 @@ def test_block_decode_fast_path_on_every_code(name):
         encoded = lowbit.Encoded(fmt, (nblocks, fmt.block_size), -1, packed, scales.reshape(-1, 1),
                                  tensor_scale=tensor_scale)
         for dtype in (torch.float32, torch.float64):
-            same(*both(fmt.decode, encoded, dtype=dtype), f"{name} {dtype} tensor scale {tensor_scale}")
+            same(both(fmt.decode, encoded, dtype=dtype), f"{name} {dtype} tensor scale {tensor_scale}")
 
 
 @pytest.mark.parametrize("name", ["mx9", "mx6", "mx4", "msfp12"])
@@ -236,7 +257,7 @@ def test_microexponent_decode_fast_path_on_every_code(name):
                              scales.to(torch.uint8).reshape(-1, 1),
                              lowbit.formats.pack(shifts, fmt.subscale_code_bits) if fmt.subscales_per_block else None)
     for dtype in (torch.float32, torch.float64):
-        same(*both(fmt.decode, encoded, dtype=dtype), f"{name} {dtype}")
+        same(both(fmt.decode, encoded, dtype=dtype), f"{name} {dtype}")
 
 
 @pytest.mark.parametrize("name", ["mx9", "mx6", "mx4", "msfp12"])
@@ -249,9 +270,9 @@ def test_microexponent_fast_path_where_results_leave_float32(name):
         x = torch.randn(64, 16, generator=torch.Generator().manual_seed(exponent)) * 2.0 ** (exponent - 2)
         x[::9, ::4] = 0.0
         for dtype in (torch.float32, torch.bfloat16):
-            cpu, reference = both(fmt.quantize, x.to(dtype))
-            same(cpu, reference, f"{name} {dtype} 2**{exponent}")
-            held += not isinstance(cpu, str)
+            results = both(fmt.quantize, x.to(dtype))
+            same(results, f"{name} {dtype} 2**{exponent}")
+            held += not isinstance(results[-1], str)
     assert held > 60  # most calls return values (the rest raise the same inexact-dtype error on both backends)
 
 
@@ -264,7 +285,7 @@ def test_stochastic_does_not_depend_on_threads_or_backend(name):
         numba.set_num_threads(threads)
         results.append(fmt.quantize(x, rounding="stochastic", seed=3, backend="cpu"))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    results.append(fmt.quantize(x, rounding="stochastic", seed=3, backend="reference"))
+    results += [fmt.quantize(x, rounding="stochastic", seed=3, backend=b) for b in COMPARED[1:]]
     for r in results[1:]:
         assert torch.equal(results[0], r)
 
@@ -272,10 +293,20 @@ def test_stochastic_does_not_depend_on_threads_or_backend(name):
 def test_cpu_is_the_default_for_cpu_data_and_backends_are_checked():
     assert base.resolve_backend(None, torch.device("cpu")) == "cpu"
     assert base.resolve_backend(None, torch.device("meta")) == "reference"
-    with pytest.raises(ValueError, match="backend must be None, 'reference' or 'cpu'"):
+    with pytest.raises(ValueError, match="backend must be None or one of 'reference', 'cpu', 'cuda'"):
         lowbit.quantize(np.ones(3), "fp8_e4m3", backend="gpu")
-    with pytest.raises(ValueError, match="backend='cpu' runs on CPU data"):
+    with pytest.raises(ValueError, match="backend='cpu' runs on cpu data"):
         base.resolve_backend("cpu", torch.device("meta"))
+    with pytest.raises(ValueError, match="backend='cuda' runs on cuda data"):
+        lowbit.quantize(np.ones(3), "fp8_e4m3", backend="cuda")
+
+
+def test_cuda_tensors_fall_back_to_the_reference_without_the_extension(monkeypatch):
+    if lowbit.cuda.missing() is None:
+        pytest.skip("the CUDA extension can run here")
+    assert base.resolve_backend(None, torch.device("cuda")) == "reference"
+    with pytest.raises(lowbit.cuda.CudaUnavailable, match="lowbit's CUDA extension cannot be used: "):
+        base.resolve_backend("cuda", torch.device("cuda"))
 
 
 def test_counter_uniforms_look_uniform():

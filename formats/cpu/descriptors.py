@@ -1,4 +1,6 @@
-"""Formats and policies as tuples of integers, the kernels' view of them.
+"""Formats and policies as tuples of integers, the kernels' view of them
+(the numba kernels here and the CUDA extension's, whose headers read the
+same fields in the same order).
 
 A kernel takes a format as a fixed-length tuple of int64 (a value, not
 memory, so the compiler keeps its fields in registers) and reads it with
@@ -39,6 +41,13 @@ def rounding_code(rounding: str) -> int:
 
 def overflow_code(overflow: str) -> int:
     return OVERFLOW_POLICIES.index(overflow)
+
+
+def flush_threshold(dtype, flush_subnormals: bool) -> float:
+    """Magnitudes below this become zeros: the torch dtype's smallest normal, or 0."""
+    import torch
+
+    return float(torch.finfo(dtype).tiny) if flush_subnormals else 0.0
 
 
 def float_bits(value: float) -> int:

@@ -15,13 +15,8 @@ import torch
 from ..arrays import code_dtype, codes_range_error
 from . import element_kernels as kernels
 from . import fast32
-from .descriptors import element_descriptor, overflow_code, rounding_code
+from .descriptors import element_descriptor, flush_threshold, overflow_code, rounding_code
 from .views import numpy_data, planes_rows_cols
-
-
-def flush_threshold(dtype: torch.dtype, flush_subnormals: bool) -> float:
-    """Magnitudes below this become zeros: the dtype's smallest normal, or 0."""
-    return float(torch.finfo(dtype).tiny) if flush_subnormals else 0.0
 
 
 def _flat(t: torch.Tensor) -> np.ndarray:

@@ -16,8 +16,8 @@ from ..block_format import BlockFormat
 from ..int_format import IntFormat
 from ..blocking import BlockLayout
 from . import block_kernels, fast_blocks, microexponent_kernels
-from .descriptors import block_params, element_descriptor, microexponent_params, rounding_code
-from .element_backend import flush_threshold, new_tensor
+from .descriptors import block_params, element_descriptor, flush_threshold, microexponent_params, rounding_code
+from .element_backend import new_tensor
 from .views import numpy_data, outer_axis_inner, planes_rows_cols
 
 

@@ -1,0 +1,127 @@
+"""The formats' kernel-backend contract (:class:`lowbit.formats.backends.Kernels`)
+over the extension's torch ops, for either build: ``lowbit_cuda`` (CUDA
+tensors) or ``lowbit_host`` (the host twin, CPU tensors).
+
+Formats reach the kernels as the numba backend's descriptors
+(:mod:`lowbit.formats.cpu.descriptors`), whose fields the CUDA headers read
+in the same order. Inputs may have any strides: element formats read a
+contiguous copy of a non-contiguous input; block formats read blocks
+through an (outer, axis, inner) view where the strides allow one. Outputs
+are new contiguous tensors on the input's device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.formats.arrays import code_dtype, codes_range_error
+from lowbit.formats.backends import Kernels
+from lowbit.formats.block_format import BlockFormat
+from lowbit.formats.cpu.descriptors import (
+    block_params, element_descriptor, flush_threshold, microexponent_params, overflow_code, rounding_code,
+)
+
+#: integer code dtypes the ops read as they are; others are read as int64
+_CODE_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64)
+
+
+def signed_key(key: int | None) -> int:
+    """A stochastic key (0..2**64-1, None for 0) as the int64 with its bits (op arguments are int64)."""
+    key = key or 0
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
+class ElementOps:
+    """Element formats (FloatFormat, IntFormat) on one build's ops."""
+
+    def __init__(self, ops) -> None:
+        self.ops = ops
+
+    def quantize(self, fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None,
+                 flush_subnormals: bool) -> tuple[torch.Tensor, bool]:
+        """The rounded values in t's dtype and shape, and whether they all fit that dtype exactly."""
+        out, inexact = self.ops.element_quantize(t, element_descriptor(fmt), rounding_code(rounding),
+                                                 overflow_code(overflow), signed_key(key),
+                                                 flush_threshold(t.dtype, flush_subnormals))
+        return out, not bool(inexact)
+
+    def encode(self, fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None,
+               flush_subnormals: bool) -> tuple[torch.Tensor, int | None]:
+        """The codes in t's shape, and the flat index of the first element
+        the format cannot represent (None if every element encoded)."""
+        bits = torch.iinfo(code_dtype(fmt.nbits)).bits
+        codes, first_invalid = self.ops.element_encode(t, element_descriptor(fmt), rounding_code(rounding),
+                                                       overflow_code(overflow), signed_key(key),
+                                                       flush_threshold(t.dtype, flush_subnormals), bits)
+        bad = int(first_invalid)
+        return codes, None if bad == -1 else bad
+
+    def decode(self, fmt, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The values of integer codes in ``dtype``; ValueError for codes outside [0, 2**nbits)."""
+        if codes.dtype not in _CODE_DTYPES:
+            codes = codes.to(torch.int64)
+        out, out_of_range = self.ops.element_decode(codes, element_descriptor(fmt), fmt.nbits, dtype)
+        if bool(out_of_range):
+            raise codes_range_error(fmt.nbits)
+        return out
+
+
+class ScaledOps:
+    """Scaled formats (BlockFormat, MicroexponentFormat) on one build's ops."""
+
+    def __init__(self, ops) -> None:
+        self.ops = ops
+
+    def tensor_scale(self, fmt, t: torch.Tensor, flush_subnormals: bool) -> float | None:
+        """NVFP4's per-tensor scale from the largest finite magnitude (None for formats without one)."""
+        if not (isinstance(fmt, BlockFormat) and fmt.tensor_scale):
+            return None
+        magnitudes = t.abs()
+        keep = torch.isfinite(magnitudes) & (magnitudes >= flush_threshold(t.dtype, flush_subnormals))
+        amax = float(torch.where(keep, magnitudes, 0).max()) if t.numel() else 0.0
+        return fmt.tensor_scale_of(amax)
+
+    def _arguments(self, fmt, layout, rule, ts):
+        if isinstance(fmt, BlockFormat):
+            return (element_descriptor(fmt.element), element_descriptor(fmt.scale), block_params(fmt, rule, ts))
+        return (microexponent_params(fmt),)
+
+    def quantize(self, fmt, t: torch.Tensor, layout, rounding: str, scale_rule: str | None, key: int | None,
+                 flush_subnormals: bool, ts: float | None) -> tuple[torch.Tensor, bool]:
+        """t encoded and decoded, in its shape and dtype, and whether the dtype held every result exactly."""
+        op = self.ops.block_quantize if isinstance(fmt, BlockFormat) else self.ops.microexponent_quantize
+        out, inexact = op(t, layout.axis, *self._arguments(fmt, layout, scale_rule, ts), rounding_code(rounding),
+                          signed_key(key), flush_threshold(t.dtype, flush_subnormals))
+        return out, not bool(inexact)
+
+    def encode(self, fmt, t: torch.Tensor, layout, rounding: str, scale_rule: str | None, key: int | None,
+               flush_subnormals: bool, ts: float | None):
+        """(packed element codes, scale codes in the blocked shape, packed sub-block shifts or None)."""
+        arguments = (t, layout.axis, *self._arguments(fmt, layout, scale_rule, ts), rounding_code(rounding),
+                     signed_key(key), flush_threshold(t.dtype, flush_subnormals))
+        if isinstance(fmt, BlockFormat):
+            elements, scales = self.ops.block_encode(*arguments)
+            subscales = None
+        else:
+            elements, scales, subscales = self.ops.microexponent_encode(*arguments)
+            subscales = subscales if fmt.subscales_per_block else None
+        scales = scales.to(code_dtype(fmt.scale_code_bits)).reshape(layout.blocked_shape[:-1])
+        return elements, scales, subscales
+
+    def decode(self, fmt, layout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
+               ts: float | None, dtype: torch.dtype) -> torch.Tensor:
+        """The values in the layout's true shape."""
+        shape = list(layout.shape)
+        if isinstance(fmt, BlockFormat):
+            return self.ops.block_decode(elements, scales, shape, layout.axis,
+                                         *self._arguments(fmt, layout, fmt.scale_rule, ts), dtype)
+        if subscales is None:
+            subscales = torch.empty(0, dtype=torch.uint8, device=elements.device)
+        return self.ops.microexponent_decode(elements, scales, subscales, shape, layout.axis,
+                                             microexponent_params(fmt), dtype)
+
+
+def kernels(namespace: str) -> Kernels:
+    """The Kernels of a loaded build (``"lowbit_cuda"`` or ``"lowbit_host"``)."""
+    ops = getattr(torch.ops, namespace)
+    return Kernels(ElementOps(ops), ScaledOps(ops))

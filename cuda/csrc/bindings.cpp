@@ -1,0 +1,288 @@
+// Torch bindings of the kernels: check and adapt tensors, allocate outputs,
+// launch on the current stream. Each op returns its outputs and a status
+// tensor (the caller reads it: inexact outputs, the first element that
+// cannot be encoded, codes out of range), so no op synchronises itself.
+//
+// Built twice: with nvcc's kernels as the ops lowbit_cuda::* for CUDA
+// tensors, and with -DLOWBIT_HOST_ONLY and host_launchers.cpp as
+// lowbit_host::* for CPU tensors (the host twin the CPU-only tests use).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "launchers.h"
+
+#ifdef LOWBIT_HOST_ONLY
+#define LOWBIT_OPS lowbit_host
+#define LOWBIT_DEVICE CPU
+#else
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define LOWBIT_OPS lowbit_cuda
+#define LOWBIT_DEVICE CUDA
+#endif
+
+namespace lowbit {
+namespace {
+
+using at::Tensor;
+
+// The device of `x` made current, and its current stream (none on the host).
+struct OnDevice {
+#ifdef LOWBIT_HOST_ONLY
+  explicit OnDevice(const Tensor&) {}
+  cudaStream_t stream() const { return nullptr; }
+#else
+  c10::cuda::CUDAGuard guard;
+  explicit OnDevice(const Tensor& x) : guard(x.device()) {}
+  cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream().stream(); }
+#endif
+};
+
+int dtype_of(const Tensor& x) {
+  switch (x.scalar_type()) {
+    case at::kHalf: return F16;
+    case at::kBFloat16: return BF16;
+    case at::kFloat: return F32;
+    case at::kDouble: return F64;
+    default: TORCH_CHECK(false, "lowbit: input dtype must be float16, bfloat16, float32 or float64; got ", x.scalar_type());
+  }
+  return F64;
+}
+
+int code_type_of(const Tensor& codes) {
+  switch (codes.scalar_type()) {
+    case at::kByte: return U8;
+    case at::kChar: return I8;
+    case at::kShort: return I16;
+    case at::kUInt16: return U16;
+    case at::kInt: return I32;
+    case at::kUInt32: return U32;
+    case at::kLong: return I64;
+    default: TORCH_CHECK(false, "lowbit: codes must be an integer dtype; got ", codes.scalar_type());
+  }
+  return I64;
+}
+
+int output_dtype_of(at::ScalarType dtype) {
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "lowbit: decode gives float32 or float64; got ", dtype);
+  return dtype == at::kFloat ? F32 : F64;
+}
+
+void check_device(const Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().type() == c10::DeviceType::LOWBIT_DEVICE, "lowbit: ", name, " must be on ",
+              c10::DeviceType::LOWBIT_DEVICE, ", got ", x.device());
+}
+
+ElementDesc element_desc(at::IntArrayRef fields) {
+  TORCH_CHECK(fields.size() == ELEMENT_FIELDS, "lowbit: an element descriptor has ", int(ELEMENT_FIELDS), " fields");
+  ElementDesc d;
+  for (int k = 0; k < ELEMENT_FIELDS; ++k) d.f[k] = fields[k];
+  return d;
+}
+
+BlockParams block_params(at::ArrayRef<double> f) {
+  TORCH_CHECK(f.size() == 11, "lowbit: block parameters have 11 fields");
+  return BlockParams{int(f[0]), int(f[1]), int(f[2]), int(f[3]), f[4], int(f[5]), f[6], int(f[7]), int(f[8]),
+                     int(f[9]), int(f[10])};
+}
+
+MicroParams micro_params(at::IntArrayRef f) {
+  TORCH_CHECK(f.size() == 8, "lowbit: microexponent parameters have 8 fields");
+  return MicroParams{int(f[0]), int(f[1]), int(f[2]), int(f[3]), int(f[4]), int(f[5]), int(f[6]), int(f[7])};
+}
+
+Policy policy(int64_t mode, int64_t overflow, int64_t key, double tiny) {
+  return Policy{int(mode), int(overflow), (unsigned long long)key, tiny};
+}
+
+// x as an (outer, length, inner) view along `axis`, without a copy where its strides allow.
+std::pair<Tensor, BlockView> axis_view(const Tensor& x, int64_t axis, int64_t block) {
+  TORCH_CHECK(x.dim() == 0 ? axis == 0 : (axis >= 0 && axis < x.dim()), "lowbit: axis ", axis, " is out of range");
+  int64_t outer = 1, inner = 1, length = x.dim() == 0 ? 1 : x.size(axis);
+  for (int64_t k = 0; k < axis; ++k) outer *= x.size(k);
+  for (int64_t k = axis + 1; k < x.dim(); ++k) inner *= x.size(k);
+  Tensor view = x.reshape({outer, length, inner});
+  BlockView v{outer, length, inner, (length + block - 1) / block, view.stride(0), view.stride(1), view.stride(2)};
+  return {view, v};
+}
+
+// A buffer for `bits` of packed codes, in whole 32-bit words (the kernels OR
+// codes in by words), zeroed unless every row's codes fill whole bytes.
+Tensor packed_buffer(const Tensor& like, int64_t bits, int64_t row_bits) {
+  int64_t bytes = (bits + 7) / 8, words = (bytes + 3) / 4;
+  auto options = like.options().dtype(at::kByte);
+  Tensor buffer = row_bits % 8 == 0 ? at::empty({words * 4}, options) : at::zeros({words * 4}, options);
+  return buffer.narrow(0, 0, bytes);
+}
+
+Tensor flag(const Tensor& like) { return at::zeros({}, like.options().dtype(at::kInt)); }
+
+// -- element formats ----------------------------------------------------------
+std::tuple<Tensor, Tensor> element_quantize_op(const Tensor& x, at::IntArrayRef desc, int64_t mode, int64_t overflow,
+                                               int64_t key, double tiny) {
+  check_device(x, "x");
+  OnDevice on(x);
+  Tensor input = x.contiguous(), out = at::empty(x.sizes(), x.options()), inexact = flag(x);
+  element_quantize(dtype_of(x), input.data_ptr(), out.data_ptr(), x.numel(), element_desc(desc),
+                   policy(mode, overflow, key, tiny), inexact.data_ptr<int>(), on.stream());
+  return {out, inexact};
+}
+
+std::tuple<Tensor, Tensor> element_encode_op(const Tensor& x, at::IntArrayRef desc, int64_t mode, int64_t overflow,
+                                             int64_t key, double tiny, int64_t code_bits) {
+  check_device(x, "x");
+  TORCH_CHECK(code_bits == 8 || code_bits == 16 || code_bits == 32, "lowbit: code_bits must be 8, 16 or 32");
+  OnDevice on(x);
+  at::ScalarType code_dtype = code_bits == 8 ? at::kByte : code_bits == 16 ? at::kUInt16 : at::kUInt32;
+  Tensor input = x.contiguous(), codes = at::empty(x.sizes(), x.options().dtype(code_dtype));
+  Tensor first_invalid = at::full({}, -1, x.options().dtype(at::kLong));  // UINT64_MAX: none
+  element_encode(dtype_of(x), input.data_ptr(), codes.data_ptr(), code_type_of(codes), x.numel(), element_desc(desc),
+                 policy(mode, overflow, key, tiny),
+                 reinterpret_cast<unsigned long long*>(first_invalid.data_ptr<int64_t>()), on.stream());
+  return {codes, first_invalid};
+}
+
+std::tuple<Tensor, Tensor> element_decode_op(const Tensor& codes, at::IntArrayRef desc, int64_t nbits,
+                                             at::ScalarType dtype) {
+  check_device(codes, "codes");
+  OnDevice on(codes);
+  Tensor input = codes.contiguous(), out = at::empty(codes.sizes(), codes.options().dtype(dtype)),
+         out_of_range = flag(codes);
+  element_decode(code_type_of(codes), input.data_ptr(), out.data_ptr(), output_dtype_of(dtype), codes.numel(),
+                 element_desc(desc), int(nbits), out_of_range.data_ptr<int>(), on.stream());
+  return {out, out_of_range};
+}
+
+// -- BlockFormat --------------------------------------------------------------
+std::tuple<Tensor, Tensor> block_quantize_op(const Tensor& x, int64_t axis, at::IntArrayRef element,
+                                             at::IntArrayRef scale, at::ArrayRef<double> params, int64_t mode,
+                                             int64_t key, double tiny) {
+  check_device(x, "x");
+  OnDevice on(x);
+  BlockParams bp = block_params(params);
+  auto [view, v] = axis_view(x, axis, bp.block);
+  Tensor out = at::empty(x.sizes(), x.options()), inexact = flag(x);
+  block_quantize(dtype_of(x), view.data_ptr(), out.data_ptr(), v, element_desc(element), element_desc(scale), bp,
+                 policy(mode, 0, key, tiny), inexact.data_ptr<int>(), on.stream());
+  return {out, inexact};
+}
+
+std::tuple<Tensor, Tensor> block_encode_op(const Tensor& x, int64_t axis, at::IntArrayRef element,
+                                           at::IntArrayRef scale, at::ArrayRef<double> params, int64_t mode,
+                                           int64_t key, double tiny) {
+  check_device(x, "x");
+  OnDevice on(x);
+  BlockParams bp = block_params(params);
+  auto [view, v] = axis_view(x, axis, bp.block);
+  int64_t rows = block_count(v), row_bits = int64_t(bp.block) * bp.element_bits;
+  Tensor elements = packed_buffer(x, rows * row_bits, row_bits);
+  Tensor scales = at::empty({rows}, x.options().dtype(at::kInt));
+  block_encode(dtype_of(x), view.data_ptr(), elements.data_ptr<uint8_t>(), scales.data_ptr<int32_t>(), v,
+               element_desc(element), element_desc(scale), bp, policy(mode, 0, key, tiny), on.stream());
+  return {elements, scales};
+}
+
+Tensor block_decode_op(const Tensor& elements, const Tensor& scales, at::IntArrayRef shape, int64_t axis,
+                       at::IntArrayRef element, at::IntArrayRef scale, at::ArrayRef<double> params,
+                       at::ScalarType dtype) {
+  check_device(elements, "elements");
+  check_device(scales, "scales");
+  OnDevice on(elements);
+  BlockParams bp = block_params(params);
+  Tensor out = at::empty(shape, elements.options().dtype(dtype));
+  auto [view, v] = axis_view(out, axis, bp.block);
+  TORCH_CHECK(scales.numel() == block_count(v), "lowbit: expected ", block_count(v), " scale codes, got ",
+              scales.numel());
+  TORCH_CHECK(elements.numel() * 8 >= block_count(v) * bp.block * bp.element_bits, "lowbit: too few element bytes");
+  Tensor packed = elements.contiguous(), scale_codes = scales.to(at::kInt).contiguous();
+  block_decode(packed.data_ptr<uint8_t>(), scale_codes.data_ptr<int32_t>(), out.data_ptr(), output_dtype_of(dtype), v,
+               element_desc(element), element_desc(scale), bp, on.stream());
+  return out;
+}
+
+// -- MicroexponentFormat ------------------------------------------------------
+std::tuple<Tensor, Tensor> microexponent_quantize_op(const Tensor& x, int64_t axis, at::IntArrayRef params,
+                                                     int64_t mode, int64_t key, double tiny) {
+  check_device(x, "x");
+  OnDevice on(x);
+  MicroParams mp = micro_params(params);
+  auto [view, v] = axis_view(x, axis, mp.block);
+  Tensor out = at::empty(x.sizes(), x.options()), inexact = flag(x);
+  microexponent_quantize(dtype_of(x), view.data_ptr(), out.data_ptr(), v, mp, policy(mode, 0, key, tiny),
+                         inexact.data_ptr<int>(), on.stream());
+  return {out, inexact};
+}
+
+std::tuple<Tensor, Tensor, Tensor> microexponent_encode_op(const Tensor& x, int64_t axis, at::IntArrayRef params,
+                                                           int64_t mode, int64_t key, double tiny) {
+  check_device(x, "x");
+  OnDevice on(x);
+  MicroParams mp = micro_params(params);
+  auto [view, v] = axis_view(x, axis, mp.block);
+  int64_t rows = block_count(v), row_bits = int64_t(mp.block) * (mp.man + 1);
+  int64_t shift_bits = int64_t(mp.block / mp.sub_block) * mp.micro_bits;
+  Tensor elements = packed_buffer(x, rows * row_bits, row_bits);
+  Tensor subscales = packed_buffer(x, rows * shift_bits, shift_bits);
+  Tensor scales = at::empty({rows}, x.options().dtype(at::kInt));
+  microexponent_encode(dtype_of(x), view.data_ptr(), elements.data_ptr<uint8_t>(), scales.data_ptr<int32_t>(),
+                       subscales.data_ptr<uint8_t>(), v, mp, policy(mode, 0, key, tiny), on.stream());
+  return {elements, scales, subscales};
+}
+
+Tensor microexponent_decode_op(const Tensor& elements, const Tensor& scales, const Tensor& subscales,
+                               at::IntArrayRef shape, int64_t axis, at::IntArrayRef params, at::ScalarType dtype) {
+  check_device(elements, "elements");
+  check_device(scales, "scales");
+  check_device(subscales, "subscales");
+  OnDevice on(elements);
+  MicroParams mp = micro_params(params);
+  Tensor out = at::empty(shape, elements.options().dtype(dtype));
+  auto [view, v] = axis_view(out, axis, mp.block);
+  TORCH_CHECK(scales.numel() == block_count(v), "lowbit: expected ", block_count(v), " scale codes, got ",
+              scales.numel());
+  TORCH_CHECK(elements.numel() * 8 >= block_count(v) * mp.block * (mp.man + 1), "lowbit: too few element bytes");
+  TORCH_CHECK(subscales.numel() * 8 >= block_count(v) * (mp.block / mp.sub_block) * mp.micro_bits,
+              "lowbit: too few sub-block shift bytes");
+  Tensor packed = elements.contiguous(), scale_codes = scales.to(at::kInt).contiguous(),
+         shifts = subscales.contiguous();
+  microexponent_decode(packed.data_ptr<uint8_t>(), scale_codes.data_ptr<int32_t>(), shifts.data_ptr<uint8_t>(),
+                       out.data_ptr(), output_dtype_of(dtype), v, mp, on.stream());
+  return out;
+}
+
+}  // namespace
+}  // namespace lowbit
+
+TORCH_LIBRARY(LOWBIT_OPS, m) {
+  m.def("element_quantize(Tensor x, int[] desc, int mode, int overflow, int key, float tiny) -> (Tensor, Tensor)");
+  m.def("element_encode(Tensor x, int[] desc, int mode, int overflow, int key, float tiny, int code_bits)"
+        " -> (Tensor, Tensor)");
+  m.def("element_decode(Tensor codes, int[] desc, int nbits, ScalarType dtype) -> (Tensor, Tensor)");
+  m.def("block_quantize(Tensor x, int axis, int[] element, int[] scale, float[] params, int mode, int key,"
+        " float tiny) -> (Tensor, Tensor)");
+  m.def("block_encode(Tensor x, int axis, int[] element, int[] scale, float[] params, int mode, int key,"
+        " float tiny) -> (Tensor, Tensor)");
+  m.def("block_decode(Tensor elements, Tensor scales, int[] shape, int axis, int[] element, int[] scale,"
+        " float[] params, ScalarType dtype) -> Tensor");
+  m.def("microexponent_quantize(Tensor x, int axis, int[] params, int mode, int key, float tiny)"
+        " -> (Tensor, Tensor)");
+  m.def("microexponent_encode(Tensor x, int axis, int[] params, int mode, int key, float tiny)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("microexponent_decode(Tensor elements, Tensor scales, Tensor subscales, int[] shape, int axis,"
+        " int[] params, ScalarType dtype) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(LOWBIT_OPS, LOWBIT_DEVICE, m) {
+  m.impl("element_quantize", &lowbit::element_quantize_op);
+  m.impl("element_encode", &lowbit::element_encode_op);
+  m.impl("element_decode", &lowbit::element_decode_op);
+  m.impl("block_quantize", &lowbit::block_quantize_op);
+  m.impl("block_encode", &lowbit::block_encode_op);
+  m.impl("block_decode", &lowbit::block_decode_op);
+  m.impl("microexponent_quantize", &lowbit::microexponent_quantize_op);
+  m.impl("microexponent_encode", &lowbit::microexponent_encode_op);
+  m.impl("microexponent_decode", &lowbit::microexponent_decode_op);
+}

@@ -1,0 +1,153 @@
+// GPU kernels for element formats: quantize, encode, decode over contiguous
+// data. Each thread takes 16 bytes of input at a time (one aligned vector
+// load) in a grid-stride loop; the per-element math is element_math.cuh's.
+#include "dispatch.h"
+
+namespace lowbit {
+namespace {
+
+constexpr int THREADS = 256;
+
+// A grid that covers `items` work items with THREADS-thread blocks, capped
+// at a few waves of resident blocks (the loops are grid-stride).
+inline unsigned grid_for(long long items) {
+  long long blocks = (items + THREADS - 1) / THREADS;
+  if (blocks > 65536) blocks = 65536;
+  return (unsigned)(blocks > 0 ? blocks : 1);
+}
+
+inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
+template <typename T> union Vector {
+  uint4 raw;
+  T lane[16 / sizeof(T)];
+};
+
+// quantize: VECTOR takes 16 bytes per step (x and out 16-byte aligned).
+template <int DT, bool VECTOR>
+__global__ void __launch_bounds__(THREADS) quantize_kernel(const typename Storage<DT>::type* x,
+                                                           typename Storage<DT>::type* out, long long n,
+                                                           ElementDesc d, Policy p, int* inexact) {
+  typedef typename Storage<DT>::type T;
+  constexpr int LANES = VECTOR ? 16 / sizeof(T) : 1;
+  bool lost = false;
+  long long stride = (long long)gridDim.x * blockDim.x;
+  long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  long long vectors = n / LANES;
+  for (long long c = first; c < vectors; c += stride) {
+    if (VECTOR) {
+      Vector<T> in, result;
+      in.raw = reinterpret_cast<const uint4*>(x)[c];
+#pragma unroll
+      for (int l = 0; l < LANES; ++l) {
+        bool exact;
+        result.lane[l] = quantize_one<DT>(in.lane[l], c * LANES + l, d, p, exact);
+        lost |= !exact;
+      }
+      reinterpret_cast<uint4*>(out)[c] = result.raw;
+    } else {
+      bool exact;
+      out[c] = quantize_one<DT>(x[c], c, d, p, exact);
+      lost |= !exact;
+    }
+  }
+  for (long long i = vectors * LANES + first; i < n; i += stride) {
+    bool exact;
+    out[i] = quantize_one<DT>(x[i], i, d, p, exact);
+    lost |= !exact;
+  }
+  if (lost) *inexact = 1;
+}
+
+template <int DT, typename C, bool VECTOR>
+__global__ void __launch_bounds__(THREADS) encode_kernel(const typename Storage<DT>::type* x, C* codes, long long n,
+                                                         ElementDesc d, Policy p,
+                                                         unsigned long long* first_invalid) {
+  typedef typename Storage<DT>::type T;
+  constexpr int LANES = VECTOR ? 16 / sizeof(T) : 1;
+  unsigned long long bad = ~0ULL;
+  long long stride = (long long)gridDim.x * blockDim.x;
+  long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  long long vectors = n / LANES;
+  for (long long c = first; c < vectors; c += stride) {
+    Vector<T> in;
+    if (VECTOR) in.raw = reinterpret_cast<const uint4*>(x)[c];
+    else in.lane[0] = x[c];
+#pragma unroll
+    for (int l = 0; l < LANES; ++l) {
+      long long i = c * LANES + l;
+      Code code = encode_one<DT>(in.lane[l], i, d, p);
+      codes[i] = (C)code.code;
+      if (code.invalid && (unsigned long long)i < bad) bad = i;
+    }
+  }
+  for (long long i = vectors * LANES + first; i < n; i += stride) {
+    Code code = encode_one<DT>(x[i], i, d, p);
+    codes[i] = (C)code.code;
+    if (code.invalid && (unsigned long long)i < bad) bad = i;
+  }
+  if (bad != ~0ULL) atomicMin(first_invalid, bad);
+}
+
+template <typename C, typename O>
+__global__ void __launch_bounds__(THREADS) decode_kernel(const C* codes, O* out, long long n, ElementDesc d,
+                                                         int nbits, int* out_of_range) {
+  bool any = false;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    bool outside;
+    out[i] = (O)decode_one((long long)codes[i], d, nbits, outside);
+    any |= outside;
+  }
+  if (any) *out_of_range = 1;
+}
+
+}  // namespace
+
+void element_quantize(int dtype, const void* x, void* out, long long n, ElementDesc d, Policy p, int* inexact,
+                      cudaStream_t stream) {
+  if (n == 0) return;
+  with_dtype(dtype, [&](auto tag) {
+    constexpr int DT = decltype(tag)::value;
+    typedef typename Storage<DT>::type T;
+    const T* in = static_cast<const T*>(x);
+    T* result = static_cast<T*>(out);
+    if (aligned16(x) && aligned16(out))
+      quantize_kernel<DT, true><<<grid_for(n / (16 / sizeof(T))), THREADS, 0, stream>>>(in, result, n, d, p, inexact);
+    else
+      quantize_kernel<DT, false><<<grid_for(n), THREADS, 0, stream>>>(in, result, n, d, p, inexact);
+  });
+}
+
+void element_encode(int dtype, const void* x, void* codes, int code_type, long long n, ElementDesc d, Policy p,
+                    unsigned long long* first_invalid, cudaStream_t stream) {
+  if (n == 0) return;
+  with_dtype(dtype, [&](auto tag) {
+    constexpr int DT = decltype(tag)::value;
+    typedef typename Storage<DT>::type T;
+    with_code_type(code_type, [&](auto code_tag) {
+      typedef typename CodeStorage<decltype(code_tag)::value>::type C;
+      const T* in = static_cast<const T*>(x);
+      C* out = static_cast<C*>(codes);
+      if (aligned16(x))
+        encode_kernel<DT, C, true><<<grid_for(n / (16 / sizeof(T))), THREADS, 0, stream>>>(in, out, n, d, p,
+                                                                                           first_invalid);
+      else
+        encode_kernel<DT, C, false><<<grid_for(n), THREADS, 0, stream>>>(in, out, n, d, p, first_invalid);
+    });
+  });
+}
+
+void element_decode(int code_type, const void* codes, void* out, int out_dtype, long long n, ElementDesc d,
+                    int nbits, int* out_of_range, cudaStream_t stream) {
+  if (n == 0) return;
+  with_code_type(code_type, [&](auto code_tag) {
+    typedef typename CodeStorage<decltype(code_tag)::value>::type C;
+    with_output_dtype(out_dtype, [&](auto out_tag) {
+      typedef typename Storage<decltype(out_tag)::value>::type O;
+      decode_kernel<C, O><<<grid_for(n), THREADS, 0, stream>>>(static_cast<const C*>(codes), static_cast<O*>(out), n,
+                                                              d, nbits, out_of_range);
+    });
+  });
+}
+
+}  // namespace lowbit

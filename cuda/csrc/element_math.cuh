@@ -1,0 +1,343 @@
+// Per-element math of lowbit's formats, as __host__ __device__ functions.
+//
+// A line-for-line twin of lowbit/formats/cpu/scalar.py (itself a mirror of
+// the reference implementation): every value is taken exactly as a double
+// and rounded with the same double steps (scaling by powers of two, floor,
+// exact comparisons), so the GPU kernels, the host build of this header and
+// the numba kernels agree bit for bit. Compile without floating-point
+// contraction (nvcc --fmad=false, g++ -ffp-contract=off): an a*b+c fused
+// into one rounding would change results the reference computes in two.
+//
+// Formats arrive as ElementDesc, the same 16 integer fields, in the same
+// order, as lowbit.formats.cpu.descriptors.element_descriptor.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+#ifndef __CUDACC__
+#include <string.h>
+#endif
+
+#if defined(__CUDACC__)
+#define LB_HD __host__ __device__ __forceinline__
+#else
+#define LB_HD inline
+#endif
+
+namespace lowbit {
+
+// -- format descriptors (indices as in descriptors.py) -----------------------
+enum ElementField {
+  IS_INT = 0,
+  // FloatFormat
+  MAN_BITS = 1, LOWEST_EXPONENT = 2, SUBNORMALS = 3, HAS_ZERO = 4, MAX_CODE = 5, SIGN_CODE = 6, MAG_BITS = 7,
+  INF_MAG = 8, NAN_POSITIVE = 9, NAN_NEGATIVE = 10, HAS_NEGATIVE_ZERO = 11, SIGNED = 12, BIAS = 13,
+  NEGATIVE_ZERO_IS_NAN = 14, SMALLEST_BITS = 15,
+  // IntFormat
+  INT_BITS = 1, INT_SIGNED = 2, QMIN = 3, QMAX = 4, FRAC_BITS = 5,
+  ELEMENT_FIELDS = 16
+};
+
+struct ElementDesc {
+  long long f[ELEMENT_FIELDS];
+};
+
+// rounding modes and overflow policies, numbered as in lowbit.formats.rounding
+enum Rounding { NEAREST_EVEN = 0, NEAREST_AWAY = 1, TOWARD_ZERO = 2, UP = 3, DOWN = 4, STOCHASTIC = 5 };
+enum Overflow { SATURATE = 0, OVERFLOW_INF = 1, OVERFLOW_NAN = 2 };
+
+// How a call rounds: mode, overflow policy, stochastic key, and the
+// magnitude below which inputs are flushed to signed zeros (0: no flushing).
+struct Policy {
+  int mode;
+  int overflow;
+  unsigned long long key;
+  double tiny;
+};
+
+// -- double and float bits ---------------------------------------------------
+constexpr long long EXPONENT_MASK = 0x7FF0000000000000LL;
+constexpr long long MAGNITUDE_MASK = 0x7FFFFFFFFFFFFFFFLL;
+
+LB_HD long long bits_of(double x) {
+#ifdef __CUDA_ARCH__
+  return __double_as_longlong(x);
+#else
+  long long b;
+  memcpy(&b, &x, sizeof b);
+  return b;
+#endif
+}
+
+LB_HD double double_of(long long b) {
+#ifdef __CUDA_ARCH__
+  return __longlong_as_double(b);
+#else
+  double x;
+  memcpy(&x, &b, sizeof x);
+  return x;
+#endif
+}
+
+LB_HD int32_t float_bits(float x) {
+#ifdef __CUDA_ARCH__
+  return __float_as_int(x);
+#else
+  int32_t b;
+  memcpy(&b, &x, sizeof b);
+  return b;
+#endif
+}
+
+LB_HD float float_of(int32_t b) {
+#ifdef __CUDA_ARCH__
+  return __int_as_float(b);
+#else
+  float x;
+  memcpy(&x, &b, sizeof x);
+  return x;
+#endif
+}
+
+// 2.0**k for integer k in [-1022, 1023], built on the bits.
+LB_HD double pow2(long long k) { return double_of((long long)((unsigned long long)(k + 1023) << 52)); }
+
+// floor(log2 |x|) of a normal double given as its bits, or `below` when x is
+// zero or subnormal.
+LB_HD long long floor_log2_or(long long x_bits, long long below) {
+  long long biased = (x_bits & MAGNITUDE_MASK) >> 52;
+  return biased != 0 ? biased - 1023 : below;
+}
+
+LB_HD long long max64(long long a, long long b) { return a > b ? a : b; }
+LB_HD long long min64(long long a, long long b) { return a < b ? a : b; }
+// Python's max/min on floats as numba compiles them (the first argument wins ties and NaN comparisons fail).
+LB_HD double maxd(double a, double b) { return b > a ? b : a; }
+LB_HD double mind(double a, double b) { return b < a ? b : a; }
+
+// -- stochastic rounding's uniforms ------------------------------------------
+// Element `index`'s uniform in [0, 1) in the stream `key`: draw `index` of
+// SplitMix64, as lowbit.formats.rounding.counter_uniforms.
+LB_HD double counter_uniform(unsigned long long key, long long index) {
+  unsigned long long z = key + (unsigned long long)(index + 1) * 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  z = z ^ (z >> 31);
+  return (double)(z >> 11) * 0x1p-53;
+}
+
+LB_HD double uniform_for(const Policy& p, long long index) {
+  return p.mode == STOCHASTIC ? counter_uniform(p.key, index) : 0.0;
+}
+
+// -- the rounding decision ---------------------------------------------------
+LB_HD bool toward_zero(int mode, bool negative) {
+  return mode == TOWARD_ZERO || (mode == UP && negative) || (mode == DOWN && !negative);
+}
+
+// Whether magnitude a (lo <= a < hi, its neighbours) rounds up to hi.
+LB_HD bool pick_upper(int mode, double a, double lo, double hi, bool lo_is_odd, bool negative, double u) {
+  double twice = 2.0 * a, mid = lo + hi;
+  if (mode == NEAREST_EVEN) return twice > mid || (twice == mid && lo_is_odd);
+  if (mode == NEAREST_AWAY) return twice >= mid;
+  if (mode == STOCHASTIC) return u * (hi - lo) < (a - lo);
+  return a > lo && !toward_zero(mode, negative);
+}
+
+struct Code {
+  long long code;
+  bool invalid;  // the format cannot represent the input at all
+};
+
+// -- FloatFormat -------------------------------------------------------------
+LB_HD Code float_encode(double x, const ElementDesc& d, int mode, int overflow, double u) {
+  long long x_bits = bits_of(x);
+  bool negative = x_bits < 0;
+  bool nan_in = (x_bits & MAGNITUDE_MASK) > EXPONENT_MASK;
+  bool inf_in = (x_bits & MAGNITUDE_MASK) == EXPONENT_MASK;
+  double a = (nan_in || inf_in) ? 0.0 : fabs(x);
+  long long m = d.f[MAN_BITS], e0 = d.f[LOWEST_EXPONENT];
+  long long e = max64(floor_log2_or(bits_of(a), e0), e0);
+  double step = pow2(e - m);
+  double sig = floor(a * pow2(m - e));
+  double lo = sig * step;
+  double hi = lo + step;
+  long long code = ((e - e0) << m) + (long long)sig;
+  if (!d.f[SUBNORMALS]) {
+    code -= 1LL << m;
+    bool below = d.f[HAS_ZERO] ? code <= 0 : code < 0;
+    if (below) {
+      code = d.f[HAS_ZERO] ? 0 : -1;
+      lo = 0.0;
+      hi = double_of(d.f[SMALLEST_BITS]);
+    }
+  }
+  bool upper = pick_upper(mode, a, lo, hi, (code & 1) == 1, negative, u) || code < 0;
+  long long mag = code + (upper ? 1 : 0);
+
+  bool overflowed = mag > d.f[MAX_CODE];
+  bool to_max = overflow == SATURATE || toward_zero(mode, negative);
+  bool special = (overflowed && !to_max) || (inf_in && overflow != SATURATE);
+  if ((overflowed && to_max) || (inf_in && overflow == SATURATE)) mag = d.f[MAX_CODE];
+  if (overflow == OVERFLOW_INF && special) mag = d.f[INF_MAG];
+  bool sign = d.f[HAS_NEGATIVE_ZERO] ? negative : (negative && mag != 0);
+  code = mag + (sign ? d.f[SIGN_CODE] : 0);
+  if (d.f[NAN_POSITIVE] >= 0 && (nan_in || (overflow == OVERFLOW_NAN && special)))
+    code = negative ? d.f[NAN_NEGATIVE] : d.f[NAN_POSITIVE];
+  bool invalid = nan_in && d.f[NAN_POSITIVE] < 0;
+  if (!d.f[SIGNED]) {
+    invalid = invalid || (negative && x != 0.0);
+    if (invalid) code = 0;
+  }
+  if (!d.f[HAS_ZERO]) invalid = invalid || x == 0.0;
+  return Code{code, invalid};
+}
+
+LB_HD double float_decode(long long code, const ElementDesc& d) {
+  long long m = d.f[MAN_BITS], bias = d.f[BIAS];
+  long long mag = code & ((1LL << d.f[MAG_BITS]) - 1);
+  bool negative = d.f[SIGNED] && (code >> d.f[MAG_BITS]) != 0;
+  long long e_field = mag >> m;
+  double m_field = (double)(mag & ((1LL << m) - 1));
+  double value = ((double)(1LL << m) + m_field) * pow2(e_field - bias - m);
+  if (d.f[SUBNORMALS]) {
+    if (e_field == 0) value = m_field * pow2(1 - bias - m);
+  } else if (d.f[HAS_ZERO] && mag == 0) {
+    value = 0.0;
+  }
+  if (mag > d.f[MAX_CODE]) value = mag == d.f[INF_MAG] ? (double)INFINITY : (double)NAN;
+  if (negative) value = -value;
+  if (d.f[NEGATIVE_ZERO_IS_NAN] && code == d.f[SIGN_CODE]) value = NAN;
+  return value;
+}
+
+// -- IntFormat ---------------------------------------------------------------
+LB_HD Code int_encode(double x, const ElementDesc& d, int mode, double u) {
+  bool nan_in = x != x;
+  bool negative = bits_of(x) < 0;
+  double a = nan_in ? 0.0 : mind(fabs(x), 0x1p80);
+  if (a > 0.0) a = maxd(a, 0x1p-900);
+  a = a * pow2(d.f[FRAC_BITS]);
+  double lo = floor(a);
+  double half = lo * 0.5;
+  bool upper = pick_upper(mode, a, lo, lo + 1.0, half != floor(half), negative, u);
+  double q = lo + (upper ? 1.0 : 0.0);
+  q = negative ? -q : q;
+  q = mind(maxd(q, (double)d.f[QMIN]), (double)d.f[QMAX]);
+  long long code = nan_in ? 0 : ((long long)q & ((1LL << d.f[INT_BITS]) - 1));
+  return Code{code, nan_in};
+}
+
+LB_HD double int_decode(long long code, const ElementDesc& d) {
+  long long bits = d.f[INT_BITS];
+  long long q = d.f[INT_SIGNED] ? code - ((code >> (bits - 1)) << bits) : code;
+  return (double)q * pow2(-d.f[FRAC_BITS]);
+}
+
+// -- either family -----------------------------------------------------------
+LB_HD Code encode_element(double x, const ElementDesc& d, int mode, int overflow, double u) {
+  return d.f[IS_INT] ? int_encode(x, d, mode, u) : float_encode(x, d, mode, overflow, u);
+}
+
+LB_HD double decode_element(long long code, const ElementDesc& d) {
+  return d.f[IS_INT] ? int_decode(code, d) : float_decode(code, d);
+}
+
+// What x becomes: the value of its code, NaN where the format cannot hold x.
+LB_HD double round_element(double x, const ElementDesc& d, int mode, int overflow, double u) {
+  Code c = encode_element(x, d, mode, overflow, u);
+  return c.invalid ? (double)NAN : decode_element(c.code, d);
+}
+
+// -- input and output dtypes -------------------------------------------------
+// Tensors hold float16 and bfloat16 as their 16-bit patterns.
+enum DType { F16 = 0, BF16 = 1, F32 = 2, F64 = 3 };
+
+template <int DT> struct Storage;
+template <> struct Storage<F16> { typedef uint16_t type; };
+template <> struct Storage<BF16> { typedef uint16_t type; };
+template <> struct Storage<F32> { typedef float type; };
+template <> struct Storage<F64> { typedef double type; };
+
+LB_HD double float16_value(long long code) {
+  long long bits = code & 0xFFFF;
+  long long e_field = (bits >> 10) & 0x1F;
+  double m_field = (double)(bits & 0x3FF);
+  double value = e_field != 0 ? (1024.0 + m_field) * pow2(e_field - 25) : m_field * 0x1p-24;
+  if (e_field == 0x1F) value = m_field == 0.0 ? (double)INFINITY : (double)NAN;
+  return (bits >> 15) ? -value : value;
+}
+
+LB_HD double bfloat16_value(long long code) { return (double)float_of((int32_t)((code & 0xFFFF) << 16)); }
+
+// The float16 bits of value when it is a float16 number (else a code that
+// decodes to another value); NaN gives the quiet NaN 0x7E00.
+LB_HD long long float16_code(double value) {
+  double a = fabs(value);
+  long long e = max64(floor_log2_or(bits_of(a), -15), -15);
+  e = min64(e, 16);
+  long long mantissa = a <= 65536.0 ? (long long)floor(a * pow2(10 - max64(e, -14))) : 0;
+  long long code = e < -14 ? mantissa : ((e + 15) << 10) + mantissa - 1024;
+  if (a > 65504.0) code = a == (double)INFINITY ? 0x7C00 : 0x7BFF;
+  if (value != value) code = 0x7E00;
+  return code | ((bits_of(value) < 0 && value == value) ? 0x8000 : 0);
+}
+
+// The bfloat16 bits of value when it is a bfloat16 number; NaN gives 0x7FC0.
+LB_HD long long bfloat16_code(double value) {
+  if (value != value) return 0x7FC0;
+  return ((long long)float_bits((float)value) >> 16) & 0xFFFF;
+}
+
+// An input element as its exact double value.
+template <int DT> LB_HD double load_value(typename Storage<DT>::type v) {
+  if (DT == F16) return float16_value((long long)v);
+  if (DT == BF16) return bfloat16_value((long long)v);
+  return (double)v;
+}
+
+// The input value flushed to a signed zero below the policy's threshold.
+LB_HD double flushed(double v, const Policy& p) { return fabs(v) < p.tiny ? v * 0.0 : v; }
+
+// A double result in the output dtype; `exact` says whether it held the value (NaN counts as exact).
+template <int DT> LB_HD typename Storage<DT>::type store_value(double value, bool& exact) {
+  typedef typename Storage<DT>::type T;
+  if (DT == F64) {
+    exact = true;
+    return (T)value;
+  }
+  if (DT == F32) {
+    float narrow = (float)value;
+    exact = (double)narrow == value || value != value;
+    return (T)narrow;
+  }
+  long long code = DT == F16 ? float16_code(value) : bfloat16_code(value);
+  double back = DT == F16 ? float16_value(code) : bfloat16_value(code);
+  exact = back == value || value != value;
+  return (T)code;
+}
+
+// -- one element of a call ---------------------------------------------------
+// Element i of an element-format quantize: its rounded value in the output
+// dtype; `exact` as in store_value.
+template <int DT>
+LB_HD typename Storage<DT>::type quantize_one(typename Storage<DT>::type x, long long i, const ElementDesc& d,
+                                              const Policy& p, bool& exact) {
+  double v = flushed(load_value<DT>(x), p);
+  return store_value<DT>(round_element(v, d, p.mode, p.overflow, uniform_for(p, i)), exact);
+}
+
+// Element i of an element-format encode.
+template <int DT>
+LB_HD Code encode_one(typename Storage<DT>::type x, long long i, const ElementDesc& d, const Policy& p) {
+  double v = flushed(load_value<DT>(x), p);
+  return encode_element(v, d, p.mode, p.overflow, uniform_for(p, i));
+}
+
+// The value of a code; NaN (and `out_of_range`) for codes outside [0, 2**nbits).
+LB_HD double decode_one(long long code, const ElementDesc& d, int nbits, bool& out_of_range) {
+  out_of_range = code < 0 || code >= (1LL << nbits);
+  return out_of_range ? (double)NAN : decode_element(code, d);
+}
+
+}  // namespace lowbit

@@ -1,0 +1,128 @@
+// The launchers of launchers.h on the host, one loop per kernel over the
+// same per-element and per-block functions the GPU kernels call, in the
+// same work-item order. Built with g++ (-DLOWBIT_HOST_ONLY) into the host
+// twin of the extension, so that machines without a GPU test the kernel
+// math, the bindings and the Python glue bit for bit against the reference.
+#include "dispatch.h"
+
+namespace lowbit {
+
+void element_quantize(int dtype, const void* x, void* out, long long n, ElementDesc d, Policy p, int* inexact,
+                      cudaStream_t) {
+  with_dtype(dtype, [&](auto tag) {
+    constexpr int DT = decltype(tag)::value;
+    typedef typename Storage<DT>::type T;
+    for (long long i = 0; i < n; ++i) {
+      bool exact;
+      static_cast<T*>(out)[i] = quantize_one<DT>(static_cast<const T*>(x)[i], i, d, p, exact);
+      if (!exact) *inexact = 1;
+    }
+  });
+}
+
+void element_encode(int dtype, const void* x, void* codes, int code_type, long long n, ElementDesc d, Policy p,
+                    unsigned long long* first_invalid, cudaStream_t) {
+  with_dtype(dtype, [&](auto tag) {
+    constexpr int DT = decltype(tag)::value;
+    typedef typename Storage<DT>::type T;
+    with_code_type(code_type, [&](auto code_tag) {
+      typedef typename CodeStorage<decltype(code_tag)::value>::type C;
+      for (long long i = 0; i < n; ++i) {
+        Code code = encode_one<DT>(static_cast<const T*>(x)[i], i, d, p);
+        static_cast<C*>(codes)[i] = (C)code.code;
+        if (code.invalid && (unsigned long long)i < *first_invalid) *first_invalid = i;
+      }
+    });
+  });
+}
+
+void element_decode(int code_type, const void* codes, void* out, int out_dtype, long long n, ElementDesc d,
+                    int nbits, int* out_of_range, cudaStream_t) {
+  with_code_type(code_type, [&](auto code_tag) {
+    typedef typename CodeStorage<decltype(code_tag)::value>::type C;
+    with_output_dtype(out_dtype, [&](auto out_tag) {
+      typedef typename Storage<decltype(out_tag)::value>::type O;
+      for (long long i = 0; i < n; ++i) {
+        bool outside;
+        static_cast<O*>(out)[i] = (O)decode_one((long long)static_cast<const C*>(codes)[i], d, nbits, outside);
+        if (outside) *out_of_range = 1;
+      }
+    });
+  });
+}
+
+void block_quantize(int dtype, const void* x, void* out, BlockView v, ElementDesc ed, ElementDesc sd,
+                    BlockParams bp, Policy p, int* inexact, cudaStream_t) {
+  with_dtype(dtype, [&](auto tag) {
+    constexpr int DT = decltype(tag)::value;
+    typedef typename Storage<DT>::type T;
+    for (long long t = 0; t < block_count(v); ++t) {
+      long long r = block_of_item(t, v);
+      BlockInput<DT> in = block_input<DT>(static_cast<const T*>(x), v, block_origin(r, v, bp.block), bp.block);
+      if (quantize_block<DT>(in, static_cast<T*>(out), v, r, ed, sd, bp, p)) *inexact = 1;
+    }
+  });
+}
+
+void block_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales, BlockView v, ElementDesc ed,
+                  ElementDesc sd, BlockParams bp, Policy p, cudaStream_t) {
+  with_dtype(dtype, [&](auto tag) {
+    constexpr int DT = decltype(tag)::value;
+    typedef typename Storage<DT>::type T;
+    for (long long t = 0; t < block_count(v); ++t) {
+      long long r = block_of_item(t, v);
+      BlockInput<DT> in = block_input<DT>(static_cast<const T*>(x), v, block_origin(r, v, bp.block), bp.block);
+      encode_block<DT>(in, elements, scales, r, ed, sd, bp, p);
+    }
+  });
+}
+
+void block_decode(const unsigned char* elements, const int32_t* scales, void* out, int out_dtype, BlockView v,
+                  ElementDesc ed, ElementDesc sd, BlockParams bp, cudaStream_t) {
+  with_output_dtype(out_dtype, [&](auto tag) {
+    typedef typename Storage<decltype(tag)::value>::type O;
+    for (long long t = 0; t < block_count(v); ++t)
+      decode_block<O>(elements, scales, static_cast<O*>(out), v, block_of_item(t, v), ed, sd, bp);
+  });
+}
+
+namespace {
+template <int DT>
+void walk_microexponent(const void* x, void* out, unsigned char* elements, int32_t* scales, unsigned char* subscales,
+                        const BlockView& v, const MicroParams& mp, const Policy& p, int* inexact) {
+  typedef typename Storage<DT>::type T;
+  for (long long t = 0; t < block_count(v); ++t) {
+    long long r = block_of_item(t, v);
+    BlockInput<DT> in = block_input<DT>(static_cast<const T*>(x), v, block_origin(r, v, mp.block), mp.block);
+    bool lost;
+    long long scale = walk_microexponent_block<DT>(in, v, r, mp, p, static_cast<T*>(out), elements, subscales, lost);
+    if (scales) scales[r] = (int32_t)scale;
+    if (lost && inexact) *inexact = 1;
+  }
+}
+}  // namespace
+
+void microexponent_quantize(int dtype, const void* x, void* out, BlockView v, MicroParams mp, Policy p, int* inexact,
+                            cudaStream_t) {
+  with_dtype(dtype, [&](auto tag) {
+    walk_microexponent<decltype(tag)::value>(x, out, nullptr, nullptr, nullptr, v, mp, p, inexact);
+  });
+}
+
+void microexponent_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales,
+                          unsigned char* subscales, BlockView v, MicroParams mp, Policy p, cudaStream_t) {
+  with_dtype(dtype, [&](auto tag) {
+    walk_microexponent<decltype(tag)::value>(x, nullptr, elements, scales, subscales, v, mp, p, nullptr);
+  });
+}
+
+void microexponent_decode(const unsigned char* elements, const int32_t* scales, const unsigned char* subscales,
+                          void* out, int out_dtype, BlockView v, MicroParams mp, cudaStream_t) {
+  with_output_dtype(out_dtype, [&](auto tag) {
+    typedef typename Storage<decltype(tag)::value>::type O;
+    for (long long t = 0; t < block_count(v); ++t)
+      decode_microexponent_block<O>(elements, scales, subscales, static_cast<O*>(out), v, block_of_item(t, v), mp);
+  });
+}
+
+}  // namespace lowbit

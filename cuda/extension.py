@@ -1,0 +1,105 @@
+"""Building the extension on first use with torch.utils.cpp_extension.load.
+
+Two builds of the same bindings (``csrc/bindings.cpp``):
+
+- the CUDA extension, ops ``torch.ops.lowbit_cuda.*`` for CUDA tensors,
+  from the ``.cu`` kernels, for the GPU torch runs on;
+- the host twin, ops ``torch.ops.lowbit_host.*`` for CPU tensors, from
+  ``csrc/host_launchers.cpp`` (the same per-element and per-block math in
+  host loops), which machines without a GPU build with g++ to test the
+  kernels' math, the bindings and the Python glue.
+
+Both are cached by torch (under ``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``) and rebuilt only when a source changes.
+Floating-point contraction is off in both (``--fmad=false``,
+``-ffp-contract=off``): the math rounds each double operation on its own,
+as the reference does.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from lowbit.formats.backends import BackendUnavailable
+
+CSRC = Path(__file__).parent / "csrc"
+HEADERS = ("element_math.cuh", "block_math.cuh", "launchers.h", "dispatch.h")
+KERNELS = ("element_kernels.cu", "block_kernels.cu")
+HOST_FLAGS = ["-O2", "-ffp-contract=off"]
+NVCC_FLAGS = ["-O3", "--fmad=false"]
+
+
+class CudaUnavailable(BackendUnavailable):
+    """The CUDA extension cannot be built or run here; the message says what is missing."""
+
+
+def nvcc_path() -> str | None:
+    """The nvcc that torch's extension builder would use (under CUDA_HOME), else the one on PATH."""
+    from torch.utils import cpp_extension
+
+    home = cpp_extension.CUDA_HOME
+    candidate = os.path.join(home, "bin", "nvcc") if home else None
+    if candidate and os.path.exists(candidate):
+        return candidate
+    return shutil.which("nvcc")
+
+
+def cuda_include() -> Path | None:
+    """The CUDA toolkit's include folder (the one holding cuda_runtime.h), if found."""
+    from torch.utils import cpp_extension
+
+    nvcc = nvcc_path()
+    homes = [os.environ.get("CUDA_HOME"), cpp_extension.CUDA_HOME, "/usr/local/cuda",
+             nvcc and str(Path(nvcc).resolve().parent.parent)]
+    for home in homes:
+        if home and (Path(home) / "include" / "cuda_runtime.h").exists():
+            return Path(home) / "include"
+    return None
+
+
+def missing() -> str | None:
+    """Why the CUDA extension cannot be used here, or None when nothing is missing."""
+    from torch.utils import cpp_extension
+
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is built without CUDA; install a CUDA build of torch"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    if cpp_extension.CUDA_HOME is None or nvcc_path() is None:
+        return "nvcc was not found: install the CUDA toolkit and set CUDA_HOME"
+    if not cpp_extension.is_ninja_available():
+        return "ninja was not found: pip install ninja"
+    return None
+
+
+def _load(name: str, sources: list[Path], **flags) -> None:
+    from torch.utils import cpp_extension
+
+    cpp_extension.load(name=name, sources=[str(s) for s in sources], extra_include_paths=[str(CSRC)],
+                       is_python_module=False, verbose=os.environ.get("LOWBIT_BUILD_VERBOSE") == "1", **flags)
+
+
+@functools.cache
+def load_cuda() -> None:
+    """Build (first call) and load the CUDA extension: the ops torch.ops.lowbit_cuda.*."""
+    reason = missing()
+    if reason is not None:
+        raise CudaUnavailable(f"lowbit's CUDA extension cannot be used: {reason}")
+    _load("lowbit_cuda", [CSRC / "bindings.cpp", *(CSRC / k for k in KERNELS)], extra_cflags=HOST_FLAGS,
+          extra_cuda_cflags=NVCC_FLAGS)
+
+
+@functools.cache
+def load_host() -> None:
+    """Build (first call) and load the host twin: the ops torch.ops.lowbit_host.*."""
+    from torch.utils import cpp_extension
+
+    if not cpp_extension.is_ninja_available():
+        raise BackendUnavailable("the host twin needs ninja to build: pip install ninja")
+    _load("lowbit_host", [CSRC / "bindings.cpp", CSRC / "host_launchers.cpp"],
+          extra_cflags=[*HOST_FLAGS, "-DLOWBIT_HOST_ONLY"])

@@ -1,0 +1,79 @@
+"""Shapes and dtypes of the extension's ops without running them
+(torch.library fake implementations), so torch.compile can trace calls."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def _rows(shape, axis: int, block: int) -> int:
+    """How many blocks an input of ``shape`` has along ``axis``."""
+    shape = list(shape) or [1]
+    length = shape[axis]
+    rest = 1
+    for k, size in enumerate(shape):
+        rest *= 1 if k == axis else size
+    return rest * -(-length // block)
+
+
+def _flag(x: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    return x.new_empty((), dtype=dtype)
+
+
+def _bytes(x: torch.Tensor, bits: int) -> torch.Tensor:
+    return x.new_empty((-(-bits // 8),), dtype=torch.uint8)
+
+
+def element_quantize(x, desc, mode, overflow, key, tiny):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), _flag(x)
+
+
+def element_encode(x, desc, mode, overflow, key, tiny, code_bits):
+    dtype = {8: torch.uint8, 16: torch.uint16, 32: torch.uint32}[code_bits]
+    return x.new_empty(x.shape, dtype=dtype), _flag(x, torch.int64)
+
+
+def element_decode(codes, desc, nbits, dtype):
+    return codes.new_empty(codes.shape, dtype=dtype), _flag(codes)
+
+
+def block_quantize(x, axis, element, scale, params, mode, key, tiny):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), _flag(x)
+
+
+def block_encode(x, axis, element, scale, params, mode, key, tiny):
+    block, bits = int(params[7]), int(params[8])
+    rows = _rows(x.shape, axis, block)
+    return _bytes(x, rows * block * bits), x.new_empty((rows,), dtype=torch.int32)
+
+
+def block_decode(elements, scales, shape, axis, element, scale, params, dtype):
+    return elements.new_empty(shape, dtype=dtype)
+
+
+def microexponent_quantize(x, axis, params, mode, key, tiny):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), _flag(x)
+
+
+def microexponent_encode(x, axis, params, mode, key, tiny):
+    man, block, sub_block, micro = params[0], params[1], params[2], params[4]
+    rows = _rows(x.shape, axis, block)
+    return (_bytes(x, rows * block * (man + 1)), x.new_empty((rows,), dtype=torch.int32),
+            _bytes(x, rows * (block // sub_block) * micro))
+
+
+def microexponent_decode(elements, scales, subscales, shape, axis, params, dtype):
+    return elements.new_empty(shape, dtype=dtype)
+
+
+OPS = (element_quantize, element_encode, element_decode, block_quantize, block_encode, block_decode,
+       microexponent_quantize, microexponent_encode, microexponent_decode)
+
+
+@functools.cache
+def register(namespace: str) -> None:
+    """Register the fake implementations of a loaded build's ops (once)."""
+    for op in OPS:
+        torch.library.register_fake(f"{namespace}::{op.__name__}")(op)

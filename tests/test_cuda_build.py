@@ -1,0 +1,72 @@
+"""The CUDA extension's checks that need no GPU: every ``.cu`` file
+compiles with nvcc for sm_80 and sm_90, the bindings compile against torch
+for CUDA, the headers compile warning-free with g++, and the host twin
+(the kernels' math for CPU tensors) builds. The twin's results are checked
+against the reference by every formats test (it is the ``cuda_host``
+backend of conftest.py), by test_backends.py and by test_cuda_host.py."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.cuda import extension as build
+
+CSRC = build.CSRC
+TORCH_INCLUDE = Path(torch.__file__).parent / "include"
+
+
+def run(command, cwd):
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_the_extension_sources_are_all_listed():
+    assert sorted(p.name for p in CSRC.glob("*.cu")) == sorted(build.KERNELS)
+    assert sorted(p.name for p in CSRC.glob("*.cu*")) == sorted([*build.KERNELS, *(h for h in build.HEADERS
+                                                                                  if h.endswith(".cuh"))])
+
+
+@pytest.mark.parametrize("source", build.KERNELS)
+def test_every_kernel_file_compiles_with_nvcc_for_sm80_and_sm90(source, tmp_path):
+    nvcc = build.nvcc_path()
+    if nvcc is None:
+        pytest.skip("nvcc not found")
+    output = run([nvcc, "-std=c++17", *build.NVCC_FLAGS, "-c", source,
+                  "-o", str(tmp_path / "kernels.o"),
+                  "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"], CSRC)
+    assert "warning" not in output.lower(), output
+
+
+def test_the_bindings_compile_for_cuda(tmp_path):
+    """The CUDA flavour of bindings.cpp against this torch's headers (a CPU
+    torch lacks one generated header of c10/cuda, stubbed here empty)."""
+    cuda_include = build.cuda_include()
+    if shutil.which("g++") is None or cuda_include is None:
+        pytest.skip("g++ or the CUDA headers not found")
+    stub = tmp_path / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
+    run(["g++", "-std=c++20", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-I.", f"-I{tmp_path}",
+         f"-isystem{TORCH_INCLUDE}", f"-isystem{TORCH_INCLUDE / 'torch/csrc/api/include'}", f"-isystem{cuda_include}",
+         "bindings.cpp"], CSRC)
+
+
+def test_the_host_math_compiles_without_warnings():
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found")
+    run(["g++", "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Wconversion", "-Werror", "-DLOWBIT_HOST_ONLY",
+         "host_launchers.cpp"], CSRC)
+
+
+def test_the_host_twin_builds():
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found")
+    kernels = lowbit.cuda.host_kernels()
+    x = torch.tensor([0.3, -500.0, float("nan")])
+    out, exact = kernels.elements.quantize(lowbit.get_format("fp8_e4m3"), x, "nearest_even", "saturate", None, False)
+    assert exact and torch.equal(out[:2], torch.tensor([0.3125, -448.0])) and out[2].isnan()

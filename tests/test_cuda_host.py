@@ -1,0 +1,130 @@
+"""The CUDA kernels' math (the host twin, lowbit.cuda.host_kernels) against
+the reference on every code and every rounding boundary of every
+catalogued element format, in every rounding mode and overflow policy; and
+the extension's ops against their fake implementations (what torch.compile
+traces). The formats tests run the twin too, as the cuda_host backend."""
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit
+from lowbit.formats import ROUNDING_MODES, BlockFormat, FloatFormat, IntFormat
+from lowbit.formats import backends
+
+try:
+    backends.kernels("cuda_host")
+except backends.BackendUnavailable as why:
+    pytest.skip(f"the host twin does not build here: {why}", allow_module_level=True)
+
+ELEMENT_FORMATS = [n for n in lowbit.list_formats() if isinstance(lowbit.get_format(n), (FloatFormat, IntFormat))]
+
+
+def overflow_policies(fmt):
+    return ["saturate"] + (["inf"] if fmt.has_inf else []) + (["nan"] if fmt.has_nan else [])
+
+
+def boundaries(fmt) -> torch.Tensor:
+    """Every value of the format (at most 2**16 of them, evenly picked from
+    wider ones), every midpoint between neighbours and the float64 numbers
+    on either side of it, values beyond the largest, and specials; both signs."""
+    values = fmt.values() if fmt.nbits <= 16 else np.unique(fmt.decode(
+        np.arange(0, 1 << fmt.nbits, 1 << (fmt.nbits - 16), dtype=np.uint64).astype(np.uint32), dtype=np.float64))
+    values = values[np.isfinite(values)]
+    mids = (values[1:] + values[:-1]) / 2
+    top = values[-1]
+    points = np.concatenate([values, mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf),
+                             [top * 1.5, top * 4, 1e300, 5e-324, np.inf, np.nan]])
+    return torch.from_numpy(np.concatenate([points, -points]))
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor, context: str) -> None:
+    assert a.dtype == b.dtype, context
+    nan = torch.isnan(a)
+    assert torch.equal(nan, torch.isnan(b)), context
+    assert torch.equal(a[~nan].view(torch.int64), b[~nan].view(torch.int64)), context
+
+
+def error_of(call, *args, **kwargs) -> str | None:
+    """The message of the ValueError a call raises, None if it returns."""
+    try:
+        call(*args, **kwargs)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+@pytest.mark.parametrize("name", ELEMENT_FORMATS)
+def test_every_code_and_boundary_in_every_mode(name):
+    fmt = lowbit.get_format(name)
+    if fmt.nbits <= 16:
+        codes = torch.arange(1 << fmt.nbits, dtype=torch.int64)
+        same_bits(fmt.decode(codes, dtype=torch.float64, backend="cuda_host"),
+                  fmt.decode(codes, dtype=torch.float64, backend="reference"), f"{name} decode")
+    x = boundaries(fmt)
+    representable = ~torch.isnan(x) & ((x >= 0) | fmt.signed) & ((x != 0) | getattr(fmt, "has_zero", True))
+    for rounding in ROUNDING_MODES:
+        for overflow in overflow_policies(fmt):
+            policy = dict(rounding=rounding, overflow=overflow, **({"seed": 7} if rounding == "stochastic" else {}))
+            context = f"{name} {policy}"
+            same_bits(fmt.quantize(x, backend="cuda_host", **policy), fmt.quantize(x, backend="reference", **policy),
+                      context)
+            assert torch.equal(fmt.encode(x[representable], backend="cuda_host", **policy),
+                               fmt.encode(x[representable], backend="reference", **policy)), context
+            assert error_of(fmt.encode, x, backend="cuda_host", **policy) == \
+                error_of(fmt.encode, x, backend="reference", **policy), context
+
+
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "mx6", "msfp12"])
+def test_scaled_formats_on_boundary_blocks(name):
+    """Blocks whose largest element sits on every boundary of the element
+    format's grid at a spread of scales (so every scale rule's edge cases
+    and every element rounding decision occur)."""
+    fmt = lowbit.get_format(name)
+    element = fmt.element if isinstance(fmt, BlockFormat) else lowbit.FloatFormat(2, 3)
+    b = boundaries(element)
+    b = b[torch.isfinite(b) & (b.abs() < 1e30)]
+    rows = b.numel() // fmt.block_size * fmt.block_size
+    x = b[:rows].reshape(-1, fmt.block_size)
+    x = x * torch.logspace(-30, 30, x.shape[0], base=2, dtype=torch.float64)[:, None]
+    rules = (["floor", "ceil", "rceil", "even"] if isinstance(fmt, BlockFormat) and fmt.scale.man_bits == 0
+             else [None])
+    for rule in rules:
+        for rounding in ROUNDING_MODES:
+            policy = dict(rounding=rounding, **({"seed": 1} if rounding == "stochastic" else {}),
+                          **({"scale_rule": rule} if rule else {}))
+            same_bits(fmt.quantize(x, backend="cuda_host", **policy), fmt.quantize(x, backend="reference", **policy),
+                      f"{name} {policy}")
+            assert fmt.encode(x, backend="cuda_host", **policy) == fmt.encode(x, backend="reference", **policy)
+
+
+def op_samples():
+    """(op, args) pairs covering each op of the extension."""
+    from lowbit.formats.cpu.descriptors import block_params, element_descriptor, microexponent_params
+
+    ops = torch.ops.lowbit_host
+    x = torch.randn(3, 40)
+    fp8, mxfp4, mx6 = (lowbit.get_format(n) for n in ("fp8_e4m3", "mxfp4", "mx6"))
+    desc = list(element_descriptor(fp8))
+    block = (list(element_descriptor(mxfp4.element)), list(element_descriptor(mxfp4.scale)),
+             [float(v) for v in block_params(mxfp4, "floor", None)])
+    micro = list(microexponent_params(mx6))
+    elements, scales = ops.block_encode(x, 1, *block, 0, 0, 0.0)
+    m_elements, m_scales, m_shifts = ops.microexponent_encode(x, 0, micro, 0, 0, 0.0)
+    return [
+        (ops.element_quantize, (x, desc, 0, 0, 0, 0.0)),
+        (ops.element_encode, (x.double(), desc, 5, 0, -3, 0.0, 8)),
+        (ops.element_decode, (torch.arange(256, dtype=torch.uint8), desc, 8, torch.float64)),
+        (ops.block_quantize, (x.to(torch.bfloat16), 1, *block, 0, 0, 0.0)),
+        (ops.block_encode, (x, 0, *block, 0, 0, 0.0)),
+        (ops.block_decode, (elements, scales, [3, 40], 1, *block, torch.float32)),
+        (ops.microexponent_quantize, (x.t(), 1, micro, 0, 0, 0.0)),
+        (ops.microexponent_encode, (x, 1, micro, 0, 0, 0.0)),
+        (ops.microexponent_decode, (m_elements, m_scales, m_shifts, [3, 40], 0, micro, torch.float32)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(9))
+def test_ops_agree_with_their_fake_implementations(index):
+    op, args = op_samples()[index]
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
