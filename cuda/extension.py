@@ -28,7 +28,7 @@ import torch
 from lowbit.formats.backends import BackendUnavailable
 
 CSRC = Path(__file__).parent / "csrc"
-HEADERS = ("element_math.cuh", "block_math.cuh", "launchers.h", "dispatch.h")
+HEADERS = ("element_math.cuh", "block_math.cuh", "launch.cuh", "launchers.h", "dispatch.h")
 KERNELS = ("element_kernels.cu", "block_kernels.cu")
 HOST_FLAGS = ["-O2", "-ffp-contract=off"]
 NVCC_FLAGS = ["-O3", "--fmad=false"]

@@ -26,7 +26,11 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 def cmd_info(args: argparse.Namespace) -> None:
     if not args.formats:
-        print(f"lowbit catalogue: {len(CATALOGUE)} formats (lowbit info NAME for one)\n")
+        import lowbit.cuda
+
+        cuda = lowbit.cuda.missing()
+        print(f"lowbit catalogue: {len(CATALOGUE)} formats (lowbit info NAME for one)")
+        print(f"CUDA tensors: {'the CUDA extension (built on first use)' if cuda is None else f'the reference ({cuda})'}\n")
         print(catalogue_markdown())
         return
     print("\n\n".join(_table(properties(get_format(name))) for name in args.formats))

@@ -118,6 +118,21 @@ Tensor packed_buffer(const Tensor& like, int64_t bits, int64_t row_bits) {
   return buffer.narrow(0, 0, bytes);
 }
 
+// A decode's output of `shape` (new, contiguous) with its view along
+// `axis`, after checking that the codes cover its blocks.
+std::pair<Tensor, BlockView> decode_output(const Tensor& elements, const Tensor& scales, at::IntArrayRef shape,
+                                           int64_t axis, int64_t block, int64_t bits_per_block,
+                                           at::ScalarType dtype) {
+  check_device(elements, "elements");
+  check_device(scales, "scales");
+  Tensor out = at::empty(shape, elements.options().dtype(dtype));
+  BlockView v = axis_view(out, axis, block).second;
+  TORCH_CHECK(scales.numel() == block_count(v), "lowbit: expected ", block_count(v), " scale codes, got ",
+              scales.numel());
+  TORCH_CHECK(elements.numel() * 8 >= block_count(v) * bits_per_block, "lowbit: too few element bytes");
+  return {out, v};
+}
+
 Tensor flag(const Tensor& like) { return at::zeros({}, like.options().dtype(at::kInt)); }
 
 // -- element formats ----------------------------------------------------------
@@ -188,15 +203,9 @@ std::tuple<Tensor, Tensor> block_encode_op(const Tensor& x, int64_t axis, at::In
 Tensor block_decode_op(const Tensor& elements, const Tensor& scales, at::IntArrayRef shape, int64_t axis,
                        at::IntArrayRef element, at::IntArrayRef scale, at::ArrayRef<double> params,
                        at::ScalarType dtype) {
-  check_device(elements, "elements");
-  check_device(scales, "scales");
   OnDevice on(elements);
   BlockParams bp = block_params(params);
-  Tensor out = at::empty(shape, elements.options().dtype(dtype));
-  auto [view, v] = axis_view(out, axis, bp.block);
-  TORCH_CHECK(scales.numel() == block_count(v), "lowbit: expected ", block_count(v), " scale codes, got ",
-              scales.numel());
-  TORCH_CHECK(elements.numel() * 8 >= block_count(v) * bp.block * bp.element_bits, "lowbit: too few element bytes");
+  auto [out, v] = decode_output(elements, scales, shape, axis, bp.block, int64_t(bp.block) * bp.element_bits, dtype);
   Tensor packed = elements.contiguous(), scale_codes = scales.to(at::kInt).contiguous();
   block_decode(packed.data_ptr<uint8_t>(), scale_codes.data_ptr<int32_t>(), out.data_ptr(), output_dtype_of(dtype), v,
                element_desc(element), element_desc(scale), bp, on.stream());
@@ -234,16 +243,10 @@ std::tuple<Tensor, Tensor, Tensor> microexponent_encode_op(const Tensor& x, int6
 
 Tensor microexponent_decode_op(const Tensor& elements, const Tensor& scales, const Tensor& subscales,
                                at::IntArrayRef shape, int64_t axis, at::IntArrayRef params, at::ScalarType dtype) {
-  check_device(elements, "elements");
-  check_device(scales, "scales");
   check_device(subscales, "subscales");
   OnDevice on(elements);
   MicroParams mp = micro_params(params);
-  Tensor out = at::empty(shape, elements.options().dtype(dtype));
-  auto [view, v] = axis_view(out, axis, mp.block);
-  TORCH_CHECK(scales.numel() == block_count(v), "lowbit: expected ", block_count(v), " scale codes, got ",
-              scales.numel());
-  TORCH_CHECK(elements.numel() * 8 >= block_count(v) * mp.block * (mp.man + 1), "lowbit: too few element bytes");
+  auto [out, v] = decode_output(elements, scales, shape, axis, mp.block, int64_t(mp.block) * (mp.man + 1), dtype);
   TORCH_CHECK(subscales.numel() * 8 >= block_count(v) * (mp.block / mp.sub_block) * mp.micro_bits,
               "lowbit: too few sub-block shift bytes");
   Tensor packed = elements.contiguous(), scale_codes = scales.to(at::kInt).contiguous(),

@@ -8,6 +8,7 @@
 // into a per-thread buffer first (local memory: the block math indexes it
 // at run time).
 #include "dispatch.h"
+#include "launch.cuh"
 
 namespace lowbit {
 namespace {
@@ -17,13 +18,6 @@ constexpr int THREADS = 128;
 // read into the per-thread buffer with vector loads.
 constexpr int CACHED_BYTES = 128;
 
-inline unsigned grid_for(long long items) {
-  long long blocks = (items + THREADS - 1) / THREADS;
-  if (blocks > 65536) blocks = 65536;
-  return (unsigned)(blocks > 0 ? blocks : 1);
-}
-
-inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
 // Whether every block of the view can be read with 16-byte loads into
 // CACHED_BYTES of buffer: a contiguous last axis of whole blocks whose
@@ -126,9 +120,9 @@ __global__ void __launch_bounds__(THREADS) microexponent_decode_kernel(const uns
     constexpr int DT = decltype(tag)::value;                                                            \
     typedef typename Storage<DT>::type T;                                                               \
     if (vector_blocks(x, v, block, sizeof(T)))                                                          \
-      kernel<DT, true><<<grid_for(block_count(v)), THREADS, 0, stream>>>(static_cast<const T*>(x), __VA_ARGS__); \
+      kernel<DT, true><<<grid_for(block_count(v), THREADS), THREADS, 0, stream>>>(static_cast<const T*>(x), __VA_ARGS__); \
     else                                                                                                \
-      kernel<DT, false><<<grid_for(block_count(v)), THREADS, 0, stream>>>(static_cast<const T*>(x), __VA_ARGS__); \
+      kernel<DT, false><<<grid_for(block_count(v), THREADS), THREADS, 0, stream>>>(static_cast<const T*>(x), __VA_ARGS__); \
   })
 
 }  // namespace
@@ -150,7 +144,7 @@ void block_decode(const unsigned char* elements, const int32_t* scales, void* ou
   if (block_count(v) == 0) return;
   with_output_dtype(out_dtype, [&](auto tag) {
     typedef typename Storage<decltype(tag)::value>::type O;
-    block_decode_kernel<O><<<grid_for(block_count(v)), THREADS, 0, stream>>>(elements, scales, static_cast<O*>(out),
+    block_decode_kernel<O><<<grid_for(block_count(v), THREADS), THREADS, 0, stream>>>(elements, scales, static_cast<O*>(out),
                                                                              v, ed, sd, bp);
   });
 }
@@ -173,7 +167,7 @@ void microexponent_decode(const unsigned char* elements, const int32_t* scales, 
   if (block_count(v) == 0) return;
   with_output_dtype(out_dtype, [&](auto tag) {
     typedef typename Storage<decltype(tag)::value>::type O;
-    microexponent_decode_kernel<O><<<grid_for(block_count(v)), THREADS, 0, stream>>>(elements, scales, subscales,
+    microexponent_decode_kernel<O><<<grid_for(block_count(v), THREADS), THREADS, 0, stream>>>(elements, scales, subscales,
                                                                                      static_cast<O*>(out), v, mp);
   });
 }

@@ -2,21 +2,13 @@
 // data. Each thread takes 16 bytes of input at a time (one aligned vector
 // load) in a grid-stride loop; the per-element math is element_math.cuh's.
 #include "dispatch.h"
+#include "launch.cuh"
 
 namespace lowbit {
 namespace {
 
 constexpr int THREADS = 256;
 
-// A grid that covers `items` work items with THREADS-thread blocks, capped
-// at a few waves of resident blocks (the loops are grid-stride).
-inline unsigned grid_for(long long items) {
-  long long blocks = (items + THREADS - 1) / THREADS;
-  if (blocks > 65536) blocks = 65536;
-  return (unsigned)(blocks > 0 ? blocks : 1);
-}
-
-inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
 template <typename T> union Vector {
   uint4 raw;
@@ -112,9 +104,9 @@ void element_quantize(int dtype, const void* x, void* out, long long n, ElementD
     const T* in = static_cast<const T*>(x);
     T* result = static_cast<T*>(out);
     if (aligned16(x) && aligned16(out))
-      quantize_kernel<DT, true><<<grid_for(n / (16 / sizeof(T))), THREADS, 0, stream>>>(in, result, n, d, p, inexact);
+      quantize_kernel<DT, true><<<grid_for(n / (16 / sizeof(T)), THREADS), THREADS, 0, stream>>>(in, result, n, d, p, inexact);
     else
-      quantize_kernel<DT, false><<<grid_for(n), THREADS, 0, stream>>>(in, result, n, d, p, inexact);
+      quantize_kernel<DT, false><<<grid_for(n, THREADS), THREADS, 0, stream>>>(in, result, n, d, p, inexact);
   });
 }
 
@@ -129,10 +121,10 @@ void element_encode(int dtype, const void* x, void* codes, int code_type, long l
       const T* in = static_cast<const T*>(x);
       C* out = static_cast<C*>(codes);
       if (aligned16(x))
-        encode_kernel<DT, C, true><<<grid_for(n / (16 / sizeof(T))), THREADS, 0, stream>>>(in, out, n, d, p,
+        encode_kernel<DT, C, true><<<grid_for(n / (16 / sizeof(T)), THREADS), THREADS, 0, stream>>>(in, out, n, d, p,
                                                                                            first_invalid);
       else
-        encode_kernel<DT, C, false><<<grid_for(n), THREADS, 0, stream>>>(in, out, n, d, p, first_invalid);
+        encode_kernel<DT, C, false><<<grid_for(n, THREADS), THREADS, 0, stream>>>(in, out, n, d, p, first_invalid);
     });
   });
 }
@@ -144,7 +136,7 @@ void element_decode(int code_type, const void* codes, void* out, int out_dtype, 
     typedef typename CodeStorage<decltype(code_tag)::value>::type C;
     with_output_dtype(out_dtype, [&](auto out_tag) {
       typedef typename Storage<decltype(out_tag)::value>::type O;
-      decode_kernel<C, O><<<grid_for(n), THREADS, 0, stream>>>(static_cast<const C*>(codes), static_cast<O*>(out), n,
+      decode_kernel<C, O><<<grid_for(n, THREADS), THREADS, 0, stream>>>(static_cast<const C*>(codes), static_cast<O*>(out), n,
                                                               d, nbits, out_of_range);
     });
   });

@@ -14,9 +14,7 @@
 
 #include <math.h>
 #include <stdint.h>
-#ifndef __CUDACC__
 #include <string.h>
-#endif
 
 #if defined(__CUDACC__)
 #define LB_HD __host__ __device__ __forceinline__
@@ -59,45 +57,17 @@ struct Policy {
 constexpr long long EXPONENT_MASK = 0x7FF0000000000000LL;
 constexpr long long MAGNITUDE_MASK = 0x7FFFFFFFFFFFFFFFLL;
 
-LB_HD long long bits_of(double x) {
-#ifdef __CUDA_ARCH__
-  return __double_as_longlong(x);
-#else
-  long long b;
-  memcpy(&b, &x, sizeof b);
-  return b;
-#endif
+// The same bits as another type (memcpy compiles to a register move, on the GPU too).
+template <typename To, typename From> LB_HD To bit_cast(From x) {
+  To y;
+  memcpy(&y, &x, sizeof y);
+  return y;
 }
 
-LB_HD double double_of(long long b) {
-#ifdef __CUDA_ARCH__
-  return __longlong_as_double(b);
-#else
-  double x;
-  memcpy(&x, &b, sizeof x);
-  return x;
-#endif
-}
-
-LB_HD int32_t float_bits(float x) {
-#ifdef __CUDA_ARCH__
-  return __float_as_int(x);
-#else
-  int32_t b;
-  memcpy(&b, &x, sizeof b);
-  return b;
-#endif
-}
-
-LB_HD float float_of(int32_t b) {
-#ifdef __CUDA_ARCH__
-  return __int_as_float(b);
-#else
-  float x;
-  memcpy(&x, &b, sizeof x);
-  return x;
-#endif
-}
+LB_HD long long bits_of(double x) { return bit_cast<long long>(x); }
+LB_HD double double_of(long long b) { return bit_cast<double>(b); }
+LB_HD int32_t float_bits(float x) { return bit_cast<int32_t>(x); }
+LB_HD float float_of(int32_t b) { return bit_cast<float>(b); }
 
 // 2.0**k for integer k in [-1022, 1023], built on the bits.
 LB_HD double pow2(long long k) { return double_of((long long)((unsigned long long)(k + 1023) << 52)); }

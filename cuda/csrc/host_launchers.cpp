@@ -6,6 +6,18 @@
 #include "dispatch.h"
 
 namespace lowbit {
+namespace {
+
+// Calls f(block r's input, r) for every block, in the GPU's work-item order.
+template <int DT, typename F> void for_each_block(const void* x, const BlockView& v, int block, F f) {
+  typedef typename Storage<DT>::type T;
+  for (long long t = 0; t < block_count(v); ++t) {
+    long long r = block_of_item(t, v);
+    f(block_input<DT>(static_cast<const T*>(x), v, block_origin(r, v, block), block), r);
+  }
+}
+
+}  // namespace
 
 void element_quantize(int dtype, const void* x, void* out, long long n, ElementDesc d, Policy p, int* inexact,
                       cudaStream_t) {
@@ -56,11 +68,9 @@ void block_quantize(int dtype, const void* x, void* out, BlockView v, ElementDes
   with_dtype(dtype, [&](auto tag) {
     constexpr int DT = decltype(tag)::value;
     typedef typename Storage<DT>::type T;
-    for (long long t = 0; t < block_count(v); ++t) {
-      long long r = block_of_item(t, v);
-      BlockInput<DT> in = block_input<DT>(static_cast<const T*>(x), v, block_origin(r, v, bp.block), bp.block);
+    for_each_block<DT>(x, v, bp.block, [&](const BlockInput<DT>& in, long long r) {
       if (quantize_block<DT>(in, static_cast<T*>(out), v, r, ed, sd, bp, p)) *inexact = 1;
-    }
+    });
   });
 }
 
@@ -68,12 +78,9 @@ void block_encode(int dtype, const void* x, unsigned char* elements, int32_t* sc
                   ElementDesc sd, BlockParams bp, Policy p, cudaStream_t) {
   with_dtype(dtype, [&](auto tag) {
     constexpr int DT = decltype(tag)::value;
-    typedef typename Storage<DT>::type T;
-    for (long long t = 0; t < block_count(v); ++t) {
-      long long r = block_of_item(t, v);
-      BlockInput<DT> in = block_input<DT>(static_cast<const T*>(x), v, block_origin(r, v, bp.block), bp.block);
+    for_each_block<DT>(x, v, bp.block, [&](const BlockInput<DT>& in, long long r) {
       encode_block<DT>(in, elements, scales, r, ed, sd, bp, p);
-    }
+    });
   });
 }
 
@@ -87,18 +94,17 @@ void block_decode(const unsigned char* elements, const int32_t* scales, void* ou
 }
 
 namespace {
+
 template <int DT>
 void walk_microexponent(const void* x, void* out, unsigned char* elements, int32_t* scales, unsigned char* subscales,
                         const BlockView& v, const MicroParams& mp, const Policy& p, int* inexact) {
   typedef typename Storage<DT>::type T;
-  for (long long t = 0; t < block_count(v); ++t) {
-    long long r = block_of_item(t, v);
-    BlockInput<DT> in = block_input<DT>(static_cast<const T*>(x), v, block_origin(r, v, mp.block), mp.block);
+  for_each_block<DT>(x, v, mp.block, [&](const BlockInput<DT>& in, long long r) {
     bool lost;
     long long scale = walk_microexponent_block<DT>(in, v, r, mp, p, static_cast<T*>(out), elements, subscales, lost);
     if (scales) scales[r] = (int32_t)scale;
     if (lost && inexact) *inexact = 1;
-  }
+  });
 }
 }  // namespace
 

@@ -1,0 +1,166 @@
+"""The CUDA extension on a GPU (``@pytest.mark.cuda``; skipped without one):
+every format family cast on the GPU, bit for bit equal to the reference on
+the CPU, for every input dtype, odd shapes, non-contiguous inputs and other
+axes; stochastic rounding; the ops against their fakes; the emulation
+layer end to end on CUDA tensors."""
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.formats import ROUNDING_MODES, BlockFormat, base
+
+pytestmark = pytest.mark.cuda
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA GPU", allow_module_level=True)
+if not lowbit.cuda.available():
+    pytest.fail(f"a GPU is present but the extension cannot be used: {lowbit.cuda.missing()}", pytrace=False)
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+ELEMENT = ["fp8_e4m3", "fp8_e5m2", "fp8_e4m3fnuz", "fp6_e3m2", "fp4_e2m1", "e8m0", "p3109_8p3", "bf16", "fp16",
+           "int8", "int4", "uint5"]
+SCALED = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4", "mx9", "mx6", "mx4",
+          "msfp12", "msfp16"]
+
+
+def data(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * torch.logspace(-8, 8, shape[-1], base=2,
+                                                                              dtype=torch.float64)
+    flat = x.view(-1)
+    flat[:: 97] = 0.0
+    flat[5 % flat.numel()] = float("nan")
+    return x.to(dtype)
+
+
+def outcome(call):
+    try:
+        return call()
+    except ValueError as error:
+        return str(error)
+
+
+def same(gpu, reference, context):
+    if isinstance(gpu, str) or isinstance(reference, str):
+        assert gpu == reference, context
+    elif isinstance(gpu, lowbit.Encoded):
+        assert gpu == reference, context
+    else:
+        gpu = gpu.cpu()
+        assert gpu.dtype == reference.dtype and gpu.shape == reference.shape, context
+        if not gpu.dtype.is_floating_point:
+            assert torch.equal(gpu, reference), context
+            return
+        nan = torch.isnan(gpu)
+        assert torch.equal(nan, torch.isnan(reference)), context
+        bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[gpu.element_size()]
+        assert torch.equal(gpu[~nan].view(bits), reference[~nan].view(bits)), context
+
+
+def layouts(x):
+    """Contiguous, transposed, and a strided slice, each on the GPU."""
+    yield x.cuda()
+    yield x.cuda().t()
+    yield x.cuda()[:, ::3]
+
+
+def test_cuda_is_the_default_backend_for_cuda_tensors():
+    assert base.resolve_backend(None, torch.device("cuda")) == "cuda"
+
+
+@pytest.mark.parametrize("name", ELEMENT)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_element_formats(name, dtype):
+    fmt = lowbit.get_format(name)
+    for x in layouts(data((37, 129), dtype)):
+        for rounding in ROUNDING_MODES:
+            policy = dict(rounding=rounding, **({"seed": 3} if rounding == "stochastic" else {}))
+            context = f"{name} {dtype} {tuple(x.stride())} {policy}"
+            same(outcome(lambda: fmt.quantize(x, **policy)),
+                 outcome(lambda: fmt.quantize(x.cpu(), backend="reference", **policy)), context)
+            same(outcome(lambda: fmt.encode(x, **policy)),
+                 outcome(lambda: fmt.encode(x.cpu(), backend="reference", **policy)), context)
+    if fmt.nbits <= 16:
+        codes = torch.arange(1 << fmt.nbits, device="cuda")
+        same(fmt.decode(codes, dtype=torch.float64), fmt.decode(codes.cpu(), dtype=torch.float64,
+                                                                backend="reference"), f"{name} decode")
+
+
+@pytest.mark.parametrize("name", SCALED)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scaled_formats_along_each_axis(name, dtype):
+    fmt = lowbit.get_format(name)
+    rules = ["floor", "ceil", "rceil", "even"] if isinstance(fmt, BlockFormat) and fmt.scale.man_bits == 0 else [None]
+    x = data((5, 67, 33), dtype)
+    for axis in (-1, 0, 1):
+        for rule in rules:
+            for rounding in ("nearest_even", "toward_zero", "stochastic"):
+                policy = dict(axis=axis, rounding=rounding, **({"scale_rule": rule} if rule else {}),
+                              **({"seed": 9} if rounding == "stochastic" else {}))
+                for xs in (x.cuda(), x.cuda().permute(2, 0, 1).contiguous().permute(1, 2, 0)):
+                    context = f"{name} {dtype} {policy} {tuple(xs.stride())}"
+                    same(outcome(lambda: fmt.quantize(xs, **policy)),
+                         outcome(lambda: fmt.quantize(xs.cpu(), backend="reference", **policy)), context)
+                    encoded = fmt.encode(xs, **policy)
+                    same(encoded, fmt.encode(xs.cpu(), backend="reference", **policy), context)
+                    same(fmt.decode(encoded), fmt.decode(fmt.encode(xs.cpu(), backend="reference", **policy),
+                                                         backend="reference"), context)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 1 << 20, (1 << 20) + 3])
+def test_odd_sizes_and_misaligned_starts(n):
+    for fmt in (lowbit.get_format("fp8_e4m3"), lowbit.get_format("mxfp4"), lowbit.get_format("mx6")):
+        x = data((1, n + 1), torch.float32).reshape(-1)[1:]  # one element in: not 16-byte aligned
+        same(fmt.quantize(x.cuda()), fmt.quantize(x, backend="reference"), f"{fmt.name} {n}")
+        same(fmt.quantize(x.cuda()[:n]), fmt.quantize(x[:n], backend="reference"), f"{fmt.name} {n}")
+
+
+def test_stochastic_streams_match_the_reference():
+    x = torch.randn(1 << 18, dtype=torch.float32)
+    for name in ("fp8_e4m3", "int4", "mxfp4", "nvfp4", "mx6"):
+        fmt = lowbit.get_format(name)
+        same(fmt.quantize(x.cuda(), rounding="stochastic", seed=2**64 - 5),
+             fmt.quantize(x, rounding="stochastic", seed=2**64 - 5, backend="reference"), name)
+
+
+def test_ops_agree_with_their_fakes():
+    from lowbit.formats.cpu.descriptors import block_params, element_descriptor, microexponent_params
+
+    ops = torch.ops.lowbit_cuda
+    x = torch.randn(3, 40, device="cuda")
+    mxfp4, mx6 = lowbit.get_format("mxfp4"), lowbit.get_format("mx6")
+    block = (list(element_descriptor(mxfp4.element)), list(element_descriptor(mxfp4.scale)),
+             [float(v) for v in block_params(mxfp4, "floor", None)])
+    checks = [(ops.element_quantize, (x, list(element_descriptor(lowbit.get_format("fp8_e4m3"))), 0, 0, 0, 0.0)),
+              (ops.block_encode, (x, 1, *block, 0, 0, 0.0)),
+              (ops.microexponent_quantize, (x, 0, list(microexponent_params(mx6)), 0, 0, 0.0))]
+    for op, args in checks:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_emulated_training_step_on_cuda_matches_the_cpu():
+    from lowbit.emulate import QuantSpec, quantize_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 8))
+    spec = QuantSpec(input="mxfp8_e4m3", weight="mxfp4", grad_output="mxfp8_e5m2")
+    x = torch.randn(32, 64)
+    results = []
+    for device in ("cpu", "cuda"):
+        m = quantize_model(torch.nn.Sequential(*[layer for layer in model]).to(device), spec, inplace=False)
+        out = m(x.to(device))
+        out.square().mean().backward()
+        results.append((out.detach().cpu(), m[0].weight.grad.cpu()))
+    # the rounded operands are identical; the products are torch's on each device
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-5)
+
+
+def test_fake_quantize_on_cuda_rounds_exactly():
+    from lowbit.emulate import fake_quantize
+
+    x = torch.randn(8, 64, device="cuda", requires_grad=True)
+    y = fake_quantize(x, "mxfp4")
+    same(y.detach(), lowbit.quantize(x.detach().cpu(), "mxfp4", backend="reference"), "fake_quantize")
+    compiled = torch.compile(lambda t: fake_quantize(t, "nvfp4"))
+    same(compiled(x.detach()), lowbit.quantize(x.detach().cpu(), "nvfp4", backend="reference"), "compiled")
