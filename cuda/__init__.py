@@ -10,8 +10,10 @@ reference implementation and ``backend="cuda"`` raises
 :class:`CudaUnavailable` saying what is missing.
 
 The kernels' math lives in ``csrc/*.cuh`` headers that also compile on the
-host: :func:`host_kernels` builds that host twin for CPU tensors, which is
-how machines without a GPU test it bit for bit against the reference.
+host. Two CPU builds let machines without a GPU test it bit for bit
+against the reference: :func:`host_kernels` (the headers' math in host
+loops) and :func:`emulated_kernels` (the ``.cu`` kernels themselves run on
+the host, thread after thread).
 """
 
 from __future__ import annotations
@@ -21,16 +23,28 @@ from lowbit.formats.backends import BackendUnavailable, Kernels, register_backen
 from . import extension as _extension
 from .extension import CudaUnavailable, missing
 
-__all__ = ["CudaUnavailable", "available", "build", "host_kernels", "missing"]
+__all__ = ["CudaUnavailable", "available", "build", "emulated_kernels", "host_kernels", "missing"]
+
+
+def _loaded(load, namespace: str) -> Kernels:
+    """A build's Kernels, after building and loading it and registering its fakes."""
+    load()
+    from . import fake
+    from .backend import kernels
+
+    fake.register(namespace)
+    return kernels(namespace)
+
+
+def cuda_kernels() -> Kernels:
+    """The extension as the formats' "cuda" backend."""
+    return _loaded(_extension.load_cuda, "lowbit_cuda")
 
 
 def build() -> None:
-    """Compile (the first time; minutes) and load the CUDA extension.
+    """Compile (the first time; about a minute) and load the CUDA extension.
     Raises :class:`CudaUnavailable` naming what is missing."""
-    _extension.load_cuda()
-    from . import fake
-
-    fake.register("lowbit_cuda")
+    cuda_kernels()
 
 
 def available() -> bool:
@@ -43,23 +57,17 @@ def available() -> bool:
     return True
 
 
-def cuda_kernels() -> Kernels:
-    """The extension as the formats' "cuda" backend."""
-    build()
-    from .backend import kernels
-
-    return kernels("lowbit_cuda")
-
-
 def host_kernels() -> Kernels:
     """The host twin (ops ``torch.ops.lowbit_host.*`` on CPU tensors): the
-    kernels' math compiled for the CPU, for testing without a GPU."""
-    _extension.load_host()
-    from . import fake
-    from .backend import kernels
+    kernels' math in host loops, for testing without a GPU."""
+    return _loaded(_extension.load_host, "lowbit_host")
 
-    fake.register("lowbit_host")
-    return kernels("lowbit_host")
+
+def emulated_kernels() -> Kernels:
+    """The emulated build (ops ``torch.ops.lowbit_emulated.*`` on CPU
+    tensors): the ``.cu`` kernels run on the host one thread after another,
+    for testing their code without a GPU (slow: sequential threads)."""
+    return _loaded(_extension.load_emulated, "lowbit_emulated")
 
 
 register_backend("cuda", "cuda", cuda_kernels, default=True)

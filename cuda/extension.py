@@ -1,13 +1,18 @@
 """Building the extension on first use with torch.utils.cpp_extension.load.
 
-Two builds of the same bindings (``csrc/bindings.cpp``):
+Three builds of the same bindings (``csrc/bindings.cpp``):
 
 - the CUDA extension, ops ``torch.ops.lowbit_cuda.*`` for CUDA tensors,
   from the ``.cu`` kernels, for the GPU torch runs on;
 - the host twin, ops ``torch.ops.lowbit_host.*`` for CPU tensors, from
   ``csrc/host_launchers.cpp`` (the same per-element and per-block math in
-  host loops), which machines without a GPU build with g++ to test the
-  kernels' math, the bindings and the Python glue.
+  plain host loops);
+- the emulated build, ops ``torch.ops.lowbit_emulated.*`` for CPU tensors,
+  from the ``.cu`` kernels themselves compiled as C++ and run on the host
+  thread after thread (``csrc/emulated_kernels.cpp``).
+
+Machines without a GPU build the last two with g++ to test the kernels'
+math and code, the bindings and the Python glue.
 
 Both are cached by torch (under ``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``) and rebuilt only when a source changes.
@@ -28,7 +33,7 @@ import torch
 from lowbit.formats.backends import BackendUnavailable
 
 CSRC = Path(__file__).parent / "csrc"
-HEADERS = ("element_math.cuh", "block_math.cuh", "launch.cuh", "launchers.h", "dispatch.h")
+HEADERS = ("element_math.cuh", "block_math.cuh", "launch.cuh", "launchers.h", "dispatch.h", "emulated_device.h")
 KERNELS = ("element_kernels.cu", "block_kernels.cu")
 HOST_FLAGS = ["-O2", "-ffp-contract=off"]
 NVCC_FLAGS = ["-O3", "--fmad=false"]
@@ -103,3 +108,14 @@ def load_host() -> None:
         raise BackendUnavailable("the host twin needs ninja to build: pip install ninja")
     _load("lowbit_host", [CSRC / "bindings.cpp", CSRC / "host_launchers.cpp"],
           extra_cflags=[*HOST_FLAGS, "-DLOWBIT_HOST_ONLY"])
+
+
+@functools.cache
+def load_emulated() -> None:
+    """Build (first call) and load the emulated build: the ops torch.ops.lowbit_emulated.*."""
+    from torch.utils import cpp_extension
+
+    if not cpp_extension.is_ninja_available():
+        raise BackendUnavailable("the emulated build needs ninja: pip install ninja")
+    _load("lowbit_emulated", [CSRC / "bindings.cpp", CSRC / "emulated_kernels.cpp"],
+          extra_cflags=[*HOST_FLAGS, "-DLOWBIT_HOST_ONLY", "-DLOWBIT_EMULATE_DEVICE", "-Wno-unknown-pragmas"])

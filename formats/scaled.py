@@ -182,7 +182,10 @@ class ScaledFormat:
         device = t.device
         scale_codes = torch.cat(scales) if scales else torch.empty(0, dtype=code_dtype(self.scale_code_bits), device=device)
         packed = torch.cat(elements) if elements else torch.empty(0, dtype=torch.uint8, device=device)
-        return packed, scale_codes.reshape(layout.blocked_shape[:-1]), torch.cat(subscales) if subscales else None
+        shifts = None
+        if self.subscales_per_block:  # an empty input has empty shifts, as the kernels give
+            shifts = torch.cat(subscales) if subscales else torch.empty(0, dtype=torch.uint8, device=device)
+        return packed, scale_codes.reshape(layout.blocked_shape[:-1]), shifts
 
     def decode(self, encoded: Encoded, *, dtype: Any = None, backend: str | None = None) -> Any:
         """Values of an :class:`Encoded` of this format, in its true shape:

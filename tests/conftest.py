@@ -6,9 +6,12 @@ from hypothesis import HealthCheck, settings
 import lowbit
 from lowbit.formats import backends
 
-#: the CUDA kernels' math compiled for the host (lowbit.cuda.host_kernels),
-#: run as a backend for CPU data so every formats test checks it
+#: the CUDA extension built for CPU data, so that every formats test checks
+#: it without a GPU: its math in host loops (lowbit.cuda.host_kernels), and
+#: its .cu kernels run thread after thread (lowbit.cuda.emulated_kernels)
 backends.register_backend("cuda_host", "cpu", lowbit.cuda.host_kernels)
+backends.register_backend("cuda_emulated", "cpu", lowbit.cuda.emulated_kernels)
+CPU_BUILDS_OF_CUDA = ("cuda_host", "cuda_emulated")
 
 # the backend fixture is function-scoped but fixed for a whole test, so
 # hypothesis may share it across examples
@@ -19,13 +22,13 @@ settings.register_profile("thorough", max_examples=2000, **_shared)
 settings.load_profile(os.environ.get("LOWBIT_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-@pytest.fixture(params=["cpu", "reference", "cuda_host"])
+@pytest.fixture(params=["cpu", "reference", *CPU_BUILDS_OF_CUDA])
 def each_backend(request, monkeypatch):
     """Run a test with backend=None meaning the given backend for CPU data
     (modules opt in with ``pytestmark = pytest.mark.usefixtures("each_backend")``).
-    ``cuda_host`` needs a C++ compiler and ninja (tests/test_cuda_build.py
-    checks that it builds where they exist)."""
-    if request.param == "cuda_host":
+    The CPU builds of the CUDA extension need a C++ compiler and ninja
+    (tests/test_cuda_build.py checks that they build where those exist)."""
+    if request.param in CPU_BUILDS_OF_CUDA:
         try:
             backends.kernels("cuda_host")
         except backends.BackendUnavailable as why:

@@ -1,6 +1,7 @@
 """The kernel backends against the reference implementation, bit for bit:
-the CPU kernels and the CUDA kernels' math built for the host (the
-``cuda_host`` twin, see conftest.py), on every family, every rounding mode
+the CPU kernels and the CUDA extension's two CPU builds (``cuda_host``, its
+math in host loops, and ``cuda_emulated``, its kernels run thread after
+thread; see conftest.py), on every family, every rounding mode
 and overflow policy, every input dtype, strided inputs and other axes; and
 the CPU's float32 fast paths on every rounding boundary of the formats
 they serve."""
@@ -34,12 +35,12 @@ def outcome(call):
 
 
 def kernel_backends():
-    """The kernel backends that run here (cuda_host needs a C++ compiler)."""
+    """The kernel backends that run here (the CPU builds of the CUDA extension need a C++ compiler)."""
     try:
-        backends.kernels("cuda_host")
+        backends.kernels("cuda_host"), backends.kernels("cuda_emulated")
     except backends.BackendUnavailable:
         return ("cpu",)
-    return ("cpu", "cuda_host")
+    return ("cpu", "cuda_host", "cuda_emulated")
 
 
 COMPARED = (*kernel_backends(), "reference")

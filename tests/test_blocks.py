@@ -269,3 +269,14 @@ def test_an_encoded_built_by_hand_may_name_its_axis_from_the_end():
     assert torch.equal(fmt.decode(by_hand), fmt.decode(encoded))
     with pytest.raises(ValueError, match="axis 2 is out of range"):
         fmt.decode(lowbit.Encoded(fmt, encoded.shape, 2, encoded.elements, encoded.scales))
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "mx6", "msfp12"])
+def test_an_empty_input_encodes_to_empty_codes(name):
+    fmt = lowbit.get_format(name)
+    encoded = fmt.encode(torch.empty(0, 5), axis=0)
+    assert encoded.elements.numel() == 0 and encoded.scales.numel() == 0
+    assert (encoded.subscales is None) == (fmt.subscales_per_block == 0)  # mx6 has shifts, even none
+    if encoded.subscales is not None:
+        assert encoded.subscales.numel() == 0
+    assert fmt.decode(encoded).shape == (0, 5)

@@ -1,20 +1,49 @@
-"""The CUDA extension on a GPU (``@pytest.mark.cuda``; skipped without one):
-every format family cast on the GPU, bit for bit equal to the reference on
-the CPU, for every input dtype, odd shapes, non-contiguous inputs and other
-axes; stochastic rounding; the ops against their fakes; the emulation
-layer end to end on CUDA tensors."""
+"""The CUDA extension's kernels: every format family cast by them, bit for
+bit equal to the reference on the CPU, for every input dtype, odd and
+misaligned sizes, non-contiguous inputs and other axes; stochastic
+rounding; the ops against their fakes; the emulation layer end to end.
+
+Each test runs twice: on a GPU (``gpu``, marked ``cuda``, skipped without
+one) and on the emulated build (``emulated``: the same .cu kernels compiled
+for the host and run thread after thread on CPU tensors, see docs/cuda.md),
+so that machines without a GPU run the kernels' own code too."""
 
 import pytest
 import torch
 
 import lowbit
-from lowbit.formats import ROUNDING_MODES, BlockFormat, base
+from lowbit.formats import ROUNDING_MODES, BlockFormat, backends, base
 
-pytestmark = pytest.mark.cuda
-if not torch.cuda.is_available():
-    pytest.skip("no CUDA GPU", allow_module_level=True)
-if not lowbit.cuda.available():
-    pytest.fail(f"a GPU is present but the extension cannot be used: {lowbit.cuda.missing()}", pytrace=False)
+
+@pytest.fixture(scope="module", params=[pytest.param("gpu", marks=pytest.mark.cuda), "emulated"])
+def flavour(request):
+    if request.param == "gpu":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA GPU")
+        if not lowbit.cuda.available():
+            pytest.fail(f"a GPU is present but the extension cannot be used: {lowbit.cuda.missing()}",
+                        pytrace=False)
+        return request.param
+    try:
+        backends.kernels("cuda_emulated")
+    except backends.BackendUnavailable as why:
+        pytest.skip(str(why))
+    return request.param
+
+
+@pytest.fixture
+def device(flavour, monkeypatch):
+    """Where the kernels' inputs live: the GPU, or the CPU with the emulated
+    build as the default backend for CPU data."""
+    if flavour == "gpu":
+        return torch.device("cuda")
+    monkeypatch.setitem(backends.defaults, "cpu", "cuda_emulated")
+    return torch.device("cpu")
+
+
+@pytest.fixture
+def ops(device):
+    return torch.ops.lowbit_cuda if device.type == "cuda" else torch.ops.lowbit_emulated
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 ELEMENT = ["fp8_e4m3", "fp8_e5m2", "fp8_e4m3fnuz", "fp6_e3m2", "fp4_e2m1", "e8m0", "p3109_8p3", "bf16", "fp16",
@@ -57,22 +86,22 @@ def same(gpu, reference, context):
         assert torch.equal(gpu[~nan].view(bits), reference[~nan].view(bits)), context
 
 
-def layouts(x):
-    """Contiguous, transposed, and a strided slice, each on the GPU."""
-    yield x.cuda()
-    yield x.cuda().t()
-    yield x.cuda()[:, ::3]
+def layouts(x, device):
+    """Contiguous, transposed, and a strided slice, each on the device."""
+    yield x.to(device)
+    yield x.to(device).t()
+    yield x.to(device)[:, ::3]
 
 
-def test_cuda_is_the_default_backend_for_cuda_tensors():
-    assert base.resolve_backend(None, torch.device("cuda")) == "cuda"
+def test_the_kernels_are_the_default_backend(device):
+    assert base.resolve_backend(None, device) == ("cuda" if device.type == "cuda" else "cuda_emulated")
 
 
 @pytest.mark.parametrize("name", ELEMENT)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_element_formats(name, dtype):
+def test_element_formats(name, dtype, device):
     fmt = lowbit.get_format(name)
-    for x in layouts(data((37, 129), dtype)):
+    for x in layouts(data((37, 129), dtype), device):
         for rounding in ROUNDING_MODES:
             policy = dict(rounding=rounding, **({"seed": 3} if rounding == "stochastic" else {}))
             context = f"{name} {dtype} {tuple(x.stride())} {policy}"
@@ -81,14 +110,14 @@ def test_element_formats(name, dtype):
             same(outcome(lambda: fmt.encode(x, **policy)),
                  outcome(lambda: fmt.encode(x.cpu(), backend="reference", **policy)), context)
     if fmt.nbits <= 16:
-        codes = torch.arange(1 << fmt.nbits, device="cuda")
+        codes = torch.arange(1 << fmt.nbits, device=device)
         same(fmt.decode(codes, dtype=torch.float64), fmt.decode(codes.cpu(), dtype=torch.float64,
                                                                 backend="reference"), f"{name} decode")
 
 
 @pytest.mark.parametrize("name", SCALED)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_scaled_formats_along_each_axis(name, dtype):
+def test_scaled_formats_along_each_axis(name, dtype, device):
     fmt = lowbit.get_format(name)
     rules = ["floor", "ceil", "rceil", "even"] if isinstance(fmt, BlockFormat) and fmt.scale.man_bits == 0 else [None]
     x = data((5, 67, 33), dtype)
@@ -97,7 +126,7 @@ def test_scaled_formats_along_each_axis(name, dtype):
             for rounding in ("nearest_even", "toward_zero", "stochastic"):
                 policy = dict(axis=axis, rounding=rounding, **({"scale_rule": rule} if rule else {}),
                               **({"seed": 9} if rounding == "stochastic" else {}))
-                for xs in (x.cuda(), x.cuda().permute(2, 0, 1).contiguous().permute(1, 2, 0)):
+                for xs in (x.to(device), x.to(device).permute(2, 0, 1).contiguous().permute(1, 2, 0)):
                     context = f"{name} {dtype} {policy} {tuple(xs.stride())}"
                     same(outcome(lambda: fmt.quantize(xs, **policy)),
                          outcome(lambda: fmt.quantize(xs.cpu(), backend="reference", **policy)), context)
@@ -108,26 +137,27 @@ def test_scaled_formats_along_each_axis(name, dtype):
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 1 << 20, (1 << 20) + 3])
-def test_odd_sizes_and_misaligned_starts(n):
+def test_odd_sizes_and_misaligned_starts(n, device):
     for fmt in (lowbit.get_format("fp8_e4m3"), lowbit.get_format("mxfp4"), lowbit.get_format("mx6")):
-        x = data((1, n + 1), torch.float32).reshape(-1)[1:]  # one element in: not 16-byte aligned
-        same(fmt.quantize(x.cuda()), fmt.quantize(x, backend="reference"), f"{fmt.name} {n}")
-        same(fmt.quantize(x.cuda()[:n]), fmt.quantize(x[:n], backend="reference"), f"{fmt.name} {n}")
+        x = data((1, n + 1), torch.float32).reshape(-1)
+        on_device = x.to(device)
+        for part in (slice(0, n), slice(1, n + 1)):  # from a 16-byte boundary and one element in
+            same(fmt.quantize(on_device[part]), fmt.quantize(x[part], backend="reference"), f"{fmt.name} {n}")
+            same(fmt.encode(on_device[part]), fmt.encode(x[part], backend="reference"), f"{fmt.name} {n}")
 
 
-def test_stochastic_streams_match_the_reference():
+def test_stochastic_streams_match_the_reference(device):
     x = torch.randn(1 << 18, dtype=torch.float32)
     for name in ("fp8_e4m3", "int4", "mxfp4", "nvfp4", "mx6"):
         fmt = lowbit.get_format(name)
-        same(fmt.quantize(x.cuda(), rounding="stochastic", seed=2**64 - 5),
+        same(fmt.quantize(x.to(device), rounding="stochastic", seed=2**64 - 5),
              fmt.quantize(x, rounding="stochastic", seed=2**64 - 5, backend="reference"), name)
 
 
-def test_ops_agree_with_their_fakes():
+def test_ops_agree_with_their_fakes(device, ops):
     from lowbit.formats.cpu.descriptors import block_params, element_descriptor, microexponent_params
 
-    ops = torch.ops.lowbit_cuda
-    x = torch.randn(3, 40, device="cuda")
+    x = torch.randn(3, 40, device=device)
     mxfp4, mx6 = lowbit.get_format("mxfp4"), lowbit.get_format("mx6")
     block = (list(element_descriptor(mxfp4.element)), list(element_descriptor(mxfp4.scale)),
              [float(v) for v in block_params(mxfp4, "floor", None)])
@@ -138,7 +168,7 @@ def test_ops_agree_with_their_fakes():
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 
 
-def test_emulated_training_step_on_cuda_matches_the_cpu():
+def test_quantized_training_step_matches_the_cpu_kernels(device):
     from lowbit.emulate import QuantSpec, quantize_model
 
     torch.manual_seed(0)
@@ -146,20 +176,24 @@ def test_emulated_training_step_on_cuda_matches_the_cpu():
     spec = QuantSpec(input="mxfp8_e4m3", weight="mxfp4", grad_output="mxfp8_e5m2")
     x = torch.randn(32, 64)
     results = []
-    for device in ("cpu", "cuda"):
-        m = quantize_model(torch.nn.Sequential(*[layer for layer in model]).to(device), spec, inplace=False)
-        out = m(x.to(device))
+    for where, backend in ((torch.device("cpu"), "cpu"), (device, None)):
+        if backend:
+            backends.defaults["cpu"], kept = backend, backends.defaults["cpu"]
+        m = quantize_model(torch.nn.Sequential(*[layer for layer in model]).to(where), spec, inplace=False)
+        out = m(x.to(where))
         out.square().mean().backward()
         results.append((out.detach().cpu(), m[0].weight.grad.cpu()))
+        if backend:
+            backends.defaults["cpu"] = kept
     # the rounded operands are identical; the products are torch's on each device
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-5)
 
 
-def test_fake_quantize_on_cuda_rounds_exactly():
+def test_fake_quantize_rounds_exactly_eager_and_compiled(device):
     from lowbit.emulate import fake_quantize
 
-    x = torch.randn(8, 64, device="cuda", requires_grad=True)
+    x = torch.randn(8, 64, device=device, requires_grad=True)
     y = fake_quantize(x, "mxfp4")
     same(y.detach(), lowbit.quantize(x.detach().cpu(), "mxfp4", backend="reference"), "fake_quantize")
     compiled = torch.compile(lambda t: fake_quantize(t, "nvfp4"))

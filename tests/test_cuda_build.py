@@ -1,10 +1,13 @@
 """The CUDA extension's checks that need no GPU: every ``.cu`` file
 compiles with nvcc for sm_80 and sm_90, the bindings compile against torch
-for CUDA, the headers compile warning-free with g++, and the host twin
-(the kernels' math for CPU tensors) builds. The twin's results are checked
-against the reference by every formats test (it is the ``cuda_host``
-backend of conftest.py), by test_backends.py and by test_cuda_host.py."""
+for CUDA, the headers compile warning-free with g++, and the two CPU
+builds (the host twin: the kernels' math in host loops; the emulated
+build: the .cu kernels run thread after thread) build and run. Their
+results are checked against the reference by every formats test (they are
+the ``cuda_host`` and ``cuda_emulated`` backends of conftest.py), by
+test_backends.py, test_cuda_host.py and test_cuda.py."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,8 +30,19 @@ def run(command, cwd):
 
 def test_the_extension_sources_are_all_listed():
     assert sorted(p.name for p in CSRC.glob("*.cu")) == sorted(build.KERNELS)
-    assert sorted(p.name for p in CSRC.glob("*.cu*")) == sorted([*build.KERNELS, *(h for h in build.HEADERS
-                                                                                  if h.endswith(".cuh"))])
+    assert sorted(p.name for p in CSRC.glob("*.cuh")) + sorted(p.name for p in CSRC.glob("*.h")) == sorted(
+        h for h in build.HEADERS if h.endswith(".cuh")) + sorted(h for h in build.HEADERS if h.endswith(".h"))
+    assert sorted(p.name for p in CSRC.glob("*.cpp")) == ["bindings.cpp", "emulated_kernels.cpp",
+                                                          "host_launchers.cpp"]
+
+
+def test_without_cuda_the_extension_says_what_is_missing():
+    reason = lowbit.cuda.missing()
+    if reason is None:
+        pytest.skip("the CUDA extension can run here")
+    assert not lowbit.cuda.available()
+    with pytest.raises(lowbit.cuda.CudaUnavailable, match=f"cannot be used: {re.escape(reason)}"):
+        lowbit.cuda.build()
 
 
 @pytest.mark.parametrize("source", build.KERNELS)
@@ -63,10 +77,11 @@ def test_the_host_math_compiles_without_warnings():
          "host_launchers.cpp"], CSRC)
 
 
-def test_the_host_twin_builds():
+@pytest.mark.parametrize("cpu_build", ["host_kernels", "emulated_kernels"])
+def test_the_cpu_builds_build_and_run(cpu_build):
     if shutil.which("g++") is None:
         pytest.skip("g++ not found")
-    kernels = lowbit.cuda.host_kernels()
+    kernels = getattr(lowbit.cuda, cpu_build)()
     x = torch.tensor([0.3, -500.0, float("nan")])
     out, exact = kernels.elements.quantize(lowbit.get_format("fp8_e4m3"), x, "nearest_even", "saturate", None, False)
     assert exact and torch.equal(out[:2], torch.tensor([0.3125, -448.0])) and out[2].isnan()

@@ -3,9 +3,11 @@
 // tensor (the caller reads it: inexact outputs, the first element that
 // cannot be encoded, codes out of range), so no op synchronises itself.
 //
-// Built twice: with nvcc's kernels as the ops lowbit_cuda::* for CUDA
-// tensors, and with -DLOWBIT_HOST_ONLY and host_launchers.cpp as
-// lowbit_host::* for CPU tensors (the host twin the CPU-only tests use).
+// Built three ways: with nvcc's kernels as the ops lowbit_cuda::* for CUDA
+// tensors; for CPU tensors (-DLOWBIT_HOST_ONLY), for the tests of machines
+// without a GPU, with host_launchers.cpp as lowbit_host::* (the host twin)
+// and with the .cu kernels run on the host as lowbit_emulated::*
+// (emulated_kernels.cpp, -DLOWBIT_EMULATE_DEVICE).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -14,10 +16,14 @@
 
 #include "launchers.h"
 
-#ifdef LOWBIT_HOST_ONLY
+#if defined(LOWBIT_EMULATE_DEVICE)
+#define LOWBIT_OPS lowbit_emulated
+#define LOWBIT_DEVICE CPU
+#elif defined(LOWBIT_HOST_ONLY)
 #define LOWBIT_OPS lowbit_host
 #define LOWBIT_DEVICE CPU
 #else
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #define LOWBIT_OPS lowbit_cuda
@@ -31,13 +37,17 @@ using at::Tensor;
 
 // The device of `x` made current, and its current stream (none on the host).
 struct OnDevice {
+// launched() raises if the last kernel launch failed (a launch error is
+// otherwise silent and leaves the outputs unwritten).
 #ifdef LOWBIT_HOST_ONLY
   explicit OnDevice(const Tensor&) {}
   cudaStream_t stream() const { return nullptr; }
+  void launched() const {}
 #else
   c10::cuda::CUDAGuard guard;
   explicit OnDevice(const Tensor& x) : guard(x.device()) {}
   cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream().stream(); }
+  void launched() const { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 #endif
 };
 
@@ -47,7 +57,8 @@ int dtype_of(const Tensor& x) {
     case at::kBFloat16: return BF16;
     case at::kFloat: return F32;
     case at::kDouble: return F64;
-    default: TORCH_CHECK(false, "lowbit: input dtype must be float16, bfloat16, float32 or float64; got ", x.scalar_type());
+    default:
+      TORCH_CHECK(false, "lowbit: input dtype must be float16, bfloat16, float32 or float64; got ", x.scalar_type());
   }
   return F64;
 }
@@ -143,6 +154,7 @@ std::tuple<Tensor, Tensor> element_quantize_op(const Tensor& x, at::IntArrayRef 
   Tensor input = x.contiguous(), out = at::empty(x.sizes(), x.options()), inexact = flag(x);
   element_quantize(dtype_of(x), input.data_ptr(), out.data_ptr(), x.numel(), element_desc(desc),
                    policy(mode, overflow, key, tiny), inexact.data_ptr<int>(), on.stream());
+  on.launched();
   return {out, inexact};
 }
 
@@ -157,6 +169,7 @@ std::tuple<Tensor, Tensor> element_encode_op(const Tensor& x, at::IntArrayRef de
   element_encode(dtype_of(x), input.data_ptr(), codes.data_ptr(), code_type_of(codes), x.numel(), element_desc(desc),
                  policy(mode, overflow, key, tiny),
                  reinterpret_cast<unsigned long long*>(first_invalid.data_ptr<int64_t>()), on.stream());
+  on.launched();
   return {codes, first_invalid};
 }
 
@@ -168,6 +181,7 @@ std::tuple<Tensor, Tensor> element_decode_op(const Tensor& codes, at::IntArrayRe
          out_of_range = flag(codes);
   element_decode(code_type_of(codes), input.data_ptr(), out.data_ptr(), output_dtype_of(dtype), codes.numel(),
                  element_desc(desc), int(nbits), out_of_range.data_ptr<int>(), on.stream());
+  on.launched();
   return {out, out_of_range};
 }
 
@@ -182,6 +196,7 @@ std::tuple<Tensor, Tensor> block_quantize_op(const Tensor& x, int64_t axis, at::
   Tensor out = at::empty(x.sizes(), x.options()), inexact = flag(x);
   block_quantize(dtype_of(x), view.data_ptr(), out.data_ptr(), v, element_desc(element), element_desc(scale), bp,
                  policy(mode, 0, key, tiny), inexact.data_ptr<int>(), on.stream());
+  on.launched();
   return {out, inexact};
 }
 
@@ -197,6 +212,7 @@ std::tuple<Tensor, Tensor> block_encode_op(const Tensor& x, int64_t axis, at::In
   Tensor scales = at::empty({rows}, x.options().dtype(at::kInt));
   block_encode(dtype_of(x), view.data_ptr(), elements.data_ptr<uint8_t>(), scales.data_ptr<int32_t>(), v,
                element_desc(element), element_desc(scale), bp, policy(mode, 0, key, tiny), on.stream());
+  on.launched();
   return {elements, scales};
 }
 
@@ -209,6 +225,7 @@ Tensor block_decode_op(const Tensor& elements, const Tensor& scales, at::IntArra
   Tensor packed = elements.contiguous(), scale_codes = scales.to(at::kInt).contiguous();
   block_decode(packed.data_ptr<uint8_t>(), scale_codes.data_ptr<int32_t>(), out.data_ptr(), output_dtype_of(dtype), v,
                element_desc(element), element_desc(scale), bp, on.stream());
+  on.launched();
   return out;
 }
 
@@ -222,6 +239,7 @@ std::tuple<Tensor, Tensor> microexponent_quantize_op(const Tensor& x, int64_t ax
   Tensor out = at::empty(x.sizes(), x.options()), inexact = flag(x);
   microexponent_quantize(dtype_of(x), view.data_ptr(), out.data_ptr(), v, mp, policy(mode, 0, key, tiny),
                          inexact.data_ptr<int>(), on.stream());
+  on.launched();
   return {out, inexact};
 }
 
@@ -238,6 +256,7 @@ std::tuple<Tensor, Tensor, Tensor> microexponent_encode_op(const Tensor& x, int6
   Tensor scales = at::empty({rows}, x.options().dtype(at::kInt));
   microexponent_encode(dtype_of(x), view.data_ptr(), elements.data_ptr<uint8_t>(), scales.data_ptr<int32_t>(),
                        subscales.data_ptr<uint8_t>(), v, mp, policy(mode, 0, key, tiny), on.stream());
+  on.launched();
   return {elements, scales, subscales};
 }
 
@@ -253,6 +272,7 @@ Tensor microexponent_decode_op(const Tensor& elements, const Tensor& scales, con
          shifts = subscales.contiguous();
   microexponent_decode(packed.data_ptr<uint8_t>(), scale_codes.data_ptr<int32_t>(), shifts.data_ptr<uint8_t>(),
                        out.data_ptr(), output_dtype_of(dtype), v, mp, on.stream());
+  on.launched();
   return out;
 }
 

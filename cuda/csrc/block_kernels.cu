@@ -13,7 +13,7 @@
 namespace lowbit {
 namespace {
 
-constexpr int THREADS = 128;
+constexpr int BLOCK_THREADS = 128;
 // Blocks of at most this many bytes, contiguous and 16-byte aligned, are
 // read into the per-thread buffer with vector loads.
 constexpr int CACHED_BYTES = 128;
@@ -48,10 +48,9 @@ __device__ __forceinline__ BlockInput<DT> read_block(const typename Storage<DT>:
 }
 
 template <int DT, bool VECTOR>
-__global__ void __launch_bounds__(THREADS) block_quantize_kernel(const typename Storage<DT>::type* x,
-                                                                 typename Storage<DT>::type* out, BlockView v,
-                                                                 ElementDesc ed, ElementDesc sd, BlockParams bp,
-                                                                 Policy p, int* inexact) {
+__global__ void __launch_bounds__(BLOCK_THREADS)
+    block_quantize_kernel(const typename Storage<DT>::type* x, typename Storage<DT>::type* out, BlockView v,
+                          ElementDesc ed, ElementDesc sd, BlockParams bp, Policy p, int* inexact) {
   uint4 cache[CACHED_BYTES / 16];
   bool lost = false;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < block_count(v);
@@ -63,10 +62,9 @@ __global__ void __launch_bounds__(THREADS) block_quantize_kernel(const typename 
 }
 
 template <int DT, bool VECTOR>
-__global__ void __launch_bounds__(THREADS) block_encode_kernel(const typename Storage<DT>::type* x,
-                                                               unsigned char* elements, int32_t* scales, BlockView v,
-                                                               ElementDesc ed, ElementDesc sd, BlockParams bp,
-                                                               Policy p) {
+__global__ void __launch_bounds__(BLOCK_THREADS)
+    block_encode_kernel(const typename Storage<DT>::type* x, unsigned char* elements, int32_t* scales, BlockView v,
+                        ElementDesc ed, ElementDesc sd, BlockParams bp, Policy p) {
   uint4 cache[CACHED_BYTES / 16];
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < block_count(v);
        t += (long long)gridDim.x * blockDim.x) {
@@ -76,20 +74,19 @@ __global__ void __launch_bounds__(THREADS) block_encode_kernel(const typename St
 }
 
 template <typename O>
-__global__ void __launch_bounds__(THREADS) block_decode_kernel(const unsigned char* elements, const int32_t* scales,
-                                                               O* out, BlockView v, ElementDesc ed, ElementDesc sd,
-                                                               BlockParams bp) {
+__global__ void __launch_bounds__(BLOCK_THREADS)
+    block_decode_kernel(const unsigned char* elements, const int32_t* scales, O* out, BlockView v, ElementDesc ed,
+                        ElementDesc sd, BlockParams bp) {
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < block_count(v);
        t += (long long)gridDim.x * blockDim.x)
     decode_block<O>(elements, scales, out, v, block_of_item(t, v), ed, sd, bp);
 }
 
 template <int DT, bool VECTOR>
-__global__ void __launch_bounds__(THREADS) microexponent_kernel(const typename Storage<DT>::type* x,
-                                                                typename Storage<DT>::type* out,
-                                                                unsigned char* elements, int32_t* scales,
-                                                                unsigned char* subscales, BlockView v,
-                                                                MicroParams mp, Policy p, int* inexact) {
+__global__ void __launch_bounds__(BLOCK_THREADS)
+    microexponent_kernel(const typename Storage<DT>::type* x, typename Storage<DT>::type* out, unsigned char* elements,
+                         int32_t* scales, unsigned char* subscales, BlockView v, MicroParams mp, Policy p,
+                         int* inexact) {
   uint4 cache[CACHED_BYTES / 16];
   bool lost = false;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < block_count(v);
@@ -105,24 +102,24 @@ __global__ void __launch_bounds__(THREADS) microexponent_kernel(const typename S
 }
 
 template <typename O>
-__global__ void __launch_bounds__(THREADS) microexponent_decode_kernel(const unsigned char* elements,
-                                                                       const int32_t* scales,
-                                                                       const unsigned char* subscales, O* out,
-                                                                       BlockView v, MicroParams mp) {
+__global__ void __launch_bounds__(BLOCK_THREADS)
+    microexponent_decode_kernel(const unsigned char* elements, const int32_t* scales, const unsigned char* subscales,
+                                O* out, BlockView v, MicroParams mp) {
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < block_count(v);
        t += (long long)gridDim.x * blockDim.x)
     decode_microexponent_block<O>(elements, scales, subscales, out, v, block_of_item(t, v), mp);
 }
 
 // Launches kernel<DT, true> when the blocks can be read with vector loads, else kernel<DT, false>.
-#define LOWBIT_LAUNCH_BLOCKS(kernel, block, ...)                                                        \
-  with_dtype(dtype, [&](auto tag) {                                                                     \
-    constexpr int DT = decltype(tag)::value;                                                            \
-    typedef typename Storage<DT>::type T;                                                               \
-    if (vector_blocks(x, v, block, sizeof(T)))                                                          \
-      kernel<DT, true><<<grid_for(block_count(v), THREADS), THREADS, 0, stream>>>(static_cast<const T*>(x), __VA_ARGS__); \
-    else                                                                                                \
-      kernel<DT, false><<<grid_for(block_count(v), THREADS), THREADS, 0, stream>>>(static_cast<const T*>(x), __VA_ARGS__); \
+#define LOWBIT_LAUNCH_BLOCKS(kernel, block, ...)                                                  \
+  with_dtype(dtype, [&](auto tag) {                                                               \
+    constexpr int DT = decltype(tag)::value;                                                      \
+    typedef typename Storage<DT>::type T;                                                         \
+    const unsigned grid = grid_for(block_count(v), BLOCK_THREADS);                                \
+    if (vector_blocks(x, v, block, sizeof(T)))                                                    \
+      LOWBIT_LAUNCH(grid, BLOCK_THREADS, stream, kernel<DT, true>)(static_cast<const T*>(x), __VA_ARGS__); \
+    else                                                                                          \
+      LOWBIT_LAUNCH(grid, BLOCK_THREADS, stream, kernel<DT, false>)(static_cast<const T*>(x), __VA_ARGS__); \
   })
 
 }  // namespace
@@ -144,8 +141,8 @@ void block_decode(const unsigned char* elements, const int32_t* scales, void* ou
   if (block_count(v) == 0) return;
   with_output_dtype(out_dtype, [&](auto tag) {
     typedef typename Storage<decltype(tag)::value>::type O;
-    block_decode_kernel<O><<<grid_for(block_count(v), THREADS), THREADS, 0, stream>>>(elements, scales, static_cast<O*>(out),
-                                                                             v, ed, sd, bp);
+    LOWBIT_LAUNCH(grid_for(block_count(v), BLOCK_THREADS), BLOCK_THREADS, stream, block_decode_kernel<O>)(
+        elements, scales, static_cast<O*>(out), v, ed, sd, bp);
   });
 }
 
@@ -167,8 +164,8 @@ void microexponent_decode(const unsigned char* elements, const int32_t* scales, 
   if (block_count(v) == 0) return;
   with_output_dtype(out_dtype, [&](auto tag) {
     typedef typename Storage<decltype(tag)::value>::type O;
-    microexponent_decode_kernel<O><<<grid_for(block_count(v), THREADS), THREADS, 0, stream>>>(elements, scales, subscales,
-                                                                                     static_cast<O*>(out), v, mp);
+    LOWBIT_LAUNCH(grid_for(block_count(v), BLOCK_THREADS), BLOCK_THREADS, stream, microexponent_decode_kernel<O>)(
+        elements, scales, subscales, static_cast<O*>(out), v, mp);
   });
 }
 

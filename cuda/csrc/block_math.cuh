@@ -84,7 +84,8 @@ template <int DT> LB_HD double element_at(const BlockInput<DT>& in, long long j,
 // On the GPU neighbouring threads may share a byte, so the OR is atomic on
 // the 32-bit words it touches (packed buffers are allocated in whole words).
 LB_HD void put_code(unsigned char* packed, long long bit, unsigned long long code, int bits) {
-#ifdef __CUDA_ARCH__
+#if defined(__CUDA_ARCH__) || defined(LOWBIT_EMULATE_DEVICE)
+  (void)bits;  // the code's width matters only to the byte loop
   unsigned long long word = code << (bit & 31);
   unsigned int* w = reinterpret_cast<unsigned int*>(packed) + (bit >> 5);
   if ((unsigned int)word) atomicOr(w, (unsigned int)word);

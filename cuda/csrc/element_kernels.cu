@@ -7,8 +7,13 @@
 namespace lowbit {
 namespace {
 
-constexpr int THREADS = 256;
+constexpr int ELEMENT_THREADS = 256;
 
+
+// The grid of a kernel that takes 16 bytes of `element_bytes`-byte elements per step.
+inline unsigned vector_grid(long long n, size_t element_bytes) {
+  return grid_for(n / (long long)(16 / element_bytes), ELEMENT_THREADS);
+}
 
 template <typename T> union Vector {
   uint4 raw;
@@ -17,9 +22,9 @@ template <typename T> union Vector {
 
 // quantize: VECTOR takes 16 bytes per step (x and out 16-byte aligned).
 template <int DT, bool VECTOR>
-__global__ void __launch_bounds__(THREADS) quantize_kernel(const typename Storage<DT>::type* x,
-                                                           typename Storage<DT>::type* out, long long n,
-                                                           ElementDesc d, Policy p, int* inexact) {
+__global__ void __launch_bounds__(ELEMENT_THREADS)
+    quantize_kernel(const typename Storage<DT>::type* x, typename Storage<DT>::type* out, long long n, ElementDesc d,
+                    Policy p, int* inexact) {
   typedef typename Storage<DT>::type T;
   constexpr int LANES = VECTOR ? 16 / sizeof(T) : 1;
   bool lost = false;
@@ -52,9 +57,9 @@ __global__ void __launch_bounds__(THREADS) quantize_kernel(const typename Storag
 }
 
 template <int DT, typename C, bool VECTOR>
-__global__ void __launch_bounds__(THREADS) encode_kernel(const typename Storage<DT>::type* x, C* codes, long long n,
-                                                         ElementDesc d, Policy p,
-                                                         unsigned long long* first_invalid) {
+__global__ void __launch_bounds__(ELEMENT_THREADS)
+    encode_kernel(const typename Storage<DT>::type* x, C* codes, long long n, ElementDesc d, Policy p,
+                  unsigned long long* first_invalid) {
   typedef typename Storage<DT>::type T;
   constexpr int LANES = VECTOR ? 16 / sizeof(T) : 1;
   unsigned long long bad = ~0ULL;
@@ -82,8 +87,8 @@ __global__ void __launch_bounds__(THREADS) encode_kernel(const typename Storage<
 }
 
 template <typename C, typename O>
-__global__ void __launch_bounds__(THREADS) decode_kernel(const C* codes, O* out, long long n, ElementDesc d,
-                                                         int nbits, int* out_of_range) {
+__global__ void __launch_bounds__(ELEMENT_THREADS)
+    decode_kernel(const C* codes, O* out, long long n, ElementDesc d, int nbits, int* out_of_range) {
   bool any = false;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
     bool outside;
@@ -104,9 +109,11 @@ void element_quantize(int dtype, const void* x, void* out, long long n, ElementD
     const T* in = static_cast<const T*>(x);
     T* result = static_cast<T*>(out);
     if (aligned16(x) && aligned16(out))
-      quantize_kernel<DT, true><<<grid_for(n / (16 / sizeof(T)), THREADS), THREADS, 0, stream>>>(in, result, n, d, p, inexact);
+      LOWBIT_LAUNCH(vector_grid(n, sizeof(T)), ELEMENT_THREADS, stream, quantize_kernel<DT, true>)(in, result, n, d, p,
+                                                                                                  inexact);
     else
-      quantize_kernel<DT, false><<<grid_for(n, THREADS), THREADS, 0, stream>>>(in, result, n, d, p, inexact);
+      LOWBIT_LAUNCH(grid_for(n, ELEMENT_THREADS), ELEMENT_THREADS, stream, quantize_kernel<DT, false>)(in, result, n, d,
+                                                                                                      p, inexact);
   });
 }
 
@@ -121,10 +128,12 @@ void element_encode(int dtype, const void* x, void* codes, int code_type, long l
       const T* in = static_cast<const T*>(x);
       C* out = static_cast<C*>(codes);
       if (aligned16(x))
-        encode_kernel<DT, C, true><<<grid_for(n / (16 / sizeof(T)), THREADS), THREADS, 0, stream>>>(in, out, n, d, p,
-                                                                                           first_invalid);
+        LOWBIT_LAUNCH(vector_grid(n, sizeof(T)), ELEMENT_THREADS, stream, encode_kernel<DT, C, true>)(in, out, n, d, p,
+                                                                                                     first_invalid);
       else
-        encode_kernel<DT, C, false><<<grid_for(n, THREADS), THREADS, 0, stream>>>(in, out, n, d, p, first_invalid);
+        LOWBIT_LAUNCH(grid_for(n, ELEMENT_THREADS), ELEMENT_THREADS, stream, encode_kernel<DT, C, false>)(in, out, n, d,
+                                                                                                         p,
+                                                                                                         first_invalid);
     });
   });
 }
@@ -136,8 +145,8 @@ void element_decode(int code_type, const void* codes, void* out, int out_dtype, 
     typedef typename CodeStorage<decltype(code_tag)::value>::type C;
     with_output_dtype(out_dtype, [&](auto out_tag) {
       typedef typename Storage<decltype(out_tag)::value>::type O;
-      decode_kernel<C, O><<<grid_for(n, THREADS), THREADS, 0, stream>>>(static_cast<const C*>(codes), static_cast<O*>(out), n,
-                                                              d, nbits, out_of_range);
+      LOWBIT_LAUNCH(grid_for(n, ELEMENT_THREADS), ELEMENT_THREADS, stream, decode_kernel<C, O>)(
+          static_cast<const C*>(codes), static_cast<O*>(out), n, d, nbits, out_of_range);
     });
   });
 }

@@ -16,6 +16,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifdef LOWBIT_EMULATE_DEVICE
+#include "emulated_device.h"  // the device functions the GPU branches call
+#endif
+
 #if defined(__CUDACC__)
 #define LB_HD __host__ __device__ __forceinline__
 #else

@@ -1,15 +1,36 @@
-// Launch helpers shared by the .cu kernels (GPU only).
+// Launch helpers shared by the .cu kernels.
+//
+// LOWBIT_LAUNCH(grid, threads, stream, kernel)(args...) is a kernel launch
+// under nvcc. Compiled as C++ with LOWBIT_EMULATE_DEVICE (the emulated
+// build, emulated_kernels.cpp) it runs the kernel on the host instead,
+// thread after thread (emulated_device.h), so that machines without a GPU
+// execute the kernels' own code: their indexing, vector loads, tails and
+// grid-stride loops.
 #pragma once
 
 #include <stdint.h>
 
+#ifdef LOWBIT_EMULATE_DEVICE
+#include "emulated_device.h"
+#define LOWBIT_LAUNCH(grid, threads, stream, ...) \
+  ((void)(stream), ::lowbit::emulated::launch(grid, threads, __VA_ARGS__))
+#else
+#define LOWBIT_LAUNCH(grid, threads, stream, ...) __VA_ARGS__<<<grid, threads, 0, stream>>>
+#endif
+
 namespace lowbit {
 
 // A grid of `threads`-thread blocks covering `items` work items, capped
-// (the kernels loop grid-stride over what a capped grid does not cover).
+// (the kernels loop grid-stride over what a capped grid does not cover;
+// the emulated build caps it at two blocks so that they do).
 inline unsigned grid_for(long long items, int threads) {
+#ifdef LOWBIT_EMULATE_DEVICE
+  const long long most = 2;
+#else
+  const long long most = 65536;
+#endif
   long long blocks = (items + threads - 1) / threads;
-  if (blocks > 65536) blocks = 65536;
+  if (blocks > most) blocks = most;
   return (unsigned)(blocks > 0 ? blocks : 1);
 }
 
