@@ -18,7 +18,7 @@ the host, thread after thread).
 
 from __future__ import annotations
 
-from lowbit.formats.backends import BackendUnavailable, Kernels, register_backend
+from lowbit.formats.backends import Kernels, register_backend
 
 from . import extension as _extension
 from .extension import CudaUnavailable, missing
@@ -49,10 +49,12 @@ def build() -> None:
 
 def available() -> bool:
     """Whether CUDA tensors run on the extension: its prerequisites are
-    present and it builds (the first call may compile it)."""
+    present and it builds (the first call may compile it). When it does
+    not, :func:`missing` names a missing prerequisite, or :func:`build`
+    raises the compiler's error."""
     try:
         build()
-    except BackendUnavailable:
+    except Exception:  # a failed build is "not available"; build() shows why
         return False
     return True
 
