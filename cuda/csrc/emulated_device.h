@@ -37,7 +37,9 @@ namespace lowbit {
 namespace emulated {
 
 // A kernel launch of `grid` blocks of `threads` threads: calling it with
-// the kernel's arguments runs every thread in turn.
+// the kernel's arguments runs every thread in turn, blocks last to first
+// and threads in a scrambled order (t * 97 mod threads), so that a kernel
+// whose result depends on threads running in index order fails its tests.
 template <typename... Params> struct Launch {
   unsigned grid;
   int threads;
@@ -46,10 +48,10 @@ template <typename... Params> struct Launch {
   template <typename... Args> void operator()(const Args&... args) const {
     gridDim.x = grid;
     blockDim.x = (unsigned)threads;
-    for (unsigned b = 0; b < grid; ++b)
-      for (int t = 0; t < threads; ++t) {
+    for (unsigned b = grid; b-- > 0;)
+      for (int k = 0; k < threads; ++k) {
         blockIdx.x = b;
-        threadIdx.x = (unsigned)t;
+        threadIdx.x = (unsigned)((long long)k * 97 % threads);
         kernel(args...);
       }
   }
