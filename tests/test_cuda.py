@@ -49,7 +49,10 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 ELEMENT = ["fp8_e4m3", "fp8_e5m2", "fp8_e4m3fnuz", "fp6_e3m2", "fp4_e2m1", "e8m0", "p3109_8p3", "bf16", "fp16",
            "int8", "int4", "uint5"]
 SCALED = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4", "mx9", "mx6", "mx4",
-          "msfp12", "msfp16"]
+          "msfp12", "msfp16",
+          # rows of codes that end inside a byte, packed by neighbouring threads with atomic ORs
+          lowbit.BlockFormat(lowbit.get_format("fp6_e3m2"), 2, scale=lowbit.get_format("e8m0")),
+          lowbit.MicroexponentFormat(2, 4, 2, micro_bits=1)]
 
 
 def data(shape, dtype, seed=0):
@@ -115,10 +118,10 @@ def test_element_formats(name, dtype, device):
                                                                 backend="reference"), f"{name} decode")
 
 
-@pytest.mark.parametrize("name", SCALED)
+@pytest.mark.parametrize("name", SCALED, ids=lambda f: f if isinstance(f, str) else f"packed-{f.name}")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_scaled_formats_along_each_axis(name, dtype, device):
-    fmt = lowbit.get_format(name)
+    fmt = lowbit.get_format(name) if isinstance(name, str) else name
     rules = ["floor", "ceil", "rceil", "even"] if isinstance(fmt, BlockFormat) and fmt.scale.man_bits == 0 else [None]
     x = data((5, 67, 33), dtype)
     for axis in (-1, 0, 1):
