@@ -81,7 +81,8 @@ class ScaledOps:
         amax = float(torch.where(keep, magnitudes, 0).max()) if t.numel() else 0.0
         return fmt.tensor_scale_of(amax)
 
-    def _arguments(self, fmt, layout, rule, ts):
+    def _arguments(self, fmt, rule, ts):
+        """The format's descriptors, as its ops take them."""
         if isinstance(fmt, BlockFormat):
             return (element_descriptor(fmt.element), element_descriptor(fmt.scale), block_params(fmt, rule, ts))
         return (microexponent_params(fmt),)
@@ -90,14 +91,14 @@ class ScaledOps:
                  flush_subnormals: bool, ts: float | None) -> tuple[torch.Tensor, bool]:
         """t encoded and decoded, in its shape and dtype, and whether the dtype held every result exactly."""
         op = self.ops.block_quantize if isinstance(fmt, BlockFormat) else self.ops.microexponent_quantize
-        out, inexact = op(t, layout.axis, *self._arguments(fmt, layout, scale_rule, ts), rounding_code(rounding),
+        out, inexact = op(t, layout.axis, *self._arguments(fmt, scale_rule, ts), rounding_code(rounding),
                           signed_key(key), flush_threshold(t.dtype, flush_subnormals))
         return out, not bool(inexact)
 
     def encode(self, fmt, t: torch.Tensor, layout, rounding: str, scale_rule: str | None, key: int | None,
                flush_subnormals: bool, ts: float | None):
         """(packed element codes, scale codes in the blocked shape, packed sub-block shifts or None)."""
-        arguments = (t, layout.axis, *self._arguments(fmt, layout, scale_rule, ts), rounding_code(rounding),
+        arguments = (t, layout.axis, *self._arguments(fmt, scale_rule, ts), rounding_code(rounding),
                      signed_key(key), flush_threshold(t.dtype, flush_subnormals))
         if isinstance(fmt, BlockFormat):
             elements, scales = self.ops.block_encode(*arguments)
@@ -111,14 +112,13 @@ class ScaledOps:
     def decode(self, fmt, layout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
                ts: float | None, dtype: torch.dtype) -> torch.Tensor:
         """The values in the layout's true shape."""
-        shape = list(layout.shape)
+        rule = fmt.scale_rule if isinstance(fmt, BlockFormat) else None
+        arguments = (list(layout.shape), layout.axis, *self._arguments(fmt, rule, ts), dtype)
         if isinstance(fmt, BlockFormat):
-            return self.ops.block_decode(elements, scales, shape, layout.axis,
-                                         *self._arguments(fmt, layout, fmt.scale_rule, ts), dtype)
+            return self.ops.block_decode(elements, scales, *arguments)
         if subscales is None:
             subscales = torch.empty(0, dtype=torch.uint8, device=elements.device)
-        return self.ops.microexponent_decode(elements, scales, subscales, shape, layout.axis,
-                                             microexponent_params(fmt), dtype)
+        return self.ops.microexponent_decode(elements, scales, subscales, *arguments)
 
 
 def kernels(namespace: str) -> Kernels:
