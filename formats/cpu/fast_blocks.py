@@ -34,9 +34,8 @@ from .descriptors import (
     BLOCK, DIVISOR, ELEMENT_BITS, ELEMENT_EMAX, FLOOR, HAS_TENSOR_SCALE, RULE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN,
     block_params,
 )
-from .fast32 import (
-    MAGNITUDE32, SIGN32, as_float32, finite_code, float_params, int_nearest, int_params, nearest_magnitude, to_output, with_sign,
-)
+from .fast32 import MAGNITUDE32, SIGN32, as_float32, finite_code, float_params, shift_right32, to_output
+from .reductions import largest_magnitude_bits
 from .scalar import pow2
 
 inline = njit(inline="always", cache=True)
@@ -45,44 +44,48 @@ NO_EXPONENT = -(1 << 20)  # floor(log2 0), below every exponent
 
 
 # -- MX blocks (power-of-two scales) ---------------------------------------------------------
+# Fields of mx_params' element tuple. Float elements round by adding and
+# subtracting a power of two (mx_float_element); integer elements by adding
+# and subtracting 2**23 to the scaled value in units of their step.
+(FLOOR_BITS, SHIFT_BITS, LOWEST, LARGEST, UP, DOWN, MAX_CODE, CODE_SHIFT, SIGN_BIT_CODE, CODE_MASK) = range(10)
+EXPONENT32 = 0x7F800000
+
+
 @functools.lru_cache(maxsize=256)
 def mx_params(fmt, rule: str) -> tuple | None:
-    """(float element params, int element params, block params) when an MX
-    format's blocks can take the fast path (element as above, E8M0 scale,
-    element quantum >= 2**-22 so that every element times every scale is a
-    float32 number or overflows), else None."""
+    """(element tuple, block params, integer element) when an MX format's
+    blocks can take the fast path, else None. It needs an E8M0 scale and an
+    element that float32 holds with room to round in 32-bit lanes: a float
+    element that :func:`.fast32.float_params` serves, with quantum
+    >= 2**-22 (every element times every scale is then a float32 number or
+    overflows) and emax + 25 - man_bits <= 127 (every scaled value lies
+    below 2**(emax + 2) and rounds at a finite power of two); or an integer
+    of at most 22 bits with quantum >= 2**-22."""
     element = fmt.element
-    if fmt.scale != E8M0:
+    if fmt.scale != E8M0 or element.min_subnormal < 2.0 ** -22:
         return None
-    fp, ip = float_params(element, "saturate", False), int_params(element, False)
-    if fp is None and ip is None or element.min_subnormal < 2.0 ** -22 or fp and element.man_bits - element.emin > 127:
+    f32, i32 = np.float32, np.int32
+    if isinstance(element, FloatFormat):
+        if (float_params(element, "saturate", False) is None or element.man_bits - element.emin > 127
+                or element.emax + 25 - element.man_bits > 127):
+            return None
+        m, emin = element.man_bits, element.emin
+        fields = (i32((127 + emin) << 23), i32((23 - m) << 23), f32(-element.max), f32(element.max), f32(1.0),
+                  f32(1.0), i32(element.max_code), i32(23 - m), i32(element._sign_code), i32(0))
+    elif isinstance(element, IntFormat) and element.bits <= 22:
+        fields = (i32(0), i32(0), f32(element.qmin), f32(element.qmax), f32(2.0 ** element.frac_bits),
+                  f32(2.0 ** -element.frac_bits), i32(0), i32(0), i32(0), i32((1 << element.bits) - 1))
+    else:
         return None
-    # a stand-in of the right type for the family not in use
-    fp = fp or float_params(FloatFormat(2, 1, name="e2m1"), "saturate", False)
-    ip = ip or int_params(IntFormat(8), False)
-    return fp, ip, block_params(fmt, rule, None)
+    return fields, block_params(fmt, rule, None), isinstance(element, IntFormat)
 
 
 @inline
-def largest_magnitude_bits(row, length):
-    """The largest |row[j]| for j < length, as float32 bits (their order is
-    the magnitudes' order; NaN and Inf sort above every finite value).
-    ``length`` is the block size from the format's parameters, a value the
-    compiler cannot see as a constant even where the row length is one:
-    a reduction over a known 16 or 32 elements is unrolled into a chain of
-    branches, over an unknown count it is vectorized (8x faster)."""
-    top = np.int32(0)
-    for j in range(length):
-        top = max(top, np.int32(np.float32(as_float32(row[j])).view(np.int32) & MAGNITUDE32))
-    return top
-
-
-@inline
-def block_power(x, r, bp):
-    """(scale exponent, NaN block) of row r of float32 blocks; a NaN
-    block's scale is NaN whatever its finite amax, so that amax is not needed."""
-    top = largest_magnitude_bits(x[r], bp[BLOCK])
-    bad = top >= 0x7F800000
+def block_power(top, bp):
+    """(scale exponent, NaN block) of a float32 block whose largest
+    magnitude has the bits ``top``; a NaN block's scale is NaN whatever
+    its finite amax, so that amax is not needed."""
+    bad = top >= EXPONENT32
     if bp[RULE] == FLOOR:  # 2**(floor(log2 amax) - emax_elem); subnormal amax clamps to the lowest scale
         exponent = (top >> 23) - 127 - bp[ELEMENT_EMAX]
     else:
@@ -92,59 +95,96 @@ def block_power(x, r, bp):
 
 
 @inline
-def saturated(v, fp):
-    """(|v| rounded to nearest even and saturated, sign bit) in the float
-    element format: finite v only (the elements of NaN blocks are discarded)."""
-    bits = np.float32(v).view(np.uint32)
-    a = np.uint32(bits & MAGNITUDE32).view(np.float32)
-    return min(nearest_magnitude(a, fp), fp[3]), np.uint32(bits & SIGN32)
+def mx_float_element(v, ep):
+    """Finite float32 v rounded to nearest even in the float element
+    format and saturated, signed (a zero keeps v's sign). With E = max(v's
+    exponent, emin) and c = 2**(E + 23 - man) with v's sign, |v| < 2**(E + 1)
+    and v + c lies in c's binade, whose float32 step is the element's step
+    at v: the float32 addition rounds v to nearest even on the element's
+    grid (c is an even number of steps), and (v + c) - c is exact."""
+    bits = np.float32(v).view(np.int32)
+    sign = np.int32(bits & SIGN32)
+    exponent = np.int32(max(np.int32(bits & EXPONENT32), ep[FLOOR_BITS]))
+    c = np.int32(np.int32(exponent + ep[SHIFT_BITS]) | sign).view(np.float32)
+    r = min(max((np.float32(v) + c) - c, ep[LOWEST]), ep[LARGEST])
+    return np.int32(np.float32(r).view(np.int32) | sign).view(np.float32)
 
 
 @inline
-def scaled_nearest(v, fp, ip, is_int):
-    """v rounded to nearest even in the element format, as a signed float32."""
+def mx_int_element(v, ep):
+    """Finite float32 v in units of the integer element's step, rounded to
+    nearest even (by adding and subtracting 2**23 with v's sign: every
+    scaled value is below 2**22 steps) and saturated, as a float32 (+0 for
+    zero: the format has no -0)."""
+    t = np.float32(v) * ep[UP]
+    c = np.int32(np.int32(np.float32(t).view(np.int32) & SIGN32) | np.int32(0x4B000000)).view(np.float32)
+    return min(max((t + c) - c, ep[LOWEST]), ep[LARGEST])
+
+
+@inline
+def mx_element(v, ep, is_int):
+    """Scaled value v rounded in the element format, in units of the
+    element's step (for float elements: the value itself)."""
+    return mx_int_element(v, ep) if is_int else mx_float_element(v, ep)
+
+
+@inline
+def mx_float_code(v, ep):
+    """The code of finite float32 v rounded to nearest even in the float
+    element format, saturated, rounded as mx_float_element rounds |v| but
+    read off the sum's bits: |v| + c = c + k steps, and the code is k plus
+    (E - emin) << man (k counts the implicit bit when E > emin)."""
+    bits = np.float32(v).view(np.int32)
+    exponent = np.int32(max(np.int32(bits & EXPONENT32), ep[FLOOR_BITS]))
+    c_bits = np.int32(exponent + ep[SHIFT_BITS])
+    steps = np.int32(np.float32(np.int32(bits & MAGNITUDE32).view(np.float32) + c_bits.view(np.float32)).view(np.int32)
+                     - c_bits)
+    code = np.int32(min(np.int32(shift_right32(np.int32(exponent - ep[FLOOR_BITS]), ep[CODE_SHIFT]) + steps),
+                        ep[MAX_CODE]))
+    return np.int32(code | (ep[SIGN_BIT_CODE] if bits < 0 else np.int32(0)))
+
+
+@inline
+def mx_code(v, ep, is_int):
+    """The element code of scaled value v."""
     if is_int:
-        return int_nearest(v, ip) * ip[1]
-    r, sign = saturated(v, fp)
-    return with_sign(r, sign)
+        return np.int32(mx_int_element(v, ep)) & ep[CODE_MASK]
+    return mx_float_code(v, ep)
 
 
 @inline
-def scaled_code(v, fp, ip, is_int):
-    if is_int:
-        q = int_nearest(v, ip)
-        return np.int64(q) & ((1 << ip[5]) - 1)
-    r, sign = saturated(v, fp)
-    return finite_code(r, sign, fp)
-
-
-@inline
-def mx_quantize_rows(x, out, g, fp, ip, bp, is_int, block):
+def mx_quantize_rows(x, out, g, ep, bp, is_int, block):
+    """Task g's rows: each row's scale from its largest magnitude, then its
+    elements rounded and scaled back (exact unless the product overflows,
+    which only rows with a large enough scale check for); NaN rows."""
     lost = False
     for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
-        exponent, bad = block_power(x, r, bp)
-        inverse, scale = np.float32(pow2(-exponent)), np.float32(pow2(exponent))
+        exponent, bad = block_power(largest_magnitude_bits(x[r], block), bp)
+        if bad:
+            for j in range(block):
+                out[r, j] = to_output(np.float32(np.nan), out)[0]
+            continue
+        inverse, step = np.float32(pow2(-exponent)), np.float32(pow2(exponent)) * ep[DOWN]
         for j in range(block):
-            element = scaled_nearest(as_float32(x[r, j]) * inverse, fp, ip, is_int)
-            value = element * scale  # exact unless it overflows (the element quantum is >= 2**-22)
-            lost |= (abs(value) == np.inf) & (abs(element) < np.inf) & (not bad)
-            narrow, exact = to_output(np.float32(np.nan) if bad else value, out)
-            out[r, j] = narrow
+            out[r, j], exact = to_output(mx_element(as_float32(x[r, j]) * inverse, ep, is_int) * step, out)
             lost |= not exact
+        if ep[LARGEST] * step == np.inf:
+            for j in range(block):
+                lost |= abs(as_float32(out[r, j])) == np.inf
     return lost
 
 
 @njit(parallel=True, cache=True)
-def quantize_mx(x, out, fp, ip, bp, is_int, inexact):
+def quantize_mx(x, out, ep, bp, is_int, inexact):
     """MX quantize of float32 blocks (rows of x) into out; inexact[task]
-    says whether a result left float32's range."""
+    says whether a result left float32's range or out's dtype."""
     for g in prange(inexact.size):  # a loop each for the standard 32-element blocks, with a constant trip count
         if (x.shape[1] == 32) & is_int:
-            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, True, 32)
+            inexact[g] = mx_quantize_rows(x, out, g, ep, bp, True, 32)
         elif x.shape[1] == 32:
-            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, False, 32)
+            inexact[g] = mx_quantize_rows(x, out, g, ep, bp, False, 32)
         else:
-            inexact[g] = mx_quantize_rows(x, out, g, fp, ip, bp, is_int, x.shape[1])
+            inexact[g] = mx_quantize_rows(x, out, g, ep, bp, is_int, x.shape[1])
 
 
 @inline
@@ -184,43 +224,46 @@ def pack_row(packed, r, codes, block, bits):
 
 
 @inline
-def mx_encode_rows(x, elements, scales, g, fp, ip, bp, is_int, block):
+def mx_encode_rows(x, elements, scales, g, ep, bp, is_int, block):
     bits = bp[ELEMENT_BITS]
     codes = np.empty(block, np.int32)
     for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
-        exponent, bad = block_power(x, r, bp)
+        exponent, bad = block_power(largest_magnitude_bits(x[r], block), bp)
         scales[r] = bp[SCALE_NAN] if bad else exponent - bp[SCALE_EMIN]
         inverse = np.float32(pow2(-exponent))
-        # rows of 4- and 8-bit codes are packed as they are computed: a codes buffer
-        # between the two loops costs a quarter of the time
+        # rows of 4- and 8-bit codes are packed as they are computed (a codes buffer
+        # between the two loops costs a quarter of the time); a NaN row's codes are 0
         if (bits == 4) & (block % 2 == 0):
             row = elements[r * (block // 2):(r + 1) * (block // 2)]
             for j in range(block // 2):
-                low = scaled_code(as_float32(x[r, 2 * j]) * inverse, fp, ip, is_int)
-                high = scaled_code(as_float32(x[r, 2 * j + 1]) * inverse, fp, ip, is_int)
-                row[j] = 0 if bad else low | (high << 4)
-            continue
-        if bits == 8:
+                low = mx_code(as_float32(x[r, 2 * j]) * inverse, ep, is_int)
+                high = mx_code(as_float32(x[r, 2 * j + 1]) * inverse, ep, is_int)
+                row[j] = low | (high << 4)
+            if bad:
+                row[:] = 0
+        elif bits == 8:
             row = elements[r * block:(r + 1) * block]
             for j in range(block):
-                row[j] = 0 if bad else scaled_code(as_float32(x[r, j]) * inverse, fp, ip, is_int)
-            continue
-        for j in range(block):
-            codes[j] = 0 if bad else scaled_code(as_float32(x[r, j]) * inverse, fp, ip, is_int)
-        pack_row(elements, r, codes, block, bits)
+                row[j] = mx_code(as_float32(x[r, j]) * inverse, ep, is_int)
+            if bad:
+                row[:] = 0
+        else:
+            for j in range(block):
+                codes[j] = 0 if bad else mx_code(as_float32(x[r, j]) * inverse, ep, is_int)
+            pack_row(elements, r, codes, block, bits)
 
 
 @njit(parallel=True, cache=True)
-def encode_mx(x, elements, scales, fp, ip, bp, is_int):
-    """Packed element codes (``elements`` zeroed) and E8M0 scale codes of
-    float32 blocks (rows of x)."""
+def encode_mx(x, elements, scales, ep, bp, is_int):
+    """Packed element codes (``elements`` zeroed unless its rows fill whole
+    bytes) and E8M0 scale codes of float32 blocks (rows of x)."""
     for g in prange((x.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         if (x.shape[1] == 32) & is_int:
-            mx_encode_rows(x, elements, scales, g, fp, ip, bp, True, 32)
+            mx_encode_rows(x, elements, scales, g, ep, bp, True, 32)
         elif x.shape[1] == 32:
-            mx_encode_rows(x, elements, scales, g, fp, ip, bp, False, 32)
+            mx_encode_rows(x, elements, scales, g, ep, bp, False, 32)
         else:
-            mx_encode_rows(x, elements, scales, g, fp, ip, bp, is_int, x.shape[1])
+            mx_encode_rows(x, elements, scales, g, ep, bp, is_int, x.shape[1])
 
 
 # -- microexponent blocks ----------------------------------------------------------------------
@@ -316,7 +359,7 @@ def quantize_microexponent(x, out, mp, inexact):
         beyond_float32 = False
         for r in range(first_row, end_row):
             top = largest_magnitude_bits(x[r * block:(r + 1) * block], block)
-            e_max = min(max(exponent_of_bits(top), emin), emax) if top < 0x7F800000 else NO_EXPONENT
+            e_max = min(max(exponent_of_bits(top), emin), emax) if top < EXPONENT32 else NO_EXPONENT
             beyond_float32 |= (e_max != NO_EXPONENT) & ((e_max - ((1 << micro) - 1) - man + 1 < -126) | (e_max > 127))
             for k in range(pairs):
                 shared[(r - first_row) * pairs + k] = e_max
@@ -331,7 +374,7 @@ def quantize_microexponent(x, out, mp, inexact):
 def finite_magnitude_bits(bits):
     """Magnitude bits, 0 for NaN and Inf (a NaN block's exponents come from
     its finite elements, as the reference computes them)."""
-    return bits if bits < 0x7F800000 else np.int32(0)
+    return bits if bits < EXPONENT32 else np.int32(0)
 
 
 @inline
@@ -355,7 +398,7 @@ def encode_microexponent(x, elements, scales, subscales, mp):
         for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.size // block)):
             row = x[r * block:(r + 1) * block]
             top = largest_magnitude_bits(row, block)
-            bad = top >= 0x7F800000
+            bad = top >= EXPONENT32
             if bad:
                 top = np.int32(0)
                 for j in range(block):
@@ -451,7 +494,7 @@ def amax_quantize_rows(x, out, g, q, block):
     first_row, end_row = amax_scales(x, g, q, tops, values)
     lost = False
     for r in range(first_row, end_row):
-        scale, bad = values[r - first_row], tops[r - first_row] >= 0x7F800000
+        scale, bad = values[r - first_row], tops[r - first_row] >= EXPONENT32
         for j in range(block):
             magnitude, negative = amax_element(as_float32(x[r, j]), scale * bp[DIVISOR], q)
             value = (-magnitude if negative else magnitude) * scale
@@ -482,7 +525,7 @@ def amax_encode_rows(x, elements, scales, g, q, block):
     first_row, end_row = amax_scales(x, g, q, tops, values)
     codes = np.empty(block, np.int32)
     for r in range(first_row, end_row):
-        scale, bad = values[r - first_row], tops[r - first_row] >= 0x7F800000
+        scale, bad = values[r - first_row], tops[r - first_row] >= EXPONENT32
         scales[r] = bp[SCALE_NAN] if bad else finite_code(np.float32(scale), False, q[1])
         for j in range(block):  # (packing codes as they are computed, as mx_encode_rows does, is 4x slower here)
             codes[j] = 0 if bad else amax_code(as_float32(x[r, j]), scale * bp[DIVISOR], q)

@@ -13,7 +13,6 @@ import torch
 
 from ..arrays import code_dtype
 from ..block_format import BlockFormat
-from ..int_format import IntFormat
 from ..blocking import BlockLayout
 from . import block_kernels, fast_blocks, microexponent_kernels
 from .descriptors import block_params, element_descriptor, flush_threshold, microexponent_params, rounding_code
@@ -58,7 +57,7 @@ def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_r
     if isinstance(fmt, BlockFormat):
         mx = fast_blocks.mx_params(fmt, scale_rule)
         if mx is not None:
-            return "mx", rows, (*mx, isinstance(fmt.element, IntFormat))
+            return "mx", rows, mx
         amax = fast_blocks.scaled_block_params(fmt, ts)
         return None if amax is None else ("amax", rows, amax)
     return ("microexponent", rows, microexponent_params(fmt)) if fast_blocks.microexponent_fits(fmt) else None
