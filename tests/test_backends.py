@@ -211,6 +211,30 @@ def test_nvfp4_fast_path_on_every_boundary(tensor_scale):
         same(both(fmt.encode, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype} encode")
 
 
+@pytest.mark.parametrize("tensor_scale", [False, True])
+def test_nvfp4_fast_path_near_midpoints(tensor_scale):
+    # the fast path divides in float32 (within 2**-23 of the quotient) and redoes in
+    # float64 the rows with a quotient within 2**-22 of a midpoint: inputs 1..64 float32
+    # steps from every midpoint, times every scale, land on both sides of that window
+    nvfp4 = lowbit.get_format("nvfp4")
+    fmt = BlockFormat(nvfp4.element, 16, nvfp4.scale, tensor_scale=tensor_scale)
+    magnitudes = np.unique(np.abs(fmt.element.values()))
+    mids = ((magnitudes[1:] + magnitudes[:-1]) / 2).astype(np.float32)
+    offsets = np.array([1, 2, 3, 4, 5, 8, 13, 16, 31, 64], dtype=np.int32)
+    near = (mids.view(np.int32)[:, None] + np.concatenate([offsets, -offsets])[None, :]).view(np.float32).ravel()
+    rng = np.random.default_rng(5)
+    rows = []
+    for scale in nvfp4.scale.values()[nvfp4.scale.values() > 0]:
+        elements = rng.permutation(np.resize(near, (-(-near.size // 15) * 15,))).reshape(-1, 15)
+        elements *= rng.choice([-1, 1], elements.shape).astype(np.float32)
+        first = np.full((elements.shape[0], 1), 6 * scale, dtype=np.float32)
+        rows.append(np.concatenate([first, elements * np.float32(scale)], axis=1))
+    x = torch.from_numpy(np.concatenate(rows).astype(np.float32))
+    for xd in (x, x * 1e-3, x.bfloat16()):
+        same(both(fmt.quantize, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype}")
+        same(both(fmt.encode, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype} encode")
+
+
 @pytest.mark.parametrize("name", ["mx9", "mx6", "mx4", "msfp12"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_microexponent_fast_path_across_exponents(name, dtype):

@@ -31,7 +31,7 @@ from ..int_format import IntFormat
 from .bits import put_code
 from .block_kernels import scale_exponent
 from .descriptors import (
-    BLOCK, DIVISOR, ELEMENT_BITS, ELEMENT_EMAX, FLOOR, HAS_TENSOR_SCALE, RULE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN,
+    DIVISOR, ELEMENT_BITS, ELEMENT_EMAX, FLOOR, HAS_TENSOR_SCALE, RULE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN,
     block_params,
 )
 from .fast32 import MAGNITUDE32, SIGN32, as_float32, finite_code, float_params, shift_right32, to_output
@@ -52,31 +52,40 @@ EXPONENT32 = 0x7F800000
 
 
 @functools.lru_cache(maxsize=256)
+def float_element_fields(element) -> tuple | None:
+    """The element tuple of mx_float_element and mx_float_code for a float
+    element format, or None where they do not serve it. They round in
+    32-bit lanes: the format must be one that :func:`.fast32.float_params`
+    serves, with quantum >= 2**-22 (every element times every MX scale is
+    then a float32 number or overflows) and emax + 25 - man_bits <= 127
+    (every scaled value lies below 2**(emax + 2) and rounds at a finite
+    power of two)."""
+    if not (isinstance(element, FloatFormat) and float_params(element, "saturate", False) is not None
+            and element.min_subnormal >= 2.0 ** -22 and element.emax + 25 - element.man_bits <= 127):
+        return None
+    m, emin = element.man_bits, element.emin
+    f32, i32 = np.float32, np.int32
+    return (i32((127 + emin) << 23), i32((23 - m) << 23), f32(-element.max), f32(element.max), f32(1.0), f32(1.0),
+            i32(element.max_code), i32(23 - m), i32(element._sign_code), i32(0))
+
+
+@functools.lru_cache(maxsize=256)
 def mx_params(fmt, rule: str) -> tuple | None:
     """(element tuple, block params, integer element) when an MX format's
-    blocks can take the fast path, else None. It needs an E8M0 scale and an
-    element that float32 holds with room to round in 32-bit lanes: a float
-    element that :func:`.fast32.float_params` serves, with quantum
-    >= 2**-22 (every element times every scale is then a float32 number or
-    overflows) and emax + 25 - man_bits <= 127 (every scaled value lies
-    below 2**(emax + 2) and rounds at a finite power of two); or an integer
-    of at most 22 bits with quantum >= 2**-22."""
+    blocks can take the fast path, else None: an E8M0 scale and a float
+    element that :func:`float_element_fields` serves, or an integer of at
+    most 22 bits with quantum >= 2**-22."""
     element = fmt.element
-    if fmt.scale != E8M0 or element.min_subnormal < 2.0 ** -22:
+    if fmt.scale != E8M0:
         return None
-    f32, i32 = np.float32, np.int32
-    if isinstance(element, FloatFormat):
-        if (float_params(element, "saturate", False) is None or element.man_bits - element.emin > 127
-                or element.emax + 25 - element.man_bits > 127):
-            return None
-        m, emin = element.man_bits, element.emin
-        fields = (i32((127 + emin) << 23), i32((23 - m) << 23), f32(-element.max), f32(element.max), f32(1.0),
-                  f32(1.0), i32(element.max_code), i32(23 - m), i32(element._sign_code), i32(0))
-    elif isinstance(element, IntFormat) and element.bits <= 22:
+    if isinstance(element, IntFormat) and element.bits <= 22 and element.min_subnormal >= 2.0 ** -22:
+        f32, i32 = np.float32, np.int32
         fields = (i32(0), i32(0), f32(element.qmin), f32(element.qmax), f32(2.0 ** element.frac_bits),
                   f32(2.0 ** -element.frac_bits), i32(0), i32(0), i32(0), i32((1 << element.bits) - 1))
     else:
-        return None
+        fields = float_element_fields(element)
+        if fields is None:
+            return None
     return fields, block_params(fmt, rule, None), isinstance(element, IntFormat)
 
 
@@ -477,18 +486,19 @@ def nearest64_params(fmt) -> tuple:
 def scaled_block_params(fmt, tensor_scale: float | None) -> tuple | None:
     """Parameters of the fast path for a BlockFormat whose scale has a
     mantissa (NVFP4): element and scale float formats that float_params
-    serves, whose every product (element times scale) is a float32 number;
-    else None."""
+    serves, whose every product (element times scale) is a float32 number,
+    with an element that :func:`float_element_fields` serves; else None."""
     element, scale = fmt.element, fmt.scale
     if scale.man_bits == 0 or not scale.signed:
         return None
     element_fp, scale_fp = float_params(element, "saturate", False), float_params(scale, "saturate", False)
-    if (element_fp is None or scale_fp is None or element.man_bits + scale.man_bits + 2 > 24
+    ep = float_element_fields(element)
+    if (element_fp is None or scale_fp is None or ep is None or element.man_bits + scale.man_bits + 2 > 24
             or element.max * scale.max > float(np.finfo(np.float32).max)
             or element.min_subnormal * scale.min_subnormal < float(np.finfo(np.float32).tiny)):
         return None
     return (element_fp, scale_fp, nearest64_params(fmt.element), nearest64_params(fmt.scale),
-            block_params(fmt, "amax", tensor_scale))
+            block_params(fmt, "amax", tensor_scale), ep)
 
 
 @inline
@@ -505,26 +515,47 @@ def nearest64(a, p):
 
 
 @inline
-def amax_scales(x, g, q, tops, values):
+def amax_scales(x, g, q, tops, values, inverses, block):
     """For task g's rows: tops[k], the largest magnitude bits of row
-    first + k, and values[k], its block scale: amax / (tensor scale * max
-    element) rounded to nearest even in the scale format, saturating. Two
-    loops, so that the scales' float64 divisions and roundings run as a
+    first + k; values[k], its block scale: amax / (tensor scale * max
+    element) rounded to nearest even in the scale format, saturating; and
+    inverses[k], 1 / (scale * tensor scale) as a float32 when the row can
+    take the float32 lanes of :func:`amax_fast_row` (a full scale in
+    2**-100..2**100 and every scaled value below 2**(emax + 1)), else 0.
+    Two loops, so that the scales' float64 divisions and roundings run as a
     batch instead of one dependent chain per row (40% faster)."""
     element64, scale64, bp = q[2], q[3], q[4]
     first_row, end_row = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])
     for r in range(first_row, end_row):
-        tops[r - first_row] = largest_magnitude_bits(x[r], bp[BLOCK])
+        tops[r - first_row] = largest_magnitude_bits(x[r], block)
     for k in range(end_row - first_row):
         amax = np.float64(np.int32(tops[k]).view(np.float32))
         values[k] = nearest64(amax / (bp[DIVISOR] * element64[3]), scale64)
+        full_scale = values[k] * bp[DIVISOR]  # exact: at most 25 + 24 bits
+        inverse = np.float32(1.0 / full_scale) if (full_scale >= 2.0 ** -100) & (full_scale <= 2.0 ** 100) else np.float32(0.0)
+        in_lanes = np.float32(amax) * inverse < np.float32(2.0 * element64[3])
+        inverses[k] = inverse if in_lanes & (tops[k] < EXPONENT32) else np.float32(0.0)
     return first_row, end_row
+
+
+@inline
+def near_rounding_boundary(v, ep):
+    """Whether finite float32 v lies within 2**-22 |v| of a boundary
+    between two neighbours on the float element's grid (c as in
+    mx_float_element: (|v| + c) - c is |v| rounded, and c * 2**-24 half
+    the grid's step at v)."""
+    a = abs(np.float32(v))
+    exponent = np.int32(max(np.int32(np.float32(a).view(np.int32) & EXPONENT32), ep[FLOOR_BITS]))
+    c = np.int32(exponent + ep[SHIFT_BITS]).view(np.float32)
+    half_step = np.int32(exponent + ep[SHIFT_BITS] - (24 << 23)).view(np.float32)
+    return half_step - abs(a - ((a + c) - c)) <= a * np.float32(2.0 ** -22)
 
 
 @inline
 def amax_element(v, full_scale, q):
     """(|element| rounded, negative) of one value of a block scaled by
-    full_scale (the block scale times the tensor scale)."""
+    full_scale (the block scale times the tensor scale), in float64 as the
+    reference computes it."""
     a = abs(np.float64(v)) / (full_scale if full_scale > 0.0 else 1.0)
     return (nearest64(a, q[2]) if full_scale > 0.0 else 0.0), (np.float32(v).view(np.int32) < 0) & (full_scale > 0.0)
 
@@ -537,20 +568,59 @@ def amax_code(v, full_scale, q):
 
 
 @inline
-def amax_quantize_rows(x, out, g, q, block):
+def amax_value(v, scale, q, out):
+    """(value in out's dtype, exact) of element v of a block with the float64 scale ``scale``."""
     bp = q[4]
+    magnitude, negative = amax_element(v, scale * bp[DIVISOR], q)
+    value = np.float32((-magnitude if negative else magnitude) * scale)  # exact (scaled_block_params)
+    if bp[HAS_TENSOR_SCALE]:
+        value = value * np.float32(bp[DIVISOR])
+    return to_output(value, out)
+
+
+@inline
+def amax_fast_row(x, out, r, scale, inverse, q, block):
+    """Row r quantized in float32 lanes: v * inverse (the float32 inverse
+    of the full scale: within 2**-23 of the exact quotient) rounded as MX
+    elements round; (whether out's dtype held every result, whether some
+    quotient lay near a rounding boundary, where the row must be redone
+    exactly)."""
+    bp, ep = q[4], q[5]
+    scale32 = np.float32(scale)
+    lost, near = False, False
+    for j in range(block):
+        quotient = as_float32(x[r, j]) * inverse
+        near |= near_rounding_boundary(quotient, ep)
+        value = mx_float_element(quotient, ep) * scale32  # exact (scaled_block_params)
+        if bp[HAS_TENSOR_SCALE]:
+            value = value * np.float32(bp[DIVISOR])
+        out[r, j], exact = to_output(value, out)
+        lost |= not exact
+    return lost, near
+
+
+@inline
+def amax_quantize_rows(x, out, g, q, block):
+    """Task g's rows: in float32 lanes (amax_fast_row) where the row allows
+    and no quotient lies near a rounding boundary, else in float64 as the
+    reference computes them; NaN for NaN blocks."""
     tops, values = np.empty(ROWS_PER_TASK, np.int32), np.empty(ROWS_PER_TASK, np.float64)
-    first_row, end_row = amax_scales(x, g, q, tops, values)
+    inverses = np.empty(ROWS_PER_TASK, np.float32)
+    first_row, end_row = amax_scales(x, g, q, tops, values, inverses, block)
     lost = False
     for r in range(first_row, end_row):
-        scale, bad = values[r - first_row], tops[r - first_row] >= EXPONENT32
+        scale, inverse = values[r - first_row], inverses[r - first_row]
+        if tops[r - first_row] >= EXPONENT32:
+            for j in range(block):
+                out[r, j] = to_output(np.float32(np.nan), out)[0]
+            continue
+        if inverse > 0:
+            fast_lost, near = amax_fast_row(x, out, r, scale, inverse, q, block)
+            if not near:
+                lost |= fast_lost
+                continue
         for j in range(block):
-            magnitude, negative = amax_element(as_float32(x[r, j]), scale * bp[DIVISOR], q)
-            value = (-magnitude if negative else magnitude) * scale
-            narrow = np.float32(value)  # exact (scaled_block_params)
-            if bp[HAS_TENSOR_SCALE]:
-                narrow = narrow * np.float32(bp[DIVISOR])
-            out[r, j], exact = to_output(np.float32(np.nan) if bad else narrow, out)
+            out[r, j], exact = amax_value(as_float32(x[r, j]), scale, q, out)
             lost |= not exact
     return lost
 
@@ -558,9 +628,9 @@ def amax_quantize_rows(x, out, g, q, block):
 @njit(parallel=True, cache=True)
 def quantize_amax_blocks(x, out, q, inexact):
     """NVFP4-style quantize of float32 blocks (rows of x)."""
-    element_fp, scale_fp, element64, scale64, bp = q  # a parallel loop takes flat tuples only
+    element_fp, scale_fp, element64, scale64, bp, ep = q  # a parallel loop takes flat tuples only
     for g in prange(inexact.size):
-        q = (element_fp, scale_fp, element64, scale64, bp)
+        q = (element_fp, scale_fp, element64, scale64, bp, ep)
         if x.shape[1] == 16:
             inexact[g] = amax_quantize_rows(x, out, g, q, 16)
         else:
@@ -569,15 +639,25 @@ def quantize_amax_blocks(x, out, q, inexact):
 
 @inline
 def amax_encode_rows(x, elements, scales, g, q, block):
-    bp = q[4]
+    """Task g's rows as amax_quantize_rows computes them, as codes."""
+    bp, ep = q[4], q[5]
     tops, values = np.empty(ROWS_PER_TASK, np.int32), np.empty(ROWS_PER_TASK, np.float64)
-    first_row, end_row = amax_scales(x, g, q, tops, values)
+    inverses = np.empty(ROWS_PER_TASK, np.float32)
+    first_row, end_row = amax_scales(x, g, q, tops, values, inverses, block)
     codes = np.empty(block, np.int32)
     for r in range(first_row, end_row):
-        scale, bad = values[r - first_row], tops[r - first_row] >= EXPONENT32
+        scale, inverse, bad = values[r - first_row], inverses[r - first_row], tops[r - first_row] >= EXPONENT32
         scales[r] = bp[SCALE_NAN] if bad else finite_code(np.float32(scale), False, q[1])
-        for j in range(block):  # (packing codes as they are computed, as mx_encode_rows does, is 4x slower here)
-            codes[j] = 0 if bad else amax_code(as_float32(x[r, j]), scale * bp[DIVISOR], q)
+        near = True
+        if inverse > 0:
+            near = False
+            for j in range(block):  # (packing codes as they are computed, as mx_encode_rows does, is 4x slower here)
+                quotient = as_float32(x[r, j]) * inverse
+                near |= near_rounding_boundary(quotient, ep)
+                codes[j] = mx_float_code(quotient, ep)
+        if near:
+            for j in range(block):
+                codes[j] = 0 if bad else amax_code(as_float32(x[r, j]), scale * bp[DIVISOR], q)
         pack_row(elements, r, codes, block, bp[ELEMENT_BITS])
 
 
@@ -585,9 +665,9 @@ def amax_encode_rows(x, elements, scales, g, q, block):
 def encode_amax_blocks(x, elements, scales, q):
     """Packed element codes (``elements`` zeroed) and scale codes of
     NVFP4-style float32 blocks (rows of x)."""
-    element_fp, scale_fp, element64, scale64, bp = q  # a parallel loop takes flat tuples only
+    element_fp, scale_fp, element64, scale64, bp, ep = q  # a parallel loop takes flat tuples only
     for g in prange((x.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        q = (element_fp, scale_fp, element64, scale64, bp)
+        q = (element_fp, scale_fp, element64, scale64, bp, ep)
         if x.shape[1] == 16:
             amax_encode_rows(x, elements, scales, g, q, 16)
         else:
