@@ -601,27 +601,29 @@ def amax_fast_row(x, out, r, scale, inverse, q, block):
 
 @inline
 def amax_quantize_rows(x, out, g, q, block):
-    """Task g's rows: in float32 lanes (amax_fast_row) where the row allows
-    and no quotient lies near a rounding boundary, else in float64 as the
+    """Task g's rows: in float32 lanes (amax_fast_row) where the row allows,
+    then in a second loop (which keeps the first one lean) the other rows
+    and those with a quotient near a rounding boundary in float64, as the
     reference computes them; NaN for NaN blocks."""
     tops, values = np.empty(ROWS_PER_TASK, np.int32), np.empty(ROWS_PER_TASK, np.float64)
-    inverses = np.empty(ROWS_PER_TASK, np.float32)
+    inverses, redo = np.empty(ROWS_PER_TASK, np.float32), np.empty(ROWS_PER_TASK, np.bool_)
     first_row, end_row = amax_scales(x, g, q, tops, values, inverses, block)
-    lost = False
-    for r in range(first_row, end_row):
-        scale, inverse = values[r - first_row], inverses[r - first_row]
-        if tops[r - first_row] >= EXPONENT32:
-            for j in range(block):
-                out[r, j] = to_output(np.float32(np.nan), out)[0]
-            continue
-        if inverse > 0:
-            fast_lost, near = amax_fast_row(x, out, r, scale, inverse, q, block)
-            if not near:
-                lost |= fast_lost
-                continue
-        for j in range(block):
-            out[r, j], exact = amax_value(as_float32(x[r, j]), scale, q, out)
-            lost |= not exact
+    lost, any_redo = False, False
+    for k in range(end_row - first_row):
+        row_lost, redo[k] = False, True
+        if inverses[k] > 0:
+            row_lost, redo[k] = amax_fast_row(x, out, first_row + k, values[k], inverses[k], q, block)
+        lost |= row_lost & (not redo[k])
+        any_redo |= redo[k]
+    if any_redo:
+        for k in range(end_row - first_row):
+            if redo[k]:
+                for j in range(block):
+                    if tops[k] >= EXPONENT32:
+                        out[first_row + k, j] = to_output(np.float32(np.nan), out)[0]
+                    else:
+                        out[first_row + k, j], exact = amax_value(as_float32(x[first_row + k, j]), values[k], q, out)
+                        lost |= not exact
     return lost
 
 
