@@ -3,14 +3,17 @@ data blocked along its last axis in whole blocks, rounded to nearest even
 (the default).
 The blocks are the rows of a (blocks, block_size) view.
 
-- MX (E8M0 scales): the block's largest magnitude is found on the float32
-  bits; x / 2**s is an exact float32 product, rounded by
-  :func:`.fast32.float_nearest`/:func:`.fast32.int_nearest`.
-- NVFP4 (E4M3 scales): amax / 6 and x / scale are formed in float64 as the
-  reference forms them, and rounded to nearest even on the float64 bits.
-- Microexponents (sub-blocks of two): shared exponents per block, then
-  shifts, steps and magnitudes per pair, rounded by adding and subtracting
-  2**23.
+- MX (E8M0 scales): the block's largest magnitude from one vector
+  reduction (:mod:`.reductions`); x / 2**s is an exact float32 product,
+  rounded by adding and subtracting a power of two whose float32 step is
+  the element's (:func:`mx_float_element`), codes read off the same sum.
+- NVFP4 (E4M3 scales): amax / 6 in float64 as the reference forms it;
+  x times the scale's float32 inverse rounded as MX elements round, and
+  the rows with a quotient near a rounding midpoint redone in float64 as
+  the reference divides.
+- Microexponents (sub-blocks of two): loops over a task's pairs and blocks
+  (pair maxima, block maxima as a tree over them, shared exponents, then
+  each pair on its step, rounded by adding and subtracting 2**(step + 23)).
 - Decoding: codes unpacked a row at a time, values from tables of every
   element and scale code (blocks) or from the steps (microexponents).
 
