@@ -524,7 +524,8 @@ def amax_scales(x, g, q, tops, values, inverses, block):
     element) rounded to nearest even in the scale format, saturating; and
     inverses[k], 1 / (scale * tensor scale) as a float32 when the row can
     take the float32 lanes of :func:`amax_fast_row` (a full scale in
-    2**-100..2**100 and every scaled value below 2**(emax + 1)), else 0.
+    2**-100..2**100 and every scaled value below twice the largest
+    element, where mx_float_element still rounds), else 0.
     Two loops, so that the scales' float64 divisions and roundings run as a
     batch instead of one dependent chain per row (40% faster)."""
     element64, scale64, bp = q[2], q[3], q[4]
