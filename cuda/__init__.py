@@ -22,8 +22,9 @@ from lowbit.formats.backends import Kernels, register_backend
 
 from . import extension as _extension
 from .extension import CudaUnavailable, missing
+from .matmul import mx_matmul
 
-__all__ = ["CudaUnavailable", "available", "build", "emulated_kernels", "host_kernels", "missing"]
+__all__ = ["CudaUnavailable", "available", "build", "emulated_kernels", "host_kernels", "missing", "mx_matmul"]
 
 
 def _loaded(load, namespace: str) -> Kernels:

@@ -33,8 +33,9 @@ import torch
 from lowbit.formats.backends import BackendUnavailable
 
 CSRC = Path(__file__).parent / "csrc"
-HEADERS = ("element_math.cuh", "block_math.cuh", "launch.cuh", "launchers.h", "dispatch.h", "emulated_device.h")
-KERNELS = ("element_kernels.cu", "block_kernels.cu")
+HEADERS = ("element_math.cuh", "block_math.cuh", "mx_matmul_math.cuh", "mma_ops.cuh", "launch.cuh", "launchers.h",
+           "dispatch.h", "emulated_device.h")
+KERNELS = ("element_kernels.cu", "block_kernels.cu", "mx_matmul.cu")
 HOST_FLAGS = ["-O2", "-ffp-contract=off"]
 NVCC_FLAGS = ["-O3", "--fmad=false"]
 

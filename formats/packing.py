@@ -9,6 +9,7 @@ the last byte are zero.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,15 @@ def unpack(data: Any, bits: int, count: int) -> Any:
     t = t.reshape(-1)
     if t.numel() * 8 < count * bits:
         raise ValueError(f"{t.numel()} bytes hold fewer than count={count} codes of {bits} bits")
-    stream = ((t.to(torch.int64)[:, None] >> torch.arange(8, device=t.device)) & 1).reshape(-1)[: count * bits]
-    codes = (stream.reshape(count, bits) << torch.arange(bits, device=t.device)).sum(dim=1)
+    group_bits = math.lcm(bits, 8)
+    if group_bits <= 32:  # whole groups of bytes hold whole groups of codes: shift them out of int32 words
+        group_bytes, per_group = group_bits // 8, group_bits // bits
+        groups = -(-count // per_group)
+        data = torch.nn.functional.pad(t[: groups * group_bytes], (0, groups * group_bytes - min(t.numel(), groups * group_bytes)))
+        words = (data.reshape(groups, group_bytes).to(torch.int32) << torch.arange(0, group_bits, 8, device=t.device, dtype=torch.int32)).sum(dim=1, dtype=torch.int32)
+        codes = ((words[:, None] >> torch.arange(0, group_bits, bits, device=t.device, dtype=torch.int32)) & ((1 << bits) - 1)).reshape(-1)[:count]
+    else:
+        stream = ((t.to(torch.int64)[:, None] >> torch.arange(8, device=t.device)) & 1).reshape(-1)[: count * bits]
+        codes = (stream.reshape(count, bits) << torch.arange(bits, device=t.device)).sum(dim=1)
     codes = codes.to(torch.uint8 if bits <= 8 else torch.uint16)
     return codes.cpu().numpy() if is_numpy else codes

@@ -276,6 +276,52 @@ Tensor microexponent_decode_op(const Tensor& elements, const Tensor& scales, con
   return out;
 }
 
+// -- MX matmul -----------------------------------------------------------------
+// t, contiguous and 16-byte aligned (the kernel reads rows with 16-byte copies).
+Tensor aligned(const Tensor& t) {
+  Tensor c = t.contiguous();
+  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
+}
+
+Tensor mx_matmul_op(const Tensor& a, const Tensor& a_scales, const Tensor& b, const Tensor& b_scales,
+                    const std::optional<Tensor>& bias, int64_t a_type, int64_t b_type, int64_t block,
+                    at::ScalarType out_dtype) {
+  for (auto [t, name] : {std::pair{&a, "a"}, {&a_scales, "a_scales"}, {&b, "b"}, {&b_scales, "b_scales"}}) {
+    check_device(*t, name);
+    TORCH_CHECK(t->dim() == 2, "lowbit: ", name, " must be 2-D, got ", t->dim(), " dimensions");
+  }
+  TORCH_CHECK(a.scalar_type() == at::kByte && b.scalar_type() == at::kByte, "lowbit: a and b must be uint8 bytes");
+  TORCH_CHECK(a_scales.scalar_type() == at::kFloat && b_scales.scalar_type() == at::kFloat,
+              "lowbit: the scales must be float32");
+  bool fp8 = (a_type == TYPE_E4M3 || a_type == TYPE_E5M2) && (b_type == TYPE_E4M3 || b_type == TYPE_E5M2);
+  TORCH_CHECK(fp8 || (a_type == b_type && (a_type == TYPE_INT8 || a_type == TYPE_FP16)),
+              "lowbit: a_type and b_type must both be int8, both fp16, or both FP8; got ", a_type, " and ", b_type);
+  const int64_t bytes = a_type == TYPE_FP16 ? 2 : 1, m = a.size(0), n = b.size(0), k = a.size(1) / bytes;
+  TORCH_CHECK(a.size(1) == b.size(1) && a.size(1) % bytes == 0, "lowbit: a and b must hold rows of the same length");
+  TORCH_CHECK(block > 0 && block % 32 == 0 && k % block == 0, "lowbit: block must be a multiple of 32 dividing k");
+  TORCH_CHECK(a_scales.size(0) == m && a_scales.size(1) == k / block && b_scales.size(0) == n &&
+                  b_scales.size(1) == k / block,
+              "lowbit: the scales must have one row per row of a (b) and one column per block");
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf,
+              "lowbit: out_dtype must be float32, bfloat16 or float16; got ", out_dtype);
+  Tensor bias_values;
+  if (bias) {
+    check_device(*bias, "bias");
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == n,
+                "lowbit: bias must be float32 of shape (", n, ")");
+    bias_values = bias->contiguous();
+  }
+  OnDevice on(a);
+  Tensor av = aligned(a), bv = aligned(b), as = a_scales.contiguous(), bs = b_scales.contiguous();
+  Tensor out = at::empty({m, n}, a.options().dtype(out_dtype));
+  mx_matmul(int(a_type), int(b_type), av.data_ptr<uint8_t>(), as.data_ptr<float>(), bv.data_ptr<uint8_t>(),
+            bs.data_ptr<float>(), bias ? bias_values.data_ptr<float>() : nullptr, out.data_ptr(),
+            out_dtype == at::kFloat ? F32 : out_dtype == at::kBFloat16 ? BF16 : F16, m, n, k, int(block),
+            on.stream());
+  on.launched();
+  return out;
+}
+
 }  // namespace
 }  // namespace lowbit
 
@@ -296,6 +342,8 @@ TORCH_LIBRARY(LOWBIT_OPS, m) {
         " -> (Tensor, Tensor, Tensor)");
   m.def("microexponent_decode(Tensor elements, Tensor scales, Tensor subscales, int[] shape, int axis,"
         " int[] params, ScalarType dtype) -> Tensor");
+  m.def("mx_matmul(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor? bias, int a_type, int b_type,"
+        " int block, ScalarType out_dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(LOWBIT_OPS, LOWBIT_DEVICE, m) {
@@ -308,4 +356,5 @@ TORCH_LIBRARY_IMPL(LOWBIT_OPS, LOWBIT_DEVICE, m) {
   m.impl("microexponent_quantize", &lowbit::microexponent_quantize_op);
   m.impl("microexponent_encode", &lowbit::microexponent_encode_op);
   m.impl("microexponent_decode", &lowbit::microexponent_decode_op);
+  m.impl("mx_matmul", &lowbit::mx_matmul_op);
 }

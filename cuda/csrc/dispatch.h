@@ -50,4 +50,15 @@ template <typename F> void with_output_dtype(int out_dtype, F f) {
   else f(Int<F64>());
 }
 
+// Calls f(Int<A>(), Int<B>()) for a matmul's pair of MmaType numbers: both
+// TYPE_INT8, both TYPE_FP16, or any two FP8 types.
+template <typename F> void with_mma_types(int a_type, int b_type, F f) {
+  if (a_type == TYPE_INT8) f(Int<TYPE_INT8>(), Int<TYPE_INT8>());
+  else if (a_type == TYPE_FP16) f(Int<TYPE_FP16>(), Int<TYPE_FP16>());
+  else if (a_type == TYPE_E4M3 && b_type == TYPE_E4M3) f(Int<TYPE_E4M3>(), Int<TYPE_E4M3>());
+  else if (a_type == TYPE_E4M3) f(Int<TYPE_E4M3>(), Int<TYPE_E5M2>());
+  else if (b_type == TYPE_E4M3) f(Int<TYPE_E5M2>(), Int<TYPE_E4M3>());
+  else f(Int<TYPE_E5M2>(), Int<TYPE_E5M2>());
+}
+
 }  // namespace lowbit

@@ -8,3 +8,4 @@
 
 #include "element_kernels.cu"
 #include "block_kernels.cu"
+#include "mx_matmul.cu"

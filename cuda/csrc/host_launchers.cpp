@@ -131,4 +131,31 @@ void microexponent_decode(const unsigned char* elements, const int32_t* scales, 
   });
 }
 
+void mx_matmul(int a_type, int b_type, const unsigned char* a, const float* a_scales, const unsigned char* b,
+               const float* b_scales, const float* bias, void* out, int out_dtype, long long m, long long n,
+               long long k, int block, cudaStream_t) {
+  const int bytes = element_bytes(a_type == TYPE_FP16 ? MMA_FP16 : MMA_INT8);
+  const int step = mma_k(a_type == TYPE_FP16 ? MMA_FP16 : MMA_INT8);
+  const long long nblocks = k / block;
+  for (long long row = 0; row < m; ++row)
+    for (long long column = 0; column < n; ++column) {
+      const unsigned char* a_row = a + row * k * bytes;
+      const unsigned char* b_row = b + column * k * bytes;
+      auto product = [&](long long position) {
+        return mma_input_value(a_type, a_row + position * bytes) * mma_input_value(b_type, b_row + position * bytes);
+      };
+      float total = 0.0f;
+      for (long long blk = 0; blk < nblocks; ++blk) {
+        double partial = 0.0;  // an int32 or fp32 accumulator's value
+        for (long long first = blk * block; first < (blk + 1) * block; first += step) {
+          auto in_chunk = [&](int j) { return product(first + j); };
+          partial = a_type == TYPE_INT8 ? (double)modelled_mma((int)partial, step, in_chunk)
+                                        : (double)modelled_mma((float)partial, step, in_chunk);
+        }
+        total = add_scaled_block(total, (float)partial, a_scales[row * nblocks + blk], b_scales[column * nblocks + blk]);
+      }
+      store_output(out, out_dtype, row * n + column, total, bias ? bias + column : nullptr);
+    }
+}
+
 }  // namespace lowbit

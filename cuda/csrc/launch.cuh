@@ -5,7 +5,9 @@
 // build, emulated_kernels.cpp) it runs the kernel on the host instead,
 // thread after thread (emulated_device.h), so that machines without a GPU
 // execute the kernels' own code: their indexing, vector loads, tails and
-// grid-stride loops.
+// grid-stride loops. LOWBIT_LAUNCH_COOPERATIVE is the same launch for
+// kernels whose threads wait for each other (barriers, warp-wide
+// instructions); emulated, each block's threads run at once.
 #pragma once
 
 #include <stdint.h>
@@ -14,8 +16,11 @@
 #include "emulated_device.h"
 #define LOWBIT_LAUNCH(grid, threads, stream, ...) \
   ((void)(stream), ::lowbit::emulated::launch(grid, threads, __VA_ARGS__))
+#define LOWBIT_LAUNCH_COOPERATIVE(grid, threads, stream, ...) \
+  ((void)(stream), ::lowbit::emulated::launch_cooperative(grid, threads, __VA_ARGS__))
 #else
 #define LOWBIT_LAUNCH(grid, threads, stream, ...) __VA_ARGS__<<<grid, threads, 0, stream>>>
+#define LOWBIT_LAUNCH_COOPERATIVE LOWBIT_LAUNCH
 #endif
 
 namespace lowbit {

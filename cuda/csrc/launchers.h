@@ -10,6 +10,7 @@
 #pragma once
 
 #include "block_math.cuh"
+#include "mx_matmul_math.cuh"
 
 #ifdef LOWBIT_HOST_ONLY
 typedef struct CUstream_st* cudaStream_t;
@@ -50,5 +51,14 @@ void microexponent_encode(int dtype, const void* x, unsigned char* elements, int
                           unsigned char* subscales, BlockView v, MicroParams mp, Policy p, cudaStream_t stream);
 void microexponent_decode(const unsigned char* elements, const int32_t* scales, const unsigned char* subscales,
                           void* out, int out_dtype, BlockView v, MicroParams mp, cudaStream_t stream);
+
+// The MX matmul (mx_matmul_math.cuh): out (m x n, out_dtype F32, BF16 or F16)
+// = A B^T + bias. a: m rows of k elements of a_type (an MmaType; a pair
+// with_mma_types accepts), row-major, 16-byte aligned; a_scales: m rows of
+// k / block float32 scales; likewise b (n rows); bias: n float32, or null.
+// k and block are multiples of 32.
+void mx_matmul(int a_type, int b_type, const unsigned char* a, const float* a_scales, const unsigned char* b,
+               const float* b_scales, const float* bias, void* out, int out_dtype, long long m, long long n,
+               long long k, int block, cudaStream_t stream);
 
 }  // namespace lowbit

@@ -1,0 +1,112 @@
+// The arithmetic of lowbit's MX matmul, as __host__ __device__ functions
+// shared by the GPU kernel (mx_matmul.cu), its emulated build and its host
+// twin (host_launchers.cpp).
+//
+// C = A B^T with A (M x K) and B (N x K) blocked along K. Each operand
+// arrives prepared (lowbit/cuda/matmul.py): its elements as tensor-core
+// inputs (int8, fp16, or FP8 E4M3/E5M2 bytes; each MX element value is
+// exact in the chosen type, up to a fixed power of two folded into the
+// scale) and one float32 scale per block (a power of two, or NaN).
+//
+// For output (m, n) and block b, the tensor cores give the partial sum P_b
+// of the block's element products; then
+//     total <- round_fp32(total + P_b * scale_a[m, b] * scale_b[n, b])
+// in block order b = 0, 1, ..., with one rounding per block (see
+// add_scaled_block). Then the bias is added in fp32 and the result rounded
+// to the output dtype (round to nearest, ties to even).
+#pragma once
+
+#include "element_math.cuh"
+
+namespace lowbit {
+
+// The tensor-core instruction a matmul runs on: the kind of its inputs.
+enum MmaKind { MMA_INT8 = 0, MMA_FP16 = 1, MMA_FP8 = 2 };
+// An operand's element type within its kind (FP8 only tells E4M3 from E5M2).
+enum MmaType { TYPE_INT8 = 0, TYPE_FP16 = 1, TYPE_E4M3 = 2, TYPE_E5M2 = 3 };
+
+// How many of a block's K positions one MMA instruction takes: m16n8k16
+// for fp16 inputs, m16n8k32 for 8-bit ones. The tensor cores round a
+// partial sum to fp32 after each instruction (int8: exact in int32).
+LB_HD int mma_k(int kind) { return kind == MMA_FP16 ? 16 : 32; }
+
+// Bytes per element of an operand of `kind`.
+LB_HD int element_bytes(int kind) { return kind == MMA_FP16 ? 2 : 1; }
+
+// The value of one tensor-core input element of `type` stored at `bytes`.
+LB_HD double mma_input_value(int type, const unsigned char* bytes) {
+  if (type == TYPE_INT8) return (double)(signed char)bytes[0];
+  if (type == TYPE_FP16) return float16_value((long long)bytes[0] | ((long long)bytes[1] << 8));
+  const int man = type == TYPE_E4M3 ? 3 : 2, bias = type == TYPE_E4M3 ? 7 : 15;
+  const long long magnitude = bytes[0] & 0x7F, e = magnitude >> man, m = magnitude & ((1 << man) - 1);
+  double value = e ? (double)((1 << man) + m) * pow2(e - bias - man) : (double)m * pow2(1 - bias - man);
+  if (type == TYPE_E4M3 && magnitude == 0x7F) value = (double)NAN;
+  if (type == TYPE_E5M2 && e == 31) value = m ? (double)NAN : (double)INFINITY;
+  return (bytes[0] & 0x80) ? -value : value;
+}
+
+// The CPU builds' model of one MMA output: c plus the n products
+// product(0), product(1), ... in that order, summed in double, then
+// converted to the accumulator type once (int8 products are integers and
+// their sums stay exact; fp32 accumulators round once per instruction).
+template <typename Acc, typename Product> inline Acc modelled_mma(Acc c, int n, Product product) {
+  double sum = (double)c;
+  for (int k = 0; k < n; ++k) sum += product(k);
+  return (Acc)sum;
+}
+
+// total + partial * sa * sb rounded once to fp32, for scales sa, sb that are
+// powers of two or NaN. When sa * sb is a float (2**-149 .. 2**127) one fma
+// computes it; otherwise the scaled partial is formed exactly in double and
+// added there, and rounding that double sum to fp32 gives the same single
+// rounding (a double holds 53 >= 2 * 24 + 2 bits, so rounding twice is
+// innocuous for a sum of two 24-bit numbers).
+#if defined(__CUDACC__)
+__host__ __device__ __noinline__  // rare: kept out of the kernel's unrolled loops and registers
+#else
+inline
+#endif
+float add_scaled_block_in_double(float total, float partial, float sa, float sb) {
+  return (float)((double)total + (double)partial * ((double)sa * (double)sb));
+}
+
+LB_HD float add_scaled_block(float total, float partial, float sa, float sb) {
+  float s = sa * sb;
+  if (s != 0.0f && fabsf(s) != INFINITY) return fmaf(partial, s, total);
+  return add_scaled_block_in_double(total, partial, sa, sb);
+}
+
+// Whether a scale lies in 2**-63 .. 2**63, where the product of any two
+// such is a normal float, so that add_scaled_block's first branch (one fma)
+// computes it (false for NaN).
+LB_HD bool scale_multiplies_exactly(float s) { return s >= 0x1p-63f && s <= 0x1p63f; }
+
+// An fp32 result rounded to bfloat16 bits (nearest, ties to even; NaN: 0x7FC0).
+LB_HD uint16_t bfloat16_rounded(float x) {
+  if (x != x) return 0x7FC0;
+  uint32_t bits = (uint32_t)float_bits(x);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return (uint16_t)(bits >> 16);
+}
+
+// An fp32 result rounded to float16 bits (nearest, ties to even; beyond
+// 65504 by half a step or more: infinity; NaN: 0x7E00).
+LB_HD uint16_t float16_rounded(float x) {
+  double a = fabs((double)x);
+  if (a < (double)INFINITY && a == a) {
+    long long e = max64(floor_log2_or(bits_of(a), -14), -14);
+    double step = pow2(e - 10);
+    a = rint(a / step) * step;  // exact scaling; rint rounds half to even
+    if (a >= 65520.0) a = (double)INFINITY;
+  }
+  return (uint16_t)float16_code(x == x ? copysign(a, (double)x) : (double)x);
+}
+
+// Output `index` of a matmul: total (+ *bias, in fp32) rounded to out_dtype (F32, BF16 or F16).
+LB_HD void store_output(void* out, int out_dtype, long long index, float total, const float* bias) {
+  const float value = bias ? total + *bias : total;
+  if (out_dtype == F32) static_cast<float*>(out)[index] = value;
+  else static_cast<uint16_t*>(out)[index] = out_dtype == BF16 ? bfloat16_rounded(value) : float16_rounded(value);
+}
+
+}  // namespace lowbit

@@ -1,0 +1,204 @@
+"""The MX matmul on tensor cores: :func:`mx_matmul`.
+
+Every value of an MX element format is exact in some tensor-core input
+type: FP4 (E2M1), FP6 E2M3 and MXINT8 elements are integers in int8 once
+multiplied by 2, 8 and 64; every FP element is an fp16 number; E4M3, E3M2,
+E2M3 and E2M1 elements are E4M3 numbers and E5M2 elements E5M2 numbers. An
+operand is prepared by mapping each element code to its tensor-core input
+(a table per element format and type) and each block's scale code to a
+float32 power of two (times 2**-shift for the int8 multiple). The kernel
+(``csrc/mx_matmul.cu``) then multiplies on tensor cores, with the block
+scales applied per block in fp32 (``csrc/mx_matmul_math.cuh``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.formats import BlockFormat, Encoded, unpack
+
+#: the tensor-core input types, numbered as MmaType in csrc/mx_matmul_math.cuh
+TENSOR_CORE_TYPES = {"int8": 0, "fp16": 1, "e4m3": 2, "e5m2": 3}
+#: the instructions mx_matmul can run on, by their input kind
+INSTRUCTIONS = ("int8", "fp16", "fp8")
+BACKENDS = {"cuda": "lowbit_cuda", "cuda_emulated": "lowbit_emulated", "cuda_host": "lowbit_host"}
+OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TORCH_TYPES = {"fp16": torch.float16, "e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+
+
+@dataclass(frozen=True)
+class ElementTable:
+    """An element format's codes as inputs of one tensor-core type: each
+    code's input (uint8 bytes, two per code for fp16) is its value times
+    2**shift."""
+
+    inputs: torch.Tensor
+    shift: int
+
+
+def _decoded_codes(element) -> torch.Tensor:
+    return element.decode(torch.arange(1 << element.nbits), dtype=torch.float64)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+@functools.cache
+def element_tables(element) -> dict[str, ElementTable]:
+    """The tensor-core types that hold every value of ``element`` (NaN and
+    Inf included), with their tables."""
+    values = _decoded_codes(element)
+    tables = {}
+    for name, dtype in _TORCH_TYPES.items():
+        inputs = values.to(dtype)
+        if _same(inputs.to(torch.float64), values):
+            tables[name] = ElementTable(inputs.view(torch.uint8).reshape(len(values), -1), 0)
+    finite = values[values.isfinite()]
+    if len(finite) == len(values):
+        # the least shift that makes every value an integer: the largest exponent of a denominator
+        shift = max(v.as_integer_ratio()[1].bit_length() - 1 for v in finite.tolist())
+        integers = finite * 2.0 ** shift
+        if bool((integers >= -128).all() and (integers <= 127).all()):
+            tables["int8"] = ElementTable(integers.to(torch.int8).view(torch.uint8).reshape(-1, 1), shift)
+    return tables
+
+
+@functools.cache
+def scale_table(scale, shift: int) -> torch.Tensor:
+    """Each scale code's value times 2**-shift, as float32: powers of two, NaN."""
+    values = _decoded_codes(scale) * 2.0 ** -shift
+    table = values.to(torch.float32)
+    finite = values[values.isfinite()]
+    powers = bool((finite > 0).all()) and all(math.frexp(v)[0] == 0.5 for v in finite.tolist())
+    if not powers or not _same(table.to(torch.float64), values) or bool(values.isinf().any()):
+        raise ValueError(f"mx_matmul needs scales that are powers of two within float32's range; {scale.name} "
+                         f"with elements scaled by 2**{shift} has others")
+    return table
+
+
+def operand_problem(fmt) -> str | None:
+    """Why operands in ``fmt`` cannot enter :func:`mx_matmul`, or None."""
+    if not isinstance(fmt, BlockFormat):
+        return f"{getattr(fmt, 'name', fmt)} is not a BlockFormat (mx_matmul takes MX formats)"
+    if fmt.block_size % 32:
+        return f"{fmt.name} has blocks of {fmt.block_size}; mx_matmul needs blocks of a multiple of 32"
+    if fmt.tensor_scale:
+        return f"{fmt.name} has a per-tensor scale; mx_matmul takes block scales only"
+    if not element_tables(fmt.element):
+        return f"{fmt.name}'s elements fit no tensor-core input type"
+    try:
+        for table in element_tables(fmt.element).values():
+            scale_table(fmt.scale, table.shift)
+    except ValueError as why:
+        return str(why)
+    return None
+
+
+def choose_types(a_fmt: BlockFormat, b_fmt: BlockFormat, instruction: str | None) -> tuple[str, str]:
+    """The tensor-core input types of A and B for ``instruction`` (None: int8
+    where both operands fit it, else fp16)."""
+    a_tables, b_tables = element_tables(a_fmt.element), element_tables(b_fmt.element)
+    if instruction is None:
+        instruction = "int8" if "int8" in a_tables and "int8" in b_tables else "fp16"
+    if instruction not in INSTRUCTIONS:
+        raise ValueError(f"instruction must be None or one of {', '.join(INSTRUCTIONS)}; got {instruction!r}")
+    candidates = ("e4m3", "e5m2") if instruction == "fp8" else (instruction,)
+    chosen = []
+    for fmt, tables in ((a_fmt, a_tables), (b_fmt, b_tables)):
+        fits = [c for c in candidates if c in tables]
+        if not fits:
+            raise ValueError(f"{fmt.name}'s elements are not all {instruction} numbers; they fit "
+                             f"{', '.join(sorted(tables)) or 'no tensor-core type'}")
+        chosen.append(fits[0])
+    return chosen[0], chosen[1]
+
+
+def prepared(x: Encoded, type_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """An encoded (rows x K) operand as the kernel reads it: rows of
+    tensor-core inputs (uint8 bytes) and rows of float32 block scales."""
+    fmt = x.format
+    table = element_tables(fmt.element)[type_name]
+    rows, nblocks = x.shape[0], -(-x.shape[1] // fmt.block_size)
+    codes = unpack(x.elements, fmt.element_code_bits, rows * nblocks * fmt.block_size).long()
+    inputs = table.inputs.to(codes.device)[codes].reshape(rows, -1)
+    scales = scale_table(fmt.scale, table.shift).to(codes.device)[x.scales.long()].reshape(rows, nblocks)
+    return inputs, scales
+
+
+def _check_operand(x, name: str) -> None:
+    if not isinstance(x, Encoded):
+        raise TypeError(f"{name} must be an Encoded (fmt.encode of a 2-D tensor, axis=1), got {type(x).__name__}")
+    if x.kind != "torch" or len(x.shape) != 2 or x.axis % 2 != 1:
+        raise ValueError(f"{name} must be a 2-D torch tensor encoded along its last axis (axis=1), got shape "
+                         f"{x.shape}, axis {x.axis}, kind {x.kind!r}")
+    problem = operand_problem(x.format)
+    if problem:
+        raise ValueError(f"{name}: {problem}")
+
+
+def mx_matmul(a: Encoded, b: Encoded, *, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32,
+              instruction: str | None = None, backend: str = "cuda") -> torch.Tensor:
+    """``A @ B.T + bias`` on tensor cores, for A (M x K) and B (N x K)
+    encoded in an MX format along K (``fmt.encode(t, axis=1)``); A and B
+    may have different formats with the same block size (a multiple of 32).
+
+    Result (M x N, ``out_dtype``: float32, bfloat16 or float16): for each
+    output, each block's partial sum of element products comes from the
+    tensor cores, is multiplied by the block's two scales and added to an
+    fp32 total with one rounding, block after block along K; then ``bias``
+    (float16, bfloat16 or float32, shape (N,)) is added in fp32 and the sum
+    rounded to ``out_dtype`` (nearest, ties to even). NaN scales and
+    elements give NaN; Inf propagates.
+
+    ``instruction``: ``"int8"`` (exact partial sums: elements that are
+    integers times a power of two, i.e. FP4 E2M1, FP6 E2M3 and MXINT8),
+    ``"fp16"`` (every MX FP element; sm_80+), ``"fp8"`` (E4M3/E5M2 inputs,
+    sm_89+; the fast path, whose partial sums carry the tensor cores' own
+    rounding), or None: int8 where both operands fit it, else fp16.
+
+    ``backend``: ``"cuda"`` (operands on a GPU), ``"cuda_emulated"`` (the
+    same kernel's code run on the CPU, thread by thread; slow) or
+    ``"cuda_host"`` (the CPU model of the kernel's arithmetic), the last two
+    for CPU operands. The CPU builds model each tensor-core instruction as
+    adding exact products in double and rounding to fp32 once.
+    """
+    _check_operand(a, "a")
+    _check_operand(b, "b")
+    if a.shape[1] != b.shape[1] or a.format.block_size != b.format.block_size:
+        raise ValueError(f"a and b must have the same K and block size; got shapes {a.shape}, {b.shape} and "
+                         f"blocks {a.format.block_size}, {b.format.block_size}")
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"out_dtype must be torch.float32, torch.bfloat16 or torch.float16; got {out_dtype}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    device = a.elements.device
+    if b.elements.device != device or (device.type == "cuda") != (backend == "cuda"):
+        raise ValueError(f"backend {backend!r} takes operands on {'one GPU' if backend == 'cuda' else 'the CPU'}; "
+                         f"got a on {device}, b on {b.elements.device}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.dtype not in OUT_DTYPES or bias.shape != (b.shape[0],):
+            raise TypeError(f"bias must be a float32, bfloat16 or float16 tensor of shape ({b.shape[0]},)")
+        if bias.device != device:
+            raise ValueError(f"bias must be on {device}, got {bias.device}")
+        bias = bias.to(torch.float32)
+    a_type, b_type = choose_types(a.format, b.format, instruction)
+    if backend == "cuda":
+        from .extension import load_cuda
+
+        load_cuda()
+        if "fp8" == instruction and torch.cuda.get_device_capability(device) < (8, 9):
+            raise ValueError(f"instruction='fp8' needs a GPU of compute capability 8.9 or later; {device} has "
+                             f"{torch.cuda.get_device_capability(device)}")
+    else:
+        from . import extension
+
+        (extension.load_emulated if backend == "cuda_emulated" else extension.load_host)()
+    (a_inputs, a_scales), (b_inputs, b_scales) = prepared(a, a_type), prepared(b, b_type)
+    op = getattr(torch.ops, BACKENDS[backend]).mx_matmul
+    return op(a_inputs, a_scales, b_inputs, b_scales, bias, TENSOR_CORE_TYPES[a_type], TENSOR_CORE_TYPES[b_type],
+              a.format.block_size, out_dtype)

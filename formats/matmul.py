@@ -1,0 +1,36 @@
+"""The reference product of two encoded operands: decode, then multiply in
+float64. It is the oracle that :func:`lowbit.cuda.mx_matmul` is checked
+against, and what any MX matmul should approach."""
+
+from __future__ import annotations
+
+import torch
+
+from .encoded import Encoded
+
+
+def _rows_blocked_along_k(x: Encoded, name: str) -> None:
+    if not isinstance(x, Encoded):
+        raise TypeError(f"{name} must be an Encoded (a format's encode of a 2-D tensor), got {type(x).__name__}")
+    if x.kind != "torch" or len(x.shape) != 2 or x.axis % 2 != 1:
+        raise ValueError(f"{name} must be a 2-D torch tensor encoded along its last axis (axis=1 or -1), "
+                         f"got shape {x.shape}, axis {x.axis}, kind {x.kind!r}")
+
+
+def reference_matmul(a: Encoded, b: Encoded, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``A @ B.T (+ bias)`` in float64, for A (M x K) and B (N x K) encoded in
+    blocks along K (``axis=1``), on their device.
+
+    Each element is decoded exactly (a float64 holds every value of every
+    lowbit format times its scale) and torch's float64 matmul sums the
+    products, so the result carries float64 rounding only (relative 2**-53
+    per addition), far below the float32 rounding of any fast MX matmul.
+    NaN and Inf propagate as IEEE arithmetic says (a NaN block's scale
+    makes its products NaN).
+    """
+    _rows_blocked_along_k(a, "a")
+    _rows_blocked_along_k(b, "b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must have the same K (their second dimension); got {a.shape} and {b.shape}")
+    product = a.decode(dtype=torch.float64) @ b.decode(dtype=torch.float64).T
+    return product if bias is None else product + bias.to(product)
