@@ -1,7 +1,9 @@
 """lowbit.cuda: the CUDA extension, the default backend for CUDA tensors.
 
 Importing this package (``import lowbit`` does) registers the ``"cuda"``
-backend with :mod:`lowbit.formats.backends`; nothing else imports it. The
+backend with :mod:`lowbit.formats.backends` and :func:`mx_matmul` (the MX
+matmul on tensor cores) with :mod:`lowbit.emulate.encoded_products`;
+nothing else imports it. The
 extension is compiled on first use (a CUDA tensor reaching a format's
 ``quantize``/``encode``/``decode``, or :func:`build`) with
 ``torch.utils.cpp_extension.load`` and cached. Where it cannot be built
@@ -18,6 +20,7 @@ the host, thread after thread).
 
 from __future__ import annotations
 
+from lowbit.emulate.encoded_products import EncodedProduct, register_encoded_product
 from lowbit.formats.backends import Kernels, register_backend
 
 from . import extension as _extension
@@ -73,4 +76,15 @@ def emulated_kernels() -> Kernels:
     return _loaded(_extension.load_emulated, "lowbit_emulated")
 
 
+def _accepts_operands(input_format, weight_format, device) -> bool:
+    """Whether the MX matmul takes a quantized product of these formats on ``device``."""
+    from .matmul import operand_problem
+
+    return (device.type == "cuda" and operand_problem(input_format) is None
+            and operand_problem(weight_format) is None and input_format.block_size == weight_format.block_size
+            and available())
+
+
 register_backend("cuda", "cuda", cuda_kernels, default=True)
+register_encoded_product(EncodedProduct(
+    _accepts_operands, lambda a, b, bias, out_dtype: mx_matmul(a, b, bias=bias, out_dtype=out_dtype)))

@@ -1,7 +1,9 @@
 """The quantized Linear product: y = Q(Q(x) @ Q(w).T + b), with its
 backward pass re-blocked along each backward product's reduction dimension
 (the roles are described in :mod:`lowbit.emulate.spec`; the module is in
-:mod:`lowbit.emulate.modules`).
+:mod:`lowbit.emulate.modules`). Where a provider of encoded products
+accepts the formats (the CUDA extension's MX matmul, for MX operands on a
+GPU), the forward product comes from it (:mod:`lowbit.emulate.encoded_products`).
 
 The rounding runs through the ``lowbit::fake_quantize`` op, so
 ``torch.compile`` traces quantized modules as it traces the op.
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .accumulate import accumulated_matmul
+from .encoded_products import encoded_linear
 from .rounding import round_to
 from .spec import QuantSpec
 
@@ -28,7 +31,9 @@ def linear_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 class _QuantizedLinear(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, bias, spec):
-        y = linear_product(round_to(x, spec.input, -1, spec), round_to(weight, spec.weight, 1, spec), bias, spec)
+        y = encoded_linear(x, weight, bias, spec)
+        if y is None:
+            y = linear_product(round_to(x, spec.input, -1, spec), round_to(weight, spec.weight, 1, spec), bias, spec)
         return round_to(y, spec.output, -1, spec)
 
     @staticmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .accumulate import accumulated_matmul
+from .encoded_products import encoded_linear
 from .rounding import round_to
 from .spec import QuantSpec
 
@@ -23,7 +24,9 @@ from .spec import QuantSpec
 class _QuantizedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(a, b, spec):
-        product = accumulated_matmul(round_to(a, spec.input, -1, spec), round_to(b, spec.weight, -2, spec), spec)
+        product = encoded_linear(a, b.mT, None, spec) if a.dim() == 2 and b.dim() == 2 else None
+        if product is None:
+            product = accumulated_matmul(round_to(a, spec.input, -1, spec), round_to(b, spec.weight, -2, spec), spec)
         return round_to(product, spec.output, -1, spec)
 
     @staticmethod

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .calibration import Calibrated, Recorder
 from .conv import quantized_conv
 from .fake_quant import fake_quantize
+from .encoded_products import encoded_linear
 from .linear import linear_product, quantized_linear
 from .rounding import quantized_module, round_to
 from .spec import ROLES, QuantSpec
@@ -135,7 +136,9 @@ class QuantLinear(QuantModule):
         with quantized_module():
             if self.training_step(x):
                 return quantized_linear(x, self.weight, self.bias, spec)
-            y = linear_product(round_to(x, spec.input, -1, spec), self.rounded_weight(), self.bias, spec)
+            y = encoded_linear(x, self.weight.detach(), self.bias, spec)
+            if y is None:
+                y = linear_product(round_to(x, spec.input, -1, spec), self.rounded_weight(), self.bias, spec)
             return round_to(y, spec.output, -1, spec)
 
 

@@ -56,6 +56,24 @@ def test_every_kernel_file_compiles_with_nvcc_for_sm80_and_sm90(source, tmp_path
     assert "warning" not in output.lower(), output
 
 
+@pytest.mark.parametrize("arch,instructions", [
+    ("80", ["m16n8k32.row.col.s32.s8.s8.s32", "m16n8k16.row.col.f32.f16.f16.f32"]),
+    ("90", ["m16n8k32.row.col.s32.s8.s8.s32", "m16n8k16.row.col.f32.f16.f16.f32",
+            *(f"m16n8k32.row.col.f32.{a}.{b}.f32" for a in ("e4m3", "e5m2") for b in ("e4m3", "e5m2"))]),
+])
+def test_the_mx_matmul_runs_on_the_tensor_cores_of_each_architecture(arch, instructions, tmp_path):
+    """The PTX of mx_matmul.cu holds the MMA instructions each architecture
+    has: int8 and fp16 on sm_80, and every FP8 pair from sm_89 on (they are
+    compiled out below it, where the launcher refuses them)."""
+    nvcc = build.nvcc_path()
+    if nvcc is None:
+        pytest.skip("nvcc not found")
+    ptx = tmp_path / "mx_matmul.ptx"
+    run([nvcc, "-std=c++17", *build.NVCC_FLAGS, "-ptx", f"-arch=compute_{arch}", "mx_matmul.cu", "-o", str(ptx)], CSRC)
+    found = set(re.findall(r"mma\.sync\.aligned\.([\w.]+)", ptx.read_text()))
+    assert found == set(instructions)
+
+
 def test_the_bindings_compile_for_cuda(tmp_path):
     """The CUDA flavour of bindings.cpp against this torch's headers (a CPU
     torch lacks one generated header of c10/cuda, stubbed here empty)."""
