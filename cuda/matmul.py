@@ -39,6 +39,11 @@ class ElementTable:
     inputs: torch.Tensor
     shift: int
 
+    @property
+    def is_identity(self) -> bool:
+        """Whether each 8-bit code is its own input byte (FP8 elements as FP8, MXINT8 as int8)."""
+        return self.inputs.shape == (256, 1) and torch.equal(self.inputs.flatten(), torch.arange(256).to(torch.uint8))
+
 
 def _decoded_codes(element) -> torch.Tensor:
     return element.decode(torch.arange(1 << element.nbits), dtype=torch.float64)
@@ -124,9 +129,13 @@ def prepared(x: Encoded, type_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     fmt = x.format
     table = element_tables(fmt.element)[type_name]
     rows, nblocks = x.shape[0], -(-x.shape[1] // fmt.block_size)
-    codes = unpack(x.elements, fmt.element_code_bits, rows * nblocks * fmt.block_size).long()
-    inputs = table.inputs.to(codes.device)[codes].reshape(rows, -1)
-    scales = scale_table(fmt.scale, table.shift).to(codes.device)[x.scales.long()].reshape(rows, nblocks)
+    device = x.elements.device
+    if table.is_identity:  # the packed codes are the inputs, one byte each
+        inputs = x.elements.reshape(rows, -1)
+    else:
+        codes = unpack(x.elements, fmt.element_code_bits, rows * nblocks * fmt.block_size).long()
+        inputs = table.inputs.to(device)[codes].reshape(rows, -1)
+    scales = scale_table(fmt.scale, table.shift).to(device)[x.scales.long()].reshape(rows, nblocks)
     return inputs, scales
 
 
