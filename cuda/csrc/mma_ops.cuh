@@ -59,12 +59,12 @@ inline double fragment_value(int type, const uint32_t* registers, int i) {
 // d = c + a b for one warp, Acc = float (fp16, FP8) or int (int8). Each
 // lane posts its fragments, then computes its own four outputs from
 // everyone's, following the PTX formulas for (row, column) of element i.
-template <int AT, int BT, typename Acc> void warp_mma(Acc* d, const uint32_t* a, const uint32_t* b) {
+template <int AT, int BT, typename Acc> void warp_mma(Acc* d, const uint32_t* a, const uint32_t* b, const Acc* c) {
   WarpExchange& warp = current_block->warps[threadIdx.x / 32];
   const int lane = (int)(threadIdx.x % 32), k = AT == TYPE_FP16 ? 16 : 32;
   memcpy(warp.lanes[lane], a, 16);
   memcpy(warp.lanes[lane] + 4, b, 8);
-  memcpy(warp.lanes[lane] + 6, d, 16);
+  memcpy(warp.lanes[lane] + 6, c, 16);
   warp.barrier.wait();
   double tile_a[16][32], tile_b[32][8];
   for (int owner = 0; owner < 32; ++owner) {
@@ -83,9 +83,9 @@ template <int AT, int BT, typename Acc> void warp_mma(Acc* d, const uint32_t* a,
   Acc sums[4];
   for (int i = 0; i < 4; ++i) {
     int row = g + (i >= 2 ? 8 : 0), column = t * 2 + (i & 1);
-    Acc c;
-    memcpy(&c, &warp.lanes[lane][6 + i], sizeof(Acc));
-    sums[i] = modelled_mma(c, k, [&](int j) { return tile_a[row][j] * tile_b[j][column]; });
+    Acc start;
+    memcpy(&start, &warp.lanes[lane][6 + i], sizeof(Acc));
+    sums[i] = modelled_mma(start, k, [&](int j) { return tile_a[row][j] * tile_b[j][column]; });
   }
   warp.barrier.wait();  // every lane has read the posted fragments
   for (int i = 0; i < 4; ++i) d[i] = sums[i];
@@ -94,21 +94,21 @@ template <int AT, int BT, typename Acc> void warp_mma(Acc* d, const uint32_t* a,
 }  // namespace emulated
 #endif
 
-// -- tensor-core MMA: d = c + a b on a warp's m16n8 tile, in place -------------
-#define LOWBIT_MMA_F32(instruction)                                                               \
-  asm volatile("mma.sync.aligned." instruction " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n" \
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                   \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+// -- tensor-core MMA: d = c + a b on a warp's m16n8 tile (c may be d) ----------
+#define LOWBIT_MMA(instruction, out, in)                                                                       \
+  asm volatile("mma.sync.aligned." instruction " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n" \
+               : out(d[0]), out(d[1]), out(d[2]), out(d[3])                                                    \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), in(c[0]), in(c[1]), in(c[2]), \
+                 in(c[3]))
+#define LOWBIT_MMA_F32(instruction) LOWBIT_MMA(instruction, "=f", "f")
 
-template <int AT, int BT, typename Acc> __device__ __forceinline__ void mma(Acc* d, const uint32_t* a, const uint32_t* b) {
+template <int AT, int BT, typename Acc>
+__device__ __forceinline__ void mma(Acc* d, const uint32_t* a, const uint32_t* b, const Acc* c) {
 #ifdef LOWBIT_EMULATE_DEVICE
-  emulated::warp_mma<AT, BT>(d, a, b);
+  emulated::warp_mma<AT, BT>(d, a, b, c);
 #else
   if constexpr (AT == TYPE_INT8) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    LOWBIT_MMA("m16n8k32.row.col.s32.s8.s8.s32", "=r", "r");
   } else if constexpr (AT == TYPE_FP16) {
     LOWBIT_MMA_F32("m16n8k16.row.col.f32.f16.f16.f32");
   } else {
@@ -125,5 +125,6 @@ template <int AT, int BT, typename Acc> __device__ __forceinline__ void mma(Acc*
 }
 
 #undef LOWBIT_MMA_F32
+#undef LOWBIT_MMA
 
 }  // namespace lowbit

@@ -80,7 +80,8 @@ __global__ void __launch_bounds__(THREADS) mx_matmul_kernel(MatmulArgs g) {
   for (long long tile = blockIdx.x; tile < g.tiles; tile += gridDim.x) {
     const long long tile_m = (tile / g.tiles_n) * TILE, tile_n = (tile % g.tiles_n) * TILE;
     float total[M_FRAGMENTS][N_FRAGMENTS][4] = {};
-    Acc partial[M_FRAGMENTS][N_FRAGMENTS][4] = {};
+    Acc partial[M_FRAGMENTS][N_FRAGMENTS][4];
+    const Acc zero[4] = {};
 
     __syncthreads();  // the previous tile is done with stage 0
     stage_copies<AT>(g, tile_m, tile_n, 0, a_stages[0], b_stages[0], a_scales[0], b_scales[0]);
@@ -94,6 +95,7 @@ __global__ void __launch_bounds__(THREADS) mx_matmul_kernel(MatmulArgs g) {
                          b_scales[s ^ 1]);
       commit_copies();
 
+      const bool first_of_block = step % steps_per_block == 0;
       #pragma unroll
       for (int chunk = 0; chunk < STEP / S::mma_k; ++chunk) {
         const int offset = chunk * 32 + quad * 4;  // this lane's bytes in the chunk's 32-byte row slice
@@ -112,10 +114,17 @@ __global__ void __launch_bounds__(THREADS) mx_matmul_kernel(MatmulArgs g) {
           b[j][0] = *reinterpret_cast<const uint32_t*>(column);
           b[j][1] = *reinterpret_cast<const uint32_t*>(column + 16);
         }
-        #pragma unroll
-        for (int i = 0; i < M_FRAGMENTS; ++i)
+        if (chunk == 0 && first_of_block) {  // a block's first MMAs start from zero
           #pragma unroll
-          for (int j = 0; j < N_FRAGMENTS; ++j) mma<AT, BT>(partial[i][j], a[i], b[j]);
+          for (int i = 0; i < M_FRAGMENTS; ++i)
+            #pragma unroll
+            for (int j = 0; j < N_FRAGMENTS; ++j) mma<AT, BT>(partial[i][j], a[i], b[j], zero);
+        } else {
+          #pragma unroll
+          for (int i = 0; i < M_FRAGMENTS; ++i)
+            #pragma unroll
+            for (int j = 0; j < N_FRAGMENTS; ++j) mma<AT, BT>(partial[i][j], a[i], b[j], partial[i][j]);
+        }
       }
 
       if ((step + 1) % steps_per_block == 0) {  // the block is complete: scale it into the total
@@ -144,7 +153,6 @@ __global__ void __launch_bounds__(THREADS) mx_matmul_kernel(MatmulArgs g) {
               const float p = (float)partial[i][j][e], row_scale = sa[i][e >> 1], column_scale = sb[j][e & 1];
               total[i][j][e] = exact ? fmaf(p, row_scale * column_scale, total[i][j][e])
                                      : add_scaled_block(total[i][j][e], p, row_scale, column_scale);
-              partial[i][j][e] = 0;
             }
       }
     }
