@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.formats import BlockFormat, Encoded, unpack
+from lowbit.formats.matmul import check_operand
 
 #: the tensor-core input types, numbered as MmaType in csrc/mx_matmul_math.cuh
 TENSOR_CORE_TYPES = {"int8": 0, "fp16": 1, "e4m3": 2, "e5m2": 3}
@@ -56,7 +57,9 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 @functools.cache
 def element_tables(element) -> dict[str, ElementTable]:
     """The tensor-core types that hold every value of ``element`` (NaN and
-    Inf included), with their tables."""
+    Inf included), with their tables; none for elements of over 16 bits."""
+    if element.nbits > 16:
+        return {}
     values = _decoded_codes(element)
     tables = {}
     for name, dtype in _TORCH_TYPES.items():
@@ -140,11 +143,7 @@ def prepared(x: Encoded, type_name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_operand(x, name: str) -> None:
-    if not isinstance(x, Encoded):
-        raise TypeError(f"{name} must be an Encoded (fmt.encode of a 2-D tensor, axis=1), got {type(x).__name__}")
-    if x.kind != "torch" or len(x.shape) != 2 or x.axis % 2 != 1:
-        raise ValueError(f"{name} must be a 2-D torch tensor encoded along its last axis (axis=1), got shape "
-                         f"{x.shape}, axis {x.axis}, kind {x.kind!r}")
+    check_operand(x, name)
     problem = operand_problem(x.format)
     if problem:
         raise ValueError(f"{name}: {problem}")
@@ -200,7 +199,7 @@ def mx_matmul(a: Encoded, b: Encoded, *, bias: torch.Tensor | None = None, out_d
         from .extension import load_cuda
 
         load_cuda()
-        if "fp8" == instruction and torch.cuda.get_device_capability(device) < (8, 9):
+        if instruction == "fp8" and torch.cuda.get_device_capability(device) < (8, 9):
             raise ValueError(f"instruction='fp8' needs a GPU of compute capability 8.9 or later; {device} has "
                              f"{torch.cuda.get_device_capability(device)}")
     else:

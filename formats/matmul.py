@@ -9,10 +9,13 @@ import torch
 from .encoded import Encoded
 
 
-def _rows_blocked_along_k(x: Encoded, name: str) -> None:
+def check_operand(x: Encoded, name: str) -> None:
+    """TypeError/ValueError (naming the argument ``name``) unless x is a 2-D
+    torch tensor encoded in blocks along its last axis: a matmul operand
+    whose rows run along K."""
     if not isinstance(x, Encoded):
         raise TypeError(f"{name} must be an Encoded (a format's encode of a 2-D tensor), got {type(x).__name__}")
-    if x.kind != "torch" or len(x.shape) != 2 or x.axis % 2 != 1:
+    if x.kind != "torch" or len(x.shape) != 2 or x.axis not in (1, -1):
         raise ValueError(f"{name} must be a 2-D torch tensor encoded along its last axis (axis=1 or -1), "
                          f"got shape {x.shape}, axis {x.axis}, kind {x.kind!r}")
 
@@ -28,8 +31,8 @@ def reference_matmul(a: Encoded, b: Encoded, bias: torch.Tensor | None = None) -
     NaN and Inf propagate as IEEE arithmetic says (a NaN block's scale
     makes its products NaN).
     """
-    _rows_blocked_along_k(a, "a")
-    _rows_blocked_along_k(b, "b")
+    check_operand(a, "a")
+    check_operand(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must have the same K (their second dimension); got {a.shape} and {b.shape}")
     product = a.decode(dtype=torch.float64) @ b.decode(dtype=torch.float64).T

@@ -296,7 +296,7 @@ Tensor mx_matmul_op(const Tensor& a, const Tensor& a_scales, const Tensor& b, co
   bool fp8 = (a_type == TYPE_E4M3 || a_type == TYPE_E5M2) && (b_type == TYPE_E4M3 || b_type == TYPE_E5M2);
   TORCH_CHECK(fp8 || (a_type == b_type && (a_type == TYPE_INT8 || a_type == TYPE_FP16)),
               "lowbit: a_type and b_type must both be int8, both fp16, or both FP8; got ", a_type, " and ", b_type);
-  const int64_t bytes = a_type == TYPE_FP16 ? 2 : 1, m = a.size(0), n = b.size(0), k = a.size(1) / bytes;
+  const int64_t bytes = input_bytes(int(a_type)), m = a.size(0), n = b.size(0), k = a.size(1) / bytes;
   TORCH_CHECK(a.size(1) == b.size(1) && a.size(1) % bytes == 0, "lowbit: a and b must hold rows of the same length");
   TORCH_CHECK(block > 0 && block % 32 == 0 && k % block == 0, "lowbit: block must be a multiple of 32 dividing k");
   TORCH_CHECK(a_scales.size(0) == m && a_scales.size(1) == k / block && b_scales.size(0) == n &&

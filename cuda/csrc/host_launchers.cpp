@@ -134,8 +134,7 @@ void microexponent_decode(const unsigned char* elements, const int32_t* scales, 
 void mx_matmul(int a_type, int b_type, const unsigned char* a, const float* a_scales, const unsigned char* b,
                const float* b_scales, const float* bias, void* out, int out_dtype, long long m, long long n,
                long long k, int block, cudaStream_t) {
-  const int bytes = element_bytes(a_type == TYPE_FP16 ? MMA_FP16 : MMA_INT8);
-  const int step = mma_k(a_type == TYPE_FP16 ? MMA_FP16 : MMA_INT8);
+  const int bytes = input_bytes(a_type), step = mma_k(a_type);
   const long long nblocks = k / block;
   for (long long row = 0; row < m; ++row)
     for (long long column = 0; column < n; ++column) {

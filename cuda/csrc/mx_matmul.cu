@@ -24,9 +24,8 @@ constexpr int STEP = 32;  // K positions per stage (MX blocks are whole stages)
 
 // The shared-memory shape of an operand's stage, by element type.
 template <int T> struct Staging {
-  static constexpr int row = STEP * (T == TYPE_FP16 ? 2 : 1);  // bytes of a row per stage
+  static constexpr int row = STEP * input_bytes(T);  // bytes of a row per stage
   static constexpr int pitch = row + 16;  // row pitch: a warp's 32-bit fragment loads hit 32 banks
-  static constexpr int mma_k = T == TYPE_FP16 ? 16 : 32;
   static constexpr int chunks = TILE * row / 16;  // 16-byte copies per stage
 };
 
@@ -48,7 +47,7 @@ __device__ __forceinline__ void stage_copies(const MatmulArgs& g, long long tile
                                              unsigned char* a_stage, unsigned char* b_stage, float* a_scale,
                                              float* b_scale) {
   typedef Staging<T> S;
-  const long long row_bytes = g.k * (T == TYPE_FP16 ? 2 : 1), nblocks = g.k / g.block;
+  const long long row_bytes = g.k * input_bytes(T), nblocks = g.k / g.block;
   const long long block_index = step * STEP / g.block;
   for (int c = (int)threadIdx.x; c < 2 * S::chunks; c += THREADS) {
     const bool is_a = c < S::chunks;
@@ -97,7 +96,7 @@ __global__ void __launch_bounds__(THREADS) mx_matmul_kernel(MatmulArgs g) {
 
       const bool first_of_block = step % steps_per_block == 0;
       #pragma unroll
-      for (int chunk = 0; chunk < STEP / S::mma_k; ++chunk) {
+      for (int chunk = 0; chunk < STEP / mma_k(AT); ++chunk) {
         const int offset = chunk * 32 + quad * 4;  // this lane's bytes in the chunk's 32-byte row slice
         uint32_t a[M_FRAGMENTS][4], b[N_FRAGMENTS][2];
         #pragma unroll

@@ -20,18 +20,17 @@
 
 namespace lowbit {
 
-// The tensor-core instruction a matmul runs on: the kind of its inputs.
-enum MmaKind { MMA_INT8 = 0, MMA_FP16 = 1, MMA_FP8 = 2 };
-// An operand's element type within its kind (FP8 only tells E4M3 from E5M2).
+// The tensor-core input type of an operand's elements: int8 (with the int8
+// MMA), fp16 (the fp16 MMA), or FP8 E4M3/E5M2 (the FP8 MMA, either pair).
 enum MmaType { TYPE_INT8 = 0, TYPE_FP16 = 1, TYPE_E4M3 = 2, TYPE_E5M2 = 3 };
 
-// How many of a block's K positions one MMA instruction takes: m16n8k16
-// for fp16 inputs, m16n8k32 for 8-bit ones. The tensor cores round a
-// partial sum to fp32 after each instruction (int8: exact in int32).
-LB_HD int mma_k(int kind) { return kind == MMA_FP16 ? 16 : 32; }
+// Bytes per element of an operand of `type`.
+LB_HD constexpr int input_bytes(int type) { return type == TYPE_FP16 ? 2 : 1; }
 
-// Bytes per element of an operand of `kind`.
-LB_HD int element_bytes(int kind) { return kind == MMA_FP16 ? 2 : 1; }
+// How many K positions one MMA instruction takes: m16n8k16 for fp16
+// inputs, m16n8k32 for 8-bit ones. The tensor cores round a partial sum to
+// fp32 after each instruction (int8: exact, in int32).
+LB_HD constexpr int mma_k(int type) { return type == TYPE_FP16 ? 16 : 32; }
 
 // The value of one tensor-core input element of `type` stored at `bytes`.
 LB_HD double mma_input_value(int type, const unsigned char* bytes) {
