@@ -18,7 +18,9 @@ Matmul rows: ``lowbit.cuda.mx_matmul(a, b)`` for A (M x K) and B (N x K)
 encoded in MX formats, whole call (operand preparation included) and the
 kernel alone (prepared operands), each with each instruction the pair
 fits, as TFLOP/s (2 M N K per call) and as ratios to, in the same run,
-``a16 @ b16.T`` in bfloat16 and ``decode(a).bf16() @ decode(b).bf16().T``.
+``a16 @ b16.T`` in bfloat16 and ``decode(a).bf16() @ decode(b).bf16().T``;
+and the call's largest error against ``reference_matmul`` as a fraction of
+``summation_bound`` (fp32 rounded to nearest): the tensor cores' own accuracy.
 """
 
 from __future__ import annotations
@@ -110,22 +112,33 @@ def matmul_rows(shape: str, repeat: int):
             if instruction == "fp8" and torch.cuda.get_device_capability() < (8, 9):
                 continue
             call = lambda a=a, b=b, i=instruction: lowbit.cuda.mx_matmul(a, b, instruction=i)  # noqa: E731
-            (pa, sa), (pb, sb) = prepared(a, ta), prepared(b, tb)
+            (pa, sa), (pb, sb) = prepared(a, ta, torch.ops.lowbit_cuda), prepared(b, tb, torch.ops.lowbit_cuda)
             kernel = lambda pa=pa, sa=sa, pb=pb, sb=sb, ta=ta, tb=tb: torch.ops.lowbit_cuda.mx_matmul(  # noqa: E731
                 pa, sa, pb, sb, None, TENSOR_CORE_TYPES[ta], TENSOR_CORE_TYPES[tb], a.format.block_size,
                 torch.float32)
+            error = error_to_bound(call(), a, b, 32 // (16 if instruction == "fp16" else 32))
             for what, fn in (("call", call), ("kernel", kernel)):
                 t, _ = event_seconds(fn, bf16, repeat)
-                yield f"{fa} x {fb}", instruction, what, (m, n, k), t, t_bf16, t_decoded
+                yield f"{fa} x {fb}", instruction, what, (m, n, k), t, t_bf16, t_decoded, error
+
+
+def error_to_bound(result: torch.Tensor, a, b, roundings_per_block: int) -> float:
+    """The largest |result - reference_matmul| as a fraction of the bound of
+    fp32 summation rounded to nearest (above 1: the tensor cores add with
+    fewer bits than fp32)."""
+    reference = lowbit.formats.reference_matmul(a, b)
+    bound = lowbit.formats.summation_bound(a, b, roundings_per_block=roundings_per_block)
+    return float(((result.double() - reference).abs() / bound).nan_to_num().max())
 
 
 def print_matmul(shapes: list[str], repeat: int) -> None:
-    print("| A x B | instruction | timed | M x N x K | TFLOP/s | x bf16 matmul | x decode + bf16 matmul |")
-    print("|---|---|---|---|---|---|---|")
+    print("| A x B | instruction | timed | M x N x K | TFLOP/s | x bf16 matmul | x decode + bf16 matmul "
+          "| largest error / fp32 bound |")
+    print("|---|---|---|---|---|---|---|---|")
     for shape in shapes:
-        for pair, instruction, what, (m, n, k), t, t_bf16, t_decoded in matmul_rows(shape, repeat):
+        for pair, instruction, what, (m, n, k), t, t_bf16, t_decoded, error in matmul_rows(shape, repeat):
             print(f"| {pair} | {instruction} | {what} | {m}x{n}x{k} | {2 * m * n * k / t / 1e12:.0f} | "
-                  f"{t_bf16 / t:.2f} | {t_decoded / t:.2f} |")
+                  f"{t_bf16 / t:.2f} | {t_decoded / t:.2f} | {error:.2g} |")
         sys.stdout.flush()
 
 

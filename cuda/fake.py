@@ -68,12 +68,18 @@ def microexponent_decode(elements, scales, subscales, shape, axis, params, dtype
     return elements.new_empty(shape, dtype=dtype)
 
 
+def mx_prepare(packed, scale_codes, element_table, scale_table, code_bits, rows, k):
+    width = k * (element_table.shape[1] if element_table is not None else 1)
+    blocks = scale_codes.numel() // rows if rows else 0
+    return packed.new_empty((rows, width)), packed.new_empty((rows, blocks), dtype=torch.float32)
+
+
 def mx_matmul(a, a_scales, b, b_scales, bias, a_type, b_type, block, out_dtype):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
 OPS = (element_quantize, element_encode, element_decode, block_quantize, block_encode, block_decode,
-       microexponent_quantize, microexponent_encode, microexponent_decode, mx_matmul)
+       microexponent_quantize, microexponent_encode, microexponent_decode, mx_prepare, mx_matmul)
 
 
 @functools.cache

@@ -4,9 +4,10 @@ Every value of an MX element format is exact in some tensor-core input
 type: FP4 (E2M1), FP6 E2M3 and MXINT8 elements are integers in int8 once
 multiplied by 2, 8 and 64; every FP element is an fp16 number; E4M3, E3M2,
 E2M3 and E2M1 elements are E4M3 numbers and E5M2 elements E5M2 numbers. An
-operand is prepared by mapping each element code to its tensor-core input
-(a table per element format and type) and each block's scale code to a
-float32 power of two (times 2**-shift for the int8 multiple). The kernel
+operand is prepared (the op ``mx_prepare``, one pass over its codes) by
+mapping each element code to its tensor-core input (a table per element
+format and type) and each block's scale code to a float32 power of two
+(times 2**-shift for the int8 multiple). The kernel
 (``csrc/mx_matmul.cu``) then multiplies on tensor cores, with the block
 scales applied per block in fp32 (``csrc/mx_matmul_math.cuh``).
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.formats import BlockFormat, Encoded, unpack
+from lowbit.formats import BlockFormat, Encoded
 from lowbit.formats.matmul import check_operand
 
 #: the tensor-core input types, numbered as MmaType in csrc/mx_matmul_math.cuh
@@ -126,20 +127,18 @@ def choose_types(a_fmt: BlockFormat, b_fmt: BlockFormat, instruction: str | None
     return chosen[0], chosen[1]
 
 
-def prepared(x: Encoded, type_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """An encoded (rows x K) operand as the kernel reads it: rows of
-    tensor-core inputs (uint8 bytes) and rows of float32 block scales."""
+def prepared(x: Encoded, type_name: str, ops) -> tuple[torch.Tensor, torch.Tensor]:
+    """An encoded (rows x K) operand as the kernel reads it, made by the op
+    ``ops.mx_prepare`` of one build: rows of tensor-core inputs (uint8
+    bytes; the packed codes themselves where each is its own input) and
+    rows of float32 block scales."""
     fmt = x.format
     table = element_tables(fmt.element)[type_name]
-    rows, nblocks = x.shape[0], -(-x.shape[1] // fmt.block_size)
     device = x.elements.device
-    if table.is_identity:  # the packed codes are the inputs, one byte each
-        inputs = x.elements.reshape(rows, -1)
-    else:
-        codes = unpack(x.elements, fmt.element_code_bits, rows * nblocks * fmt.block_size).long()
-        inputs = table.inputs.to(device)[codes].reshape(rows, -1)
-    scales = scale_table(fmt.scale, table.shift).to(device)[x.scales.long()].reshape(rows, nblocks)
-    return inputs, scales
+    element_table = None if table.is_identity else table.inputs.to(device)
+    return ops.mx_prepare(x.elements, x.scales.reshape(-1), element_table,
+                          scale_table(fmt.scale, table.shift).to(device), fmt.element_code_bits, x.shape[0],
+                          -(-x.shape[1] // fmt.block_size) * fmt.block_size)
 
 
 def _check_operand(x, name: str) -> None:
@@ -206,7 +205,7 @@ def mx_matmul(a: Encoded, b: Encoded, *, bias: torch.Tensor | None = None, out_d
         from . import extension
 
         (extension.load_emulated if backend == "cuda_emulated" else extension.load_host)()
-    (a_inputs, a_scales), (b_inputs, b_scales) = prepared(a, a_type), prepared(b, b_type)
-    op = getattr(torch.ops, BACKENDS[backend]).mx_matmul
-    return op(a_inputs, a_scales, b_inputs, b_scales, bias, TENSOR_CORE_TYPES[a_type], TENSOR_CORE_TYPES[b_type],
-              a.format.block_size, out_dtype)
+    ops = getattr(torch.ops, BACKENDS[backend])
+    (a_inputs, a_scales), (b_inputs, b_scales) = prepared(a, a_type, ops), prepared(b, b_type, ops)
+    return ops.mx_matmul(a_inputs, a_scales, b_inputs, b_scales, bias, TENSOR_CORE_TYPES[a_type],
+                         TENSOR_CORE_TYPES[b_type], a.format.block_size, out_dtype)

@@ -11,6 +11,7 @@ takes the product from the provider: the same element values and scales,
 multiplied by the provider's kernel instead of torch's matmul of the
 rounded tensors. Only the summation differs (the provider documents its
 own; the MX matmul adds each block's partial sum to an fp32 total).
+Under ``torch.compile`` the fake-quantized path runs, whose ops trace.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def encoded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """``F.linear(Q(x), Q(weight), bias)`` from a provider, or None where
     none applies (see the module docstring); x (..., K), weight (N, K)."""
     if (spec.accumulate is not None or spec.observers or spec.rounding == "stochastic" or x.dim() == 0
-            or x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.dtype != x.dtype):
+            or x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.dtype != x.dtype
+            or torch.compiler.is_compiling()):  # compiled graphs keep the traceable fake-quantized ops
         return None
     provider = next((p for p in _providers if p.accepts(spec.input, spec.weight, x.device)), None)
     if provider is None:

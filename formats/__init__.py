@@ -7,7 +7,7 @@ from .element import ElementFormat
 from .encoded import Encoded
 from .float_format import FloatFormat
 from .int_format import IntFormat
-from .matmul import reference_matmul
+from .matmul import reference_matmul, summation_bound
 from .microexponent import MicroexponentFormat
 from .packing import pack, unpack
 from .rounding import OVERFLOW_POLICIES, ROUNDING_MODES
@@ -18,5 +18,5 @@ FAMILIES = {cls.__name__: cls for cls in (FloatFormat, IntFormat, BlockFormat, M
 __all__ = [
     "BlockFormat", "CATALOGUE", "E8M0", "ElementFormat", "Encoded", "FAMILIES", "FloatFormat", "IntFormat",
     "MicroexponentFormat", "OVERFLOW_POLICIES", "ROUNDING_MODES", "ScaledFormat", "get_format", "list_formats",
-    "p3109", "pack", "reference_matmul", "unpack",
+    "p3109", "pack", "reference_matmul", "summation_bound", "unpack",
 ]

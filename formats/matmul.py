@@ -37,3 +37,27 @@ def reference_matmul(a: Encoded, b: Encoded, bias: torch.Tensor | None = None) -
         raise ValueError(f"a and b must have the same K (their second dimension); got {a.shape} and {b.shape}")
     product = a.decode(dtype=torch.float64) @ b.decode(dtype=torch.float64).T
     return product if bias is None else product + bias.to(product)
+
+
+def summation_bound(a: Encoded, b: Encoded, *, roundings_per_block: int = 2,
+                    unit: float = 2.0 ** -24) -> torch.Tensor:
+    """A bound on ``|C - reference_matmul(a, b)|`` (float64, M x N) for any C
+    computed as MX matmuls compute it: each block's products summed in fp32
+    with at most ``roundings_per_block`` roundings, then each block's partial
+    sum, times its two scales, added to an fp32 total in block order with
+    one rounding:
+
+        (blocks + roundings_per_block + 1) * unit * (|A| @ |B|.T) + (blocks + roundings_per_block) * 2**-149
+
+    the classical bound of recursive summation (a rounding error of at most
+    ``unit`` relative to each running sum, which is at most the sum of the
+    magnitudes), with one unit to spare for second-order terms and an
+    absolute 2**-149 per rounding below fp32's normal range. ``unit``:
+    2**-24 for rounding to nearest, 2**-23 for an adder that truncates.
+    """
+    check_operand(a, "a")
+    check_operand(b, "b")
+    blocks = -(-a.shape[1] // a.format.block_size)
+    magnitudes = a.decode(dtype=torch.float64).abs() @ b.decode(dtype=torch.float64).abs().T
+    return ((blocks + roundings_per_block + 1) * unit * magnitudes
+            + (blocks + roundings_per_block) * 2.0 ** -149)

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.cuda.matmul import INSTRUCTIONS, choose_types, element_tables
+from lowbit.cuda.matmul import INSTRUCTIONS, choose_types, element_tables, prepared
 from lowbit.emulate import QuantLinear, QuantSpec, quantized_matmul
 from lowbit.emulate import encoded_products
-from lowbit.formats import BlockFormat, backends, reference_matmul, unpack
+from lowbit.formats import BlockFormat, backends, reference_matmul, summation_bound, unpack
 
 MX = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8"]
 PAIRS = [(a, b) for a in MX for b in MX]
@@ -71,14 +71,12 @@ def encoded(fmt, rows, k, seed, device="cpu", **options):
 
 
 def assert_within_fp32_bound(result, a, b, *, unit=2.0 ** -24, bias=None):
-    """|result - reference| <= (blocks + chunks per block + 1) * unit * sum |a||b|,
-    the bound of fp32 summation with rounding unit ``unit`` (2**-24: to
-    nearest; 2**-23: toward zero), plus a subnormal's worth per block."""
+    """|result - reference| within summation_bound, with the most roundings
+    per block any instruction makes (two m16n8k16 MMAs per 32-block; more
+    for longer blocks); unit 2**-24 for rounding to nearest, 2**-23 toward zero."""
     reference = reference_matmul(a, b, bias).cpu()
     result = result.cpu().to(torch.float64)
-    magnitudes = a.decode(dtype=torch.float64).abs().cpu() @ b.decode(dtype=torch.float64).abs().cpu().T
-    blocks = -(-a.shape[1] // a.format.block_size)
-    bound = (blocks + a.format.block_size // 16 + 1) * unit * magnitudes + blocks * 2.0 ** -149
+    bound = summation_bound(a, b, roundings_per_block=a.format.block_size // 16, unit=unit).cpu()
     nan = reference.isnan()
     assert torch.equal(result.isnan(), nan)
     error = (result - reference).abs()[~nan]
@@ -284,13 +282,28 @@ def test_errors_name_the_argument():
         mx(a, a)
 
 
-def test_the_op_agrees_with_its_fake():
-    a, b = encoded("mxfp4", 5, 64, 0, specials=False), encoded("mxfp8_e4m3", 3, 64, 1, specials=False)
-    from lowbit.cuda.matmul import prepared
-
-    (ai, asc), (bi, bsc) = prepared(a, "fp16"), prepared(b, "fp16")
+@pytest.mark.parametrize("fmt,type_name", [("mxfp4", "int8"), ("mxfp6_e3m2", "fp16"), ("mxfp6_e2m3", "e4m3"),
+                                            ("mxfp8_e5m2", "e5m2"), ("mxint8", "int8")])
+def test_operands_are_prepared_through_the_tables(fmt, type_name):
+    x = encoded(fmt, 7, 96, 5)
+    table = element_tables(x.format.element)[type_name]
+    codes = unpack(x.elements, x.format.element_code_bits, 7 * 96).long()
+    expected_inputs = table.inputs[codes].reshape(7, -1)
+    expected_scales = (x.format.scale.decode(x.scales, dtype=torch.float64) * 2.0 ** -table.shift).float()
     for ops in (torch.ops.lowbit_host, torch.ops.lowbit_emulated):
+        inputs, scales = prepared(x, type_name, ops)
+        assert torch.equal(inputs, expected_inputs)
+        assert torch.equal(scales.nan_to_num(), expected_scales.nan_to_num())
+
+
+def test_the_ops_agree_with_their_fakes():
+    a, b = encoded("mxfp4", 5, 64, 0, specials=False), encoded("mxfp8_e4m3", 3, 64, 1, specials=False)
+    for ops in (torch.ops.lowbit_host, torch.ops.lowbit_emulated):
+        (ai, asc), (bi, bsc) = prepared(a, "fp16", ops), prepared(b, "fp16", ops)
         torch.library.opcheck(ops.mx_matmul, (ai, asc, bi, bsc, torch.zeros(3), 1, 1, 32, torch.bfloat16))
+        table = element_tables(a.format.element)["fp16"].inputs
+        torch.library.opcheck(ops.mx_prepare, (a.elements, a.scales.reshape(-1), table,
+                                               torch.ones(256), 4, 5, 64))
 
 
 # -- the emulation layer ---------------------------------------------------------------------------

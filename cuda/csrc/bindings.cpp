@@ -283,6 +283,48 @@ Tensor aligned(const Tensor& t) {
   return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
 }
 
+// An operand's tensor-core inputs (rows x k elements of element_table's
+// width; the packed codes themselves, viewed, when element_table is None)
+// and its float32 block scales (rows x blocks).
+std::tuple<Tensor, Tensor> mx_prepare_op(const Tensor& packed, const Tensor& scale_codes,
+                                         const std::optional<Tensor>& element_table, const Tensor& scale_table,
+                                         int64_t code_bits, int64_t rows, int64_t k) {
+  check_device(packed, "packed");
+  check_device(scale_codes, "scale_codes");
+  check_device(scale_table, "scale_table");
+  TORCH_CHECK(packed.scalar_type() == at::kByte, "lowbit: packed must be uint8 bytes");
+  TORCH_CHECK(code_bits >= 1 && code_bits <= 16 && rows >= 0 && k >= 0, "lowbit: bad code_bits, rows or k");
+  TORCH_CHECK(packed.numel() * 8 >= rows * k * code_bits, "lowbit: too few packed bytes for ", rows * k, " codes");
+  TORCH_CHECK(scale_table.scalar_type() == at::kFloat && scale_table.dim() == 1,
+              "lowbit: scale_table must be 1-D float32");
+  TORCH_CHECK(rows == 0 ? scale_codes.numel() == 0 : scale_codes.numel() % rows == 0,
+              "lowbit: scale_codes must hold the same number of blocks for every row");
+  OnDevice on(packed);
+  Tensor codes = packed.contiguous().reshape(-1), scale_values = scale_codes.to(at::kInt).contiguous(),
+         table_values = scale_table.contiguous();
+  Tensor scales = at::empty({rows, rows ? scale_codes.numel() / rows : 0}, packed.options().dtype(at::kFloat));
+  Tensor inputs, element_values;
+  int64_t bytes = 1;
+  if (element_table) {
+    check_device(*element_table, "element_table");
+    TORCH_CHECK(element_table->scalar_type() == at::kByte && element_table->dim() == 2 &&
+                    element_table->size(0) == (int64_t(1) << code_bits),
+                "lowbit: element_table must be uint8 of shape (2**code_bits, bytes)");
+    element_values = element_table->contiguous();
+    bytes = element_table->size(1);
+    inputs = at::empty({rows, k * bytes}, packed.options());
+  } else {
+    TORCH_CHECK(code_bits == 8, "lowbit: without an element_table the codes are the inputs: code_bits must be 8");
+    inputs = codes.narrow(0, 0, rows * k).view({rows, k});
+  }
+  mx_prepare(codes.data_ptr<uint8_t>(), int(code_bits), element_table ? element_values.data_ptr<uint8_t>() : nullptr,
+             int(bytes), inputs.data_ptr<uint8_t>(), rows * k, scale_values.data_ptr<int32_t>(),
+             table_values.data_ptr<float>(), int(table_values.numel()), scales.data_ptr<float>(), scales.numel(),
+             on.stream());
+  on.launched();
+  return {inputs, scales};
+}
+
 Tensor mx_matmul_op(const Tensor& a, const Tensor& a_scales, const Tensor& b, const Tensor& b_scales,
                     const std::optional<Tensor>& bias, int64_t a_type, int64_t b_type, int64_t block,
                     at::ScalarType out_dtype) {
@@ -342,6 +384,8 @@ TORCH_LIBRARY(LOWBIT_OPS, m) {
         " -> (Tensor, Tensor, Tensor)");
   m.def("microexponent_decode(Tensor elements, Tensor scales, Tensor subscales, int[] shape, int axis,"
         " int[] params, ScalarType dtype) -> Tensor");
+  m.def("mx_prepare(Tensor packed, Tensor scale_codes, Tensor? element_table, Tensor scale_table, int code_bits,"
+        " int rows, int k) -> (Tensor, Tensor)");
   m.def("mx_matmul(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor? bias, int a_type, int b_type,"
         " int block, ScalarType out_dtype) -> Tensor");
 }
@@ -356,5 +400,6 @@ TORCH_LIBRARY_IMPL(LOWBIT_OPS, LOWBIT_DEVICE, m) {
   m.impl("microexponent_quantize", &lowbit::microexponent_quantize_op);
   m.impl("microexponent_encode", &lowbit::microexponent_encode_op);
   m.impl("microexponent_decode", &lowbit::microexponent_decode_op);
+  m.impl("mx_prepare", &lowbit::mx_prepare_op);
   m.impl("mx_matmul", &lowbit::mx_matmul_op);
 }

@@ -131,6 +131,13 @@ void microexponent_decode(const unsigned char* elements, const int32_t* scales, 
   });
 }
 
+void mx_prepare(const unsigned char* packed, int code_bits, const unsigned char* element_table, int bytes,
+                unsigned char* inputs, long long n, const int32_t* scale_codes, const float* scale_table, int entries,
+                float* scales, long long nscales, cudaStream_t) {
+  for (long long j = 0; element_table && j < n; ++j) prepare_element(packed, code_bits, element_table, bytes, inputs, j);
+  for (long long i = 0; i < nscales; ++i) prepare_scale(scale_codes, scale_table, entries, scales, i);
+}
+
 void mx_matmul(int a_type, int b_type, const unsigned char* a, const float* a_scales, const unsigned char* b,
                const float* b_scales, const float* bias, void* out, int out_dtype, long long m, long long n,
                long long k, int block, cudaStream_t) {

@@ -61,4 +61,11 @@ void mx_matmul(int a_type, int b_type, const unsigned char* a, const float* a_sc
                const float* b_scales, const float* bias, void* out, int out_dtype, long long m, long long n,
                long long k, int block, cudaStream_t stream);
 
+// An operand's preparation for mx_matmul (mx_matmul_math.cuh): n elements'
+// inputs from their packed codes through element_table (skipped when it is
+// null), and nscales block scales from their codes through scale_table.
+void mx_prepare(const unsigned char* packed, int code_bits, const unsigned char* element_table, int bytes,
+                unsigned char* inputs, long long n, const int32_t* scale_codes, const float* scale_table, int entries,
+                float* scales, long long nscales, cudaStream_t stream);
+
 }  // namespace lowbit

@@ -1,5 +1,6 @@
 // The MX matmul on tensor cores: C = A B^T + bias over prepared MX operands
-// (mx_matmul_math.cuh says what they hold and what the result is).
+// (mx_matmul_math.cuh says what they hold and what the result is), and the
+// preparation of an operand from its packed codes (one thread per element).
 //
 // Each thread block computes a TILE x TILE tile of C with 8 warps (2 along
 // M by 4 along N, 64 x 32 each, as 4 x 4 m16n8 MMA tiles). K advances 32
@@ -21,6 +22,7 @@ constexpr int THREADS = 256;
 constexpr int WARP_ROWS = 64, WARP_COLS = 32;
 constexpr int M_FRAGMENTS = WARP_ROWS / 16, N_FRAGMENTS = WARP_COLS / 8;
 constexpr int STEP = 32;  // K positions per stage (MX blocks are whole stages)
+static_assert(THREADS == 2 * TILE, "stage_copies gives each thread one row's scale of A or B");
 
 // The shared-memory shape of an operand's stage, by element type.
 template <int T> struct Staging {
@@ -170,7 +172,29 @@ __global__ void __launch_bounds__(THREADS) mx_matmul_kernel(MatmulArgs g) {
   }
 }
 
+constexpr int PREPARE_THREADS = 256;
+
+__global__ void __launch_bounds__(PREPARE_THREADS)
+    mx_prepare_kernel(const unsigned char* packed, int code_bits, const unsigned char* element_table, int bytes,
+                      unsigned char* inputs, long long n, const int32_t* scale_codes, const float* scale_table,
+                      int entries, float* scales, long long nscales) {
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n || t < nscales;
+       t += (long long)gridDim.x * blockDim.x) {
+    if (t < n && element_table) prepare_element(packed, code_bits, element_table, bytes, inputs, t);
+    if (t < nscales) prepare_scale(scale_codes, scale_table, entries, scales, t);
+  }
+}
+
 }  // namespace
+
+void mx_prepare(const unsigned char* packed, int code_bits, const unsigned char* element_table, int bytes,
+                unsigned char* inputs, long long n, const int32_t* scale_codes, const float* scale_table, int entries,
+                float* scales, long long nscales, cudaStream_t stream) {
+  const long long items = element_table && n > nscales ? n : nscales;
+  if (items == 0) return;
+  LOWBIT_LAUNCH(grid_for(items, PREPARE_THREADS), PREPARE_THREADS, stream, mx_prepare_kernel)(
+      packed, code_bits, element_table, bytes, inputs, n, scale_codes, scale_table, entries, scales, nscales);
+}
 
 void mx_matmul(int a_type, int b_type, const unsigned char* a, const float* a_scales, const unsigned char* b,
                const float* b_scales, const float* bias, void* out, int out_dtype, long long m, long long n,

@@ -16,7 +16,7 @@
 // to the output dtype (round to nearest, ties to even).
 #pragma once
 
-#include "element_math.cuh"
+#include "block_math.cuh"  // get_code
 
 namespace lowbit {
 
@@ -31,6 +31,22 @@ LB_HD constexpr int input_bytes(int type) { return type == TYPE_FP16 ? 2 : 1; }
 // inputs, m16n8k32 for 8-bit ones. The tensor cores round a partial sum to
 // fp32 after each instruction (int8: exact, in int32).
 LB_HD constexpr int mma_k(int type) { return type == TYPE_FP16 ? 16 : 32; }
+
+// Preparing an operand: element j's tensor-core input (`bytes` bytes), its
+// code (`code_bits` wide at bit j * code_bits of the packed stream) looked
+// up in `table` (2**code_bits entries of `bytes` bytes).
+LB_HD void prepare_element(const unsigned char* packed, int code_bits, const unsigned char* table, int bytes,
+                           unsigned char* inputs, long long j) {
+  const unsigned char* entry = table + get_code(packed, j * code_bits, code_bits) * bytes;
+  for (int b = 0; b < bytes; ++b) inputs[j * bytes + b] = entry[b];
+}
+
+// Preparing an operand: block i's scale, its code looked up in `table`
+// (`entries` float32 scales); NaN for a code outside the table.
+LB_HD void prepare_scale(const int32_t* codes, const float* table, int entries, float* scales, long long i) {
+  const int32_t code = codes[i];
+  scales[i] = code >= 0 && code < entries ? table[code] : (float)NAN;
+}
 
 // The value of one tensor-core input element of `type` stored at `bytes`.
 LB_HD double mma_input_value(int type, const unsigned char* bytes) {
@@ -77,8 +93,9 @@ LB_HD float add_scaled_block(float total, float partial, float sa, float sb) {
 
 // Whether a scale lies in 2**-63 .. 2**63, where the product of any two
 // such is a normal float, so that add_scaled_block's first branch (one fma)
-// computes it (false for NaN).
-LB_HD bool scale_multiplies_exactly(float s) { return s >= 0x1p-63f && s <= 0x1p63f; }
+// computes it; or is 0, which only the zero-filled rows past M or N have
+// (their outputs are never stored). False for NaN.
+LB_HD bool scale_multiplies_exactly(float s) { return s == 0.0f || (s >= 0x1p-63f && s <= 0x1p63f); }
 
 // An fp32 result rounded to bfloat16 bits (nearest, ties to even; NaN: 0x7FC0).
 LB_HD uint16_t bfloat16_rounded(float x) {
