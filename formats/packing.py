@@ -63,9 +63,12 @@ def unpack(data: Any, bits: int, count: int) -> Any:
     if group_bits <= 32:  # whole groups of bytes hold whole groups of codes: shift them out of int32 words
         group_bytes, per_group = group_bits // 8, group_bits // bits
         groups = -(-count // per_group)
-        data = torch.nn.functional.pad(t[: groups * group_bytes], (0, groups * group_bytes - min(t.numel(), groups * group_bytes)))
-        words = (data.reshape(groups, group_bytes).to(torch.int32) << torch.arange(0, group_bits, 8, device=t.device, dtype=torch.int32)).sum(dim=1, dtype=torch.int32)
-        codes = ((words[:, None] >> torch.arange(0, group_bits, bits, device=t.device, dtype=torch.int32)) & ((1 << bits) - 1)).reshape(-1)[:count]
+        length = groups * group_bytes
+        data = torch.nn.functional.pad(t[:length], (0, length - min(t.numel(), length)))
+        byte_shifts = torch.arange(0, group_bits, 8, device=t.device, dtype=torch.int32)
+        words = (data.reshape(groups, group_bytes).to(torch.int32) << byte_shifts).sum(dim=1, dtype=torch.int32)
+        code_shifts = torch.arange(0, group_bits, bits, device=t.device, dtype=torch.int32)
+        codes = ((words[:, None] >> code_shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
     else:
         stream = ((t.to(torch.int64)[:, None] >> torch.arange(8, device=t.device)) & 1).reshape(-1)[: count * bits]
         codes = (stream.reshape(count, bits) << torch.arange(bits, device=t.device)).sum(dim=1)

@@ -241,7 +241,8 @@ def test_output_dtypes_round_the_fp32_result_to_nearest_even():
     a, b = encoded("mxfp8_e4m3", 24, 64, 80), encoded("mxfp8_e4m3", 40, 64, 81)
     bias = torch.randn(40, generator=torch.Generator().manual_seed(82), dtype=torch.float64).to(torch.bfloat16)
     single = lowbit.cuda.mx_matmul(a, b, bias=bias, backend="cuda_host")
-    assert torch.equal(single.nan_to_num(), (lowbit.cuda.mx_matmul(a, b, backend="cuda_host") + bias.float()).nan_to_num())
+    unbiased = lowbit.cuda.mx_matmul(a, b, backend="cuda_host")
+    assert torch.equal(single.nan_to_num(), (unbiased + bias.float()).nan_to_num())
     for dtype in (torch.bfloat16, torch.float16):
         rounded = lowbit.cuda.mx_matmul(a, b, bias=bias, out_dtype=dtype, backend="cuda_host")
         assert torch.equal(rounded.nan_to_num(), single.to(dtype).nan_to_num())  # torch rounds to nearest even
@@ -340,10 +341,13 @@ def test_quantized_linear_and_matmul_take_the_mx_matmul(host_provider):
 
 def test_products_the_provider_does_not_take_stay_with_torch(host_provider):
     x, w = torch.randn(4, 64), torch.randn(8, 64)
-    for spec in (QuantSpec(input="mxfp4", weight="nvfp4"), QuantSpec(input="mxfp4", weight="mxfp4", rounding="stochastic"),
+    mx = QuantSpec(input="mxfp4", weight="mxfp4")
+    for spec in (QuantSpec(input="mxfp4", weight="nvfp4"),
+                 QuantSpec(input="mxfp4", weight="mxfp4", rounding="stochastic"),
                  QuantSpec(input="mxfp4", weight="mxfp4", accumulate="bf16")):
         assert encoded_products.encoded_linear(x, w, None, spec) is None
-    assert encoded_products.encoded_linear(x.double(), w.double(), None, QuantSpec(input="mxfp4", weight="mxfp4")) is None
+    assert encoded_products.encoded_linear(x.double(), w.double(), None, mx) is None
+    assert encoded_products.encoded_linear(x, w, None, mx) is not None
 
 
 # -- on a GPU ---------------------------------------------------------------------------------------

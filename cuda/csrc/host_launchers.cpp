@@ -134,7 +134,8 @@ void microexponent_decode(const unsigned char* elements, const int32_t* scales, 
 void mx_prepare(const unsigned char* packed, int code_bits, const unsigned char* element_table, int bytes,
                 unsigned char* inputs, long long n, const int32_t* scale_codes, const float* scale_table, int entries,
                 float* scales, long long nscales, cudaStream_t) {
-  for (long long j = 0; element_table && j < n; ++j) prepare_element(packed, code_bits, element_table, bytes, inputs, j);
+  for (long long j = 0; element_table && j < n; ++j)
+    prepare_element(packed, code_bits, element_table, bytes, inputs, j);
   for (long long i = 0; i < nscales; ++i) prepare_scale(scale_codes, scale_table, entries, scales, i);
 }
 
@@ -158,7 +159,8 @@ void mx_matmul(int a_type, int b_type, const unsigned char* a, const float* a_sc
           partial = a_type == TYPE_INT8 ? (double)modelled_mma((int)partial, step, in_chunk)
                                         : (double)modelled_mma((float)partial, step, in_chunk);
         }
-        total = add_scaled_block(total, (float)partial, a_scales[row * nblocks + blk], b_scales[column * nblocks + blk]);
+        total = add_scaled_block(total, (float)partial, a_scales[row * nblocks + blk],
+                                 b_scales[column * nblocks + blk]);
       }
       store_output(out, out_dtype, row * n + column, total, bias ? bias + column : nullptr);
     }

@@ -205,7 +205,8 @@ void mx_matmul(int a_type, int b_type, const unsigned char* a, const float* a_sc
   g.tiles = (m + TILE - 1) / TILE * g.tiles_n;
   const unsigned grid = grid_for(g.tiles, 1);
   with_mma_types(a_type, b_type, [&](auto a_tag, auto b_tag) {
-    LOWBIT_LAUNCH_COOPERATIVE(grid, THREADS, stream, mx_matmul_kernel<decltype(a_tag)::value, decltype(b_tag)::value>)(g);
+    constexpr int A = decltype(a_tag)::value, B = decltype(b_tag)::value;
+    LOWBIT_LAUNCH_COOPERATIVE(grid, THREADS, stream, mx_matmul_kernel<A, B>)(g);
   });
 }
 
