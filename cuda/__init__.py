@@ -25,7 +25,7 @@ from lowbit.formats.backends import Kernels, register_backend
 
 from . import extension as _extension
 from .extension import CudaUnavailable, missing
-from .matmul import mx_matmul
+from .matmul import mx_matmul, operand_problem
 
 __all__ = ["CudaUnavailable", "available", "build", "emulated_kernels", "host_kernels", "missing", "mx_matmul"]
 
@@ -78,8 +78,6 @@ def emulated_kernels() -> Kernels:
 
 def _accepts_operands(input_format, weight_format, device) -> bool:
     """Whether the MX matmul takes a quantized product of these formats on ``device``."""
-    from .matmul import operand_problem
-
     return (device.type == "cuda" and operand_problem(input_format) is None
             and operand_problem(weight_format) is None and input_format.block_size == weight_format.block_size
             and available())

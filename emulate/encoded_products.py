@@ -61,6 +61,7 @@ def encoded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     provider = next((p for p in _providers if p.accepts(spec.input, spec.weight, x.device)), None)
     if provider is None:
         return None
+
     def encoded(t: torch.Tensor, fmt: Any) -> Encoded:
         rule = spec.scale_rule if spec.applies_rule(fmt) else None
         return fmt.encode(t, axis=1, rounding=spec.rounding, scale_rule=rule)

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from .calibration import Calibrated, Recorder
 from .conv import quantized_conv
-from .fake_quant import fake_quantize
 from .encoded_products import encoded_linear
+from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
 from .rounding import quantized_module, round_to
 from .spec import ROLES, QuantSpec
