@@ -22,7 +22,8 @@ channel or group; absmax, percentile or MSE-optimal).
 """
 
 from .fake_quant import STE_MODES, fake_quantize
-from .calibration import Observer, calibrate
+from .calibration import Observer
+from .calibrating import calibrate
 from .conv import quantized_conv
 from .linear import quantized_linear
 from .matmul import quantized_matmul

@@ -19,14 +19,14 @@ A scale of a group that is all zero is 1. x / s and Q(x / s) * s are
 formed in the tensor's dtype, as a datapath does.
 
 Weights are calibrated from themselves whenever they change; activations by
-:func:`calibrate`, which runs the model over sample batches in full
+:func:`lowbit.emulate.calibrate` (:mod:`.calibrating`), which runs the model over sample batches in full
 precision while each quantized module's input observer records its inputs
 (up to ``max_samples`` values per layer: the first seen).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,33 +137,3 @@ class Recorder:
         if not self.parts:
             raise RuntimeError("the calibration batches never reached this layer")
         return self.observer.scale(torch.cat(self.parts), fmt, quantize).to(dtype)
-
-
-def calibrate(model: torch.nn.Module, batches: Iterable[Any],
-              forward: Callable[[torch.nn.Module, Any], Any] | None = None) -> torch.nn.Module:
-    """Set the input scales of every quantized module with an input observer
-    from the activations it sees while ``forward(model, batch)`` (default:
-    ``model(batch)``) runs over ``batches`` in full precision, without
-    gradients. Gives back the model."""
-    from .modules import QuantModule
-
-    layers = [m for m in model.modules() if isinstance(m, QuantModule) and m.spec.observer("input") is not None]
-    if not layers:
-        raise ValueError("no quantized layer of this model has an input observer (QuantSpec(observers=...))")
-    run = forward or (lambda m, batch: m(batch))
-    for layer in layers:
-        layer.start_calibration()
-    seen = 0
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                run(model, batch)
-                seen += 1
-    finally:
-        for layer in layers:
-            layer.stop_calibration()
-    if not seen:
-        raise ValueError("batches is empty: calibration needs data")
-    for layer in layers:
-        layer.finish_calibration()
-    return model

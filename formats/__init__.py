@@ -1,6 +1,8 @@
 """lowbit.formats: what a format is. Specs, the catalogue, and exact
 encode / decode / quantize for every family."""
 
+from . import backends
+from .backends import Backend, BackendUnavailable, Policy
 from .block_format import E8M0, BlockFormat
 from .catalogue import CATALOGUE, get_format, list_formats, p3109
 from .element import ElementFormat
@@ -16,7 +18,8 @@ from .scaled import ScaledFormat
 FAMILIES = {cls.__name__: cls for cls in (FloatFormat, IntFormat, BlockFormat, MicroexponentFormat)}
 
 __all__ = [
-    "BlockFormat", "CATALOGUE", "E8M0", "ElementFormat", "Encoded", "FAMILIES", "FloatFormat", "IntFormat",
-    "MicroexponentFormat", "OVERFLOW_POLICIES", "ROUNDING_MODES", "ScaledFormat", "get_format", "list_formats",
-    "p3109", "pack", "reference_matmul", "summation_bound", "unpack",
+    "Backend", "BackendUnavailable", "BlockFormat", "CATALOGUE", "E8M0", "ElementFormat", "Encoded", "FAMILIES",
+    "FloatFormat", "IntFormat", "MicroexponentFormat", "OVERFLOW_POLICIES", "Policy", "ROUNDING_MODES",
+    "ScaledFormat", "backends", "get_format", "list_formats", "p3109", "pack", "reference_matmul",
+    "summation_bound", "unpack",
 ]

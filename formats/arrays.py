@@ -35,11 +35,9 @@ class InputKind:
         """float64 values → the input's dtype. Raises ValueError if a value
         would not survive the cast (outside the dtype's range or precision)
         instead of silently rounding it a second time."""
-        out = t64.to(self.dtype)
-        if self.dtype != torch.float64:
-            back = out.to(torch.float64)
-            if not bool(((back == t64) | (torch.isnan(back) & torch.isnan(t64))).all()):
-                raise self.inexact_error()
+        out, fits = cast_exactly(t64, self.dtype)
+        if not fits:
+            raise self.inexact_error()
         return out
 
     def inexact_error(self) -> ValueError:
@@ -59,6 +57,16 @@ class InputKind:
         if self.kind == "numpy_scalar":
             return out[()]
         return out
+
+
+def cast_exactly(t64: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
+    """float64 values cast to ``dtype``, and whether every one survived the
+    cast unchanged (NaN counts as NaN)."""
+    out = t64.to(dtype)
+    if dtype == torch.float64:
+        return out, True
+    back = out.to(torch.float64)
+    return out, bool(((back == t64) | (torch.isnan(back) & torch.isnan(t64))).all())
 
 
 def as_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, InputKind]:

@@ -1,22 +1,37 @@
-"""The implementations behind the formats' operations, by name.
+"""The implementations behind the formats' operations, and how a call picks one.
 
-``"reference"`` (vectorised torch, any device) is built in. Kernel
-backends register here with the device type they run on and a loader that
-returns their :class:`Kernels`: ``"cpu"`` (numba, :mod:`lowbit.formats.cpu`)
-by this module, ``"cuda"`` by :mod:`lowbit.cuda` when it is imported (which
-``import lowbit`` does). A loader runs once, on first use; it raises
-:class:`BackendUnavailable` when its backend cannot run on this machine.
-``backend=None`` picks a device type's default backend, and the reference
-where that backend is unavailable.
+Every implementation is a :class:`Backend`, registered here by name with
+the device type whose data it takes and a loader that builds it on first
+use. ``"reference"`` (vectorised torch, any device: the semantics in code)
+and ``"cpu"`` (numba, :mod:`lowbit.formats.cpu`) are named here and loaded
+lazily; ``import lowbit`` registers the CUDA extension's builds
+(``"cuda"``, and its CPU builds ``"cuda_host"`` and ``"cuda_emulated"``).
+:func:`names` lists them.
+
+``backend=None`` picks, per call, the device type's default backend when
+it loads and :meth:`Backend.supports` the request, else the reference. A
+new format family or rounding mode therefore lands in the reference first
+and the default path keeps working: the kernels say they do not support it
+until they learn it. A backend named explicitly must support the request
+(ValueError otherwise).
 """
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from .blocking import BlockLayout
+    from .encoded import Encoded
 
 REFERENCE = "reference"
+#: what :meth:`Backend.supports` is asked about
+OPERATIONS = ("quantize", "encode", "decode", "matmul")
 
 
 class BackendUnavailable(RuntimeError):
@@ -24,22 +39,83 @@ class BackendUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Kernels:
-    """A kernel backend's entry points. ``elements`` serves element formats
-    (``quantize``, ``encode``, ``decode``), ``scaled`` block-scaled formats
-    (``tensor_scale``, ``quantize``, ``encode``, ``decode``), with the
-    signatures of :mod:`lowbit.formats.cpu.element_backend` and
-    :mod:`lowbit.formats.cpu.scaled_backend`."""
+class Policy:
+    """How a call rounds, checked by the format: ``rounding`` (a mode of
+    :data:`~lowbit.formats.rounding.ROUNDING_MODES`), ``overflow`` (element
+    formats; None for scaled ones, whose elements saturate), ``scale_rule``
+    (BlockFormat; None otherwise), ``key`` (stochastic rounding's stream,
+    None for other modes) and ``flush_subnormals``. Decoding and matmuls
+    take the default policy."""
 
-    elements: Any
-    scaled: Any
+    rounding: str = "nearest_even"
+    overflow: str | None = None
+    scale_rule: str | None = None
+    key: int | None = None
+    flush_subnormals: bool = False
+
+
+class ElementOps(Protocol):
+    """A backend's operations on element formats (FloatFormat, IntFormat, ...)
+    over tensors of its device. Results are new tensors."""
+
+    def quantize(self, fmt: Any, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, bool]:
+        """The rounded values in t's dtype and shape, and whether that dtype held them all exactly."""
+
+    def encode(self, fmt: Any, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, int | None]:
+        """The codes in t's shape (the narrowest unsigned dtype), and the flat
+        index of the first element the format cannot represent (None if none)."""
+
+    def decode(self, fmt: Any, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The values of integer codes in ``dtype``; ValueError for codes outside [0, 2**nbits)."""
+
+
+class ScaledOps(Protocol):
+    """A backend's operations on block-scaled formats (BlockFormat, MicroexponentFormat, ...)."""
+
+    def tensor_scale(self, fmt: Any, t: torch.Tensor, policy: Policy) -> float | None:
+        """The per-tensor scale computed over the whole input first (NVFP4), or None."""
+
+    def quantize(self, fmt: Any, t: torch.Tensor, layout: BlockLayout, policy: Policy,
+                 tensor_scale: float | None) -> tuple[torch.Tensor, bool]:
+        """t encoded and decoded, in its shape and dtype, and whether the dtype held every result exactly."""
+
+    def encode(self, fmt: Any, t: torch.Tensor, layout: BlockLayout, policy: Policy,
+               tensor_scale: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(packed element codes, scale codes in the blocked shape, packed sub-block scales or None)."""
+
+    def decode(self, fmt: Any, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor,
+               subscales: torch.Tensor | None, tensor_scale: float | None, dtype: torch.dtype) -> torch.Tensor:
+        """The values in the layout's true shape."""
+
+
+class Backend(Protocol):
+    """One implementation of the formats' operations.
+
+    ``supports(fmt, operation, policy)``: whether this backend runs
+    ``operation`` (one of :data:`OPERATIONS`) for ``fmt`` under ``policy``;
+    for ``"matmul"``, ``fmt`` is the pair (A's format, B's format).
+    ``elements`` and ``scaled`` hold the operations on each kind of
+    format; ``matmul(a, b, bias, out_dtype, instruction)`` computes
+    ``A @ B.T + bias`` from two :class:`Encoded` operands (M x K and N x K,
+    blocked along K) where ``supports`` says so.
+    """
+
+    name: str
+    device_type: str
+    elements: ElementOps
+    scaled: ScaledOps
+
+    def supports(self, fmt: Any, operation: str, policy: Policy) -> bool: ...
+
+    def matmul(self, a: Encoded, b: Encoded, bias: torch.Tensor | None, out_dtype: torch.dtype,
+               instruction: str | None) -> torch.Tensor: ...
 
 
 @dataclass
 class _Entry:
     device_type: str
-    loader: Callable[[], Kernels]
-    kernels: Kernels | None = None
+    loader: Callable[[], Backend]
+    backend: Backend | None = None
     failure: Exception | None = None
 
 
@@ -49,10 +125,12 @@ _registry: dict[str, _Entry] = {}
 defaults: dict[str, str] = {}
 
 
-def register_backend(name: str, device_type: str, loader: Callable[[], Kernels], default: bool = False) -> None:
-    """Make ``name`` a backend for data on ``device_type``; with ``default``,
-    backend=None picks it for that device type."""
-    if name == REFERENCE:
+def register_backend(name: str, device_type: str, loader: Callable[[], Backend], default: bool = False) -> None:
+    """Make ``name`` a backend for data on ``device_type``, built by
+    ``loader`` on first use (which raises :class:`BackendUnavailable` where
+    it cannot run); with ``default``, backend=None picks it for that device
+    type where it supports the request."""
+    if name == REFERENCE and name in _registry:
         raise ValueError("the name 'reference' belongs to the built-in implementation")
     _registry[name] = _Entry(device_type, loader)
     if default:
@@ -60,54 +138,79 @@ def register_backend(name: str, device_type: str, loader: Callable[[], Kernels],
 
 
 def names() -> tuple[str, ...]:
-    return (REFERENCE, *_registry)
+    """The registered backends' names, the reference first."""
+    return tuple(_registry)
 
 
-def kernels(name: str) -> Kernels:
-    """The loaded Kernels of a registered backend (BackendUnavailable if it cannot run here)."""
+def get(name: str) -> Backend:
+    """The loaded backend ``name`` (BackendUnavailable if it cannot run here;
+    a failed load is remembered, not retried on every call)."""
+    if name not in _registry:
+        raise ValueError(f"backend must be None or one of {', '.join(map(repr, names()))}; got {name!r}")
     entry = _registry[name]
-    if entry.kernels is None:
+    if entry.backend is None:
         if entry.failure is not None:
             raise entry.failure
         try:
-            entry.kernels = entry.loader()
-        except Exception as error:  # kept: a failed build is not retried on every call
+            entry.backend = entry.loader()
+        except Exception as error:
             entry.failure = error
             raise
-    return entry.kernels
+    return entry.backend
 
 
-def resolve(backend: str | None, device_type: str) -> str:
-    """The implementation that runs for data on ``device_type``: ``backend``
-    when given (checked), else the device type's default, else the reference."""
+def _default(device_type: str) -> Backend | None:
+    """The device type's default backend if it loads (a load that fails
+    other than by being unavailable warns once), else None."""
+    name = defaults.get(device_type)
+    if name is None or name not in _registry:
+        return None
+    try:
+        return get(name)
+    except BackendUnavailable:
+        return None
+    except Exception as error:
+        warnings.warn(f"lowbit: the {name!r} backend failed to load ({error}); using the reference "
+                      f"implementation for {device_type} data", RuntimeWarning, stacklevel=4)
+        _registry[name].failure = BackendUnavailable(f"the {name!r} backend failed to load: {error}")
+        return None
+
+
+def resolve(backend: str | None, device_type: str, fmt: Any, operation: str, policy: Policy = Policy()) -> Backend:
+    """The backend that runs ``operation`` for ``fmt`` on ``device_type``
+    data: ``backend`` when given (checked: registered, for that device type
+    (the reference runs anywhere), supporting the request), else the
+    device type's default where it supports the request, else the reference."""
     if backend is None:
-        name = defaults.get(device_type)
-        if name is None or name not in _registry:
-            return REFERENCE
-        try:
-            kernels(name)
-        except BackendUnavailable:
-            return REFERENCE
-        except Exception as error:
-            warnings.warn(f"lowbit: the {name!r} backend failed to load ({error}); using the reference "
-                          f"implementation for {device_type} data", RuntimeWarning, stacklevel=4)
-            _registry[name].failure = BackendUnavailable(f"the {name!r} backend failed to load: {error}")
-            return REFERENCE
-        return name
-    if backend != REFERENCE and backend not in _registry:
-        raise ValueError(f"backend must be None or one of {', '.join(map(repr, names()))}; got {backend!r}")
-    if backend != REFERENCE:
-        entry = _registry[backend]
-        if entry.device_type != device_type:
-            raise ValueError(f"backend={backend!r} runs on {entry.device_type} data; this input is on {device_type}")
-        kernels(backend)
-    return backend
+        chosen = _default(device_type)
+        return chosen if chosen is not None and chosen.supports(fmt, operation, policy) else get(REFERENCE)
+    if backend in _registry and _registry[backend].device_type not in (device_type, "any"):
+        raise ValueError(f"backend={backend!r} runs on {_registry[backend].device_type} data; "
+                         f"this input is on {device_type}")
+    chosen = get(backend)
+    if not chosen.supports(fmt, operation, policy):
+        raise ValueError(f"backend={backend!r} does not {operation} {_describe(fmt)} with {policy}; "
+                         f"backend=None picks one that does")
+    return chosen
 
 
-def _cpu_kernels() -> Kernels:
-    from .cpu import element_backend, scaled_backend
+def product_backend(a_format: Any, b_format: Any, device_type: str) -> Backend | None:
+    """The device type's default backend where it multiplies encoded
+    operands of these formats (:meth:`Backend.matmul`), else None."""
+    chosen = _default(device_type)
+    return chosen if chosen is not None and chosen.supports((a_format, b_format), "matmul", Policy()) else None
 
-    return Kernels(element_backend, scaled_backend)
+
+def _describe(fmt: Any) -> str:
+    if isinstance(fmt, tuple):
+        return " x ".join(getattr(f, "name", str(f)) for f in fmt)
+    return getattr(fmt, "name", str(fmt))
 
 
-register_backend("cpu", "cpu", _cpu_kernels, default=True)
+def _lazy(module: str) -> Callable[[], Backend]:
+    """A loader that imports ``module`` (relative to this package) and calls its ``load()``."""
+    return lambda: importlib.import_module(module, __package__).load()
+
+
+register_backend(REFERENCE, "any", _lazy(".reference"))
+register_backend("cpu", "cpu", _lazy(".cpu.backend"), default=True)

@@ -33,19 +33,21 @@ float32, so decoded values are float32 numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .arrays import pow2
-from . import base
-from .base import check_ints, chunk_slices, exact
+from . import chunks
+from .base import check_ints
+from .blocking import BlockCodes
+from .chunks import chunk_slices, exact
 from .element import ElementFormat
 from .float_format import FloatFormat
 from .int_format import IntFormat
 from .rounding import Rounder
-from .scaled import BlockCodes, ScaledFormat
+from .scaled import ScaledFormat
 
 POWER_OF_TWO_RULES = ("floor", "ceil", "rceil", "even")
 
@@ -61,7 +63,7 @@ class BlockFormat(ScaledFormat):
     scale: FloatFormat = E8M0
     scale_rule: str = ""
     tensor_scale: bool = False
-    name: str = ""
+    name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.element, ElementFormat):
@@ -74,23 +76,24 @@ class BlockFormat(ScaledFormat):
         if not self.scale.has_nan:
             raise ValueError(f"the scale format needs a NaN code for NaN blocks; {self.scale.name} has none")
         if not self.scale_rule:
-            object.__setattr__(self, "scale_rule", "floor" if self._power_of_two_scale else "amax")
+            object.__setattr__(self, "scale_rule", "floor" if self.power_of_two_scale else "amax")
         self._check_rule(self.scale_rule)
-        if self.tensor_scale and self._power_of_two_scale:
+        if self.tensor_scale and self.power_of_two_scale:
             raise ValueError("tensor_scale=True applies to scale formats with a mantissa (NVFP4's E4M3), not to power-of-two scales")
         if not self.name:
             object.__setattr__(self, "name", f"mx({self.element.name},{self.block_size})" if self.scale == E8M0
                                else f"block({self.element.name},{self.block_size},{self.scale.name})")
 
     @property
-    def _power_of_two_scale(self) -> bool:
+    def power_of_two_scale(self) -> bool:
+        """Whether the scales are powers of two (a scale format without mantissa, E8M0)."""
         return self.scale.man_bits == 0
 
     def _resolve_rule(self, scale_rule: str | None) -> str:
         return self._check_rule(scale_rule or self.scale_rule)
 
     def _check_rule(self, rule: str) -> str:
-        allowed = POWER_OF_TWO_RULES if self._power_of_two_scale else ("amax",)
+        allowed = POWER_OF_TWO_RULES if self.power_of_two_scale else ("amax",)
         if rule not in allowed:
             raise ValueError(f"scale_rule for {self.scale.name} scales must be one of {', '.join(allowed)}; got {rule!r}")
         return rule
@@ -120,7 +123,9 @@ class BlockFormat(ScaledFormat):
         return self.element.min_subnormal * self.scale.min_subnormal
 
     @property
-    def _element_mantissa_bits(self) -> int:
+    def element_mantissa_bits(self) -> int:
+        """The element's mantissa width, which the ``even`` scale rule rounds
+        amax to (an integer element's magnitude bits below its top one)."""
         if isinstance(self.element, IntFormat):
             return max(self.element.nbits - 1 - self.element.signed, 0)
         return self.element.man_bits
@@ -136,7 +141,7 @@ class BlockFormat(ScaledFormat):
             is_pow2 = amax == pow2(floor_log2)
             return floor_log2 + (~is_pow2).to(torch.int64) - self.element.emax
         if rule == "even":
-            m = self._element_mantissa_bits
+            m = self.element_mantissa_bits
             carry = amax >= pow2(floor_log2) * (2.0 - 2.0 ** -(m + 1))
             return floor_log2 + carry.to(torch.int64) - self.element.emax
         # rceil: smallest s with amax <= max_elem * 2**s
@@ -144,14 +149,14 @@ class BlockFormat(ScaledFormat):
         s = s + (amax > self.element.max * pow2(s)).to(torch.int64)
         return s - (amax <= self.element.max * pow2(s - 1)).to(torch.int64)
 
-    def _tensor_scale(self, t: torch.Tensor, flush_subnormals: bool) -> float | None:
+    def tensor_scale_exact(self, t: torch.Tensor, flush_subnormals: bool) -> float | None:
         """NVFP4's second level, from the largest finite magnitude of the
         tensor (see :meth:`tensor_scale_of`)."""
         if not self.tensor_scale:
             return None
         amax = 0.0
         flat = t.reshape(-1)
-        for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
+        for part in chunk_slices(flat.numel(), chunks.CHUNK_ELEMENTS):
             x64 = exact(flat[part], flush_subnormals)
             if x64.numel():
                 amax = max(amax, float(torch.where(torch.isfinite(x64), x64.abs(), 0.0).max()))
@@ -162,7 +167,7 @@ class BlockFormat(ScaledFormat):
         datapath does; 1.0 for an all-zero tensor."""
         return float(np.float32(amax) / np.float32(self.scale.max * self.element.max)) or 1.0
 
-    def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
+    def encode_blocks_exact(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
                        tensor_scale: float | None) -> BlockCodes:
         rule = self._resolve_rule(scale_rule)
         finite = torch.isfinite(blocks)
@@ -172,14 +177,14 @@ class BlockFormat(ScaledFormat):
         divisor = tensor_scale or 1.0
 
         nearest = Rounder("nearest_even", torch.zeros_like(amax, dtype=torch.bool))
-        if self._power_of_two_scale:
+        if self.power_of_two_scale:
             lowest, highest = self.scale.emin, self.scale.emax
             exponent = torch.where(amax > 0, self._scale_exponent(torch.where(amax > 0, amax, 1.0), rule), lowest)
             scale_values = pow2(exponent.clamp(lowest, highest))
-            scale_codes, _ = self.scale._encode_exact(scale_values, nearest, "saturate")
+            scale_codes, _ = self.scale.encode_exact(scale_values, nearest, "saturate")
         else:
-            scale_codes, _ = self.scale._encode_exact(amax / (divisor * self.element.max), nearest, "saturate")
-            scale_values = self.scale._decode_exact(scale_codes)
+            scale_codes, _ = self.scale.encode_exact(amax / (divisor * self.element.max), nearest, "saturate")
+            scale_values = self.scale.decode_exact(scale_codes)
 
         full_scale = (scale_values * divisor)[..., None]
         safe_scale = torch.where(full_scale > 0, full_scale, 1.0)
@@ -189,20 +194,20 @@ class BlockFormat(ScaledFormat):
         # under 2**-1020 all round alike: keep them there, not at zero.
         vanishing = (scaled.abs() < 2.0 ** -1020) & (blocks != 0) & finite
         scaled = torch.where(vanishing, torch.copysign(torch.full_like(scaled, 2.0 ** -1020), blocks), scaled)
-        element_codes, _ = self.element._encode_exact(scaled, rounder, "saturate")
+        element_codes, _ = self.element.encode_exact(scaled, rounder, "saturate")
         element_codes = torch.where((full_scale > 0) & ~bad_block[..., None], element_codes, 0)
-        scale_codes = torch.where(bad_block, self.scale._nan_code(torch.zeros_like(bad_block)), scale_codes)
+        scale_codes = torch.where(bad_block, self.scale.nan_code(torch.zeros_like(bad_block)), scale_codes)
         return BlockCodes(element_codes, scale_codes, tensor_scale=tensor_scale)
 
-    def _grid_blocks(self, blocks: torch.Tensor, codes: BlockCodes) -> tuple[torch.Tensor, torch.Tensor]:
+    def grid_blocks_exact(self, blocks: torch.Tensor, codes: BlockCodes) -> tuple[torch.Tensor, torch.Tensor]:
         # a block whose scale rounded to zero is on the grid of the smallest scale
-        scale = self.scale._decode_exact(codes.scales)
+        scale = self.scale.decode_exact(codes.scales)
         scale = torch.where(scale == 0, self.scale.min_subnormal, scale) * (codes.tensor_scale or 1.0)
-        ulp, largest = self.element._grid_exact(blocks / scale[..., None])
+        ulp, largest = self.element.grid_exact(blocks / scale[..., None])
         return ulp * scale[..., None], largest * scale[..., None]
 
-    def _decode_blocks(self, codes: BlockCodes) -> torch.Tensor:
-        values = self.element._decode_exact(codes.elements) * self.scale._decode_exact(codes.scales)[..., None]
+    def decode_blocks_exact(self, codes: BlockCodes) -> torch.Tensor:
+        values = self.element.decode_exact(codes.elements) * self.scale.decode_exact(codes.scales)[..., None]
         if codes.tensor_scale is None:
             return values
         # element * block scale is exact in float32; the float32 tensor scale

@@ -54,3 +54,14 @@ class BlockLayout:
         if not self.shape:
             return t.reshape(())
         return torch.movedim(t, -1, self.axis)
+
+
+@dataclass
+class BlockCodes:
+    """Unpacked codes of blocks of shape (rows, block), as int64 tensors:
+    what a scaled format's exact math encodes and decodes."""
+
+    elements: torch.Tensor | None  # (rows, block); None where only the scales are needed
+    scales: torch.Tensor  # (rows,)
+    subscales: torch.Tensor | None = None  # (rows, block // sub_block)
+    tensor_scale: float | None = None

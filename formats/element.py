@@ -1,6 +1,8 @@
 """ElementFormat: the public operations shared by every per-element format
-(FloatFormat, IntFormat). A subclass supplies three exact kernels on float64
-/ int64 tensors: ``_encode_exact``, ``_decode_exact`` and the value range."""
+(FloatFormat, IntFormat). A subclass supplies its exact math on float64 /
+int64 tensors (``encode_exact``, ``decode_exact``, ``grid_exact``) and its
+value range; the operations run on a backend (:mod:`.backends`), the
+reference running that exact math."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .arrays import as_codes, code_dtype, float_dtype, integer_input
-from . import base
-from .base import Grid, chunk_slices, exact, kernels, prepare_input, resolve_backend
+from . import backends, chunks
+from .arrays import as_tensor, float_dtype, integer_input
+from .backends import Policy
+from .base import Grid
+from .chunks import chunk_slices, exact
 from .rounding import Rounder, check_overflow, stochastic_key
 
 
@@ -24,17 +28,19 @@ class ElementFormat:
     has_inf: bool
     has_nan: bool
 
-    # -- implemented by subclasses -------------------------------------------------
-    def _encode_exact(self, x64: torch.Tensor, rounder: Rounder, overflow: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes (int64) of the rounded x, and a mask of elements the format
-        cannot represent at all (NaN without a NaN code, negatives in an
-        unsigned format, zero in a format without zero)."""
+    # -- a family's exact math -----------------------------------------------------
+    def encode_exact(self, x64: torch.Tensor, rounder: Rounder, overflow: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (int64) of exact float64 values rounded by ``rounder`` under
+        the ``overflow`` policy, and a mask of elements the format cannot
+        represent at all (NaN without a NaN code, negatives in an unsigned
+        format, zero in a format without zero)."""
         raise NotImplementedError
 
-    def _decode_exact(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode_exact(self, codes: torch.Tensor) -> torch.Tensor:
+        """The float64 value of every int64 code (NaN and Inf included)."""
         raise NotImplementedError
 
-    def _grid_exact(self, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def grid_exact(self, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ulp and the largest magnitude of the grid at each exact float64 value."""
         raise NotImplementedError
 
@@ -46,20 +52,13 @@ class ElementFormat:
     def __str__(self) -> str:
         return self.name
 
-    def _encoded_chunks(self, t: torch.Tensor, rounding: str, policy: str, key: int | None, flush_subnormals: bool):
-        """Chunks of t's flattened elements: (slice, exact float64 values, codes, invalid mask)."""
-        flat = t.reshape(-1)
-        for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
-            x64 = exact(flat[part], flush_subnormals)
-            codes, invalid = self._encode_exact(x64, Rounder(rounding, torch.signbit(x64), key, part.start), policy)
-            yield part, x64, codes, invalid
-
-    def _policy(self, x: Any, rounding: str, overflow: str | None, seed: Any, generator: Any, backend: str | None):
-        """The input as a tensor, its kind, the checked overflow policy, the
-        stochastic key and the backend that runs."""
-        t, kind, backend = prepare_input(x, backend)
-        policy = check_overflow(overflow, self.has_inf, self.has_nan, self.name)
-        return t, kind, policy, stochastic_key(rounding, seed, generator), backend
+    def _call(self, x: Any, operation: str, rounding: str, overflow: str | None, seed: Any, generator: Any,
+              flush_subnormals: bool, backend: str | None):
+        """The input as a tensor, its kind, the checked policy and the backend that runs ``operation``."""
+        t, kind = as_tensor(x)
+        policy = Policy(rounding, check_overflow(overflow, self.has_inf, self.has_nan, self.name), None,
+                        stochastic_key(rounding, seed, generator), flush_subnormals)
+        return t, kind, policy, backends.resolve(backend, t.device.type, self, operation, policy)
 
     def quantize(self, x: Any, *, rounding: str = "nearest_even", overflow: str | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
@@ -71,19 +70,16 @@ class ElementFormat:
         follows ``overflow`` (default: ``inf`` if the format has infinities,
         else ``saturate``). Raises ValueError if x's dtype cannot hold a
         result exactly (pass float32 or float64 then). ``backend``: None (the
-        device's kernels: "cpu" for CPU data, "cuda" for CUDA data where the
-        extension builds; else the reference), or one of those by name.
+        device's kernels where they support the call: "cpu" for CPU data,
+        "cuda" for CUDA data where the extension builds; else the
+        reference), or a name of :func:`lowbit.backends`.
         """
-        t, kind, policy, key, backend = self._policy(x, rounding, overflow, seed, generator, backend)
-        if backend != "reference":
-            out, exact_fit = kernels(backend).elements.quantize(self, t, rounding, policy, key, flush_subnormals)
-            if not exact_fit:
-                raise kind.inexact_error()
-            return kind.give_back(out)
-        out = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
-        for part, _, codes, invalid in self._encoded_chunks(t, rounding, policy, key, flush_subnormals):
-            out[part] = kind.exact_cast(torch.where(invalid, torch.nan, self._decode_exact(codes)))
-        return kind.give_back(out.reshape(t.shape))
+        t, kind, policy, chosen = self._call(x, "quantize", rounding, overflow, seed, generator, flush_subnormals,
+                                             backend)
+        out, exact_fit = chosen.elements.quantize(self, t, policy)
+        if not exact_fit:
+            raise kind.inexact_error()
+        return kind.give_back(out)
 
     def encode(self, x: Any, *, rounding: str = "nearest_even", overflow: str | None = None,
                seed: int | None = None, generator: torch.Generator | None = None,
@@ -92,18 +88,12 @@ class ElementFormat:
         integer dtype (uint8/uint16/uint32). Raises ValueError for elements
         the format cannot represent (NaN into a format without NaN, negatives
         into an unsigned format, zero into a format without zero)."""
-        t, kind, policy, key, backend = self._policy(x, rounding, overflow, seed, generator, backend)
-        if backend != "reference":
-            out, bad = kernels(backend).elements.encode(self, t, rounding, policy, key, flush_subnormals)
-            if bad is not None:
-                raise self._unrepresentable(float(exact(t.reshape(-1)[bad], flush_subnormals)))
-            return kind.give_back(out)
-        out = torch.empty(t.numel(), dtype=code_dtype(self.nbits), device=t.device)
-        for part, x64, codes, invalid in self._encoded_chunks(t, rounding, policy, key, flush_subnormals):
-            if bool(invalid.any()):
-                raise self._unrepresentable(float(x64[invalid][0]))
-            out[part] = codes.to(out.dtype)
-        return kind.give_back(out.reshape(t.shape))
+        t, kind, policy, chosen = self._call(x, "encode", rounding, overflow, seed, generator, flush_subnormals,
+                                             backend)
+        out, bad = chosen.elements.encode(self, t, policy)
+        if bad is not None:
+            raise self._unrepresentable(float(exact(t.reshape(-1)[bad], flush_subnormals)))
+        return kind.give_back(out)
 
     def grid(self, x: Any, *, flush_subnormals: bool = False) -> Grid:
         """The format's grid where each element of ``x`` lies: its ulp (the
@@ -113,13 +103,13 @@ class ElementFormat:
         beyond the largest value) and the largest magnitude on x's side of
         zero; NaN for NaN. float64, in x's kind; for error analysis (errors
         in ulps, overflow), not rounding."""
-        t, kind, _ = prepare_input(x, "reference")
+        t, kind = as_tensor(x)
         ulp = torch.empty(t.numel(), dtype=torch.float64, device=t.device)
         largest = torch.empty_like(ulp)
         flat = t.reshape(-1)
-        for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
+        for part in chunk_slices(flat.numel(), chunks.CHUNK_ELEMENTS):
             x64 = exact(flat[part], flush_subnormals)
-            ulp[part], largest[part] = (torch.where(torch.isnan(x64), torch.nan, g) for g in self._grid_exact(x64))
+            ulp[part], largest[part] = (torch.where(torch.isnan(x64), torch.nan, g) for g in self.grid_exact(x64))
         return Grid(kind.give_back(ulp.reshape(t.shape)), kind.give_back(largest.reshape(t.shape)))
 
     def _unrepresentable(self, value: float) -> ValueError:
@@ -136,16 +126,8 @@ class ElementFormat:
         ``dtype=torch.float64`` / ``np.float64`` on request. Returns the
         codes' kind (numpy or torch) and device."""
         c, kind = integer_input(codes)
-        out_dtype = float_dtype(dtype)
-        backend = resolve_backend(backend, c.device)
-        if backend != "reference":
-            return kind.give_back(kernels(backend).elements.decode(self, c, out_dtype))
-        c, _ = as_codes(c, self.nbits)
-        flat = c.reshape(-1)
-        out = torch.empty(flat.numel(), dtype=out_dtype, device=flat.device)
-        for part in chunk_slices(flat.numel(), base.CHUNK_ELEMENTS):
-            out[part] = self._decode_exact(flat[part]).to(out.dtype)
-        return kind.give_back(out.reshape(c.shape))
+        chosen = backends.resolve(backend, c.device.type, self, "decode")
+        return kind.give_back(chosen.elements.decode(self, c, float_dtype(dtype)))
 
     def values(self) -> np.ndarray:
         """Every distinct finite value, sorted ascending, as float64 (-0.0 and
@@ -159,7 +141,7 @@ class ElementFormat:
         if self.nbits > 16:
             raise ValueError(f"values are enumerated for formats of at most 16 bits; {self.name} has {self.nbits}")
         codes = torch.arange(1 << self.nbits, dtype=torch.int64)
-        return codes.numpy(), self._decode_exact(codes).numpy()
+        return codes.numpy(), self.decode_exact(codes).numpy()
 
     @property
     def dynamic_range(self) -> float:

@@ -48,10 +48,11 @@ class Encoded:
         parts = (self.elements, self.scales, self.subscales)
         return sum(p.nbytes for p in parts if p is not None) + (4 if self.tensor_scale is not None else 0)
 
-    def decode(self, *, dtype: Any = None) -> Any:
+    def decode(self, *, dtype: Any = None, backend: str | None = None) -> Any:
         """The decoded values, float32 unless ``dtype`` says float64; a numpy
-        array when the encoded input was numpy, else a torch tensor."""
-        return self.format.decode(self, dtype=dtype)
+        array when the encoded input was numpy, else a torch tensor.
+        ``backend``: as in the format's ``decode``."""
+        return self.format.decode(self, dtype=dtype, backend=backend)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to an ``.npz`` file (numpy arrays and the format as JSON)."""

@@ -24,7 +24,7 @@ for modes that round toward zero), ``"nan"`` gives NaN where Inf would be.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -46,7 +46,7 @@ class FloatFormat(ElementFormat):
     signed: bool = True
     subnormals: bool = True
     specials: str = "ieee"
-    name: str = ""
+    name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         check_ints(self, "exp_bits", "man_bits")
@@ -73,7 +73,7 @@ class FloatFormat(ElementFormat):
         if self.max_code < 1:
             raise ValueError("the format has no finite nonzero value")
         top_exponent = (self.max_code >> self.man_bits) - self.bias
-        if self._lowest_exponent() - self.man_bits < -1000 or top_exponent > 1000:
+        if self.lowest_exponent - self.man_bits < -1000 or top_exponent > 1000:
             raise ValueError("the format's values must lie within 2**-1000 .. 2**1001 (float64 computes them exactly there): check bias and exp_bits")
         if not self.name:
             object.__setattr__(self, "name", self._default_name())
@@ -101,17 +101,20 @@ class FloatFormat(ElementFormat):
         return self.nbits
 
     @property
-    def _mag_bits(self) -> int:
+    def magnitude_bits(self) -> int:
+        """Width of the magnitude field (exponent and mantissa)."""
         return self.exp_bits + self.man_bits
 
     @property
-    def _sign_code(self) -> int:
-        return (1 << self._mag_bits) if self.signed else 0
+    def sign_code(self) -> int:
+        """The sign bit as a code (0 when unsigned): a value's code is its
+        magnitude code plus this when negative."""
+        return (1 << self.magnitude_bits) if self.signed else 0
 
     @property
     def max_code(self) -> int:
         """Magnitude code of the largest finite value."""
-        top = (1 << self._mag_bits) - 1
+        top = (1 << self.magnitude_bits) - 1
         if self.specials == "ieee":
             return ((1 << self.exp_bits) - 1 << self.man_bits) - 1
         if self.specials in ("fn", "p3109"):
@@ -119,16 +122,17 @@ class FloatFormat(ElementFormat):
         return top
 
     @property
-    def _inf_mag(self) -> int | None:
+    def inf_code(self) -> int | None:
+        """Magnitude code of infinity, or None without infinities."""
         if self.specials == "ieee":
             return (1 << self.exp_bits) - 1 << self.man_bits
         if self.specials == "p3109":
-            return (1 << self._mag_bits) - 1
+            return (1 << self.magnitude_bits) - 1
         return None
 
     @property
     def has_inf(self) -> bool:
-        return self._inf_mag is not None
+        return self.inf_code is not None
 
     @property
     def has_nan(self) -> bool:
@@ -144,15 +148,30 @@ class FloatFormat(ElementFormat):
     def has_negative_zero(self) -> bool:
         return self.signed and self.specials in ("ieee", "fn", "none")
 
-    def _nan_code(self, negative: torch.Tensor) -> torch.Tensor:
-        """The NaN code: the sign is kept where the format has a NaN of each sign."""
-        if self.specials in ("fnuz", "p3109"):
-            return torch.full_like(negative, self._sign_code, dtype=torch.int64)
-        mag = self._inf_mag + (1 << (self.man_bits - 1)) if self.specials == "ieee" else (1 << self._mag_bits) - 1
-        return mag + negative.to(torch.int64) * self._sign_code
+    @property
+    def negative_zero_is_nan(self) -> bool:
+        """Whether the negative-zero code is the format's single NaN (FNUZ, P3109)."""
+        return self.specials in ("fnuz", "p3109")
+
+    @property
+    def nan_codes(self) -> tuple[int, int] | None:
+        """The codes NaN encodes to, (from positive, from negative) inputs;
+        None without NaN. Formats with a NaN of each sign keep the sign."""
+        if not self.has_nan:
+            return None
+        if self.negative_zero_is_nan:
+            return self.sign_code, self.sign_code
+        mag = self.inf_code + (1 << (self.man_bits - 1)) if self.specials == "ieee" else (1 << self.magnitude_bits) - 1
+        return mag, mag + self.sign_code
+
+    def nan_code(self, negative: torch.Tensor) -> torch.Tensor:
+        """The NaN code for NaN inputs of the given signs (int64)."""
+        positive, negative_nan = self.nan_codes
+        return torch.where(negative, negative_nan, positive).to(torch.int64)
 
     # -- properties ------------------------------------------------------------------
-    def _lowest_exponent(self) -> int:
+    @property
+    def lowest_exponent(self) -> int:
         """Exponent of the lowest binade (the subnormal quantum is 2**(this - m))."""
         return 1 - self.bias if self.subnormals else -self.bias
 
@@ -162,7 +181,7 @@ class FloatFormat(ElementFormat):
         return self._mag_value(self.max_code)
 
     def _mag_value(self, mag: int) -> float:
-        return float(self._decode_exact(torch.tensor(mag, dtype=torch.int64)))
+        return float(self.decode_exact(torch.tensor(mag, dtype=torch.int64)))
 
     @property
     def min_subnormal(self) -> float:
@@ -178,7 +197,7 @@ class FloatFormat(ElementFormat):
     @property
     def emin(self) -> int:
         """Exponent of the smallest normal binade."""
-        return self._lowest_exponent()
+        return self.lowest_exponent
 
     @property
     def emax(self) -> int:
@@ -196,7 +215,7 @@ class FloatFormat(ElementFormat):
         value <= a (-1 if there is none), that value, and the next grid value
         above it (which may lie beyond max: the grid continues past the top)."""
         m = self.man_bits
-        e0 = self._lowest_exponent()
+        e0 = self.lowest_exponent
         _, ex = torch.frexp(a)
         e = torch.where(a == 0, e0, ex.to(torch.int64) - 1).clamp(min=e0)
         k = e - m
@@ -214,7 +233,7 @@ class FloatFormat(ElementFormat):
         hi = torch.where(below, smallest, hi)
         return code, lo, hi
 
-    def _grid_exact(self, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def grid_exact(self, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = torch.where(torch.isfinite(x64), x64.abs(), self.max)
         _, ex = torch.frexp(a)
         binade = torch.where(a == 0, self.emin, ex.to(torch.int64) - 1).clamp(self.emin, self.emax)
@@ -223,7 +242,7 @@ class FloatFormat(ElementFormat):
             ulp = torch.where(a < self.min_subnormal, self.min_subnormal, ulp)
         return ulp, torch.full_like(a, self.max)
 
-    def _encode_exact(self, x64: torch.Tensor, rounder: Rounder, overflow: str):
+    def encode_exact(self, x64: torch.Tensor, rounder: Rounder, overflow: str):
         negative = rounder.negative
         nan_in, inf_in = torch.isnan(x64), torch.isinf(x64)
         a = torch.where(nan_in | inf_in, 0.0, x64.abs())
@@ -237,12 +256,12 @@ class FloatFormat(ElementFormat):
         special = (overflowed & ~to_max) | (inf_in & (overflow != "saturate"))
         mag = torch.where(inf_in & (overflow == "saturate"), self.max_code, mag)
         if overflow == "inf":
-            mag = torch.where(special, self._inf_mag, mag)
+            mag = torch.where(special, self.inf_code, mag)
         sign = negative if self.has_negative_zero else negative & (mag != 0)
-        codes = mag + sign.to(torch.int64) * self._sign_code
+        codes = mag + sign.to(torch.int64) * self.sign_code
         if self.has_nan:
             nan_out = nan_in | special if overflow == "nan" else nan_in
-            codes = torch.where(nan_out, self._nan_code(negative), codes)
+            codes = torch.where(nan_out, self.nan_code(negative), codes)
 
         invalid = nan_in if not self.has_nan else torch.zeros_like(nan_in)
         if not self.signed:
@@ -252,10 +271,10 @@ class FloatFormat(ElementFormat):
             invalid = invalid | (x64 == 0)
         return codes, invalid
 
-    def _decode_exact(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode_exact(self, codes: torch.Tensor) -> torch.Tensor:
         m, bias = self.man_bits, self.bias
-        mag = codes & ((1 << self._mag_bits) - 1)
-        negative = (codes >> self._mag_bits).bool() if self.signed else torch.zeros_like(codes, dtype=torch.bool)
+        mag = codes & ((1 << self.magnitude_bits) - 1)
+        negative = (codes >> self.magnitude_bits).bool() if self.signed else torch.zeros_like(codes, dtype=torch.bool)
         e_field, m_field = mag >> m, (mag & ((1 << m) - 1)).to(torch.float64)
         normal = ((1 << m) + m_field) * pow2(e_field - bias - m)
         if self.subnormals:
@@ -264,11 +283,11 @@ class FloatFormat(ElementFormat):
             value = torch.where(mag == 0, 0.0, normal) if self.has_zero else normal
         beyond = mag > self.max_code
         if self.has_inf:
-            value = torch.where(beyond & (mag == self._inf_mag), torch.inf, value)
-            value = torch.where(beyond & (mag != self._inf_mag), torch.nan, value)
+            value = torch.where(beyond & (mag == self.inf_code), torch.inf, value)
+            value = torch.where(beyond & (mag != self.inf_code), torch.nan, value)
         else:
             value = torch.where(beyond, torch.nan, value)
         value = torch.where(negative, -value, value)
-        if self.specials in ("fnuz", "p3109"):
-            value = torch.where(codes == self._sign_code, torch.nan, value)
+        if self.negative_zero_is_nan:
+            value = torch.where(codes == self.sign_code, torch.nan, value)
         return value

@@ -14,7 +14,7 @@ the even integer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ class IntFormat(ElementFormat):
     signed: bool = True
     narrow: bool = False
     frac_bits: int = 0
-    name: str = ""
+    name: str = field(default="", compare=False)
 
     has_inf = False
     has_nan = False
@@ -98,11 +98,11 @@ class IntFormat(ElementFormat):
         values = super().values()
         return values[values >= self.min]
 
-    def _grid_exact(self, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def grid_exact(self, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         largest = torch.where(x64 < 0, torch.full_like(x64, -self.min), torch.full_like(x64, self.max))
         return torch.full_like(x64, self.min_subnormal), largest
 
-    def _encode_exact(self, x64: torch.Tensor, rounder: Rounder, overflow: str):
+    def encode_exact(self, x64: torch.Tensor, rounder: Rounder, overflow: str):
         nan_in = torch.isnan(x64)
         # magnitudes far below one step all round alike; keeping them >= 2**-900
         # stops the scaling by 2**frac_bits from underflowing to zero
@@ -115,6 +115,6 @@ class IntFormat(ElementFormat):
         codes = torch.where(nan_in, 0, q & ((1 << self.bits) - 1))
         return codes, nan_in
 
-    def _decode_exact(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode_exact(self, codes: torch.Tensor) -> torch.Tensor:
         q = codes - ((codes >> (self.bits - 1)) << self.bits) if self.signed else codes
         return q.to(torch.float64) * pow2(torch.tensor(-self.frac_bits))

@@ -20,7 +20,8 @@ def check_operand(x: Encoded, name: str) -> None:
                          f"got shape {x.shape}, axis {x.axis}, kind {x.kind!r}")
 
 
-def reference_matmul(a: Encoded, b: Encoded, bias: torch.Tensor | None = None) -> torch.Tensor:
+def reference_matmul(a: Encoded, b: Encoded, bias: torch.Tensor | None = None, *,
+                     backend: str | None = None) -> torch.Tensor:
     """``A @ B.T (+ bias)`` in float64, for A (M x K) and B (N x K) encoded in
     blocks along K (``axis=1``), on their device.
 
@@ -29,13 +30,15 @@ def reference_matmul(a: Encoded, b: Encoded, bias: torch.Tensor | None = None) -
     products, so the result carries float64 rounding only (relative 2**-53
     per addition), far below the float32 rounding of any fast MX matmul.
     NaN and Inf propagate as IEEE arithmetic says (a NaN block's scale
-    makes its products NaN).
+    makes its products NaN). ``backend`` decodes the operands (a name of
+    :func:`lowbit.backends`; None: the device's default), as in
+    :meth:`Encoded.decode`; every backend decodes alike.
     """
     check_operand(a, "a")
     check_operand(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must have the same K (their second dimension); got {a.shape} and {b.shape}")
-    product = a.decode(dtype=torch.float64) @ b.decode(dtype=torch.float64).T
+    product = a.decode(dtype=torch.float64, backend=backend) @ b.decode(dtype=torch.float64, backend=backend).T
     return product if bias is None else product + bias.to(product)
 
 

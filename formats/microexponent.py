@@ -22,14 +22,15 @@ d2 = 0 is plain block floating point (MSFP12, MSFP16).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .arrays import pow2
 from .base import check_ints
 from .rounding import Rounder
-from .scaled import BlockCodes, ScaledFormat
+from .blocking import BlockCodes
+from .scaled import ScaledFormat
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class MicroexponentFormat(ScaledFormat):
     sub_block: int = 2
     exp_bits: int = 8
     micro_bits: int = 1
-    name: str = ""
+    name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         check_ints(self, "man_bits", "block_size", "sub_block", "exp_bits", "micro_bits")
@@ -79,16 +80,17 @@ class MicroexponentFormat(ScaledFormat):
         return self.block_size // self.sub_block if self.micro_bits else 0
 
     @property
-    def _exp_bias(self) -> int:
+    def exp_bias(self) -> int:
+        """Bias of the shared exponent code: code = e_max + exp_bias."""
         return (1 << (self.exp_bits - 1)) - 1
 
     @property
     def emax(self) -> int:
-        return self._exp_bias
+        return self.exp_bias
 
     @property
     def emin(self) -> int:
-        return -self._exp_bias
+        return -self.exp_bias
 
     @property
     def min_subnormal(self) -> float:
@@ -104,7 +106,7 @@ class MicroexponentFormat(ScaledFormat):
         if scale_rule is not None:
             raise ValueError(f"scale_rule applies to MX block formats; {self.name} has fixed shared-exponent rules")
 
-    def _encode_blocks(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
+    def encode_blocks_exact(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
                        tensor_scale: float | None) -> BlockCodes:
         finite = torch.isfinite(blocks)
         bad_block = ~finite.all(dim=-1)
@@ -124,12 +126,12 @@ class MicroexponentFormat(ScaledFormat):
         magnitude = (lo + upper.to(torch.float64)).clamp(max=(1 << self.man_bits) - 1).to(torch.int64)
         elements = magnitude + (rounder.negative.to(torch.int64) << self.man_bits)
         elements = torch.where(bad_block[..., None], 0, elements)
-        scales = torch.where(bad_block, (1 << self.exp_bits) - 1, e_max + self._exp_bias)
+        scales = torch.where(bad_block, (1 << self.exp_bits) - 1, e_max + self.exp_bias)
         return BlockCodes(elements, scales, shift if self.micro_bits else None)
 
     def _steps(self, codes: BlockCodes) -> torch.Tensor:
         """Each element's step 2**(e_max - shift - m + 1) (NaN blocks aside)."""
-        e_max = codes.scales - self._exp_bias
+        e_max = codes.scales - self.exp_bias
         shift = codes.subscales if codes.subscales is not None else torch.zeros((*e_max.shape, self.block_size // self.sub_block), dtype=torch.int64, device=e_max.device)
         return pow2((e_max[..., None] - shift - self.man_bits + 1).repeat_interleave(self.sub_block, dim=-1))
 
@@ -137,11 +139,11 @@ class MicroexponentFormat(ScaledFormat):
         """Where a block's exponent is the NaN code, broadcast over its elements."""
         return (codes.scales == (1 << self.exp_bits) - 1)[..., None]
 
-    def _grid_blocks(self, blocks: torch.Tensor, codes: BlockCodes) -> tuple[torch.Tensor, torch.Tensor]:
+    def grid_blocks_exact(self, blocks: torch.Tensor, codes: BlockCodes) -> tuple[torch.Tensor, torch.Tensor]:
         step = torch.where(self._nan_blocks(codes), torch.nan, self._steps(codes))
         return step, step * ((1 << self.man_bits) - 1)
 
-    def _decode_blocks(self, codes: BlockCodes) -> torch.Tensor:
+    def decode_blocks_exact(self, codes: BlockCodes) -> torch.Tensor:
         magnitude = (codes.elements & ((1 << self.man_bits) - 1)).to(torch.float64)
         negative = (codes.elements >> self.man_bits).bool()
         values = magnitude * self._steps(codes)

@@ -12,8 +12,9 @@ from typing import Any
 from lowbit.formats import (
     BlockFormat, Encoded, FloatFormat, IntFormat, MicroexponentFormat, get_format, list_formats, pack, unpack,
 )
+from lowbit.formats import backends as _backends
 
-import lowbit.cuda  # noqa: F401,E402  (registers the "cuda" backend; builds nothing until used)
+import lowbit.cuda  # noqa: F401,E402  (registers the CUDA extension's backends; builds nothing until used)
 
 __version__ = "0.1.0"
 
@@ -43,7 +44,17 @@ def decode(codes: Any, fmt: Any = None, **options: Any) -> Any:
     return get_format(fmt).decode(codes, **options)
 
 
+def backends() -> tuple[str, ...]:
+    """The names every ``backend=`` argument takes: ``"reference"`` (any
+    device), ``"cpu"`` (numba, CPU data), ``"cuda"`` (the CUDA extension,
+    CUDA data, where it builds) and the extension's CPU builds
+    ``"cuda_host"`` and ``"cuda_emulated"`` (CPU data; they need a C++
+    compiler and ninja). ``backend=None`` picks the device's default where
+    it supports the call, else the reference."""
+    return _backends.names()
+
+
 __all__ = [
-    "BlockFormat", "Encoded", "FloatFormat", "IntFormat", "MicroexponentFormat", "decode", "encode",
+    "BlockFormat", "Encoded", "FloatFormat", "IntFormat", "MicroexponentFormat", "backends", "decode", "encode",
     "get_format", "list_formats", "pack", "quantize", "unpack",
 ]

@@ -21,14 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
-from unittest import mock
+from typing import Callable
 
 import numpy as np
 import torch
 
 import lowbit
+from lowbit.formats.cpu.buffers import reused_outputs
 
 FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "int8", "mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "mx6"]
 SIZES = [16, 18, 20, 22, 24, 26]
@@ -81,24 +80,6 @@ def peer_rows(x: np.ndarray, copies: Copies, repeat: int) -> list[tuple[str, flo
         dtype = getattr(ml_dtypes, name)
         casts.append((f"ml_dtypes {name} astype+back", lambda dtype=dtype: x.astype(dtype).astype(np.float32)))
     return [(label, *best_seconds(cast, copies.new, repeat)) for label, cast in casts]
-
-
-@contextmanager
-def reused_outputs() -> Iterator[None]:
-    """lowbit's CPU backend with its output allocator replaced by one that
-    hands out the same buffer for the same shape and dtype on every call."""
-    from lowbit.formats.cpu import element_backend, scaled_backend
-
-    buffers: dict[tuple, torch.Tensor] = {}
-    allocate = element_backend.new_tensor
-
-    def reuse(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        if (shape, dtype) not in buffers:
-            buffers[shape, dtype] = allocate(shape, dtype)
-        return buffers[shape, dtype]
-
-    with mock.patch.object(element_backend, "new_tensor", reuse), mock.patch.object(scaled_backend, "new_tensor", reuse):
-        yield
 
 
 def lowbit_rows(x: np.ndarray, copies: Copies, formats: list[str], repeat: int,

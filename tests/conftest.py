@@ -6,11 +6,9 @@ from hypothesis import HealthCheck, settings
 import lowbit
 from lowbit.formats import backends
 
-#: the CUDA extension built for CPU data, so that every formats test checks
-#: it without a GPU: its math in host loops (lowbit.cuda.host_kernels), and
-#: its .cu kernels run thread after thread (lowbit.cuda.emulated_kernels)
-backends.register_backend("cuda_host", "cpu", lowbit.cuda.host_kernels)
-backends.register_backend("cuda_emulated", "cpu", lowbit.cuda.emulated_kernels)
+#: the CUDA extension built for CPU data (registered by lowbit.cuda), so that
+#: every formats test checks it without a GPU: its math in host loops
+#: ("cuda_host"), and its .cu kernels run thread after thread ("cuda_emulated")
 CPU_BUILDS_OF_CUDA = ("cuda_host", "cuda_emulated")
 
 # the backend fixture is function-scoped but fixed for a whole test, so
@@ -30,7 +28,7 @@ def each_backend(request, monkeypatch):
     (tests/test_cuda_build.py checks that they build where those exist)."""
     if request.param in CPU_BUILDS_OF_CUDA:
         try:
-            backends.kernels("cuda_host")
+            backends.get("cuda_host")
         except backends.BackendUnavailable as why:
             pytest.skip(str(why))
     monkeypatch.setitem(backends.defaults, "cpu", request.param)

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lowbit
-from lowbit.formats import BlockFormat, FloatFormat, IntFormat, ROUNDING_MODES, backends, base
+from lowbit.formats import BlockFormat, FloatFormat, IntFormat, ROUNDING_MODES, backends
 from lowbit.formats.cpu import fast32
 from lowbit.testing import element_formats, scaled_formats, wide_range_blocks
 
@@ -37,7 +37,7 @@ def outcome(call):
 def kernel_backends():
     """The kernel backends that run here (the CPU builds of the CUDA extension need a C++ compiler)."""
     try:
-        backends.kernels("cuda_host"), backends.kernels("cuda_emulated")
+        backends.get("cuda_host"), backends.get("cuda_emulated")
     except backends.BackendUnavailable:
         return ("cpu",)
     return ("cpu", "cuda_host", "cuda_emulated")
@@ -316,12 +316,13 @@ def test_stochastic_does_not_depend_on_threads_or_backend(name):
 
 
 def test_cpu_is_the_default_for_cpu_data_and_backends_are_checked():
-    assert base.resolve_backend(None, torch.device("cpu")) == "cpu"
-    assert base.resolve_backend(None, torch.device("meta")) == "reference"
+    fp8 = lowbit.get_format("fp8_e4m3")
+    assert backends.resolve(None, "cpu", fp8, "quantize").name == "cpu"
+    assert backends.resolve(None, "meta", fp8, "quantize").name == "reference"
     with pytest.raises(ValueError, match="backend must be None or one of 'reference', 'cpu', 'cuda'"):
         lowbit.quantize(np.ones(3), "fp8_e4m3", backend="gpu")
     with pytest.raises(ValueError, match="backend='cpu' runs on cpu data"):
-        base.resolve_backend("cpu", torch.device("meta"))
+        backends.resolve("cpu", "meta", fp8, "quantize")
     with pytest.raises(ValueError, match="backend='cuda' runs on cuda data"):
         lowbit.quantize(np.ones(3), "fp8_e4m3", backend="cuda")
 
@@ -329,9 +330,10 @@ def test_cpu_is_the_default_for_cpu_data_and_backends_are_checked():
 def test_cuda_tensors_fall_back_to_the_reference_without_the_extension(monkeypatch):
     if lowbit.cuda.missing() is None:
         pytest.skip("the CUDA extension can run here")
-    assert base.resolve_backend(None, torch.device("cuda")) == "reference"
+    fp8 = lowbit.get_format("fp8_e4m3")
+    assert backends.resolve(None, "cuda", fp8, "quantize").name == "reference"
     with pytest.raises(lowbit.cuda.CudaUnavailable, match="lowbit's CUDA extension cannot be used: "):
-        base.resolve_backend("cuda", torch.device("cuda"))
+        backends.resolve("cuda", "cuda", fp8, "quantize")
 
 
 def test_counter_uniforms_look_uniform():

@@ -2,9 +2,9 @@
 
 import torch
 
-from lowbit.bench import reused_outputs
+import lowbit
 from lowbit.cli import main
-from lowbit.formats.cpu import element_backend, scaled_backend
+from lowbit.formats.cpu.buffers import new_tensor, reused_outputs
 
 
 def test_bench_prints_a_row_per_operation(capsys):
@@ -16,9 +16,12 @@ def test_bench_prints_a_row_per_operation(capsys):
 
 
 def test_reused_outputs_hands_out_one_buffer_per_shape_and_restores_the_allocator():
-    allocate = element_backend.new_tensor
     with reused_outputs():
-        a, b = element_backend.new_tensor((4,), torch.float32), scaled_backend.new_tensor((4,), torch.float32)
+        a, b = new_tensor((4,), torch.float32), new_tensor((4,), torch.float32)
         assert a is b
-        assert element_backend.new_tensor((5,), torch.float32) is not a
-    assert element_backend.new_tensor is allocate and scaled_backend.new_tensor is allocate
+        assert new_tensor((5,), torch.float32) is not a
+        x = torch.randn(64)
+        assert lowbit.quantize(x, "mxfp4", backend="cpu") is lowbit.quantize(2 * x, "mxfp4", backend="cpu")
+    assert new_tensor((4,), torch.float32) is not new_tensor((4,), torch.float32)
+    x = torch.randn(64)
+    assert lowbit.quantize(x, "mxfp4", backend="cpu") is not lowbit.quantize(x, "mxfp4", backend="cpu")

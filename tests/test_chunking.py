@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.formats import base
+from lowbit.formats import chunks
 
 pytestmark = pytest.mark.usefixtures("each_backend")
 
 
 @pytest.fixture
 def tiny_chunks(monkeypatch):
-    monkeypatch.setattr(base, "CHUNK_ELEMENTS", 37)
+    monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 37)
 
 
 @pytest.mark.parametrize("name", ["fp8_e4m3", "bf16", "int4", "mxfp4", "mxfp6_e3m2", "nvfp4", "mx6", "mx9", "msfp12"])
@@ -27,7 +27,7 @@ def test_chunked_equals_whole(name, monkeypatch):
         x[2, 17] = 1.0  # int4 cannot encode NaN
     whole_q, whole_e = fmt.quantize(x, **options), fmt.encode(x, **options)
     whole_d = fmt.decode(whole_e)
-    monkeypatch.setattr(base, "CHUNK_ELEMENTS", 37)
+    monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 37)
     np.testing.assert_array_equal(fmt.quantize(x, **options), whole_q)
     chunked_e = fmt.encode(x, **options)
     if scaled:

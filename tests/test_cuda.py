@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.formats import ROUNDING_MODES, BlockFormat, backends, base
+from lowbit.formats import ROUNDING_MODES, BlockFormat, backends
 
 
 @pytest.fixture(scope="module", params=[pytest.param("gpu", marks=pytest.mark.cuda), "emulated"])
@@ -25,7 +25,7 @@ def flavour(request):
                         pytrace=False)
         return request.param
     try:
-        backends.kernels("cuda_emulated")
+        backends.get("cuda_emulated")
     except backends.BackendUnavailable as why:
         pytest.skip(str(why))
     return request.param
@@ -97,7 +97,8 @@ def layouts(x, device):
 
 
 def test_the_kernels_are_the_default_backend(device):
-    assert base.resolve_backend(None, device) == ("cuda" if device.type == "cuda" else "cuda_emulated")
+    chosen = backends.resolve(None, device.type, lowbit.get_format("mxfp4"), "quantize")
+    assert chosen.name == ("cuda" if device.type == "cuda" else "cuda_emulated")
 
 
 @pytest.mark.parametrize("name", ELEMENT)
@@ -158,7 +159,7 @@ def test_stochastic_streams_match_the_reference(device):
 
 
 def test_ops_agree_with_their_fakes(device, ops):
-    from lowbit.formats.cpu.descriptors import block_params, element_descriptor, microexponent_params
+    from lowbit.formats.abi import block_params, element_descriptor, microexponent_params
 
     x = torch.randn(3, 40, device=device)
     mxfp4, mx6 = lowbit.get_format("mxfp4"), lowbit.get_format("mx6")

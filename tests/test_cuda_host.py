@@ -1,4 +1,4 @@
-"""The CUDA kernels' math (the host twin, lowbit.cuda.host_kernels) against
+"""The CUDA kernels' math (the host twin, the "cuda_host" backend) against
 the reference on every code and every rounding boundary of every
 catalogued element format, in every rounding mode and overflow policy; and
 the extension's ops against their fake implementations (what torch.compile
@@ -13,7 +13,7 @@ from lowbit.formats import ROUNDING_MODES, BlockFormat, FloatFormat, IntFormat
 from lowbit.formats import backends
 
 try:
-    backends.kernels("cuda_host")
+    backends.get("cuda_host")
 except backends.BackendUnavailable as why:
     pytest.skip(f"the host twin does not build here: {why}", allow_module_level=True)
 
@@ -100,7 +100,7 @@ def test_scaled_formats_on_boundary_blocks(name):
 
 def op_samples():
     """(op, args) pairs covering each op of the extension."""
-    from lowbit.formats.cpu.descriptors import block_params, element_descriptor, microexponent_params
+    from lowbit.formats.abi import block_params, element_descriptor, microexponent_params
 
     ops = torch.ops.lowbit_host
     x = torch.randn(3, 40)

@@ -11,10 +11,13 @@ both within the fp32 accumulation bound of the reference. With a GPU
 (marked ``cuda``): the kernel against the host model (int8: bit for bit)
 and against the reference within the fp32 bound."""
 
+import functools
 import math
 from fractions import Fraction
 
 import numpy as np
+import functools
+
 import pytest
 import torch
 
@@ -31,8 +34,8 @@ PAIRS = [(a, b) for a in MX for b in MX]
 @pytest.fixture(scope="module", autouse=True)
 def cpu_builds():
     try:
-        backends.kernels("cuda_host")
-        backends.kernels("cuda_emulated")
+        backends.get("cuda_host")
+        backends.get("cuda_emulated")
     except backends.BackendUnavailable as why:
         pytest.skip(str(why))
 
@@ -99,6 +102,18 @@ def test_reference_is_the_exact_sum_to_float64_rounding(fa, fb):
                 assert math.isnan(got)
             else:
                 assert abs(got - exact) <= 100 * 2.0 ** -53 * math.fsum(abs(p) for p in products)
+
+
+def test_every_backend_takes_the_same_names():
+    a, b = encoded("mxfp4", 5, 96, 3), encoded("mxfp6_e2m3", 4, 96, 4)
+    bias = torch.randn(4, generator=torch.Generator().manual_seed(5))
+    exact = reference_matmul(a, b, bias)
+    assert exact.isnan().any()  # a NaN block of b
+    same = functools.partial(torch.testing.assert_close, rtol=0, atol=0, equal_nan=True)
+    for backend in ("reference", "cpu", "cuda_host", "cuda_emulated"):
+        same(reference_matmul(a, b, bias, backend=backend), exact)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        same(lowbit.cuda.mx_matmul(a, b, bias=bias, out_dtype=out_dtype, backend="reference"), exact.to(out_dtype))
 
 
 def test_reference_checks_its_operands():
@@ -277,10 +292,14 @@ def test_errors_name_the_argument():
         mx(a, a, out_dtype=torch.float64, backend="cuda_host")
     with pytest.raises(TypeError, match=r"bias must be a float32, bfloat16 or float16 tensor of shape \(4,\)"):
         mx(a, a, bias=torch.zeros(5), backend="cuda_host")
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="backend must be None or one of"):
         mx(a, a, backend="numba")
-    with pytest.raises(ValueError, match="takes operands on one GPU"):
+    with pytest.raises(ValueError, match="backend='cuda' runs on cuda data; this input is on cpu"):
         mx(a, a)
+    with pytest.raises(ValueError, match="backend='cpu' does not matmul mxfp4 x mxfp4"):
+        mx(a, a, backend="cpu")
+    with pytest.raises(ValueError, match="the reference backend has none"):
+        mx(a, a, instruction="int8", backend="reference")
 
 
 @pytest.mark.parametrize("fmt,type_name", [("mxfp4", "int8"), ("mxfp6_e3m2", "fp16"), ("mxfp6_e2m3", "e4m3"),
@@ -309,16 +328,9 @@ def test_the_ops_agree_with_their_fakes():
 
 # -- the emulation layer ---------------------------------------------------------------------------
 @pytest.fixture
-def host_provider():
-    """The host model as a provider of encoded products for CPU tensors."""
-    from lowbit.cuda.matmul import operand_problem
-
-    provider = encoded_products.EncodedProduct(
-        lambda fa, fw, device: device.type == "cpu" and operand_problem(fa) is None and operand_problem(fw) is None,
-        lambda a, b, bias, dtype: lowbit.cuda.mx_matmul(a, b, bias=bias, out_dtype=dtype, backend="cuda_host"))
-    encoded_products.register_encoded_product(provider)
-    yield provider
-    encoded_products.unregister_encoded_product(provider)
+def host_provider(monkeypatch):
+    """The host model as the default backend for CPU data, so that it provides encoded products for CPU tensors."""
+    monkeypatch.setitem(backends.defaults, "cpu", "cuda_host")
 
 
 def test_quantized_linear_and_matmul_take_the_mx_matmul(host_provider):

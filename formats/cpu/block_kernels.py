@@ -4,7 +4,7 @@ The input is an (outer, length, inner) strided view (see :mod:`.views`):
 blocks run along ``length``, zero-padded past its end. Block r (in the
 order of :class:`lowbit.formats.blocking.BlockLayout`: lines (outer,
 inner) in C order, then blocks along the line) computes its scale and its
-elements in one pass over its data, as ``BlockFormat._encode_blocks``
+elements in one pass over its data, as ``BlockFormat.encode_blocks_exact``
 does, with the same float64 operations. Tasks take ``GROUP`` blocks each
 (a multiple of 8, so every task's packed codes start on a byte).
 """
@@ -17,9 +17,9 @@ import numpy as np
 from numba import njit, prange
 
 from .bits import get_code, put_code
-from .descriptors import (
-    AMAX, BLOCK, CEIL, DIVISOR, ELEMENT_BITS, ELEMENT_EMAX, ELEMENT_MANTISSA_BITS, ELEMENT_MAX, EVEN, FLOOR,
-    HAS_TENSOR_SCALE, NEAREST_EVEN, RULE, SATURATE, SCALE_EMAX, SCALE_EMIN, SCALE_NAN, STOCHASTIC,
+from ..abi import (
+    RULE_AMAX, BLOCK_SIZE, RULE_CEIL, BLOCK_DIVISOR, BLOCK_ELEMENT_BITS, BLOCK_ELEMENT_EMAX, BLOCK_ELEMENT_MANTISSA_BITS, BLOCK_ELEMENT_MAX, RULE_EVEN, RULE_FLOOR,
+    BLOCK_HAS_TENSOR_SCALE, NEAREST_EVEN, BLOCK_RULE, OVERFLOW_SATURATE, BLOCK_SCALE_EMAX, BLOCK_SCALE_EMIN, BLOCK_SCALE_NAN, STOCHASTIC,
 )
 from .scalar import (
     counter_uniform, decode_element, encode_element, float_decode, float_encode, floor_log2_or, load, pow2, store,
@@ -56,15 +56,15 @@ def element_at(x, o, i, k, half, tiny):
 def scale_exponent(amax, rule, bp):
     """BlockFormat._scale_exponent for positive finite amax."""
     floor_log2 = floor_log2_or(np.float64(amax).view(np.int64), -1100)
-    emax = bp[ELEMENT_EMAX]
-    if rule == FLOOR:
+    emax = bp[BLOCK_ELEMENT_EMAX]
+    if rule == RULE_FLOOR:
         return floor_log2 - emax
-    if rule == CEIL:
+    if rule == RULE_CEIL:
         return floor_log2 + (0 if amax == math.ldexp(1.0, floor_log2) else 1) - emax
-    if rule == EVEN:
-        carry = amax >= math.ldexp(1.0, floor_log2) * (2.0 - math.ldexp(1.0, -(bp[ELEMENT_MANTISSA_BITS] + 1)))
+    if rule == RULE_EVEN:
+        carry = amax >= math.ldexp(1.0, floor_log2) * (2.0 - math.ldexp(1.0, -(bp[BLOCK_ELEMENT_MANTISSA_BITS] + 1)))
         return floor_log2 + (1 if carry else 0) - emax
-    top = bp[ELEMENT_MAX]
+    top = bp[BLOCK_ELEMENT_MAX]
     s = np.int64(math.ceil(math.log2(amax / top)))
     s += 1 if amax > math.ldexp(top, s) else 0
     return s - (1 if amax <= math.ldexp(top, s - 1) else 0)
@@ -75,20 +75,20 @@ def block_scale(x, o, i, k0, sd, bp, half, tiny):
     """(scale code, scale value, scale times the tensor scale, NaN block) of
     the block starting at k0."""
     amax, bad = 0.0, False
-    for j in range(bp[BLOCK]):
+    for j in range(bp[BLOCK_SIZE]):
         v = element_at(x, o, i, k0 + j, half, tiny)
         finite = abs(v) < np.inf
         bad |= not finite
         amax = max(amax, abs(v) if finite else 0.0)
-    rule = bp[RULE]
-    if rule == AMAX:
-        code, _ = float_encode(amax / (bp[DIVISOR] * bp[ELEMENT_MAX]), sd, NEAREST_EVEN, SATURATE, 0.0)
+    rule = bp[BLOCK_RULE]
+    if rule == RULE_AMAX:
+        code, _ = float_encode(amax / (bp[BLOCK_DIVISOR] * bp[BLOCK_ELEMENT_MAX]), sd, NEAREST_EVEN, OVERFLOW_SATURATE, 0.0)
         value = float_decode(code, sd)
     else:
-        exponent = scale_exponent(amax, rule, bp) if amax > 0.0 else bp[SCALE_EMIN]
-        value = pow2(min(max(exponent, bp[SCALE_EMIN]), bp[SCALE_EMAX]))
-        code, _ = float_encode(value, sd, NEAREST_EVEN, SATURATE, 0.0)
-    return (bp[SCALE_NAN] if bad else code), value, value * bp[DIVISOR], bad
+        exponent = scale_exponent(amax, rule, bp) if amax > 0.0 else bp[BLOCK_SCALE_EMIN]
+        value = pow2(min(max(exponent, bp[BLOCK_SCALE_EMIN]), bp[BLOCK_SCALE_EMAX]))
+        code, _ = float_encode(value, sd, NEAREST_EVEN, OVERFLOW_SATURATE, 0.0)
+    return (bp[BLOCK_SCALE_NAN] if bad else code), value, value * bp[BLOCK_DIVISOR], bad
 
 
 @inline
@@ -99,23 +99,23 @@ def element_code(v, full_scale, bad, ed, mode, u):
     # 2**-1020, which rounds like any magnitude below every format's values
     if abs(scaled) < 2.0 ** -1020 and v != 0.0 and abs(v) < np.inf:
         scaled = math.copysign(2.0 ** -1020, v)
-    code, _ = encode_element(scaled, ed, mode, SATURATE, u)
+    code, _ = encode_element(scaled, ed, mode, OVERFLOW_SATURATE, u)
     return code if (full_scale > 0.0) & (not bad) else 0
 
 
 @inline
 def element_value(code, scale_value, bad, ed, bp):
-    """BlockFormat._decode_blocks of one element."""
+    """BlockFormat.decode_blocks_exact of one element."""
     value = decode_element(code, ed) * scale_value
-    if bp[HAS_TENSOR_SCALE]:
-        value = np.float64(np.float32(value) * np.float32(bp[DIVISOR]))
+    if bp[BLOCK_HAS_TENSOR_SCALE]:
+        value = np.float64(np.float32(value) * np.float32(bp[BLOCK_DIVISOR]))
     return np.nan if bad else value
 
 
 @task
 def quantize_group(x, out, g, nblocks, ed, sd, bp, mode, key, half, tiny):
     lost = False
-    block = bp[BLOCK]
+    block = bp[BLOCK_SIZE]
     for r in range(g * GROUP, min(g * GROUP + GROUP, x.shape[0] * x.shape[2] * nblocks)):
         o, i, k0 = block_origin(r, nblocks, x.shape[2], block)
         _, scale_value, full_scale, bad = block_scale(x, o, i, k0, sd, bp, half, tiny)
@@ -139,7 +139,7 @@ def quantize_blocks(x, out, nblocks, ed, sd, bp, mode, key, half, tiny, inexact)
 
 @task
 def encode_group(x, elements, scales, g, nblocks, ed, sd, bp, mode, key, half, tiny):
-    block, bits = bp[BLOCK], bp[ELEMENT_BITS]
+    block, bits = bp[BLOCK_SIZE], bp[BLOCK_ELEMENT_BITS]
     for r in range(g * GROUP, min(g * GROUP + GROUP, scales.size)):
         o, i, k0 = block_origin(r, nblocks, x.shape[2], block)
         scale_code, _, full_scale, bad = block_scale(x, o, i, k0, sd, bp, half, tiny)
@@ -160,12 +160,12 @@ def encode_blocks(x, elements, scales, nblocks, ed, sd, bp, mode, key, half, tin
 
 @task
 def decode_group(elements, scales, out, g, nblocks, ed, sd, bp):
-    block, bits = bp[BLOCK], bp[ELEMENT_BITS]
+    block, bits = bp[BLOCK_SIZE], bp[BLOCK_ELEMENT_BITS]
     for r in range(g * GROUP, min(g * GROUP + GROUP, scales.size)):
         o, i, k0 = block_origin(r, nblocks, out.shape[2], block)
         scale_code = np.int64(scales[r])
         scale_value = float_decode(scale_code, sd)
-        bad = scale_code == bp[SCALE_NAN]
+        bad = scale_code == bp[BLOCK_SCALE_NAN]
         for j in range(min(block, out.shape[1] - k0)):
             code = get_code(elements, (r * block + j) * bits, bits)
             out[o, k0 + j, i] = element_value(code, scale_value, bad, ed, bp)

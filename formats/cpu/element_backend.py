@@ -1,8 +1,7 @@
-"""Element formats on the CPU kernels: tensors in, tensors out.
-
-Called by :class:`lowbit.formats.ElementFormat` for CPU data; returns torch
-tensors (the caller gives them back in the input's kind) and raises the
-same errors as the reference implementation.
+"""Element formats on the CPU kernels (the ``elements`` operations of the
+``"cpu"`` backend, :class:`lowbit.formats.backends.ElementOps`): tensors in,
+tensors out (the caller gives them back in the input's kind), the same
+errors as the reference implementation.
 """
 
 from __future__ import annotations
@@ -13,22 +12,16 @@ import numpy as np
 import torch
 
 from ..arrays import code_dtype, codes_range_error
+from ..backends import Policy
 from . import element_kernels as kernels
 from . import fast32
-from .descriptors import element_descriptor, flush_threshold, overflow_code, rounding_code
+from ..abi import element_descriptor, flush_threshold, overflow_code, rounding_code
+from .buffers import new_tensor
 from .views import numpy_data, planes_rows_cols
 
 
 def _flat(t: torch.Tensor) -> np.ndarray:
     return numpy_data(t)[0].reshape(-1)
-
-
-def new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor from numpy's allocator, which backs large
-    arrays with huge pages where it can (fewer page faults on first write)."""
-    if dtype in (torch.float16, torch.bfloat16):
-        return torch.from_numpy(np.empty(shape, dtype=np.int16)).view(dtype)
-    return torch.from_numpy(np.empty(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
 
 
 def _fast_float32(fmt, t: torch.Tensor, rounding: str, overflow: str, flush_subnormals: bool):
@@ -45,10 +38,10 @@ def _fast_float32(fmt, t: torch.Tensor, rounding: str, overflow: str, flush_subn
     return None
 
 
-def quantize(fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None,
-             flush_subnormals: bool) -> tuple[torch.Tensor, bool]:
+def quantize(fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, bool]:
     """The rounded values in t's dtype and shape, and whether they all fit
     that dtype exactly."""
+    rounding, overflow, key, flush_subnormals = policy.rounding, policy.overflow, policy.key, policy.flush_subnormals
     out = new_tensor(tuple(t.shape), t.dtype)
     fast = _fast_float32(fmt, t, rounding, overflow, flush_subnormals)
     if fast is not None:
@@ -62,10 +55,10 @@ def quantize(fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None
     return out, not inexact.any()
 
 
-def encode(fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None,
-           flush_subnormals: bool) -> tuple[torch.Tensor, int | None]:
+def encode(fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, int | None]:
     """The codes in t's shape, and the flat index of the first element the
     format cannot represent (None if every element encoded)."""
+    rounding, overflow, key, flush_subnormals = policy.rounding, policy.overflow, policy.key, policy.flush_subnormals
     out = new_tensor(tuple(t.shape), code_dtype(fmt.nbits))
     fast = _fast_float32(fmt, t, rounding, overflow, flush_subnormals)
     if fast is not None and fast[1](_flat(t), out.numpy().reshape(-1), fast[2], np.uint64(key or 0),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .descriptors import STOCHASTIC
+from ..abi import STOCHASTIC
 from .scalar import counter_uniform, decode_element, encode_element, load, round_element, store
 
 SPAN = 1 << 14

@@ -28,11 +28,13 @@ from numba.extending import intrinsic, overload
 
 from ..float_format import FloatFormat
 from ..int_format import IntFormat
-from .descriptors import INF, INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, SATURATE, SIGN_CODE, element_descriptor
+from ..abi import OVERFLOW_INF, INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, OVERFLOW_SATURATE, SIGN_CODE, element_descriptor
 from .scalar import counter_uniform, pow2
 
 inline = njit(inline="always", cache=True)
-SIGN32, MAGNITUDE32 = 0x80000000, 0x7FFFFFFF
+SIGN32, MAGNITUDE32, EXPONENT32 = 0x80000000, 0x7FFFFFFF, 0x7F800000
+#: rows (blocks) per parallel task of the block fast paths
+ROWS_PER_TASK = 64
 
 
 @functools.lru_cache(maxsize=256)
@@ -44,9 +46,9 @@ def float_params(fmt, overflow: str, flush_subnormals: bool) -> tuple | None:
         return None
     d = element_descriptor(fmt)
     policy = ("saturate", "inf", "nan").index(overflow)
-    beyond = np.inf if policy == INF else np.nan
+    beyond = np.inf if policy == OVERFLOW_INF else np.nan
     return (fmt.man_bits, np.float32(2.0 ** fmt.emin), np.float32(2.0 ** (fmt.emin - fmt.man_bits + 23)),
-            np.float32(fmt.max), np.float32(beyond), policy == SATURATE, _tiny(flush_subnormals),
+            np.float32(fmt.max), np.float32(beyond), policy == OVERFLOW_SATURATE, _tiny(flush_subnormals),
             fmt.emin, d[SIGN_CODE], d[INF_MAG], d[NAN_POSITIVE], d[NAN_NEGATIVE],
             2.0 ** (fmt.man_bits - fmt.emin), np.float32(min(2.0 ** (fmt.man_bits - fmt.emin), 2.0 ** 127)))
 

@@ -1,5 +1,5 @@
 """Parallel kernels for MicroexponentFormat (MX9/MX6/MX4, MSFP): quantize,
-encode and decode, block by block as ``MicroexponentFormat._encode_blocks``
+encode and decode, block by block as ``MicroexponentFormat.encode_blocks_exact``
 does: a first pass finds the block's largest exponent, a second pass per
 sub-block finds its shift and rounds its elements. Same view, block order
 and task layout as :mod:`.block_kernels`.
@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from .bits import get_code, put_code
 from .block_kernels import GROUP, block_origin, element_at
-from .descriptors import EXP_BIAS, EXP_BITS, MAN, ME_BLOCK, ME_EMAX, ME_EMIN, MICRO_BITS, STOCHASTIC, SUB_BLOCK
+from ..abi import MICRO_EXP_BIAS, MICRO_EXP_BITS, MICRO_MAN, MICRO_BLOCK, MICRO_EMAX, MICRO_EMIN, MICRO_MICRO_BITS, STOCHASTIC, MICRO_SUB_BLOCK
 from .scalar import counter_uniform, floor_log2_or, pick_upper, pow2, store
 
 NO_EXPONENT = -(1 << 20)
@@ -34,19 +34,19 @@ def exponent_of(v):
 def shared_exponent(x, o, i, k0, mp, half, tiny):
     """(clamped largest exponent of the block, NaN block)."""
     e_max, bad = NO_EXPONENT, False
-    for j in range(mp[ME_BLOCK]):
+    for j in range(mp[MICRO_BLOCK]):
         v = element_at(x, o, i, k0 + j, half, tiny)
         bad |= not (abs(v) < np.inf)
         e_max = max(e_max, exponent_of(v))
-    return min(max(e_max, mp[ME_EMIN]), mp[ME_EMAX]), bad
+    return min(max(e_max, mp[MICRO_EMIN]), mp[MICRO_EMAX]), bad
 
 
 @inline
 def sub_block_shift(x, o, i, k0, e_max, mp, half, tiny):
     sub_max = NO_EXPONENT
-    for j in range(mp[SUB_BLOCK]):
+    for j in range(mp[MICRO_SUB_BLOCK]):
         sub_max = max(sub_max, exponent_of(element_at(x, o, i, k0 + j, half, tiny)))
-    return min(max(e_max - sub_max, 0), (1 << mp[MICRO_BITS]) - 1)
+    return min(max(e_max - sub_max, 0), (1 << mp[MICRO_MICRO_BITS]) - 1)
 
 
 @inline
@@ -57,14 +57,14 @@ def magnitude_code(v, step_exp, bad, mp, mode, u):
     lo = np.floor(t)
     half_lo = lo * 0.5
     upper = pick_upper(mode, t, lo, lo + 1.0, half_lo != np.floor(half_lo), negative, u)
-    magnitude = np.int64(min(lo + (1.0 if upper else 0.0), np.float64((1 << mp[MAN]) - 1)))
-    return 0 if bad else magnitude + ((1 << mp[MAN]) if negative else 0)
+    magnitude = np.int64(min(lo + (1.0 if upper else 0.0), np.float64((1 << mp[MICRO_MAN]) - 1)))
+    return 0 if bad else magnitude + ((1 << mp[MICRO_MAN]) if negative else 0)
 
 
 @inline
 def code_value(code, step_exp, bad, mp):
-    magnitude = np.float64(code & ((1 << mp[MAN]) - 1)) * pow2(step_exp)
-    value = -magnitude if code >> mp[MAN] else magnitude
+    magnitude = np.float64(code & ((1 << mp[MICRO_MAN]) - 1)) * pow2(step_exp)
+    value = -magnitude if code >> mp[MICRO_MAN] else magnitude
     return np.nan if bad else value
 
 
@@ -73,26 +73,26 @@ def walk_block(x, r, nblocks, mp, mode, key, half, tiny, out, elements, subscale
     """Encode block r: write its decoded values into ``out`` (when it has
     elements) or its codes into ``elements``/``subscales``; returns (scale
     code, whether ``out`` lost exactness)."""
-    block, sub = mp[ME_BLOCK], mp[SUB_BLOCK]
+    block, sub = mp[MICRO_BLOCK], mp[MICRO_SUB_BLOCK]
     o, i, k0 = block_origin(r, nblocks, x.shape[2], block)
     e_max, bad = shared_exponent(x, o, i, k0, mp, half, tiny)
     lost = False
     for s in range(block // sub):
-        shift = sub_block_shift(x, o, i, k0 + s * sub, e_max, mp, half, tiny) if mp[MICRO_BITS] else 0
+        shift = sub_block_shift(x, o, i, k0 + s * sub, e_max, mp, half, tiny) if mp[MICRO_MICRO_BITS] else 0
         if subscales.size:
-            put_code(subscales, (r * (block // sub) + s) * mp[MICRO_BITS], shift, mp[MICRO_BITS])
-        step_exp = e_max - shift - mp[MAN] + 1
+            put_code(subscales, (r * (block // sub) + s) * mp[MICRO_MICRO_BITS], shift, mp[MICRO_MICRO_BITS])
+        step_exp = e_max - shift - mp[MICRO_MAN] + 1
         for j in range(s * sub, s * sub + sub):
             v = element_at(x, o, i, k0 + j, half, tiny)
             u = counter_uniform(key, r * block + j) if mode == STOCHASTIC else 0.0
             code = magnitude_code(v, step_exp, bad, mp, mode, u)
             if elements.size:
-                put_code(elements, (r * block + j) * (mp[MAN] + 1), code, mp[MAN] + 1)
+                put_code(elements, (r * block + j) * (mp[MICRO_MAN] + 1), code, mp[MICRO_MAN] + 1)
             elif k0 + j < x.shape[1]:
                 narrow, exact = store(code_value(code, step_exp, bad, mp), out, half)
                 out[o, k0 + j, i] = narrow
                 lost |= not exact
-    return ((1 << mp[EXP_BITS]) - 1 if bad else e_max + mp[EXP_BIAS]), lost
+    return ((1 << mp[MICRO_EXP_BITS]) - 1 if bad else e_max + mp[MICRO_EXP_BIAS]), lost
 
 
 @njit(parallel=True, cache=True)
@@ -117,13 +117,13 @@ def encode_microexponent(x, elements, scales, subscales, nblocks, mp, mode, key,
 
 @njit(parallel=True, cache=True)
 def decode_microexponent(elements, scales, subscales, out, nblocks, mp):
-    block, sub, micro = mp[ME_BLOCK], mp[SUB_BLOCK], mp[MICRO_BITS]
+    block, sub, micro = mp[MICRO_BLOCK], mp[MICRO_SUB_BLOCK], mp[MICRO_MICRO_BITS]
     for g in prange((scales.size + GROUP - 1) // GROUP):
         for r in range(g * GROUP, min(g * GROUP + GROUP, scales.size)):
             o, i, k0 = block_origin(r, nblocks, out.shape[2], block)
-            bad = np.int64(scales[r]) == (1 << mp[EXP_BITS]) - 1
-            e_max = np.int64(scales[r]) - mp[EXP_BIAS]
+            bad = np.int64(scales[r]) == (1 << mp[MICRO_EXP_BITS]) - 1
+            e_max = np.int64(scales[r]) - mp[MICRO_EXP_BIAS]
             for j in range(min(block, out.shape[1] - k0)):
                 shift = get_code(subscales, (r * (block // sub) + j // sub) * micro, micro) if micro else 0
-                code = get_code(elements, (r * block + j) * (mp[MAN] + 1), mp[MAN] + 1)
-                out[o, k0 + j, i] = code_value(code, e_max - shift - mp[MAN] + 1, bad, mp)
+                code = get_code(elements, (r * block + j) * (mp[MICRO_MAN] + 1), mp[MICRO_MAN] + 1)
+                out[o, k0 + j, i] = code_value(code, e_max - shift - mp[MICRO_MAN] + 1, bad, mp)

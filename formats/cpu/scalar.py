@@ -15,10 +15,10 @@ from numba import njit, types
 from numba.extending import overload
 
 from ..rounding import SPLITMIX_GAMMA, SPLITMIX_MUL1, SPLITMIX_MUL2
-from .descriptors import (
-    BIAS, DOWN, FRAC_BITS, HAS_NEGATIVE_ZERO, HAS_ZERO, INF, INF_MAG, INT_BITS, INT_SIGNED, IS_INT, LOWEST_EXPONENT,
-    MAG_BITS, MAN_BITS, MAX_CODE, NAN, NAN_NEGATIVE, NAN_POSITIVE, NEAREST_AWAY, NEAREST_EVEN, NEGATIVE_ZERO_IS_NAN,
-    QMAX, QMIN, SATURATE, SIGN_CODE, SIGNED, SMALLEST_BITS, STOCHASTIC, SUBNORMALS, TOWARD_ZERO, UP,
+from ..abi import (
+    BIAS, DOWN, FRAC_BITS, HAS_NEGATIVE_ZERO, HAS_ZERO, OVERFLOW_INF, INF_MAG, INT_BITS, INT_SIGNED, IS_INT, LOWEST_EXPONENT,
+    MAG_BITS, MAN_BITS, MAX_CODE, OVERFLOW_NAN, NAN_NEGATIVE, NAN_POSITIVE, NEAREST_AWAY, NEAREST_EVEN, NEGATIVE_ZERO_IS_NAN,
+    QMAX, QMIN, OVERFLOW_SATURATE, SIGN_CODE, SIGNED, SMALLEST_BITS, STOCHASTIC, SUBNORMALS, TOWARD_ZERO, UP,
 )
 
 GAMMA, MUL1, MUL2 = np.uint64(SPLITMIX_GAMMA), np.uint64(SPLITMIX_MUL1), np.uint64(SPLITMIX_MUL2)
@@ -84,7 +84,7 @@ def pick_upper(mode, a, lo, hi, lo_is_odd, negative, u):
 # -- FloatFormat -----------------------------------------------------------------------
 @function
 def float_encode(x, d, mode, overflow, u):
-    """FloatFormat._encode_exact of one value: (code, invalid)."""
+    """FloatFormat.encode_exact of one value: (code, invalid)."""
     x_bits = bits_of(x)
     negative = x_bits < 0
     nan_in = (x_bits & MAGNITUDE_MASK) > EXPONENT_MASK
@@ -107,15 +107,15 @@ def float_encode(x, d, mode, overflow, u):
     mag = code + np.int64(upper)
 
     overflowed = mag > d[MAX_CODE]
-    to_max = (overflow == SATURATE) | toward_zero(mode, negative)
-    special = (overflowed & (not to_max)) | (inf_in & (overflow != SATURATE))
-    if (overflowed & to_max) | (inf_in & (overflow == SATURATE)):
+    to_max = (overflow == OVERFLOW_SATURATE) | toward_zero(mode, negative)
+    special = (overflowed & (not to_max)) | (inf_in & (overflow != OVERFLOW_SATURATE))
+    if (overflowed & to_max) | (inf_in & (overflow == OVERFLOW_SATURATE)):
         mag = d[MAX_CODE]
-    if (overflow == INF) & special:
+    if (overflow == OVERFLOW_INF) & special:
         mag = d[INF_MAG]
     sign = negative if d[HAS_NEGATIVE_ZERO] else negative & (mag != 0)
     code = mag + (d[SIGN_CODE] if sign else 0)
-    if d[NAN_POSITIVE] >= 0 and (nan_in | ((overflow == NAN) & special)):
+    if d[NAN_POSITIVE] >= 0 and (nan_in | ((overflow == OVERFLOW_NAN) & special)):
         code = d[NAN_NEGATIVE] if negative else d[NAN_POSITIVE]
     invalid = nan_in & (d[NAN_POSITIVE] < 0)
     if not d[SIGNED]:
@@ -129,7 +129,7 @@ def float_encode(x, d, mode, overflow, u):
 
 @function
 def float_decode(code, d):
-    """FloatFormat._decode_exact of one code."""
+    """FloatFormat.decode_exact of one code."""
     m, bias = d[MAN_BITS], d[BIAS]
     mag = code & ((1 << d[MAG_BITS]) - 1)
     negative = d[SIGNED] and (code >> d[MAG_BITS]) != 0
@@ -152,7 +152,7 @@ def float_decode(code, d):
 # -- IntFormat -------------------------------------------------------------------------
 @function
 def int_encode(x, d, mode, u):
-    """IntFormat._encode_exact of one value: (code, invalid)."""
+    """IntFormat.encode_exact of one value: (code, invalid)."""
     nan_in = x != x
     negative = bits_of(x) < 0
     a = 0.0 if nan_in else min(abs(x), 2.0 ** 80)

@@ -1,6 +1,6 @@
-"""Scaled formats (BlockFormat, MicroexponentFormat) on the CPU kernels.
-
-Called by :class:`lowbit.formats.ScaledFormat` for CPU data. The input is
+"""Scaled formats (BlockFormat, MicroexponentFormat) on the CPU kernels:
+the ``scaled`` operations of the ``"cpu"`` backend
+(:class:`lowbit.formats.backends.ScaledOps`). The input is
 read in place through an (outer, axis, inner) view; outputs are new
 tensors: values in the input's shape and dtype, or the packed codes and
 scale codes of an :class:`~lowbit.formats.Encoded`.
@@ -12,21 +12,24 @@ import numpy as np
 import torch
 
 from ..arrays import code_dtype
+from ..backends import Policy
 from ..block_format import BlockFormat
 from ..blocking import BlockLayout
-from . import block_kernels, fast_blocks, microexponent_kernels
-from .descriptors import block_params, element_descriptor, flush_threshold, microexponent_params, rounding_code
-from .element_backend import new_tensor
+from . import block_kernels, fast_amax, fast_block_decode, fast_microexponent, fast_mx, microexponent_kernels
+from .bits import whole_bytes
+from .fast32 import ROWS_PER_TASK
+from ..abi import block_params, element_descriptor, flush_threshold, microexponent_params, rounding_code
+from .buffers import new_tensor
 from .views import numpy_data, outer_axis_inner, planes_rows_cols
 
 
-def tensor_scale(fmt, t: torch.Tensor, flush_subnormals: bool) -> float | None:
+def tensor_scale(fmt, t: torch.Tensor, policy: Policy) -> float | None:
     """NVFP4's per-tensor scale (None for formats without one)."""
     if not (isinstance(fmt, BlockFormat) and fmt.tensor_scale):
         return None
     data, half = numpy_data(t)
     x = planes_rows_cols(data)
-    amax = block_kernels.finite_amax(x, half, flush_threshold(t.dtype, flush_subnormals)) if x.size else 0.0
+    amax = block_kernels.finite_amax(x, half, flush_threshold(t.dtype, policy.flush_subnormals)) if x.size else 0.0
     return fmt.tensor_scale_of(amax)
 
 
@@ -55,30 +58,30 @@ def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_r
     if rows is None:
         return None
     if isinstance(fmt, BlockFormat):
-        mx = fast_blocks.mx_params(fmt, scale_rule)
+        mx = fast_mx.mx_params(fmt, scale_rule)
         if mx is not None:
             return "mx", rows, mx
-        amax = fast_blocks.scaled_block_params(fmt, ts)
+        amax = fast_amax.scaled_block_params(fmt, ts)
         return None if amax is None else ("amax", rows, amax)
-    return ("microexponent", rows, microexponent_params(fmt)) if fast_blocks.microexponent_fits(fmt) else None
+    return ("microexponent", rows, microexponent_params(fmt)) if fast_microexponent.microexponent_fits(fmt) else None
 
 
-def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None, key: int | None,
-             flush_subnormals: bool, ts: float | None) -> tuple[torch.Tensor, bool]:
+def quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
     """x encoded and decoded, in its shape and dtype, and whether the dtype
     held every result exactly."""
+    rounding, scale_rule, key, flush_subnormals = policy.rounding, policy.scale_rule, policy.key, policy.flush_subnormals
     out = new_tensor(tuple(t.shape), t.dtype)
     fast = _fast_path(fmt, t, layout, rounding, scale_rule, flush_subnormals, ts)
     if fast is not None:
         family, rows, params = fast
         values = numpy_data(out)[0].reshape(rows.shape)
-        inexact = np.zeros(-(-layout.nrows // fast_blocks.ROWS_PER_TASK), dtype=np.bool_)
+        inexact = np.zeros(-(-layout.nrows // ROWS_PER_TASK), dtype=np.bool_)
         if family == "mx":
-            fast_blocks.quantize_mx(rows, values, *params, inexact)
+            fast_mx.quantize_mx(rows, values, *params, inexact)
         elif family == "amax":
-            fast_blocks.quantize_amax_blocks(rows, values, params, inexact)
+            fast_amax.quantize_amax_blocks(rows, values, params, inexact)
         else:
-            fast_blocks.quantize_microexponent(rows.reshape(-1), values.reshape(-1), params, inexact)
+            fast_microexponent.quantize_microexponent(rows.reshape(-1), values.reshape(-1), params, inexact)
         return out, not inexact.any()
     x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
     out_view = outer_axis_inner(numpy_data(out)[0], layout.axis, writeable=True)
@@ -93,10 +96,10 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rul
     return out, not inexact.any()
 
 
-def encode(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None, key: int | None,
-           flush_subnormals: bool, ts: float | None):
+def encode(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None):
     """(packed element codes, scale codes in the blocked shape, packed
     sub-block shifts or None) as CPU tensors."""
+    rounding, scale_rule, key, flush_subnormals = policy.rounding, policy.scale_rule, policy.key, policy.flush_subnormals
     nrows = layout.nrows
     fast = _fast_path(fmt, t, layout, rounding, scale_rule, flush_subnormals, ts)
     elements = _packed(fast is not None, nrows, fmt.block_size, fmt.element_code_bits)
@@ -105,11 +108,11 @@ def encode(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule:
     if fast is not None:
         family, rows, params = fast
         if family == "mx":
-            fast_blocks.encode_mx(rows, elements.numpy(), scales.numpy(), *params)
+            fast_mx.encode_mx(rows, elements.numpy(), scales.numpy(), *params)
         elif family == "amax":
-            fast_blocks.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), params)
+            fast_amax.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), params)
         else:
-            fast_blocks.encode_microexponent(rows.reshape(-1), elements.numpy(), scales.numpy(), subscales.numpy(),
+            fast_microexponent.encode_microexponent(rows.reshape(-1), elements.numpy(), scales.numpy(), subscales.numpy(),
                                              params)
     elif isinstance(fmt, BlockFormat):
         x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
@@ -128,7 +131,7 @@ def _packed(fast: bool, nrows: int, per_row: int, bits: int) -> torch.Tensor:
     fast kernel writes every byte of it (rows that fill whole bytes), else
     zeroed for the kernels that OR codes in."""
     nbytes = -(-nrows * per_row * bits // 8)
-    if fast and fast_blocks.whole_bytes(bits, per_row):
+    if fast and whole_bytes(bits, per_row):
         return new_tensor((nbytes,), torch.uint8)
     return torch.zeros(nbytes, dtype=torch.uint8)
 
@@ -142,11 +145,11 @@ def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tenso
     if _fast_decode(fmt, layout):
         rows = out.numpy().reshape(layout.nrows, fmt.block_size)
         if isinstance(fmt, BlockFormat):
-            element_values, scale_values = fast_blocks.decode_tables(fmt)
-            fast_blocks.decode_blocks(packed, scale_codes, rows, element_values, scale_values, ts,
+            element_values, scale_values = fast_block_decode.decode_tables(fmt)
+            fast_block_decode.decode_blocks(packed, scale_codes, rows, element_values, scale_values, ts,
                                       fmt.element_code_bits)
         else:
-            fast_blocks.decode_microexponent(packed, scale_codes, shifts, rows, microexponent_params(fmt))
+            fast_microexponent.decode_microexponent(packed, scale_codes, shifts, rows, microexponent_params(fmt))
         return out
     out_view = outer_axis_inner(out.numpy(), layout.axis, writeable=True)
     if isinstance(fmt, BlockFormat):
@@ -164,8 +167,8 @@ def _fast_decode(fmt, layout: BlockLayout) -> bool:
     at most 2**16 codes or in sub-blocks of two."""
     if layout.axis != max(len(layout.shape) - 1, 0) or layout.length % fmt.block_size:
         return False
-    if not fast_blocks.whole_bytes(fmt.element_code_bits, fmt.block_size):
+    if not whole_bytes(fmt.element_code_bits, fmt.block_size):
         return False
     if isinstance(fmt, BlockFormat):
         return fmt.element_code_bits <= 16 and fmt.scale_code_bits <= 16
-    return fmt.sub_block == 2 and fast_blocks.whole_bytes(fmt.subscale_code_bits, fmt.subscales_per_block)
+    return fmt.sub_block == 2 and whole_bytes(fmt.subscale_code_bits, fmt.subscales_per_block)

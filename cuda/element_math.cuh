@@ -8,13 +8,16 @@
 // contraction (nvcc --fmad=false, g++ -ffp-contract=off): an a*b+c fused
 // into one rounding would change results the reference computes in two.
 //
-// Formats arrive as ElementDesc, the same 16 integer fields, in the same
-// order, as lowbit.formats.cpu.descriptors.element_descriptor.
+// Formats arrive as ElementDesc, the integer fields of
+// lowbit.formats.abi.element_descriptor, numbered by abi.h (generated from
+// that module, as are the rounding, overflow and scale-rule numbers).
 #pragma once
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "abi.h"
 
 #ifdef LOWBIT_EMULATE_DEVICE
 #include "emulated_device.h"  // the device functions the GPU branches call
@@ -28,25 +31,10 @@
 
 namespace lowbit {
 
-// -- format descriptors (indices as in descriptors.py) -----------------------
-enum ElementField {
-  IS_INT = 0,
-  // FloatFormat
-  MAN_BITS = 1, LOWEST_EXPONENT = 2, SUBNORMALS = 3, HAS_ZERO = 4, MAX_CODE = 5, SIGN_CODE = 6, MAG_BITS = 7,
-  INF_MAG = 8, NAN_POSITIVE = 9, NAN_NEGATIVE = 10, HAS_NEGATIVE_ZERO = 11, SIGNED = 12, BIAS = 13,
-  NEGATIVE_ZERO_IS_NAN = 14, SMALLEST_BITS = 15,
-  // IntFormat
-  INT_BITS = 1, INT_SIGNED = 2, QMIN = 3, QMAX = 4, FRAC_BITS = 5,
-  ELEMENT_FIELDS = 16
-};
-
+// -- format descriptors: fields numbered by ElementField (abi.h) -----------
 struct ElementDesc {
   long long f[ELEMENT_FIELDS];
 };
-
-// rounding modes and overflow policies, numbered as in lowbit.formats.rounding
-enum Rounding { NEAREST_EVEN = 0, NEAREST_AWAY = 1, TOWARD_ZERO = 2, UP = 3, DOWN = 4, STOCHASTIC = 5 };
-enum Overflow { SATURATE = 0, OVERFLOW_INF = 1, OVERFLOW_NAN = 2 };
 
 // How a call rounds: mode, overflow policy, stochastic key, and the
 // magnitude below which inputs are flushed to signed zeros (0: no flushing).
@@ -150,9 +138,9 @@ LB_HD Code float_encode(double x, const ElementDesc& d, int mode, int overflow, 
   long long mag = code + (upper ? 1 : 0);
 
   bool overflowed = mag > d.f[MAX_CODE];
-  bool to_max = overflow == SATURATE || toward_zero(mode, negative);
-  bool special = (overflowed && !to_max) || (inf_in && overflow != SATURATE);
-  if ((overflowed && to_max) || (inf_in && overflow == SATURATE)) mag = d.f[MAX_CODE];
+  bool to_max = overflow == OVERFLOW_SATURATE || toward_zero(mode, negative);
+  bool special = (overflowed && !to_max) || (inf_in && overflow != OVERFLOW_SATURATE);
+  if ((overflowed && to_max) || (inf_in && overflow == OVERFLOW_SATURATE)) mag = d.f[MAX_CODE];
   if (overflow == OVERFLOW_INF && special) mag = d.f[INF_MAG];
   bool sign = d.f[HAS_NEGATIVE_ZERO] ? negative : (negative && mag != 0);
   code = mag + (sign ? d.f[SIGN_CODE] : 0);

@@ -1,15 +1,17 @@
 """Building the extension on first use with torch.utils.cpp_extension.load.
 
-Three builds of the same bindings (``csrc/bindings.cpp``):
+The sources are the repository's ``cuda/`` folder, installed as the
+package data ``lowbit.cuda.sources`` and found through importlib (see
+:func:`sources`). Three builds of the same bindings (``bindings.cpp``):
 
 - the CUDA extension, ops ``torch.ops.lowbit_cuda.*`` for CUDA tensors,
   from the ``.cu`` kernels, for the GPU torch runs on;
 - the host twin, ops ``torch.ops.lowbit_host.*`` for CPU tensors, from
-  ``csrc/host_launchers.cpp`` (the same per-element and per-block math in
+  ``host_launchers.cpp`` (the same per-element and per-block math in
   plain host loops);
 - the emulated build, ops ``torch.ops.lowbit_emulated.*`` for CPU tensors,
   from the ``.cu`` kernels themselves compiled as C++ and run on the host
-  thread after thread (``csrc/emulated_kernels.cpp``).
+  thread after thread (``emulated_kernels.cpp``).
 
 Machines without a GPU build the last two with g++ to test the kernels'
 math and code, the bindings and the Python glue.
@@ -24,6 +26,7 @@ as the reference does.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import os
 import shutil
 from pathlib import Path
@@ -32,9 +35,24 @@ import torch
 
 from lowbit.formats.backends import BackendUnavailable
 
-CSRC = Path(__file__).parent / "csrc"
-HEADERS = ("element_math.cuh", "block_math.cuh", "mx_matmul_math.cuh", "mma_ops.cuh", "launch.cuh", "launchers.h",
-           "dispatch.h", "emulated_device.h")
+
+
+def sources() -> Path:
+    """The folder holding the extension's sources: the package data
+    ``lowbit/cuda/sources/`` of an installed wheel, else (a checkout, an
+    editable install) the repository's ``cuda/`` folder, which the wheel's
+    package data is built from. It is no Python package: a ``cuda/`` with an
+    ``__init__.py`` at the repository root would shadow NVIDIA's
+    cuda-python, which torch imports at load."""
+    installed = importlib.resources.files("lowbit.cuda") / "sources"
+    if installed.is_dir():
+        return Path(str(installed))
+    return Path(__file__).resolve().parents[2] / "cuda"
+
+
+CSRC = sources()
+HEADERS = ("abi.h", "element_math.cuh", "block_math.cuh", "mx_matmul_math.cuh", "mma_ops.cuh", "launch.cuh",
+           "launchers.h", "dispatch.h", "emulated_device.h")
 KERNELS = ("element_kernels.cu", "block_kernels.cu", "mx_matmul.cu")
 HOST_FLAGS = ["-O2", "-ffp-contract=off"]
 NVCC_FLAGS = ["-O3", "--fmad=false"]

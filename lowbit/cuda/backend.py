@@ -1,25 +1,27 @@
-"""The formats' kernel-backend contract (:class:`lowbit.formats.backends.Kernels`)
-over the extension's torch ops, for either build: ``lowbit_cuda`` (CUDA
-tensors) or ``lowbit_host`` (the host twin, CPU tensors).
+"""The formats' backend contract (:class:`lowbit.formats.backends.Backend`)
+over the extension's torch ops, for each build: ``lowbit_cuda`` (CUDA
+tensors), ``lowbit_host`` (the host twin) and ``lowbit_emulated`` (CPU tensors).
 
-Formats reach the kernels as the numba backend's descriptors
-(:mod:`lowbit.formats.cpu.descriptors`), whose fields the CUDA headers read
-in the same order. Inputs may have any strides: element formats read a
-contiguous copy of a non-contiguous input; block formats read blocks
-through an (outer, axis, inner) view where the strides allow one. Outputs
-are new contiguous tensors on the input's device.
+Formats reach the kernels as the descriptors of :mod:`lowbit.formats.abi`,
+whose field numbers the CUDA headers include (``cuda/abi.h``). Inputs may
+have any strides: element formats read a contiguous copy of a
+non-contiguous input; block formats read blocks through an (outer, axis,
+inner) view where the strides allow one. Outputs are new contiguous
+tensors on the input's device.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from lowbit.formats.arrays import code_dtype, codes_range_error
-from lowbit.formats.backends import Kernels
-from lowbit.formats.block_format import BlockFormat
-from lowbit.formats.cpu.descriptors import (
-    block_params, element_descriptor, flush_threshold, microexponent_params, overflow_code, rounding_code,
+from lowbit.formats import BlockFormat, Policy
+from lowbit.formats.abi import (
+    KernelBackend, block_params, element_descriptor, flush_threshold, microexponent_params, overflow_code,
+    rounding_code,
 )
+from lowbit.formats.arrays import code_dtype, codes_range_error
 
 #: integer code dtypes the ops read as they are; others are read as int64
 _CODE_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64)
@@ -31,28 +33,33 @@ def signed_key(key: int | None) -> int:
     return key - (1 << 64) if key >= 1 << 63 else key
 
 
+def _element_policy(t: torch.Tensor, policy: Policy) -> tuple[int, int, int, float]:
+    """An element op's policy arguments: rounding, overflow, key, flush threshold."""
+    return (rounding_code(policy.rounding), overflow_code(policy.overflow), signed_key(policy.key),
+            flush_threshold(t.dtype, policy.flush_subnormals))
+
+
+def _block_policy(t: torch.Tensor, policy: Policy) -> tuple[int, int, float]:
+    """A block op's policy arguments: rounding, key, flush threshold."""
+    return rounding_code(policy.rounding), signed_key(policy.key), flush_threshold(t.dtype, policy.flush_subnormals)
+
+
 class ElementOps:
     """Element formats (FloatFormat, IntFormat) on one build's ops."""
 
     def __init__(self, ops) -> None:
         self.ops = ops
 
-    def quantize(self, fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None,
-                 flush_subnormals: bool) -> tuple[torch.Tensor, bool]:
+    def quantize(self, fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, bool]:
         """The rounded values in t's dtype and shape, and whether they all fit that dtype exactly."""
-        out, inexact = self.ops.element_quantize(t, element_descriptor(fmt), rounding_code(rounding),
-                                                 overflow_code(overflow), signed_key(key),
-                                                 flush_threshold(t.dtype, flush_subnormals))
+        out, inexact = self.ops.element_quantize(t, element_descriptor(fmt), *_element_policy(t, policy))
         return out, not bool(inexact)
 
-    def encode(self, fmt, t: torch.Tensor, rounding: str, overflow: str, key: int | None,
-               flush_subnormals: bool) -> tuple[torch.Tensor, int | None]:
+    def encode(self, fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, int | None]:
         """The codes in t's shape, and the flat index of the first element
         the format cannot represent (None if every element encoded)."""
         bits = torch.iinfo(code_dtype(fmt.nbits)).bits
-        codes, first_invalid = self.ops.element_encode(t, element_descriptor(fmt), rounding_code(rounding),
-                                                       overflow_code(overflow), signed_key(key),
-                                                       flush_threshold(t.dtype, flush_subnormals), bits)
+        codes, first_invalid = self.ops.element_encode(t, element_descriptor(fmt), *_element_policy(t, policy), bits)
         bad = int(first_invalid)
         return codes, None if bad == -1 else bad
 
@@ -72,12 +79,12 @@ class ScaledOps:
     def __init__(self, ops) -> None:
         self.ops = ops
 
-    def tensor_scale(self, fmt, t: torch.Tensor, flush_subnormals: bool) -> float | None:
+    def tensor_scale(self, fmt, t: torch.Tensor, policy: Policy) -> float | None:
         """NVFP4's per-tensor scale from the largest finite magnitude (None for formats without one)."""
         if not (isinstance(fmt, BlockFormat) and fmt.tensor_scale):
             return None
         magnitudes = t.abs()
-        keep = torch.isfinite(magnitudes) & (magnitudes >= flush_threshold(t.dtype, flush_subnormals))
+        keep = torch.isfinite(magnitudes) & (magnitudes >= flush_threshold(t.dtype, policy.flush_subnormals))
         amax = float(torch.where(keep, magnitudes, 0).max()) if t.numel() else 0.0
         return fmt.tensor_scale_of(amax)
 
@@ -87,19 +94,15 @@ class ScaledOps:
             return (element_descriptor(fmt.element), element_descriptor(fmt.scale), block_params(fmt, rule, ts))
         return (microexponent_params(fmt),)
 
-    def quantize(self, fmt, t: torch.Tensor, layout, rounding: str, scale_rule: str | None, key: int | None,
-                 flush_subnormals: bool, ts: float | None) -> tuple[torch.Tensor, bool]:
+    def quantize(self, fmt, t: torch.Tensor, layout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
         """t encoded and decoded, in its shape and dtype, and whether the dtype held every result exactly."""
         op = self.ops.block_quantize if isinstance(fmt, BlockFormat) else self.ops.microexponent_quantize
-        out, inexact = op(t, layout.axis, *self._arguments(fmt, scale_rule, ts), rounding_code(rounding),
-                          signed_key(key), flush_threshold(t.dtype, flush_subnormals))
+        out, inexact = op(t, layout.axis, *self._arguments(fmt, policy.scale_rule, ts), *_block_policy(t, policy))
         return out, not bool(inexact)
 
-    def encode(self, fmt, t: torch.Tensor, layout, rounding: str, scale_rule: str | None, key: int | None,
-               flush_subnormals: bool, ts: float | None):
+    def encode(self, fmt, t: torch.Tensor, layout, policy: Policy, ts: float | None):
         """(packed element codes, scale codes in the blocked shape, packed sub-block shifts or None)."""
-        arguments = (t, layout.axis, *self._arguments(fmt, scale_rule, ts), rounding_code(rounding),
-                     signed_key(key), flush_threshold(t.dtype, flush_subnormals))
+        arguments = (t, layout.axis, *self._arguments(fmt, policy.scale_rule, ts), *_block_policy(t, policy))
         if isinstance(fmt, BlockFormat):
             elements, scales = self.ops.block_encode(*arguments)
             subscales = None
@@ -121,7 +124,11 @@ class ScaledOps:
         return self.ops.microexponent_decode(elements, scales, subscales, *arguments)
 
 
-def kernels(namespace: str) -> Kernels:
-    """The Kernels of a loaded build (``"lowbit_cuda"`` or ``"lowbit_host"``)."""
+def backend(name: str, device_type: str, namespace: str) -> KernelBackend:
+    """A loaded build's ops (``torch.ops.<namespace>``) as the backend ``name``
+    for ``device_type`` data, with :func:`lowbit.cuda.mx_matmul`'s product."""
+    from .matmul import product, takes_product
+
     ops = getattr(torch.ops, namespace)
-    return Kernels(ElementOps(ops), ScaledOps(ops))
+    return KernelBackend(name, device_type, ElementOps(ops), ScaledOps(ops), takes_product,
+                         functools.partial(product, ops))

@@ -8,8 +8,8 @@ operand is prepared (the op ``mx_prepare``, one pass over its codes) by
 mapping each element code to its tensor-core input (a table per element
 format and type) and each block's scale code to a float32 power of two
 (times 2**-shift for the int8 multiple). The kernel
-(``csrc/mx_matmul.cu``) then multiplies on tensor cores, with the block
-scales applied per block in fp32 (``csrc/mx_matmul_math.cuh``).
+(``cuda/mx_matmul.cu``) then multiplies on tensor cores, with the block
+scales applied per block in fp32 (``cuda/mx_matmul_math.cuh``).
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.formats import BlockFormat, Encoded
+from lowbit.formats import BlockFormat, Encoded, backends
 from lowbit.formats.matmul import check_operand
 
-#: the tensor-core input types, numbered as MmaType in csrc/mx_matmul_math.cuh
+#: the tensor-core input types, numbered as MmaType in cuda/mx_matmul_math.cuh
 TENSOR_CORE_TYPES = {"int8": 0, "fp16": 1, "e4m3": 2, "e5m2": 3}
 #: the instructions mx_matmul can run on, by their input kind
 INSTRUCTIONS = ("int8", "fp16", "fp8")
-BACKENDS = {"cuda": "lowbit_cuda", "cuda_emulated": "lowbit_emulated", "cuda_host": "lowbit_host"}
 OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TORCH_TYPES = {"fp16": torch.float16, "e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 
@@ -148,6 +147,27 @@ def _check_operand(x, name: str) -> None:
         raise ValueError(f"{name}: {problem}")
 
 
+def takes_product(a_format, b_format) -> bool:
+    """Whether :func:`mx_matmul` multiplies operands of these formats on the extension's builds."""
+    return (operand_problem(a_format) is None and operand_problem(b_format) is None
+            and a_format.block_size == b_format.block_size)
+
+
+def product(ops, a: Encoded, b: Encoded, bias: torch.Tensor | None, out_dtype: torch.dtype,
+            instruction: str | None) -> torch.Tensor:
+    """``A @ B.T + bias`` on one build's ops (``torch.ops.lowbit_cuda`` and
+    its CPU builds) for operands :func:`mx_matmul` has checked."""
+    a_type, b_type = choose_types(a.format, b.format, instruction)
+    device = a.elements.device
+    if device.type == "cuda" and instruction == "fp8" and torch.cuda.get_device_capability(device) < (8, 9):
+        raise ValueError(f"instruction='fp8' needs a GPU of compute capability 8.9 or later; {device} has "
+                         f"{torch.cuda.get_device_capability(device)}")
+    (a_inputs, a_scales), (b_inputs, b_scales) = prepared(a, a_type, ops), prepared(b, b_type, ops)
+    bias = None if bias is None else bias.to(torch.float32)
+    return ops.mx_matmul(a_inputs, a_scales, b_inputs, b_scales, bias, TENSOR_CORE_TYPES[a_type],
+                         TENSOR_CORE_TYPES[b_type], a.format.block_size, out_dtype)
+
+
 def mx_matmul(a: Encoded, b: Encoded, *, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32,
               instruction: str | None = None, backend: str = "cuda") -> torch.Tensor:
     """``A @ B.T + bias`` on tensor cores, for A (M x K) and B (N x K)
@@ -168,11 +188,14 @@ def mx_matmul(a: Encoded, b: Encoded, *, bias: torch.Tensor | None = None, out_d
     sm_89+; the fast path, whose partial sums carry the tensor cores' own
     rounding), or None: int8 where both operands fit it, else fp16.
 
-    ``backend``: ``"cuda"`` (operands on a GPU), ``"cuda_emulated"`` (the
-    same kernel's code run on the CPU, thread by thread; slow) or
-    ``"cuda_host"`` (the CPU model of the kernel's arithmetic), the last two
-    for CPU operands. The CPU builds model each tensor-core instruction as
-    adding exact products in double and rounding to fp32 once.
+    ``backend`` (a name of :func:`lowbit.backends`): ``"cuda"`` (operands
+    on a GPU), ``"cuda_emulated"`` (the same kernel's code run on the CPU,
+    thread by thread; slow) or ``"cuda_host"`` (the CPU model of the
+    kernel's arithmetic), the last two for CPU operands, which model each
+    tensor-core instruction as adding exact products in double and
+    rounding to fp32 once; or ``"reference"`` (any device, no
+    ``instruction``): :func:`lowbit.formats.reference_matmul`, float64 with
+    the bias, rounded once to ``out_dtype``, the product the others approach.
     """
     _check_operand(a, "a")
     _check_operand(b, "b")
@@ -181,31 +204,15 @@ def mx_matmul(a: Encoded, b: Encoded, *, bias: torch.Tensor | None = None, out_d
                          f"blocks {a.format.block_size}, {b.format.block_size}")
     if out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype must be torch.float32, torch.bfloat16 or torch.float16; got {out_dtype}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if instruction not in (None, *INSTRUCTIONS):
+        raise ValueError(f"instruction must be None or one of {', '.join(INSTRUCTIONS)}; got {instruction!r}")
     device = a.elements.device
-    if b.elements.device != device or (device.type == "cuda") != (backend == "cuda"):
-        raise ValueError(f"backend {backend!r} takes operands on {'one GPU' if backend == 'cuda' else 'the CPU'}; "
-                         f"got a on {device}, b on {b.elements.device}")
+    if b.elements.device != device:
+        raise ValueError(f"a and b must be on one device; got a on {device}, b on {b.elements.device}")
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or bias.dtype not in OUT_DTYPES or bias.shape != (b.shape[0],):
             raise TypeError(f"bias must be a float32, bfloat16 or float16 tensor of shape ({b.shape[0]},)")
         if bias.device != device:
             raise ValueError(f"bias must be on {device}, got {bias.device}")
-        bias = bias.to(torch.float32)
-    a_type, b_type = choose_types(a.format, b.format, instruction)
-    if backend == "cuda":
-        from .extension import load_cuda
-
-        load_cuda()
-        if instruction == "fp8" and torch.cuda.get_device_capability(device) < (8, 9):
-            raise ValueError(f"instruction='fp8' needs a GPU of compute capability 8.9 or later; {device} has "
-                             f"{torch.cuda.get_device_capability(device)}")
-    else:
-        from . import extension
-
-        (extension.load_emulated if backend == "cuda_emulated" else extension.load_host)()
-    ops = getattr(torch.ops, BACKENDS[backend])
-    (a_inputs, a_scales), (b_inputs, b_scales) = prepared(a, a_type, ops), prepared(b, b_type, ops)
-    return ops.mx_matmul(a_inputs, a_scales, b_inputs, b_scales, bias, TENSOR_CORE_TYPES[a_type],
-                         TENSOR_CORE_TYPES[b_type], a.format.block_size, out_dtype)
+    chosen = backends.resolve(backend, device.type, (a.format, b.format), "matmul")
+    return chosen.matmul(a, b, bias, out_dtype, instruction)

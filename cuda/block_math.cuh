@@ -12,8 +12,7 @@
 
 namespace lowbit {
 
-// BlockFormat parameters, the fields of descriptors.block_params in order.
-enum ScaleRule { RULE_FLOOR = 0, RULE_CEIL = 1, RULE_RCEIL = 2, RULE_EVEN = 3, RULE_AMAX = 4 };
+// BlockFormat parameters: lowbit.formats.abi.block_params, fields in BlockField order.
 struct BlockParams {
   int rule, scale_emin, scale_emax, element_emax;
   double element_max;
@@ -22,7 +21,7 @@ struct BlockParams {
   int block, element_bits, has_tensor_scale, scale_nan;
 };
 
-// MicroexponentFormat parameters, the fields of descriptors.microexponent_params in order.
+// MicroexponentFormat parameters: lowbit.formats.abi.microexponent_params, fields in MicroField order.
 struct MicroParams {
   int man, block, sub_block, exp_bits, micro_bits, emin, emax, exp_bias;
 };
@@ -171,12 +170,12 @@ LB_HD BlockScale block_scale(const BlockInput<DT>& in, const ElementDesc& sd, co
   long long code;
   double value;
   if (bp.rule == RULE_AMAX) {
-    code = float_encode(amax / (bp.divisor * bp.element_max), sd, NEAREST_EVEN, SATURATE, 0.0).code;
+    code = float_encode(amax / (bp.divisor * bp.element_max), sd, NEAREST_EVEN, OVERFLOW_SATURATE, 0.0).code;
     value = float_decode(code, sd);
   } else {
     long long exponent = amax > 0.0 ? scale_exponent(amax, bp) : bp.scale_emin;
     value = pow2(min64(max64(exponent, bp.scale_emin), bp.scale_emax));
-    code = float_encode(value, sd, NEAREST_EVEN, SATURATE, 0.0).code;
+    code = float_encode(value, sd, NEAREST_EVEN, OVERFLOW_SATURATE, 0.0).code;
   }
   return BlockScale{bad ? bp.scale_nan : code, value, value * bp.divisor, bad};
 }
@@ -188,7 +187,7 @@ LB_HD long long element_code(double v, const BlockScale& s, const ElementDesc& e
   // only double inputs far below the scale underflow here: keep them at
   // 2**-1020, which rounds like any magnitude below every format's values
   if (fabs(scaled) < 0x1p-1020 && v != 0.0 && finite) scaled = copysign(0x1p-1020, v);
-  long long code = encode_element(scaled, ed, mode, SATURATE, u).code;
+  long long code = encode_element(scaled, ed, mode, OVERFLOW_SATURATE, u).code;
   return (s.full_scale > 0.0 && !s.bad) ? code : 0;
 }
 

@@ -95,14 +95,17 @@ ElementDesc element_desc(at::IntArrayRef fields) {
 }
 
 BlockParams block_params(at::ArrayRef<double> f) {
-  TORCH_CHECK(f.size() == 11, "lowbit: block parameters have 11 fields");
-  return BlockParams{int(f[0]), int(f[1]), int(f[2]), int(f[3]), f[4], int(f[5]), f[6], int(f[7]), int(f[8]),
-                     int(f[9]), int(f[10])};
+  TORCH_CHECK(f.size() == BLOCK_FIELDS, "lowbit: block parameters have ", int(BLOCK_FIELDS), " fields");
+  return BlockParams{int(f[BLOCK_RULE]), int(f[BLOCK_SCALE_EMIN]), int(f[BLOCK_SCALE_EMAX]),
+                     int(f[BLOCK_ELEMENT_EMAX]), f[BLOCK_ELEMENT_MAX], int(f[BLOCK_ELEMENT_MANTISSA_BITS]),
+                     f[BLOCK_DIVISOR], int(f[BLOCK_SIZE]), int(f[BLOCK_ELEMENT_BITS]), int(f[BLOCK_HAS_TENSOR_SCALE]),
+                     int(f[BLOCK_SCALE_NAN])};
 }
 
 MicroParams micro_params(at::IntArrayRef f) {
-  TORCH_CHECK(f.size() == 8, "lowbit: microexponent parameters have 8 fields");
-  return MicroParams{int(f[0]), int(f[1]), int(f[2]), int(f[3]), int(f[4]), int(f[5]), int(f[6]), int(f[7])};
+  TORCH_CHECK(f.size() == MICRO_FIELDS, "lowbit: microexponent parameters have ", int(MICRO_FIELDS), " fields");
+  return MicroParams{int(f[MICRO_MAN]), int(f[MICRO_BLOCK]), int(f[MICRO_SUB_BLOCK]), int(f[MICRO_EXP_BITS]),
+                     int(f[MICRO_MICRO_BITS]), int(f[MICRO_EMIN]), int(f[MICRO_EMAX]), int(f[MICRO_EXP_BIAS])};
 }
 
 Policy policy(int64_t mode, int64_t overflow, int64_t key, double tiny) {

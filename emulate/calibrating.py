@@ -1,0 +1,40 @@
+"""The calibration pass: :func:`calibrate` runs a model over sample
+batches so that each quantized module's input observer (see
+:mod:`.calibration`) records the activations it sees, then sets their scales."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from .modules import QuantModule
+
+
+def calibrate(model: torch.nn.Module, batches: Iterable[Any],
+              forward: Callable[[torch.nn.Module, Any], Any] | None = None) -> torch.nn.Module:
+    """Set the input scales of every quantized module with an input observer
+    from the activations it sees while ``forward(model, batch)`` (default:
+    ``model(batch)``) runs over ``batches`` in full precision, without
+    gradients. Gives back the model."""
+    layers = [m for m in model.modules() if isinstance(m, QuantModule) and m.spec.observer("input") is not None]
+    if not layers:
+        raise ValueError("no quantized layer of this model has an input observer (QuantSpec(observers=...))")
+    run = forward or (lambda m, batch: m(batch))
+    for layer in layers:
+        layer.start_calibration()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                run(model, batch)
+                seen += 1
+    finally:
+        for layer in layers:
+            layer.stop_calibration()
+    if not seen:
+        raise ValueError("batches is empty: calibration needs data")
+    for layer in layers:
+        layer.finish_calibration()
+    return model

@@ -1,0 +1,272 @@
+"""The kernels' view of formats and policies: one ABI for the numba kernels
+and the CUDA extension.
+
+A kernel takes a format as a fixed-length tuple of numbers (a value, not
+memory, so the compiler keeps its fields in registers) and reads it by the
+field numbers below; one compilation serves every format of a family.
+Rounding modes, overflow policies and scale rules travel as the numbers of
+their enums. The CUDA headers do not number anything themselves: they
+include ``cuda/abi.h``, which :func:`header` writes from these enums (a test
+checks that the file in the repository is what it writes), so the two
+sides cannot drift.
+
+A kernel backend serves the rounding modes, overflow policies and scale
+rules its enum here lists; a mode added to :mod:`.rounding` alone runs on
+the reference implementation until the kernels learn it.
+
+Float fields a kernel needs (the smallest positive value) travel as their
+float64 bit patterns in the element descriptor.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from .block_format import BlockFormat
+from .element import ElementFormat
+from .float_format import FloatFormat
+from .int_format import IntFormat
+from .microexponent import MicroexponentFormat
+
+if TYPE_CHECKING:
+    import torch
+
+    from .backends import ElementOps, Policy, ScaledOps
+    from .encoded import Encoded
+
+
+class Rounding(enum.IntEnum):
+    """The rounding modes the kernels implement."""
+
+    NEAREST_EVEN = 0
+    NEAREST_AWAY = 1
+    TOWARD_ZERO = 2
+    UP = 3
+    DOWN = 4
+    STOCHASTIC = 5
+
+
+class Overflow(enum.IntEnum):
+    """The overflow policies the kernels implement."""
+
+    OVERFLOW_SATURATE = 0
+    OVERFLOW_INF = 1
+    OVERFLOW_NAN = 2
+
+
+class ScaleRule(enum.IntEnum):
+    """BlockFormat scale rules the kernels implement."""
+
+    RULE_FLOOR = 0
+    RULE_CEIL = 1
+    RULE_RCEIL = 2
+    RULE_EVEN = 3
+    RULE_AMAX = 4
+
+
+class ElementField(enum.IntEnum):
+    """Fields of an element descriptor (:func:`element_descriptor`): field 0
+    says the family, the others depend on it (so numbers repeat)."""
+
+    IS_INT = 0
+    # FloatFormat
+    MAN_BITS = 1
+    LOWEST_EXPONENT = 2
+    SUBNORMALS = 3
+    HAS_ZERO = 4
+    MAX_CODE = 5
+    SIGN_CODE = 6
+    MAG_BITS = 7
+    INF_MAG = 8
+    NAN_POSITIVE = 9
+    NAN_NEGATIVE = 10
+    HAS_NEGATIVE_ZERO = 11
+    SIGNED = 12
+    BIAS = 13
+    NEGATIVE_ZERO_IS_NAN = 14
+    SMALLEST_BITS = 15
+    # IntFormat
+    INT_BITS = 1
+    INT_SIGNED = 2
+    QMIN = 3
+    QMAX = 4
+    FRAC_BITS = 5
+    ELEMENT_FIELDS = 16
+
+
+class BlockField(enum.IntEnum):
+    """Fields of a BlockFormat's parameters (:func:`block_params`), ints and floats."""
+
+    BLOCK_RULE = 0
+    BLOCK_SCALE_EMIN = 1
+    BLOCK_SCALE_EMAX = 2
+    BLOCK_ELEMENT_EMAX = 3
+    BLOCK_ELEMENT_MAX = 4
+    BLOCK_ELEMENT_MANTISSA_BITS = 5
+    BLOCK_DIVISOR = 6
+    BLOCK_SIZE = 7
+    BLOCK_ELEMENT_BITS = 8
+    BLOCK_HAS_TENSOR_SCALE = 9
+    BLOCK_SCALE_NAN = 10
+    BLOCK_FIELDS = 11
+
+
+class MicroField(enum.IntEnum):
+    """Fields of a MicroexponentFormat's parameters (:func:`microexponent_params`)."""
+
+    MICRO_MAN = 0
+    MICRO_BLOCK = 1
+    MICRO_SUB_BLOCK = 2
+    MICRO_EXP_BITS = 3
+    MICRO_MICRO_BITS = 4
+    MICRO_EMIN = 5
+    MICRO_EMAX = 6
+    MICRO_EXP_BIAS = 7
+    MICRO_FIELDS = 8
+
+
+ENUMS = (Rounding, Overflow, ScaleRule, ElementField, BlockField, MicroField)
+
+# Every member as a plain int constant of this module too (``abi.MAN_BITS``),
+# for the numba kernels: they index the descriptor tuples with literal ints,
+# and numba does not take an IntEnum member as one.
+globals().update({name: int(value) for enum_type in ENUMS for name, value in enum_type.__members__.items()})
+
+#: the public names the enums number, in their order
+ROUNDINGS = tuple(m.name.lower() for m in Rounding)
+OVERFLOWS = tuple(m.name.removeprefix("OVERFLOW_").lower() for m in Overflow)
+SCALE_RULES = tuple(m.name.removeprefix("RULE_").lower() for m in ScaleRule)
+
+
+def rounding_code(rounding: str) -> int:
+    """The kernels' number of a rounding mode (ValueError for one they lack)."""
+    return _code(ROUNDINGS, rounding, "rounding")
+
+
+def overflow_code(overflow: str) -> int:
+    return _code(OVERFLOWS, overflow, "overflow")
+
+
+def scale_rule_code(rule: str) -> int:
+    return _code(SCALE_RULES, rule, "scale_rule")
+
+
+def _code(names: tuple[str, ...], name: str, what: str) -> int:
+    if name not in names:
+        raise ValueError(f"the kernels implement {what} {', '.join(names)}; got {name!r}")
+    return names.index(name)
+
+
+def flush_threshold(dtype: Any, flush_subnormals: bool) -> float:
+    """Magnitudes below this become zeros: the torch dtype's smallest normal, or 0."""
+    import torch
+
+    return float(torch.finfo(dtype).tiny) if flush_subnormals else 0.0
+
+
+def float_bits(value: float) -> int:
+    """The float64 bit pattern of value, as a signed int64."""
+    return struct.unpack("<q", struct.pack("<d", value))[0]
+
+
+@functools.lru_cache(maxsize=256)
+def element_descriptor(fmt: ElementFormat) -> tuple[int, ...]:
+    """The kernels' description of a FloatFormat or IntFormat (TypeError for other element families)."""
+    f = ElementField
+    fields = [0] * f.ELEMENT_FIELDS
+    if isinstance(fmt, IntFormat):
+        fields[f.IS_INT] = 1
+        fields[f.INT_BITS], fields[f.INT_SIGNED] = fmt.bits, int(fmt.signed)
+        fields[f.QMIN], fields[f.QMAX], fields[f.FRAC_BITS] = fmt.qmin, fmt.qmax, fmt.frac_bits
+        return tuple(fields)
+    if not isinstance(fmt, FloatFormat):
+        raise TypeError(f"the kernels have no element descriptor for {type(fmt).__name__}")
+    fields[f.MAN_BITS], fields[f.LOWEST_EXPONENT] = fmt.man_bits, fmt.lowest_exponent
+    fields[f.SUBNORMALS], fields[f.HAS_ZERO] = int(fmt.subnormals), int(fmt.has_zero)
+    fields[f.MAX_CODE], fields[f.SIGN_CODE], fields[f.MAG_BITS] = fmt.max_code, fmt.sign_code, fmt.magnitude_bits
+    fields[f.INF_MAG] = fmt.inf_code if fmt.has_inf else -1
+    fields[f.NAN_POSITIVE], fields[f.NAN_NEGATIVE] = fmt.nan_codes or (-1, -1)
+    fields[f.HAS_NEGATIVE_ZERO], fields[f.SIGNED] = int(fmt.has_negative_zero), int(fmt.signed)
+    fields[f.BIAS] = fmt.bias
+    fields[f.NEGATIVE_ZERO_IS_NAN] = int(fmt.negative_zero_is_nan)
+    fields[f.SMALLEST_BITS] = float_bits(fmt.min_subnormal)
+    return tuple(fields)
+
+
+@functools.lru_cache(maxsize=256)
+def block_params(fmt: Any, rule: str, tensor_scale: float | None) -> tuple:
+    """The kernels' description of a BlockFormat's scale rule and sizes (fields: :class:`BlockField`)."""
+    return (scale_rule_code(rule), fmt.scale.emin, fmt.scale.emax, fmt.element.emax, float(fmt.element.max),
+            fmt.element_mantissa_bits, float(tensor_scale or 1.0), fmt.block_size, fmt.element_code_bits,
+            int(tensor_scale is not None), fmt.scale.nan_codes[0])
+
+
+@functools.lru_cache(maxsize=256)
+def microexponent_params(fmt: Any) -> tuple[int, ...]:
+    """The kernels' description of a MicroexponentFormat (fields: :class:`MicroField`)."""
+    return (fmt.man_bits, fmt.block_size, fmt.sub_block, fmt.exp_bits, fmt.micro_bits, fmt.emin, fmt.emax,
+            fmt.exp_bias)
+
+
+def describable(fmt: Any, policy: Policy) -> bool:
+    """Whether this ABI describes ``fmt`` and ``policy``: FloatFormat and
+    IntFormat elements, BlockFormats of them, MicroexponentFormats (these
+    classes exactly: a subclass may change the math), with a rounding mode,
+    overflow policy and scale rule that the enums number."""
+    if (policy.rounding not in ROUNDINGS or policy.overflow not in (None, *OVERFLOWS)
+            or policy.scale_rule not in (None, *SCALE_RULES)):
+        return False
+    if type(fmt) is BlockFormat:
+        return type(fmt.element) in (FloatFormat, IntFormat) and type(fmt.scale) is FloatFormat
+    return type(fmt) in (FloatFormat, IntFormat, MicroexponentFormat)
+
+
+@dataclass(frozen=True)
+class KernelBackend:
+    """A backend whose kernels read this ABI's descriptors: it supports
+    every format and policy :func:`describable` accepts, and matmuls where
+    it has a ``product`` (``takes_product(a_format, b_format)`` says which
+    pairs; ``product(a, b, bias, out_dtype, instruction)`` computes them)."""
+
+    name: str
+    device_type: str
+    elements: ElementOps
+    scaled: ScaledOps
+    takes_product: Callable[[Any, Any], bool] | None = None
+    product: Callable[..., torch.Tensor] | None = None
+
+    def supports(self, fmt: Any, operation: str, policy: Policy) -> bool:
+        if operation == "matmul":
+            return self.takes_product is not None and self.takes_product(*fmt)
+        return describable(fmt, policy)
+
+    def matmul(self, a: Encoded, b: Encoded, bias: torch.Tensor | None, out_dtype: torch.dtype,
+               instruction: str | None) -> torch.Tensor:
+        if self.product is None:
+            raise ValueError(f"the {self.name!r} backend has no matmul")
+        return self.product(a, b, bias, out_dtype, instruction)
+
+
+def header() -> str:
+    """The text of ``cuda/abi.h``: these enums as C++ enums of the same
+    names and numbers (aliases included), for the CUDA headers to include."""
+    lines = ["// Generated by lowbit.formats.abi.header() from the enums of formats/abi.py: edit those, then",
+             "// python -c 'from lowbit.formats.abi import header; print(header(), end=\"\")' > cuda/abi.h",
+             "// (tests/test_abi.py checks that this file is what header() writes).",
+             "#pragma once", "", "namespace lowbit {", ""]
+    for enum_type in ENUMS:
+        lines.append(f"enum {enum_type.__name__} {{")
+        line = " "
+        for name, value in enum_type.__members__.items():
+            item = f" {name} = {int(value)},"
+            if len(line) + len(item) > 110:
+                lines.append(line)
+                line = " "
+            line += item
+        lines += [line.rstrip(","), "};"]
+    lines += ["", "}  // namespace lowbit", ""]
+    return "\n".join(lines)

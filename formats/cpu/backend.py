@@ -1,0 +1,10 @@
+"""The ``"cpu"`` backend: the numba kernels of this package, for CPU data."""
+
+from __future__ import annotations
+
+from ..abi import KernelBackend
+from . import element_backend, scaled_backend
+
+
+def load() -> KernelBackend:
+    return KernelBackend("cpu", "cpu", element_backend, scaled_backend)
