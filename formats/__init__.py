@@ -7,6 +7,7 @@ from .block_format import E8M0, BlockFormat
 from .catalogue import CATALOGUE, get_format, list_formats, p3109
 from .element import ElementFormat
 from .encoded import Encoded
+from .families import FAMILIES
 from .float_format import FloatFormat
 from .int_format import IntFormat
 from .matmul import reference_matmul, summation_bound
@@ -15,7 +16,6 @@ from .packing import pack, unpack
 from .rounding import OVERFLOW_POLICIES, ROUNDING_MODES
 from .scaled import ScaledFormat
 
-FAMILIES = {cls.__name__: cls for cls in (FloatFormat, IntFormat, BlockFormat, MicroexponentFormat)}
 
 __all__ = [
     "Backend", "BackendUnavailable", "BlockFormat", "CATALOGUE", "E8M0", "ElementFormat", "Encoded", "FAMILIES",

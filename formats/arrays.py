@@ -31,15 +31,6 @@ class InputKind:
     kind: str  # "torch", "numpy", "numpy_scalar" or "python"
     dtype: torch.dtype  # the input's float dtype, as a torch dtype
 
-    def exact_cast(self, t64: torch.Tensor) -> torch.Tensor:
-        """float64 values → the input's dtype. Raises ValueError if a value
-        would not survive the cast (outside the dtype's range or precision)
-        instead of silently rounding it a second time."""
-        out, fits = cast_exactly(t64, self.dtype)
-        if not fits:
-            raise self.inexact_error()
-        return out
-
     def inexact_error(self) -> ValueError:
         """The error for results that the input's dtype cannot hold exactly."""
         return ValueError(

@@ -189,7 +189,7 @@ def resolve(backend: str | None, device_type: str, fmt: Any, operation: str, pol
                          f"this input is on {device_type}")
     chosen = get(backend)
     if not chosen.supports(fmt, operation, policy):
-        raise ValueError(f"backend={backend!r} does not {operation} {_describe(fmt)} with {policy}; "
+        raise ValueError(f"backend={backend!r} does not {operation} {_format_names(fmt)} with {policy}; "
                          f"backend=None picks one that does")
     return chosen
 
@@ -201,15 +201,15 @@ def product_backend(a_format: Any, b_format: Any, device_type: str) -> Backend |
     return chosen if chosen is not None and chosen.supports((a_format, b_format), "matmul", Policy()) else None
 
 
-def _describe(fmt: Any) -> str:
+def _format_names(fmt: Any) -> str:
     if isinstance(fmt, tuple):
         return " x ".join(getattr(f, "name", str(f)) for f in fmt)
     return getattr(fmt, "name", str(fmt))
 
 
 def _lazy(module: str) -> Callable[[], Backend]:
-    """A loader that imports ``module`` (relative to this package) and calls its ``load()``."""
-    return lambda: importlib.import_module(module, __package__).load()
+    """A loader that imports ``module`` (relative to this package) and calls its ``load_backend()``."""
+    return lambda: importlib.import_module(module, __package__).load_backend()
 
 
 register_backend(REFERENCE, "any", _lazy(".reference"))

@@ -41,6 +41,7 @@ import torch
 from .arrays import pow2
 from . import chunks
 from .base import check_ints
+from .families import family
 from .blocking import BlockCodes
 from .chunks import chunk_slices, exact
 from .element import ElementFormat
@@ -54,6 +55,7 @@ POWER_OF_TWO_RULES = ("floor", "ceil", "rceil", "even")
 E8M0 = FloatFormat(8, 0, bias=127, signed=False, subnormals=False, specials="fn", name="e8m0")
 
 
+@family
 @dataclass(frozen=True)
 class BlockFormat(ScaledFormat):
     """``element`` values sharing one ``scale`` per ``block_size`` elements."""

@@ -40,7 +40,9 @@ def layout(fmt: Any) -> str:
         return f"{'' if fmt.signed else 'U'}INT{fmt.bits}" + (f" with {fmt.frac_bits} fraction bits" if fmt.frac_bits else "")
     if isinstance(fmt, BlockFormat):
         return f"{layout(fmt.element)} x {fmt.block_size}, {layout(fmt.scale)} scale"
-    return f"sign+{fmt.man_bits}b, {fmt.exp_bits}b exp / {fmt.block_size}, {fmt.micro_bits}b shift / {fmt.sub_block}"
+    if isinstance(fmt, MicroexponentFormat):
+        return f"sign+{fmt.man_bits}b, {fmt.exp_bits}b exp / {fmt.block_size}, {fmt.micro_bits}b shift / {fmt.sub_block}"
+    return type(fmt).__name__  # a family without a layout of its own here
 
 
 def properties(fmt: Any) -> list[tuple[str, str]]:

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .families import FAMILIES
+
 
 @dataclass(frozen=True)
 class Encoded:
@@ -118,8 +120,6 @@ def format_to_dict(fmt: Any) -> dict:
 
 def format_from_dict(d: dict) -> Any:
     """Inverse of :func:`format_to_dict`."""
-    from . import FAMILIES
-
     d = dict(d)
     family = FAMILIES[d.pop("family")]
     args = {k: format_from_dict(v) if isinstance(v, dict) else v for k, v in d.items()}

@@ -30,12 +30,14 @@ import torch
 
 from .arrays import pow2
 from .base import check_ints
+from .families import family
 from .element import ElementFormat
 from .rounding import Rounder
 
 SPECIALS = ("ieee", "fn", "fnuz", "p3109", "none")
 
 
+@family
 @dataclass(frozen=True)
 class FloatFormat(ElementFormat):
     """A sign/exponent/mantissa format. ``bias`` defaults to 2**(exp_bits-1) - 1."""

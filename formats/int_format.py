@@ -21,10 +21,12 @@ import torch
 
 from .arrays import pow2
 from .base import check_ints
+from .families import family
 from .element import ElementFormat
 from .rounding import Rounder
 
 
+@family
 @dataclass(frozen=True)
 class IntFormat(ElementFormat):
     """A ``bits``-wide integer, optionally with ``frac_bits`` fraction bits."""

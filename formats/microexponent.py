@@ -28,11 +28,13 @@ import torch
 
 from .arrays import pow2
 from .base import check_ints
+from .families import family
 from .rounding import Rounder
 from .blocking import BlockCodes
 from .scaled import ScaledFormat
 
 
+@family
 @dataclass(frozen=True)
 class MicroexponentFormat(ScaledFormat):
     """Sign + ``man_bits`` magnitudes under a shared exponent and microexponents."""

@@ -93,16 +93,16 @@ def block_codes(fmt: Any, part: slice, packed_elements: torch.Tensor | None, sca
     n = part.stop - part.start
     elements = subscales = None
     if packed_elements is not None:
-        elements = unpack(_bytes(packed_elements, part, fmt.block_size * fmt.element_code_bits),
+        elements = unpack(_packed_rows(packed_elements, part, fmt.block_size * fmt.element_code_bits),
                           fmt.element_code_bits, n * fmt.block_size).to(torch.int64).reshape(n, fmt.block_size)
     if packed_subscales is not None:
         per_block = fmt.subscales_per_block
-        subscales = unpack(_bytes(packed_subscales, part, per_block * fmt.subscale_code_bits),
+        subscales = unpack(_packed_rows(packed_subscales, part, per_block * fmt.subscale_code_bits),
                            fmt.subscale_code_bits, n * per_block).to(torch.int64).reshape(n, per_block)
     return BlockCodes(elements, scales[part].to(torch.int64), subscales, tensor_scale)
 
 
-def _bytes(packed: torch.Tensor, rows: slice, bits_per_row: int) -> torch.Tensor:
+def _packed_rows(packed: torch.Tensor, rows: slice, bits_per_row: int) -> torch.Tensor:
     """The packed bytes that hold the codes of a slice of rows (rows start on
     byte boundaries: chunks are multiples of 8 rows)."""
     return packed[rows.start * bits_per_row // 8: -(-rows.stop * bits_per_row // 8)]
@@ -173,5 +173,5 @@ class ReferenceBackend:
         return reference_matmul(a, b, bias, backend="reference").to(out_dtype)
 
 
-def load() -> ReferenceBackend:
+def load_backend() -> ReferenceBackend:
     return ReferenceBackend()

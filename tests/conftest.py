@@ -3,7 +3,6 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-import lowbit
 from lowbit.formats import backends
 
 #: the CUDA extension built for CPU data (registered by lowbit.cuda), so that

@@ -16,8 +16,6 @@ import math
 from fractions import Fraction
 
 import numpy as np
-import functools
-
 import pytest
 import torch
 

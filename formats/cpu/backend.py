@@ -6,5 +6,5 @@ from ..abi import KernelBackend
 from . import element_backend, scaled_backend
 
 
-def load() -> KernelBackend:
+def load_backend() -> KernelBackend:
     return KernelBackend("cpu", "cpu", element_backend, scaled_backend)

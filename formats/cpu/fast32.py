@@ -36,6 +36,16 @@ SIGN32, MAGNITUDE32, EXPONENT32 = 0x80000000, 0x7FFFFFFF, 0x7F800000
 #: rows (blocks) per parallel task of the block fast paths
 ROWS_PER_TASK = 64
 
+# Fields of float_params' tuple: the mantissa width, the smallest normal
+# value, magic = 2**(emin - m + 23), the largest value, what lies beyond it
+# (Inf or NaN), whether to saturate, the flush threshold, emin, the sign
+# bit's code, the codes of Inf and NaN (-1 without them) and 1 / quantum
+# (float64 and float32, the latter capped at 2**127)
+(MAN, SMALLEST_NORMAL, MAGIC, LARGEST, BEYOND, SATURATES, TINY, EMIN, SIGN_BIT, INF_CODE, NAN_POSITIVE_CODE,
+ NAN_NEGATIVE_CODE, INVERSE_QUANTUM, INVERSE_QUANTUM32) = range(14)
+# Fields of int_params' tuple: 2**frac_bits, 2**-frac_bits, qmin, qmax, the flush threshold, the width
+INT_UP, INT_DOWN, INT_QMIN, INT_QMAX, INT_TINY, INT_WIDTH = range(6)
+
 
 @functools.lru_cache(maxsize=256)
 def float_params(fmt, overflow: str, flush_subnormals: bool) -> tuple | None:
@@ -86,7 +96,7 @@ def shift_right32(typingctx, value, count):
 def nearest_magnitude(a, p):
     """Finite a >= 0 (float32) rounded to nearest even on the grid of the
     float format ``p`` continued past its largest value."""
-    m, smallest_normal, magic = p[0], p[1], p[2]
+    m, smallest_normal, magic = p[MAN], p[SMALLEST_NORMAL], p[MAGIC]
     s = 23 - m
     a_bits = np.int32(np.float32(a).view(np.int32))  # < 2**31 - 2**23, so the sums below stay in int32
     normal = np.int32(a_bits + ((1 << (s - 1)) - 1) + (shift_right32(a_bits, s) & 1)) & np.int32(-(1 << s))
@@ -97,7 +107,7 @@ def nearest_magnitude(a, p):
 def float_nearest(x, p):
     """(|result|, sign bit) of float32 x rounded to nearest even in the float
     format ``p`` (float_params), overflow per its policy; NaN stays NaN."""
-    largest, beyond, saturate, tiny = p[3], p[4], p[5], p[6]
+    largest, beyond, saturate, tiny = p[LARGEST], p[BEYOND], p[SATURATES], p[TINY]
     bits = np.float32(x).view(np.uint32)
     sign = np.uint32(bits & SIGN32)
     a = np.uint32(bits & MAGNITUDE32).view(np.float32)
@@ -115,11 +125,12 @@ def with_sign(r, sign):
 @inline
 def float_code(r, sign, p):
     """The code of float_nearest's (r, sign); invalid for NaN in a format without NaN."""
-    m, smallest_normal, emin = p[0], p[1], p[7]
-    sign_code, inf_mag, nan_positive, nan_negative = p[8], p[9], p[10], p[11]
+    m, smallest_normal, emin = p[MAN], p[SMALLEST_NORMAL], p[EMIN]
+    sign_code, inf_mag = p[SIGN_BIT], p[INF_CODE]
+    nan_positive, nan_negative = p[NAN_POSITIVE_CODE], p[NAN_NEGATIVE_CODE]
     r_bits = np.int32(np.float32(r).view(np.int32))
     normal_code = shift_right32(r_bits - ((127 + emin - 1) << 23), 23 - m)  # r's dropped mantissa bits are 0
-    subnormal_code = np.int64(np.float64(r) * p[12]) if r < smallest_normal else 0
+    subnormal_code = np.int64(np.float64(r) * p[INVERSE_QUANTUM]) if r < smallest_normal else 0
     code = normal_code if r >= smallest_normal else subnormal_code
     code = inf_mag if r == np.inf else code
     code = code + (sign_code if sign else 0)
@@ -132,19 +143,19 @@ def float_code(r, sign, p):
 def finite_code(r, sign, p):
     """float_code for a finite r in 32-bit lanes (the MX path, where elements
     saturate): the normal code straight from r's bits, the subnormal one as
-    r / quantum (p[13], exact when the format's m - emin <= 127)."""
-    m, smallest_normal, emin = p[0], p[1], p[7]
+    r / quantum (p[INVERSE_QUANTUM32], exact when the format's m - emin <= 127)."""
+    m, smallest_normal, emin = p[MAN], p[SMALLEST_NORMAL], p[EMIN]
     r_bits = np.int32(np.float32(r).view(np.int32))
     normal_code = shift_right32(r_bits - ((127 + emin - 1) << 23), 23 - m)
-    code = normal_code if r >= smallest_normal else np.int32(r * p[13])
-    return code | (p[8] if sign else 0)
+    code = normal_code if r >= smallest_normal else np.int32(r * p[INVERSE_QUANTUM32])
+    return code | (p[SIGN_BIT] if sign else 0)
 
 
 @inline
 def int_nearest(x, p):
     """float32 x rounded to nearest even in the integer format ``p``
     (int_params), saturating, as the integer q (a float32); NaN stays NaN."""
-    up, qmin, qmax, tiny = p[0], p[2], p[3], p[4]
+    up, qmin, qmax, tiny = p[INT_UP], p[INT_QMIN], p[INT_QMAX], p[INT_TINY]
     a = abs(np.float32(x))
     a = np.float32(0.0) if a < tiny else a
     t = a * up
@@ -161,7 +172,8 @@ def float_stochastic(x, u, p):
     format ``p``: up with probability (|x| - lo) / (hi - lo), decided as
     u < that fraction (exact in float64, as the reference decides
     u * (hi - lo) < |x| - lo); overflow per the policy; NaN stays NaN."""
-    m, smallest_normal, largest, beyond, saturate, tiny = p[0], p[1], p[3], p[4], p[5], p[6]
+    m, smallest_normal, largest = p[MAN], p[SMALLEST_NORMAL], p[LARGEST]
+    beyond, saturate, tiny = p[BEYOND], p[SATURATES], p[TINY]
     bits = np.float32(x).view(np.uint32)
     sign = np.uint32(bits & SIGN32)
     a = np.uint32(bits & MAGNITUDE32).view(np.float32)
@@ -172,11 +184,11 @@ def float_stochastic(x, u, p):
     normal_lo = np.uint32(low).view(np.float32)
     normal_hi = np.uint32(low + np.uint32(1 << s)).view(np.float32)
     normal_fraction = np.float64(a_bits - low) * pow2(-s)
-    steps = np.float64(a) * p[12]  # |x| in units of the subnormal quantum, exactly
+    steps = np.float64(a) * p[INVERSE_QUANTUM]  # |x| in units of the subnormal quantum, exactly
     whole = np.floor(steps)
     normal = a >= smallest_normal
     up = u < (normal_fraction if normal else steps - whole)
-    sub = np.float32((whole + (1.0 if up else 0.0)) / p[12])
+    sub = np.float32((whole + (1.0 if up else 0.0)) / p[INVERSE_QUANTUM])
     r = (normal_hi if up else normal_lo) if normal else sub
     r = (largest if saturate else beyond) if r > largest else r
     return (r if a == a else a), sign
@@ -194,7 +206,7 @@ def int_rounded(x, i, p, key, stochastic):
     """int_nearest, or stochastic rounding with element i's uniform."""
     if not stochastic:
         return int_nearest(x, p)
-    up, qmin, qmax, tiny = p[0], p[2], p[3], p[4]
+    up, qmin, qmax, tiny = p[INT_UP], p[INT_QMIN], p[INT_QMAX], p[INT_TINY]
     a = abs(np.float32(x))
     a = np.float32(0.0) if a < tiny else a
     t = np.float64(a * up)
@@ -283,7 +295,7 @@ def encode_float(x, out, p, key, stochastic):
 
 @njit(parallel=True, cache=True)
 def quantize_int(x, out, p, key, stochastic):
-    down = p[1]
+    down = p[INT_DOWN]
     lost = 0
     if stochastic:
         for i in prange(x.size):
@@ -306,7 +318,7 @@ def int_encoded(q, mask):
 @njit(parallel=True, cache=True)
 def encode_int(x, out, p, key, stochastic):
     """Codes into out; returns the number of NaN elements (not encodable)."""
-    mask = (1 << p[5]) - 1
+    mask = (1 << p[INT_WIDTH]) - 1
     bad = 0
     if stochastic:
         for i in prange(x.size):

@@ -18,15 +18,21 @@ from ..abi import BLOCK_DIVISOR, BLOCK_ELEMENT_BITS, BLOCK_HAS_TENSOR_SCALE, BLO
 from .bits import pack_row
 from .fast_mx import FLOOR_BITS, SHIFT_BITS, float_element_fields, mx_float_code, mx_float_element
 from .fast32 import (
-    EXPONENT32, ROWS_PER_TASK, as_float32, finite_code, float_params, to_output,
+    EXPONENT32, LARGEST, MAGIC, MAN, ROWS_PER_TASK, SMALLEST_NORMAL, as_float32, finite_code, float_params, to_output,
 )
 from .reductions import largest_magnitude_bits
 
 inline = njit(inline="always", cache=True)
 
 
+# Fields of scaled_block_params' tuple: float_params of the element and of
+# the scale, nearest64_params of both, the block parameters, and the element
+# tuple of fast_mx (the element rounded in float32 lanes)
+ELEMENT32, SCALE32, ELEMENT64, SCALE64, BLOCK, MX_ELEMENT = range(6)
+
+
 def nearest64_params(fmt) -> tuple:
-    """float_params' rounding constants for rounding float64 values."""
+    """float_params' rounding constants (its first four fields) for rounding float64 values."""
     return (fmt.man_bits, 2.0 ** fmt.emin, 2.0 ** (fmt.emin - fmt.man_bits + 52), float(fmt.max))
 
 
@@ -54,7 +60,7 @@ def nearest64(a, p):
     """Non-negative finite float64 a rounded to nearest even in the float
     format of p (nearest64_params), saturating at its largest value: the
     float_nearest method on float64 bits."""
-    m, smallest_normal, magic, largest = p[0], p[1], p[2], p[3]
+    m, smallest_normal, magic, largest = p[MAN], p[SMALLEST_NORMAL], p[MAGIC], p[LARGEST]
     bits = np.int64(np.float64(a).view(np.int64))
     s = 52 - m
     normal = (bits + ((1 << (s - 1)) - 1) + ((bits >> s) & 1)) & ~((1 << s) - 1)
@@ -73,16 +79,16 @@ def amax_scales(x, g, q, tops, values, inverses, block):
     element, where mx_float_element still rounds), else 0.
     Two loops, so that the scales' float64 divisions and roundings run as a
     batch instead of one dependent chain per row (40% faster)."""
-    element64, scale64, bp = q[2], q[3], q[4]
+    element64, scale64, bp = q[ELEMENT64], q[SCALE64], q[BLOCK]
     first_row, end_row = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])
     for r in range(first_row, end_row):
         tops[r - first_row] = largest_magnitude_bits(x[r], block)
     for k in range(end_row - first_row):
         amax = np.float64(np.int32(tops[k]).view(np.float32))
-        values[k] = nearest64(amax / (bp[BLOCK_DIVISOR] * element64[3]), scale64)
+        values[k] = nearest64(amax / (bp[BLOCK_DIVISOR] * element64[LARGEST]), scale64)
         full_scale = values[k] * bp[BLOCK_DIVISOR]  # exact: at most 25 + 24 bits
         inverse = np.float32(1.0 / full_scale) if (full_scale >= 2.0 ** -100) & (full_scale <= 2.0 ** 100) else np.float32(0.0)
-        in_lanes = np.float32(amax) * inverse < np.float32(2.0 * element64[3])
+        in_lanes = np.float32(amax) * inverse < np.float32(2.0 * element64[LARGEST])
         inverses[k] = inverse if in_lanes & (tops[k] < EXPONENT32) else np.float32(0.0)
     return first_row, end_row
 
@@ -106,20 +112,21 @@ def amax_element(v, full_scale, q):
     full_scale (the block scale times the tensor scale), in float64 as the
     reference computes it."""
     a = abs(np.float64(v)) / (full_scale if full_scale > 0.0 else 1.0)
-    return (nearest64(a, q[2]) if full_scale > 0.0 else 0.0), (np.float32(v).view(np.int32) < 0) & (full_scale > 0.0)
+    negative = (np.float32(v).view(np.int32) < 0) & (full_scale > 0.0)
+    return (nearest64(a, q[ELEMENT64]) if full_scale > 0.0 else 0.0), negative
 
 
 @inline
 def amax_code(v, full_scale, q):
     """The element code of one value of a block scaled by full_scale."""
     magnitude, negative = amax_element(v, full_scale, q)
-    return finite_code(np.float32(magnitude), negative, q[0])
+    return finite_code(np.float32(magnitude), negative, q[ELEMENT32])
 
 
 @inline
 def amax_value(v, scale, q, out):
     """(value in out's dtype, exact) of element v of a block with the float64 scale ``scale``."""
-    bp = q[4]
+    bp = q[BLOCK]
     magnitude, negative = amax_element(v, scale * bp[BLOCK_DIVISOR], q)
     value = np.float32((-magnitude if negative else magnitude) * scale)  # exact (scaled_block_params)
     if bp[BLOCK_HAS_TENSOR_SCALE]:
@@ -134,7 +141,7 @@ def amax_fast_row(x, out, r, scale, inverse, q, block):
     elements round; (whether out's dtype held every result, whether some
     quotient lay near a rounding boundary, where the row must be redone
     exactly)."""
-    bp, ep = q[4], q[5]
+    bp, ep = q[BLOCK], q[MX_ELEMENT]
     scale32 = np.float32(scale)
     lost, near = False, False
     for j in range(block):
@@ -191,14 +198,14 @@ def quantize_amax_blocks(x, out, q, inexact):
 @inline
 def amax_encode_rows(x, elements, scales, g, q, block):
     """Task g's rows as amax_quantize_rows computes them, as codes."""
-    bp, ep = q[4], q[5]
+    bp, ep = q[BLOCK], q[MX_ELEMENT]
     tops, values = np.empty(ROWS_PER_TASK, np.int32), np.empty(ROWS_PER_TASK, np.float64)
     inverses = np.empty(ROWS_PER_TASK, np.float32)
     first_row, end_row = amax_scales(x, g, q, tops, values, inverses, block)
     codes = np.empty(block, np.int32)
     for r in range(first_row, end_row):
         scale, inverse, bad = values[r - first_row], inverses[r - first_row], tops[r - first_row] >= EXPONENT32
-        scales[r] = bp[BLOCK_SCALE_NAN] if bad else finite_code(np.float32(scale), False, q[1])
+        scales[r] = bp[BLOCK_SCALE_NAN] if bad else finite_code(np.float32(scale), False, q[SCALE32])
         near = True
         if inverse > 0:
             near = False

@@ -203,7 +203,8 @@ def encode_microexponent(x, elements, scales, subscales, mp):
     """Packed element codes, shared-exponent codes and packed sub-block
     shifts of float32 blocks of mp[MICRO_BLOCK] elements in sub-blocks of two (x flat;
     ``elements`` and ``subscales`` zeroed unless their rows fill whole bytes)."""
-    man, block, exp_bits, micro, emin, emax, bias = mp[MICRO_MAN], mp[MICRO_BLOCK], mp[MICRO_EXP_BITS], mp[MICRO_MICRO_BITS], mp[MICRO_EMIN], mp[MICRO_EMAX], mp[MICRO_EXP_BIAS]
+    man, block, exp_bits, micro = mp[MICRO_MAN], mp[MICRO_BLOCK], mp[MICRO_EXP_BITS], mp[MICRO_MICRO_BITS]
+    emin, emax, bias = mp[MICRO_EMIN], mp[MICRO_EMAX], mp[MICRO_EXP_BIAS]
     largest = np.float32((1 << man) - 1)
     for g in prange((x.size // block + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         codes, shifts = np.empty(block, np.int32), np.empty(block // 2, np.int32)
