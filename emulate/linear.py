@@ -1,9 +1,10 @@
 """The quantized Linear product: y = Q(Q(x) @ Q(w).T + b), with its
 backward pass re-blocked along each backward product's reduction dimension
 (the roles are described in :mod:`lowbit.emulate.spec`; the module is in
-:mod:`lowbit.emulate.modules`). Where a provider of encoded products
-accepts the formats (the CUDA extension's MX matmul, for MX operands on a
-GPU), the forward product comes from it (:mod:`lowbit.emulate.encoded_products`).
+:mod:`lowbit.emulate.modules`). Where the default backend of the operands'
+device multiplies encoded operands of these formats (the CUDA extension's
+MX matmul, for MX operands on a GPU), the forward product comes from it
+(:mod:`lowbit.emulate.encoded_products`).
 
 The rounding runs through the ``lowbit::fake_quantize`` op, so
 ``torch.compile`` traces quantized modules as it traces the op.

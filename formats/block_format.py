@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .arrays import pow2
 from . import chunks
+from .arrays import pow2
 from .base import check_ints
-from .families import family
 from .blocking import BlockCodes
 from .chunks import chunk_slices, exact
 from .element import ElementFormat
+from .families import family
 from .float_format import FloatFormat
 from .int_format import IntFormat
 from .rounding import Rounder

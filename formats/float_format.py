@@ -30,8 +30,8 @@ import torch
 
 from .arrays import pow2
 from .base import check_ints
-from .families import family
 from .element import ElementFormat
+from .families import family
 from .rounding import Rounder
 
 SPECIALS = ("ieee", "fn", "fnuz", "p3109", "none")

@@ -21,8 +21,8 @@ import torch
 
 from .arrays import pow2
 from .base import check_ints
-from .families import family
 from .element import ElementFormat
+from .families import family
 from .rounding import Rounder
 
 

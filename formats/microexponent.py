@@ -28,9 +28,9 @@ import torch
 
 from .arrays import pow2
 from .base import check_ints
+from .blocking import BlockCodes
 from .families import family
 from .rounding import Rounder
-from .blocking import BlockCodes
 from .scaled import ScaledFormat
 
 

@@ -326,12 +326,12 @@ def test_the_ops_agree_with_their_fakes():
 
 # -- the emulation layer ---------------------------------------------------------------------------
 @pytest.fixture
-def host_provider(monkeypatch):
+def host_products(monkeypatch):
     """The host model as the default backend for CPU data, so that it provides encoded products for CPU tensors."""
     monkeypatch.setitem(backends.defaults, "cpu", "cuda_host")
 
 
-def test_quantized_linear_and_matmul_take_the_mx_matmul(host_provider):
+def test_quantized_linear_and_matmul_take_the_mx_matmul(host_products):
     spec = QuantSpec(input="mxfp8_e4m3", weight="mxfp4")
     layer = QuantLinear(torch.nn.Linear(96, 24), spec)
     x = torch.randn(2, 7, 96, generator=torch.Generator().manual_seed(90))
@@ -349,7 +349,7 @@ def test_quantized_linear_and_matmul_take_the_mx_matmul(host_provider):
     assert torch.allclose(expected, unrounded.detach(), rtol=1e-5, atol=1e-5)
 
 
-def test_products_the_provider_does_not_take_stay_with_torch(host_provider):
+def test_products_the_backend_does_not_take_stay_with_torch(host_products):
     x, w = torch.randn(4, 64), torch.randn(8, 64)
     mx = QuantSpec(input="mxfp4", weight="mxfp4")
     for spec in (QuantSpec(input="mxfp4", weight="nvfp4"),

@@ -16,11 +16,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .bits import get_code, put_code
 from ..abi import (
-    RULE_AMAX, BLOCK_SIZE, RULE_CEIL, BLOCK_DIVISOR, BLOCK_ELEMENT_BITS, BLOCK_ELEMENT_EMAX, BLOCK_ELEMENT_MANTISSA_BITS, BLOCK_ELEMENT_MAX, RULE_EVEN, RULE_FLOOR,
-    BLOCK_HAS_TENSOR_SCALE, NEAREST_EVEN, BLOCK_RULE, OVERFLOW_SATURATE, BLOCK_SCALE_EMAX, BLOCK_SCALE_EMIN, BLOCK_SCALE_NAN, STOCHASTIC,
+    BLOCK_DIVISOR, BLOCK_ELEMENT_BITS, BLOCK_ELEMENT_EMAX, BLOCK_ELEMENT_MANTISSA_BITS, BLOCK_ELEMENT_MAX,
+    BLOCK_HAS_TENSOR_SCALE, BLOCK_RULE, BLOCK_SCALE_EMAX, BLOCK_SCALE_EMIN, BLOCK_SCALE_NAN, BLOCK_SIZE,
+    NEAREST_EVEN, OVERFLOW_SATURATE, RULE_AMAX, RULE_CEIL, RULE_EVEN, RULE_FLOOR, STOCHASTIC,
 )
+from .bits import get_code, put_code
 from .scalar import (
     counter_uniform, decode_element, encode_element, float_decode, float_encode, floor_log2_or, load, pow2, store,
 )
@@ -82,7 +83,8 @@ def block_scale(x, o, i, k0, sd, bp, half, tiny):
         amax = max(amax, abs(v) if finite else 0.0)
     rule = bp[BLOCK_RULE]
     if rule == RULE_AMAX:
-        code, _ = float_encode(amax / (bp[BLOCK_DIVISOR] * bp[BLOCK_ELEMENT_MAX]), sd, NEAREST_EVEN, OVERFLOW_SATURATE, 0.0)
+        ratio = amax / (bp[BLOCK_DIVISOR] * bp[BLOCK_ELEMENT_MAX])
+        code, _ = float_encode(ratio, sd, NEAREST_EVEN, OVERFLOW_SATURATE, 0.0)
         value = float_decode(code, sd)
     else:
         exponent = scale_exponent(amax, rule, bp) if amax > 0.0 else bp[BLOCK_SCALE_EMIN]

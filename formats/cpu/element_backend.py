@@ -11,11 +11,11 @@ import functools
 import numpy as np
 import torch
 
+from ..abi import element_descriptor, flush_threshold, overflow_code, rounding_code
 from ..arrays import code_dtype, codes_range_error
 from ..backends import Policy
 from . import element_kernels as kernels
 from . import fast32
-from ..abi import element_descriptor, flush_threshold, overflow_code, rounding_code
 from .buffers import new_tensor
 from .views import numpy_data, planes_rows_cols
 
@@ -24,15 +24,21 @@ def _flat(t: torch.Tensor) -> np.ndarray:
     return numpy_data(t)[0].reshape(-1)
 
 
-def _fast_float32(fmt, t: torch.Tensor, rounding: str, overflow: str, flush_subnormals: bool):
+def _kernel_policy(t: torch.Tensor, policy: Policy) -> tuple[int, int, np.uint64, float]:
+    """The general kernels' policy arguments: rounding, overflow, stochastic key, flush threshold."""
+    return (rounding_code(policy.rounding), overflow_code(policy.overflow), np.uint64(policy.key or 0),
+            flush_threshold(t.dtype, policy.flush_subnormals))
+
+
+def _fast_float32(fmt, t: torch.Tensor, policy: Policy):
     """The fast32 kernels and parameters that serve this call, or None."""
-    if (t.dtype not in (torch.float32, torch.bfloat16) or rounding not in ("nearest_even", "stochastic")
+    if (t.dtype not in (torch.float32, torch.bfloat16) or policy.rounding not in ("nearest_even", "stochastic")
             or not t.is_contiguous()):
         return None
-    params = fast32.float_params(fmt, overflow, flush_subnormals)
+    params = fast32.float_params(fmt, policy.overflow, policy.flush_subnormals)
     if params is not None:
         return fast32.quantize_float, fast32.encode_float, params
-    params = fast32.int_params(fmt, flush_subnormals)
+    params = fast32.int_params(fmt, policy.flush_subnormals)
     if params is not None:
         return fast32.quantize_int, fast32.encode_int, params
     return None
@@ -41,34 +47,32 @@ def _fast_float32(fmt, t: torch.Tensor, rounding: str, overflow: str, flush_subn
 def quantize(fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, bool]:
     """The rounded values in t's dtype and shape, and whether they all fit
     that dtype exactly."""
-    rounding, overflow, key, flush_subnormals = policy.rounding, policy.overflow, policy.key, policy.flush_subnormals
     out = new_tensor(tuple(t.shape), t.dtype)
-    fast = _fast_float32(fmt, t, rounding, overflow, flush_subnormals)
+    fast = _fast_float32(fmt, t, policy)
     if fast is not None:
-        lost = fast[0](_flat(t), _flat(out), fast[2], np.uint64(key or 0), rounding == "stochastic")
+        lost = fast[0](_flat(t), _flat(out), fast[2], np.uint64(policy.key or 0), policy.rounding == "stochastic")
         return out, lost == 0
     data, half = numpy_data(t)
     inexact = np.zeros(kernels.span_count(t.numel()), dtype=np.bool_)
-    kernels.quantize_elements(planes_rows_cols(data), _flat(out), element_descriptor(fmt), rounding_code(rounding),
-                              overflow_code(overflow), np.uint64(key or 0), half,
-                              flush_threshold(t.dtype, flush_subnormals), inexact)
+    mode, overflow, key, tiny = _kernel_policy(t, policy)
+    kernels.quantize_elements(planes_rows_cols(data), _flat(out), element_descriptor(fmt), mode, overflow, key, half,
+                              tiny, inexact)
     return out, not inexact.any()
 
 
 def encode(fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, int | None]:
     """The codes in t's shape, and the flat index of the first element the
     format cannot represent (None if every element encoded)."""
-    rounding, overflow, key, flush_subnormals = policy.rounding, policy.overflow, policy.key, policy.flush_subnormals
     out = new_tensor(tuple(t.shape), code_dtype(fmt.nbits))
-    fast = _fast_float32(fmt, t, rounding, overflow, flush_subnormals)
-    if fast is not None and fast[1](_flat(t), out.numpy().reshape(-1), fast[2], np.uint64(key or 0),
-                                    rounding == "stochastic") == 0:
+    fast = _fast_float32(fmt, t, policy)
+    if fast is not None and fast[1](_flat(t), out.numpy().reshape(-1), fast[2], np.uint64(policy.key or 0),
+                                    policy.rounding == "stochastic") == 0:
         return out, None
     data, half = numpy_data(t)
     first_invalid = np.full(kernels.span_count(t.numel()), kernels.NO_INDEX, dtype=np.int64)
-    kernels.encode_elements(planes_rows_cols(data), out.numpy().reshape(-1), element_descriptor(fmt),
-                            rounding_code(rounding), overflow_code(overflow), np.uint64(key or 0), half,
-                            flush_threshold(t.dtype, flush_subnormals), first_invalid)
+    mode, overflow, key, tiny = _kernel_policy(t, policy)
+    kernels.encode_elements(planes_rows_cols(data), out.numpy().reshape(-1), element_descriptor(fmt), mode, overflow,
+                            key, half, tiny, first_invalid)
     bad = int(first_invalid.min(initial=kernels.NO_INDEX))
     return out, None if bad == kernels.NO_INDEX else bad
 

@@ -26,9 +26,9 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from ..abi import INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, OVERFLOW_INF, OVERFLOW_SATURATE, SIGN_CODE, element_descriptor
 from ..float_format import FloatFormat
 from ..int_format import IntFormat
-from ..abi import OVERFLOW_INF, INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, OVERFLOW_SATURATE, SIGN_CODE, element_descriptor
 from .scalar import counter_uniform, pow2
 
 inline = njit(inline="always", cache=True)

@@ -15,10 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..abi import (
-    MICRO_BLOCK, MICRO_EMAX, MICRO_EMIN, MICRO_EXP_BIAS, MICRO_EXP_BITS, MICRO_MAN,
-    MICRO_MICRO_BITS,
-)
+from ..abi import MICRO_BLOCK, MICRO_EMAX, MICRO_EMIN, MICRO_EXP_BIAS, MICRO_EXP_BITS, MICRO_MAN, MICRO_MICRO_BITS
 from .bits import pack_row, unpack_row
 from .fast32 import (
     EXPONENT32, MAGNITUDE32, ROWS_PER_TASK, SIGN32, as_float32, to_output,

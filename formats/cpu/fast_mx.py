@@ -19,8 +19,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..abi import (
-    BLOCK_ELEMENT_BITS, BLOCK_ELEMENT_EMAX, BLOCK_RULE, BLOCK_SCALE_EMAX, BLOCK_SCALE_EMIN,
-    BLOCK_SCALE_NAN, RULE_FLOOR, block_params,
+    BLOCK_ELEMENT_BITS, BLOCK_ELEMENT_EMAX, BLOCK_RULE, BLOCK_SCALE_EMAX, BLOCK_SCALE_EMIN, BLOCK_SCALE_NAN,
+    RULE_FLOOR, block_params,
 )
 from ..block_format import E8M0
 from ..float_format import FloatFormat

@@ -10,9 +10,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..abi import (
+    MICRO_BLOCK, MICRO_EMAX, MICRO_EMIN, MICRO_EXP_BIAS, MICRO_EXP_BITS, MICRO_MAN, MICRO_MICRO_BITS,
+    MICRO_SUB_BLOCK, STOCHASTIC,
+)
 from .bits import get_code, put_code
 from .block_kernels import GROUP, block_origin, element_at
-from ..abi import MICRO_EXP_BIAS, MICRO_EXP_BITS, MICRO_MAN, MICRO_BLOCK, MICRO_EMAX, MICRO_EMIN, MICRO_MICRO_BITS, STOCHASTIC, MICRO_SUB_BLOCK
 from .scalar import counter_uniform, floor_log2_or, pick_upper, pow2, store
 
 NO_EXPONENT = -(1 << 20)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..abi import block_params, element_descriptor, flush_threshold, microexponent_params, rounding_code
 from ..arrays import code_dtype
 from ..backends import Policy
 from ..block_format import BlockFormat
 from ..blocking import BlockLayout
 from . import block_kernels, fast_amax, fast_block_decode, fast_microexponent, fast_mx, microexponent_kernels
 from .bits import whole_bytes
-from .fast32 import ROWS_PER_TASK
-from ..abi import block_params, element_descriptor, flush_threshold, microexponent_params, rounding_code
 from .buffers import new_tensor
+from .fast32 import ROWS_PER_TASK
 from .views import numpy_data, outer_axis_inner, planes_rows_cols
 
 
@@ -33,32 +33,31 @@ def tensor_scale(fmt, t: torch.Tensor, policy: Policy) -> float | None:
     return fmt.tensor_scale_of(amax)
 
 
-def _common(t: torch.Tensor, layout: BlockLayout, rounding: str, key: int | None, flush_subnormals: bool):
+def _common(t: torch.Tensor, layout: BlockLayout, policy: Policy):
     """The general kernels' arguments for t: its view, block count, mode, key, half type, flush threshold."""
     data, half = numpy_data(t)
-    return (outer_axis_inner(data, layout.axis), layout.nblocks, rounding_code(rounding), np.uint64(key or 0), half,
-            flush_threshold(t.dtype, flush_subnormals))
+    return (outer_axis_inner(data, layout.axis), layout.nblocks, rounding_code(policy.rounding),
+            np.uint64(policy.key or 0), half, flush_threshold(t.dtype, policy.flush_subnormals))
 
 
-def _fast_rows(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, flush_subnormals: bool):
+def _fast_rows(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy):
     """The input as rows of whole blocks when the call can take a fast path
     (contiguous float32 or bfloat16 blocked along its last axis in whole
     blocks, nearest_even, no flushing), else None."""
-    if (t.dtype not in (torch.float32, torch.bfloat16) or rounding != "nearest_even" or flush_subnormals
+    if (t.dtype not in (torch.float32, torch.bfloat16) or policy.rounding != "nearest_even" or policy.flush_subnormals
             or not t.is_contiguous() or layout.axis != max(t.dim() - 1, 0) or layout.length % fmt.block_size):
         return None
     return numpy_data(t)[0].reshape(layout.nrows, fmt.block_size)
 
 
-def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_rule: str | None,
-               flush_subnormals: bool, ts: float | None):
+def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None):
     """(kernel family: "mx", "amax" or "microexponent", the blocks as rows,
     the family's parameters) when a fast kernel serves the call, else None."""
-    rows = _fast_rows(fmt, t, layout, rounding, flush_subnormals)
+    rows = _fast_rows(fmt, t, layout, policy)
     if rows is None:
         return None
     if isinstance(fmt, BlockFormat):
-        mx = fast_mx.mx_params(fmt, scale_rule)
+        mx = fast_mx.mx_params(fmt, policy.scale_rule)
         if mx is not None:
             return "mx", rows, mx
         amax = fast_amax.scaled_block_params(fmt, ts)
@@ -69,9 +68,8 @@ def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, rounding: str, scale_r
 def quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
     """x encoded and decoded, in its shape and dtype, and whether the dtype
     held every result exactly."""
-    rounding, scale_rule, key, flush_subnormals = policy.rounding, policy.scale_rule, policy.key, policy.flush_subnormals
     out = new_tensor(tuple(t.shape), t.dtype)
-    fast = _fast_path(fmt, t, layout, rounding, scale_rule, flush_subnormals, ts)
+    fast = _fast_path(fmt, t, layout, policy, ts)
     if fast is not None:
         family, rows, params = fast
         values = numpy_data(out)[0].reshape(rows.shape)
@@ -83,13 +81,13 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: floa
         else:
             fast_microexponent.quantize_microexponent(rows.reshape(-1), values.reshape(-1), params, inexact)
         return out, not inexact.any()
-    x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
+    x, nblocks, mode, key64, half, tiny = _common(t, layout, policy)
     out_view = outer_axis_inner(numpy_data(out)[0], layout.axis, writeable=True)
     inexact = np.zeros(block_kernels.group_count(layout.nrows), dtype=np.bool_)
     if isinstance(fmt, BlockFormat):
         block_kernels.quantize_blocks(x, out_view, nblocks, element_descriptor(fmt.element),
-                                      element_descriptor(fmt.scale), block_params(fmt, scale_rule, ts), mode, key64,
-                                      half, tiny, inexact)
+                                      element_descriptor(fmt.scale), block_params(fmt, policy.scale_rule, ts), mode,
+                                      key64, half, tiny, inexact)
     else:
         microexponent_kernels.quantize_microexponent(x, out_view, nblocks, microexponent_params(fmt), mode, key64,
                                                      half, tiny, inexact)
@@ -99,9 +97,8 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: floa
 def encode(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None):
     """(packed element codes, scale codes in the blocked shape, packed
     sub-block shifts or None) as CPU tensors."""
-    rounding, scale_rule, key, flush_subnormals = policy.rounding, policy.scale_rule, policy.key, policy.flush_subnormals
     nrows = layout.nrows
-    fast = _fast_path(fmt, t, layout, rounding, scale_rule, flush_subnormals, ts)
+    fast = _fast_path(fmt, t, layout, policy, ts)
     elements = _packed(fast is not None, nrows, fmt.block_size, fmt.element_code_bits)
     subscales = _packed(fast is not None, nrows, fmt.subscales_per_block, fmt.subscale_code_bits)
     scales = new_tensor((nrows,), code_dtype(fmt.scale_code_bits))
@@ -112,15 +109,15 @@ def encode(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float 
         elif family == "amax":
             fast_amax.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), params)
         else:
-            fast_microexponent.encode_microexponent(rows.reshape(-1), elements.numpy(), scales.numpy(), subscales.numpy(),
-                                             params)
+            fast_microexponent.encode_microexponent(rows.reshape(-1), elements.numpy(), scales.numpy(),
+                                                    subscales.numpy(), params)
     elif isinstance(fmt, BlockFormat):
-        x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
+        x, nblocks, mode, key64, half, tiny = _common(t, layout, policy)
         block_kernels.encode_blocks(x, elements.numpy(), scales.numpy(), nblocks, element_descriptor(fmt.element),
-                                    element_descriptor(fmt.scale), block_params(fmt, scale_rule, ts), mode, key64,
-                                    half, tiny)
+                                    element_descriptor(fmt.scale), block_params(fmt, policy.scale_rule, ts), mode,
+                                    key64, half, tiny)
     else:
-        x, nblocks, mode, key64, half, tiny = _common(t, layout, rounding, key, flush_subnormals)
+        x, nblocks, mode, key64, half, tiny = _common(t, layout, policy)
         microexponent_kernels.encode_microexponent(x, elements.numpy(), scales.numpy(), subscales.numpy(), nblocks,
                                                    microexponent_params(fmt), mode, key64, half, tiny)
     return elements, scales.reshape(layout.blocked_shape[:-1]), subscales if fmt.subscales_per_block else None

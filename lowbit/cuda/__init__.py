@@ -78,5 +78,9 @@ def available() -> bool:
     return True
 
 
-for _name, (_device_type, _, _) in BUILDS.items():
-    register_backend(_name, _device_type, _loader(_name), default=_name == "cuda")
+def _register() -> None:
+    for name, (device_type, _, _) in BUILDS.items():
+        register_backend(name, device_type, _loader(name), default=name == "cuda")
+
+
+_register()
