@@ -212,23 +212,35 @@ def microexponent_params(fmt: Any) -> tuple[int, ...]:
             fmt.exp_bias)
 
 
-def describable(fmt: Any, policy: Policy) -> bool:
-    """Whether this ABI describes ``fmt`` and ``policy``: FloatFormat and
-    IntFormat elements, BlockFormats of them, MicroexponentFormats (these
-    classes exactly: a subclass may change the math), with a rounding mode,
-    overflow policy and scale rule that the enums number."""
-    if (policy.rounding not in ROUNDINGS or policy.overflow not in (None, *OVERFLOWS)
-            or policy.scale_rule not in (None, *SCALE_RULES)):
-        return False
+#: the families the descriptors describe (these classes exactly: a subclass may change the math)
+KERNEL_FAMILIES = (FloatFormat, IntFormat, BlockFormat, MicroexponentFormat)
+
+
+def undescribable(fmt: Any, policy: Policy) -> str | None:
+    """Why this ABI cannot describe ``fmt`` and ``policy``, or None when it
+    can: FloatFormat and IntFormat elements, BlockFormats of them with
+    FloatFormat scales, MicroexponentFormats, with a rounding mode, overflow
+    policy and scale rule that the enums number."""
+    for what, value, known in (("rounding", policy.rounding, ROUNDINGS), ("overflow", policy.overflow, OVERFLOWS),
+                               ("scale_rule", policy.scale_rule, SCALE_RULES)):
+        if value is not None and value not in known:
+            return f"the kernels implement {what} {', '.join(known)}, not {value!r}"
     if type(fmt) is BlockFormat:
-        return type(fmt.element) in (FloatFormat, IntFormat) and type(fmt.scale) is FloatFormat
-    return type(fmt) in (FloatFormat, IntFormat, MicroexponentFormat)
+        for role, part, allowed in (("elements", fmt.element, (FloatFormat, IntFormat)),
+                                    ("scales", fmt.scale, (FloatFormat,))):
+            if type(part) not in allowed:
+                return (f"the kernels take BlockFormats with {' or '.join(k.__name__ for k in allowed)} {role}, "
+                        f"not {type(part).__name__} ({part.name})")
+    elif type(fmt) not in KERNEL_FAMILIES:
+        return (f"the kernels implement the families {', '.join(k.__name__ for k in KERNEL_FAMILIES)}, "
+                f"not {type(fmt).__name__} ({fmt.name})")
+    return None
 
 
 @dataclass(frozen=True)
 class KernelBackend:
     """A backend whose kernels read this ABI's descriptors: it supports
-    every format and policy :func:`describable` accepts, and matmuls where
+    every format and policy :func:`undescribable` accepts, and matmuls where
     it has a ``product`` (``takes_product(a_format, b_format)`` says which
     pairs; ``product(a, b, bias, out_dtype, instruction)`` computes them)."""
 
@@ -240,9 +252,14 @@ class KernelBackend:
     product: Callable[..., torch.Tensor] | None = None
 
     def supports(self, fmt: Any, operation: str, policy: Policy) -> bool:
+        return self.unsupported(fmt, operation, policy) is None
+
+    def unsupported(self, fmt: Any, operation: str, policy: Policy) -> str | None:
         if operation == "matmul":
-            return self.takes_product is not None and self.takes_product(*fmt)
-        return describable(fmt, policy)
+            if self.takes_product is None or not self.takes_product(*fmt):
+                return f"the {self.name!r} backend multiplies no operands of these formats"
+            return None
+        return undescribable(fmt, policy)
 
     def matmul(self, a: Encoded, b: Encoded, bias: torch.Tensor | None, out_dtype: torch.dtype,
                instruction: str | None) -> torch.Tensor:

@@ -94,6 +94,7 @@ class Backend(Protocol):
     ``supports(fmt, operation, policy)``: whether this backend runs
     ``operation`` (one of :data:`OPERATIONS`) for ``fmt`` under ``policy``;
     for ``"matmul"``, ``fmt`` is the pair (A's format, B's format).
+    ``unsupported`` says why not, for error messages.
     ``elements`` and ``scaled`` hold the operations on each kind of
     format; ``matmul(a, b, bias, out_dtype, instruction)`` computes
     ``A @ B.T + bias`` from two :class:`Encoded` operands (M x K and N x K,
@@ -106,6 +107,9 @@ class Backend(Protocol):
     scaled: ScaledOps
 
     def supports(self, fmt: Any, operation: str, policy: Policy) -> bool: ...
+
+    def unsupported(self, fmt: Any, operation: str, policy: Policy) -> str | None:
+        """Why it does not support the request, in words; None where it does."""
 
     def matmul(self, a: Encoded, b: Encoded, bias: torch.Tensor | None, out_dtype: torch.dtype,
                instruction: str | None) -> torch.Tensor: ...
@@ -189,8 +193,8 @@ def resolve(backend: str | None, device_type: str, fmt: Any, operation: str, pol
                          f"this input is on {device_type}")
     chosen = get(backend)
     if not chosen.supports(fmt, operation, policy):
-        raise ValueError(f"backend={backend!r} does not {operation} {_format_names(fmt)} with {policy}; "
-                         f"backend=None picks one that does")
+        raise ValueError(f"backend={backend!r} does not {operation} {_format_names(fmt)}: "
+                         f"{chosen.unsupported(fmt, operation, policy)}; backend=None picks one that does")
     return chosen
 
 

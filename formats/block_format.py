@@ -69,7 +69,8 @@ class BlockFormat(ScaledFormat):
 
     def __post_init__(self) -> None:
         if not isinstance(self.element, ElementFormat):
-            raise TypeError(f"element must be a FloatFormat or IntFormat, got {type(self.element).__name__}")
+            raise TypeError(f"element must be an element format (FloatFormat, IntFormat, ...), "
+                            f"got {type(self.element).__name__}")
         if not isinstance(self.scale, FloatFormat):
             raise TypeError(f"scale must be a FloatFormat, got {type(self.scale).__name__}")
         check_ints(self, "block_size")

@@ -163,6 +163,9 @@ class ReferenceBackend:
     def supports(self, fmt: Any, operation: str, policy: Policy) -> bool:
         return True
 
+    def unsupported(self, fmt: Any, operation: str, policy: Policy) -> str | None:
+        return None
+
     def matmul(self, a: Encoded, b: Encoded, bias: torch.Tensor | None, out_dtype: torch.dtype,
                instruction: str | None) -> torch.Tensor:
         """:func:`~lowbit.formats.reference_matmul` (float64, bias included)

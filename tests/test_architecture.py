@@ -155,14 +155,19 @@ def test_a_new_family_lands_on_the_reference_and_the_default_path_keeps_working(
     assert backends.resolve(None, "cpu", fmt, "quantize", Policy()).name == "reference"
     assert list(fmt.quantize(x)) == [0.5625, 1.0, -3.25]
     assert list(lowbit.get_format("fp8_e4m3").quantize(x)) == [0.5, 1.0, -3.0]
-    with pytest.raises(ValueError, match="backend='cpu' does not quantize halfway_up_e4m3"):
+    with pytest.raises(ValueError, match="backend='cpu' does not quantize halfway_up_e4m3: the kernels implement the "
+                                         "families FloatFormat, .*, not HalfwayUpFormat"):
         fmt.quantize(x, backend="cpu")
+    with pytest.raises(ValueError, match="BlockFormats with FloatFormat or IntFormat elements, not HalfwayUpFormat"):
+        lowbit.BlockFormat(fmt, 32).quantize(x, backend="cpu")
 
 
 def test_a_rounding_mode_the_kernels_lack_goes_to_the_reference():
     fmt = lowbit.get_format("mxfp4")
     assert backends.resolve(None, "cpu", fmt, "quantize", Policy(rounding="odd")).name == "reference"
     assert backends.resolve(None, "cpu", fmt, "quantize", Policy(rounding="nearest_even")).name == "cpu"
+    with pytest.raises(ValueError, match="the kernels implement rounding nearest_even, .*, not 'odd'"):
+        backends.resolve("cpu", "cpu", fmt, "quantize", Policy(rounding="odd"))
 
 
 # -- values compare by value ------------------------------------------------------------------------
