@@ -56,8 +56,8 @@ class ElementFormat:
               flush_subnormals: bool, backend: str | None):
         """The input as a tensor, its kind, the checked policy and the backend that runs ``operation``."""
         t, kind = as_tensor(x)
-        policy = Policy(rounding, check_overflow(overflow, self.has_inf, self.has_nan, self.name), None,
-                        stochastic_key(rounding, seed, generator), flush_subnormals)
+        policy = Policy(rounding=rounding, overflow=check_overflow(overflow, self.has_inf, self.has_nan, self.name),
+                        key=stochastic_key(rounding, seed, generator), flush_subnormals=flush_subnormals)
         return t, kind, policy, backends.resolve(backend, t.device.type, self, operation, policy)
 
     def quantize(self, x: Any, *, rounding: str = "nearest_even", overflow: str | None = None,

@@ -66,8 +66,8 @@ class ScaledFormat:
         the backend that runs ``operation`` and the per-tensor scale it computes."""
         t, kind = as_tensor(x)
         layout = BlockLayout(tuple(t.shape), check_axis(axis, t.dim()), self.block_size)
-        policy = Policy(rounding, None, self._resolve_rule(scale_rule), stochastic_key(rounding, seed, generator),
-                        flush_subnormals)
+        policy = Policy(rounding=rounding, scale_rule=self._resolve_rule(scale_rule),
+                        key=stochastic_key(rounding, seed, generator), flush_subnormals=flush_subnormals)
         chosen = backends.resolve(backend, t.device.type, self, operation, policy)
         return t, kind, layout, policy, chosen, chosen.scaled.tensor_scale(self, t, policy)
 
