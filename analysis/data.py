@@ -33,6 +33,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+#: The suffixes of the tensor files :func:`load` reads.
+DATA_SUFFIXES = (".npy", ".pt", ".pth")
 LLM_CHANNELS = 1024
 LLM_OUTLIER_CHANNELS = 4
 LLM_OUTLIER_GAIN = 100.0
@@ -93,7 +95,9 @@ def generate(name: str, size: int = 1 << 16, seed: int = 0) -> np.ndarray:
 def load(path: str | os.PathLike) -> np.ndarray:
     """A tensor saved by the user: ``.npy`` (numpy, no pickles) or ``.pt`` /
     ``.pth`` (one tensor saved with ``torch.save``, loaded with
-    ``weights_only=True``), as a float array (float16 and bfloat16 as float32)."""
+    ``weights_only=True``), as a float array (float16 and bfloat16 as float32).
+    Raises ValueError for a missing or unreadable file, one that holds no
+    tensor or a non-float one, an empty tensor, or one without a finite value."""
     import torch
 
     from .settings import as_array
@@ -101,7 +105,7 @@ def load(path: str | os.PathLike) -> np.ndarray:
     file = pathlib.Path(path)
     if not file.is_file():
         raise ValueError(f"data file {os.fspath(path)!r} does not exist")
-    if file.suffix not in (".npy", ".pt", ".pth"):
+    if file.suffix not in DATA_SUFFIXES:
         raise ValueError(f"data files are .npy, .pt or .pth; got {file.name!r}")
     try:
         if file.suffix == ".npy":
@@ -114,14 +118,22 @@ def load(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{os.fspath(path)!r} holds a {type(data).__name__}, not one tensor "
                          "(a state_dict? pass it as the model)")
     try:
-        return as_array(data)
+        array = as_array(data)
     except TypeError as error:
         raise ValueError(f"{os.fspath(path)!r}: {error}") from error
+    if array.size == 0:
+        raise ValueError(f"{os.fspath(path)!r} holds an empty tensor (shape {array.shape}); give at least one value")
+    if not np.isfinite(array).any():
+        raise ValueError(f"{os.fspath(path)!r} holds no finite value (only NaN and Inf); give at least one")
+    return array
 
 
 def dataset(name: str, size: int, seed: int) -> np.ndarray:
     """A built-in distribution by name, or the tensor in a file (a name
     ending in .npy, .pt or .pth)."""
-    if name.endswith((".npy", ".pt", ".pth")):
+    if name.endswith(DATA_SUFFIXES):
         return load(name)
+    if name not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {name!r}; choose from {', '.join(DISTRIBUTIONS)}, "
+                         f"or give a tensor file ending in {', '.join(DATA_SUFFIXES)}")
     return generate(name, size, seed)

@@ -14,3 +14,6 @@ DEFAULT_FORMATS = (
 DEFAULT_DATA = tuple(DISTRIBUTIONS)
 #: Elements per data set.
 DEFAULT_SIZE = 1 << 16
+#: The most elements per data set ``lowbit report --size`` takes: a sweep
+#: holds several float64 arrays of each data set's size at once.
+MAX_SIZE = 1 << 27

@@ -8,9 +8,13 @@ the same ``report.md`` and ``results.csv``, byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import numpy as np
@@ -22,6 +26,7 @@ from . import plots
 from .data import DISTRIBUTIONS, dataset
 from .defaults import DEFAULT_DATA, DEFAULT_FORMATS, DEFAULT_SIZE
 from .models import minilm_tensors, model_weights
+from .settings import Setting
 from .sweep import markdown_table, measure, pivot, record, settings_grid, sweep, write_csv
 
 TABLE_COLUMNS = ("data", "label", "bits", "sqnr_db", "mse", "mean_rel_error", "max_ulp_error", "mean_ulp_error",
@@ -41,12 +46,22 @@ DEFINITIONS = """\
 """
 
 
+#: Every file a report writes. A folder holding only these (or nothing) is
+#: a previous report, which a new one replaces whole; any other entry makes
+#: write_report refuse the folder rather than delete it.
+REPORT_FILES = frozenset({
+    "report.md", "results.csv", "model_weights.csv", "model_activations.csv", "sqnr_vs_bits.png",
+    "number_line.png", "relative_error.png", "block_relative_error.png", "histograms.png",
+    "layer_sensitivity_weights.png", "layer_sensitivity_activations.png",
+})
+
+
 def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT_FORMATS,
                  data: Sequence[str] = DEFAULT_DATA, size: int = DEFAULT_SIZE, seed: int = 0,
                  roundings: Sequence[str] = ("nearest_even",), scale_rules: Sequence[str | None] = (None,),
                  model: Any = None, progress: bool | TextIO = False) -> pathlib.Path:
-    """Write the report into ``out_dir`` (created if needed) and give back
-    the path of its ``report.md``.
+    """Write the report into the folder ``out_dir`` and give back the path
+    of its ``report.md``.
 
     ``formats``: names or format objects. ``data``: names of built-in
     distributions (:data:`lowbit.analysis.data.DISTRIBUTIONS`), ``size``
@@ -56,7 +71,103 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
     Linear weights and the activations it records on built-in sentences),
     or an ``nn.Module``, a state_dict, or a path to a saved state_dict (its
     weights): adds a per-layer section.
+
+    The whole report is written into a new folder beside ``out_dir`` and
+    moved into place when complete, replacing a previous report there: an
+    error or an interruption leaves ``out_dir`` as it was. ``out_dir`` must
+    be new, empty, or a previous report (see :func:`check_out_dir`). Every
+    argument is checked, and the data and model loaded, before any work.
     """
+    check_out_dir(out_dir)
+    plan = plan_report(formats=formats, data=data, size=size, seed=seed, roundings=roundings,
+                       scale_rules=scale_rules, model=model)
+    return plan.write(out_dir, progress=progress)
+
+
+def check_out_dir(out_dir: str | os.PathLike, what: str = "out_dir") -> None:
+    """Raise ValueError (naming the argument as ``what``) unless a report
+    can go to ``out_dir``: a folder that does not exist yet (it is made, its
+    parents too), an empty folder, or a previous report (only entries named
+    in :data:`REPORT_FILES`), which the new report replaces whole. A folder
+    holding anything else is refused: the report would delete it. So are a
+    path whose nearest existing parent is a file or not writable, and the
+    current folder or one above it (it cannot be replaced)."""
+    path = pathlib.Path(os.path.realpath(out_dir))
+    shown = f"{what} {os.fspath(out_dir)!r}"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{shown} is a file, not a folder")
+    if path.is_dir():
+        if pathlib.Path.cwd().resolve().is_relative_to(path):
+            raise ValueError(f"{shown} is the current folder or holds it; give a folder for the report alone")
+        foreign = sorted(entry.name for entry in os.scandir(path)
+                         if entry.name not in REPORT_FILES or not entry.is_file(follow_symlinks=False))
+        if foreign:
+            listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ValueError(f"{shown} holds files a report does not write ({listed}); a report replaces its "
+                             "folder whole, so give a new or empty folder or a previous report's")
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir():
+        raise ValueError(f"{shown} cannot be made: {os.fspath(parent)!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{shown} cannot be made: no permission to write in {os.fspath(parent)!r}")
+
+
+@dataclass(frozen=True)
+class ReportPlan:
+    """What a report measures, checked and loaded: its formats, data sets,
+    settings and model tensors (see :func:`write_report`). ``write`` does
+    the measuring and writing."""
+
+    formats: list[ElementFormat | ScaledFormat]
+    data: list[str]
+    datasets: dict[str, np.ndarray]
+    size: int
+    seed: int
+    roundings: list[str]
+    scale_rules: list[str | None]
+    settings: list[Setting]
+    model: Any
+    model_data: dict[str, dict[str, np.ndarray]] | None
+
+    def write(self, out_dir: str | os.PathLike, progress: bool | TextIO = False) -> pathlib.Path:
+        """Measure and write the report into ``out_dir`` through a staging
+        folder (see :func:`write_report`); give back the path of its report.md."""
+        check_out_dir(out_dir)
+        with _staged(out_dir) as stage:
+            self._write_into(stage, progress)
+        return pathlib.Path(out_dir) / "report.md"
+
+    def _write_into(self, out: pathlib.Path, progress: bool | TextIO) -> None:
+        """Every file of the report, written into the existing folder ``out``."""
+        records = sweep(self.datasets, self.settings, progress=progress)
+        write_csv(records, out / "results.csv")
+        command = _command(self.formats, self.data, self.size, self.seed, self.roundings, self.scale_rules,
+                           self.model)
+        settings = self.settings
+        md = [f"# lowbit error report\n\nlowbit {lowbit.__version__}. Reproduce with `{command}`.\n",
+              f"Data: {_describe(self.datasets, self.size, self.seed)}. "
+              f"Settings: {len(settings)} ({', '.join(s.label for s in settings)}). "
+              "Every metric of every run is in [results.csv](results.csv).\n"]
+        by_bits = sorted(range(len(settings)), key=lambda i: (settings[i].bits, i))
+        sqnr = pivot(records, "sqnr_db")
+        md += ["## SQNR (dB) by format and data\n", "Higher is better; rows by storage bits per element.\n",
+               markdown_table([sqnr[i] for i in by_bits], decimals=1)]
+        md += ["## SQNR against storage cost\n",
+               "Each panel is one data set; the dashed line is the Pareto front (no format has more SQNR at "
+               "fewer or equal bits).\n", _figure(plots.sqnr_vs_bits(records), out, "sqnr_vs_bits")]
+        md += _format_figures(self.formats, self.datasets, settings, out)
+        md += ["## Every metric\n", markdown_table(records, TABLE_COLUMNS, digits=3)]
+        if self.model_data is not None:
+            md += _model_section(self.model_data, settings, out, progress)
+        md += ["## Definitions\n", DEFINITIONS]
+        (out / "report.md").write_text("\n".join(md))
+
+
+def plan_report(*, formats: Sequence[Any] = DEFAULT_FORMATS, data: Sequence[str] = DEFAULT_DATA,
+                size: int = DEFAULT_SIZE, seed: int = 0, roundings: Sequence[str] = ("nearest_even",),
+                scale_rules: Sequence[str | None] = (None,), model: Any = None) -> ReportPlan:
+    """Check the arguments of :func:`write_report` (ValueError or TypeError
+    naming the one at fault) and load its data and model, measuring nothing."""
     fmts = [get_format(f) for f in formats]
     if not fmts:
         raise ValueError("formats is empty: give at least one format")
@@ -65,32 +176,45 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
     datasets = {os.fspath(name): dataset(os.fspath(name), size, seed) for name in data}
     settings = settings_grid(fmts, roundings, scale_rules)
     model_data = _model_tensors(model) if model is not None else None
+    return ReportPlan(fmts, list(data), datasets, size, seed, list(roundings), list(scale_rules), settings, model,
+                      model_data)
 
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    records = sweep(datasets, settings, progress=progress)
-    write_csv(records, out / "results.csv")
 
-    command = _command(fmts, data, size, seed, roundings, scale_rules, model)
-    md = [f"# lowbit error report\n\nlowbit {lowbit.__version__}. Reproduce with `{command}`.\n",
-          f"Data: {_describe(datasets, size, seed)}. "
-          f"Settings: {len(settings)} ({', '.join(s.label for s in settings)}). "
-          "Every metric of every run is in [results.csv](results.csv).\n"]
-    by_bits = sorted(range(len(settings)), key=lambda i: (settings[i].bits, i))
-    sqnr = pivot(records, "sqnr_db")
-    md += ["## SQNR (dB) by format and data\n", "Higher is better; rows by storage bits per element.\n",
-           markdown_table([sqnr[i] for i in by_bits], decimals=1)]
-    md += ["## SQNR against storage cost\n",
-           "Each panel is one data set; the dashed line is the Pareto front (no format has more SQNR at "
-           "fewer or equal bits).\n", _figure(plots.sqnr_vs_bits(records), out, "sqnr_vs_bits")]
-    md += _format_figures(fmts, datasets, settings, out)
-    md += ["## Every metric\n", markdown_table(records, TABLE_COLUMNS, digits=3)]
-    if model_data is not None:
-        md += _model_section(model_data, settings, out, progress)
-    md += ["## Definitions\n", DEFINITIONS]
-    path = out / "report.md"
-    path.write_text("\n".join(md))
-    return path
+@contextlib.contextmanager
+def _staged(out_dir: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """A new, empty folder beside ``out_dir`` (same file system) to write
+    into. When the block ends normally it replaces ``out_dir`` whole (see
+    :func:`_replace`); when it raises, KeyboardInterrupt included, the
+    folder is removed and ``out_dir`` is left as it was."""
+    target = pathlib.Path(os.path.realpath(out_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
+    stage.mkdir()
+    try:
+        yield stage
+        check_out_dir(out_dir)  # again: files may have appeared while the report was measured
+        _replace(target, stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _replace(target: pathlib.Path, new: pathlib.Path) -> None:
+    """Put the folder ``new`` at ``target``: rename the folder there aside,
+    rename ``new`` in, then delete the old one. If the second rename fails
+    or is interrupted, the old folder is renamed back first."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+    try:
+        os.rename(target, old)
+        os.rename(new, target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            os.rename(old, target)
+        raise
+    shutil.rmtree(old)
 
 
 def _describe(datasets: Mapping[str, np.ndarray], size: int, seed: int) -> str:

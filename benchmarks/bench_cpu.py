@@ -4,7 +4,9 @@ reference implementation (the same as ``lowbit bench``).
     python benchmarks/bench_cpu.py [--sizes 16 18 20 22 24 26] [--formats ...] [--repeat 5]
 """
 
+import sys
+
 from lowbit.cli import main
 
 if __name__ == "__main__":
-    main(["bench", *__import__("sys").argv[1:]])
+    sys.exit(main(["bench", *sys.argv[1:]]))

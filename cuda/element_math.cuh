@@ -233,7 +233,7 @@ LB_HD double float16_value(long long code) {
 LB_HD double bfloat16_value(long long code) { return (double)float_of((int32_t)((code & 0xFFFF) << 16)); }
 
 // The float16 bits of value when it is a float16 number (else a code that
-// decodes to another value); NaN gives the quiet NaN 0x7E00.
+// decodes to another value); NaN gives the quiet NaN 0x7E00 with its sign.
 LB_HD long long float16_code(double value) {
   double a = fabs(value);
   long long e = max64(floor_log2_or(bits_of(a), -15), -15);
@@ -242,12 +242,12 @@ LB_HD long long float16_code(double value) {
   long long code = e < -14 ? mantissa : ((e + 15) << 10) + mantissa - 1024;
   if (a > 65504.0) code = a == (double)INFINITY ? 0x7C00 : 0x7BFF;
   if (value != value) code = 0x7E00;
-  return code | ((bits_of(value) < 0 && value == value) ? 0x8000 : 0);
+  return code | (bits_of(value) < 0 ? 0x8000 : 0);
 }
 
-// The bfloat16 bits of value when it is a bfloat16 number; NaN gives 0x7FC0.
+// The bfloat16 bits of value when it is a bfloat16 number; NaN gives 0x7FC0 with its sign.
 LB_HD long long bfloat16_code(double value) {
-  if (value != value) return 0x7FC0;
+  if (value != value) return bits_of(value) < 0 ? 0xFFC0 : 0x7FC0;
   return ((long long)float_bits((float)value) >> 16) & 0xFFFF;
 }
 

@@ -9,7 +9,10 @@ Inputs are never modified in place: numpy arrays are wrapped zero-copy
 
 from __future__ import annotations
 
+import math
+import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +55,13 @@ class InputKind:
 
 def cast_exactly(t64: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
     """float64 values cast to ``dtype``, and whether every one survived the
-    cast unchanged (NaN counts as NaN)."""
+    cast unchanged (NaN counts as NaN). A NaN keeps its sign in every dtype:
+    bfloat16 NaNs are 0x7FC0 or 0xFFC0, as the kernels give (torch's own
+    cast picks the sign bit differently in its vectorised and scalar paths)."""
     out = t64.to(dtype)
+    if dtype == torch.bfloat16:
+        nan_bits = torch.where(torch.signbit(t64), -0x40, 0x7FC0).to(torch.int16)  # -0x40 is 0xFFC0
+        out = torch.where(torch.isnan(t64), nan_bits.view(torch.bfloat16), out)
     if dtype == torch.float64:
         return out, True
     back = out.to(torch.float64)
@@ -64,9 +72,12 @@ def as_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, InputKind]:
     """``x`` as a torch tensor of its own float dtype, on its device, without
     copying where possible (numpy arrays are wrapped), and its kind.
 
-    Accepts torch tensors and numpy arrays of float16/bfloat16/float32/float64
-    and Python or numpy float/int scalars. Raises TypeError for anything else
-    (integer, boolean or complex tensors, strings, lists).
+    Accepts dense torch tensors and numpy arrays of
+    float16/bfloat16/float32/float64 and Python or numpy float/int scalars
+    (Python ints exactly, see :func:`int_to_odd_float`). Raises TypeError
+    for anything else (integer, boolean or complex tensors, sparse or nested
+    tensors, strings, lists) and ValueError for meta tensors, which hold no
+    values. A negated view (``torch._neg_view``) is read as its values.
     """
     if isinstance(x, torch.Tensor):
         if x.dtype not in FLOAT_TORCH_DTYPES:
@@ -74,7 +85,7 @@ def as_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, InputKind]:
                 f"{name} must be a floating-point tensor (float16, bfloat16, float32 "
                 f"or float64), got dtype {x.dtype}"
             )
-        return x.detach(), InputKind("torch", x.dtype)
+        return _dense(x, name), InputKind("torch", x.dtype)
     if isinstance(x, np.ndarray | np.generic):
         arr = np.asarray(x)
         if arr.dtype.type not in FLOAT_NUMPY_DTYPES:
@@ -88,7 +99,26 @@ def as_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, InputKind]:
         raise TypeError(
             f"{name} must be a torch tensor, a numpy array or a Python float, got {type(x).__name__}"
         )
-    return torch.tensor(float(x), dtype=torch.float64), InputKind("python", torch.float64)
+    value = x if isinstance(x, float) else int_to_odd_float(x)
+    return torch.tensor(value, dtype=torch.float64), InputKind("python", torch.float64)
+
+
+def int_to_odd_float(n: int) -> float:
+    """A Python int as a float64 that rounds like it: n itself when float64
+    holds it, else n rounded to odd (truncated to 53 bits, the last bit set
+    if any bit was dropped; beyond float64's range, +-max with its odd last
+    bit). Rounding that float64 to any format of at most 51 significant bits
+    (every lowbit format) gives the correctly rounded n in every
+    deterministic mode; stochastic rounding draws against the 53-bit value."""
+    magnitude = abs(n)
+    drop = magnitude.bit_length() - 53
+    if drop <= 0:
+        return float(n)
+    kept = magnitude >> drop
+    if kept << drop != magnitude:
+        kept |= 1
+    odd = math.ldexp(kept, drop) if drop <= 1024 - 53 else sys.float_info.max
+    return -odd if n < 0 else odd
 
 
 def integer_input(codes: Any, name: str = "codes") -> tuple[torch.Tensor, InputKind]:
@@ -97,7 +127,7 @@ def integer_input(codes: Any, name: str = "codes") -> tuple[torch.Tensor, InputK
     if isinstance(codes, torch.Tensor):
         if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer tensor, got dtype {codes.dtype}")
-        return codes.detach(), InputKind("torch", torch.int64)
+        return _dense(codes, name), InputKind("torch", torch.int64)
     if isinstance(codes, np.ndarray | np.generic):
         arr = np.asarray(codes)
         if arr.dtype.kind not in "iu":
@@ -107,6 +137,18 @@ def integer_input(codes: Any, name: str = "codes") -> tuple[torch.Tensor, InputK
     if isinstance(codes, int) and not isinstance(codes, bool):
         return torch.tensor(codes, dtype=torch.int64), InputKind("python", torch.int64)
     raise TypeError(f"{name} must be an integer array, tensor or int, got {type(codes).__name__}")
+
+
+def _dense(x: torch.Tensor, name: str) -> torch.Tensor:
+    """x detached, its values resolved (a negated view reads as its values);
+    TypeError for sparse and nested tensors, ValueError for meta ones."""
+    if x.is_nested or x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got a "
+                        f"{'nested' if x.is_nested else str(x.layout).removeprefix('torch.')} one "
+                        f"(convert it with .to_dense() or torch.nested.to_padded_tensor first)")
+    if x.is_meta:
+        raise ValueError(f"{name} is on the meta device and holds no values; materialize it first")
+    return x.detach().resolve_neg()
 
 
 def codes_range_error(nbits: int, name: str = "codes") -> ValueError:
@@ -145,6 +187,21 @@ def float_dtype(dtype: Any) -> torch.dtype:
     if resolved not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     return resolved
+
+
+def decoded_in(dtype: torch.dtype, decode_to: Callable[[torch.dtype], torch.Tensor],
+               may_overflow: Callable[[float], bool], name: str) -> torch.Tensor:
+    """``decode_to(dtype)``, checked: ValueError if a finite value of the
+    format overflowed ``dtype`` to infinity. Infinities the format itself
+    encodes pass. ``may_overflow(limit)``: whether any value could exceed
+    ``limit`` (a cheap bound, so that the exact check runs only then)."""
+    values = decode_to(dtype)
+    if dtype == torch.float64 or not may_overflow(torch.finfo(dtype).max) or not bool(torch.isinf(values).any()):
+        return values
+    if bool((torch.isinf(values) & torch.isfinite(decode_to(torch.float64))).any()):
+        raise ValueError(f"values of {name} beyond {str(dtype).removeprefix('torch.')}'s range decoded to "
+                         f"infinity; pass dtype=torch.float64 (or np.float64) to decode them exactly")
+    return values
 
 
 def pow2(k: torch.Tensor | int) -> torch.Tensor:

@@ -30,3 +30,17 @@ def check_ints(obj: Any, *fields: str) -> None:
         value = getattr(obj, field)
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{field} must be an int, got {type(value).__name__}")
+
+
+def check_bools(obj: Any, *fields: str) -> None:
+    """TypeError unless each named attribute of obj is a bool (True or False, not 0, 1 or "no")."""
+    for field in fields:
+        value = getattr(obj, field)
+        if not isinstance(value, bool):
+            raise TypeError(f"{field} must be True or False, got {value!r}")
+
+
+def check_name(obj: Any) -> None:
+    """TypeError unless obj's ``name`` is a str."""
+    if not isinstance(obj.name, str):
+        raise TypeError(f"name must be a str, got {type(obj.name).__name__}")

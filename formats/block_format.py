@@ -40,14 +40,15 @@ import torch
 
 from . import chunks
 from .arrays import pow2
-from .base import check_ints
-from .blocking import BlockCodes
+from .base import check_bools, check_name
+from .blocking import BlockCodes, check_block_size
 from .chunks import chunk_slices, exact
 from .element import ElementFormat
 from .families import family
 from .float_format import FloatFormat
 from .int_format import IntFormat
 from .rounding import Rounder
+from .packing import MAX_CODE_BITS
 from .scaled import ScaledFormat
 
 POWER_OF_TWO_RULES = ("floor", "ceil", "rceil", "even")
@@ -73,9 +74,15 @@ class BlockFormat(ScaledFormat):
                             f"got {type(self.element).__name__}")
         if not isinstance(self.scale, FloatFormat):
             raise TypeError(f"scale must be a FloatFormat, got {type(self.scale).__name__}")
-        check_ints(self, "block_size")
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be a positive int, got {self.block_size!r}")
+        check_bools(self, "tensor_scale")
+        check_name(self)
+        check_block_size(self, "block_size")
+        if not self.element.signed:
+            raise ValueError(f"the element format must be signed (a block holds zeros and negatives); "
+                             f"{self.element.name} is unsigned")
+        if self.element.nbits > MAX_CODE_BITS:
+            raise ValueError(f"the element format packs at most {MAX_CODE_BITS}-bit codes; "
+                             f"{self.element.name} has {self.element.nbits}")
         if not self.scale.has_nan:
             raise ValueError(f"the scale format needs a NaN code for NaN blocks; {self.scale.name} has none")
         if not self.scale_rule:
@@ -151,6 +158,9 @@ class BlockFormat(ScaledFormat):
         s = torch.ceil(torch.log2(amax / self.element.max)).to(torch.int64)
         s = s + (amax > self.element.max * pow2(s)).to(torch.int64)
         return s - (amax <= self.element.max * pow2(s - 1)).to(torch.int64)
+
+    def largest_per_scale_code(self) -> torch.Tensor:
+        return self.element.max * self.scale.decode_exact(torch.arange(1 << self.scale.nbits)).abs()
 
     def tensor_scale_exact(self, t: torch.Tensor, flush_subnormals: bool) -> float | None:
         """NVFP4's second level, from the largest finite magnitude of the

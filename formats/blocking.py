@@ -9,8 +9,25 @@ amax) and is dropped again on the way out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from .base import check_ints
+from .chunks import CHUNK_ELEMENTS
+
+#: The largest block size: the reference works 8 whole blocks at a time, and
+#: 8 blocks of this size fill one chunk (:data:`~lowbit.formats.chunks.CHUNK_ELEMENTS`),
+#: which bounds its memory; every kernel indexes such blocks with 32-bit counts.
+MAX_BLOCK_SIZE = CHUNK_ELEMENTS // 8
+
+
+def check_block_size(obj: Any, field: str) -> None:
+    """TypeError unless obj's ``field`` is an int; ValueError unless it lies in 1..MAX_BLOCK_SIZE."""
+    check_ints(obj, field)
+    value = getattr(obj, field)
+    if not 1 <= value <= MAX_BLOCK_SIZE:
+        raise ValueError(f"{field} must be a positive int of at most {MAX_BLOCK_SIZE}, got {value}")
 
 
 @dataclass(frozen=True)

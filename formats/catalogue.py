@@ -82,18 +82,97 @@ def list_formats() -> list[str]:
     return list(CATALOGUE)
 
 
-def _parse(spec: str) -> Format | None:
-    if m := re.fullmatch(r"p3109_(\d+)p(\d+)", spec):
-        return p3109(int(m[1]), int(m[2]))
-    if m := re.fullmatch(r"(u?)int(\d+)", spec):
-        return IntFormat(int(m[2]), signed=not m[1])
-    if m := re.fullmatch(r"(?:fp\d+_)?e(\d+)m(\d+)(fn|fnuz)?", spec):
-        e, man, suffix = int(m[1]), int(m[2]), m[3]
+#: How deep parentheses may nest in a format name. ``mx(ELEMENT,BLOCK)`` needs
+#: one level and no valid name needs more; the limit only stops a hostile or
+#: mistaken name from recursing without bound.
+MAX_NESTING = 8
+#: The most digits a number in a format name may have (far more than any
+#: width or block size the format classes accept).
+MAX_DIGITS = 18
+SPEC_FORMS = "eXmY, eXmYfn, eXmYfnuz, intN, uintN, p3109_KpP, mx(ELEMENT,BLOCK)"
+
+
+def _shown(spec: str, limit: int = 60) -> str:
+    """``repr(spec)``, cut to ``limit`` characters for error messages."""
+    return repr(spec) if len(spec) <= limit else repr(spec[:limit]) + f"... ({len(spec)} characters)"
+
+
+def _number(digits: str, spec: str) -> int:
+    """The int a run of digits in ``spec`` spells; ValueError beyond MAX_DIGITS."""
+    if len(digits) > MAX_DIGITS:
+        raise ValueError(f"format {_shown(spec)}: a number of {len(digits)} digits; numbers in a format name "
+                         f"have at most {MAX_DIGITS}")
+    return int(digits)
+
+
+def _check_parentheses(spec: str) -> None:
+    """ValueError unless the parentheses of ``spec`` balance and nest at most MAX_NESTING deep."""
+    depth = deepest = 0
+    for char in spec:
+        depth += (char == "(") - (char == ")")
+        deepest = max(deepest, depth)
+        if depth < 0:
+            break
+    if depth != 0:
+        raise ValueError(f"format {_shown(spec)}: unbalanced parentheses")
+    if deepest > MAX_NESTING:
+        raise ValueError(f"format {_shown(spec)} nests parentheses {deepest} deep; at most {MAX_NESTING} are allowed")
+
+
+def _call(key: str) -> tuple[str, list[str]] | None:
+    """``NAME(ARG, ...)`` as the name and its top-level arguments (stripped),
+    or None when ``key`` is not one call that ends the string. The
+    parentheses must already balance."""
+    name, paren, rest = key.partition("(")
+    if not paren or not rest.endswith(")"):
+        return None
+    body, depth, args, start = rest[:-1], 0, [], 0
+    for i, char in enumerate(body):
+        depth += (char == "(") - (char == ")")
+        if depth < 0:  # the call closes before the end: text follows it
+            return None
+        if char == "," and depth == 0:
+            args.append(body[start:i].strip())
+            start = i + 1
+    return name.strip(), [*args, body[start:].strip()]
+
+
+def _build(spec: str, family: type, *args: Any, **options: Any) -> Format:
+    """``family(*args, **options)``, its ValueError or TypeError prefixed with the name being parsed."""
+    try:
+        return family(*args, **options)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"format {_shown(spec)}: {error}") from error
+
+
+def _parse_mx(spec: str, args: list[str]) -> Format:
+    """``mx(ELEMENT,BLOCK)``: an element format in blocks of BLOCK with E8M0 scales."""
+    if len(args) != 2 or not all(args):
+        raise ValueError(f"format {_shown(spec)}: mx takes an element format and a block size, "
+                         "as in mx(e2m1,32)")
+    if not re.fullmatch(r"\d+", args[1]):
+        raise ValueError(f"format {_shown(spec)}: the block size must be a positive integer")
+    return _build(spec, BlockFormat, get_format(args[0]), _number(args[1], spec))
+
+
+def _parse(spec: str, key: str) -> Format | None:
+    """The format a spelled-out name ``key`` (normalised from ``spec``)
+    describes, or None when it has none of the forms in SPEC_FORMS."""
+    if m := re.fullmatch(r"p3109_(\d+)p(\d+)", key):
+        return p3109(_number(m[1], spec), _number(m[2], spec))
+    if m := re.fullmatch(r"(u?)int(\d+)", key):
+        return _build(spec, IntFormat, _number(m[2], spec), signed=not m[1])
+    if m := re.fullmatch(r"(?:fp\d+_)?e(\d+)m(\d+)(fn|fnuz)?", key):
+        e, man, suffix = _number(m[1], spec), _number(m[2], spec), m[3]
         if suffix == "fnuz":
-            return FloatFormat(e, man, bias=1 << (e - 1), specials="fnuz")
-        return FloatFormat(e, man, specials=suffix or "ieee")
-    if m := re.fullmatch(r"mx\((.+),\s*(\d+)\)", spec):
-        return BlockFormat(get_format(m[1]), int(m[2]))
+            bias = 1 << (e - 1) if 1 <= e <= 31 else None  # e out of range: the constructor says why
+            return _build(spec, FloatFormat, e, man, bias=bias, specials="fnuz")
+        return _build(spec, FloatFormat, e, man, specials=suffix or "ieee")
+    if "(" in key or ")" in key:
+        _check_parentheses(key)
+        call = _call(key)
+        if call and call[0] == "mx":
+            return _parse_mx(spec, call[1])
     return None
 
 
@@ -104,7 +183,11 @@ def get_format(spec: Any) -> Format:
 
     A spelled-out ``eXmY`` that is not catalogued is IEEE-style (Inf and NaN
     at the top exponent); add ``fn`` or ``fnuz`` for those conventions.
-    Raises ValueError naming the close matches for an unknown spec.
+    Raises ValueError naming the close matches and the spelled-out forms for
+    an unknown spec, and ValueError (TypeError where the format classes
+    raise it) naming the spec when it is malformed: unbalanced parentheses,
+    parentheses nested deeper than MAX_NESTING, a number of more than
+    MAX_DIGITS digits, or parameters the format family refuses.
     """
     if isinstance(spec, ElementFormat | ScaledFormat):
         return spec
@@ -114,9 +197,10 @@ def get_format(spec: Any) -> Format:
     key = ALIASES.get(key, key)
     if key in CATALOGUE:
         return CATALOGUE[key]
-    parsed = _parse(key)
+    parsed = _parse(spec, key)
     if parsed is None:
         close = difflib.get_close_matches(key, [*CATALOGUE, *ALIASES], n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see lowbit.list_formats()"
-        raise ValueError(f"unknown format {spec!r}{hint}")
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown format {_shown(spec)}{hint}; a format is a name from lowbit.list_formats() "
+                         f"or one of {SPEC_FORMS}")
     return parsed

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import backends, chunks
-from .arrays import as_tensor, float_dtype, integer_input
+from .arrays import as_tensor, decoded_in, float_dtype, integer_input
 from .backends import Policy
 from .base import Grid
 from .chunks import chunk_slices, exact
@@ -124,10 +124,14 @@ class ElementFormat:
     def decode(self, codes: Any, *, dtype: Any = None, backend: str | None = None) -> Any:
         """Values of ``codes`` (integers in [0, 2**nbits)); float32 by default,
         ``dtype=torch.float64`` / ``np.float64`` on request. Returns the
-        codes' kind (numpy or torch) and device."""
+        codes' kind (numpy or torch) and device. ValueError if a finite
+        value lies beyond float32's range (ask for float64 then).
+        ``backend``: as in :meth:`quantize`."""
         c, kind = integer_input(codes)
         chosen = backends.resolve(backend, c.device.type, self, "decode")
-        return kind.give_back(chosen.elements.decode(self, c, float_dtype(dtype)))
+        values = decoded_in(float_dtype(dtype), lambda to: chosen.elements.decode(self, c, to),
+                            lambda limit: self.max > limit, self.name)
+        return kind.give_back(values)
 
     def values(self) -> np.ndarray:
         """Every distinct finite value, sorted ascending, as float64 (-0.0 and

@@ -14,20 +14,36 @@ tensors on the input's device.
 - ``subscales``: microexponent formats only: one d2-bit shift per sub-block,
   bit-packed (uint8); None otherwise.
 - ``tensor_scale``: NVFP4 with a per-tensor scale only: the float32 scale.
+
+An Encoded checks itself (:meth:`Encoded.validate`) when it is built, when
+it is loaded and again before it is decoded, so no kernel ever reads past
+its buffers: every part present that the format needs and no other, each
+of the code dtype and the exact size its format, shape and axis imply,
+torch parts on one device, scale codes within their width, the tensor
+scale a positive finite float32 value. Any code within its width is valid
+and decodes (negative E4M3 scale codes and NaN codes included), so a file
+either loads into an Encoded that decodes correctly or raises ValueError.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .arrays import code_dtype
+from .base import check_axis
+from .blocking import BlockLayout
 from .families import FAMILIES
+
+KINDS = ("torch", "numpy")
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,42 @@ class Encoded:
     subscales: Any = None
     tensor_scale: float | None = None
     kind: str = "torch"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shape, list):  # as JSON and users give it; frozen as a tuple
+            object.__setattr__(self, "shape", tuple(self.shape))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the parts against the format, shape and axis (see the module
+        docstring); TypeError for a part of the wrong type, ValueError naming
+        the part for anything else. Decoding and the matmuls call it first,
+        so a part changed in place after construction is caught too."""
+        fmt = self.format
+        if type(fmt) not in FAMILIES.values() or not hasattr(fmt, "block_size"):
+            raise TypeError(f"format must be a scaled format (BlockFormat or MicroexponentFormat), "
+                            f"got {type(fmt).__name__}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        if not isinstance(self.shape, tuple) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in self.shape):
+            raise ValueError(f"shape must be a tuple of non-negative ints, got {self.shape!r}")
+        layout = BlockLayout(self.shape, check_axis(self.axis, len(self.shape)), fmt.block_size)
+        devices = set()
+        _check_part("elements", self.elements, torch.uint8,
+                    (_packed_bytes(layout.nrows * fmt.block_size, fmt.element_code_bits),), devices)
+        _check_part("scales", self.scales, code_dtype(fmt.scale_code_bits), layout.blocked_shape[:-1], devices)
+        _check_codes("scales", self.scales, fmt.scale_code_bits)
+        if fmt.subscales_per_block:
+            if self.subscales is None:
+                raise ValueError(f"subscales are missing: {fmt.name} has {fmt.subscales_per_block} per block")
+            _check_part("subscales", self.subscales, torch.uint8,
+                        (_packed_bytes(layout.nrows * fmt.subscales_per_block, fmt.subscale_code_bits),), devices)
+        elif self.subscales is not None:
+            raise ValueError(f"subscales must be None: {fmt.name} has no sub-block shifts")
+        if len(devices) > 1:
+            raise ValueError(f"the parts must lie on one device, got {', '.join(sorted(devices))}")
+        _check_tensor_scale(fmt, self.tensor_scale)
 
     @property
     def nbytes(self) -> int:
@@ -77,20 +129,31 @@ class Encoded:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "Encoded":
         """Read an ``.npz`` file written by :meth:`save`: numpy arrays if the
-        encoded input was numpy, else torch tensors on ``device``."""
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
+        encoded input was numpy, else torch tensors on ``device``. The file
+        is untrusted: anything but a valid Encoded (see :meth:`validate`)
+        raises ValueError naming the file and what is wrong with it."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                parts = {name: data[name] for name in ("elements", "scales", "subscales", "meta") if name in data}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            if isinstance(error, FileNotFoundError):
+                raise
+            raise ValueError(f"{path}: not an .npz file that Encoded.save wrote ({error})") from error
+        try:
+            meta = _read_meta(parts)
             as_kind = (lambda a: a) if meta["kind"] == "numpy" else (lambda a: torch.from_numpy(a).to(device))
             return cls(
                 format=format_from_dict(meta["format"]),
-                shape=tuple(meta["shape"]),
+                shape=meta["shape"],
                 axis=meta["axis"],
-                elements=as_kind(data["elements"]),
-                scales=as_kind(data["scales"]),
-                subscales=as_kind(data["subscales"]) if "subscales" in data else None,
+                elements=as_kind(parts["elements"]),
+                scales=as_kind(parts["scales"]),
+                subscales=as_kind(parts["subscales"]) if "subscales" in parts else None,
                 tensor_scale=meta["tensor_scale"],
                 kind=meta["kind"],
             )
+        except (ValueError, TypeError, RecursionError) as error:
+            raise ValueError(f"{path}: {error}") from error
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Encoded):
@@ -103,6 +166,73 @@ class Encoded:
                 and same(self.subscales, other.subscales) and self.tensor_scale == other.tensor_scale)
 
     __hash__ = None  # mutable payload
+
+
+def _packed_bytes(count: int, bits: int) -> int:
+    return -(-count * bits // 8)
+
+
+def _check_part(name: str, part: Any, dtype: torch.dtype, shape: tuple[int, ...], devices: set[str]) -> None:
+    """TypeError unless ``part`` is an array or tensor; ValueError unless it has ``dtype`` and ``shape``."""
+    if isinstance(part, torch.Tensor):
+        part_dtype = part.dtype
+        if part.layout != torch.strided or part.is_nested:
+            raise ValueError(f"{name} must be a dense tensor, got layout {part.layout}")
+        devices.add(str(part.device))
+    elif isinstance(part, np.ndarray):
+        if part.dtype.kind not in "biufc" or part.dtype.byteorder == ">":
+            raise ValueError(f"{name} must have dtype {str(dtype).removeprefix('torch.')}, got {part.dtype}")
+        part_dtype = torch.from_numpy(np.empty(0, part.dtype)).dtype
+    else:
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(part).__name__}")
+    if part_dtype != dtype:
+        raise ValueError(f"{name} must have dtype {str(dtype).removeprefix('torch.')}, "
+                         f"got {str(part_dtype).removeprefix('torch.')}")
+    if tuple(part.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} for this format, shape and axis; "
+                         f"got {tuple(part.shape)}")
+
+
+def _check_codes(name: str, part: Any, bits: int) -> None:
+    """ValueError unless every code lies in [0, 2**bits) (only wider dtypes can hold others)."""
+    if part.dtype.itemsize * 8 > bits and math.prod(part.shape):
+        largest = int(part.max()) if isinstance(part, np.ndarray) else int(part.to(torch.int32).max())
+        if largest >= 1 << bits:
+            raise ValueError(f"{name} must lie in [0, {1 << bits}) for {bits}-bit codes, got {largest}")
+
+
+def _check_tensor_scale(fmt: Any, tensor_scale: Any) -> None:
+    if not fmt.tensor_scale:
+        if tensor_scale is not None:
+            raise ValueError(f"tensor_scale must be None: {fmt.name} has no per-tensor scale")
+        return
+    if isinstance(tensor_scale, bool) or not isinstance(tensor_scale, int | float):
+        raise ValueError(f"tensor_scale must be a float: {fmt.name} has a per-tensor scale; got {tensor_scale!r}")
+    if not (math.isfinite(tensor_scale) and tensor_scale > 0 and float(np.float32(tensor_scale)) == tensor_scale):
+        raise ValueError(f"tensor_scale must be a positive finite float32 value (the datapath holds it in "
+                         f"float32), got {tensor_scale!r}")
+
+
+def _read_meta(parts: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The meta record of a saved Encoded, its keys checked."""
+    for name in ("meta", "elements", "scales"):
+        if name not in parts:
+            raise ValueError(f"the file has no {name!r} array")
+    meta = parts["meta"]
+    if meta.shape != () or meta.dtype.kind != "U":
+        raise ValueError("meta must be a JSON string")
+    try:
+        record = json.loads(str(meta))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"meta is not JSON ({error})") from error
+    keys = {"format", "shape", "axis", "tensor_scale", "kind"}
+    if not isinstance(record, dict) or not keys <= record.keys():
+        raise ValueError(f"meta must be a JSON object with the keys {', '.join(sorted(keys))}")
+    if not isinstance(record["shape"], list):
+        raise ValueError(f"shape must be a list of ints, got {record['shape']!r}")
+    if record["kind"] not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {record['kind']!r}")
+    return record
 
 
 def _to_numpy(a: Any) -> np.ndarray:
@@ -119,8 +249,16 @@ def format_to_dict(fmt: Any) -> dict:
 
 
 def format_from_dict(d: dict) -> Any:
-    """Inverse of :func:`format_to_dict`."""
+    """Inverse of :func:`format_to_dict`; ValueError for a record that names
+    no format family or arguments the family does not take."""
+    if not isinstance(d, dict) or d.get("family") not in FAMILIES:
+        raise ValueError(f"a format record must be a JSON object whose 'family' is one of "
+                         f"{', '.join(sorted(FAMILIES))}; got {d!r:.200}")
     d = dict(d)
     family = FAMILIES[d.pop("family")]
+    known = {f.name for f in dataclasses.fields(family)}
+    if not d.keys() <= known:
+        raise ValueError(f"{family.__name__} takes {', '.join(sorted(known))}; the record also has "
+                         f"{', '.join(sorted(d.keys() - known))}")
     args = {k: format_from_dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     return family(**args)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .arrays import pow2
-from .base import check_ints
+from .base import check_bools, check_ints, check_name
 from .element import ElementFormat
 from .families import family
 from .rounding import Rounder
@@ -52,6 +52,8 @@ class FloatFormat(ElementFormat):
 
     def __post_init__(self) -> None:
         check_ints(self, "exp_bits", "man_bits")
+        check_bools(self, "signed", "subnormals")
+        check_name(self)
         if self.exp_bits < 1:
             raise ValueError(f"exp_bits must be at least 1, got {self.exp_bits}")
         if self.man_bits < 0:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .arrays import pow2
-from .base import check_ints
+from .base import check_bools, check_ints, check_name
 from .element import ElementFormat
 from .families import family
 from .rounding import Rounder
@@ -42,6 +42,8 @@ class IntFormat(ElementFormat):
 
     def __post_init__(self) -> None:
         check_ints(self, "bits", "frac_bits")
+        check_bools(self, "signed", "narrow")
+        check_name(self)
         if not 2 <= self.bits <= 32:
             raise ValueError(f"an IntFormat has 2..32 bits, got {self.bits}")
         if not -64 <= self.frac_bits <= 64:

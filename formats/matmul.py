@@ -18,6 +18,10 @@ def check_operand(x: Encoded, name: str) -> None:
     if x.kind != "torch" or len(x.shape) != 2 or x.axis not in (1, -1):
         raise ValueError(f"{name} must be a 2-D torch tensor encoded along its last axis (axis=1 or -1), "
                          f"got shape {x.shape}, axis {x.axis}, kind {x.kind!r}")
+    try:
+        x.validate()
+    except ValueError as why:
+        raise ValueError(f"{name}: {why}") from why
 
 
 def reference_matmul(a: Encoded, b: Encoded, bias: torch.Tensor | None = None, *,

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .arrays import pow2
-from .base import check_ints
-from .blocking import BlockCodes
+from .base import check_ints, check_name
+from .blocking import BlockCodes, check_block_size
 from .families import family
+from .packing import MAX_CODE_BITS
 from .rounding import Rounder
 from .scaled import ScaledFormat
 
@@ -47,9 +48,11 @@ class MicroexponentFormat(ScaledFormat):
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        check_ints(self, "man_bits", "block_size", "sub_block", "exp_bits", "micro_bits")
-        if not 1 <= self.man_bits <= 23:
-            raise ValueError(f"man_bits must lie in 1..23, got {self.man_bits}")
+        check_ints(self, "man_bits", "sub_block", "exp_bits", "micro_bits")
+        check_block_size(self, "block_size")
+        check_name(self)
+        if not 1 <= self.man_bits < MAX_CODE_BITS:  # sign + magnitude must pack
+            raise ValueError(f"man_bits must lie in 1..{MAX_CODE_BITS - 1}, got {self.man_bits}")
         if not 2 <= self.exp_bits <= 10:
             raise ValueError(f"exp_bits must lie in 2..10, got {self.exp_bits}")
         if not 0 <= self.micro_bits <= 4:
@@ -102,6 +105,11 @@ class MicroexponentFormat(ScaledFormat):
     @property
     def max(self) -> float:
         return float((1 << self.man_bits) - 1) * 2.0 ** (self.emax - self.man_bits + 1)
+
+    def largest_per_scale_code(self) -> torch.Tensor:
+        codes = torch.arange(1 << self.exp_bits)
+        largest = ((1 << self.man_bits) - 1) * pow2(codes - self.exp_bias - self.man_bits + 1)
+        return torch.where(codes == (1 << self.exp_bits) - 1, torch.nan, largest)
 
     # -- exact kernels ---------------------------------------------------------------
     def _resolve_rule(self, scale_rule: str | None) -> None:

@@ -16,9 +16,13 @@ import numpy as np
 import torch
 
 
+#: The widest code that packs (and so the widest element a scaled format holds).
+MAX_CODE_BITS = 16
+
+
 def _check_bits(bits: Any) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
-        raise ValueError(f"bits must be an int in 1..16, got {bits!r}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_CODE_BITS:
+        raise ValueError(f"bits must be an int in 1..{MAX_CODE_BITS}, got {bits!r}")
 
 
 def pack(codes: Any, bits: int) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import backends
-from .arrays import as_tensor, float_dtype
+from .arrays import as_tensor, decoded_in, float_dtype
 from .backends import Policy
 from .base import Grid, check_axis
 from .blocking import BlockCodes, BlockLayout
@@ -33,6 +33,7 @@ class ScaledFormat:
     scale_code_bits: int
     subscale_code_bits: int = 0
     subscales_per_block: int = 0
+    tensor_scale: bool = False  # whether a per-tensor scale divides first (NVFP4's second level)
 
     def encode_blocks_exact(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
                             tensor_scale: float | None) -> BlockCodes:
@@ -51,6 +52,22 @@ class ScaledFormat:
     def tensor_scale_exact(self, t: torch.Tensor, flush_subnormals: bool) -> float | None:
         """A per-tensor scale computed over the whole input first (NVFP4); None here."""
         return None
+
+    def largest_per_scale_code(self) -> torch.Tensor:
+        """The largest magnitude a block can decode to under each scale code
+        (float64, indexed by code; NaN for NaN codes), before any tensor scale."""
+        raise NotImplementedError
+
+    def _may_exceed(self, limit: float, scales: torch.Tensor, tensor_scale: float | None) -> bool:
+        """Whether a block of these scale codes could decode beyond ``limit``,
+        from the scales alone (far cheaper than a pass over the values): no
+        code up to the largest present is risky, or else none present is."""
+        if self.max * (tensor_scale or 1.0) <= limit or not scales.numel():
+            return False
+        risky = self.largest_per_scale_code().to(scales.device) * (tensor_scale or 1.0) > limit
+        if not bool(risky[: int(scales.max()) + 1].any()):
+            return False
+        return bool(risky[scales.to(torch.int64)].any())
 
     def _resolve_rule(self, scale_rule: str | None) -> str | None:
         """The scale rule a call uses (checked); None for formats without one."""
@@ -128,16 +145,20 @@ class ScaledFormat:
 
     def decode(self, encoded: Encoded, *, dtype: Any = None, backend: str | None = None) -> Any:
         """Values of an :class:`Encoded` of this format, in its true shape:
-        float32 unless ``dtype`` asks for float64."""
+        float32 unless ``dtype`` asks for float64 (ValueError if a value lies
+        beyond float32's range). The Encoded is validated first
+        (:meth:`Encoded.validate`). ``backend``: as in :meth:`encode`."""
         if not isinstance(encoded, Encoded):
             raise TypeError(f"{self.name} decodes an Encoded (from {self.name}.encode), got {type(encoded).__name__}")
         if encoded.format != self:
             raise ValueError(f"this Encoded holds {encoded.format.name}, not {self.name}")
+        encoded.validate()
         layout = BlockLayout(tuple(encoded.shape), check_axis(encoded.axis, len(encoded.shape)), self.block_size)
         packed_elements = torch.as_tensor(encoded.elements)
         packed_subscales = None if encoded.subscales is None else torch.as_tensor(encoded.subscales)
         scales = torch.as_tensor(encoded.scales).reshape(-1)
         chosen = backends.resolve(backend, packed_elements.device.type, self, "decode")
-        values = chosen.scaled.decode(self, layout, packed_elements, scales, packed_subscales, encoded.tensor_scale,
-                                      float_dtype(dtype))
+        values = decoded_in(float_dtype(dtype), lambda to: chosen.scaled.decode(
+            self, layout, packed_elements, scales, packed_subscales, encoded.tensor_scale, to),
+            lambda limit: self._may_exceed(limit, scales, encoded.tensor_scale), self.name)
         return values.cpu().numpy() if encoded.kind == "numpy" else values

@@ -10,13 +10,59 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 import numpy as np
 
-from lowbit.formats import CATALOGUE, ElementFormat, FloatFormat, get_format, unpack
+from lowbit.formats import (CATALOGUE, OVERFLOW_POLICIES, ROUNDING_MODES, ElementFormat, FloatFormat, get_format,
+                            unpack)
+from lowbit.formats.block_format import POWER_OF_TWO_RULES
 from lowbit.formats.describe import bit_fields, catalogue_markdown, number, properties
+
+#: What a command's checks give back: the work itself, run once they pass.
+Work = Callable[[], None]
+
+#: The largest ``bench --sizes`` exponent: 2**28 float32 elements are 1 GiB
+#: an array, and the bench holds several arrays of that size at once.
+MAX_BENCH_LOG2N = 28
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, except that a usage error is one line on stderr,
+    ``lowbit: error: MESSAGE (see PROG --help)``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"lowbit: error: {message} (see {self.prog} --help)\n")
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an int from ``low`` to ``high`` (inclusive; no upper
+    bound when ``high`` is None)."""
+    allowed = f"an int from {low} to {high}" if high is not None else f"an int of at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+def format_name(text: str) -> str:
+    """An argparse type: a name ``get_format`` knows, kept as given."""
+    try:
+        get_format(text)
+    except (ValueError, TypeError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return text
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -24,46 +70,62 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def cmd_info(args: argparse.Namespace) -> None:
+def _print_catalogue() -> None:
+    import lowbit.cuda
+
+    cuda = lowbit.cuda.missing()
+    print(f"lowbit catalogue: {len(CATALOGUE)} formats (lowbit info NAME for one)")
+    print(f"CUDA tensors: {'the CUDA extension (built on first use)' if cuda is None else f'the reference ({cuda})'}\n")
+    print(catalogue_markdown())
+
+
+def cmd_info(args: argparse.Namespace) -> Work:
+    """Print the properties of the named formats, or the whole catalogue."""
     if not args.formats:
-        import lowbit.cuda
-
-        cuda = lowbit.cuda.missing()
-        print(f"lowbit catalogue: {len(CATALOGUE)} formats (lowbit info NAME for one)")
-        print(f"CUDA tensors: {'the CUDA extension (built on first use)' if cuda is None else f'the reference ({cuda})'}\n")
-        print(catalogue_markdown())
-        return
-    print("\n\n".join(_table(properties(get_format(name))) for name in args.formats))
+        return _print_catalogue
+    return lambda: print("\n\n".join(_table(properties(get_format(name))) for name in args.formats))
 
 
-def cmd_values(args: argparse.Namespace) -> None:
+def cmd_values(args: argparse.Namespace) -> Work:
+    """Print every code of an element format of at most 16 bits with its value."""
     fmt = get_format(args.format)
     if not isinstance(fmt, ElementFormat):
         raise ValueError(f"{fmt.name} is a scaled format; list its element format's values instead")
     codes, values = fmt.codes_of_values()
+    return functools.partial(_print_values, fmt, codes, values)
+
+
+def _print_values(fmt: ElementFormat, codes: np.ndarray, values: np.ndarray) -> None:
     hex_width = (fmt.nbits + 3) // 4
     print(f"{'code':>{hex_width + 2}}  {'bits':<{fmt.nbits + 2}}  value")
     for code, value in zip(codes, values):
         print(f"0x{int(code):0{hex_width}x}  {bit_fields(fmt, int(code)):<{fmt.nbits + 2}}  {number(value) if np.isfinite(value) else value}")
 
 
-def cmd_encode(args: argparse.Namespace) -> None:
+def cmd_encode(args: argparse.Namespace) -> Work:
+    """Encode the values (a value the format refuses, such as NaN in INT4,
+    is a usage error) and print their codes and bit fields."""
     fmt = get_format(args.format)
     x = np.array(args.values, dtype=np.float64)
-    policy = {"rounding": args.rounding}
     if isinstance(fmt, ElementFormat):
-        codes = np.atleast_1d(fmt.encode(x, overflow=args.overflow, **policy))
-        decoded = np.atleast_1d(fmt.decode(codes, dtype=np.float64))
-        hex_width = (fmt.nbits + 3) // 4
-        fields = "sign|exponent|mantissa" if isinstance(fmt, FloatFormat) else "bits"
-        width = max(fmt.nbits + 2, len(fields))
-        print(f"{'value':>14}  {'code':<{hex_width + 2}}  {fields:<{width}}  decoded")
-        for v, c, d in zip(x, codes, decoded):
-            print(f"{float(v)!r:>14}  0x{int(c):0{hex_width}x}  {bit_fields(fmt, int(c)):<{width}}  {number(d) if np.isfinite(d) else d}")
-        return
+        codes = np.atleast_1d(fmt.encode(x, rounding=args.rounding, overflow=args.overflow))
+        return functools.partial(_print_element_codes, fmt, x, codes)
     if args.overflow is not None:
         raise ValueError("--overflow does not apply to scaled formats: their elements always saturate")
-    enc = fmt.encode(x, **policy)
+    return functools.partial(_print_scaled_codes, fmt, x, fmt.encode(x, rounding=args.rounding))
+
+
+def _print_element_codes(fmt: ElementFormat, x: np.ndarray, codes: np.ndarray) -> None:
+    decoded = np.atleast_1d(fmt.decode(codes, dtype=np.float64))
+    hex_width = (fmt.nbits + 3) // 4
+    fields = "sign|exponent|mantissa" if isinstance(fmt, FloatFormat) else "bits"
+    width = max(fmt.nbits + 2, len(fields))
+    print(f"{'value':>14}  {'code':<{hex_width + 2}}  {fields:<{width}}  decoded")
+    for v, c, d in zip(x, codes, decoded):
+        print(f"{float(v)!r:>14}  0x{int(c):0{hex_width}x}  {bit_fields(fmt, int(c)):<{width}}  {number(d) if np.isfinite(d) else d}")
+
+
+def _print_scaled_codes(fmt, x: np.ndarray, enc) -> None:
     decoded = enc.decode(dtype=np.float64)
     scales = np.atleast_1d(enc.scales)
     print(f"{fmt.name}: {x.size} values in {scales.size} block(s) of {fmt.block_size}, {enc.nbytes} bytes")
@@ -78,89 +140,120 @@ def cmd_encode(args: argparse.Namespace) -> None:
         print(f"{float(v)!r:>14}  0x{int(c):02x}          {number(d) if np.isfinite(d) else d}")
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
+def cmd_bench(args: argparse.Namespace) -> Work:
+    """Time the CPU kernels (argparse has checked every argument)."""
     from lowbit import bench
 
-    for name in args.formats:
-        get_format(name)  # unknown names fail before minutes of measuring
-    bench.run(args.sizes, args.formats, args.repeat, args.reference_max, not args.no_cold_start)
+    return functools.partial(bench.run, args.sizes, args.formats, args.repeat, args.reference_max,
+                             not args.no_cold_start)
 
 
-def cmd_report(args: argparse.Namespace) -> None:
+def cmd_report(args: argparse.Namespace) -> Work:
+    """Check --out, load the data and the model; the work measures and
+    writes the report (through a staging folder: see write_report)."""
     from lowbit.analysis import report
 
-    if args.size < 1:
-        raise ValueError(f"--size must be a positive number of elements, got {args.size}")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be a non-negative int, got {args.seed}")
+    report.check_out_dir(args.out, "--out")
     rules = [None if rule == "default" else rule for rule in args.scale_rule]
-    path = report.write_report(args.out, formats=args.formats, data=args.data, size=args.size, seed=args.seed,
-                               roundings=args.rounding, scale_rules=rules, model=args.model,
-                               progress=not args.quiet)
-    print(f"wrote {path} (tables; figures and CSV beside it)")
+    plan = report.plan_report(formats=args.formats, data=args.data, size=args.size, seed=args.seed,
+                              roundings=args.rounding, scale_rules=rules, model=args.model)
+
+    def work() -> None:
+        path = plan.write(args.out, progress=not args.quiet)
+        print(f"wrote {path} (tables; figures and CSV beside it)")
+
+    return work
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lowbit", description="Exact emulation of low-precision number formats.")
+def build_parser() -> Parser:
+    parser = Parser(prog="lowbit", description="Exact emulation of low-precision number formats.")
     sub = parser.add_subparsers(dest="command", required=True)
     from lowbit.analysis import data as analysis_data, defaults
 
     rep = sub.add_parser("report", help="error analysis of formats on built-in data or a model: report.md, CSV, PNGs")
-    rep.add_argument("--formats", nargs="+", default=list(defaults.DEFAULT_FORMATS), metavar="FORMAT",
-                     help=f"formats to compare (default: {' '.join(defaults.DEFAULT_FORMATS)})")
+    rep.add_argument("--formats", nargs="+", type=format_name, default=list(defaults.DEFAULT_FORMATS),
+                     metavar="FORMAT", help=f"formats to compare (default: {' '.join(defaults.DEFAULT_FORMATS)})")
     rep.add_argument("--data", nargs="+", default=list(defaults.DEFAULT_DATA), metavar="NAME",
                      help=f"built-in distributions ({', '.join(analysis_data.DISTRIBUTIONS)}; default: all) "
-                          "or tensors saved as .npy or .pt files")
-    rep.add_argument("--out", default="lowbit-report", metavar="DIR", help="output folder (default: %(default)s)")
-    rep.add_argument("--size", type=int, default=defaults.DEFAULT_SIZE,
-                     help="elements per data set (default: %(default)s)")
-    rep.add_argument("--seed", type=int, default=0, help="seed of the data (default: %(default)s)")
-    rep.add_argument("--rounding", nargs="+", default=["nearest_even"], metavar="MODE",
-                     help="rounding modes to sweep (default: nearest_even)")
-    rep.add_argument("--scale-rule", nargs="+", default=["default"], metavar="RULE",
-                     help="MX scale rules to sweep: floor, ceil, rceil, even, or default (each format's own)")
+                          "or tensors saved as .npy or .pt files (at least one finite value each)")
+    rep.add_argument("--out", default="lowbit-report", metavar="DIR",
+                     help="output folder (default: %(default)s): new, empty, or a previous report, which is "
+                          "replaced whole only once the new one is complete (an interrupted run leaves it as it "
+                          "was); a folder holding other files is refused")
+    rep.add_argument("--size", type=int_in(1, defaults.MAX_SIZE), default=defaults.DEFAULT_SIZE,
+                     help=f"elements per data set, 1 to {defaults.MAX_SIZE} (default: %(default)s)")
+    rep.add_argument("--seed", type=int_in(0), default=0, help="seed of the data, 0 or more (default: %(default)s)")
+    rep.add_argument("--rounding", nargs="+", choices=ROUNDING_MODES, default=["nearest_even"], metavar="MODE",
+                     help=f"rounding modes to sweep: {', '.join(ROUNDING_MODES)} (default: nearest_even)")
+    rep.add_argument("--scale-rule", nargs="+", choices=[*POWER_OF_TWO_RULES, "default"], default=["default"],
+                     metavar="RULE", help=f"MX scale rules to sweep: {', '.join(POWER_OF_TWO_RULES)}, "
+                                          "or default (each format's own)")
     rep.add_argument("--model", default=None, metavar="MODEL",
                      help="also analyse a model layer by layer: 'minilm' (needs lowbit[examples]) "
                           "or a saved state_dict")
     rep.add_argument("--quiet", action="store_true", help="no progress lines")
-    rep.set_defaults(run=cmd_report)
+    rep.set_defaults(prepare=cmd_report)
     info = sub.add_parser("info", help="properties of formats; the whole catalogue without arguments")
-    info.add_argument("formats", nargs="*", metavar="FORMAT")
-    info.set_defaults(run=cmd_info)
+    info.add_argument("formats", nargs="*", type=format_name, metavar="FORMAT")
+    info.set_defaults(prepare=cmd_info)
     values = sub.add_parser("values", help="every value of an element format with its code")
-    values.add_argument("format", metavar="FORMAT")
-    values.set_defaults(run=cmd_values)
+    values.add_argument("format", type=format_name, metavar="FORMAT")
+    values.set_defaults(prepare=cmd_values)
     enc = sub.add_parser("encode", help="codes and bit fields of values")
-    enc.add_argument("format", metavar="FORMAT")
+    enc.add_argument("format", type=format_name, metavar="FORMAT")
     enc.add_argument("values", nargs="+", type=float, metavar="VALUE")
-    enc.add_argument("--rounding", default="nearest_even")
-    enc.add_argument("--overflow", default=None)
-    enc.set_defaults(run=cmd_encode)
+    enc.add_argument("--rounding", choices=ROUNDING_MODES, default="nearest_even", metavar="MODE",
+                     help=f"{', '.join(ROUNDING_MODES)} (default: %(default)s)")
+    enc.add_argument("--overflow", choices=OVERFLOW_POLICIES, default=None, metavar="POLICY",
+                     help=f"element formats: {', '.join(OVERFLOW_POLICIES)} (default: the format's own)")
+    enc.set_defaults(prepare=cmd_encode)
     from lowbit import bench
 
     ben = sub.add_parser("bench", help="CPU kernel throughput against a parallel copy, ml_dtypes, torch, the reference")
-    ben.add_argument("--sizes", type=int, nargs="+", default=bench.SIZES, metavar="LOG2N",
-                     help="log2 of the element counts (default: %(default)s)")
-    ben.add_argument("--formats", nargs="+", default=bench.FORMATS, metavar="FORMAT")
-    ben.add_argument("--repeat", type=int, default=5, help="timed runs per operation; the best counts")
+    ben.add_argument("--sizes", type=int_in(0, MAX_BENCH_LOG2N), nargs="+", default=bench.SIZES, metavar="LOG2N",
+                     help=f"log2 of the element counts, 0 to {MAX_BENCH_LOG2N} (default: %(default)s)")
+    ben.add_argument("--formats", nargs="+", type=format_name, default=bench.FORMATS, metavar="FORMAT")
+    ben.add_argument("--repeat", type=int_in(1), default=5, help="timed runs per operation, 1 or more; the best counts")
     ben.add_argument("--reference-max", type=int, default=20, metavar="LOG2N",
                      help="time the (slow) reference implementation up to this size")
     ben.add_argument("--no-cold-start", action="store_true", help="skip timing the kernels' first compilation")
-    ben.set_defaults(run=cmd_bench)
+    ben.set_defaults(prepare=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line and give back its exit status: 0 when done (or
+    after --help), 2 for a usage error (one line on stderr), 130 when
+    interrupted (Ctrl-C)."""
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lowbit values bf16 | head` ends quietly
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        args.run(args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # argparse has printed the help or the usage error
+        return int(done.code or 0)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("lowbit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Check the command's inputs (their ValueError or TypeError is a usage
+    error: one line, status 2), then do its work: an error there is a bug
+    in lowbit and keeps its traceback."""
+    try:
+        work = args.prepare(args)
     except (ValueError, TypeError) as error:
-        print(f"lowbit: error: {error}", file=sys.stderr)
+        print(f"lowbit: error: {_first_line(error)}", file=sys.stderr)
         return 2
+    work()
     return 0
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of an error's message (torch's are paragraphs)."""
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -133,8 +133,11 @@ def test_user_tensors_from_files(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
     np.save(tmp_path / "ints.npy", np.arange(4))
     torch.save({"w": torch.ones(2)}, tmp_path / "state.pt")
+    np.save(tmp_path / "empty.npy", np.zeros(0, np.float32))
+    torch.save(torch.full((2, 3), float("nan")), tmp_path / "nan.pt")
     for name, match in [("missing.npy", "does not exist"), ("x.txt", "data files are .npy, .pt or .pth"),
                         ("objects.npy", "cannot read a tensor"), ("ints.npy", "must be floating point"),
-                        ("state.pt", "not one tensor")]:
+                        ("state.pt", "not one tensor"), ("empty.npy", r"an empty tensor \(shape \(0,\)\)"),
+                        ("nan.pt", "no finite value")]:
         with pytest.raises(ValueError, match=match):
             load(tmp_path / name)

@@ -1,6 +1,7 @@
 """Plots, the report and the `lowbit report` command."""
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from matplotlib.image import imread
 
 from lowbit.analysis import generate, sweep
 from lowbit.analysis import plots
-from lowbit.analysis.report import write_report
+from lowbit.analysis.report import REPORT_FILES, write_report
 from lowbit.cli import main
 
 
@@ -90,6 +91,7 @@ def test_report_writes_tables_and_pictures(tmp_path):
         assert_readable_png(tmp_path / f"{png}.png")
     assert "| int4 absmax-scaled | 4.0 |" in text and "## Definitions" in text
     assert (tmp_path / "results.csv").read_text().count("\n") == 1 + 4 * 2
+    assert {p.name for p in tmp_path.iterdir()} <= REPORT_FILES
 
 
 def test_report_is_reproducible_from_its_seed(tmp_path):
@@ -111,6 +113,7 @@ def test_report_on_a_saved_model(tmp_path):
     assert "### Weights: 2 tensors, 16384 values" in text and f"--model {tmp_path / 'model.pt'}" in text
     assert_readable_png(tmp_path / "out" / "layer_sensitivity_weights.png")
     assert (tmp_path / "out" / "model_weights.csv").read_text().count("\n") == 1 + 2 * 2
+    assert {p.name for p in (tmp_path / "out").iterdir()} <= REPORT_FILES
 
 
 def test_report_command(tmp_path, capsys):
@@ -130,20 +133,116 @@ def test_report_command_on_a_saved_tensor(tmp_path, capsys):
     assert f"{tmp_path / 'acts.npy'} (a tensor of shape (2, 1024))" in text
 
 
+@pytest.fixture
+def bad_files(tmp_path):
+    """A file where a folder belongs, a folder of the user's, and tensors a report cannot use."""
+    (tmp_path / "file.txt").write_text("not a folder")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    np.save(tmp_path / "empty.npy", np.zeros((4, 0), np.float32))
+    np.save(tmp_path / "nan.npy", np.full(64, np.nan, np.float32))
+    np.save(tmp_path / "ints.npy", np.arange(64))
+    return tmp_path
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--data", "gaussian"], "unknown distribution 'gaussian'"),
-    (["--formats", "mxfp44"], "unknown format 'mxfp44'"),
-    (["--size", "0"], "--size must be a positive number"),
-    (["--seed", "-2"], "--seed must be a non-negative int"),
-    (["--rounding", "nearest"], "rounding must be one of"),
-    (["--scale-rule", "round"], "scale_rule for e8m0 scales must be one of"),
+    (["--data", "gaussian"], "unknown distribution 'gaussian'; choose from normal"),
+    (["--formats", "mxfp44"], "argument --formats: unknown format 'mxfp44'"),
+    (["--size", "0"], "argument --size: must be an int from 1 to 134217728, got '0'"),
+    (["--size", "100000000000"], "argument --size: must be an int from 1 to 134217728"),
+    (["--seed", "-2"], "argument --seed: must be an int of at least 0, got '-2'"),
+    (["--rounding", "nearest"], "argument --rounding: invalid choice: 'nearest'"),
+    (["--scale-rule", "round"], "argument --scale-rule: invalid choice: 'round'"),
     (["--model", "missing.pt"], "model file 'missing.pt' does not exist"),
     (["--data", "missing.npy"], "data file 'missing.npy' does not exist"),
+    (["--data", "{dir}/empty.npy"], "empty.npy' holds an empty tensor (shape (4, 0))"),
+    (["--data", "{dir}/nan.npy"], "nan.npy' holds no finite value"),
+    (["--data", "{dir}/ints.npy"], "ints.npy': data must be floating point"),
+    (["--out", "{dir}/file.txt"], "--out '{dir}/file.txt' is a file, not a folder"),
+    (["--out", "{dir}/file.txt/report"], "--out '{dir}/file.txt/report' cannot be made: '{dir}/file.txt' is a file"),
+    (["--out", "{dir}/mine"], "--out '{dir}/mine' holds files a report does not write (notes.txt)"),
+    (["--out", "."], "--out '.' is the current folder or holds it"),
 ])
-def test_report_command_errors(tmp_path, capsys, argv, message):
-    assert main(["report", "--out", str(tmp_path / "out"), "--quiet", *argv]) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "out" / "report.md").exists()
+def test_report_command_errors(bad_files, capsys, monkeypatch, argv, message):
+    """One line naming the argument, exit status 2, nothing written."""
+    monkeypatch.chdir(bad_files)
+    before = sorted(p.name for p in bad_files.rglob("*"))
+    argv = [arg.format(dir=bad_files) for arg in argv]
+    assert main(["report", "--out", str(bad_files / "out"), "--quiet", "--formats", "int4", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lowbit: error: ") and err.count("\n") == 1 and message.format(dir=bad_files) in err
+    assert sorted(p.name for p in bad_files.rglob("*")) == before
+
+
+def tiny_report(out, **options):
+    return write_report(out, formats=["int4", "mxfp4"], data=["normal"], size=1024, **options)
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_report_leaves_the_previous_one(tmp_path, monkeypatch, interruption):
+    out = tmp_path / "out"
+    tiny_report(out, seed=1)
+    previous = snapshot(out)
+
+    def save(fig, path):
+        raise interruption("stopped while drawing")
+
+    monkeypatch.setattr(plots, "save", save)
+    with pytest.raises(interruption):
+        tiny_report(out, seed=2)
+    assert snapshot(out) == previous
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left
+
+
+def test_interrupted_swap_puts_the_previous_report_back(tmp_path, monkeypatch):
+    """Ctrl-C between renaming the previous report aside and the new one in."""
+    out = tmp_path / "out"
+    tiny_report(out, seed=1)
+    previous = snapshot(out)
+    real_rename, calls = os.rename, []
+
+    def rename(source, destination):
+        calls.append(source)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_report(out, seed=2)
+    assert len(calls) == 3 and snapshot(out) == previous and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_interrupted_report_command(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    tiny_report(out)
+    previous = snapshot(out)
+    monkeypatch.setattr(plots, "save", lambda fig, path: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["report", "--out", str(out), "--quiet", "--formats", "int8", "--data", "uniform",
+                 "--size", "1024"]) == 130
+    assert capsys.readouterr().err == "lowbit: interrupted\n"
+    assert snapshot(out) == previous and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_new_report_replaces_the_previous_one_whole(tmp_path):
+    out = tmp_path / "out"
+    tiny_report(out)
+    assert (out / "block_relative_error.png").exists()
+    write_report(out, formats=["int8"], data=["uniform"], size=1024)
+    assert "block_relative_error.png" not in snapshot(out)  # no stale figure of the previous report
+    assert "--formats int8" in (out / "report.md").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_report_refuses_a_folder_of_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("the user's")
+    with pytest.raises(ValueError, match="out_dir .* holds files a report does not write \\(notes.txt\\)"):
+        tiny_report(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.slow

@@ -141,3 +141,112 @@ def test_empty_and_zero_dim_inputs():
     for name in ("fp8_e4m3", "mxfp4", "mx6"):
         assert lowbit.quantize(np.zeros((0, 3), np.float32), name).shape == (0, 3)
         assert lowbit.quantize(torch.tensor(1.5), name).shape == ()
+
+
+def test_python_ints_are_rounded_exactly():
+    # 2**53 + 2**29 + 1 lies above the fp32 midpoint 2**53 + 2**29: correctly rounded it is
+    # 2**53 + 2**30; through float64 first (2**53 + 2**29, a tie) it would be 2**53
+    assert lowbit.quantize(2 ** 53 + 2 ** 29 + 1, "fp32") == 2 ** 53 + 2 ** 30
+    assert lowbit.quantize(2 ** 53 + 2 ** 29, "fp32") == 2 ** 53
+    assert lowbit.quantize(-(2 ** 53 + 2 ** 29 + 1), "fp32") == -(2 ** 53 + 2 ** 30)
+    assert lowbit.quantize(2 ** 2000, "fp32") == float("inf")
+    assert lowbit.quantize(2 ** 2000, "fp8_e4m3") == 448.0
+    for n in (0, 1, -7, 2 ** 53, 3 ** 40):  # ints float64 holds, or rounds once to fp32 alike
+        assert lowbit.quantize(n, "fp32") == float(np.float32(n))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("make", [
+    lambda: torch.ones(4).to_sparse(),
+    lambda: torch.ones(2, 2).to_sparse_csr(),
+    lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)], layout=torch.jagged),
+])
+def test_sparse_and_nested_tensors_raise_type_error(make):
+    with pytest.raises(TypeError, match="x must be a dense tensor"):
+        lowbit.quantize(make(), "fp8_e4m3")
+
+
+def test_sparse_codes_raise_type_error():
+    with pytest.raises(TypeError, match="codes must be a dense tensor"):
+        lowbit.decode(torch.ones(4, dtype=torch.int64).to_sparse(), "fp8_e4m3")
+
+
+def test_meta_tensors_raise_value_error():
+    with pytest.raises(ValueError, match="meta device"):
+        lowbit.quantize(torch.ones(4, device="meta"), "mxfp4")
+    with pytest.raises(ValueError, match="meta device"):
+        lowbit.decode(torch.ones(4, dtype=torch.int64, device="meta"), "fp8_e4m3")
+
+
+def test_a_negated_view_is_read_as_its_values():
+    x = torch.tensor([0.3, -1.7, 500.0, 2.0 ** -10] * 8)
+    for fmt in ("fp8_e4m3", "mxfp4", "mx6", "int8"):
+        assert torch.equal(lowbit.quantize(torch._neg_view(x), fmt), lowbit.quantize(-x, fmt))
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: FloatFormat(4, 3, signed="no"), "signed must be True or False"),
+    (lambda: FloatFormat(4, 3, subnormals="no"), "subnormals must be True or False"),
+    (lambda: IntFormat(8, narrow=1), "narrow must be True or False"),
+    (lambda: FloatFormat(4, 3, name=5), "name must be a str"),
+    (lambda: BlockFormat(FloatFormat(2, 1, specials="none"), tensor_scale="yes"), "tensor_scale must be True or False"),
+    (lambda: BlockFormat(lowbit.get_format("e8m0")), "element format must be signed"),
+    (lambda: BlockFormat(FloatFormat(4, 3, signed=False)), "element format must be signed"),
+    (lambda: lowbit.get_format("mx(fp32,32)"), "packs at most 16-bit codes"),
+    (lambda: MicroexponentFormat(16), "man_bits must lie in 1..15"),
+    (lambda: MicroexponentFormat(4, 2 ** 31, 2), "block_size must be a positive int of at most"),
+    (lambda: BlockFormat(FloatFormat(2, 1, specials="none"), 2 ** 31), "block_size must be a positive int of at most"),
+])
+def test_format_arguments_of_the_wrong_kind_are_named(build, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        build()
+
+
+def test_every_decode_entry_point_takes_backend():
+    x = np.linspace(-3, 3, 64, dtype=np.float32).reshape(2, 32)
+    enc = lowbit.encode(x, "mxfp4")
+    expected = lowbit.quantize(x, "mxfp4")
+    codes = lowbit.encode(x, "fp8_e4m3")
+    for backend in lowbit.backends():
+        if backend == "cuda":
+            continue
+        try:
+            lowbit.formats.backends.get(backend)
+        except lowbit.formats.backends.BackendUnavailable:
+            continue
+        assert np.array_equal(lowbit.decode(enc, backend=backend), expected)
+        assert np.array_equal(enc.decode(backend=backend), expected)
+        assert np.array_equal(lowbit.decode(enc, "mxfp4", backend=backend), expected)
+        assert np.array_equal(lowbit.decode(codes, "fp8_e4m3", backend=backend), lowbit.quantize(x, "fp8_e4m3"))
+
+
+def test_decoding_past_float32_says_so():
+    enc = lowbit.encode(np.float64([1e300] * 32), "mx(fp8_e5m2,32)")
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        enc.decode()
+    assert enc.decode(dtype=np.float64)[0] == 57344.0 * 2.0 ** 127
+    wide = FloatFormat(9, 2)  # its values reach 2**256
+    code = wide.encode(1e70)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        wide.decode(code)
+    assert wide.decode(code, dtype=np.float64) == wide.quantize(1e70)
+    infinity = wide.encode(float("inf"))  # an infinity the format encodes is no overflow
+    assert wide.decode(infinity) == float("inf")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_a_nan_keeps_the_sign_of_its_code(dtype):
+    # enough elements for torch's vectorised casts, whose bfloat16 NaN sign differs from its scalar one
+    x = torch.tensor([float("nan"), 1.0] * 40, dtype=torch.float64)
+    x[::4] = -x[::4]
+    x = x.to(dtype)
+    for name in ("fp8_e4m3", "fp8_e5m2", "fp16", "bf16"):
+        q = lowbit.quantize(x, name)
+        nan = torch.isnan(x)
+        assert torch.equal(torch.signbit(q[nan]), torch.signbit(x[nan])), (name, dtype)
+    positive = ("fp8_e4m3fnuz", "fp4_e2m1", "int8")  # a single unsigned NaN code, or no NaN code at all
+    for name in positive:
+        q = lowbit.quantize(x, name)
+        assert torch.isnan(q[torch.isnan(x)]).all() and not torch.signbit(q[torch.isnan(x)]).any(), (name, dtype)
+    q = lowbit.quantize(x.reshape(-1, 16), "mxfp8_e4m3")  # NaN blocks
+    assert not torch.signbit(q[torch.isnan(q)]).any()

@@ -14,5 +14,7 @@ every policy) over the per-value math of ``scalar``; ``fast32`` (element
 formats), ``fast_mx``, ``fast_amax`` and ``fast_microexponent`` (one per
 scaled family) and ``fast_block_decode`` are the float32 fast paths;
 ``bits`` packs codes, ``reductions`` finds block maxima, ``views`` and
-``buffers`` handle inputs and outputs.
+``buffers`` handle inputs and outputs. ``compiling`` compiles and caches
+every kernel (its :func:`~.compiling.jit` replaces numba's ``njit``), and
+``threads`` picks the threading layer they run on.
 """

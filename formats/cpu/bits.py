@@ -6,9 +6,10 @@ boundaries), so tasks never write the same byte. The output starts zeroed.
 """
 
 import numpy as np
-from numba import njit
 
-inline = njit(inline="always", cache=True)
+from .compiling import jit
+
+inline = jit(inline="always")
 
 
 @inline

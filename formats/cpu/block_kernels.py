@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..abi import (
     BLOCK_DIVISOR, BLOCK_ELEMENT_BITS, BLOCK_ELEMENT_EMAX, BLOCK_ELEMENT_MANTISSA_BITS, BLOCK_ELEMENT_MAX,
@@ -22,15 +22,16 @@ from ..abi import (
     NEAREST_EVEN, OVERFLOW_SATURATE, RULE_AMAX, RULE_CEIL, RULE_EVEN, RULE_FLOOR, STOCHASTIC,
 )
 from .bits import get_code, put_code
+from .compiling import jit
 from .scalar import (
     counter_uniform, decode_element, encode_element, float_decode, float_encode, floor_log2_or, load, pow2, store,
 )
 
 GROUP = 64
-inline = njit(inline="always", cache=True)
+inline = jit(inline="always")
 #: what one parallel task runs: compiled on its own (inlining it into the
 #: parallel loop makes numba's compile time explode)
-task = njit(cache=True)
+task = jit()
 
 
 def group_count(nrows: int) -> int:
@@ -131,7 +132,7 @@ def quantize_group(x, out, g, nblocks, ed, sd, bp, mode, key, half, tiny):
     return lost
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def quantize_blocks(x, out, nblocks, ed, sd, bp, mode, key, half, tiny, inexact):
     """out (the shape of x, contiguous) = x encoded in blocks and decoded;
     inexact[task] says whether out's dtype failed to hold a result exactly."""
@@ -152,7 +153,7 @@ def encode_group(x, elements, scales, g, nblocks, ed, sd, bp, mode, key, half, t
             put_code(elements, (r * block + j) * bits, element_code(v, full_scale, bad, ed, mode, u), bits)
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def encode_blocks(x, elements, scales, nblocks, ed, sd, bp, mode, key, half, tiny):
     """Packed element codes into ``elements`` (zeroed) and one scale code
     per block into ``scales``."""
@@ -173,14 +174,14 @@ def decode_group(elements, scales, out, g, nblocks, ed, sd, bp):
             out[o, k0 + j, i] = element_value(code, scale_value, bad, ed, bp)
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def decode_blocks(elements, scales, out, nblocks, ed, sd, bp):
     """out (outer, length, inner) = the decoded values of packed codes."""
     for g in prange((scales.size + GROUP - 1) // GROUP):
         decode_group(elements, scales, out, g, nblocks, ed, sd, bp)
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def finite_amax(x, half, tiny):
     """The largest finite magnitude in a (planes, rows, cols) view."""
     amax = 0.0

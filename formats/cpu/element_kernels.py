@@ -12,17 +12,18 @@ layout; the common cases take :mod:`.fast32` instead.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..abi import STOCHASTIC
+from .compiling import jit
 from .scalar import counter_uniform, decode_element, encode_element, load, round_element, store
 
 SPAN = 1 << 14
 NO_INDEX = np.iinfo(np.int64).max
-inline = njit(inline="always", cache=True)
+inline = jit(inline="always")
 #: what one parallel task runs: compiled on its own (inlining it into the
 #: parallel loop makes numba's compile time explode)
-task = njit(cache=True)
+task = jit()
 
 
 def span_count(total: int) -> int:
@@ -62,7 +63,7 @@ def quantize_span(x, out, start, stop, d, mode, overflow, key, half, tiny):
     return lost
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def quantize_elements(x, out, d, mode, overflow, key, half, tiny, inexact):
     """out[i] = the i-th element of x rounded into ``d`` (NaN where the
     format cannot hold it); inexact[span] says whether out's dtype failed to
@@ -87,7 +88,7 @@ def encode_span(x, out, start, stop, d, mode, overflow, key, half, tiny):
     return bad
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def encode_elements(x, out, d, mode, overflow, key, half, tiny, first_invalid):
     """out[i] = the code of x's i-th element; first_invalid[span] is the
     first index in the span the format cannot represent (NO_INDEX if none)."""
@@ -112,7 +113,7 @@ def decode_span(codes, out, start, stop, d, nbits, table):
     return count
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def decode_elements(codes, out, d, nbits, table, out_of_range):
     """out[i] = the value of the i-th code, looked up in ``table`` (the
     value of every code) or, where that is empty, computed; out_of_range[span]

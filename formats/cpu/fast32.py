@@ -23,15 +23,16 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from ..abi import INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, OVERFLOW_INF, OVERFLOW_SATURATE, SIGN_CODE, element_descriptor
 from ..float_format import FloatFormat
 from ..int_format import IntFormat
+from .compiling import jit
 from .scalar import counter_uniform, pow2
 
-inline = njit(inline="always", cache=True)
+inline = jit(inline="always")
 SIGN32, MAGNITUDE32, EXPONENT32 = 0x80000000, 0x7FFFFFFF, 0x7F800000
 #: rows (blocks) per parallel task of the block fast paths
 ROWS_PER_TASK = 64
@@ -163,7 +164,7 @@ def int_nearest(x, p):
     r = (t + magic) - magic if t < magic else t
     q = -r if np.float32(x).view(np.int32) < 0 else r
     q = min(max(q, qmin), qmax)
-    return (q + np.float32(0.0)) if x == x else np.float32(x)
+    return (q + np.float32(0.0)) if x == x else np.float32(np.nan)  # integers have no NaN code: +NaN
 
 
 @inline
@@ -214,7 +215,7 @@ def int_rounded(x, i, p, key, stochastic):
     r = np.float32(whole + (1.0 if counter_uniform(key, i) < t - whole else 0.0))
     q = -r if np.float32(x).view(np.int32) < 0 else r
     q = min(max(q, qmin), qmax)
-    return (q + np.float32(0.0)) if x == x else np.float32(x)
+    return (q + np.float32(0.0)) if x == x else np.float32(np.nan)  # integers have no NaN code: +NaN
 
 
 # -- float32 and bfloat16 data (bfloat16 travels as int16 bits) ------------------------------
@@ -248,12 +249,21 @@ def _to_output(value, out):
 # -- the rounding, and each branch is a loop compiled for its mode alone). The
 # -- quantize kernels return how many results the output dtype could not hold. ----------
 @inline
+def signed_nans(p):
+    """Whether the format has NaN codes of both signs (IEEE, fn)."""
+    return p[NAN_POSITIVE_CODE] >= 0 and p[NAN_NEGATIVE_CODE] != p[NAN_POSITIVE_CODE]
+
+
+@inline
 def float_value(x, i, out, p, key, stochastic):
     r, sign = float_rounded(as_float32(x), i, p, key, stochastic)
+    if r != r and not signed_nans(p):  # NaN codes without a sign (or none at all) decode to +NaN
+        sign = np.uint32(0)
     return to_output(with_sign(r, sign), out)
 
 
-@njit(parallel=True, cache=True)
+
+@jit(parallel=True)
 def quantize_float(x, out, p, key, stochastic):
     lost = 0
     if stochastic:
@@ -276,7 +286,7 @@ def float_encoded(x, i, p, key, stochastic):
     return code, 1 if invalid else 0
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def encode_float(x, out, p, key, stochastic):
     """Codes into out; returns the number of elements the format cannot represent."""
     bad = 0
@@ -293,7 +303,7 @@ def encode_float(x, out, p, key, stochastic):
     return bad
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def quantize_int(x, out, p, key, stochastic):
     down = p[INT_DOWN]
     lost = 0
@@ -315,7 +325,7 @@ def int_encoded(q, mask):
     return (np.int64(q) & mask if q == q else 0), (0 if q == q else 1)
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def encode_int(x, out, p, key, stochastic):
     """Codes into out; returns the number of NaN elements (not encodable)."""
     mask = (1 << p[INT_WIDTH]) - 1

@@ -12,17 +12,18 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..abi import BLOCK_DIVISOR, BLOCK_ELEMENT_BITS, BLOCK_HAS_TENSOR_SCALE, BLOCK_SCALE_NAN, block_params
 from .bits import pack_row
+from .compiling import jit
 from .fast_mx import FLOOR_BITS, SHIFT_BITS, float_element_fields, mx_float_code, mx_float_element
 from .fast32 import (
     EXPONENT32, LARGEST, MAGIC, MAN, ROWS_PER_TASK, SMALLEST_NORMAL, as_float32, finite_code, float_params, to_output,
 )
 from .reductions import largest_magnitude_bits
 
-inline = njit(inline="always", cache=True)
+inline = jit(inline="always")
 
 
 # Fields of scaled_block_params' tuple: float_params of the element and of
@@ -183,7 +184,7 @@ def amax_quantize_rows(x, out, g, q, block):
     return lost
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def quantize_amax_blocks(x, out, q, inexact):
     """NVFP4-style quantize of float32 blocks (rows of x)."""
     element_fp, scale_fp, element64, scale64, bp, ep = q  # a parallel loop takes flat tuples only
@@ -219,7 +220,7 @@ def amax_encode_rows(x, elements, scales, g, q, block):
         pack_row(elements, r, codes, block, bp[BLOCK_ELEMENT_BITS])
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def encode_amax_blocks(x, elements, scales, q):
     """Packed element codes (``elements`` zeroed) and scale codes of
     NVFP4-style float32 blocks (rows of x)."""

@@ -7,14 +7,15 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .bits import unpack_row
+from .compiling import jit
 from .fast32 import (
     ROWS_PER_TASK,
 )
 
-inline = njit(inline="always", cache=True)
+inline = jit(inline="always")
 
 
 @functools.lru_cache(maxsize=256)
@@ -32,7 +33,7 @@ def scaled_value(element, scale, tensor_scale):
     return value if tensor_scale is None else np.float64(np.float32(value) * np.float32(tensor_scale))
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def decode_blocks(packed, scale_codes, out, element_values, scale_values, tensor_scale, bits):
     """out (blocks as rows filling whole bytes of packed ``bits``-bit codes;
     float32 or float64) = element value * scale value, looked up in the

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..abi import MICRO_BLOCK, MICRO_EMAX, MICRO_EMIN, MICRO_EXP_BIAS, MICRO_EXP_BITS, MICRO_MAN, MICRO_MICRO_BITS
 from .bits import pack_row, unpack_row
+from .compiling import jit
 from .fast32 import (
     EXPONENT32, MAGNITUDE32, ROWS_PER_TASK, SIGN32, as_float32, to_output,
 )
 from .reductions import largest_magnitude_bits
 from .scalar import pow2
 
-inline = njit(inline="always", cache=True)
+inline = jit(inline="always")
 NO_EXPONENT = -(1 << 20)  # floor(log2 0), below every exponent
 
 
@@ -165,7 +166,7 @@ def microexponent_task(x, out, g, mp, pairs):
     return microexponent_pairs64(xs, outs, shared, mp)
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def quantize_microexponent(x, out, mp, inexact):
     """Microexponent quantize (nearest even) of float32 blocks of mp[MICRO_BLOCK]
     elements in sub-blocks of two (x and out flat), a task of blocks at a
@@ -195,7 +196,7 @@ def microexponent_code(v, step_exp, largest, man):
     return magnitude | (np.int32(1 << man) if np.float32(v).view(np.int32) < 0 else np.int32(0))
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def encode_microexponent(x, elements, scales, subscales, mp):
     """Packed element codes, shared-exponent codes and packed sub-block
     shifts of float32 blocks of mp[MICRO_BLOCK] elements in sub-blocks of two (x flat;
@@ -228,7 +229,7 @@ def encode_microexponent(x, elements, scales, subscales, mp):
                 pack_row(subscales, r, shifts, block // 2, micro)
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def decode_microexponent(packed, scale_codes, packed_shifts, out, mp):
     """out (blocks as rows; float32 or float64) = the values of microexponent
     codes in sub-blocks of two whose element codes and shifts fill whole

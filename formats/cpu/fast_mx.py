@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..abi import (
     BLOCK_ELEMENT_BITS, BLOCK_ELEMENT_EMAX, BLOCK_RULE, BLOCK_SCALE_EMAX, BLOCK_SCALE_EMIN, BLOCK_SCALE_NAN,
@@ -27,13 +27,14 @@ from ..float_format import FloatFormat
 from ..int_format import IntFormat
 from .bits import pack_row
 from .block_kernels import scale_exponent
+from .compiling import jit
 from .fast32 import (
     EXPONENT32, MAGNITUDE32, ROWS_PER_TASK, SIGN32, as_float32, float_params, shift_right32, to_output,
 )
 from .reductions import largest_magnitude_bits
 from .scalar import pow2
 
-inline = njit(inline="always", cache=True)
+inline = jit(inline="always")
 
 # Fields of mx_params' element tuple. Float elements round by adding and
 # subtracting a power of two (mx_float_element); integer elements by adding
@@ -173,7 +174,7 @@ def mx_quantize_rows(x, out, g, ep, bp, is_int, block):
     return lost
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def quantize_mx(x, out, ep, bp, is_int, inexact):
     """MX quantize of float32 blocks (rows of x) into out; inexact[task]
     says whether a result left float32's range or out's dtype."""
@@ -216,7 +217,7 @@ def mx_encode_rows(x, elements, scales, g, ep, bp, is_int, block):
             pack_row(elements, r, codes, block, bits)
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def encode_mx(x, elements, scales, ep, bp, is_int):
     """Packed element codes (``elements`` zeroed unless its rows fill whole
     bytes) and E8M0 scale codes of float32 blocks (rows of x)."""

@@ -8,7 +8,7 @@ and task layout as :mod:`.block_kernels`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..abi import (
     MICRO_BLOCK, MICRO_EMAX, MICRO_EMIN, MICRO_EXP_BIAS, MICRO_EXP_BITS, MICRO_MAN, MICRO_MICRO_BITS,
@@ -16,13 +16,14 @@ from ..abi import (
 )
 from .bits import get_code, put_code
 from .block_kernels import GROUP, block_origin, element_at
+from .compiling import jit
 from .scalar import counter_uniform, floor_log2_or, pick_upper, pow2, store
 
 NO_EXPONENT = -(1 << 20)
-inline = njit(inline="always", cache=True)
+inline = jit(inline="always")
 #: what one parallel task runs: compiled on its own (inlining it into the
 #: parallel loop makes numba's compile time explode)
-task = njit(cache=True)
+task = jit()
 
 
 @inline
@@ -98,7 +99,7 @@ def walk_block(x, r, nblocks, mp, mode, key, half, tiny, out, elements, subscale
     return ((1 << mp[MICRO_EXP_BITS]) - 1 if bad else e_max + mp[MICRO_EXP_BIAS]), lost
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def quantize_microexponent(x, out, nblocks, mp, mode, key, half, tiny, inexact):
     no_codes = np.empty(0, dtype=np.uint8)
     nrows = x.shape[0] * x.shape[2] * nblocks
@@ -110,7 +111,7 @@ def quantize_microexponent(x, out, nblocks, mp, mode, key, half, tiny, inexact):
         inexact[g] = lost
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def encode_microexponent(x, elements, scales, subscales, nblocks, mp, mode, key, half, tiny):
     no_values = np.empty((0, 0, 0), dtype=np.float64)
     for g in prange((scales.size + GROUP - 1) // GROUP):
@@ -118,7 +119,7 @@ def encode_microexponent(x, elements, scales, subscales, nblocks, mp, mode, key,
             scales[r], _ = walk_block(x, r, nblocks, mp, mode, key, half, tiny, no_values, elements, subscales)
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def decode_microexponent(elements, scales, subscales, out, nblocks, mp):
     block, sub, micro = mp[MICRO_BLOCK], mp[MICRO_SUB_BLOCK], mp[MICRO_MICRO_BITS]
     for g in prange((scales.size + GROUP - 1) // GROUP):

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from .compiling import jit
 from .fast32 import MAGNITUDE32, as_float32
 
 
@@ -50,7 +51,7 @@ def _vector_magnitude_max(typingctx, row, count):
     return types.int32(row, count), codegen
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _loop_magnitude_max(row, count):
     top = np.int32(0)
     for j in range(count):

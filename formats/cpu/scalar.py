@@ -11,7 +11,7 @@ from __future__ import annotations
 
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import overload
 
 from ..abi import (
@@ -21,14 +21,15 @@ from ..abi import (
     SUBNORMALS, TOWARD_ZERO, UP,
 )
 from ..rounding import SPLITMIX_GAMMA, SPLITMIX_MUL1, SPLITMIX_MUL2
+from .compiling import jit
 
 GAMMA, MUL1, MUL2 = np.uint64(SPLITMIX_GAMMA), np.uint64(SPLITMIX_MUL1), np.uint64(SPLITMIX_MUL2)
 EXPONENT_MASK = 0x7FF0000000000000
 MAGNITUDE_MASK = 0x7FFFFFFFFFFFFFFF
-inline = njit(inline="always", cache=True)
+inline = jit(inline="always")
 #: the per-family math is large: compiled once as a function of its own
 #: (inlining it everywhere multiplies numba's compile time)
-function = njit(cache=True)
+function = jit()
 
 
 # -- float64 bits ----------------------------------------------------------------------
@@ -267,7 +268,7 @@ def bfloat16_value(code):
 @function
 def float16_code(value):
     """The float16 bits of value when it is a float16 number (else some code
-    that decodes to a different value); NaN gives the quiet NaN 0x7E00."""
+    that decodes to a different value); NaN gives the quiet NaN 0x7E00 with its sign."""
     a = abs(value)
     e = max(floor_log2_or(bits_of(a), -15), -15)
     e = min(e, 16)
@@ -277,13 +278,13 @@ def float16_code(value):
         code = 0x7C00 if a == np.inf else 0x7BFF
     if value != value:
         code = 0x7E00
-    return code | (0x8000 if bits_of(value) < 0 and value == value else 0)
+    return code | (0x8000 if bits_of(value) < 0 else 0)
 
 
 @inline
 def bfloat16_code(value):
     """The bfloat16 bits of value when it is a bfloat16 number (else some
-    code that decodes to a different value); NaN gives 0x7FC0."""
+    code that decodes to a different value); NaN gives 0x7FC0 with its sign."""
     if value != value:
-        return 0x7FC0
+        return 0xFFC0 if bits_of(value) < 0 else 0x7FC0
     return (np.int64(np.float32(value).view(np.int32)) >> 16) & 0xFFFF

@@ -139,6 +139,7 @@ def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tenso
     out = new_tensor(layout.shape, dtype)
     packed, scale_codes = elements.contiguous().numpy(), scales.reshape(-1).contiguous().numpy()
     shifts = np.zeros(0, np.uint8) if subscales is None else subscales.contiguous().numpy()
+    _check_reads(fmt, layout, packed, scale_codes, shifts)
     if _fast_decode(fmt, layout):
         rows = out.numpy().reshape(layout.nrows, fmt.block_size)
         if isinstance(fmt, BlockFormat):
@@ -156,6 +157,22 @@ def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tenso
         microexponent_kernels.decode_microexponent(packed, scale_codes, shifts, out_view, layout.nblocks,
                                                    microexponent_params(fmt))
     return out
+
+
+def _check_reads(fmt, layout: BlockLayout, packed: np.ndarray, scale_codes: np.ndarray, shifts: np.ndarray) -> None:
+    """The kernels' own bound on what they read: bytes for every block's
+    codes and shifts, one scale code per block (Encoded.validate checks
+    more, and first; this keeps a direct call from reading past a buffer)."""
+    rows = layout.nrows
+    needed = {"elements": (packed, rows * fmt.block_size * fmt.element_code_bits),
+              "subscales": (shifts, rows * fmt.subscales_per_block * fmt.subscale_code_bits)}
+    for name, (part, bits) in needed.items():
+        if part.dtype != np.uint8:
+            raise ValueError(f"{name} must be uint8 bytes, got {part.dtype}")
+        if part.size * 8 < bits:
+            raise ValueError(f"{name}: {part.size} bytes hold fewer than the {bits} bits of codes of the blocks")
+    if scale_codes.size != rows:
+        raise ValueError(f"scales: {scale_codes.size} codes for {rows} blocks")
 
 
 def _fast_decode(fmt, layout: BlockLayout) -> bool:
