@@ -112,6 +112,12 @@ def check_out_dir(out_dir: str | os.PathLike, what: str = "out_dir") -> None:
         raise ValueError(f"{shown} cannot be made: no permission to write in {os.fspath(parent)!r}")
 
 
+#: The largest block a report takes: its error curve of a scaled format
+#: holds a few thousand blocks at once (about 90 KB of memory per element
+#: of a block).
+MAX_REPORT_BLOCK = 4096
+
+
 @dataclass(frozen=True)
 class ReportPlan:
     """What a report measures, checked and loaded: its formats, data sets,
@@ -173,6 +179,15 @@ def plan_report(*, formats: Sequence[Any] = DEFAULT_FORMATS, data: Sequence[str]
         raise ValueError("formats is empty: give at least one format")
     if not data:
         raise ValueError("data is empty: give at least one distribution")
+    for what, values in (("formats", [f.name for f in fmts]), ("roundings", roundings),
+                         ("scale_rules", scale_rules), ("data", [os.fspath(d) for d in data])):
+        repeated = sorted({v for v in values if list(values).count(v) > 1}, key=str)
+        if repeated:
+            raise ValueError(f"{what} lists {', '.join(map(str, repeated))} more than once; give each once")
+    for fmt in fmts:
+        if getattr(fmt, "block_size", 0) > MAX_REPORT_BLOCK:
+            raise ValueError(f"formats: {fmt.name} has blocks of {fmt.block_size}; the report's error curves "
+                             f"(one row per point) hold blocks of at most {MAX_REPORT_BLOCK} elements")
     datasets = {os.fspath(name): dataset(os.fspath(name), size, seed) for name in data}
     settings = settings_grid(fmts, roundings, scale_rules)
     model_data = _model_tensors(model) if model is not None else None

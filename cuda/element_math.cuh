@@ -177,7 +177,7 @@ LB_HD double float_decode(long long code, const ElementDesc& d) {
 LB_HD Code int_encode(double x, const ElementDesc& d, int mode, double u) {
   bool nan_in = x != x;
   bool negative = bits_of(x) < 0;
-  double a = nan_in ? 0.0 : mind(fabs(x), 0x1p80);
+  double a = nan_in ? 0.0 : mind(fabs(x), 0x1p100);  // beyond every IntFormat's max, 2**95
   if (a > 0.0) a = maxd(a, 0x1p-900);
   a = a * pow2(d.f[FRAC_BITS]);
   double lo = floor(a);

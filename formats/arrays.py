@@ -86,6 +86,9 @@ def as_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, InputKind]:
                 f"or float64), got dtype {x.dtype}"
             )
         return _dense(x, name), InputKind("torch", x.dtype)
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} must not be a masked array (lowbit would round the masked values too); "
+                        "pass x.filled(value) or x.compressed()")
     if isinstance(x, np.ndarray | np.generic):
         arr = np.asarray(x)
         if arr.dtype.type not in FLOAT_NUMPY_DTYPES:
@@ -94,7 +97,7 @@ def as_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, InputKind]:
                 f"got dtype {arr.dtype}"
             )
         kind = "numpy_scalar" if isinstance(x, np.generic) else "numpy"
-        return _from_numpy(arr), InputKind(kind, NUMPY_TO_TORCH[arr.dtype])
+        return _from_numpy(arr), InputKind(kind, NUMPY_TO_TORCH[np.dtype(arr.dtype.type)])
     if isinstance(x, bool) or not isinstance(x, int | float):
         raise TypeError(
             f"{name} must be a torch tensor, a numpy array or a Python float, got {type(x).__name__}"
@@ -164,9 +167,18 @@ def as_codes(codes: Any, nbits: int, name: str = "codes") -> tuple[torch.Tensor,
     return t, kind
 
 
+def as_torch(part: Any) -> torch.Tensor:
+    """A numpy array or tensor as a tensor (numpy arrays wrapped as by
+    :func:`as_tensor`, without a copy where torch can wrap them)."""
+    return part if isinstance(part, torch.Tensor) else _from_numpy(np.asarray(part))
+
+
 def _from_numpy(arr: np.ndarray) -> torch.Tensor:
     """A tensor sharing the array's memory (read only by lowbit); arrays
-    torch cannot wrap (negative strides) are copied."""
+    torch cannot wrap (negative strides, non-native byte order) are copied,
+    their values unchanged."""
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if any(stride < 0 for stride in arr.strides):
         arr = arr.copy()
     with warnings.catch_warnings():  # read-only arrays: lowbit never writes its inputs

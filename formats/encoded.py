@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import zipfile
 from dataclasses import dataclass
@@ -60,8 +61,8 @@ class Encoded:
     kind: str = "torch"
 
     def __post_init__(self) -> None:
-        if isinstance(self.shape, list):  # as JSON and users give it; frozen as a tuple
-            object.__setattr__(self, "shape", tuple(self.shape))
+        if isinstance(self.shape, list | tuple):  # as JSON and numpy give it; frozen as a tuple of ints
+            object.__setattr__(self, "shape", tuple(int(n) if isinstance(n, np.integer) else n for n in self.shape))
         self.validate()
 
     def validate(self) -> None:
@@ -117,7 +118,7 @@ class Encoded:
                 "format": format_to_dict(self.format),
                 "shape": list(self.shape),
                 "axis": self.axis,
-                "tensor_scale": self.tensor_scale,
+                "tensor_scale": None if self.tensor_scale is None else float(self.tensor_scale),
                 "kind": self.kind,
             })),
         }
@@ -135,10 +136,12 @@ class Encoded:
         try:
             with np.load(path, allow_pickle=False) as data:
                 parts = {name: data[name] for name in ("elements", "scales", "subscales", "meta") if name in data}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        except (ValueError, OSError, EOFError, MemoryError, zipfile.BadZipFile) as error:
             if isinstance(error, FileNotFoundError):
                 raise
-            raise ValueError(f"{path}: not an .npz file that Encoded.save wrote ({error})") from error
+            why = "its arrays claim more memory than there is" if isinstance(error, MemoryError) else (
+                "it holds pickled data or no arrays" if "pickle" in str(error) else error)
+            raise ValueError(f"{path}: not an .npz file that Encoded.save wrote ({why})") from error
         try:
             meta = _read_meta(parts)
             as_kind = (lambda a: a) if meta["kind"] == "numpy" else (lambda a: torch.from_numpy(a).to(device))
@@ -178,6 +181,8 @@ def _check_part(name: str, part: Any, dtype: torch.dtype, shape: tuple[int, ...]
         part_dtype = part.dtype
         if part.layout != torch.strided or part.is_nested:
             raise ValueError(f"{name} must be a dense tensor, got layout {part.layout}")
+        if part.is_meta:
+            raise ValueError(f"{name} is on the meta device and holds no codes")
         devices.add(str(part.device))
     elif isinstance(part, np.ndarray):
         if part.dtype.kind not in "biufc" or part.dtype.byteorder == ">":
@@ -206,11 +211,17 @@ def _check_tensor_scale(fmt: Any, tensor_scale: Any) -> None:
         if tensor_scale is not None:
             raise ValueError(f"tensor_scale must be None: {fmt.name} has no per-tensor scale")
         return
-    if isinstance(tensor_scale, bool) or not isinstance(tensor_scale, int | float):
+    if isinstance(tensor_scale, bool) or not isinstance(tensor_scale, numbers.Real):
         raise ValueError(f"tensor_scale must be a float: {fmt.name} has a per-tensor scale; got {tensor_scale!r}")
-    if not (math.isfinite(tensor_scale) and tensor_scale > 0 and float(np.float32(tensor_scale)) == tensor_scale):
-        raise ValueError(f"tensor_scale must be a positive finite float32 value (the datapath holds it in "
-                         f"float32), got {tensor_scale!r}")
+    # the largest a tensor scale from encode can be; a larger one overflows float32 in decoding
+    largest = float(np.float32(np.finfo(np.float32).max / np.float32(fmt.scale.max * fmt.element.max)))
+    try:
+        value = float(tensor_scale)
+    except OverflowError:
+        value = math.inf
+    if not (0 < value <= largest and float(np.float32(value)) == value):
+        raise ValueError(f"tensor_scale must be a positive float32 value of at most {largest!r} (the datapath "
+                         f"holds it in float32, and a larger one overflows decoding), got {tensor_scale!r:.40}")
 
 
 def _read_meta(parts: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -223,8 +234,8 @@ def _read_meta(parts: dict[str, np.ndarray]) -> dict[str, Any]:
         raise ValueError("meta must be a JSON string")
     try:
         record = json.loads(str(meta))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"meta is not JSON ({error})") from error
+    except ValueError as error:  # JSONDecodeError, or an int of too many digits
+        raise ValueError(f"meta is not JSON that Encoded.save writes ({error})") from error
     keys = {"format", "shape", "axis", "tensor_scale", "kind"}
     if not isinstance(record, dict) or not keys <= record.keys():
         raise ValueError(f"meta must be a JSON object with the keys {', '.join(sorted(keys))}")

@@ -109,8 +109,9 @@ class IntFormat(ElementFormat):
     def encode_exact(self, x64: torch.Tensor, rounder: Rounder, overflow: str):
         nan_in = torch.isnan(x64)
         # magnitudes far below one step all round alike; keeping them >= 2**-900
-        # stops the scaling by 2**frac_bits from underflowing to zero
-        a = torch.where(nan_in, 0.0, x64.abs()).clamp(max=2.0 ** 80)
+        # stops the scaling by 2**frac_bits from underflowing to zero. Above
+        # 2**100 (beyond every IntFormat's max, 2**95) all saturate alike.
+        a = torch.where(nan_in, 0.0, x64.abs()).clamp(max=2.0 ** 100)
         a = torch.where(a > 0, a.clamp(min=2.0 ** -900), a) * pow2(self.frac_bits)
         lo = torch.floor(a)
         upper = rounder.pick_upper(a, lo, lo + 1, torch.remainder(lo, 2) == 1)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import backends
-from .arrays import as_tensor, decoded_in, float_dtype
+from .arrays import as_tensor, as_torch, decoded_in, float_dtype
 from .backends import Policy
 from .base import Grid, check_axis
 from .blocking import BlockCodes, BlockLayout
@@ -64,10 +64,13 @@ class ScaledFormat:
         code up to the largest present is risky, or else none present is."""
         if self.max * (tensor_scale or 1.0) <= limit or not scales.numel():
             return False
+        if self.scale_code_bits > 16:  # no table of every code: read the values
+            return True
+        codes = scales.to(torch.int64)
         risky = self.largest_per_scale_code().to(scales.device) * (tensor_scale or 1.0) > limit
-        if not bool(risky[: int(scales.max()) + 1].any()):
+        if not bool(risky[: int(codes.max()) + 1].any()):
             return False
-        return bool(risky[scales.to(torch.int64)].any())
+        return bool(risky[codes].any())
 
     def _resolve_rule(self, scale_rule: str | None) -> str | None:
         """The scale rule a call uses (checked); None for formats without one."""
@@ -154,9 +157,9 @@ class ScaledFormat:
             raise ValueError(f"this Encoded holds {encoded.format.name}, not {self.name}")
         encoded.validate()
         layout = BlockLayout(tuple(encoded.shape), check_axis(encoded.axis, len(encoded.shape)), self.block_size)
-        packed_elements = torch.as_tensor(encoded.elements)
-        packed_subscales = None if encoded.subscales is None else torch.as_tensor(encoded.subscales)
-        scales = torch.as_tensor(encoded.scales).reshape(-1)
+        packed_elements = as_torch(encoded.elements)
+        packed_subscales = None if encoded.subscales is None else as_torch(encoded.subscales)
+        scales = as_torch(encoded.scales).reshape(-1)
         chosen = backends.resolve(backend, packed_elements.device.type, self, "decode")
         values = decoded_in(float_dtype(dtype), lambda to: chosen.scaled.decode(
             self, layout, packed_elements, scales, packed_subscales, encoded.tensor_scale, to),

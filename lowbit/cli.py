@@ -214,8 +214,8 @@ def build_parser() -> Parser:
                      help=f"log2 of the element counts, 0 to {MAX_BENCH_LOG2N} (default: %(default)s)")
     ben.add_argument("--formats", nargs="+", type=format_name, default=bench.FORMATS, metavar="FORMAT")
     ben.add_argument("--repeat", type=int_in(1), default=5, help="timed runs per operation, 1 or more; the best counts")
-    ben.add_argument("--reference-max", type=int, default=20, metavar="LOG2N",
-                     help="time the (slow) reference implementation up to this size")
+    ben.add_argument("--reference-max", type=int_in(0, MAX_BENCH_LOG2N), default=20, metavar="LOG2N",
+                     help=f"time the (slow) reference implementation up to this size, 0 to {MAX_BENCH_LOG2N}")
     ben.add_argument("--no-cold-start", action="store_true", help="skip timing the kernels' first compilation")
     ben.set_defaults(prepare=cmd_bench)
     return parser

@@ -74,7 +74,11 @@ NESTED = "mx(" * 2000 + "e2m1" + ",32)" * 2000
     (["bench", "--sizes", "40"], "argument --sizes: must be an int from 0 to 28, got '40'"),
     (["bench", "--sizes", "x"], "argument --sizes: must be an int from 0 to 28, got 'x'"),
     (["bench", "--formats", "int9999"], "argument --formats: format 'int9999': an IntFormat has 2..32 bits"),
-    (["bench", "--reference-max", "1.5"], "argument --reference-max: invalid int value: '1.5'"),
+    (["bench", "--reference-max", "1.5"], "argument --reference-max: must be an int from 0 to 28, got '1.5'"),
+    (["bench", "--reference-max", "-3"], "argument --reference-max: must be an int from 0 to 28, got '-3'"),
+    (["report", "--formats", "fp8_e4m3", "e4m3"], "formats lists fp8_e4m3 more than once"),
+    (["report", "--rounding", "up", "up"], "roundings lists up more than once"),
+    (["report", "--formats", "mx(e2m1,131072)"], "the report's error curves (one row per point) hold blocks of at most"),
     (["report", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_usage_errors_are_one_line_naming_the_argument(capsys, argv, message):

@@ -250,3 +250,19 @@ def test_a_nan_keeps_the_sign_of_its_code(dtype):
         assert torch.isnan(q[torch.isnan(x)]).all() and not torch.signbit(q[torch.isnan(x)]).any(), (name, dtype)
     q = lowbit.quantize(x.reshape(-1, 16), "mxfp8_e4m3")  # NaN blocks
     assert not torch.signbit(q[torch.isnan(q)]).any()
+
+
+def test_big_endian_inputs_are_read_as_their_values():
+    x = np.array([0.3, -500.0, 1e-3], ">f4")
+    assert np.array_equal(lowbit.quantize(x, "fp8_e4m3"), lowbit.quantize(x.astype("<f4"), "fp8_e4m3"))
+
+
+def test_masked_arrays_raise_type_error():
+    with pytest.raises(TypeError, match="must not be a masked array"):
+        lowbit.quantize(np.ma.masked_array([1.0, 2.0], mask=[0, 1]), "fp8_e4m3")
+
+
+def test_wide_integers_with_negative_fraction_bits_saturate_at_their_max():
+    fmt = IntFormat(32, frac_bits=-64)  # steps of 2**64, max (2**31 - 1) * 2**64 ~ 2**95
+    assert lowbit.quantize(np.array([2.0 ** 85, 1e300, -1e300]), fmt).tolist() == [2.0 ** 85, fmt.max, fmt.min]
+    assert lowbit.encode(np.array([1e300]), fmt).tolist() == [2 ** 31 - 1]

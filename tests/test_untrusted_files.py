@@ -209,12 +209,49 @@ def test_a_shared_exponent_beyond_its_width_is_refused():
         lowbit.Encoded(fmt, e.shape, e.axis, e.elements, scales, e.subscales, kind="numpy")
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan"), 3e-5, "1", True])
-def test_a_tensor_scale_must_be_a_positive_float32_value(bad):
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan"), 3e-5, "1", True, 10 ** 400,
+                                 float(np.finfo(np.float32).max)])
+def test_a_tensor_scale_must_be_a_positive_float32_value_that_cannot_overflow_decoding(bad):
     fmt = FORMATS["nvfp4_tensor"]
     e = fmt.encode(np.ones((1, 16), np.float32))
     with pytest.raises(ValueError, match="tensor_scale must be a"):
         lowbit.Encoded(fmt, e.shape, e.axis, e.elements, e.scales, tensor_scale=bad, kind="numpy")
+
+
+def test_the_largest_tensor_scale_encode_gives_is_accepted_as_any_real_number():
+    fmt = FORMATS["nvfp4_tensor"]
+    big = np.full((1, 16), np.finfo(np.float32).max, np.float32)
+    e = fmt.encode(big)
+    for scale in (e.tensor_scale, np.float32(e.tensor_scale)):
+        again = lowbit.Encoded(fmt, e.shape, e.axis, e.elements, e.scales, tensor_scale=scale, kind="numpy")
+        assert np.array_equal(again.decode(), e.decode()) and np.isfinite(e.decode()).all()
+
+
+@pytest.mark.parametrize("fmt", [
+    lowbit.BlockFormat(lowbit.get_format("fp4_e2m1"), 16, scale=lowbit.get_format("bf16")),
+    lowbit.BlockFormat(lowbit.get_format("fp4_e2m1"), 16, scale=lowbit.get_format("fp32")),
+    MicroexponentFormat(7, exp_bits=10),
+], ids=lambda f: f.name)
+def test_wide_scale_codes_decode(fmt):
+    x = np.random.default_rng(7).standard_normal((3, 64))
+    for backend in BACKENDS:
+        assert_same_values(lowbit.encode(x, fmt).decode(backend=backend, dtype=np.float64), lowbit.quantize(x, fmt),
+                           backend)
+
+
+def test_parts_torch_cannot_wrap_are_read_as_their_values():
+    e = lowbit.encode(np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32), "mxfp4")
+    backwards = e.elements[::-1].copy()[::-1]  # negative strides
+    read_only = e.scales.copy()
+    read_only.flags.writeable = False
+    again = lowbit.Encoded(e.format, e.shape, e.axis, backwards, read_only, kind="numpy")
+    assert np.array_equal(again.decode(), e.decode())
+
+
+def test_meta_parts_are_refused():
+    e = lowbit.encode(torch.ones(2, 32), "mxfp4")
+    with pytest.raises(ValueError, match="elements is on the meta device"):
+        lowbit.Encoded(e.format, e.shape, e.axis, e.elements.to("meta"), e.scales.to("meta"))
 
 
 def test_a_part_resized_in_place_after_construction_is_caught_before_decoding():

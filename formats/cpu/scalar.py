@@ -157,7 +157,7 @@ def int_encode(x, d, mode, u):
     """IntFormat.encode_exact of one value: (code, invalid)."""
     nan_in = x != x
     negative = bits_of(x) < 0
-    a = 0.0 if nan_in else min(abs(x), 2.0 ** 80)
+    a = 0.0 if nan_in else min(abs(x), 2.0 ** 100)  # beyond every IntFormat's max, 2**95
     if a > 0.0:
         a = max(a, 2.0 ** -900)
     a = a * pow2(d[FRAC_BITS])
