@@ -34,6 +34,7 @@ float32, so decoded values are float32 numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -159,6 +160,7 @@ class BlockFormat(ScaledFormat):
         s = s + (amax > self.element.max * pow2(s)).to(torch.int64)
         return s - (amax <= self.element.max * pow2(s - 1)).to(torch.int64)
 
+    @cached_property
     def largest_per_scale_code(self) -> torch.Tensor:
         return self.element.max * self.scale.decode_exact(torch.arange(1 << self.scale.nbits)).abs()
 

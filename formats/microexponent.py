@@ -23,6 +23,7 @@ d2 = 0 is plain block floating point (MSFP12, MSFP16).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -106,6 +107,7 @@ class MicroexponentFormat(ScaledFormat):
     def max(self) -> float:
         return float((1 << self.man_bits) - 1) * 2.0 ** (self.emax - self.man_bits + 1)
 
+    @cached_property
     def largest_per_scale_code(self) -> torch.Tensor:
         codes = torch.arange(1 << self.exp_bits)
         largest = ((1 << self.man_bits) - 1) * pow2(codes - self.exp_bias - self.man_bits + 1)

@@ -53,10 +53,10 @@ class ScaledFormat:
         """A per-tensor scale computed over the whole input first (NVFP4); None here."""
         return None
 
-    def largest_per_scale_code(self) -> torch.Tensor:
-        """The largest magnitude a block can decode to under each scale code
-        (float64, indexed by code; NaN for NaN codes), before any tensor scale."""
-        raise NotImplementedError
+    #: The largest magnitude a block can decode to under each scale code
+    #: (float64, indexed by code; NaN for NaN codes), before any tensor scale;
+    #: computed once per format (formats are immutable).
+    largest_per_scale_code: torch.Tensor
 
     def _may_exceed(self, limit: float, scales: torch.Tensor, tensor_scale: float | None) -> bool:
         """Whether a block of these scale codes could decode beyond ``limit``,
@@ -67,7 +67,7 @@ class ScaledFormat:
         if self.scale_code_bits > 16:  # no table of every code: read the values
             return True
         codes = scales.to(torch.int64)
-        risky = self.largest_per_scale_code().to(scales.device) * (tensor_scale or 1.0) > limit
+        risky = self.largest_per_scale_code.to(scales.device) * (tensor_scale or 1.0) > limit
         if not bool(risky[: int(codes.max()) + 1].any()):
             return False
         return bool(risky[codes].any())
