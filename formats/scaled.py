@@ -66,11 +66,11 @@ class ScaledFormat:
             return False
         if self.scale_code_bits > 16:  # no table of every code: read the values
             return True
-        codes = scales.to(torch.int64)
         risky = self.largest_per_scale_code.to(scales.device) * (tensor_scale or 1.0) > limit
-        if not bool(risky[: int(codes.max()) + 1].any()):
+        top = int((scales if scales.dtype == torch.uint8 else scales.to(torch.int64)).max())  # no uint16 max
+        if not bool(risky[: top + 1].any()):
             return False
-        return bool(risky[codes].any())
+        return bool(risky[scales.to(torch.int64)].any())
 
     def _resolve_rule(self, scale_rule: str | None) -> str | None:
         """The scale rule a call uses (checked); None for formats without one."""
