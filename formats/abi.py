@@ -212,6 +212,18 @@ def microexponent_params(fmt: Any) -> tuple[int, ...]:
             fmt.exp_bias)
 
 
+def block_scheme(fmt: Any) -> str | None:
+    """The scaling scheme of a BlockFormat that the descriptors cannot
+    describe (zero points, double quantization, whole-axis blocks, tiles,
+    float32-rounded products), or None."""
+    for present, what in ((fmt.zero_point, "zero points"), (fmt.double_quant is not None, "double quantization"),
+                          (fmt.block_shape is not None, "2-D tiles"), (fmt.block_size is None, "whole-axis blocks"),
+                          (fmt.rounds_to_float32, "products rounded to float32 (float32 scales)")):
+        if present:
+            return what
+    return None
+
+
 #: the families the descriptors describe (these classes exactly: a subclass may change the math)
 KERNEL_FAMILIES = (FloatFormat, IntFormat, BlockFormat, MicroexponentFormat)
 
@@ -231,6 +243,9 @@ def undescribable(fmt: Any, policy: Policy) -> str | None:
             if type(part) not in allowed:
                 return (f"the kernels take BlockFormats with {' or '.join(k.__name__ for k in allowed)} {role}, "
                         f"not {type(part).__name__} ({part.name})")
+        scheme = block_scheme(fmt)
+        if scheme:
+            return f"the kernels do not implement {scheme}, which {fmt.name} has"
     elif type(fmt) not in KERNEL_FAMILIES:
         return (f"the kernels implement the families {', '.join(k.__name__ for k in KERNEL_FAMILIES)}, "
                 f"not {type(fmt).__name__} ({fmt.name})")

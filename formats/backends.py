@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from .blocking import BlockLayout
+    from .blocking import Layout
     from .encoded import Encoded
 
 REFERENCE = "reference"
@@ -75,17 +75,21 @@ class ScaledOps(Protocol):
     def tensor_scale(self, fmt: Any, t: torch.Tensor, policy: Policy) -> float | None:
         """The per-tensor scale computed over the whole input first (NVFP4), or None."""
 
-    def quantize(self, fmt: Any, t: torch.Tensor, layout: BlockLayout, policy: Policy,
+    def quantize(self, fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
                  tensor_scale: float | None) -> tuple[torch.Tensor, bool]:
         """t encoded and decoded, in its shape and dtype, and whether the dtype held every result exactly."""
 
-    def encode(self, fmt: Any, t: torch.Tensor, layout: BlockLayout, policy: Policy,
-               tensor_scale: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(packed element codes, scale codes in the blocked shape, packed sub-block scales or None)."""
+    def encode(self, fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
+               tensor_scale: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                    torch.Tensor | None]:
+        """(packed element codes, scale codes in the layout's scales_shape,
+        packed sub-block scales or None, zero points in scales_shape or None)."""
 
-    def decode(self, fmt: Any, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor,
-               subscales: torch.Tensor | None, tensor_scale: float | None, dtype: torch.dtype) -> torch.Tensor:
-        """The values in the layout's true shape."""
+    def decode(self, fmt: Any, layout: Layout, elements: torch.Tensor, scales: torch.Tensor,
+               subscales: torch.Tensor | None, tensor_scale: float | None, dtype: torch.dtype,
+               zero_points: torch.Tensor | None = None) -> torch.Tensor:
+        """The values in the layout's true shape. ``scales`` are codes, or
+        float32 scale values for formats whose scales are double-quantized."""
 
 
 class Backend(Protocol):

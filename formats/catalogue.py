@@ -32,9 +32,11 @@ def _catalogue() -> dict[str, Format]:
     fp6_e2m3 = FloatFormat(2, 3, specials="none", name="fp6_e2m3")
     fp4_e2m1 = FloatFormat(2, 1, specials="none", name="fp4_e2m1")
     mxint8_element = IntFormat(8, narrow=True, frac_bits=6, name="int8_mx")
+    fp32 = FloatFormat(8, 23, name="fp32")
+    fp16 = FloatFormat(5, 10, name="fp16")
     formats: list[Format] = [
-        FloatFormat(8, 23, name="fp32"),
-        FloatFormat(5, 10, name="fp16"),
+        fp32,
+        fp16,
         FloatFormat(8, 7, name="bf16"),
         fp8_e4m3,
         fp8_e5m2,
@@ -54,6 +56,13 @@ def _catalogue() -> dict[str, Format]:
         BlockFormat(fp4_e2m1, 32, name="mxfp4"),
         BlockFormat(mxint8_element, 32, name="mxint8"),
         BlockFormat(fp4_e2m1, 16, scale=fp8_e4m3, name="nvfp4"),
+        BlockFormat(fp4_e2m1, block_shape=(16, 16), scale=fp8_e4m3, name="nvfp4_16x16"),
+        BlockFormat(IntFormat(4, name="int4"), 128, scale=fp16, name="int4_g128"),
+        BlockFormat(IntFormat(4, signed=False, name="uint4"), 128, scale=fp16, zero_point=True,
+                    name="int4_g128_asym"),
+        BlockFormat(IntFormat(8, name="int8"), None, scale=fp32, name="int8_rowwise"),
+        BlockFormat(fp8_e4m3, None, scale=fp32, name="fp8_e4m3_rowwise"),
+        BlockFormat(fp8_e4m3, block_shape=(128, 128), scale=fp32, name="fp8_e4m3_b128x128"),
         MicroexponentFormat(7, name="mx9"),
         MicroexponentFormat(4, name="mx6"),
         MicroexponentFormat(2, name="mx4"),

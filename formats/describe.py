@@ -39,7 +39,11 @@ def layout(fmt: Any) -> str:
     if isinstance(fmt, IntFormat):
         return f"{'' if fmt.signed else 'U'}INT{fmt.bits}" + (f" with {fmt.frac_bits} fraction bits" if fmt.frac_bits else "")
     if isinstance(fmt, BlockFormat):
-        return f"{layout(fmt.element)} x {fmt.block_size}, {layout(fmt.scale)} scale"
+        blocks = ("axis" if fmt.block_size is None else
+                  f"{fmt.block_shape[0]}x{fmt.block_shape[1]}" if fmt.block_shape else str(fmt.block_size))
+        extras = (" + zero point" if fmt.zero_point else "") + (
+            f" (scales in {layout(fmt.double_quant)})" if fmt.double_quant else "")
+        return f"{layout(fmt.element)} x {blocks}, {layout(fmt.scale)} scale{extras}"
     if isinstance(fmt, MicroexponentFormat):
         return f"sign+{fmt.man_bits}b, {fmt.exp_bits}b exp / {fmt.block_size}, {fmt.micro_bits}b shift / {fmt.sub_block}"
     return type(fmt).__name__  # a family without a layout of its own here
@@ -72,12 +76,19 @@ def properties(fmt: Any) -> list[tuple[str, str]]:
     elif isinstance(fmt, BlockFormat):
         rows += [
             ("element", f"{fmt.element.name} ({layout(fmt.element)}, max {number(fmt.element.max)})"),
-            ("block", f"{fmt.block_size} elements along an axis"),
-            ("scale", f"{fmt.scale.name} ({layout(fmt.scale)}), rule {fmt.scale_rule}"
+            ("block", block_text(fmt)),
+            ("scale", f"{fmt.scale.name} ({layout(fmt.scale)}), rule {fmt.scale_rule}: {RULE_TEXT[fmt.scale_rule]}"
                       + (", plus a float32 tensor scale" if fmt.tensor_scale else "")),
-            ("max", number(fmt.max)),
-            ("overflow", "elements saturate; NaN/Inf make the block NaN"),
         ]
+        if fmt.zero_point:
+            rows.append(("zero point", f"{fmt.element.nbits}-bit code per block: value = (q - z) * s; "
+                                       "z = round_half_even(-lo / s), lo = min(min x, 0)"))
+        if fmt.double_quant:
+            rows.append(("scales stored", f"less their float32 mean, in {fmt.double_quant.name} "
+                                          "(double quantization)"))
+        if fmt.rounds_to_float32:
+            rows.append(("decoded", "element * scale rounded to float32"))
+        rows += [("max", number(fmt.max)), ("overflow", "elements saturate; NaN/Inf make the block NaN")]
     elif isinstance(fmt, MicroexponentFormat):
         rows += [
             ("element", f"sign + {fmt.man_bits}-bit magnitude"),
@@ -87,6 +98,28 @@ def properties(fmt: Any) -> list[tuple[str, str]]:
             ("overflow", "magnitudes saturate; NaN/Inf make the block NaN"),
         ]
     return rows
+
+
+#: What each scale rule computes, in a line.
+RULE_TEXT = {
+    "floor": "2^(floor(log2 amax) - emax_elem) (OCP MX)",
+    "ceil": "2^(ceil(log2 amax) - emax_elem)",
+    "rceil": "2^ceil(log2(amax / max_elem)) (NVIDIA)",
+    "even": "amax rounded to the element's mantissa, then floor",
+    "amax": "amax / max_elem, rounded to nearest even",
+    "mse": "the candidate scale with the least squared error",
+    "4over6": "amax mapped to 6 or to 4, whichever errs less",
+    "minmax": "(hi - lo) / (2^b - 1) over the block's range including 0",
+}
+
+
+def block_text(fmt: BlockFormat) -> str:
+    """Which elements share a scale, in words."""
+    if fmt.block_shape:
+        return f"{fmt.block_shape[0]} x {fmt.block_shape[1]} tiles over two axes ({fmt.block_size} elements)"
+    if fmt.block_size is None:
+        return "the whole axis (one scale per row: per-channel, per-token)"
+    return f"{fmt.block_size} elements along an axis"
 
 
 def bit_fields(fmt: Any, code: int) -> str:

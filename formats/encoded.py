@@ -14,6 +14,15 @@ tensors on the input's device.
 - ``subscales``: microexponent formats only: one d2-bit shift per sub-block,
   bit-packed (uint8); None otherwise.
 - ``tensor_scale``: NVFP4 with a per-tensor scale only: the float32 scale.
+- ``zero_points``: formats with zero points only: one zero-point code per
+  block (the element's code width) in block order, bit-packed (uint8).
+- ``scale_offset``: formats with double quantization only: the float32
+  offset the scales were shifted by; ``scales`` is then itself an Encoded
+  of the second-level format, of the flattened scales (shape (nblocks,),
+  axis 0).
+
+A tiled format's ``axis`` is the pair (row axis, column axis) and its scales
+have the shape (other axes..., tile rows, tile columns).
 
 An Encoded checks itself (:meth:`Encoded.validate`) when it is built, when
 it is loaded and again before it is decoded, so no kernel ever reads past
@@ -40,8 +49,6 @@ import numpy as np
 import torch
 
 from .arrays import code_dtype
-from .base import check_axis
-from .blocking import BlockLayout
 from .families import FAMILIES
 
 KINDS = ("torch", "numpy")
@@ -59,10 +66,14 @@ class Encoded:
     subscales: Any = None
     tensor_scale: float | None = None
     kind: str = "torch"
+    zero_points: Any = None
+    scale_offset: float | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.shape, list | tuple):  # as JSON and numpy give it; frozen as a tuple of ints
-            object.__setattr__(self, "shape", tuple(int(n) if isinstance(n, np.integer) else n for n in self.shape))
+        for name in ("shape", "axis"):  # as JSON and numpy give them; frozen as tuples of ints
+            value = getattr(self, name)
+            if isinstance(value, list | tuple):
+                object.__setattr__(self, name, tuple(int(n) if isinstance(n, np.integer) else n for n in value))
         self.validate()
 
     def validate(self) -> None:
@@ -79,12 +90,18 @@ class Encoded:
         if not isinstance(self.shape, tuple) or not all(
                 isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in self.shape):
             raise ValueError(f"shape must be a tuple of non-negative ints, got {self.shape!r}")
-        layout = BlockLayout(self.shape, check_axis(self.axis, len(self.shape)), fmt.block_size)
+        layout = fmt.layout(self.shape, self.axis)
         devices = set()
         _check_part("elements", self.elements, torch.uint8,
-                    (_packed_bytes(layout.nrows * fmt.block_size, fmt.element_code_bits),), devices)
-        _check_part("scales", self.scales, code_dtype(fmt.scale_code_bits), layout.blocked_shape[:-1], devices)
-        _check_codes("scales", self.scales, fmt.scale_code_bits)
+                    (_packed_bytes(layout.nrows * layout.block, fmt.element_code_bits),), devices)
+        self._check_scales(layout, devices)
+        if fmt.zero_point:
+            if self.zero_points is None:
+                raise ValueError(f"zero_points are missing: {fmt.name} has one per block")
+            _check_part("zero_points", self.zero_points, torch.uint8,
+                        (_packed_bytes(layout.nrows, fmt.zero_point_code_bits),), devices)
+        elif self.zero_points is not None:
+            raise ValueError(f"zero_points must be None: {fmt.name} has no zero points")
         if fmt.subscales_per_block:
             if self.subscales is None:
                 raise ValueError(f"subscales are missing: {fmt.name} has {fmt.subscales_per_block} per block")
@@ -96,12 +113,44 @@ class Encoded:
             raise ValueError(f"the parts must lie on one device, got {', '.join(sorted(devices))}")
         _check_tensor_scale(fmt, self.tensor_scale)
 
+    def _check_scales(self, layout: Any, devices: set[str]) -> None:
+        """Scale codes in the layout's scales shape; or, with double
+        quantization, an Encoded of the second-level format and a float32 offset."""
+        fmt = self.format
+        if fmt.double_quant is None:
+            _check_part("scales", self.scales, code_dtype(fmt.scale_code_bits), layout.scales_shape, devices)
+            _check_codes("scales", self.scales, fmt.scale_code_bits)
+            if self.scale_offset is not None:
+                raise ValueError(f"scale_offset must be None: {fmt.name} has no double quantization")
+            return
+        second = self.scales
+        if not isinstance(second, Encoded):
+            raise TypeError(f"scales must be an Encoded of {fmt.double_quant.name} ({fmt.name} double-quantizes its "
+                            f"scales), got {type(second).__name__}")
+        if second.format != fmt.double_quant or second.shape != (layout.nrows,) or second.kind != self.kind:
+            raise ValueError(f"scales must encode the {layout.nrows} block scales in {fmt.double_quant.name} "
+                             f"({self.kind}); got {second.format.name} of shape {second.shape} ({second.kind})")
+        second.validate()
+        devices.update(str(p.device) for p in (second.elements,) if isinstance(p, torch.Tensor))
+        offset = self.scale_offset
+        if isinstance(offset, bool) or not isinstance(offset, numbers.Real) or not (
+                math.isfinite(offset) and float(np.float32(offset)) == offset):
+            raise ValueError(f"scale_offset must be a finite float32 value, got {offset!r:.40}")
+
     @property
     def nbytes(self) -> int:
-        """Bytes the encoding really takes: packed elements, scale codes,
-        packed sub-block shifts and the float32 tensor scale."""
-        parts = (self.elements, self.scales, self.subscales)
-        return sum(p.nbytes for p in parts if p is not None) + (4 if self.tensor_scale is not None else 0)
+        """Bytes the encoding really takes: packed elements, scale codes (or
+        the encoded scales and their float32 offset), zero points, packed
+        sub-block shifts and the float32 tensor scale."""
+        parts = (self.elements, self.scales, self.subscales, self.zero_points)
+        floats = (self.tensor_scale, self.scale_offset)
+        return sum(p.nbytes for p in parts if p is not None) + 4 * sum(f is not None for f in floats)
+
+    @property
+    def bits(self) -> float:
+        """Stored bits per element of the true shape (:attr:`nbytes` * 8 / elements); NaN for an empty tensor."""
+        count = math.prod(self.shape)
+        return self.nbytes * 8 / count if count else math.nan
 
     def decode(self, *, dtype: Any = None, backend: str | None = None) -> Any:
         """The decoded values, float32 unless ``dtype`` says float64; a numpy
@@ -111,19 +160,8 @@ class Encoded:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to an ``.npz`` file (numpy arrays and the format as JSON)."""
-        arrays = {
-            "elements": _to_numpy(self.elements),
-            "scales": _to_numpy(self.scales),
-            "meta": np.array(json.dumps({
-                "format": format_to_dict(self.format),
-                "shape": list(self.shape),
-                "axis": self.axis,
-                "tensor_scale": None if self.tensor_scale is None else float(self.tensor_scale),
-                "kind": self.kind,
-            })),
-        }
-        if self.subscales is not None:
-            arrays["subscales"] = _to_numpy(self.subscales)
+        arrays = _arrays(self, "")
+        arrays["meta"] = np.array(json.dumps({"format": format_to_dict(self.format), **_meta(self)}))
         with open(path, "wb") as f:
             np.savez(f, **arrays)
 
@@ -135,7 +173,8 @@ class Encoded:
         raises ValueError naming the file and what is wrong with it."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                parts = {name: data[name] for name in ("elements", "scales", "subscales", "meta") if name in data}
+                parts = {name: data[name] for name in data.files
+                         if name == "meta" or name.removeprefix("scales.") in PART_NAMES}
         except (ValueError, OSError, EOFError, MemoryError, zipfile.BadZipFile) as error:
             if isinstance(error, FileNotFoundError):
                 raise
@@ -144,17 +183,7 @@ class Encoded:
             raise ValueError(f"{path}: not an .npz file that Encoded.save wrote ({why})") from error
         try:
             meta = _read_meta(parts)
-            as_kind = (lambda a: a) if meta["kind"] == "numpy" else (lambda a: torch.from_numpy(a).to(device))
-            return cls(
-                format=format_from_dict(meta["format"]),
-                shape=meta["shape"],
-                axis=meta["axis"],
-                elements=as_kind(parts["elements"]),
-                scales=as_kind(parts["scales"]),
-                subscales=as_kind(parts["subscales"]) if "subscales" in parts else None,
-                tensor_scale=meta["tensor_scale"],
-                kind=meta["kind"],
-            )
+            return _from_arrays(cls, format_from_dict(meta["format"]), meta, parts, "", device)
         except (ValueError, TypeError, RecursionError) as error:
             raise ValueError(f"{path}: {error}") from error
 
@@ -162,13 +191,67 @@ class Encoded:
         if not isinstance(other, Encoded):
             return NotImplemented
         def same(a: Any, b: Any) -> bool:
+            if isinstance(a, Encoded) or isinstance(b, Encoded):
+                return a == b
             return (a is None) == (b is None) and (a is None or np.array_equal(_to_numpy(a), _to_numpy(b)))
 
         return (self.format == other.format and self.shape == other.shape and self.axis == other.axis
-                and same(self.elements, other.elements) and same(self.scales, other.scales)
-                and same(self.subscales, other.subscales) and self.tensor_scale == other.tensor_scale)
+                and all(same(getattr(self, name), getattr(other, name)) for name in PART_NAMES)
+                and self.tensor_scale == other.tensor_scale and self.scale_offset == other.scale_offset)
 
     __hash__ = None  # mutable payload
+
+
+#: The array parts of an Encoded, as save names them (a double-quantized
+#: format's second level is saved under "scales.").
+PART_NAMES = ("elements", "scales", "subscales", "zero_points")
+
+
+def _arrays(encoded: Encoded, prefix: str) -> dict[str, np.ndarray]:
+    """The numpy arrays of an Encoded's parts, named with ``prefix``; a second level's under "scales."."""
+    out = {}
+    for name in PART_NAMES:
+        part = getattr(encoded, name)
+        if isinstance(part, Encoded):
+            out.update(_arrays(part, f"{prefix}{name}."))
+        elif part is not None:
+            out[prefix + name] = _to_numpy(part)
+    return out
+
+
+def _meta(encoded: Encoded) -> dict[str, Any]:
+    """An Encoded's layout and floats as JSON; a second level's under "scales"."""
+    record = {"shape": list(encoded.shape), "axis": list(encoded.axis) if isinstance(encoded.axis, tuple)
+              else encoded.axis, "kind": encoded.kind,
+              "tensor_scale": None if encoded.tensor_scale is None else float(encoded.tensor_scale)}
+    if encoded.scale_offset is not None:
+        record["scale_offset"] = float(encoded.scale_offset)
+        record["scales"] = _meta(encoded.scales)
+    return record
+
+
+def _from_arrays(cls: type, fmt: Any, meta: dict[str, Any], parts: dict[str, np.ndarray], prefix: str,
+                 device: Any) -> Encoded:
+    """The Encoded that :func:`_arrays` and :func:`_meta` wrote, validated."""
+    as_kind = (lambda a: a) if meta["kind"] == "numpy" else (lambda a: torch.from_numpy(a).to(device))
+    second = getattr(fmt, "double_quant", None)
+    if second is not None:
+        if not isinstance(meta.get("scales"), dict):
+            raise ValueError(f"{fmt.name} double-quantizes its scales; meta has no record of them")
+        scales = _from_arrays(cls, second, _checked_meta(meta["scales"]), parts, prefix + "scales.", device)
+    else:
+        scales = as_kind(_part(parts, prefix + "scales"))
+    optional = {name: as_kind(parts[prefix + name]) if prefix + name in parts else None
+                for name in ("subscales", "zero_points")}
+    return cls(format=fmt, shape=meta["shape"], axis=meta["axis"], elements=as_kind(_part(parts, prefix + "elements")),
+               scales=scales, tensor_scale=meta["tensor_scale"], kind=meta["kind"],
+               scale_offset=meta.get("scale_offset"), **optional)
+
+
+def _part(parts: dict[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in parts:
+        raise ValueError(f"the file has no {name!r} array")
+    return parts[name]
 
 
 def _packed_bytes(count: int, bits: int) -> int:
@@ -226,9 +309,8 @@ def _check_tensor_scale(fmt: Any, tensor_scale: Any) -> None:
 
 def _read_meta(parts: dict[str, np.ndarray]) -> dict[str, Any]:
     """The meta record of a saved Encoded, its keys checked."""
-    for name in ("meta", "elements", "scales"):
-        if name not in parts:
-            raise ValueError(f"the file has no {name!r} array")
+    if "meta" not in parts:
+        raise ValueError("the file has no 'meta' array")
     meta = parts["meta"]
     if meta.shape != () or meta.dtype.kind != "U":
         raise ValueError("meta must be a JSON string")
@@ -236,13 +318,20 @@ def _read_meta(parts: dict[str, np.ndarray]) -> dict[str, Any]:
         record = json.loads(str(meta))
     except ValueError as error:  # JSONDecodeError, or an int of too many digits
         raise ValueError(f"meta is not JSON that Encoded.save writes ({error})") from error
-    keys = {"format", "shape", "axis", "tensor_scale", "kind"}
+    if not isinstance(record, dict) or "format" not in record:
+        raise ValueError("meta must be a JSON object with the key format")
+    return _checked_meta(record)
+
+
+def _checked_meta(record: Any) -> dict[str, Any]:
+    """A layout record (shape, axis, kind, tensor_scale), its keys and their types checked."""
+    keys = {"shape", "axis", "tensor_scale", "kind"}
     if not isinstance(record, dict) or not keys <= record.keys():
         raise ValueError(f"meta must be a JSON object with the keys {', '.join(sorted(keys))}")
     if not isinstance(record["shape"], list):
-        raise ValueError(f"shape must be a list of ints, got {record['shape']!r}")
+        raise ValueError(f"shape must be a list of ints, got {record['shape']!r:.100}")
     if record["kind"] not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {record['kind']!r}")
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {record['kind']!r:.100}")
     return record
 
 

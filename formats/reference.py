@@ -19,7 +19,7 @@ import torch
 
 from . import chunks
 from .arrays import as_codes, cast_exactly, code_dtype
-from .blocking import BlockCodes, BlockLayout
+from .blocking import BlockCodes, Layout
 from .chunks import chunk_slices, exact
 from .encoded import Encoded
 from .matmul import reference_matmul
@@ -70,36 +70,47 @@ class ElementReference:
         return out.reshape(c.shape)
 
 
-def rows_per_chunk(fmt: Any) -> int:
-    """Whole blocks per chunk, a multiple of 8 blocks so that every chunk's
-    packed codes end on a byte boundary and chunks pack independently."""
-    return max(8, chunks.CHUNK_ELEMENTS // fmt.block_size // 8 * 8)
+def rows_per_chunk(block: int) -> int:
+    """Whole blocks of ``block`` elements per chunk, a multiple of 8 blocks so
+    that every chunk's packed codes end on a byte boundary and chunks pack
+    independently."""
+    return max(8, chunks.CHUNK_ELEMENTS // block // 8 * 8)
 
 
-def block_chunks(fmt: Any, t: torch.Tensor, layout: BlockLayout, policy: Policy,
+def block_chunks(fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
                  tensor_scale: float | None) -> Iterator[tuple[slice, BlockCodes]]:
     """Chunks of whole blocks of t: (row slice, their BlockCodes)."""
-    rows = layout.to_blocks(t).reshape(-1, fmt.block_size)
-    for part in chunk_slices(rows.shape[0], rows_per_chunk(fmt)):
+    rows = layout.to_blocks(t).reshape(-1, layout.block)
+    for part in chunk_slices(rows.shape[0], rows_per_chunk(layout.block)):
         blocks = exact(rows[part], policy.flush_subnormals)
-        rounder = Rounder(policy.rounding, torch.signbit(blocks), policy.key, part.start * fmt.block_size)
+        rounder = Rounder(policy.rounding, torch.signbit(blocks), policy.key, part.start * layout.block)
         yield part, fmt.encode_blocks_exact(blocks, rounder, policy.scale_rule, tensor_scale)
 
 
-def block_codes(fmt: Any, part: slice, packed_elements: torch.Tensor | None, scales: torch.Tensor,
-                packed_subscales: torch.Tensor | None, tensor_scale: float | None) -> BlockCodes:
-    """The unpacked codes of a chunk of whole blocks (element codes only
-    when ``packed_elements`` is given)."""
+def block_codes(fmt: Any, block: int, part: slice, packed_elements: torch.Tensor | None, scales: torch.Tensor,
+                packed_subscales: torch.Tensor | None, tensor_scale: float | None,
+                zero_points: torch.Tensor | None = None) -> BlockCodes:
+    """The unpacked codes of a chunk of whole blocks of ``block`` elements
+    (element codes only when ``packed_elements`` is given; zero points
+    packed as the elements are). Floating-point
+    ``scales`` are the blocks' scale values (double quantization), not codes."""
     n = part.stop - part.start
     elements = subscales = None
     if packed_elements is not None:
-        elements = unpack(_packed_rows(packed_elements, part, fmt.block_size * fmt.element_code_bits),
-                          fmt.element_code_bits, n * fmt.block_size).to(torch.int64).reshape(n, fmt.block_size)
+        elements = unpack(_packed_rows(packed_elements, part, block * fmt.element_code_bits),
+                          fmt.element_code_bits, n * block).to(torch.int64).reshape(n, block)
     if packed_subscales is not None:
         per_block = fmt.subscales_per_block
         subscales = unpack(_packed_rows(packed_subscales, part, per_block * fmt.subscale_code_bits),
                            fmt.subscale_code_bits, n * per_block).to(torch.int64).reshape(n, per_block)
-    return BlockCodes(elements, scales[part].to(torch.int64), subscales, tensor_scale)
+    zeros = None
+    if zero_points is not None:
+        bits = fmt.zero_point_code_bits
+        zeros = unpack(_packed_rows(zero_points, part, bits), bits, n).to(torch.int64)
+    if scales.is_floating_point():
+        values = scales[part].to(torch.float64)
+        return BlockCodes(elements, torch.zeros_like(values, dtype=torch.int64), subscales, tensor_scale, zeros, values)
+    return BlockCodes(elements, scales[part].to(torch.int64), subscales, tensor_scale, zeros)
 
 
 def _packed_rows(packed: torch.Tensor, rows: slice, bits_per_row: int) -> torch.Tensor:
@@ -114,9 +125,11 @@ class ScaledReference:
     def tensor_scale(self, fmt: Any, t: torch.Tensor, policy: Policy) -> float | None:
         return fmt.tensor_scale_exact(t, policy.flush_subnormals)
 
-    def quantize(self, fmt: Any, t: torch.Tensor, layout: BlockLayout, policy: Policy,
+    def quantize(self, fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
                  tensor_scale: float | None) -> tuple[torch.Tensor, bool]:
-        out = torch.empty((layout.nrows, fmt.block_size), dtype=t.dtype, device=t.device)
+        if fmt.double_quant is not None:  # the second level needs every block's scale first
+            return self._quantize_through_codes(fmt, t, layout, policy, tensor_scale)
+        out = torch.empty((layout.nrows, layout.block), dtype=t.dtype, device=t.device)
         for part, codes in block_chunks(fmt, t, layout, policy, tensor_scale):
             values, fits = cast_exactly(fmt.decode_blocks_exact(codes), t.dtype)
             if not fits:
@@ -124,14 +137,27 @@ class ScaledReference:
             out[part] = values
         return layout.from_blocks(out), True
 
-    def encode(self, fmt: Any, t: torch.Tensor, layout: BlockLayout, policy: Policy,
-               tensor_scale: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        elements, scales, subscales = [], [], []
+    def _quantize_through_codes(self, fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
+                                tensor_scale: float | None) -> tuple[torch.Tensor, bool]:
+        """quantize as decode of encode, whole (for formats whose scales are encoded over the whole tensor)."""
+        elements, scales, _, zero_points = self.encode(fmt, t, layout, policy, tensor_scale)
+        encoded_scales, offset = fmt._encode_scales(scales)
+        values = fmt.decode(Encoded(fmt, layout.shape, layout.axis, elements, encoded_scales,
+                                    zero_points=zero_points, scale_offset=offset), dtype=torch.float64,
+                            backend="reference")
+        return cast_exactly(values, t.dtype)
+
+    def encode(self, fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
+               tensor_scale: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                    torch.Tensor | None]:
+        elements, scales, subscales, zero_points = [], [], [], []
         for _, codes in block_chunks(fmt, t, layout, policy, tensor_scale):
             elements.append(pack(codes.elements, fmt.element_code_bits))
             scales.append(codes.scales.to(code_dtype(fmt.scale_code_bits)))
             if codes.subscales is not None:
                 subscales.append(pack(codes.subscales, fmt.subscale_code_bits))
+            if codes.zero_points is not None:
+                zero_points.append(pack(codes.zero_points, fmt.zero_point_code_bits))
         device = t.device
         scale_codes = torch.cat(scales) if scales else torch.empty(0, dtype=code_dtype(fmt.scale_code_bits),
                                                                     device=device)
@@ -139,14 +165,18 @@ class ScaledReference:
         shifts = None
         if fmt.subscales_per_block:  # an empty input has empty shifts, as the kernels give
             shifts = torch.cat(subscales) if subscales else torch.empty(0, dtype=torch.uint8, device=device)
-        return packed, scale_codes.reshape(layout.blocked_shape[:-1]), shifts
+        zeros = None
+        if fmt.zero_point:
+            zeros = torch.cat(zero_points) if zero_points else torch.empty(0, dtype=torch.uint8, device=device)
+        return packed, scale_codes.reshape(layout.scales_shape), shifts, zeros
 
-    def decode(self, fmt: Any, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor,
-               subscales: torch.Tensor | None, tensor_scale: float | None, dtype: torch.dtype) -> torch.Tensor:
-        out = torch.empty((layout.nrows, fmt.block_size), dtype=dtype, device=elements.device)
+    def decode(self, fmt: Any, layout: Layout, elements: torch.Tensor, scales: torch.Tensor,
+               subscales: torch.Tensor | None, tensor_scale: float | None, dtype: torch.dtype,
+               zero_points: torch.Tensor | None = None) -> torch.Tensor:
+        out = torch.empty((layout.nrows, layout.block), dtype=dtype, device=elements.device)
         scales = scales.reshape(-1)
-        for part in chunk_slices(layout.nrows, rows_per_chunk(fmt)):
-            codes = block_codes(fmt, part, elements, scales, subscales, tensor_scale)
+        for part in chunk_slices(layout.nrows, rows_per_chunk(layout.block)):
+            codes = block_codes(fmt, layout.block, part, elements, scales, subscales, tensor_scale, zero_points)
             out[part] = fmt.decode_blocks_exact(codes).to(out.dtype)
         return layout.from_blocks(out)
 

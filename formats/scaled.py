@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
+import numpy as np
 import torch
 
 from . import backends
 from .arrays import as_tensor, as_torch, decoded_in, float_dtype
 from .backends import Policy
 from .base import Grid, check_axis
-from .blocking import BlockCodes, BlockLayout
+from .blocking import BlockCodes, BlockLayout, Layout
 from .chunks import chunk_slices, exact
 from .encoded import Encoded
 from .reference import block_codes, rows_per_chunk
@@ -34,6 +37,9 @@ class ScaledFormat:
     subscale_code_bits: int = 0
     subscales_per_block: int = 0
     tensor_scale: bool = False  # whether a per-tensor scale divides first (NVFP4's second level)
+    zero_point: bool = False  # whether each block has an integer zero point
+    zero_point_code_bits: int = 0
+    double_quant: Any = None  # the format the scales are encoded in (QLoRA's double quantization), or None
 
     def encode_blocks_exact(self, blocks: torch.Tensor, rounder: Rounder, scale_rule: str | None,
                             tensor_scale: float | None) -> BlockCodes:
@@ -64,7 +70,7 @@ class ScaledFormat:
         code up to the largest present is risky, or else none present is."""
         if self.max * (tensor_scale or 1.0) <= limit or not scales.numel():
             return False
-        if self.scale_code_bits > 16:  # no table of every code: read the values
+        if self.scale_code_bits > 16 or scales.is_floating_point():  # no table of every code: read the values
             return True
         risky = self.largest_per_scale_code.to(scales.device) * (tensor_scale or 1.0) > limit
         top = int((scales if scales.dtype == torch.uint8 else scales.to(torch.int64)).max())  # no uint16 max
@@ -80,12 +86,16 @@ class ScaledFormat:
     def __str__(self) -> str:
         return self.name
 
+    def layout(self, shape: tuple[int, ...], axis: Any) -> Layout:
+        """Where the blocks of a tensor of ``shape`` blocked along ``axis`` lie."""
+        return BlockLayout(tuple(shape), check_axis(axis, len(shape)), self.block_size)
+
     def _call(self, x: Any, operation: str, axis: int, rounding: str, scale_rule: str | None, seed: Any,
               generator: Any, flush_subnormals: bool, backend: str | None):
         """The input tensor, its kind, its block layout, the checked policy,
         the backend that runs ``operation`` and the per-tensor scale it computes."""
         t, kind = as_tensor(x)
-        layout = BlockLayout(tuple(t.shape), check_axis(axis, t.dim()), self.block_size)
+        layout = self.layout(tuple(t.shape), axis)
         policy = Policy(rounding=rounding, scale_rule=self._resolve_rule(scale_rule),
                         key=stochastic_key(rounding, seed, generator), flush_subnormals=flush_subnormals)
         chosen = backends.resolve(backend, t.device.type, self, operation, policy)
@@ -112,17 +122,38 @@ class ScaledFormat:
         one scale code per block (see :class:`Encoded` for the layout)."""
         t, kind, layout, policy, chosen, ts = self._call(x, "encode", axis, rounding, scale_rule, seed, generator,
                                                          flush_subnormals, backend)
-        elements, scale_codes, subscales = chosen.scaled.encode(self, t, layout, policy, ts)
+        elements, scale_codes, subscales, zero_points = chosen.scaled.encode(self, t, layout, policy, ts)
+        scales, scale_offset = kind.give_back(scale_codes), None
+        if self.double_quant is not None:
+            scales, scale_offset = self._encode_scales(scale_codes, kind.give_back)
         return Encoded(
             format=self,
             shape=layout.shape,
             axis=layout.axis,
             elements=kind.give_back(elements),
-            scales=kind.give_back(scale_codes),
+            scales=scales,
             subscales=kind.give_back(subscales) if subscales is not None else None,
             tensor_scale=ts,
             kind="torch" if kind.kind == "torch" else "numpy",
+            zero_points=kind.give_back(zero_points) if zero_points is not None else None,
+            scale_offset=scale_offset,
         )
+
+    def _encode_scales(self, scale_codes: torch.Tensor, give_back: Any = None) -> tuple[Encoded, float]:
+        """Double quantization's second level: the first-level scales (in
+        block order) less offset = float32(mean of the finite ones, summed
+        exactly), encoded in ``double_quant`` along their one axis (as numpy
+        when ``give_back`` turns the tensor into numpy); and the offset."""
+        values = self.scale.decode_exact(scale_codes.reshape(-1).to(torch.int64))
+        finite = values[torch.isfinite(values)]
+        offset = float(np.float32(math.fsum(finite.tolist()) / finite.numel())) if finite.numel() else 0.0
+        second = values - offset
+        return self.double_quant.encode(give_back(second) if give_back else second, axis=0), offset
+
+    def _decoded_scales(self, encoded: Encoded) -> torch.Tensor:
+        """Double quantization: each block's scale, float32(second level's float32 value + offset)."""
+        second = as_torch(encoded.scales.decode())
+        return (second + torch.tensor(encoded.scale_offset, dtype=torch.float32)).reshape(-1)
 
     def grid(self, x: Any, *, axis: int = -1, scale_rule: str | None = None,
              flush_subnormals: bool = False, backend: str | None = None) -> Grid:
@@ -134,15 +165,17 @@ class ScaledFormat:
         analysis (errors in ulps, clamping), not rounding. ``backend``
         computes the scales, as in :meth:`encode`."""
         t, kind = as_tensor(x)
-        layout = BlockLayout(tuple(t.shape), check_axis(axis, t.dim()), self.block_size)
+        layout = self.layout(tuple(t.shape), axis)
         encoded = self.encode(t, axis=axis, scale_rule=scale_rule, flush_subnormals=flush_subnormals,
                               backend=backend)
-        scales = encoded.scales.reshape(-1)
-        rows = layout.to_blocks(t).reshape(-1, self.block_size)
-        ulp = torch.empty((layout.nrows, self.block_size), dtype=torch.float64, device=t.device)
+        scales = self._decoded_scales(encoded) if self.double_quant else encoded.scales.reshape(-1)
+        zero_points = None if encoded.zero_points is None else as_torch(encoded.zero_points)
+        rows = layout.to_blocks(t).reshape(-1, layout.block)
+        ulp = torch.empty((layout.nrows, layout.block), dtype=torch.float64, device=t.device)
         largest = torch.empty_like(ulp)
-        for part in chunk_slices(layout.nrows, rows_per_chunk(self)):
-            codes = block_codes(self, part, None, scales, encoded.subscales, encoded.tensor_scale)
+        for part in chunk_slices(layout.nrows, rows_per_chunk(layout.block)):
+            codes = block_codes(self, layout.block, part, None, scales, encoded.subscales, encoded.tensor_scale,
+                                zero_points)
             ulp[part], largest[part] = self.grid_blocks_exact(exact(rows[part], flush_subnormals), codes)
         return Grid(kind.give_back(layout.from_blocks(ulp)), kind.give_back(layout.from_blocks(largest)))
 
@@ -156,12 +189,13 @@ class ScaledFormat:
         if encoded.format != self:
             raise ValueError(f"this Encoded holds {encoded.format.name}, not {self.name}")
         encoded.validate()
-        layout = BlockLayout(tuple(encoded.shape), check_axis(encoded.axis, len(encoded.shape)), self.block_size)
+        layout = self.layout(tuple(encoded.shape), encoded.axis)
         packed_elements = as_torch(encoded.elements)
         packed_subscales = None if encoded.subscales is None else as_torch(encoded.subscales)
-        scales = as_torch(encoded.scales).reshape(-1)
+        zero_points = None if encoded.zero_points is None else as_torch(encoded.zero_points)
+        scales = self._decoded_scales(encoded) if self.double_quant else as_torch(encoded.scales).reshape(-1)
         chosen = backends.resolve(backend, packed_elements.device.type, self, "decode")
         values = decoded_in(float_dtype(dtype), lambda to: chosen.scaled.decode(
-            self, layout, packed_elements, scales, packed_subscales, encoded.tensor_scale, to),
+            self, layout, packed_elements, scales, packed_subscales, encoded.tensor_scale, to, zero_points),
             lambda limit: self._may_exceed(limit, scales, encoded.tensor_scale), self.name)
         return values.cpu().numpy() if encoded.kind == "numpy" else values

@@ -96,7 +96,7 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: floa
 
 def encode(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None):
     """(packed element codes, scale codes in the blocked shape, packed
-    sub-block shifts or None) as CPU tensors."""
+    sub-block shifts or None, zero points: None) as CPU tensors."""
     nrows = layout.nrows
     fast = _fast_path(fmt, t, layout, policy, ts)
     elements = _packed(fast is not None, nrows, fmt.block_size, fmt.element_code_bits)
@@ -120,7 +120,7 @@ def encode(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float 
         x, nblocks, mode, key64, half, tiny = _common(t, layout, policy)
         microexponent_kernels.encode_microexponent(x, elements.numpy(), scales.numpy(), subscales.numpy(), nblocks,
                                                    microexponent_params(fmt), mode, key64, half, tiny)
-    return elements, scales.reshape(layout.blocked_shape[:-1]), subscales if fmt.subscales_per_block else None
+    return elements, scales.reshape(layout.scales_shape), subscales if fmt.subscales_per_block else None, None
 
 
 def _packed(fast: bool, nrows: int, per_row: int, bits: int) -> torch.Tensor:
@@ -134,7 +134,7 @@ def _packed(fast: bool, nrows: int, per_row: int, bits: int) -> torch.Tensor:
 
 
 def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
-           ts: float | None, dtype: torch.dtype) -> torch.Tensor:
+           ts: float | None, dtype: torch.dtype, zero_points: torch.Tensor | None = None) -> torch.Tensor:
     """The values in the layout's true shape."""
     out = new_tensor(layout.shape, dtype)
     packed, scale_codes = elements.contiguous().numpy(), scales.reshape(-1).contiguous().numpy()

@@ -101,7 +101,7 @@ class ScaledOps:
         return out, not bool(inexact)
 
     def encode(self, fmt, t: torch.Tensor, layout, policy: Policy, ts: float | None):
-        """(packed element codes, scale codes in the blocked shape, packed sub-block shifts or None)."""
+        """(packed element codes, scale codes in the blocked shape, packed sub-block shifts or None, zero points: None)."""
         arguments = (t, layout.axis, *self._arguments(fmt, policy.scale_rule, ts), *_block_policy(t, policy))
         if isinstance(fmt, BlockFormat):
             elements, scales = self.ops.block_encode(*arguments)
@@ -109,11 +109,11 @@ class ScaledOps:
         else:
             elements, scales, subscales = self.ops.microexponent_encode(*arguments)
             subscales = subscales if fmt.subscales_per_block else None
-        scales = scales.to(code_dtype(fmt.scale_code_bits)).reshape(layout.blocked_shape[:-1])
-        return elements, scales, subscales
+        scales = scales.to(code_dtype(fmt.scale_code_bits)).reshape(layout.scales_shape)
+        return elements, scales, subscales, None
 
     def decode(self, fmt, layout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
-               ts: float | None, dtype: torch.dtype) -> torch.Tensor:
+               ts: float | None, dtype: torch.dtype, zero_points: torch.Tensor | None = None) -> torch.Tensor:
         """The values in the layout's true shape."""
         rule = fmt.scale_rule if isinstance(fmt, BlockFormat) else None
         arguments = (list(layout.shape), layout.axis, *self._arguments(fmt, rule, ts), dtype)
