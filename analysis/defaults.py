@@ -1,15 +1,27 @@
 """What an error report compares unless told otherwise (kept apart from the
 report so the command line can show them without loading matplotlib)."""
 
-from .data import DISTRIBUTIONS
+from .data import DISTRIBUTIONS, LLM_CHANNELS
 
 #: The OCP 8/6/4-bit element formats and INT8/INT4 (scaled per tensor),
-#: every OCP MX format, NVFP4, and the microexponent formats.
+#: every OCP MX format, NVFP4, the microexponent formats, and the scaling
+#: schemes of weight and activation quantizers: INT4 in groups of 128 with
+#: fp16 scales, symmetric and with zero points (GPTQ, AWQ), FP8 with one
+#: fp32 scale per row (per token or channel) and per 128 x 128 tile
+#: (DeepSeek-V3's weights).
 DEFAULT_FORMATS = (
     "fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "int8", "int4",
     "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4",
     "mx9", "mx6", "mx4",
+    "int4_g128", "int4_g128_asym", "fp8_e4m3_rowwise", "fp8_e4m3_b128x128",
 )
+#: Every scale rule a report can sweep; each applies to the block formats
+#: that take it (see :func:`lowbit.analysis.settings.takes_scale_rule`):
+#: the power-of-two rules to MX formats, 4over6 to NVFP4, mse to every block format.
+SCALE_RULES = ("floor", "ceil", "rceil", "even", "4over6", "mse")
+#: Each format's own rule, and NVFP4 again with "four over six" (a second
+#: setting of the formats that take it; the others keep one).
+DEFAULT_SCALE_RULES = (None, "4over6")
 #: Every built-in distribution.
 DEFAULT_DATA = tuple(DISTRIBUTIONS)
 #: Elements per data set.
@@ -17,3 +29,6 @@ DEFAULT_SIZE = 1 << 16
 #: The most elements per data set ``lowbit report --size`` takes: a sweep
 #: holds several float64 arrays of each data set's size at once.
 MAX_SIZE = 1 << 27
+#: The row length 1-D data sets are laid out in for whole-axis (rowwise)
+#: and tiled formats: that of llm_activations, tokens of 1024 channels.
+ROW_WIDTH = LLM_CHANNELS

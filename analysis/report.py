@@ -4,11 +4,21 @@ and PNG figures beside them.
 
 The report holds no timestamps or machine facts: the same arguments give
 the same ``report.md`` and ``results.csv``, byte for byte.
+
+Scaled formats block along each tensor's last axis. Whole-axis (rowwise)
+and tiled formats need rows, which the 1-D distributions do not have: the
+report lays 1-D data out as rows of :data:`~lowbit.analysis.defaults.ROW_WIDTH`
+(1024) values for them (the last row zero-padded, the padding measured
+nowhere; see :class:`~lowbit.analysis.settings.Setting`), as
+``llm_activations`` holds tokens of 1024 channels, and says so in the
+report. A whole-axis format's bits count its one scale per row over the
+row's length, per data set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pathlib
 import secrets
@@ -24,10 +34,10 @@ from lowbit.formats import BlockFormat, ElementFormat, ScaledFormat, get_format
 
 from . import plots
 from .data import DISTRIBUTIONS, dataset
-from .defaults import DEFAULT_DATA, DEFAULT_FORMATS, DEFAULT_SIZE
+from .defaults import DEFAULT_DATA, DEFAULT_FORMATS, DEFAULT_SCALE_RULES, DEFAULT_SIZE, ROW_WIDTH
 from .models import minilm_tensors, model_weights
-from .settings import Setting
-from .sweep import markdown_table, measure, pivot, record, settings_grid, sweep, write_csv
+from .settings import Setting, needs_rows, takes_scale_rule
+from .sweep import markdown_table, measure, pivot, record, sweep, write_csv
 
 TABLE_COLUMNS = ("data", "label", "bits", "sqnr_db", "mse", "mean_rel_error", "max_ulp_error", "mean_ulp_error",
                  "bias", "overflow_fraction", "underflow_fraction")
@@ -41,8 +51,12 @@ DEFINITIONS = """\
   scaled formats); round to nearest keeps it ≤ 0.5 except where values were clamped.
 - **overflow**: fraction of values beyond the largest magnitude of their grid (clamped);
   **underflow**: fraction of nonzero values that became zero.
-- **bits**: storage per element, block scales included (MXFP4: 4 + 8/32 = 4.25). Element formats
-  are scaled per tensor by amax / max first (one 32-bit scale per tensor, not counted).
+- **bits**: storage per element, block scales included (MXFP4: 4 + 8/32 = 4.25; zero points too:
+  int4_g128_asym is 4 + (16 + 4)/128). Element formats are scaled per tensor by amax / max first
+  (one 32-bit scale per tensor, not counted). Whole-axis (rowwise) formats: one scale per row of the
+  data set, so 8 + 32/1024 for fp8_e4m3_rowwise on rows of 1024; tiles count whole tiles.
+- **rule=R** in a label: the setting's scale rule where it is not the format's own (4over6: each NVFP4
+  block keeps the scale that maps its amax to 6 or to 4, whichever gives less squared error).
 """
 
 
@@ -58,7 +72,8 @@ REPORT_FILES = frozenset({
 
 def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT_FORMATS,
                  data: Sequence[str] = DEFAULT_DATA, size: int = DEFAULT_SIZE, seed: int = 0,
-                 roundings: Sequence[str] = ("nearest_even",), scale_rules: Sequence[str | None] = (None,),
+                 roundings: Sequence[str] = ("nearest_even",),
+                 scale_rules: Sequence[str | None] = DEFAULT_SCALE_RULES,
                  model: Any = None, progress: bool | TextIO = False) -> pathlib.Path:
     """Write the report into the folder ``out_dir`` and give back the path
     of its ``report.md``.
@@ -66,8 +81,11 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
     ``formats``: names or format objects. ``data``: names of built-in
     distributions (:data:`lowbit.analysis.data.DISTRIBUTIONS`), ``size``
     elements each, drawn from ``seed``, or paths of tensors saved as
-    ``.npy`` or ``.pt`` (blocked along their last axis). ``roundings`` and
-    ``scale_rules`` (MX formats) multiply the settings. ``model``: None, ``"minilm"`` (its
+    ``.npy`` or ``.pt`` (blocked along their last axis; 1-D data as rows of
+    :data:`ROW_WIDTH` for whole-axis and tiled formats). ``roundings``
+    multiply the settings; so do ``scale_rules`` (None: each format's own),
+    each for the block formats that take it (see :func:`report_settings`;
+    the default adds NVFP4 with ``"4over6"``). ``model``: None, ``"minilm"`` (its
     Linear weights and the activations it records on built-in sentences),
     or an ``nn.Module``, a state_dict, or a path to a saved state_dict (its
     weights): adds a per-layer section.
@@ -114,8 +132,53 @@ def check_out_dir(out_dir: str | os.PathLike, what: str = "out_dir") -> None:
 
 #: The largest block a report takes: its error curve of a scaled format
 #: holds a few thousand blocks at once (about 90 KB of memory per element
-#: of a block).
+#: of a block). Whole-axis and tiled formats are exempt: their curves are
+#: drawn with blocks of :data:`CURVE_BLOCK` (see :func:`curve_format`).
 MAX_REPORT_BLOCK = 4096
+#: The block length the error curve of a whole-axis or tiled format is drawn with.
+CURVE_BLOCK = 32
+
+
+def report_settings(formats: Sequence[Any], roundings: Sequence[str] = ("nearest_even",),
+                    scale_rules: Sequence[str | None] = DEFAULT_SCALE_RULES) -> list[Setting]:
+    """Every format x rounding x scale rule the format takes
+    (:func:`~lowbit.analysis.settings.takes_scale_rule`): a rule other than
+    None applies to the block formats that take it, and a format that takes
+    none of the rules gets one setting with its own. Element formats are
+    scaled per tensor (absmax); whole-axis and tiled formats get 1-D data as
+    rows of :data:`ROW_WIDTH`."""
+    settings = []
+    for fmt in map(get_format, formats):
+        rules = [rule for rule in scale_rules if takes_scale_rule(fmt, rule)] or [None]
+        scaling = "absmax" if isinstance(fmt, ElementFormat) else "none"
+        width = ROW_WIDTH if needs_rows(fmt) else None
+        settings += [Setting(fmt, rounding=rounding, scale_rule=rule, tensor_scaling=scaling, row_width=width)
+                     for rounding in roundings for rule in rules]
+    return settings
+
+
+def curve_format(fmt: Any) -> Any:
+    """The format whose error curve (an element x beside a block maximum of
+    1.0, every other element zero) is drawn for ``fmt``: ``fmt`` itself,
+    except that a whole-axis or tiled block format is drawn as blocks of
+    :data:`CURVE_BLOCK` along one axis with the same element, scale, rule,
+    zero point and second level. Its curve is the same: a block's scale and
+    zero point depend on its largest magnitude and its range, which zeros do
+    not change, and a searched scale on the error, to which zeros add none."""
+    if isinstance(fmt, BlockFormat) and needs_rows(fmt):
+        return dataclasses.replace(fmt, block_size=CURVE_BLOCK, block_shape=None)
+    return fmt
+
+
+def measured_bits(records: list[dict[str, Any]], settings: Sequence[Setting],
+                  data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The records of :func:`~lowbit.analysis.sweep.measure` over ``data``
+    and ``settings`` (in its order) with each one's bits on its own data
+    (:meth:`Setting.bits_on`: a whole-axis format's scale per row of that data set)."""
+    pairs = [(name, setting) for name in data for setting in settings]
+    for r, (name, setting) in zip(records, pairs, strict=True):
+        r["bits"] = setting.bits_on(np.shape(data[name]))
+    return records
 
 
 @dataclass(frozen=True)
@@ -145,7 +208,8 @@ class ReportPlan:
 
     def _write_into(self, out: pathlib.Path, progress: bool | TextIO) -> None:
         """Every file of the report, written into the existing folder ``out``."""
-        records = sweep(self.datasets, self.settings, progress=progress)
+        records = measured_bits(sweep(self.datasets, self.settings, progress=progress), self.settings,
+                                self.datasets)
         write_csv(records, out / "results.csv")
         command = _command(self.formats, self.data, self.size, self.seed, self.roundings, self.scale_rules,
                            self.model)
@@ -154,13 +218,16 @@ class ReportPlan:
               f"Data: {_describe(self.datasets, self.size, self.seed)}. "
               f"Settings: {len(settings)} ({', '.join(s.label for s in settings)}). "
               "Every metric of every run is in [results.csv](results.csv).\n"]
-        by_bits = sorted(range(len(settings)), key=lambda i: (settings[i].bits, i))
-        sqnr = pivot(records, "sqnr_db")
+        md += _layout_note(self.datasets, settings)
+        sqnr = _bits_ranges(pivot(records, "sqnr_db"), records)
+        by_bits = sorted(range(len(settings)), key=lambda i: (min(r["bits"] for r in records
+                                                                   if r["label"] == settings[i].label), i))
         md += ["## SQNR (dB) by format and data\n", "Higher is better; rows by storage bits per element.\n",
                markdown_table([sqnr[i] for i in by_bits], decimals=1)]
         md += ["## SQNR against storage cost\n",
                "Each panel is one data set; the dashed line is the Pareto front (no format has more SQNR at "
-               "fewer or equal bits).\n", _figure(plots.sqnr_vs_bits(records), out, "sqnr_vs_bits")]
+               "fewer or equal bits).\n", _figure(plots.sqnr_vs_bits(_with_formats(records, settings)), out,
+                                                   "sqnr_vs_bits")]
         md += _format_figures(self.formats, self.datasets, settings, out)
         md += ["## Every metric\n", markdown_table(records, TABLE_COLUMNS, digits=3)]
         if self.model_data is not None:
@@ -171,7 +238,7 @@ class ReportPlan:
 
 def plan_report(*, formats: Sequence[Any] = DEFAULT_FORMATS, data: Sequence[str] = DEFAULT_DATA,
                 size: int = DEFAULT_SIZE, seed: int = 0, roundings: Sequence[str] = ("nearest_even",),
-                scale_rules: Sequence[str | None] = (None,), model: Any = None) -> ReportPlan:
+                scale_rules: Sequence[str | None] = DEFAULT_SCALE_RULES, model: Any = None) -> ReportPlan:
     """Check the arguments of :func:`write_report` (ValueError or TypeError
     naming the one at fault) and load its data and model, measuring nothing."""
     fmts = [get_format(f) for f in formats]
@@ -185,14 +252,65 @@ def plan_report(*, formats: Sequence[Any] = DEFAULT_FORMATS, data: Sequence[str]
         if repeated:
             raise ValueError(f"{what} lists {', '.join(map(str, repeated))} more than once; give each once")
     for fmt in fmts:
-        if getattr(fmt, "block_size", 0) > MAX_REPORT_BLOCK:
+        if (getattr(curve_format(fmt), "block_size", 0) or 0) > MAX_REPORT_BLOCK:
             raise ValueError(f"formats: {fmt.name} has blocks of {fmt.block_size}; the report's error curves "
                              f"(one row per point) hold blocks of at most {MAX_REPORT_BLOCK} elements")
     datasets = {os.fspath(name): dataset(os.fspath(name), size, seed) for name in data}
-    settings = settings_grid(fmts, roundings, scale_rules)
+    settings = report_settings(fmts, roundings, scale_rules)
     model_data = _model_tensors(model) if model is not None else None
+    tensors = {name: x for name, x in datasets.items()}
+    for kind, named in (model_data or {}).items():
+        tensors.update({f"{kind} {name}": x for name, x in named.items()})
+    _check_layouts(settings, tensors)
     return ReportPlan(fmts, list(data), datasets, size, seed, list(roundings), list(scale_rules), settings, model,
                       model_data)
+
+
+def _check_layouts(settings: Sequence[Setting], tensors: Mapping[str, np.ndarray]) -> None:
+    """ValueError, before any work, where a block format cannot block a
+    tensor as the report lays it out (a whole-axis row longer than the
+    largest block, tiles on data of one dimension)."""
+    for setting in settings:
+        fmt = setting.format
+        if not isinstance(fmt, BlockFormat):
+            continue
+        for name, x in tensors.items():
+            try:
+                fmt.layout(setting.laid_out_shape(np.shape(x)), -1)
+            except ValueError as error:
+                raise ValueError(f"formats: {fmt.name} cannot block {name} (shape {np.shape(x)}): {error}") from None
+
+
+def _layout_note(datasets: Mapping[str, np.ndarray], settings: Sequence[Setting]) -> list[str]:
+    """A paragraph on how 1-D data sets are laid out for whole-axis and tiled formats, where that happens."""
+    laid_out = [s for s in settings if s.row_width is not None]
+    flat = [name for name, x in datasets.items() if np.ndim(x) == 1]
+    if not laid_out or not flat:
+        return []
+    names = ", ".join(dict.fromkeys(s.format.name for s in laid_out))
+    widths = ", ".join(map(str, sorted({s.row_width for s in laid_out})))
+    return [f"Whole-axis (rowwise) and tiled formats ({names}) scale rows and 2-D tiles, which 1-D data has "
+            f"not: they see each 1-D data set ({', '.join(flat)}) as rows of {widths} values in order (the last "
+            "row zero-padded; the padding is measured nowhere), as llm_activations holds tokens of 1024 "
+            "channels. Their scales are per row of 1024 values or per tile of rows; other formats block the "
+            "data as it is.\n"]
+
+
+def _bits_ranges(rows: list[dict[str, Any]], records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Pivoted rows whose bits differ between data sets (a whole-axis format
+    on rows of different lengths) show their range, "low to high"."""
+    for row in rows:
+        bits = sorted({r["bits"] for r in records if r["label"] == row["label"]})
+        if len(bits) > 1:
+            row["bits"] = f"{bits[0]} to {bits[-1]}"
+    return rows
+
+
+def _with_formats(records: Sequence[Mapping[str, Any]], settings: Sequence[Setting]) -> list[dict[str, Any]]:
+    """The records with the format objects in place of their names (a
+    format built in Python has a name get_format cannot read back)."""
+    formats = {s.label: s.format for s in settings}
+    return [{**r, "format": formats[r["label"]]} for r in records]
 
 
 @contextlib.contextmanager
@@ -263,7 +381,9 @@ def _format_figures(fmts, datasets, settings, out) -> list[str]:
     if scaled:
         md += ["## Small elements beside a large one\n",
                "A block holding 1.0 and x: how much precision x keeps as it shrinks relative to its block's "
-               "largest element.\n", _figure(plots.relative_error(scaled), out, "block_relative_error")]
+               "largest element (the other elements zero, which leaves the curve the same for any block "
+               "length: rows and tiles are drawn as blocks of 32).\n",
+               _figure(plots.relative_error([curve_format(f) for f in scaled]), out, "block_relative_error")]
     lowest = min(settings, key=lambda s: (not isinstance(s.format, ElementFormat), s.bits))
     md += [f"## The data against the grid of {lowest.label}\n",
            "Histograms of each data set with the values this setting can give them (red): where the data "
@@ -283,16 +403,20 @@ def _model_section(model_data: Mapping[str, Mapping[str, np.ndarray]], settings,
     md = ["## The model, layer by layer\n"]
     for kind, tensors in model_data.items():
         results = measure(dict(tensors), settings, progress=progress)
-        records = [record(name, setting, stats) for name, setting, stats in results]
+        records = [{**record(name, setting, stats), "bits": setting.bits_on(np.shape(tensors[name]))}
+                   for name, setting, stats in results]
         write_csv(records, out / f"model_{kind}.csv")
-        total = [record(f"all {kind}", setting, sum(stats for _, s, stats in results if s is setting))
-                 for setting in settings]
         count = sum(t.size for t in tensors.values())
+        total = [{**record(f"all {kind}", setting, sum(stats for _, s, stats in results if s is setting)),
+                  "bits": sum(setting.bits_on(np.shape(t)) * t.size for t in tensors.values()) / count}
+                 for setting in settings]
+        bits = {r["label"]: r["bits"] for r in total}  # the heat map's rows: each setting's bits over the model
         md += [f"### {kind.capitalize()}: {len(tensors)} tensors, {count} values\n",
                "Scaled formats block along each tensor's last axis (a Linear layer's input features). "
                f"Per-layer metrics: [model_{kind}.csv](model_{kind}.csv).\n",
                markdown_table(sorted(total, key=lambda r: r["bits"]), MODEL_COLUMNS, digits=4),
-               _figure(plots.layer_sensitivity(records, f"SQNR per layer: {kind}"), out, f"layer_sensitivity_{kind}")]
+               _figure(plots.layer_sensitivity([{**r, "bits": bits[r["label"]]} for r in records],
+                                               f"SQNR per layer: {kind}"), out, f"layer_sensitivity_{kind}")]
     return md
 
 
@@ -308,7 +432,7 @@ def _command(fmts, data, size, seed, roundings, scale_rules, model) -> str:
         words.append(f"--seed {seed}")
     if tuple(roundings) != ("nearest_even",):
         words.append("--rounding " + " ".join(roundings))
-    if tuple(scale_rules) != (None,):
+    if tuple(scale_rules) != DEFAULT_SCALE_RULES:
         words.append("--scale-rule " + " ".join(r or "default" for r in scale_rules))
     if isinstance(model, str | os.PathLike):
         words.append(f"--model {os.fspath(model)}")

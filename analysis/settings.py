@@ -10,10 +10,28 @@ quantization does. x / s and q * s are formed in float64 (one rounding each,
 2**-53 relative, far below any format's step). ``"none"`` quantizes the raw
 values. Scaled formats (MX, NVFP4, microexponents) carry their own scales
 and take ``"none"`` only.
+
+``scale_rule`` picks a block format's scale rule (``None``: the format's
+own); a rule applies to the block formats that take it
+(:func:`takes_scale_rule`): the power-of-two rules to E8M0-scaled (MX)
+formats, ``"4over6"`` to E2M1 elements with mantissa scales (NVFP4),
+``"mse"`` to every block format.
+
+Whole-axis formats (``block_size=None``: one scale per row, "rowwise") and
+2-D tiles (``block_shape=(r, c)``) need rows: a 1-D sample has none (a
+whole-axis format would make the whole sample one block, a per-tensor
+scale; tiles refuse it). ``row_width=n`` lays 1-D data out as rows of n
+values first (the last row zero-padded; the padding is quantized with its
+row and then dropped, so no metric sees it). Zero padding changes no
+scale: it never raises a row's amax, its range (which holds 0 already) or
+a searched scale's error (0 is exact on every grid), and tiles pad partial
+tiles with zeros themselves. Data of two or more dimensions keeps its own
+rows (the last axis).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -44,6 +62,7 @@ class Setting:
     scale_rule: str | None = None
     tensor_scaling: str = "none"
     seed: int = 0
+    row_width: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", get_format(self.format))
@@ -55,15 +74,41 @@ class Setting:
             raise ValueError(f"tensor_scaling={self.tensor_scaling!r} applies to element formats; "
                              f"{self.format.name} carries its own scales")
         if self.scale_rule is not None and not isinstance(self.format, BlockFormat):
-            raise ValueError(f"scale_rule applies to MX block formats; {self.format.name} has none")
-        if self.scale_rule is not None:
-            self.format.quantize(np.zeros(1, np.float32), scale_rule=self.scale_rule, backend="reference")  # checks it
+            raise ValueError(f"scale_rule applies to block formats; {self.format.name} has none")
+        if self.scale_rule is not None:  # checks it (one row: tiles need two dimensions)
+            self.format.quantize(np.zeros((1, 1), np.float32), scale_rule=self.scale_rule, backend="reference")
+        if self.row_width is not None and (isinstance(self.row_width, bool) or not isinstance(self.row_width, int)
+                                           or self.row_width < 1):
+            raise ValueError(f"row_width must be None or a positive int, got {self.row_width!r}")
 
     @property
     def bits(self) -> float:
         """Storage bits per element, amortised block scales included (one
-        per-tensor scale, 32 bits for the whole tensor, is not counted)."""
+        per-tensor scale, 32 bits for the whole tensor, is not counted). A
+        whole-axis format counts its element bits only: its row length is
+        the data's (:meth:`bits_on` gives the figure for a shape)."""
         return float(self.format.bits)
+
+    def bits_on(self, shape: tuple[int, ...], axis: int = -1) -> float:
+        """Storage bits per element on data of ``shape`` laid out as
+        :meth:`apply` lays it out: for a whole-axis format, its element
+        bits plus one row's scale (zero point, second-level) bits spread
+        over the row's length (``row_width`` for 1-D data); otherwise
+        :attr:`bits`. (Partial blocks and tiles are counted as whole ones,
+        as :attr:`bits` does.)"""
+        fmt = self.format
+        if not (isinstance(fmt, BlockFormat) and fmt.block_size is None):
+            return self.bits
+        laid_out = self.laid_out_shape(tuple(shape))
+        length = laid_out[axis if laid_out == tuple(shape) else -1] if shape else 1
+        return float(dataclasses.replace(fmt, block_size=max(length, 1)).bits)
+
+    def laid_out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape :meth:`apply` quantizes data of ``shape`` in: 1-D data
+        as rows of ``row_width`` where the format needs rows, else as it is."""
+        if len(shape) == 1 and self.row_width is not None and needs_rows(self.format):
+            return (-(-shape[0] // self.row_width), self.row_width)
+        return shape
 
     @property
     def label(self) -> str:
@@ -87,8 +132,16 @@ class Setting:
 
     def apply(self, x: Any, axis: int = -1) -> Quantized:
         """Quantize ``x`` (a float array or tensor; scaled formats block along
-        ``axis``) and give the result with each element's grid."""
+        ``axis``) and give the result with each element's grid. 1-D data goes
+        to whole-axis and tiled formats as rows of ``row_width`` when it is
+        set (see the module docstring)."""
         data = as_array(x)
+        shape = self.laid_out_shape(data.shape)
+        if shape != data.shape:
+            rows = np.zeros(shape[0] * shape[1], data.dtype)
+            rows[:data.size] = data
+            done = self.apply(rows.reshape(shape), -1)  # the one axis of the data runs along the rows
+            return Quantized(*(part.reshape(-1)[:data.size] for part in done))
         fmt, policy = self.format, self._policy(axis)
         grid_policy = {k: v for k, v in policy.items() if k in ("axis", "scale_rule")}
         if self.tensor_scaling == "none":
@@ -98,6 +151,28 @@ class Setting:
         scaled = data.astype(np.float64) / scale
         ulp, largest = fmt.grid(scaled)
         return Quantized(fmt.quantize(scaled, **policy) * scale, ulp * scale, np.abs(scaled) > largest)
+
+
+def needs_rows(fmt: Any) -> bool:
+    """Whether a format scales whole rows (``block_size=None``) or 2-D tiles:
+    what :attr:`Setting.row_width` lays 1-D data out for."""
+    return isinstance(fmt, BlockFormat) and (fmt.block_size is None or fmt.block_shape is not None)
+
+
+def takes_scale_rule(fmt: Any, rule: str | None) -> bool:
+    """Whether ``rule`` is a scale rule of the format (None, its own
+    default, always is): the power-of-two rules for E8M0 (MX) scales,
+    ``"4over6"`` for E2M1 elements with mantissa scales, ``"mse"`` for any
+    block format, ``"minmax"`` for zero points, ``"amax"`` for mantissa scales."""
+    if rule is None:
+        return True
+    if not isinstance(fmt, BlockFormat):
+        return False
+    try:
+        fmt.quantize(np.zeros((1, 1), np.float32), scale_rule=rule, backend="reference")
+    except ValueError:
+        return False
+    return True
 
 
 def absmax_scale(x: np.ndarray, fmt_max: float) -> float:

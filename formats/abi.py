@@ -66,6 +66,9 @@ class ScaleRule(enum.IntEnum):
     RULE_RCEIL = 2
     RULE_EVEN = 3
     RULE_AMAX = 4
+    RULE_MSE = 5
+    RULE_4OVER6 = 6
+    RULE_MINMAX = 7
 
 
 class ElementField(enum.IntEnum):
@@ -112,7 +115,11 @@ class BlockField(enum.IntEnum):
     BLOCK_ELEMENT_BITS = 8
     BLOCK_HAS_TENSOR_SCALE = 9
     BLOCK_SCALE_NAN = 10
-    BLOCK_FIELDS = 11
+    BLOCK_ZERO_POINT = 11
+    BLOCK_SCALE_TINY = 12
+    BLOCK_ROUND_FLOAT32 = 13
+    BLOCK_SCALE_MAN_BITS = 14
+    BLOCK_FIELDS = 15
 
 
 class MicroField(enum.IntEnum):
@@ -139,7 +146,7 @@ globals().update({name: int(value) for enum_type in ENUMS for name, value in enu
 #: the public names the enums number, in their order
 ROUNDINGS = tuple(m.name.lower() for m in Rounding)
 OVERFLOWS = tuple(m.name.removeprefix("OVERFLOW_").lower() for m in Overflow)
-SCALE_RULES = tuple(m.name.removeprefix("RULE_").lower() for m in ScaleRule)
+SCALE_RULES = tuple(m.name.removeprefix("RULE_").lower() for m in ScaleRule)  # ... "mse", "4over6", "minmax"
 
 
 def rounding_code(rounding: str) -> int:
@@ -198,11 +205,14 @@ def element_descriptor(fmt: ElementFormat) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def block_params(fmt: Any, rule: str, tensor_scale: float | None) -> tuple:
-    """The kernels' description of a BlockFormat's scale rule and sizes (fields: :class:`BlockField`)."""
+def block_params(fmt: Any, rule: str, tensor_scale: float | None, block: int | None = None) -> tuple:
+    """The kernels' description of a BlockFormat's scale rule and sizes
+    (fields: :class:`BlockField`); ``block``: the elements per block of this
+    call's layout (a whole axis, a tile), by default the format's block size."""
     return (scale_rule_code(rule), fmt.scale.emin, fmt.scale.emax, fmt.element.emax, float(fmt.element.max),
-            fmt.element_mantissa_bits, float(tensor_scale or 1.0), fmt.block_size, fmt.element_code_bits,
-            int(tensor_scale is not None), fmt.scale.nan_codes[0])
+            fmt.element_mantissa_bits, float(tensor_scale or 1.0), block or fmt.block_size, fmt.element_code_bits,
+            int(tensor_scale is not None), fmt.scale.nan_codes[0], int(fmt.zero_point), fmt.scale.min_subnormal,
+            int(fmt.rounds_to_float32), fmt.scale.man_bits)
 
 
 @functools.lru_cache(maxsize=256)
@@ -212,23 +222,28 @@ def microexponent_params(fmt: Any) -> tuple[int, ...]:
             fmt.exp_bias)
 
 
-def block_scheme(fmt: Any) -> str | None:
-    """The scaling scheme of a BlockFormat that the descriptors cannot
-    describe (zero points, double quantization, whole-axis blocks, tiles,
-    float32-rounded products), or None."""
-    for present, what in ((fmt.zero_point, "zero points"), (fmt.double_quant is not None, "double quantization"),
-                          (fmt.block_shape is not None, "2-D tiles"), (fmt.block_size is None, "whole-axis blocks"),
-                          (fmt.rounds_to_float32, "products rounded to float32 (float32 scales)")):
-        if present:
-            return what
-    return None
+#: The scaling schemes of BlockFormat beyond one-axis blocks of a fixed size
+#: with a scale rule of the first five, as :func:`block_schemes` names them;
+#: a KernelBackend lists those its kernels implement.
+SCHEMES = ("zero points", "double quantization", "double quantization of scales other than fp32", "2-D tiles",
+           "whole-axis blocks", "products rounded to float32", "searched scales")
+
+
+def block_schemes(fmt: Any, rule: str | None) -> list[str]:
+    """The schemes (of :data:`SCHEMES`) that a BlockFormat under scale rule ``rule`` uses."""
+    fp32_scales = (fmt.scale.exp_bits, fmt.scale.man_bits, fmt.scale.specials) == (8, 23, "ieee")
+    present = ((fmt.zero_point, "zero points"),
+               (fmt.double_quant is not None, "double quantization" if fp32_scales else SCHEMES[2]),
+               (fmt.block_shape is not None, "2-D tiles"), (fmt.block_size is None, "whole-axis blocks"),
+               (fmt.rounds_to_float32, "products rounded to float32"), (rule in ("mse", "4over6"), "searched scales"))
+    return [what for used, what in present if used]
 
 
 #: the families the descriptors describe (these classes exactly: a subclass may change the math)
 KERNEL_FAMILIES = (FloatFormat, IntFormat, BlockFormat, MicroexponentFormat)
 
 
-def undescribable(fmt: Any, policy: Policy) -> str | None:
+def undescribable(fmt: Any, policy: Policy, schemes: frozenset[str] = frozenset()) -> str | None:
     """Why this ABI cannot describe ``fmt`` and ``policy``, or None when it
     can: FloatFormat and IntFormat elements, BlockFormats of them with
     FloatFormat scales, MicroexponentFormats, with a rounding mode, overflow
@@ -243,9 +258,9 @@ def undescribable(fmt: Any, policy: Policy) -> str | None:
             if type(part) not in allowed:
                 return (f"the kernels take BlockFormats with {' or '.join(k.__name__ for k in allowed)} {role}, "
                         f"not {type(part).__name__} ({part.name})")
-        scheme = block_scheme(fmt)
-        if scheme:
-            return f"the kernels do not implement {scheme}, which {fmt.name} has"
+        missing = [what for what in block_schemes(fmt, policy.scale_rule or fmt.scale_rule) if what not in schemes]
+        if missing:
+            return f"its kernels do not implement {', '.join(missing)}, which {fmt.name} uses"
     elif type(fmt) not in KERNEL_FAMILIES:
         return (f"the kernels implement the families {', '.join(k.__name__ for k in KERNEL_FAMILIES)}, "
                 f"not {type(fmt).__name__} ({fmt.name})")
@@ -265,6 +280,7 @@ class KernelBackend:
     scaled: ScaledOps
     takes_product: Callable[[Any, Any], bool] | None = None
     product: Callable[..., torch.Tensor] | None = None
+    schemes: frozenset[str] = frozenset()  # the BlockFormat schemes (of SCHEMES) its kernels implement
 
     def supports(self, fmt: Any, operation: str, policy: Policy) -> bool:
         return self.unsupported(fmt, operation, policy) is None
@@ -274,7 +290,7 @@ class KernelBackend:
             if self.takes_product is None or not self.takes_product(*fmt):
                 return f"the {self.name!r} backend multiplies no operands of these formats"
             return None
-        return undescribable(fmt, policy)
+        return undescribable(fmt, policy, self.schemes)
 
     def matmul(self, a: Encoded, b: Encoded, bias: torch.Tensor | None, out_dtype: torch.dtype,
                instruction: str | None) -> torch.Tensor:

@@ -127,8 +127,6 @@ class ScaledReference:
 
     def quantize(self, fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
                  tensor_scale: float | None) -> tuple[torch.Tensor, bool]:
-        if fmt.double_quant is not None:  # the second level needs every block's scale first
-            return self._quantize_through_codes(fmt, t, layout, policy, tensor_scale)
         out = torch.empty((layout.nrows, layout.block), dtype=t.dtype, device=t.device)
         for part, codes in block_chunks(fmt, t, layout, policy, tensor_scale):
             values, fits = cast_exactly(fmt.decode_blocks_exact(codes), t.dtype)
@@ -136,16 +134,6 @@ class ScaledReference:
                 return layout.from_blocks(out), False
             out[part] = values
         return layout.from_blocks(out), True
-
-    def _quantize_through_codes(self, fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
-                                tensor_scale: float | None) -> tuple[torch.Tensor, bool]:
-        """quantize as decode of encode, whole (for formats whose scales are encoded over the whole tensor)."""
-        elements, scales, _, zero_points = self.encode(fmt, t, layout, policy, tensor_scale)
-        encoded_scales, offset = fmt._encode_scales(scales)
-        values = fmt.decode(Encoded(fmt, layout.shape, layout.axis, elements, encoded_scales,
-                                    zero_points=zero_points, scale_offset=offset), dtype=torch.float64,
-                            backend="reference")
-        return cast_exactly(values, t.dtype)
 
     def encode(self, fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
                tensor_scale: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import backends
-from .arrays import as_tensor, as_torch, decoded_in, float_dtype
+from .arrays import as_tensor, as_torch, cast_exactly, decoded_in, float_dtype
 from .backends import Policy
 from .base import Grid, check_axis
 from .blocking import BlockCodes, BlockLayout, Layout
@@ -108,6 +108,15 @@ class ScaledFormat:
         again; same kind, dtype, shape and device as ``x``. A block holding
         NaN or Inf becomes all NaN. Elements saturate (they never overflow).
         ``backend``: as in :meth:`ElementFormat.quantize`."""
+        if self.double_quant is not None:  # the second level needs every block's scale first
+            encoded = self.encode(x, axis=axis, rounding=rounding, scale_rule=scale_rule, seed=seed,
+                                  generator=generator, flush_subnormals=flush_subnormals, backend=backend)
+            t, kind = as_tensor(x)
+            values, exact_fit = cast_exactly(as_torch(self.decode(encoded, dtype=torch.float64, backend=backend)),
+                                             t.dtype)
+            if not exact_fit:
+                raise kind.inexact_error()
+            return kind.give_back(values.to(t.device))
         t, kind, layout, policy, chosen, ts = self._call(x, "quantize", axis, rounding, scale_rule, seed, generator,
                                                          flush_subnormals, backend)
         out, exact_fit = chosen.scaled.quantize(self, t, layout, policy, ts)

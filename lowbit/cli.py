@@ -185,9 +185,12 @@ def build_parser() -> Parser:
     rep.add_argument("--seed", type=int_in(0), default=0, help="seed of the data, 0 or more (default: %(default)s)")
     rep.add_argument("--rounding", nargs="+", choices=ROUNDING_MODES, default=["nearest_even"], metavar="MODE",
                      help=f"rounding modes to sweep: {', '.join(ROUNDING_MODES)} (default: nearest_even)")
-    rep.add_argument("--scale-rule", nargs="+", choices=[*POWER_OF_TWO_RULES, "default"], default=["default"],
-                     metavar="RULE", help=f"MX scale rules to sweep: {', '.join(POWER_OF_TWO_RULES)}, "
-                                          "or default (each format's own)")
+    rep.add_argument("--scale-rule", nargs="+", choices=[*defaults.SCALE_RULES, "default"],
+                     default=[rule or "default" for rule in defaults.DEFAULT_SCALE_RULES], metavar="RULE",
+                     help=f"scale rules to sweep, each on the block formats that take it: "
+                          f"{', '.join(POWER_OF_TWO_RULES)} (MX), 4over6 (NVFP4), mse (any block format), or "
+                          f"default (each format's own); a format that takes none of them gets its own "
+                          f"(default: {' '.join(rule or 'default' for rule in defaults.DEFAULT_SCALE_RULES)})")
     rep.add_argument("--model", default=None, metavar="MODEL",
                      help="also analyse a model layer by layer: 'minilm' (needs lowbit[examples]) "
                           "or a saved state_dict")

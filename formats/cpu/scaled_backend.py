@@ -15,7 +15,7 @@ from ..abi import block_params, element_descriptor, flush_threshold, microexpone
 from ..arrays import code_dtype
 from ..backends import Policy
 from ..block_format import BlockFormat
-from ..blocking import BlockLayout
+from ..blocking import BlockLayout, Layout, TileLayout
 from . import block_kernels, fast_amax, fast_block_decode, fast_microexponent, fast_mx, microexponent_kernels
 from .bits import whole_bytes
 from .buffers import new_tensor
@@ -33,6 +33,28 @@ def tensor_scale(fmt, t: torch.Tensor, policy: Policy) -> float | None:
     return fmt.tensor_scale_of(amax)
 
 
+#: the scale rules the fast paths serve (the searched ones take the general kernels)
+FAST_RULES = ("floor", "ceil", "rceil", "even", "amax")
+
+
+def as_rows(t: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, BlockLayout]:
+    """The input and a one-axis layout of it for the kernels: tiles copied
+    out as contiguous rows of whole tiles (the kernels block one axis); any
+    other layout as it is."""
+    if not isinstance(layout, TileLayout):
+        return t, layout
+    rows = layout.to_blocks(t).reshape(layout.nrows, layout.block).contiguous()
+    return rows, BlockLayout(tuple(rows.shape), 1, layout.block)
+
+
+def block_arguments(fmt, rule: str, ts: float | None, block: int) -> tuple:
+    """The block kernels' format arguments: element, scale and wide-integer
+    descriptors (the integers zero-point blocks round x / s on) and the block parameters."""
+    wide = fmt._wide_integers if fmt.zero_point else fmt.element
+    return (element_descriptor(fmt.element), element_descriptor(fmt.scale), element_descriptor(wide),
+            block_params(fmt, rule, ts, block))
+
+
 def _common(t: torch.Tensor, layout: BlockLayout, policy: Policy):
     """The general kernels' arguments for t: its view, block count, mode, key, half type, flush threshold."""
     data, half = numpy_data(t)
@@ -45,9 +67,10 @@ def _fast_rows(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy):
     (contiguous float32 or bfloat16 blocked along its last axis in whole
     blocks, nearest_even, no flushing), else None."""
     if (t.dtype not in (torch.float32, torch.bfloat16) or policy.rounding != "nearest_even" or policy.flush_subnormals
-            or not t.is_contiguous() or layout.axis != max(t.dim() - 1, 0) or layout.length % fmt.block_size):
+            or not t.is_contiguous() or layout.axis != max(t.dim() - 1, 0) or layout.length % layout.block
+            or (policy.scale_rule or "floor") not in FAST_RULES or getattr(fmt, "zero_point", False)):
         return None
-    return numpy_data(t)[0].reshape(layout.nrows, fmt.block_size)
+    return numpy_data(t)[0].reshape(layout.nrows, layout.block)
 
 
 def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None):
@@ -57,6 +80,8 @@ def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: fl
     if rows is None:
         return None
     if isinstance(fmt, BlockFormat):
+        if fmt.block_size != layout.block:  # a whole axis: the fast kernels take the format's block size
+            return None
         mx = fast_mx.mx_params(fmt, policy.scale_rule)
         if mx is not None:
             return "mx", rows, mx
@@ -65,9 +90,15 @@ def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: fl
     return ("microexponent", rows, microexponent_params(fmt)) if fast_microexponent.microexponent_fits(fmt) else None
 
 
-def quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
+def quantize(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
     """x encoded and decoded, in its shape and dtype, and whether the dtype
     held every result exactly."""
+    rows, row_layout = as_rows(t, layout)
+    out, exact = _quantize(fmt, rows, row_layout, policy, ts)
+    return (out, exact) if rows is t else (layout.from_blocks(out).contiguous(), exact)
+
+
+def _quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
     out = new_tensor(tuple(t.shape), t.dtype)
     fast = _fast_path(fmt, t, layout, policy, ts)
     if fast is not None:
@@ -85,22 +116,28 @@ def quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: floa
     out_view = outer_axis_inner(numpy_data(out)[0], layout.axis, writeable=True)
     inexact = np.zeros(block_kernels.group_count(layout.nrows), dtype=np.bool_)
     if isinstance(fmt, BlockFormat):
-        block_kernels.quantize_blocks(x, out_view, nblocks, element_descriptor(fmt.element),
-                                      element_descriptor(fmt.scale), block_params(fmt, policy.scale_rule, ts), mode,
-                                      key64, half, tiny, inexact)
+        block_kernels.quantize_blocks(x, out_view, nblocks, *block_arguments(fmt, policy.scale_rule, ts, layout.block),
+                                      mode, key64, half, tiny, inexact)
     else:
         microexponent_kernels.quantize_microexponent(x, out_view, nblocks, microexponent_params(fmt), mode, key64,
                                                      half, tiny, inexact)
     return out, not inexact.any()
 
 
-def encode(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None):
-    """(packed element codes, scale codes in the blocked shape, packed
-    sub-block shifts or None, zero points: None) as CPU tensors."""
+def encode(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | None):
+    """(packed element codes, scale codes in the layout's scales shape,
+    packed sub-block shifts or None, packed zero points or None) as CPU tensors."""
+    rows, row_layout = as_rows(t, layout)
+    elements, scales, subscales, zeros = _encode(fmt, rows, row_layout, policy, ts)
+    return elements, scales.reshape(layout.scales_shape), subscales, zeros
+
+
+def _encode(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None):
     nrows = layout.nrows
     fast = _fast_path(fmt, t, layout, policy, ts)
-    elements = _packed(fast is not None, nrows, fmt.block_size, fmt.element_code_bits)
+    elements = _packed(fast is not None, nrows, layout.block, fmt.element_code_bits)
     subscales = _packed(fast is not None, nrows, fmt.subscales_per_block, fmt.subscale_code_bits)
+    zeros = _packed(False, nrows, 1, fmt.zero_point_code_bits)
     scales = new_tensor((nrows,), code_dtype(fmt.scale_code_bits))
     if fast is not None:
         family, rows, params = fast
@@ -113,14 +150,15 @@ def encode(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float 
                                                     subscales.numpy(), params)
     elif isinstance(fmt, BlockFormat):
         x, nblocks, mode, key64, half, tiny = _common(t, layout, policy)
-        block_kernels.encode_blocks(x, elements.numpy(), scales.numpy(), nblocks, element_descriptor(fmt.element),
-                                    element_descriptor(fmt.scale), block_params(fmt, policy.scale_rule, ts), mode,
-                                    key64, half, tiny)
+        block_kernels.encode_blocks(x, elements.numpy(), scales.numpy(), zeros.numpy(), nblocks,
+                                    *block_arguments(fmt, policy.scale_rule, ts, layout.block), mode, key64, half,
+                                    tiny)
     else:
         x, nblocks, mode, key64, half, tiny = _common(t, layout, policy)
         microexponent_kernels.encode_microexponent(x, elements.numpy(), scales.numpy(), subscales.numpy(), nblocks,
                                                    microexponent_params(fmt), mode, key64, half, tiny)
-    return elements, scales.reshape(layout.scales_shape), subscales if fmt.subscales_per_block else None, None
+    return (elements, scales, subscales if fmt.subscales_per_block else None,
+            zeros if fmt.zero_point else None)
 
 
 def _packed(fast: bool, nrows: int, per_row: int, bits: int) -> torch.Tensor:
@@ -133,15 +171,28 @@ def _packed(fast: bool, nrows: int, per_row: int, bits: int) -> torch.Tensor:
     return torch.zeros(nbytes, dtype=torch.uint8)
 
 
-def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
+def decode(fmt, layout: Layout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
            ts: float | None, dtype: torch.dtype, zero_points: torch.Tensor | None = None) -> torch.Tensor:
-    """The values in the layout's true shape."""
+    """The values in the layout's true shape. Double-quantized scales come
+    as their float32 values, which are fp32 scale codes as they are."""
+    if scales.is_floating_point():
+        scales = scales.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+    if isinstance(layout, TileLayout):
+        row_layout = BlockLayout((layout.nrows, layout.block), 1, layout.block)
+        out = _decode(fmt, row_layout, elements, scales, subscales, zero_points, ts, dtype)
+        return layout.from_blocks(out).contiguous()
+    return _decode(fmt, layout, elements, scales, subscales, zero_points, ts, dtype)
+
+
+def _decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
+            zero_points: torch.Tensor | None, ts: float | None, dtype: torch.dtype) -> torch.Tensor:
     out = new_tensor(layout.shape, dtype)
     packed, scale_codes = elements.contiguous().numpy(), scales.reshape(-1).contiguous().numpy()
     shifts = np.zeros(0, np.uint8) if subscales is None else subscales.contiguous().numpy()
-    _check_reads(fmt, layout, packed, scale_codes, shifts)
+    zeros = np.zeros(0, np.uint8) if zero_points is None else zero_points.contiguous().numpy()
+    _check_reads(fmt, layout, packed, scale_codes, shifts, zeros)
     if _fast_decode(fmt, layout):
-        rows = out.numpy().reshape(layout.nrows, fmt.block_size)
+        rows = out.numpy().reshape(layout.nrows, layout.block)
         if isinstance(fmt, BlockFormat):
             element_values, scale_values = fast_block_decode.decode_tables(fmt)
             fast_block_decode.decode_blocks(packed, scale_codes, rows, element_values, scale_values, ts,
@@ -151,21 +202,23 @@ def decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tenso
         return out
     out_view = outer_axis_inner(out.numpy(), layout.axis, writeable=True)
     if isinstance(fmt, BlockFormat):
-        block_kernels.decode_blocks(packed, scale_codes, out_view, layout.nblocks, element_descriptor(fmt.element),
-                                    element_descriptor(fmt.scale), block_params(fmt, fmt.scale_rule, ts))
+        ed, sd, _, bp = block_arguments(fmt, fmt.scale_rule, ts, layout.block)
+        block_kernels.decode_blocks(packed, scale_codes, zeros, out_view, layout.nblocks, ed, sd, bp)
     else:
         microexponent_kernels.decode_microexponent(packed, scale_codes, shifts, out_view, layout.nblocks,
                                                    microexponent_params(fmt))
     return out
 
 
-def _check_reads(fmt, layout: BlockLayout, packed: np.ndarray, scale_codes: np.ndarray, shifts: np.ndarray) -> None:
+def _check_reads(fmt, layout: BlockLayout, packed: np.ndarray, scale_codes: np.ndarray, shifts: np.ndarray,
+                 zeros: np.ndarray) -> None:
     """The kernels' own bound on what they read: bytes for every block's
     codes and shifts, one scale code per block (Encoded.validate checks
     more, and first; this keeps a direct call from reading past a buffer)."""
     rows = layout.nrows
-    needed = {"elements": (packed, rows * fmt.block_size * fmt.element_code_bits),
-              "subscales": (shifts, rows * fmt.subscales_per_block * fmt.subscale_code_bits)}
+    needed = {"elements": (packed, rows * layout.block * fmt.element_code_bits),
+              "subscales": (shifts, rows * fmt.subscales_per_block * fmt.subscale_code_bits),
+              "zero_points": (zeros, rows * fmt.zero_point_code_bits)}
     for name, (part, bits) in needed.items():
         if part.dtype != np.uint8:
             raise ValueError(f"{name} must be uint8 bytes, got {part.dtype}")
@@ -179,10 +232,11 @@ def _fast_decode(fmt, layout: BlockLayout) -> bool:
     """Whether the fast decode kernels serve this layout: whole blocks along
     the last axis whose codes (and shifts) fill whole bytes, with tables of
     at most 2**16 codes or in sub-blocks of two."""
-    if layout.axis != max(len(layout.shape) - 1, 0) or layout.length % fmt.block_size:
+    if layout.axis != max(len(layout.shape) - 1, 0) or layout.length % layout.block:
         return False
-    if not whole_bytes(fmt.element_code_bits, fmt.block_size):
+    if not whole_bytes(fmt.element_code_bits, layout.block):
         return False
     if isinstance(fmt, BlockFormat):
-        return fmt.element_code_bits <= 16 and fmt.scale_code_bits <= 16
+        return (fmt.element_code_bits <= 16 and fmt.scale_code_bits <= 16 and not fmt.zero_point
+                and not fmt.rounds_to_float32 and fmt.block_size == layout.block)
     return fmt.sub_block == 2 and whole_bytes(fmt.subscale_code_bits, fmt.subscales_per_block)
