@@ -12,15 +12,15 @@ from .data import DISTRIBUTIONS, LLM_CHANNELS
 DEFAULT_FORMATS = (
     "fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "int8", "int4",
     "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4",
-    "mx9", "mx6", "mx4",
-    "int4_g128", "int4_g128_asym", "fp8_e4m3_rowwise", "fp8_e4m3_b128x128",
+    "mx9", "mx6", "mx4", "int4_g128", "int4_g128_asym", "fp8_e4m3_rowwise", "fp8_e4m3_b128x128",
 )
 #: Every scale rule a report can sweep; each applies to the block formats
 #: that take it (see :func:`lowbit.analysis.settings.takes_scale_rule`):
-#: the power-of-two rules to MX formats, 4over6 to NVFP4, mse to every block format.
+#: the power-of-two rules to MX formats, 4over6 to NVFP4, mse to every
+#: block format.
 SCALE_RULES = ("floor", "ceil", "rceil", "even", "4over6", "mse")
-#: Each format's own rule, and NVFP4 again with "four over six" (a second
-#: setting of the formats that take it; the others keep one).
+#: Each format's own rule (None), and "four over six" for the formats that
+#: take it (NVFP4): a second NVFP4 setting beside the plain one.
 DEFAULT_SCALE_RULES = (None, "4over6")
 #: Every built-in distribution.
 DEFAULT_DATA = tuple(DISTRIBUTIONS)

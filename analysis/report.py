@@ -226,8 +226,8 @@ class ReportPlan:
                markdown_table([sqnr[i] for i in by_bits], decimals=1)]
         md += ["## SQNR against storage cost\n",
                "Each panel is one data set; the dashed line is the Pareto front (no format has more SQNR at "
-               "fewer or equal bits).\n", _figure(plots.sqnr_vs_bits(_with_formats(records, settings)), out,
-                                                   "sqnr_vs_bits")]
+               "fewer or equal bits).\n",
+               _figure(_room_for_labels(plots.sqnr_vs_bits(_with_formats(records, settings))), out, "sqnr_vs_bits")]
         md += _format_figures(self.formats, self.datasets, settings, out)
         md += ["## Every metric\n", markdown_table(records, TABLE_COLUMNS, digits=3)]
         if self.model_data is not None:
@@ -383,13 +383,38 @@ def _format_figures(fmts, datasets, settings, out) -> list[str]:
                "A block holding 1.0 and x: how much precision x keeps as it shrinks relative to its block's "
                "largest element (the other elements zero, which leaves the curve the same for any block "
                "length: rows and tiles are drawn as blocks of 32).\n",
-               _figure(plots.relative_error([curve_format(f) for f in scaled]), out, "block_relative_error")]
+               _figure(_distinct_lines(plots.relative_error, [curve_format(f) for f in scaled]), out,
+                       "block_relative_error")]
     lowest = min(settings, key=lambda s: (not isinstance(s.format, ElementFormat), s.bits))
     md += [f"## The data against the grid of {lowest.label}\n",
            "Histograms of each data set with the values this setting can give them (red): where the data "
            "crowds between two red lines, it loses most.\n",
            _figure(plots.histogram_vs_grid(datasets, lowest), out, "histograms")]
     return md
+
+
+def _room_for_labels(fig: Any, span: float = 1.5) -> Any:
+    """Widen each panel of an SQNR-vs-bits figure to at least ``span`` bits:
+    its labels sit a fixed 0.12 bits right of their points, so settings a
+    few hundredths of a bit apart (8.002 and 8.03: tiles and rows of fp32
+    scales) would put them far outside a narrow panel and collapse the layout."""
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        if ax.get_visible() and high - low < span:
+            middle = (low + high) / 2
+            ax.set_xlim(middle - span / 3, middle + 2 * span / 3)
+    return fig
+
+
+def _distinct_lines(draw: Any, *args: Any) -> Any:
+    """``draw(*args)`` with 20 distinguishable line styles: matplotlib's ten
+    colours solid, then dashed (its default cycle repeats after ten)."""
+    import matplotlib
+    from matplotlib import cycler
+
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    with matplotlib.rc_context({"axes.prop_cycle": cycler(linestyle=["-", "--"]) * cycler(color=colours)}):
+        return draw(*args)
 
 
 def _model_tensors(model: Any) -> dict[str, dict[str, np.ndarray]]:

@@ -99,7 +99,7 @@ BlockParams block_params(at::ArrayRef<double> f) {
   return BlockParams{int(f[BLOCK_RULE]), int(f[BLOCK_SCALE_EMIN]), int(f[BLOCK_SCALE_EMAX]),
                      int(f[BLOCK_ELEMENT_EMAX]), f[BLOCK_ELEMENT_MAX], int(f[BLOCK_ELEMENT_MANTISSA_BITS]),
                      f[BLOCK_DIVISOR], int(f[BLOCK_SIZE]), int(f[BLOCK_ELEMENT_BITS]), int(f[BLOCK_HAS_TENSOR_SCALE]),
-                     int(f[BLOCK_SCALE_NAN])};
+                     int(f[BLOCK_SCALE_NAN]), int(f[BLOCK_ROUND_FLOAT32])};
 }
 
 MicroParams micro_params(at::IntArrayRef f) {

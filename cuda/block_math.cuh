@@ -19,6 +19,8 @@ struct BlockParams {
   int element_mantissa_bits;
   double divisor;  // the per-tensor scale (1 when there is none)
   int block, element_bits, has_tensor_scale, scale_nan;
+  int round_float32;  // element * scale rounded to float32 (float32 scales); the scaling schemes' other fields are
+                      // read by the CPU kernels only (the CUDA backends refuse the schemes that need them)
 };
 
 // MicroexponentFormat parameters: lowbit.formats.abi.microexponent_params, fields in MicroField order.
@@ -191,11 +193,15 @@ LB_HD long long element_code(double v, const BlockScale& s, const ElementDesc& e
   return (s.full_scale > 0.0 && !s.bad) ? code : 0;
 }
 
-// The value of an element code in a block (BlockFormat._decode_blocks).
+// The value of an element code in a block (BlockFormat.decode_blocks_exact).
 LB_HD double element_value(long long code, double scale_value, bool bad, const ElementDesc& ed,
                            const BlockParams& bp) {
   double value = decode_element(code, ed) * scale_value;
-  if (bp.has_tensor_scale) value = (double)((float)value * (float)bp.divisor);
+  if (bp.has_tensor_scale) {
+    value = (double)((float)value * (float)bp.divisor);
+  } else if (bp.round_float32) {
+    value = (double)(float)value;
+  }
   return bad ? (double)NAN : value;
 }
 

@@ -308,7 +308,7 @@ class BlockFormat(ScaledFormat):
         return float(np.float32(amax) / np.float32(self.scale.max * self.element.max)) or 1.0
 
     @cached_property
-    def _wide_integers(self) -> IntFormat:
+    def zero_point_integers(self) -> IntFormat:
         """Signed integers wide enough that round(x / s) + z saturates as
         the unbounded sum would (zero-point formats round x / s on them)."""
         return IntFormat(self.element.nbits + 3)
@@ -364,7 +364,7 @@ class BlockFormat(ScaledFormat):
         if zeros is None:
             codes, _ = self.element.encode_exact(scaled, rounder, "saturate")
             return torch.where(usable, codes, 0)
-        wide = self._wide_integers
+        wide = self.zero_point_integers
         rounded = wide.decode_exact(wide.encode_exact(scaled, rounder, "saturate")[0]).to(torch.int64)
         return (rounded + zeros[..., None]).clamp(0, (1 << self.element.nbits) - 1)
 
@@ -372,15 +372,15 @@ class BlockFormat(ScaledFormat):
         """The first candidate with the strictly least squared error over its
         block (summed in index order in float64, nearest-even elements)."""
         nearest = Rounder("nearest_even", torch.signbit(clean))
-        errors = []
-        for scale_codes, zeros in candidates:
-            codes = BlockCodes(self._element_codes(clean, scale_codes, zeros, divisor, nearest), scale_codes,
-                               zero_points=zeros)
-            difference = self._block_values(codes) * divisor - clean
-            error = torch.zeros(clean.shape[:-1], dtype=torch.float64, device=clean.device)
-            for j in range(clean.shape[-1]):
-                error = error + difference[..., j] * difference[..., j]
-            errors.append(error)
+        differences = torch.stack([
+            self._block_values(BlockCodes(self._element_codes(clean, scale_codes, zeros, divisor, nearest),
+                                          scale_codes, zero_points=zeros)) * divisor - clean
+            for scale_codes, zeros in candidates])
+        squares = differences.mul_(differences)
+        total = torch.zeros(squares.shape[:-1], dtype=torch.float64, device=clean.device)
+        for j in range(clean.shape[-1]):  # in index order, as every backend sums
+            total = total + squares[..., j]
+        errors = total.unbind(0)
         best_codes, best_zeros = candidates[0]
         best_error = errors[0]
         for (scale_codes, zeros), error in zip(candidates[1:], errors[1:]):

@@ -171,7 +171,9 @@ class ScaledFormat:
         (the spacing of the element's grid where it lies, times the block's
         scales) and the largest magnitude its block can hold. NaN in blocks
         holding NaN or Inf. float64, in x's kind and shape; for error
-        analysis (errors in ulps, clamping), not rounding. ``backend``
+        analysis (errors in ulps, clamping), not rounding; where decoding
+        rounds element * scale to float32 (``rounds_to_float32``), decoded
+        values are these grid points rounded once more. ``backend``
         computes the scales, as in :meth:`encode`."""
         t, kind = as_tensor(x)
         layout = self.layout(tuple(t.shape), axis)

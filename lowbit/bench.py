@@ -31,6 +31,9 @@ from lowbit.formats.cpu.buffers import reused_outputs
 
 FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "int8", "mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "mx6"]
 SIZES = [16, 18, 20, 22, 24, 26]
+#: The data are rows of this many elements (a hidden size) where they fill
+#: whole rows: blocks run along them, tiles over them, rowwise scales per row.
+ROW = 4096
 
 
 def seconds(fn: Callable[[], object]) -> float:
@@ -87,6 +90,7 @@ def lowbit_rows(x: np.ndarray, copies: Copies, formats: list[str], repeat: int,
     """(operation, (seconds, new-output copy's), (seconds with outputs
     reused, preallocated copy's), seconds on the reference backend or None)."""
     rows = []
+    x = x.reshape(-1, ROW) if x.size % ROW == 0 else x  # rows, as tiles and rowwise scales need
     for name in formats:
         fmt = lowbit.get_format(name)
         encoded = fmt.encode(x)

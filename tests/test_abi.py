@@ -44,7 +44,7 @@ def test_no_other_source_numbers_the_abi():
 def test_the_enums_name_the_public_policies_in_order():
     assert set(abi.ROUNDINGS) <= set(ROUNDING_MODES)  # the reference runs the others
     assert abi.OVERFLOWS == OVERFLOW_POLICIES
-    assert abi.SCALE_RULES == (*POWER_OF_TWO_RULES, "amax")
+    assert abi.SCALE_RULES == (*POWER_OF_TWO_RULES, "amax", "mse", "4over6", "minmax")
     with pytest.raises(ValueError, match="the kernels implement rounding"):
         abi.rounding_code("odd")
 

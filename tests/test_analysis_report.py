@@ -8,10 +8,14 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from lowbit.analysis import generate, sweep
+import lowbit
+from lowbit.analysis import Setting, generate, sweep
 from lowbit.analysis import plots
-from lowbit.analysis.report import REPORT_FILES, write_report
+from lowbit.analysis.defaults import DEFAULT_FORMATS, ROW_WIDTH
+from lowbit.analysis.report import CURVE_BLOCK, REPORT_FILES, curve_format, plan_report, write_report
+from lowbit.analysis.settings import takes_scale_rule
 from lowbit.cli import main
+from lowbit.formats import BlockFormat, IntFormat
 
 
 def assert_readable_png(path):
@@ -142,6 +146,7 @@ def bad_files(tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((4, 0), np.float32))
     np.save(tmp_path / "nan.npy", np.full(64, np.nan, np.float32))
     np.save(tmp_path / "ints.npy", np.arange(64))
+    np.save(tmp_path / "long_rows.npy", np.ones((1, 140_000), np.float32))
     return tmp_path
 
 
@@ -158,6 +163,10 @@ def bad_files(tmp_path):
     (["--data", "{dir}/empty.npy"], "empty.npy' holds an empty tensor (shape (4, 0))"),
     (["--data", "{dir}/nan.npy"], "nan.npy' holds no finite value"),
     (["--data", "{dir}/ints.npy"], "ints.npy': data must be floating point"),
+    (["--data", "{dir}/long_rows.npy", "--formats", "fp8_e4m3_rowwise"],
+     "formats: fp8_e4m3_rowwise cannot block {dir}/long_rows.npy (shape (1, 140000)): fp8_e4m3_rowwise makes "
+     "axis 1 one block of 140000 elements; a block holds at most 131072"),
+    (["--scale-rule", "amax"], "argument --scale-rule: invalid choice: 'amax'"),
     (["--out", "{dir}/file.txt"], "--out '{dir}/file.txt' is a file, not a folder"),
     (["--out", "{dir}/file.txt/report"], "--out '{dir}/file.txt/report' cannot be made: '{dir}/file.txt' is a file"),
     (["--out", "{dir}/mine"], "--out '{dir}/mine' holds files a report does not write (notes.txt)"),
@@ -254,3 +263,121 @@ def test_report_on_minilm(tmp_path):
     assert "### Weights: 37 tensors" in text and "### Activations: 37 tensors" in text
     for kind in ("weights", "activations"):
         assert_readable_png(tmp_path / f"layer_sensitivity_{kind}.png")
+
+
+# -- the scaling schemes: groups with zero points, rows, tiles, searched scales, double quantization ------------
+
+def test_the_default_report_places_the_scaling_schemes():
+    """int4 g128 (symmetric and with zero points), FP8 per row and per
+    128 x 128 tile, and NVFP4 with the 4over6 rule beside plain NVFP4; no
+    other format takes 4over6, so each keeps one setting."""
+    plan = plan_report(data=["uniform"], size=1024)
+    labels = [s.label for s in plan.settings]
+    for name in ("int4_g128", "int4_g128_asym", "fp8_e4m3_rowwise", "fp8_e4m3_b128x128", "nvfp4"):
+        assert name in labels
+    assert labels.count("nvfp4 rule=4over6") == 1 and len(labels) == len(DEFAULT_FORMATS) + 1
+    assert [s.row_width for s in plan.settings if s.row_width] == [ROW_WIDTH, ROW_WIDTH]  # the row and tile formats
+
+
+@pytest.mark.parametrize("name, rule, takes", [
+    ("nvfp4", "4over6", True), ("nvfp4_16x16", "4over6", True), ("mxfp4", "4over6", False),
+    ("mxfp4", "rceil", True), ("nvfp4", "rceil", False), ("int4_g128_asym", "mse", True),
+    ("int4_g128_asym", "4over6", False), ("fp8_e4m3_b128x128", "mse", True), ("int8", "mse", False),
+    ("mx6", "mse", False), ("int8", None, True),
+])
+def test_a_scale_rule_applies_to_the_formats_that_take_it(name, rule, takes):
+    assert takes_scale_rule(lowbit.get_format(name), rule) is takes
+
+
+def test_scale_rules_multiply_the_settings_of_the_formats_that_take_them(tmp_path, capsys):
+    assert main(["report", "--out", str(tmp_path), "--quiet", "--formats", "nvfp4", "mxfp4", "int4_g128_asym",
+                 "--data", "normal", "--size", "1024", "--scale-rule", "default", "4over6", "mse"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "Settings: 7 (nvfp4, nvfp4 rule=4over6, nvfp4 rule=mse, mxfp4, mxfp4 rule=mse, int4_g128_asym, " \
+           "int4_g128_asym rule=mse)" in text
+    assert "--scale-rule default 4over6 mse" in text
+
+
+def test_rows_of_1d_data_for_whole_axis_and_tiled_formats():
+    """1-D data is laid out as rows of row_width, the last row zero-padded;
+    the padding changes no scale and is dropped from the results."""
+    x = generate("student_t", 3000)
+    rows = np.zeros(3 * 1024, np.float32)
+    rows[:3000] = x
+    for name in ("fp8_e4m3_rowwise", "int4_g128_asym", "fp8_e4m3_b128x128", "nvfp4_16x16"):
+        fmt = lowbit.get_format(name)
+        got = Setting(fmt, row_width=1024).apply(x)
+        assert got.values.shape == x.shape
+        assert np.array_equal(got.values, fmt.quantize(rows.reshape(3, 1024)).reshape(-1)[:3000])
+    # a whole-axis format on the short last row: the same as that row alone
+    last = Setting("fp8_e4m3_rowwise", row_width=1024).apply(x).values[2048:]
+    assert np.array_equal(last, lowbit.quantize(x[2048:], "fp8_e4m3_rowwise"))
+    # without row_width, 1-D data is one row (a whole-axis format) or refused (tiles)
+    assert np.array_equal(Setting("int8_rowwise").apply(x).values, lowbit.quantize(x, "int8_rowwise"))
+    with pytest.raises(ValueError, match="2-D tiles need an input of at least 2 dimensions"):
+        Setting("fp8_e4m3_b128x128").apply(x)
+    # data of two dimensions keeps its rows
+    y = generate("llm_activations", 4096)
+    assert np.array_equal(Setting("int8_rowwise", row_width=1024).apply(y[:, :512]).values,
+                          lowbit.quantize(y[:, :512], "int8_rowwise"))
+
+
+def test_whole_axis_formats_count_a_scale_per_row():
+    rowwise = Setting("fp8_e4m3_rowwise", row_width=ROW_WIDTH)
+    assert rowwise.bits == 8 and rowwise.bits_on((65536,)) == 8 + 32 / 1024
+    assert rowwise.bits_on((64, 512)) == 8 + 32 / 512 and rowwise.bits_on((512, 64), axis=0) == 8 + 32 / 512
+    assert Setting("int4_g128_asym").bits_on((7,)) == 4 + (16 + 4) / 128  # fixed blocks: their own bits
+    with pytest.raises(ValueError, match="row_width must be None or a positive int"):
+        Setting("int8_rowwise", row_width=0)
+
+
+@pytest.mark.parametrize("name, rule", [("fp8_e4m3_rowwise", None), ("fp8_e4m3_b128x128", None),
+                                        ("nvfp4_16x16", "4over6"), ("int8_rowwise", "mse")])
+def test_the_error_curve_of_rows_and_tiles_is_that_of_short_blocks(name, rule):
+    """An element x beside a block maximum of 1.0, every other element zero:
+    the row or the tile gives x the grid a block of CURVE_BLOCK gives it."""
+    fmt = lowbit.get_format(name)
+    short = curve_format(fmt)
+    assert short.block_size == CURVE_BLOCK and short.block_shape is None and short.scale == fmt.scale
+    x = 2.0 ** -np.arange(0, 24, 0.37)
+    blocks = np.zeros((x.size, CURVE_BLOCK))
+    blocks[:, 0], blocks[:, -1] = 1.0, x
+    expected = short.grid(blocks, scale_rule=rule)[0][:, -1]
+    if fmt.block_shape is None:  # rows of 1000: 1.0 first, x last
+        rows = np.zeros((x.size, 1000))
+        rows[:, 0], rows[:, -1] = 1.0, x
+        got = fmt.grid(rows, scale_rule=rule)[0][:, -1]
+    else:  # one tile per x, 1.0 at its top left and x at its bottom right
+        r, c = fmt.block_shape
+        tiles = np.zeros((x.size, r, c))
+        tiles[:, 0, 0], tiles[:, -1, -1] = 1.0, x
+        got = fmt.grid(tiles, scale_rule=rule)[0][:, -1, -1]
+    assert np.array_equal(got, expected)
+
+
+def test_report_on_rows_tiles_and_a_double_quantized_format(tmp_path):
+    """A QLoRA-like layout (int4 in blocks of 64 with fp32 scales, the
+    scales in int8 blocks of 256) given as a format object, tiles and rows
+    on 1-D data whose size is not a multiple of the row, and NVFP4 4over6."""
+    qlora_like = BlockFormat(IntFormat(4), 64, scale=lowbit.get_format("fp32"),
+                             double_quant=BlockFormat(IntFormat(8), 256, scale=lowbit.get_format("fp32")))
+    path = write_report(tmp_path, formats=[qlora_like, "nvfp4_16x16", "int8_rowwise", "nvfp4"],
+                        data=["laplace", "llm_activations"], size=3000)
+    text = path.read_text()
+    assert "as rows of 1024 values in order (the last row zero-padded" in text
+    assert f"| {qlora_like.name} | {4 + (8 + 32 / 256) / 64} |" in text
+    assert "| int8_rowwise | 8.03125 |" in text and "| nvfp4 rule=4over6 | 4.5 |" in text
+    assert "| nvfp4_16x16 rule=4over6 | 4.03125 |" in text
+    for png in ("sqnr_vs_bits", "block_relative_error"):
+        assert_readable_png(tmp_path / f"{png}.png")
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6 * 2 and all(",3000," in row or ",3072," in row for row in rows[1:])
+
+
+def test_bits_of_a_whole_axis_format_follow_each_data_sets_rows(tmp_path):
+    np.save(tmp_path / "wide.npy", generate("normal", 4096).reshape(2, 2048))
+    path = write_report(tmp_path / "out", formats=["int8_rowwise"], data=["uniform", str(tmp_path / "wide.npy")],
+                        size=1024)
+    assert "| int8_rowwise | 8.015625 to 8.03125 |" in path.read_text()
+    csv = (tmp_path / "out" / "results.csv").read_text()
+    assert ",int8_rowwise,8.03125," in csv and ",int8_rowwise,8.015625," in csv

@@ -262,7 +262,7 @@ def test_masked_arrays_raise_type_error():
         lowbit.quantize(np.ma.masked_array([1.0, 2.0], mask=[0, 1]), "fp8_e4m3")
 
 
-def test_wide_integers_with_negative_fraction_bits_saturate_at_their_max():
+def testzero_point_integers_with_negative_fraction_bits_saturate_at_their_max():
     fmt = IntFormat(32, frac_bits=-64)  # steps of 2**64, max (2**31 - 1) * 2**64 ~ 2**95
     assert lowbit.quantize(np.array([2.0 ** 85, 1e300, -1e300]), fmt).tolist() == [2.0 ** 85, fmt.max, fmt.min]
     assert lowbit.encode(np.array([1e300]), fmt).tolist() == [2 ** 31 - 1]

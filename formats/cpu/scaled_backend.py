@@ -50,7 +50,7 @@ def as_rows(t: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, BlockLayout]
 def block_arguments(fmt, rule: str, ts: float | None, block: int) -> tuple:
     """The block kernels' format arguments: element, scale and wide-integer
     descriptors (the integers zero-point blocks round x / s on) and the block parameters."""
-    wide = fmt._wide_integers if fmt.zero_point else fmt.element
+    wide = fmt.zero_point_integers if fmt.zero_point else fmt.element
     return (element_descriptor(fmt.element), element_descriptor(fmt.scale), element_descriptor(wide),
             block_params(fmt, rule, ts, block))
 

@@ -124,6 +124,10 @@ class ScaledOps:
         return self.ops.microexponent_decode(elements, scales, subscales, *arguments)
 
 
+#: the BlockFormat schemes (lowbit.formats.abi.SCHEMES) the CUDA kernels implement
+CUDA_SCHEMES = frozenset({"products rounded to float32"})
+
+
 def backend(name: str, device_type: str, namespace: str) -> KernelBackend:
     """A loaded build's ops (``torch.ops.<namespace>``) as the backend ``name``
     for ``device_type`` data, with :func:`lowbit.cuda.mx_matmul`'s product."""
@@ -131,4 +135,4 @@ def backend(name: str, device_type: str, namespace: str) -> KernelBackend:
 
     ops = getattr(torch.ops, namespace)
     return KernelBackend(name, device_type, ElementOps(ops), ScaledOps(ops), takes_product,
-                         functools.partial(product, ops))
+                         functools.partial(product, ops), schemes=CUDA_SCHEMES)
