@@ -414,3 +414,38 @@ def test_the_cuda_builds_refuse_the_schemes_they_lack_by_name(name):
     assert not backend.supports(fmt, "quantize", backends.Policy(scale_rule=fmt.scale_rule))
     with pytest.raises(ValueError, match="its kernels do not implement"):
         fmt.quantize(torch.ones(4, 8), backend="cuda_host")
+
+
+def test_double_quantized_scales_that_decode_negative_decode_alike():
+    """A second level can decode a first-level scale near zero to a small
+    negative value: the CPU kernels read it as the fp32 code it is."""
+    fmt = BlockFormat(E4M3, 4, scale=FP32, double_quant=BlockFormat(IntFormat(2), 8, scale=FP32))
+    # scales 0.001, 1, 3 (amax / 448), offset 4.001 / 3; the second level's scale is 3 - offset, so the
+    # first scale less the offset (-0.8 of it) rounds to -1 of it: the scale decodes to about -0.333
+    x = torch.tensor([[0.448, 0.1, 0, 0], [448.0, 0, 0, 0], [-1344.0, 0, 0, 0]]).reshape(1, -1)
+    encoded = fmt.encode(x, backend="reference")
+    scales = fmt._decoded_scales(encoded)
+    assert (scales < 0).any()
+    same_pair(fmt.decode(encoded, backend="cpu"), fmt.decode(encoded, backend="reference"), "negative scales")
+
+
+@pytest.mark.parametrize("fmt", [
+    lowbit.get_format("int4_g128"), lowbit.get_format("int4_g128_asym"), lowbit.get_format("int8_rowwise"),
+    BlockFormat(IntFormat(8, signed=False), 32, scale=BF16, zero_point=True),
+    BlockFormat(IntFormat(8, narrow=True, frac_bits=6), 32, scale=FP16),
+], ids=lambda f: f.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_integer_fast_path_agrees_with_the_reference(fmt, dtype):
+    """Whole float32/bfloat16 blocks along a contiguous last axis take the
+    integer fast path: wide-ranging rows, all-zero rows, NaN, exact ties of
+    x / s (a row of multiples of 1/16 under a power-of-two range), negative
+    values that round to zero."""
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.standard_normal((16, 256)) * np.exp(rng.uniform(-20, 20, (16, 1))), dtype=dtype)
+    x[1] = 0
+    x[2, 7] = float("nan")
+    x[3] = torch.arange(256) / 16 - 8
+    x[4] = -torch.linspace(0, 7, 256) * 2.0 ** -20
+    for call in ("quantize", "encode"):
+        results = [outcome(lambda b=b: getattr(fmt, call)(x, backend=b)) for b in ("cpu", "reference")]
+        same_pair(*results, f"{fmt.name} {dtype} {call}")

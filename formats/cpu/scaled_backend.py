@@ -16,7 +16,9 @@ from ..arrays import code_dtype
 from ..backends import Policy
 from ..block_format import BlockFormat
 from ..blocking import BlockLayout, Layout, TileLayout
-from . import block_kernels, fast_amax, fast_block_decode, fast_microexponent, fast_mx, microexponent_kernels
+from . import (
+    block_kernels, fast_amax, fast_block_decode, fast_int_blocks, fast_microexponent, fast_mx, microexponent_kernels,
+)
 from .bits import whole_bytes
 from .buffers import new_tensor
 from .fast32 import ROWS_PER_TASK
@@ -34,7 +36,7 @@ def tensor_scale(fmt, t: torch.Tensor, policy: Policy) -> float | None:
 
 
 #: the scale rules the fast paths serve (the searched ones take the general kernels)
-FAST_RULES = ("floor", "ceil", "rceil", "even", "amax")
+FAST_RULES = ("floor", "ceil", "rceil", "even", "amax", "minmax")
 
 
 def as_rows(t: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, BlockLayout]:
@@ -68,19 +70,22 @@ def _fast_rows(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy):
     blocks, nearest_even, no flushing), else None."""
     if (t.dtype not in (torch.float32, torch.bfloat16) or policy.rounding != "nearest_even" or policy.flush_subnormals
             or not t.is_contiguous() or layout.axis != max(t.dim() - 1, 0) or layout.length % layout.block
-            or (policy.scale_rule or "floor") not in FAST_RULES or getattr(fmt, "zero_point", False)):
+            or (policy.scale_rule or "floor") not in FAST_RULES):
         return None
     return numpy_data(t)[0].reshape(layout.nrows, layout.block)
 
 
 def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None):
-    """(kernel family: "mx", "amax" or "microexponent", the blocks as rows,
+    """(kernel family: "int", "mx", "amax" or "microexponent", the blocks as rows,
     the family's parameters) when a fast kernel serves the call, else None."""
     rows = _fast_rows(fmt, t, layout, policy)
     if rows is None:
         return None
     if isinstance(fmt, BlockFormat):
-        if fmt.block_size != layout.block:  # a whole axis: the fast kernels take the format's block size
+        integers = fast_int_blocks.int_block_params(fmt, policy.scale_rule, layout.block)
+        if integers is not None:
+            return "int", rows, integers
+        if fmt.block_size != layout.block or fmt.zero_point:  # MX and NVFP4 paths: fixed blocks, no zero points
             return None
         mx = fast_mx.mx_params(fmt, policy.scale_rule)
         if mx is not None:
@@ -105,7 +110,9 @@ def _quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: flo
         family, rows, params = fast
         values = numpy_data(out)[0].reshape(rows.shape)
         inexact = np.zeros(-(-layout.nrows // ROWS_PER_TASK), dtype=np.bool_)
-        if family == "mx":
+        if family == "int":
+            fast_int_blocks.quantize_int_blocks(rows, values, *params, inexact)
+        elif family == "mx":
             fast_mx.quantize_mx(rows, values, *params, inexact)
         elif family == "amax":
             fast_amax.quantize_amax_blocks(rows, values, params, inexact)
@@ -141,7 +148,9 @@ def _encode(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float
     scales = new_tensor((nrows,), code_dtype(fmt.scale_code_bits))
     if fast is not None:
         family, rows, params = fast
-        if family == "mx":
+        if family == "int":
+            fast_int_blocks.encode_int_blocks(rows, elements.numpy(), scales.numpy(), zeros.numpy(), *params)
+        elif family == "mx":
             fast_mx.encode_mx(rows, elements.numpy(), scales.numpy(), *params)
         elif family == "amax":
             fast_amax.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), params)
@@ -175,8 +184,8 @@ def decode(fmt, layout: Layout, elements: torch.Tensor, scales: torch.Tensor, su
            ts: float | None, dtype: torch.dtype, zero_points: torch.Tensor | None = None) -> torch.Tensor:
     """The values in the layout's true shape. Double-quantized scales come
     as their float32 values, which are fp32 scale codes as they are."""
-    if scales.is_floating_point():
-        scales = scales.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+    if scales.is_floating_point():  # their bits as unsigned 32-bit codes (negative scales too)
+        scales = scales.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     if isinstance(layout, TileLayout):
         row_layout = BlockLayout((layout.nrows, layout.block), 1, layout.block)
         out = _decode(fmt, row_layout, elements, scales, subscales, zero_points, ts, dtype)
