@@ -59,7 +59,7 @@ def test_labels_and_bits():
     ({"format": "int8", "rounding": "nearest"}, ValueError, "rounding must be one of"),
     ({"format": "int8", "tensor_scaling": "max"}, ValueError, "tensor_scaling must be one of"),
     ({"format": "mxfp4", "tensor_scaling": "absmax"}, ValueError, "carries its own scales"),
-    ({"format": "int8", "scale_rule": "floor"}, ValueError, "scale_rule applies to MX block formats"),
+    ({"format": "int8", "scale_rule": "floor"}, ValueError, "scale_rule applies to block formats"),
     ({"format": "mxfp4", "scale_rule": "round"}, ValueError, "scale_rule for e8m0 scales must be one of"),
 ])
 def test_bad_settings(kwargs, error, match):

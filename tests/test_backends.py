@@ -356,7 +356,8 @@ def test_counter_uniforms_look_uniform():
 FP32, FP16, BF16, E4M3, E2M1 = (lowbit.get_format(n) for n in ("fp32", "fp16", "bf16", "fp8_e4m3", "fp4_e2m1"))
 SCHEME_FORMATS = [
     *(lowbit.get_format(n) for n in ("int4_g128", "int4_g128_asym", "int8_rowwise", "fp8_e4m3_rowwise",
-                                     "fp8_e4m3_b128x128", "nvfp4_16x16")),
+                                     "nvfp4_16x16")),
+    BlockFormat(E4M3, block_shape=(4, 8), scale=FP32),  # fp8_e4m3_b128x128's kind, in tiles these inputs fill
     BlockFormat(IntFormat(3, signed=False), 8, scale=BF16, zero_point=True),
     BlockFormat(IntFormat(8, signed=False), 4, scale=lowbit.get_format("e8m0"), zero_point=True),
     BlockFormat(E4M3, 8, scale=FP32, double_quant=BlockFormat(E4M3, 4, scale=FP32)),
