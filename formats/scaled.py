@@ -7,9 +7,8 @@ decode of encode, so the two can never disagree."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,7 +89,7 @@ class ScaledFormat:
         """Where the blocks of a tensor of ``shape`` blocked along ``axis`` lie."""
         return BlockLayout(tuple(shape), check_axis(axis, len(shape)), self.block_size)
 
-    def _call(self, x: Any, operation: str, axis: int, rounding: str, scale_rule: str | None, seed: Any,
+    def _call(self, x: Any, operation: str, axis: int | tuple[int, int], rounding: str, scale_rule: str | None, seed: Any,
               generator: Any, flush_subnormals: bool, backend: str | None):
         """The input tensor, its kind, its block layout, the checked policy,
         the backend that runs ``operation`` and the per-tensor scale it computes."""
@@ -101,11 +100,13 @@ class ScaledFormat:
         chosen = backends.resolve(backend, t.device.type, self, operation, policy)
         return t, kind, layout, policy, chosen, chosen.scaled.tensor_scale(self, t, policy)
 
-    def quantize(self, x: Any, *, axis: int = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
+    def quantize(self, x: Any, *, axis: int | tuple[int, int] = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
                  flush_subnormals: bool = False, backend: str | None = None) -> Any:
         """What ``x`` becomes when encoded in blocks along ``axis`` and decoded
-        again; same kind, dtype, shape and device as ``x``. A block holding
+        again; same kind, dtype, shape and device as ``x``. ``axis``: the
+        blocked axis; for a tiled format a pair (row axis, column axis) or
+        the column axis (:meth:`layout`). A block holding
         NaN or Inf becomes all NaN. Elements saturate (they never overflow).
         ``backend``: as in :meth:`ElementFormat.quantize`."""
         if self.double_quant is not None:  # the second level needs every block's scale first
@@ -124,7 +125,7 @@ class ScaledFormat:
             raise kind.inexact_error()
         return kind.give_back(out)
 
-    def encode(self, x: Any, *, axis: int = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
+    def encode(self, x: Any, *, axis: int | tuple[int, int] = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
                seed: int | None = None, generator: torch.Generator | None = None,
                flush_subnormals: bool = False, backend: str | None = None) -> Encoded:
         """Encode ``x`` in blocks along ``axis``: bit-packed element codes and
@@ -164,7 +165,7 @@ class ScaledFormat:
         second = as_torch(encoded.scales.decode())
         return (second + torch.tensor(encoded.scale_offset, dtype=torch.float32)).reshape(-1)
 
-    def grid(self, x: Any, *, axis: int = -1, scale_rule: str | None = None,
+    def grid(self, x: Any, *, axis: int | tuple[int, int] = -1, scale_rule: str | None = None,
              flush_subnormals: bool = False, backend: str | None = None) -> Grid:
         """The grid each element of ``x`` is rounded on once its block's
         scales are set (they do not depend on the rounding mode): its ulp
