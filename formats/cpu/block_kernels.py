@@ -177,10 +177,11 @@ def block_scale(x, o, i, k0, sd, ed, wd, bp, half, tiny):
     float64, nearest-even elements), as BlockFormat._least_error."""
     amax, lo, hi, bad = block_range(x, o, i, k0, bp, half, tiny)
     divisor = bp[BLOCK_DIVISOR]
-    code, value, zero = candidate_scale(amax, lo, hi, 0, sd, bp)
     count = candidate_count(bp)
-    if count > 1:
-        best = np.inf
+    if count == 1:
+        code, value, zero = candidate_scale(amax, lo, hi, 0, sd, bp)
+    else:
+        code, value, zero, best = 0, 0.0, 0.0, np.inf
         for c in range(count):
             c_code, c_value, c_zero = candidate_scale(amax, lo, hi, c, sd, bp)
             error = 0.0
