@@ -6,7 +6,7 @@
 namespace lowbit {
 
 enum Rounding {
-  NEAREST_EVEN = 0, NEAREST_AWAY = 1, TOWARD_ZERO = 2, UP = 3, DOWN = 4, STOCHASTIC = 5
+  NEAREST_EVEN = 0, NEAREST_AWAY = 1, TOWARD_ZERO = 2, UP = 3, DOWN = 4, STOCHASTIC = 5, ODD = 6
 };
 enum Overflow {
   OVERFLOW_SATURATE = 0, OVERFLOW_INF = 1, OVERFLOW_NAN = 2

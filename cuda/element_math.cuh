@@ -103,6 +103,7 @@ LB_HD bool pick_upper(int mode, double a, double lo, double hi, bool lo_is_odd, 
   if (mode == NEAREST_EVEN) return twice > mid || (twice == mid && lo_is_odd);
   if (mode == NEAREST_AWAY) return twice >= mid;
   if (mode == STOCHASTIC) return u * (hi - lo) < (a - lo);
+  if (mode == ODD) return a > lo && !lo_is_odd;
   return a > lo && !toward_zero(mode, negative);
 }
 

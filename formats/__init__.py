@@ -4,7 +4,9 @@ encode / decode / quantize for every family."""
 from . import backends
 from .backends import Backend, BackendUnavailable, Policy
 from .block_format import E8M0, BlockFormat
-from .catalogue import CATALOGUE, get_format, list_formats, p3109
+from .catalogue import CATALOGUE, get_format, list_formats, p3109, p3109_variants
+from .codebook import FP4_BNB_VALUES, NF4_VALUES, CodebookFormat
+from .codebook_fit import fit_codebook
 from .element import ElementFormat
 from .encoded import Encoded
 from .families import FAMILIES
@@ -15,11 +17,13 @@ from .microexponent import MicroexponentFormat
 from .packing import pack, unpack
 from .rounding import OVERFLOW_POLICIES, ROUNDING_MODES
 from .scaled import ScaledFormat
+from .tensor_scaled import TensorEncoded, TensorScaledFormat
 
 
 __all__ = [
-    "Backend", "BackendUnavailable", "BlockFormat", "CATALOGUE", "E8M0", "ElementFormat", "Encoded", "FAMILIES",
+    "Backend", "BackendUnavailable", "BlockFormat", "CATALOGUE", "CodebookFormat", "E8M0", "FP4_BNB_VALUES",
+    "NF4_VALUES", "ElementFormat", "Encoded", "FAMILIES",
     "FloatFormat", "IntFormat", "MicroexponentFormat", "OVERFLOW_POLICIES", "Policy", "ROUNDING_MODES",
-    "ScaledFormat", "backends", "get_format", "list_formats", "p3109", "pack", "reference_matmul",
+    "ScaledFormat", "TensorEncoded", "TensorScaledFormat", "backends", "fit_codebook", "get_format", "list_formats", "p3109", "p3109_variants", "pack", "reference_matmul",
     "summation_bound", "unpack",
 ]

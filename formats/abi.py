@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from .block_format import BlockFormat
+from .codebook import CodebookFormat
 from .element import ElementFormat
 from .float_format import FloatFormat
 from .int_format import IntFormat
@@ -48,6 +49,7 @@ class Rounding(enum.IntEnum):
     UP = 3
     DOWN = 4
     STOCHASTIC = 5
+    ODD = 6
 
 
 class Overflow(enum.IntEnum):
@@ -243,11 +245,15 @@ def block_schemes(fmt: Any, rule: str | None) -> list[str]:
 KERNEL_FAMILIES = (FloatFormat, IntFormat, BlockFormat, MicroexponentFormat)
 
 
-def undescribable(fmt: Any, policy: Policy, schemes: frozenset[str] = frozenset()) -> str | None:
+def undescribable(fmt: Any, policy: Policy, schemes: frozenset[str] = frozenset(), sr_bits: bool = False,
+                  codebooks: bool = False) -> str | None:
     """Why this ABI cannot describe ``fmt`` and ``policy``, or None when it
     can: FloatFormat and IntFormat elements, BlockFormats of them with
     FloatFormat scales, MicroexponentFormats, with a rounding mode, overflow
-    policy and scale rule that the enums number."""
+    policy and scale rule that the enums number (and ``sr_bits`` and
+    CodebookFormat elements only where the kernels take them)."""
+    if policy.sr_bits is not None and not sr_bits:
+        return "its kernels draw 53 random bits per element, not sr_bits"
     for what, value, known in (("rounding", policy.rounding, ROUNDINGS), ("overflow", policy.overflow, OVERFLOWS),
                                ("scale_rule", policy.scale_rule, SCALE_RULES)):
         if value is not None and value not in known:
@@ -261,7 +267,9 @@ def undescribable(fmt: Any, policy: Policy, schemes: frozenset[str] = frozenset(
         missing = [what for what in block_schemes(fmt, policy.scale_rule or fmt.scale_rule) if what not in schemes]
         if missing:
             return f"its kernels do not implement {', '.join(missing)}, which {fmt.name} uses"
-    elif type(fmt) not in KERNEL_FAMILIES:
+    elif type(fmt) is CodebookFormat and not codebooks:
+        return "its kernels do not implement codebook elements"
+    elif type(fmt) not in (*KERNEL_FAMILIES, CodebookFormat):
         return (f"the kernels implement the families {', '.join(k.__name__ for k in KERNEL_FAMILIES)}, "
                 f"not {type(fmt).__name__} ({fmt.name})")
     return None
@@ -281,6 +289,8 @@ class KernelBackend:
     takes_product: Callable[[Any, Any], bool] | None = None
     product: Callable[..., torch.Tensor] | None = None
     schemes: frozenset[str] = frozenset()  # the BlockFormat schemes (of SCHEMES) its kernels implement
+    sr_bits: bool = False  # whether its kernels take stochastic rounding's sr_bits
+    codebooks: bool = False  # whether its kernels take CodebookFormat elements (on their own, not in blocks)
 
     def supports(self, fmt: Any, operation: str, policy: Policy) -> bool:
         return self.unsupported(fmt, operation, policy) is None
@@ -290,7 +300,7 @@ class KernelBackend:
             if self.takes_product is None or not self.takes_product(*fmt):
                 return f"the {self.name!r} backend multiplies no operands of these formats"
             return None
-        return undescribable(fmt, policy, self.schemes)
+        return undescribable(fmt, policy, self.schemes, self.sr_bits, self.codebooks)
 
     def matmul(self, a: Encoded, b: Encoded, bias: torch.Tensor | None, out_dtype: torch.dtype,
                instruction: str | None) -> torch.Tensor:

@@ -44,7 +44,8 @@ class Policy:
     :data:`~lowbit.formats.rounding.ROUNDING_MODES`), ``overflow`` (element
     formats; None for scaled ones, whose elements saturate), ``scale_rule``
     (BlockFormat; None otherwise), ``key`` (stochastic rounding's stream,
-    None for other modes) and ``flush_subnormals``. Decoding and matmuls
+    None for other modes), ``flush_subnormals`` and ``sr_bits`` (the random
+    bits of stochastic rounding's draw; None for 53). Decoding and matmuls
     take the default policy."""
 
     rounding: str = "nearest_even"
@@ -52,6 +53,7 @@ class Policy:
     scale_rule: str | None = None
     key: int | None = None
     flush_subnormals: bool = False
+    sr_bits: int | None = None
 
 
 class ElementOps(Protocol):

@@ -261,10 +261,18 @@ class BlockFormat(ScaledFormat):
     @property
     def element_mantissa_bits(self) -> int:
         """The element's mantissa width, which the ``even`` scale rule rounds
-        amax to (an integer element's magnitude bits below its top one)."""
+        amax to (an integer element's magnitude bits below its top one; a
+        codebook's values are float32 numbers: 23)."""
+        return max(self._element_significant_bits - 1, 0)
+
+    @property
+    def _element_significant_bits(self) -> int:
+        """Significant bits an element value can hold (a codebook's: float32's 24)."""
         if isinstance(self.element, IntFormat):
-            return max(self.element.nbits - 1 - self.element.signed, 0)
-        return self.element.man_bits
+            return self.element.nbits - self.element.signed
+        if isinstance(self.element, FloatFormat):
+            return self.element.man_bits + 1
+        return 24
 
     # -- exact kernels ---------------------------------------------------------------
     def _scale_exponent(self, amax: torch.Tensor, rule: str) -> torch.Tensor:
@@ -435,12 +443,10 @@ class BlockFormat(ScaledFormat):
         float32 dequantizing datapath computes it: when the product can hold
         more than float32's 24 significant bits (float32 scales with any
         element wider than one bit, and double-quantized scales, which are
-        float32 values). Every other product is exact."""
-        if isinstance(self.element, IntFormat):
-            element_bits = self.element.nbits - self.element.signed
-        else:
-            element_bits = self.element.man_bits + 1
-        return self.double_quant is not None or element_bits + self.scale.man_bits + 1 > 24
+        float32 values), and codebook elements (float32 values of up to 24
+        significant bits, so their products with any scale may need more).
+        Every other product is exact."""
+        return self.double_quant is not None or self._element_significant_bits + self.scale.man_bits + 1 > 24
 
     def decode_blocks_exact(self, codes: BlockCodes) -> torch.Tensor:
         values = self._block_values(codes)

@@ -2,27 +2,53 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from typing import Any
 
 from .block_format import E8M0, BlockFormat
+from .codebook import FP4_BNB_VALUES, NF4_VALUES, CodebookFormat
 from .element import ElementFormat
 from .float_format import FloatFormat
 from .int_format import IntFormat
 from .microexponent import MicroexponentFormat
 from .scaled import ScaledFormat
+from .tensor_scaled import TensorScaledFormat
 
-Format = ElementFormat | ScaledFormat
+Format = ElementFormat | ScaledFormat | TensorScaledFormat
 
 
-def p3109(k: int, p: int) -> FloatFormat:
-    """IEEE P3109 binary{k}p{p}: k bits, precision p (implicit bit included),
-    bias 2**(k-p-1), subnormals, +-Inf at the top code of each sign, the
-    negative-zero code is the single NaN."""
-    if not 2 <= k <= 32 or not 1 <= p <= k - 1:
-        raise ValueError(f"p3109_{k}p{p}: need 2 <= k <= 32 and 1 <= p <= k - 1 (at least one exponent bit)")
-    return FloatFormat(k - p, p - 1, bias=1 << (k - p - 1), specials="p3109", name=f"p3109_{k}p{p}")
+P3109_DOMAINS = ("extended", "finite")
+
+
+def p3109(k: int, p: int, signed: bool = True, domain: str = "extended") -> FloatFormat:
+    """IEEE P3109 binary{k}p{p} (as its interim report and gfloat define it):
+    k bits, precision p (implicit bit included), subnormals. Signed: a sign
+    bit, k-p exponent bits, bias 2**(k-p-1), the negative-zero code is the
+    single NaN; ``domain="extended"`` puts +-Inf at the top code of each
+    sign, ``"finite"`` has no infinities. Unsigned: k-p+1 exponent bits,
+    bias 2**(k-p), the all-ones code is the NaN; extended puts +Inf below it.
+    Named as gfloat names it (``p3109_k8p3se``); the signed extended
+    formats also answer to ``p3109_{k}p{p}``."""
+    if domain not in P3109_DOMAINS:
+        raise ValueError(f"domain must be one of {', '.join(P3109_DOMAINS)}; got {domain!r}")
+    if not isinstance(signed, bool):
+        raise TypeError(f"signed must be a bool, got {type(signed).__name__}")
+    top = k - 1 if signed else k
+    if not 2 <= k <= 32 or not 1 <= p <= top:
+        raise ValueError(f"p3109 k={k} p={p} {'signed' if signed else 'unsigned'}: need 2 <= k <= 32 and "
+                         f"1 <= p <= {'k - 1 (at least one exponent bit)' if signed else 'k'}")
+    exp_bits = k - p if signed else k - p + 1
+    specials = "p3109" if domain == "extended" else "fnuz" if signed else "fn"
+    name = f"p3109_k{k}p{p}{'s' if signed else 'u'}{domain[0]}"
+    return FloatFormat(exp_bits, p - 1, bias=1 << (exp_bits - 1), signed=signed, specials=specials, name=name)
+
+
+def p3109_variants(k: int) -> list[FloatFormat]:
+    """Every P3109 format of k bits: signed and unsigned, extended and finite, each precision."""
+    return [p3109(k, p, signed, domain) for signed in (True, False) for domain in P3109_DOMAINS
+            for p in range(1, k if signed else k + 1)]
 
 
 def _catalogue() -> dict[str, Format]:
@@ -34,6 +60,7 @@ def _catalogue() -> dict[str, Format]:
     mxint8_element = IntFormat(8, narrow=True, frac_bits=6, name="int8_mx")
     fp32 = FloatFormat(8, 23, name="fp32")
     fp16 = FloatFormat(5, 10, name="fp16")
+    nf4 = CodebookFormat(NF4_VALUES, name="nf4_values")
     formats: list[Format] = [
         fp32,
         fp16,
@@ -46,7 +73,8 @@ def _catalogue() -> dict[str, Format]:
         fp6_e2m3,
         fp4_e2m1,
         E8M0,
-        *(p3109(8, p) for p in range(1, 8)),
+        *(dataclasses.replace(p3109(8, p), name=f"p3109_8p{p}") for p in range(1, 8)),
+        *p3109_variants(8),
         *(IntFormat(b, name=f"int{b}") for b in range(2, 9)),
         *(IntFormat(b, signed=False, name=f"uint{b}") for b in range(2, 9)),
         BlockFormat(fp8_e4m3, 32, name="mxfp8_e4m3"),
@@ -63,6 +91,12 @@ def _catalogue() -> dict[str, Format]:
         BlockFormat(IntFormat(8, name="int8"), None, scale=fp32, name="int8_rowwise"),
         BlockFormat(fp8_e4m3, None, scale=fp32, name="fp8_e4m3_rowwise"),
         BlockFormat(fp8_e4m3, block_shape=(128, 128), scale=fp32, name="fp8_e4m3_b128x128"),
+        BlockFormat(nf4, 64, scale=fp32, name="nf4"),
+        BlockFormat(nf4, 64, scale=fp32, double_quant=BlockFormat(fp8_e4m3, 256, scale=fp32, name="fp8_e4m3_g256"),
+                    name="nf4_dq"),
+        BlockFormat(CodebookFormat(FP4_BNB_VALUES, name="fp4_bnb_values"), 64, scale=fp32, name="fp4_bnb"),
+        TensorScaledFormat(IntFormat(2, narrow=True, name="int2_narrow"), "absmean", name="ternary"),
+        TensorScaledFormat(CodebookFormat((-1.0, 1.0), name="sign"), "absmean", name="binary"),
         MicroexponentFormat(7, name="mx9"),
         MicroexponentFormat(4, name="mx6"),
         MicroexponentFormat(2, name="mx4"),
@@ -98,7 +132,7 @@ MAX_NESTING = 8
 #: The most digits a number in a format name may have (far more than any
 #: width or block size the format classes accept).
 MAX_DIGITS = 18
-SPEC_FORMS = "eXmY, eXmYfn, eXmYfnuz, intN, uintN, p3109_KpP, mx(ELEMENT,BLOCK)"
+SPEC_FORMS = "eXmY, eXmYfn, eXmYfnuz, intN, uintN, p3109_KpP, p3109_kKpP[s|u][e|f], mx(ELEMENT,BLOCK)"
 
 
 def _shown(spec: str, limit: int = 60) -> str:
@@ -168,7 +202,11 @@ def _parse(spec: str, key: str) -> Format | None:
     """The format a spelled-out name ``key`` (normalised from ``spec``)
     describes, or None when it has none of the forms in SPEC_FORMS."""
     if m := re.fullmatch(r"p3109_(\d+)p(\d+)", key):
-        return p3109(_number(m[1], spec), _number(m[2], spec))
+        fmt = _build(spec, p3109, _number(m[1], spec), _number(m[2], spec))
+        return dataclasses.replace(fmt, name=key)
+    if m := re.fullmatch(r"p3109_k(\d+)p(\d+)([su])([ef])", key):
+        domain = "extended" if m[4] == "e" else "finite"
+        return _build(spec, p3109, _number(m[1], spec), _number(m[2], spec), m[3] == "s", domain)
     if m := re.fullmatch(r"(u?)int(\d+)", key):
         return _build(spec, IntFormat, _number(m[2], spec), signed=not m[1])
     if m := re.fullmatch(r"(?:fp\d+_)?e(\d+)m(\d+)(fn|fnuz)?", key):
@@ -198,7 +236,7 @@ def get_format(spec: Any) -> Format:
     parentheses nested deeper than MAX_NESTING, a number of more than
     MAX_DIGITS digits, or parameters the format family refuses.
     """
-    if isinstance(spec, ElementFormat | ScaledFormat):
+    if isinstance(spec, ElementFormat | ScaledFormat | TensorScaledFormat):
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"a format is a name like 'mxfp4' or a format object, got {type(spec).__name__}")

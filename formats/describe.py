@@ -8,15 +8,18 @@ from typing import Any
 
 from .block_format import BlockFormat
 from .catalogue import CATALOGUE
+from .codebook import CodebookFormat
 from .float_format import FloatFormat
 from .int_format import IntFormat
 from .microexponent import MicroexponentFormat
+from .tensor_scaled import TensorScaledFormat
 
 SPECIAL_VALUES = {
     "ieee": "Inf and NaN at the top exponent, -0",
     "fn": "no Inf; all-ones code is NaN",
     "fnuz": "no Inf, no -0; -0 code is the NaN",
-    "p3109": "+-Inf at the top codes; -0 code is the NaN",
+    "p3109": "P3109 extended: signed, +-Inf at the top codes and the -0 code is the NaN; unsigned, "
+             "the all-ones code is the NaN and the one below +Inf",
     "none": "finite only",
 }
 
@@ -44,6 +47,10 @@ def layout(fmt: Any) -> str:
         extras = (" + zero point" if fmt.zero_point else "") + (
             f" (scales in {layout(fmt.double_quant)})" if fmt.double_quant else "")
         return f"{layout(fmt.element)} x {blocks}, {layout(fmt.scale)} scale{extras}"
+    if isinstance(fmt, CodebookFormat):
+        return f"codebook of {len(fmt.table)}"
+    if isinstance(fmt, TensorScaledFormat):
+        return f"{layout(fmt.element)} x tensor, fp32 scale ({fmt.scale_rule})"
     if isinstance(fmt, MicroexponentFormat):
         return f"sign+{fmt.man_bits}b, {fmt.exp_bits}b exp / {fmt.block_size}, {fmt.micro_bits}b shift / {fmt.sub_block}"
     return type(fmt).__name__  # a family without a layout of its own here
@@ -72,6 +79,19 @@ def properties(fmt: Any) -> list[tuple[str, str]]:
             ("range", f"{number(fmt.min)} .. {number(fmt.max)}" + (" (narrow: symmetric)" if fmt.narrow else "")),
             ("step", number(fmt.min_subnormal)),
             ("default overflow", "saturate"),
+        ]
+    elif isinstance(fmt, CodebookFormat):
+        rows += [
+            ("values", ", ".join(f"{v:.8g}" for v in fmt.table[:32]) + (", ..." if len(fmt.table) > 32 else "")),
+            ("codes", f"the index of the value, {fmt.nbits} bits ({len(fmt.table)} values)"),
+            ("rounding", "to the neighbouring table values; nearest ties to the even code"),
+            ("overflow", "saturate to the end values"),
+        ]
+    elif isinstance(fmt, TensorScaledFormat):
+        rows += [
+            ("element", f"{fmt.element.name} ({layout(fmt.element)})"),
+            ("scale", f"one float32 per tensor, rule {fmt.scale_rule}: {TENSOR_RULE_TEXT[fmt.scale_rule]}"),
+            ("overflow", "elements saturate; NaN/Inf make the tensor NaN"),
         ]
     elif isinstance(fmt, BlockFormat):
         rows += [
@@ -110,6 +130,13 @@ RULE_TEXT = {
     "mse": "the candidate scale with the least squared error",
     "4over6": "amax mapped to 6 or to 4, whichever errs less",
     "minmax": "(hi - lo) / (2^b - 1) over the block's range including 0",
+}
+
+
+#: What each per-tensor scale rule computes, in a line.
+TENSOR_RULE_TEXT = {
+    "absmean": "the exact mean of |x| rounded to float32 (BitNet)",
+    "amax": "amax / max_elem rounded to float32",
 }
 
 

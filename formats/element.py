@@ -17,7 +17,7 @@ from .arrays import as_tensor, decoded_in, float_dtype, integer_input
 from .backends import Policy
 from .base import Grid
 from .chunks import chunk_slices, exact
-from .rounding import Rounder, check_overflow, stochastic_key
+from .rounding import Rounder, check_overflow, check_sr_bits, stochastic_key
 
 
 class ElementFormat:
@@ -53,16 +53,17 @@ class ElementFormat:
         return self.name
 
     def _call(self, x: Any, operation: str, rounding: str, overflow: str | None, seed: Any, generator: Any,
-              flush_subnormals: bool, backend: str | None):
+              flush_subnormals: bool, backend: str | None, sr_bits: int | None):
         """The input as a tensor, its kind, the checked policy and the backend that runs ``operation``."""
         t, kind = as_tensor(x)
         policy = Policy(rounding=rounding, overflow=check_overflow(overflow, self.has_inf, self.has_nan, self.name),
-                        key=stochastic_key(rounding, seed, generator), flush_subnormals=flush_subnormals)
+                        key=stochastic_key(rounding, seed, generator), flush_subnormals=flush_subnormals,
+                        sr_bits=check_sr_bits(rounding, sr_bits))
         return t, kind, policy, backends.resolve(backend, t.device.type, self, operation, policy)
 
     def quantize(self, x: Any, *, rounding: str = "nearest_even", overflow: str | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
-                 flush_subnormals: bool = False, backend: str | None = None) -> Any:
+                 flush_subnormals: bool = False, backend: str | None = None, sr_bits: int | None = None) -> Any:
         """What ``x`` becomes in this format, in x's kind, dtype and device.
 
         NaN stays NaN. Values the format cannot hold at all (negatives in an
@@ -72,10 +73,14 @@ class ElementFormat:
         result exactly (pass float32 or float64 then). ``backend``: None (the
         device's kernels where they support the call: "cpu" for CPU data,
         "cuda" for CUDA data where the extension builds; else the
-        reference), or a name of :func:`lowbit.backends`.
+        reference), or a name of :func:`lowbit.backends`. ``rounding``: a
+        mode of :data:`~lowbit.formats.rounding.ROUNDING_MODES`;
+        ``seed``/``generator`` and ``sr_bits`` (the random draw's width,
+        1..32; None: 53 bits) apply to ``"stochastic"`` only (see
+        :class:`~lowbit.formats.rounding.Rounder`).
         """
         t, kind, policy, chosen = self._call(x, "quantize", rounding, overflow, seed, generator, flush_subnormals,
-                                             backend)
+                                             backend, sr_bits)
         out, exact_fit = chosen.elements.quantize(self, t, policy)
         if not exact_fit:
             raise kind.inexact_error()
@@ -83,13 +88,13 @@ class ElementFormat:
 
     def encode(self, x: Any, *, rounding: str = "nearest_even", overflow: str | None = None,
                seed: int | None = None, generator: torch.Generator | None = None,
-               flush_subnormals: bool = False, backend: str | None = None) -> Any:
+               flush_subnormals: bool = False, backend: str | None = None, sr_bits: int | None = None) -> Any:
         """The bit code of each rounded element, in the narrowest unsigned
         integer dtype (uint8/uint16/uint32). Raises ValueError for elements
         the format cannot represent (NaN into a format without NaN, negatives
         into an unsigned format, zero into a format without zero)."""
         t, kind, policy, chosen = self._call(x, "encode", rounding, overflow, seed, generator, flush_subnormals,
-                                             backend)
+                                             backend, sr_bits)
         out, bad = chosen.elements.encode(self, t, policy)
         if bad is not None:
             raise self._unrepresentable(float(exact(t.reshape(-1)[bad], flush_subnormals)))

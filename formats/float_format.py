@@ -11,8 +11,10 @@ has a mantissa; with no mantissa (E8M0) there is no zero at all.
 - ``"ieee"``: E all ones is Inf (M == 0) or NaN (M != 0); -0 exists.
 - ``"fn"``: no Inf; only the all-ones magnitude code is NaN (OCP E4M3, E8M0).
 - ``"fnuz"``: no Inf, no -0; the negative-zero code is the single NaN.
-- ``"p3109"``: the top code of each sign is +-Inf; the negative-zero code is
-  the single NaN.
+- ``"p3109"``: IEEE P3109's extended formats: signed, the top code of each
+  sign is +-Inf and the negative-zero code is the single NaN; unsigned, the
+  all-ones code is the NaN and the code below it +Inf. (P3109's finite
+  formats are ``"fnuz"`` signed and ``"fn"`` unsigned.)
 - ``"none"``: every code is a finite number (OCP E2M1, E3M2, E2M3).
 
 Rounding is correct on the exact input value. Rounding past the largest
@@ -63,7 +65,7 @@ class FloatFormat(ElementFormat):
         nbits = self.signed + self.exp_bits + self.man_bits
         if not 2 <= nbits <= 32:
             raise ValueError(f"a FloatFormat has 2..32 bits; sign+exp_bits+man_bits = {nbits}")
-        if not self.signed and self.specials in ("fnuz", "p3109"):
+        if not self.signed and self.specials == "fnuz":
             raise ValueError(f"specials={self.specials!r} puts NaN on the negative-zero code, so it needs signed=True")
         if self.specials == "ieee" and self.exp_bits < 2:
             raise ValueError("specials='ieee' reserves the top exponent, so it needs exp_bits >= 2")
@@ -121,8 +123,10 @@ class FloatFormat(ElementFormat):
         top = (1 << self.magnitude_bits) - 1
         if self.specials == "ieee":
             return ((1 << self.exp_bits) - 1 << self.man_bits) - 1
-        if self.specials in ("fn", "p3109"):
+        if self.specials == "fn" or (self.specials == "p3109" and self.signed):
             return top - 1
+        if self.specials == "p3109":
+            return top - 2
         return top
 
     @property
@@ -131,7 +135,7 @@ class FloatFormat(ElementFormat):
         if self.specials == "ieee":
             return (1 << self.exp_bits) - 1 << self.man_bits
         if self.specials == "p3109":
-            return (1 << self.magnitude_bits) - 1
+            return (1 << self.magnitude_bits) - 1 - (not self.signed)
         return None
 
     @property
@@ -154,8 +158,8 @@ class FloatFormat(ElementFormat):
 
     @property
     def negative_zero_is_nan(self) -> bool:
-        """Whether the negative-zero code is the format's single NaN (FNUZ, P3109)."""
-        return self.specials in ("fnuz", "p3109")
+        """Whether the negative-zero code is the format's single NaN (FNUZ, signed P3109)."""
+        return self.signed and self.specials in ("fnuz", "p3109")
 
     @property
     def nan_codes(self) -> tuple[int, int] | None:

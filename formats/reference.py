@@ -36,7 +36,7 @@ def element_chunks(fmt: Any, t: torch.Tensor, policy: Policy) -> Iterator[tuple[
     flat = t.reshape(-1)
     for part in chunk_slices(flat.numel(), chunks.CHUNK_ELEMENTS):
         x64 = exact(flat[part], policy.flush_subnormals)
-        rounder = Rounder(policy.rounding, torch.signbit(x64), policy.key, part.start)
+        rounder = Rounder(policy.rounding, torch.signbit(x64), policy.key, part.start, policy.sr_bits)
         codes, invalid = fmt.encode_exact(x64, rounder, policy.overflow)
         yield part, x64, codes, invalid
 
@@ -83,7 +83,8 @@ def block_chunks(fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
     rows = layout.to_blocks(t).reshape(-1, layout.block)
     for part in chunk_slices(rows.shape[0], rows_per_chunk(layout.block)):
         blocks = exact(rows[part], policy.flush_subnormals)
-        rounder = Rounder(policy.rounding, torch.signbit(blocks), policy.key, part.start * layout.block)
+        rounder = Rounder(policy.rounding, torch.signbit(blocks), policy.key, part.start * layout.block,
+                          policy.sr_bits)
         yield part, fmt.encode_blocks_exact(blocks, rounder, policy.scale_rule, tensor_scale)
 
 

@@ -13,7 +13,11 @@ from typing import Any
 
 import torch
 
-ROUNDING_MODES = ("nearest_even", "nearest_away", "toward_zero", "up", "down", "stochastic")
+ROUNDING_MODES = ("nearest_even", "nearest_away", "toward_zero", "up", "down", "stochastic", "odd")
+
+#: The widths ``sr_bits`` may take: the random draw of stochastic rounding
+#: limited to k bits, as hardware SR units draw them (8 and 13 are common).
+SR_BITS_RANGE = (1, 32)
 OVERFLOW_POLICIES = ("saturate", "inf", "nan")
 
 
@@ -46,6 +50,21 @@ SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
 SPLITMIX_MUL1 = 0xBF58476D1CE4E5B9
 SPLITMIX_MUL2 = 0x94D049BB133111EB
 _MASK64 = (1 << 64) - 1
+
+
+def check_sr_bits(rounding: str, sr_bits: int | None) -> int | None:
+    """``sr_bits`` checked: None (53 random bits) or an int in
+    :data:`SR_BITS_RANGE`, and only with ``rounding="stochastic"``."""
+    if sr_bits is None:
+        return None
+    if not isinstance(sr_bits, int) or isinstance(sr_bits, bool):
+        raise TypeError(f"sr_bits must be an int or None, got {type(sr_bits).__name__}")
+    low, high = SR_BITS_RANGE
+    if not low <= sr_bits <= high:
+        raise ValueError(f"sr_bits must lie in {low}..{high}, got {sr_bits}")
+    if rounding != "stochastic":
+        raise ValueError(f"sr_bits applies only to rounding='stochastic', not {rounding!r}")
+    return sr_bits
 
 
 def stochastic_key(rounding: str, seed: int | None, generator: Any) -> int | None:
@@ -81,10 +100,11 @@ def _shift_right(z: torch.Tensor, s: int) -> torch.Tensor:
     return (z >> s) & ((1 << (64 - s)) - 1)
 
 
-def counter_uniforms(key: int, first: int, shape: tuple[int, ...], device: Any) -> torch.Tensor:
-    """Uniforms in [0, 1) (53 random bits) for the elements numbered
-    ``first``, ``first + 1``, ... in C order over ``shape``: draw i of
-    SplitMix64 with ``key``, its top 53 bits scaled by 2**-53."""
+def counter_uniforms(key: int, first: int, shape: tuple[int, ...], device: Any, bits: int = 53) -> torch.Tensor:
+    """Uniforms in [0, 1) of ``bits`` random bits (53 at most) for the
+    elements numbered ``first``, ``first + 1``, ... in C order over
+    ``shape``: draw i of SplitMix64 with ``key``, its top ``bits`` bits
+    scaled by 2**-bits (exact in float64)."""
     count = 1
     for n in shape:
         count *= n
@@ -93,7 +113,7 @@ def counter_uniforms(key: int, first: int, shape: tuple[int, ...], device: Any) 
     z = (z ^ _shift_right(z, 30)) * _as_int64(SPLITMIX_MUL1)
     z = (z ^ _shift_right(z, 27)) * _as_int64(SPLITMIX_MUL2)
     z = z ^ _shift_right(z, 31)
-    return (_shift_right(z, 11).to(torch.float64) * 2.0 ** -53).reshape(shape)
+    return (_shift_right(z, 64 - bits).to(torch.float64) * 2.0 ** -bits).reshape(shape)
 
 
 class Rounder:
@@ -101,17 +121,20 @@ class Rounder:
 
     Stochastic rounding draws element i's uniform from the counter-based
     stream ``key`` (see :func:`stochastic_key`), ``first`` being the number
-    of the first element of ``negative``. Directed modes become magnitude
-    modes: ``up`` rounds positive values away from zero and negative ones
-    toward zero, ``down`` the reverse.
+    of the first element of ``negative``; ``sr_bits=k`` limits the draw to
+    its top k bits. Directed modes become magnitude modes: ``up`` rounds
+    positive values away from zero and negative ones toward zero, ``down``
+    the reverse.
     """
 
-    def __init__(self, rounding: str, negative: torch.Tensor, key: int | None = None, first: int = 0):
+    def __init__(self, rounding: str, negative: torch.Tensor, key: int | None = None, first: int = 0,
+                 sr_bits: int | None = None):
         self.mode = check_rounding(rounding)
         self.negative = negative
+        self.sr_bits = check_sr_bits(self.mode, sr_bits)
         self.u = None
         if self.mode == "stochastic":
-            self.u = counter_uniforms(key, first, tuple(negative.shape), negative.device)
+            self.u = counter_uniforms(key, first, tuple(negative.shape), negative.device, sr_bits or 53)
 
     def toward_zero(self) -> torch.Tensor | bool:
         """Where this mode rounds magnitudes toward zero (so never overflows to infinity)."""
@@ -127,14 +150,24 @@ class Rounder:
         """True where the mode picks ``hi`` over ``lo`` for ``lo <= a < hi``.
 
         Ties (a exactly halfway) go to the even code under ``nearest_even``
-        and to ``hi`` (away from zero) under ``nearest_away``. Stochastic
-        rounding picks ``hi`` with probability (a - lo) / (hi - lo).
+        and to ``hi`` (away from zero) under ``nearest_away``; ``odd`` picks
+        the neighbour with the odd code when a is not ``lo`` itself.
+        Stochastic rounding picks ``hi`` with probability (a - lo) / (hi - lo):
+        where u * (hi - lo) < a - lo for the 53-bit uniform u; with
+        ``sr_bits=k``, where round_half_even((a - lo) / (hi - lo) * 2**k) +
+        r >= 2**k for the k-bit integer r = u * 2**k (gfloat's
+        ``RoundMode.Stochastic``; unbiased to within 2**-(k+1)).
         """
         if self.mode in ("nearest_even", "nearest_away"):
             twice, mid = 2 * a, lo + hi
             if self.mode == "nearest_away":
                 return twice >= mid
             return (twice > mid) | ((twice == mid) & lo_is_odd)
+        if self.mode == "odd":
+            return (a > lo) & ~lo_is_odd
         if self.mode == "stochastic":
-            return self.u * (hi - lo) < (a - lo)
+            if self.sr_bits is None:
+                return self.u * (hi - lo) < (a - lo)
+            steps = float(1 << self.sr_bits)
+            return torch.round((a - lo) / (hi - lo) * steps) + self.u * steps >= steps
         return (a > lo) & ~torch.as_tensor(self.toward_zero(), device=a.device)

@@ -21,7 +21,7 @@ from .blocking import BlockCodes, BlockLayout, Layout
 from .chunks import chunk_slices, exact
 from .encoded import Encoded
 from .reference import block_codes, rows_per_chunk
-from .rounding import Rounder, stochastic_key
+from .rounding import Rounder, check_sr_bits, stochastic_key
 
 
 class ScaledFormat:
@@ -90,28 +90,31 @@ class ScaledFormat:
         return BlockLayout(tuple(shape), check_axis(axis, len(shape)), self.block_size)
 
     def _call(self, x: Any, operation: str, axis: int | tuple[int, int], rounding: str, scale_rule: str | None, seed: Any,
-              generator: Any, flush_subnormals: bool, backend: str | None):
+              generator: Any, flush_subnormals: bool, backend: str | None, sr_bits: int | None):
         """The input tensor, its kind, its block layout, the checked policy,
         the backend that runs ``operation`` and the per-tensor scale it computes."""
         t, kind = as_tensor(x)
         layout = self.layout(tuple(t.shape), axis)
         policy = Policy(rounding=rounding, scale_rule=self._resolve_rule(scale_rule),
-                        key=stochastic_key(rounding, seed, generator), flush_subnormals=flush_subnormals)
+                        key=stochastic_key(rounding, seed, generator), flush_subnormals=flush_subnormals,
+                        sr_bits=check_sr_bits(rounding, sr_bits))
         chosen = backends.resolve(backend, t.device.type, self, operation, policy)
         return t, kind, layout, policy, chosen, chosen.scaled.tensor_scale(self, t, policy)
 
     def quantize(self, x: Any, *, axis: int | tuple[int, int] = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
-                 flush_subnormals: bool = False, backend: str | None = None) -> Any:
+                 flush_subnormals: bool = False, backend: str | None = None, sr_bits: int | None = None) -> Any:
         """What ``x`` becomes when encoded in blocks along ``axis`` and decoded
         again; same kind, dtype, shape and device as ``x``. ``axis``: the
         blocked axis; for a tiled format a pair (row axis, column axis) or
         the column axis (:meth:`layout`). A block holding
         NaN or Inf becomes all NaN. Elements saturate (they never overflow).
-        ``backend``: as in :meth:`ElementFormat.quantize`."""
+        ``rounding``, ``seed``, ``generator``, ``sr_bits`` and ``backend``:
+        as in :meth:`ElementFormat.quantize`."""
         if self.double_quant is not None:  # the second level needs every block's scale first
             encoded = self.encode(x, axis=axis, rounding=rounding, scale_rule=scale_rule, seed=seed,
-                                  generator=generator, flush_subnormals=flush_subnormals, backend=backend)
+                                  generator=generator, flush_subnormals=flush_subnormals, backend=backend,
+                                  sr_bits=sr_bits)
             t, kind = as_tensor(x)
             values, exact_fit = cast_exactly(as_torch(self.decode(encoded, dtype=torch.float64, backend=backend)),
                                              t.dtype)
@@ -119,7 +122,7 @@ class ScaledFormat:
                 raise kind.inexact_error()
             return kind.give_back(values.to(t.device))
         t, kind, layout, policy, chosen, ts = self._call(x, "quantize", axis, rounding, scale_rule, seed, generator,
-                                                         flush_subnormals, backend)
+                                                         flush_subnormals, backend, sr_bits)
         out, exact_fit = chosen.scaled.quantize(self, t, layout, policy, ts)
         if not exact_fit:
             raise kind.inexact_error()
@@ -127,11 +130,11 @@ class ScaledFormat:
 
     def encode(self, x: Any, *, axis: int | tuple[int, int] = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
                seed: int | None = None, generator: torch.Generator | None = None,
-               flush_subnormals: bool = False, backend: str | None = None) -> Encoded:
+               flush_subnormals: bool = False, backend: str | None = None, sr_bits: int | None = None) -> Encoded:
         """Encode ``x`` in blocks along ``axis``: bit-packed element codes and
         one scale code per block (see :class:`Encoded` for the layout)."""
         t, kind, layout, policy, chosen, ts = self._call(x, "encode", axis, rounding, scale_rule, seed, generator,
-                                                         flush_subnormals, backend)
+                                                         flush_subnormals, backend, sr_bits)
         elements, scale_codes, subscales, zero_points = chosen.scaled.encode(self, t, layout, policy, ts)
         scales, scale_offset = kind.give_back(scale_codes), None
         if self.double_quant is not None:

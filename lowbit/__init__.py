@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from lowbit.formats import (
-    BlockFormat, Encoded, FloatFormat, IntFormat, MicroexponentFormat, get_format, list_formats, pack, unpack,
+    NF4_VALUES, BlockFormat, CodebookFormat, Encoded, FloatFormat, IntFormat, MicroexponentFormat, TensorScaledFormat,
+    fit_codebook, get_format, list_formats, pack, unpack,
 )
 from lowbit.formats import backends as _backends
 
@@ -55,6 +56,7 @@ def backends() -> tuple[str, ...]:
 
 
 __all__ = [
-    "BlockFormat", "Encoded", "FloatFormat", "IntFormat", "MicroexponentFormat", "backends", "decode", "encode",
-    "get_format", "list_formats", "pack", "quantize", "unpack",
+    "NF4_VALUES", "BlockFormat", "CodebookFormat", "Encoded", "FloatFormat", "IntFormat", "MicroexponentFormat",
+    "TensorScaledFormat", "backends", "decode", "encode", "fit_codebook", "get_format", "list_formats", "pack",
+    "quantize", "unpack",
 ]

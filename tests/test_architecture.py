@@ -162,12 +162,15 @@ def test_a_new_family_lands_on_the_reference_and_the_default_path_keeps_working(
         lowbit.BlockFormat(fmt, 32).quantize(x, backend="cpu")
 
 
-def test_a_rounding_mode_the_kernels_lack_goes_to_the_reference():
+def test_a_rounding_policy_the_kernels_lack_goes_to_the_reference():
     fmt = lowbit.get_format("mxfp4")
-    assert backends.resolve(None, "cpu", fmt, "quantize", Policy(rounding="odd")).name == "reference"
-    assert backends.resolve(None, "cpu", fmt, "quantize", Policy(rounding="nearest_even")).name == "cpu"
-    with pytest.raises(ValueError, match="the kernels implement rounding nearest_even, .*, not 'odd'"):
-        backends.resolve("cpu", "cpu", fmt, "quantize", Policy(rounding="odd"))
+    limited = Policy(rounding="stochastic", key=1, sr_bits=8)
+    assert backends.resolve(None, "cpu", fmt, "quantize", limited).name == "reference"
+    assert backends.resolve(None, "cpu", fmt, "quantize", Policy(rounding="odd")).name == "cpu"
+    with pytest.raises(ValueError, match="its kernels draw 53 random bits per element, not sr_bits"):
+        backends.resolve("cpu", "cpu", fmt, "quantize", limited)
+    with pytest.raises(ValueError, match="the kernels implement rounding nearest_even, .*, not 'half_down'"):
+        backends.resolve("cpu", "cpu", fmt, "quantize", Policy(rounding="half_down"))
 
 
 # -- values compare by value ------------------------------------------------------------------------

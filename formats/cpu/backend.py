@@ -12,4 +12,4 @@ CPU_SCHEMES = frozenset(SCHEMES) - {"double quantization of scales other than fp
 
 
 def load_backend() -> KernelBackend:
-    return KernelBackend("cpu", "cpu", element_backend, scaled_backend, schemes=CPU_SCHEMES)
+    return KernelBackend("cpu", "cpu", element_backend, scaled_backend, schemes=CPU_SCHEMES, codebooks=True)

@@ -11,9 +11,11 @@ import functools
 import numpy as np
 import torch
 
-from ..abi import element_descriptor, flush_threshold, overflow_code, rounding_code
-from ..arrays import code_dtype, codes_range_error
+from ..abi import ELEMENT_FIELDS, element_descriptor, flush_threshold, overflow_code, rounding_code
+from ..arrays import cast_exactly, code_dtype, codes_range_error
 from ..backends import Policy
+from ..codebook import CodebookFormat
+from . import codebook_kernels
 from . import element_kernels as kernels
 from . import fast32
 from .buffers import new_tensor
@@ -44,9 +46,36 @@ def _fast_float32(fmt, t: torch.Tensor, policy: Policy):
     return None
 
 
+def _codebook(fmt: CodebookFormat, t: torch.Tensor, policy: Policy,
+              values: bool) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
+    """A codebook's codes of t (t's shape), its float32 values when asked
+    for, and the flat index of the first NaN (None without)."""
+    wide = t.dtype == torch.float64
+    flat = _flat(t.contiguous() if wide or t.dtype == torch.float32 else t.to(torch.float32))  # exact widening
+    codes = new_tensor(tuple(t.shape), code_dtype(fmt.nbits))
+    out = new_tensor(tuple(t.shape), torch.float32) if values else None
+    first_nan = np.full(codebook_kernels.span_count(t.numel()), codebook_kernels.NO_INDEX, dtype=np.int64)
+    table, table32 = _codebook_tables(fmt)
+    codebook_kernels.codebook_elements(flat, _flat(codes), _flat(out) if values else np.empty(0, np.float32), table,
+                                       table32, rounding_code(policy.rounding), np.uint64(policy.key or 0),
+                                       flush_threshold(t.dtype, policy.flush_subnormals), first_nan)
+    bad = int(first_nan.min(initial=codebook_kernels.NO_INDEX))
+    return codes, out, None if bad == codebook_kernels.NO_INDEX else bad
+
+
+@functools.lru_cache(maxsize=64)
+def _codebook_tables(fmt: CodebookFormat) -> tuple[np.ndarray, np.ndarray]:
+    """The codebook's values as float64 and as float32."""
+    table = np.array(fmt.table, dtype=np.float64)
+    return table, table.astype(np.float32)
+
+
 def quantize(fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, bool]:
     """The rounded values in t's dtype and shape, and whether they all fit
     that dtype exactly."""
+    if isinstance(fmt, CodebookFormat):
+        _, values, _ = _codebook(fmt, t, policy, values=True)
+        return cast_exactly(values, t.dtype) if t.dtype != torch.float32 else (values, True)
     out = new_tensor(tuple(t.shape), t.dtype)
     fast = _fast_float32(fmt, t, policy)
     if fast is not None:
@@ -63,6 +92,9 @@ def quantize(fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, bool]:
 def encode(fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, int | None]:
     """The codes in t's shape, and the flat index of the first element the
     format cannot represent (None if every element encoded)."""
+    if isinstance(fmt, CodebookFormat):
+        codes, _, bad = _codebook(fmt, t, policy, values=False)
+        return codes, bad
     out = new_tensor(tuple(t.shape), code_dtype(fmt.nbits))
     fast = _fast_float32(fmt, t, policy)
     if fast is not None and fast[1](_flat(t), out.numpy().reshape(-1), fast[2], np.uint64(policy.key or 0),
@@ -89,8 +121,9 @@ def decode(fmt, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     ValueError for codes outside [0, 2**nbits)."""
     out = new_tensor(tuple(codes.shape), dtype)
     out_of_range = np.zeros(kernels.span_count(codes.numel()), dtype=np.int64)
-    kernels.decode_elements(planes_rows_cols(codes.numpy()), out.numpy().reshape(-1), element_descriptor(fmt),
-                            fmt.nbits, decode_table(fmt), out_of_range)
+    descriptor = (0,) * ELEMENT_FIELDS if isinstance(fmt, CodebookFormat) else element_descriptor(fmt)  # table only
+    kernels.decode_elements(planes_rows_cols(codes.numpy()), out.numpy().reshape(-1), descriptor, fmt.nbits,
+                            decode_table(fmt), out_of_range)
     if out_of_range.any():
         raise codes_range_error(fmt.nbits)
     return out

@@ -16,7 +16,7 @@ from numba.extending import overload
 
 from ..abi import (
     BIAS, DOWN, FRAC_BITS, HAS_NEGATIVE_ZERO, HAS_ZERO, INF_MAG, INT_BITS, INT_SIGNED, IS_INT, LOWEST_EXPONENT,
-    MAG_BITS, MAN_BITS, MAX_CODE, NAN_NEGATIVE, NAN_POSITIVE, NEAREST_AWAY, NEAREST_EVEN, NEGATIVE_ZERO_IS_NAN,
+    MAG_BITS, MAN_BITS, MAX_CODE, NAN_NEGATIVE, NAN_POSITIVE, NEAREST_AWAY, NEAREST_EVEN, NEGATIVE_ZERO_IS_NAN, ODD,
     OVERFLOW_INF, OVERFLOW_NAN, OVERFLOW_SATURATE, QMAX, QMIN, SIGNED, SIGN_CODE, SMALLEST_BITS, STOCHASTIC,
     SUBNORMALS, TOWARD_ZERO, UP,
 )
@@ -80,6 +80,8 @@ def pick_upper(mode, a, lo, hi, lo_is_odd, negative, u):
         return twice >= mid
     if mode == STOCHASTIC:
         return u * (hi - lo) < (a - lo)
+    if mode == ODD:
+        return (a > lo) & (not lo_is_odd)
     return (a > lo) & (not toward_zero(mode, negative))
 
 

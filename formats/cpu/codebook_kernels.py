@@ -1,0 +1,167 @@
+"""Parallel kernels for codebook elements (:class:`~lowbit.formats.codebook.CodebookFormat`),
+on their own and in blocks with a float32 scale per block (``nf4``).
+
+They mirror ``CodebookFormat.encode_exact``: an element's code follows from
+comparisons of the exact float64 value with the table's values and
+midpoints (which are exact in float64), so the kernels count, for a run of
+elements at a time, how many thresholds each one passes; the compiler
+turns those counts into vector instructions. Under ``nearest_even`` the
+code is the number of midpoints below the value, a tie counting when it
+lies at an odd midpoint (so it goes to the even code); ``down`` counts the
+table values from the second on that are <= the value; ``up`` the values up
+to the second last that are < it; ``nearest_away`` and ``toward_zero``
+choose between two counts by the sign; ``odd`` and ``stochastic`` decide
+between ``down`` and the next code, element by element.
+
+Elements are split into spans of ``SPAN``, one span per task; element i
+draws its stochastic uniform from the counter-based stream at i, so results
+never depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ..abi import DOWN, NEAREST_AWAY, NEAREST_EVEN, ODD, STOCHASTIC, TOWARD_ZERO, UP
+from .compiling import jit
+from .scalar import counter_uniform
+
+SPAN = 1 << 14
+#: elements whose codes one pass of threshold counts computes (cache-resident)
+RUN = 256
+NO_INDEX = np.iinfo(np.int64).max
+inline = jit(inline="always")
+task = jit()
+parallel = jit(parallel=True)
+
+
+def span_count(total: int) -> int:
+    return -(-total // SPAN)
+
+
+@inline
+def count_above(v, n, thresholds, strict, counts):
+    """counts[i] += the number of thresholds below v[i] (strictly, or at most v[i])."""
+    for t in thresholds:
+        if strict:
+            for i in range(n):
+                counts[i] += v[i] > t
+        else:
+            for i in range(n):
+                counts[i] += v[i] >= t
+
+
+#: tables longer than this find each element's neighbours by binary search, not by counting
+COUNTED_TABLE = 64
+
+
+@inline
+def down_index(x, table, last):
+    """The index of the largest table value <= x (0 below the table)."""
+    lo_index, hi_index = 0, last + 1
+    while hi_index - lo_index > 1:
+        middle = (lo_index + hi_index) >> 1
+        if table[middle] <= x:
+            lo_index = middle
+        else:
+            hi_index = middle
+    return lo_index
+
+
+@inline
+def code_from_down(x, lo_index, table, last, mode, u):
+    """The code of x (not NaN) given the index of the largest table value <= x."""
+    lo = table[lo_index]
+    if x <= table[0] or x >= table[last] or x == lo:
+        return 0 if x <= table[0] else last if x >= table[last] else lo_index
+    hi = table[lo_index + 1]
+    negative = np.float64(x).view(np.int64) < 0
+    twice, mid = 2.0 * x, lo + hi
+    lo_is_odd = (lo_index & 1) == 1
+    if mode == NEAREST_EVEN:
+        upper = (twice > mid) | ((twice == mid) & lo_is_odd)
+    elif mode == NEAREST_AWAY:
+        upper = (twice > mid) | ((twice == mid) & (not negative))
+    elif mode == TOWARD_ZERO:
+        upper = negative
+    elif mode == UP:
+        upper = True
+    elif mode == DOWN:
+        upper = False
+    elif mode == ODD:
+        upper = not lo_is_odd
+    else:  # STOCHASTIC
+        upper = u * (hi - lo) < (x - lo)
+    return lo_index + 1 if upper else lo_index
+
+
+@task
+def run_codes(v, n, table, mids, mode, key, first, codes):
+    """The codes of the n float64 values v[:n] (no NaN) in the sorted
+    ``table`` (midpoints ``mids``) under ``mode``; ``first``: the stream
+    index of v[0] for stochastic rounding. ``codes`` starts zeroed."""
+    last = table.shape[0] - 1
+    if last < COUNTED_TABLE:
+        if mode == NEAREST_EVEN:
+            count_above(v, n, mids[0::2], True, codes)
+            count_above(v, n, mids[1::2], False, codes)
+            return
+        count_above(v, n, table[1:], False, codes)
+    else:
+        for i in range(n):
+            codes[i] = down_index(v[i], table, last)
+    for i in range(n):
+        u = counter_uniform(key, first + i) if mode == STOCHASTIC else 0.0
+        codes[i] = code_from_down(v[i], codes[i], table, last, mode, u)
+
+
+@inline
+def load_run(x, start, n, tiny, v):
+    """x[start:start + n] as float64 into v (flushed below ``tiny``, NaN as
+    0); the index of the first NaN, or NO_INDEX."""
+    first_nan = NO_INDEX
+    for i in range(n):
+        value = np.float64(x[start + i])
+        if value != value:
+            first_nan = min(first_nan, start + i)
+            value = 0.0
+        v[i] = value * 0.0 if abs(value) < tiny else value
+    return first_nan
+
+
+@task
+def codes_span(x, codes, values, table, table32, start, stop, mode, key, tiny):
+    """Codes (and float32 values, when ``values`` is not empty) of elements
+    start..stop; the index of the first NaN, or NO_INDEX."""
+    first_nan = NO_INDEX
+    mids = (table[:-1] + table[1:]) / 2.0
+    v = np.empty(RUN, dtype=np.float64)
+    run = np.empty(RUN, dtype=np.int64)
+    for begin in range(start, stop, RUN):
+        n = min(RUN, stop - begin)
+        nan_at = load_run(x, begin, n, tiny, v)
+        first_nan = min(first_nan, nan_at)
+        run[:] = 0
+        run_codes(v, n, table, mids, mode, key, begin, run)
+        for i in range(n):
+            codes[begin + i] = run[i]
+        if values.shape[0]:
+            for i in range(n):
+                values[begin + i] = table32[run[i]]
+            if nan_at != NO_INDEX:
+                for i in range(n):
+                    if x[begin + i] != x[begin + i]:
+                        values[begin + i] = np.nan
+    return first_nan
+
+
+@parallel
+def codebook_elements(x, codes, values, table, table32, mode, key, tiny, first_nan):
+    """Every element of the flat arrays; each span's first NaN index into
+    ``first_nan``. ``table``: the values (float64); ``table32``: as float32."""
+    total = x.shape[0]
+    for s in prange(first_nan.shape[0]):
+        start = s * SPAN
+        first_nan[s] = codes_span(x, codes, values, table, table32, start, min(start + SPAN, total), mode, key,
+                                  tiny)
