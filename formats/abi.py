@@ -258,6 +258,8 @@ def undescribable(fmt: Any, policy: Policy, schemes: frozenset[str] = frozenset(
                                ("scale_rule", policy.scale_rule, SCALE_RULES)):
         if value is not None and value not in known:
             return f"the kernels implement {what} {', '.join(known)}, not {value!r}"
+    if type(fmt) is BlockFormat and type(fmt.element) is CodebookFormat and codebooks:
+        return _undescribable_codebook_blocks(fmt, policy)
     if type(fmt) is BlockFormat:
         for role, part, allowed in (("elements", fmt.element, (FloatFormat, IntFormat)),
                                     ("scales", fmt.scale, (FloatFormat,))):
@@ -272,6 +274,17 @@ def undescribable(fmt: Any, policy: Policy, schemes: frozenset[str] = frozenset(
     elif type(fmt) not in (*KERNEL_FAMILIES, CodebookFormat):
         return (f"the kernels implement the families {', '.join(k.__name__ for k in KERNEL_FAMILIES)}, "
                 f"not {type(fmt).__name__} ({fmt.name})")
+    return None
+
+
+def _undescribable_codebook_blocks(fmt: BlockFormat, policy: Policy) -> str | None:
+    """Why the codebook block kernels cannot run ``fmt`` (QLoRA's layout:
+    fp32 scales, rule amax, double quantization at most), or None."""
+    fp32_scales = (fmt.scale.exp_bits, fmt.scale.man_bits, fmt.scale.specials) == (8, 23, "ieee")
+    rule = policy.scale_rule or fmt.scale_rule
+    if not fp32_scales or rule != "amax" or fmt.tensor_scale:
+        return (f"its kernels take codebook elements in blocks with fp32 scales under scale_rule 'amax' only; "
+                f"{fmt.name} has {fmt.scale.name} scales, rule {rule!r}")
     return None
 
 

@@ -294,6 +294,14 @@ class BlockFormat(ScaledFormat):
         return s - (amax <= self.element.max * pow2(s - 1)).to(torch.int64)
 
     @cached_property
+    def zero_element_code(self) -> int:
+        """The element code of +0.0, which a block whose scale is zero holds
+        (0 for float and integer elements; a codebook's index of 0.0)."""
+        zero = torch.zeros(1, dtype=torch.float64)
+        nearest = Rounder("nearest_even", torch.zeros(1, dtype=torch.bool))
+        return int(self.element.encode_exact(zero, nearest, "saturate")[0][0])
+
+    @cached_property
     def largest_per_scale_code(self) -> torch.Tensor:
         return self.element.max * self.scale.decode_exact(torch.arange(1 << self.scale.nbits)).abs()
 
@@ -371,7 +379,7 @@ class BlockFormat(ScaledFormat):
         scaled = torch.where(vanishing, torch.copysign(torch.full_like(scaled, 2.0 ** -1020), clean), scaled)
         if zeros is None:
             codes, _ = self.element.encode_exact(scaled, rounder, "saturate")
-            return torch.where(usable, codes, 0)
+            return torch.where(usable, codes, self.zero_element_code)
         wide = self.zero_point_integers
         rounded = wide.decode_exact(wide.encode_exact(scaled, rounder, "saturate")[0]).to(torch.int64)
         return (rounded + zeros[..., None]).clamp(0, (1 << self.element.nbits) - 1)

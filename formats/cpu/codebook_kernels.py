@@ -1,17 +1,17 @@
 """Parallel kernels for codebook elements (:class:`~lowbit.formats.codebook.CodebookFormat`),
-on their own and in blocks with a float32 scale per block (``nf4``).
+on their own and in blocks with an fp32 scale per block (``nf4``).
 
 They mirror ``CodebookFormat.encode_exact``: an element's code follows from
 comparisons of the exact float64 value with the table's values and
-midpoints (which are exact in float64), so the kernels count, for a run of
-elements at a time, how many thresholds each one passes; the compiler
-turns those counts into vector instructions. Under ``nearest_even`` the
-code is the number of midpoints below the value, a tie counting when it
-lies at an odd midpoint (so it goes to the even code); ``down`` counts the
-table values from the second on that are <= the value; ``up`` the values up
-to the second last that are < it; ``nearest_away`` and ``toward_zero``
-choose between two counts by the sign; ``odd`` and ``stochastic`` decide
-between ``down`` and the next code, element by element.
+midpoints (exact in float64). For tables of up to ``COUNTED_TABLE`` values
+the kernels count, for a run of elements at a time, how many thresholds
+each one passes, which the compiler turns into vector instructions: under
+``nearest_even`` the code is the number of midpoints below the value, a tie
+counting when it lies at an odd midpoint (so it goes to the even code);
+every other mode counts the table values from the second on that are <=
+the value (the lower neighbour's index) and then decides element by
+element between it and the next code. Longer tables find the lower
+neighbour by binary search.
 
 Elements are split into spans of ``SPAN``, one span per task; element i
 draws its stochastic uniform from the counter-based stream at i, so results
@@ -24,6 +24,7 @@ import numpy as np
 from numba import prange
 
 from ..abi import DOWN, NEAREST_AWAY, NEAREST_EVEN, ODD, STOCHASTIC, TOWARD_ZERO, UP
+from .bits import pack_row, unpack_row
 from .compiling import jit
 from .scalar import counter_uniform
 
@@ -165,3 +166,81 @@ def codebook_elements(x, codes, values, table, table32, mode, key, tiny, first_n
         start = s * SPAN
         first_nan[s] = codes_span(x, codes, values, table, table32, start, min(start + SPAN, total), mode, key,
                                   tiny)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@task
+def codebook_block(rows, codes, values, scales, table, table32, divisor, zero_code, mode, key, tiny, r, v, run):
+    """Block r of a BlockFormat with codebook elements and fp32 scales
+    (rule ``amax``: float32(amax / divisor), saturating), as
+    ``BlockFormat.encode_blocks_exact``; values float32(element * scale)."""
+    block = rows.shape[1]
+    mids = (table[:-1] + table[1:]) / 2.0
+    amax = 0.0
+    bad = False
+    for j in range(block):
+        x = np.float64(rows[r, j])
+        if x - x != 0.0:  # NaN or Inf
+            bad = True
+        elif abs(x) >= tiny:
+            amax = max(amax, abs(x))
+    if bad:
+        scales[r] = np.nan
+        for j in range(block):
+            codes[r, j] = 0
+            if values.shape[0]:
+                values[r, j] = np.nan
+        return
+    scale = np.float64(np.float32(amax / divisor))
+    scale = min(scale, FLOAT32_MAX)
+    scales[r] = scale
+    if scale == 0.0:
+        for j in range(block):
+            codes[r, j] = zero_code
+            if values.shape[0]:
+                values[r, j] = 0.0
+        return
+    for begin in range(0, block, RUN):
+        n = min(RUN, block - begin)
+        for i in range(n):
+            x = np.float64(rows[r, begin + i])
+            v[i] = (x * 0.0 if abs(x) < tiny else x) / scale
+            run[i] = 0
+        run_codes(v, n, table, mids, mode, key, r * block + begin, run)
+        for i in range(n):
+            codes[r, begin + i] = run[i]
+            if values.shape[0]:
+                values[r, begin + i] = np.float32(table[run[i]] * scale)
+
+
+@parallel
+def codebook_blocks(rows, codes, values, scales, table, table32, divisor, zero_code, mode, key, tiny):
+    """Every block (row) of ``rows``: codes, float64 scales and, when
+    ``values`` is not empty, float32 values (see :func:`codebook_block`)."""
+    for r in prange(rows.shape[0]):
+        codebook_block(rows, codes, values, scales, table, table32, divisor, zero_code, mode, key, tiny, r,
+                       np.empty(RUN, dtype=np.float64), np.empty(RUN, dtype=np.int64))
+
+
+@parallel
+def pack_block_codes(codes, packed, bits):
+    """Each row of ``codes`` packed into ``packed`` (zeroed unless rows fill whole bytes)."""
+    block = codes.shape[1]
+    for r in prange(codes.shape[0]):
+        pack_row(packed, r, codes[r], block, bits)
+
+
+@parallel
+def decode_codebook_blocks(packed, scales, out, table, bits):
+    """out (blocks as rows filling whole bytes of packed ``bits``-bit codes)
+    = float32(table value * scale); NaN where the code lies past the table."""
+    block = out.shape[1]
+    entries = table.shape[0]
+    for r in prange(out.shape[0]):
+        codes = np.empty(block, np.int32)
+        unpack_row(packed, r, codes, block, bits)
+        scale = np.float64(scales[r])
+        for j in range(block):
+            out[r, j] = np.float32(table[codes[j]] * scale) if codes[j] < entries else np.float32(np.nan)

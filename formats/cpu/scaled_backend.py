@@ -12,12 +12,15 @@ import numpy as np
 import torch
 
 from ..abi import block_params, element_descriptor, flush_threshold, microexponent_params, rounding_code
-from ..arrays import code_dtype
+from ..arrays import cast_exactly, code_dtype
 from ..backends import Policy
 from ..block_format import BlockFormat
 from ..blocking import BlockLayout, Layout, TileLayout
+from ..codebook import CodebookFormat
+from ..packing import pack, unpack
 from . import (
-    block_kernels, fast_amax, fast_block_decode, fast_int_blocks, fast_microexponent, fast_mx, microexponent_kernels,
+    block_kernels, codebook_kernels, fast_amax, fast_block_decode, fast_int_blocks, fast_microexponent, fast_mx,
+    microexponent_kernels,
 )
 from .bits import whole_bytes
 from .buffers import new_tensor
@@ -95,9 +98,31 @@ def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: fl
     return ("microexponent", rows, microexponent_params(fmt)) if fast_microexponent.microexponent_fits(fmt) else None
 
 
+def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
+                     values: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A BlockFormat with codebook elements and fp32 scales: element codes
+    (rows of blocks), float64 scales and, when asked for, float32 values
+    (rows of blocks); the kernels read the blocks as contiguous rows."""
+    rows = layout.to_blocks(t).reshape(layout.nrows, layout.block)
+    rows = rows.contiguous() if rows.dtype in (torch.float32, torch.float64) else rows.to(torch.float32)  # exact
+    codes = new_tensor(tuple(rows.shape), code_dtype(fmt.element_code_bits))
+    scales = new_tensor((layout.nrows,), torch.float64)
+    out = new_tensor(tuple(rows.shape), torch.float32) if values else None
+    table = np.array(fmt.element.table, dtype=np.float64)
+    codebook_kernels.codebook_blocks(rows.numpy(), codes.numpy(), out.numpy() if values else np.empty((0, 0), np.float32),
+                                     scales.numpy(), table, table.astype(np.float32), fmt.element.max,
+                                     fmt.zero_element_code, rounding_code(policy.rounding), np.uint64(policy.key or 0),
+                                     flush_threshold(t.dtype, policy.flush_subnormals))
+    return codes, scales, out
+
+
 def quantize(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
     """x encoded and decoded, in its shape and dtype, and whether the dtype
     held every result exactly."""
+    if isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat):
+        _, _, values = _codebook_blocks(fmt, t, layout, policy, values=True)
+        out = layout.from_blocks(values).contiguous()
+        return (out, True) if t.dtype == torch.float32 else cast_exactly(out, t.dtype)
     rows, row_layout = as_rows(t, layout)
     out, exact = _quantize(fmt, rows, row_layout, policy, ts)
     return (out, exact) if rows is t else (layout.from_blocks(out).contiguous(), exact)
@@ -134,6 +159,16 @@ def _quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: flo
 def encode(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | None):
     """(packed element codes, scale codes in the layout's scales shape,
     packed sub-block shifts or None, packed zero points or None) as CPU tensors."""
+    if isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat):
+        codes, scales, _ = _codebook_blocks(fmt, t, layout, policy, values=False)
+        scale_codes = scales.to(torch.float32).view(torch.int32).to(torch.int64).to(code_dtype(fmt.scale_code_bits))
+        bits = fmt.element_code_bits
+        if whole_bytes(bits, layout.block):
+            packed = new_tensor((-(-codes.numel() * bits // 8),), torch.uint8)
+            codebook_kernels.pack_block_codes(codes.numpy(), packed.numpy(), bits)
+        else:
+            packed = pack(codes, bits)
+        return packed, scale_codes.reshape(layout.scales_shape), None, None
     rows, row_layout = as_rows(t, layout)
     elements, scales, subscales, zeros = _encode(fmt, rows, row_layout, policy, ts)
     return elements, scales.reshape(layout.scales_shape), subscales, zeros
@@ -184,6 +219,8 @@ def decode(fmt, layout: Layout, elements: torch.Tensor, scales: torch.Tensor, su
            ts: float | None, dtype: torch.dtype, zero_points: torch.Tensor | None = None) -> torch.Tensor:
     """The values in the layout's true shape. Double-quantized scales come
     as their float32 values, which are fp32 scale codes as they are."""
+    if isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat):
+        return _decode_codebook_blocks(fmt, layout, elements, scales, dtype)
     if scales.is_floating_point():  # their bits as unsigned 32-bit codes (negative scales too)
         scales = scales.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     if isinstance(layout, TileLayout):
@@ -191,6 +228,30 @@ def decode(fmt, layout: Layout, elements: torch.Tensor, scales: torch.Tensor, su
         out = _decode(fmt, row_layout, elements, scales, subscales, zero_points, ts, dtype)
         return layout.from_blocks(out).contiguous()
     return _decode(fmt, layout, elements, scales, subscales, zero_points, ts, dtype)
+
+
+def _decode_codebook_blocks(fmt, layout: Layout, elements: torch.Tensor, scales: torch.Tensor,
+                            dtype: torch.dtype) -> torch.Tensor:
+    """Codebook elements times fp32 scales (codes, or the float32 values of
+    double-quantized scales), rounded to float32."""
+    if not scales.is_floating_point():
+        scales = scales.reshape(-1).to(torch.int64).to(torch.int32).view(torch.float32)
+    bits = fmt.element_code_bits
+    scales = scales.reshape(-1).to(torch.float32).contiguous()
+    table = np.array(fmt.element.table, dtype=np.float64)
+    if whole_bytes(bits, layout.block):
+        values = new_tensor((layout.nrows, layout.block), torch.float32)
+        _check_reads(fmt, BlockLayout((layout.nrows, layout.block), 1, layout.block), elements.contiguous().numpy(),
+                     scales.numpy(), np.zeros(0, np.uint8), np.zeros(0, np.uint8))
+        codebook_kernels.decode_codebook_blocks(elements.contiguous().numpy(), scales.numpy(), values.numpy(), table,
+                                                bits)
+    else:
+        codes = unpack(elements, bits, layout.nrows * layout.block).to(torch.int64)
+        by_code = torch.full((1 << bits,), torch.nan, dtype=torch.float64)
+        by_code[: table.size] = torch.from_numpy(table)
+        values = (by_code[codes].reshape(layout.nrows, layout.block) * scales.reshape(-1, 1).to(torch.float64))
+        values = values.to(torch.float32)
+    return layout.from_blocks(values).to(dtype).contiguous()
 
 
 def _decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
