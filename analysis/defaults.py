@@ -8,11 +8,14 @@ from .data import DISTRIBUTIONS, LLM_CHANNELS
 #: schemes of weight and activation quantizers: INT4 in groups of 128 with
 #: fp16 scales, symmetric and with zero points (GPTQ, AWQ), FP8 with one
 #: fp32 scale per row (per token or channel) and per 128 x 128 tile
-#: (DeepSeek-V3's weights).
+#: (DeepSeek-V3's weights); and the element kinds of weight quantizers: NF4
+#: and NF4 with double quantization (QLoRA), a 4-bit k-means codebook in the
+#: same layout, and BitNet b1.58's ternary weights.
 DEFAULT_FORMATS = (
     "fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "int8", "int4",
     "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4",
     "mx9", "mx6", "mx4", "int4_g128", "int4_g128_asym", "fp8_e4m3_rowwise", "fp8_e4m3_b128x128",
+    "nf4", "nf4_dq", "kmeans4_g64", "ternary",
 )
 #: Every scale rule a report can sweep; each applies to the block formats
 #: that take it (see :func:`lowbit.analysis.settings.takes_scale_rule`):

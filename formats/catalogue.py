@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from .block_format import E8M0, BlockFormat
-from .codebook import FP4_BNB_VALUES, NF4_VALUES, CodebookFormat
+from .codebook import FP4_BNB_VALUES, KMEANS4_VALUES, NF4_VALUES, CodebookFormat
 from .element import ElementFormat
 from .float_format import FloatFormat
 from .int_format import IntFormat
@@ -95,6 +95,7 @@ def _catalogue() -> dict[str, Format]:
         BlockFormat(nf4, 64, scale=fp32, double_quant=BlockFormat(fp8_e4m3, 256, scale=fp32, name="fp8_e4m3_g256"),
                     name="nf4_dq"),
         BlockFormat(CodebookFormat(FP4_BNB_VALUES, name="fp4_bnb_values"), 64, scale=fp32, name="fp4_bnb"),
+        BlockFormat(CodebookFormat(KMEANS4_VALUES, name="kmeans4_values"), 64, scale=fp32, name="kmeans4_g64"),
         TensorScaledFormat(IntFormat(2, narrow=True, name="int2_narrow"), "absmean", name="ternary"),
         TensorScaledFormat(CodebookFormat((-1.0, 1.0), name="sign"), "absmean", name="binary"),
         MicroexponentFormat(7, name="mx9"),

@@ -60,6 +60,19 @@ FP4_BNB_MAGNITUDES = tuple(float(np.float32(v)) for v in (
     "0.0", "5.208333333e-03", "0.16666667", "0.25", "0.33333333", "0.5", "0.66666667", "1.0"))
 FP4_BNB_VALUES = tuple(sorted({-v for v in FP4_BNB_MAGNITUDES} | set(FP4_BNB_MAGNITUDES)))
 
+#: A 4-bit codebook fitted by :func:`~lowbit.formats.codebook_fit.fit_codebook`
+#: to standard normal weights normalised per block of 64 by their absmax
+#: (``numpy.random.default_rng(0).standard_normal(2**16)`` in rows of 64,
+#: each divided by its largest magnitude in float64): NF4's derivation
+#: (normal weights, absmax blocks of 64) answered by k-means instead of
+#: quantiles. tests/test_codebooks.py fits it again and compares.
+KMEANS4_VALUES = (
+    -0.9469253420829773, -0.7401432394981384, -0.5897030830383301, -0.46326082944869995, -0.349686861038208,
+    -0.24397213757038116, -0.14354051649570465, -0.04642057418823242, 0.049463145434856415, 0.14551691710948944,
+    0.2432253509759903, 0.34739723801612854, 0.46196338534355164, 0.5895355343818665, 0.7462488412857056,
+    0.9499713182449341,
+)
+
 
 def _table_of(values: Any) -> tuple[float, ...]:
     """``values`` as a checked tuple of floats (see :class:`CodebookFormat`)."""

@@ -34,7 +34,7 @@ import torch
 
 from . import chunks
 from .arrays import as_tensor, as_torch, cast_exactly, float_dtype
-from .base import check_name
+from .base import Grid, check_name
 from .chunks import chunk_slices, exact
 from .element import ElementFormat
 from .families import family
@@ -178,6 +178,16 @@ class TensorScaledFormat:
         codes = self.element.encode(scaled, rounding=rounding, overflow="saturate", seed=seed, generator=generator,
                                     backend=backend, sr_bits=sr_bits)
         return TensorEncoded(self, kind.give_back(codes), scale)
+
+    def grid(self, x: Any, *, axis: Any = None, scale_rule: str | None = None, flush_subnormals: bool = False,
+             backend: str | None = None) -> Grid:
+        """Each element's grid once the tensor's scale is set: the element
+        format's grid at x / s, times s (NaN everywhere when s is NaN);
+        float64, in x's kind. ``axis`` and ``backend`` have no effect."""
+        t, kind = as_tensor(x)
+        scale = self.scale_of(t, scale_rule=scale_rule, flush_subnormals=flush_subnormals)
+        ulp, largest = self.element.grid(exact(t, flush_subnormals) / scale)
+        return Grid(kind.give_back(ulp * scale), kind.give_back(largest * scale))
 
     def decode(self, encoded: TensorEncoded, *, dtype: Any = None, backend: str | None = None) -> Any:
         """element value * scale, float32 unless ``dtype`` asks for float64;

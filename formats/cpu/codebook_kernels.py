@@ -200,7 +200,7 @@ def codebook_block(rows, codes, values, scales, table, table32, divisor, zero_co
         for j in range(block):
             codes[r, j] = zero_code
             if values.shape[0]:
-                values[r, j] = 0.0
+                values[r, j] = np.float32(table[zero_code] * scale)  # a signed zero
         return
     for begin in range(0, block, RUN):
         n = min(RUN, block - begin)

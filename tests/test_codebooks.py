@@ -1,0 +1,148 @@
+"""Codebook elements and the per-tensor scaled formats on the CPU kernels
+against the reference implementation, bit for bit (every rounding mode the
+kernels take, every input dtype, other axes and layouts), the catalogue's
+fitted codebook fitted again, and the backends that lack codebooks saying so.
+The semantics themselves are checked against independent references in
+tests/test_element_kinds.py."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lowbit
+from lowbit.formats import BlockFormat, CodebookFormat, abi, backends
+from lowbit.formats.codebook import KMEANS4_VALUES
+
+from helpers import assert_same_values
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+TABLES = [
+    lowbit.NF4_VALUES,
+    lowbit.formats.FP4_BNB_VALUES,
+    (-1.0, 1.0),
+    (-3.0, -1.0, 0.5, 2.0, 7.0),
+    (0.0, 0.25, 1.0),
+    tuple(np.unique(np.float32(np.random.default_rng(3).standard_normal(200))).astype(np.float64)),  # binary search
+]
+
+
+def outcome(call):
+    try:
+        return call()
+    except (ValueError, TypeError) as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def same(method, x, context, **policy):
+    got = outcome(lambda: method(x, backend="cpu", **policy))
+    expected = outcome(lambda: method(x, backend="reference", **policy))
+    if isinstance(expected, str) or isinstance(got, str):
+        assert got == expected, context
+    elif isinstance(expected, lowbit.Encoded):
+        assert got == expected, context
+    else:
+        assert got.dtype == expected.dtype, context
+        assert_same_values(got.float().numpy() if got.dtype == torch.bfloat16 else got,
+                           expected.float().numpy() if expected.dtype == torch.bfloat16 else expected, context,
+                           nan_sign=True)
+
+
+def values_for(table, draw):
+    """Table values, midpoints, their float64 neighbours, specials and random values around the table."""
+    t = np.array(table)
+    mids = (t[:-1] + t[1:]) / 2
+    points = np.concatenate([t, mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf)])
+    picked = draw(st.lists(st.sampled_from(points.tolist()), min_size=1, max_size=24))
+    extra = draw(st.lists(st.one_of(st.floats(float(t[0]) * 2 - 1, float(t[-1]) * 2 + 1),
+                                    st.sampled_from([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40])), max_size=12))
+    return torch.tensor(picked + extra, dtype=torch.float64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_codebook_elements_agree(data):
+    fmt = CodebookFormat(data.draw(st.sampled_from(TABLES), "table"))
+    x = values_for(fmt.table, data.draw).to(data.draw(st.sampled_from(DTYPES), "dtype"))
+    rounding = data.draw(st.sampled_from(abi.ROUNDINGS), "rounding")
+    policy = dict(rounding=rounding, flush_subnormals=data.draw(st.booleans(), "flush"),
+                  **({"seed": 7} if rounding == "stochastic" else {}))
+    for layout in (x, x.reshape(-1, 1).t(), x[::2]):
+        same(fmt.quantize, layout, f"{fmt.name} {x.dtype} {policy}", **policy)
+        same(fmt.encode, layout, f"{fmt.name} {x.dtype} {policy}", **policy)
+    codes = torch.randint(0, 1 << fmt.nbits, (40,))
+    same(fmt.decode, codes, f"{fmt.name} decode", dtype=torch.float64)
+
+
+BLOCK_FORMATS = ["nf4", "fp4_bnb", "kmeans4_g64", "nf4_dq"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_codebook_blocks_agree(data):
+    fmt = lowbit.get_format(data.draw(st.sampled_from(BLOCK_FORMATS), "format"))
+    rows = data.draw(st.integers(1, 3), "rows")
+    length = data.draw(st.sampled_from([64, 100, 128, 7]), "length")
+    scale = data.draw(st.sampled_from([1.0, 1e-30, 1e30, 3.0]), "scale")
+    x = torch.randn(rows, length, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99)))) * scale
+    for where, value in data.draw(st.lists(st.tuples(st.integers(0, x.numel() - 1),
+                                                     st.sampled_from([0.0, np.nan, np.inf, -0.0, 1e-42])),
+                                           max_size=3), "specials"):
+        x.view(-1)[where] = value
+    if data.draw(st.booleans(), "zero row"):
+        x[0] = 0.0
+    x = x.to(data.draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), "dtype"))
+    axis = data.draw(st.sampled_from([-1, 0]), "axis")
+    rounding = data.draw(st.sampled_from(abi.ROUNDINGS), "rounding")
+    policy = dict(axis=axis, rounding=rounding, **({"seed": 3} if rounding == "stochastic" else {}))
+    context = f"{fmt.name} {x.dtype} {tuple(x.shape)} {policy}"
+    same(fmt.quantize, x, context, **policy)
+    same(fmt.encode, x, context, **policy)
+    encoded = fmt.encode(x, backend="reference", **policy)
+    assert_same_values(fmt.decode(encoded, backend="cpu"), fmt.decode(encoded, backend="reference"), context)
+
+
+def test_the_catalogued_kmeans_codebook_is_what_fit_codebook_gives():
+    x = np.random.default_rng(0).standard_normal(1 << 16).reshape(-1, 64)
+    x = x / np.abs(x).max(axis=1, keepdims=True)
+    assert lowbit.fit_codebook(x, 4).table == KMEANS4_VALUES
+    assert lowbit.get_format("kmeans4_g64").element.table == KMEANS4_VALUES
+
+
+def test_codebook_kernels_refuse_what_they_lack_by_name():
+    odd_scales = BlockFormat(lowbit.get_format("nf4").element, 64, scale=lowbit.get_format("fp16"))
+    x = torch.randn(2, 64)
+    assert backends.resolve(None, "cpu", odd_scales, "quantize").name == "reference"
+    with pytest.raises(ValueError, match="codebook elements in blocks with fp32 scales"):
+        odd_scales.quantize(x, backend="cpu")
+    with pytest.raises(ValueError, match="sr_bits"):
+        lowbit.get_format("nf4").quantize(x, rounding="stochastic", seed=1, sr_bits=8, backend="cpu")
+    for name in ("cuda_host", "cuda_emulated"):
+        try:
+            backends.get(name)
+        except backends.BackendUnavailable:
+            continue
+        with pytest.raises(ValueError, match="codebook"):
+            lowbit.get_format("nf4").element.quantize(x, backend=name)
+
+
+def test_sr_bits_on_block_formats_matches_the_elements_rule():
+    """A k-bit draw in a block picks the upper neighbour exactly where the element rule says (mxfp4's scale 1)."""
+    x = np.array([[1.0 + 2.0 ** -6, 1.25, 2.5 + 2.0 ** -5] + [0.0] * 28 + [4.0]])
+    for k in (2, 5, 8):
+        block = lowbit.quantize(x, "mxfp4", rounding="stochastic", seed=9, sr_bits=k)
+        element = lowbit.quantize(x, "fp4_e2m1", rounding="stochastic", seed=9, sr_bits=k)
+        assert np.array_equal(block, element)
+
+
+def test_tensor_scaled_formats_take_float_inputs_of_every_kind():
+    x = torch.randn(33, 17, dtype=torch.float64)
+    for name in ("ternary", "binary"):
+        fmt = lowbit.get_format(name)
+        q64 = fmt.quantize(x)
+        assert torch.equal(fmt.quantize(x.float()).double(), fmt.quantize(x.float().double()))
+        assert torch.equal(q64, fmt.decode(fmt.encode(x), dtype=torch.float64))
+        assert np.array_equal(fmt.quantize(x.numpy()), q64.numpy())
+        encoded = fmt.encode(x)
+        assert encoded.bits == fmt.element.nbits + 32 / x.numel()
