@@ -11,7 +11,7 @@ from typing import Any
 
 from lowbit.formats import (
     NF4_VALUES, BlockFormat, CodebookFormat, Encoded, FloatFormat, IntFormat, MicroexponentFormat, TensorScaledFormat,
-    fit_codebook, get_format, list_formats, pack, unpack,
+    fit_codebook, get_format, list_formats, p3109, pack, unpack,
 )
 from lowbit.formats import backends as _backends
 
@@ -57,6 +57,6 @@ def backends() -> tuple[str, ...]:
 
 __all__ = [
     "NF4_VALUES", "BlockFormat", "CodebookFormat", "Encoded", "FloatFormat", "IntFormat", "MicroexponentFormat",
-    "TensorScaledFormat", "backends", "decode", "encode", "fit_codebook", "get_format", "list_formats", "pack",
-    "quantize", "unpack",
+    "TensorScaledFormat", "backends", "decode", "encode", "fit_codebook", "get_format", "list_formats", "p3109",
+    "pack", "quantize", "unpack",
 ]

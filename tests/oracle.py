@@ -7,11 +7,15 @@ It reads a format object only for its parameters.
 
 Rounding past the largest finite value follows IEEE 754: the grid continues
 one step above max (the step of max's binade) with the next code's parity,
-and an input that rounds to that virtual value has overflowed.
+and an input that rounds to that virtual value has overflowed. Round to odd
+("odd") keeps exact inputs and otherwise picks the neighbour with the odd code,
+and overflows as the nearest modes do.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from fractions import Fraction
 
 import numpy as np
@@ -31,6 +35,10 @@ def enumerate_float(exp_bits, man_bits, bias, signed, subnormals, specials):
         all_ones = mag == (1 << mag_bits) - 1
         if specials == "ieee" and top_exponent:
             value = INF if f == 0 else NAN
+        elif specials == "p3109" and not signed and all_ones:
+            value = NAN  # unsigned P3109: the all-ones code is the NaN, the code below it +Inf
+        elif specials == "p3109" and not signed and mag == (1 << mag_bits) - 2:
+            value = INF
         elif specials == "fn" and all_ones:
             value = NAN
         elif specials == "p3109" and all_ones:
@@ -46,6 +54,38 @@ def enumerate_float(exp_bits, man_bits, bias, signed, subnormals, specials):
                 v = (1 + Fraction(f, 1 << man_bits)) * Fraction(2) ** (e - bias)
             value = float(v)
         if negative and value == value:
+            value = -value
+        out.append((code, value))
+    return out
+
+
+def enumerate_p3109(k, p, signed=True, extended=True):
+    """Every code of the IEEE P3109 format K{k}P{p}, signed or unsigned,
+    extended (with Inf) or finite, as (code, value): from the draft's
+    definition alone (not via enumerate_float).
+
+    Signed: 1 sign bit, k-p exponent bits, bias 2^(k-p-1), the -0 code is the
+    single NaN, extended: the top code of each sign is +-Inf. Unsigned: k-p+1
+    exponent bits, bias 2^(k-p), the all-ones code is NaN, extended: the
+    code below it is +Inf. Subnormals always."""
+    t = p - 1
+    bias = Fraction(2) ** (k - p - 1) if signed else Fraction(2) ** (k - p)
+    out = []
+    for code in range(1 << k):
+        negative = signed and code >> (k - 1)
+        mag = code & ((1 << (k - 1)) - 1) if signed else code
+        if (signed and negative and mag == 0) or (not signed and code == (1 << k) - 1):
+            value = NAN
+        elif extended and ((signed and mag == (1 << (k - 1)) - 1) or (not signed and code == (1 << k) - 2)):
+            value = INF
+        else:
+            e, f = mag >> t, mag & ((1 << t) - 1)
+            if e == 0:
+                v = Fraction(f, 1 << t) * Fraction(2) ** (1 - bias)
+            else:
+                v = (1 + Fraction(f, 1 << t)) * Fraction(2) ** (e - bias)
+            value = float(v)
+        if negative and not np.isnan(value):
             value = -value
         out.append((code, value))
     return out
@@ -69,10 +109,14 @@ def enumerate_codes(fmt):
 class Oracle:
     """Correct rounding of float64 inputs into one element format."""
 
-    def __init__(self, fmt):
+    def __init__(self, fmt, pairs=None, man_bits=None):
+        """``pairs``: (code, value) of every code, where the format's own
+        parameters cannot be enumerated here (e.g. from enumerate_p3109);
+        ``man_bits``: the trailing significand width (else fmt.man_bits)."""
         self.fmt = fmt
         self.is_int = type(fmt).__name__ == "IntFormat"
-        pairs = enumerate_codes(fmt)
+        self.man_bits = fmt.man_bits if man_bits is None and not self.is_int else man_bits
+        pairs = enumerate_codes(fmt) if pairs is None else list(pairs)
         if self.is_int and fmt.narrow:
             pairs = [(c, v) for c, v in pairs if c != 1 << (fmt.bits - 1)]
         finite = {}
@@ -91,7 +135,7 @@ class Oracle:
         # the virtual grid points just outside the range
         top_step = values[-1] - values[-2]
         if not self.is_int:
-            top_step = 2.0 ** (np.frexp(self.max)[1] - 1 - fmt.man_bits)
+            top_step = 2.0 ** (np.frexp(self.max)[1] - 1 - self.man_bits)
         ext_values, ext_parity = [values], [parity]
         self.virtual_top = self.max + top_step
         ext_values.append([self.virtual_top])
@@ -100,12 +144,17 @@ class Oracle:
             step = values[1] - values[0] if self.is_int else top_step
             self.virtual_bottom = self.min - step
             ext_values.insert(0, [self.virtual_bottom])
-            ext_parity.insert(0, [(finite[self.max] + 1) & 1])
+            if self.is_int:  # two's complement: a code's parity is its integer's parity
+                ext_parity.insert(0, [round(self.virtual_bottom * 2.0 ** fmt.frac_bits) & 1])
+            else:  # the magnitude code one past max's (the sign bit is the top bit)
+                ext_parity.insert(0, [(finite[self.max] + 1) & 1])
         else:
             self.virtual_bottom = None
         self.values = np.concatenate(ext_values)
         self.parity = np.concatenate(ext_parity)
-        self.negative_zero = (not self.is_int) and fmt.signed and fmt.specials in ("ieee", "fn", "none")
+        # a code holding -0.0 (for the lowbit parameters: signed ieee/fn/none formats)
+        self.negative_zero = (not self.is_int) and any(v == 0 and np.signbit(v) for _, v in pairs)
+        self.unsigned_float = (not self.is_int) and not any(v < 0 for _, v in pairs)
 
     def round(self, x, rounding="nearest_even", overflow=None):
         """Expected quantize(x) as float64 (NaN where the format cannot hold x)."""
@@ -143,6 +192,8 @@ class Oracle:
             result = hi
         elif rounding == "down":
             result = lo
+        elif rounding == "odd":  # the neighbour whose code is odd (exact inputs stay, below)
+            result = np.where(lo_parity == 1, lo, hi)
         else:
             raise ValueError(rounding)
         result = np.where(exact, xf, result)
@@ -169,7 +220,7 @@ class Oracle:
         else:
             result = np.where(result == 0, 0.0, result)
         # what the format cannot hold at all
-        if not self.is_int and not self.fmt.signed:
+        if self.unsigned_float:
             result = np.where(np.isfinite(x) & (x < 0), NAN, result)
             result = np.where(np.isinf(x) & (x < 0), NAN, result)
         if not self.has_zero:
@@ -186,3 +237,80 @@ def boundary_inputs(values: np.ndarray, max_value: float) -> np.ndarray:
     near = np.concatenate([np.nextafter(pts, np.inf), np.nextafter(pts, -np.inf)])
     outside = np.array([max_value * 1.01, max_value * 1.5, max_value * 4, 1e300, -1e300, np.inf, -np.inf, np.nan, -0.0, 0.0])
     return np.concatenate([pts, -pts, near, -near, outside])
+
+
+CODEBOOK_MODES = ("nearest_even", "nearest_away", "toward_zero", "up", "down", "odd")
+
+
+class CodebookOracle:
+    """Rounding into a codebook (a sorted table of float32 numbers, code =
+    index), with exact rational arithmetic: every deterministic mode of a
+    lowbit CodebookFormat, written from the specification alone.
+
+    Below the first value (-Inf included) gives the first value, above the last
+    (+Inf included) the last, a table value stays (a zero gives +0.0); between
+    lo = values[i] and hi = values[i+1]: nearest_even (ties to the even index),
+    nearest_away (ties to the larger magnitude; at |lo| == |hi|, i.e. a zero
+    input, hi for +0.0 and lo for -0.0), toward_zero (lo if the input's sign
+    bit is clear, else hi), up (hi), down (lo), odd (the odd index)."""
+
+    def __init__(self, values):
+        vals = [float(v) + 0.0 for v in values]
+        assert all(a < b for a, b in itertools.pairwise(vals)), "strictly increasing"
+        assert all(float(np.float32(v)) == v for v in vals), "float32 numbers"
+        self.values = vals
+        self.exact = [Fraction(v) for v in vals]
+
+    def index(self, x, negative, rounding="nearest_even"):
+        """The code of an exact input ``x`` (a Fraction), whose sign bit is
+        ``negative`` (it matters only for a zero)."""
+        V = self.exact
+        if x <= V[0]:
+            return 0
+        if x >= V[-1]:
+            return len(V) - 1
+        i = bisect.bisect_right(V, x) - 1
+        if V[i] == x:
+            return i
+        lo, hi = V[i], V[i + 1]
+        if rounding in ("nearest_even", "nearest_away"):
+            d_lo, d_hi = x - lo, hi - x
+            if d_lo < d_hi:
+                return i
+            if d_hi < d_lo:
+                return i + 1
+            if rounding == "nearest_even":
+                return i if i % 2 == 0 else i + 1
+            if abs(lo) != abs(hi):
+                return i if abs(lo) > abs(hi) else i + 1
+            return i if negative else i + 1
+        if rounding == "toward_zero":
+            return i + 1 if negative else i
+        if rounding == "up":
+            return i + 1
+        if rounding == "down":
+            return i
+        if rounding == "odd":
+            return i if i % 2 == 1 else i + 1
+        raise ValueError(rounding)
+
+    def encode(self, x, rounding="nearest_even"):
+        """Codes of float64 inputs (no NaN)."""
+        x = np.asarray(x, dtype=np.float64)
+        out = []
+        for v in x.reshape(-1):
+            v = float(v)
+            assert not np.isnan(v), "NaN has no code"
+            if np.isinf(v):
+                out.append(0 if v < 0 else len(self.values) - 1)
+            else:
+                out.append(self.index(Fraction(v), bool(np.signbit(v)), rounding))
+        return np.array(out, dtype=np.int64).reshape(x.shape)
+
+    def round(self, x, rounding="nearest_even"):
+        """Expected quantize(x) as float64 (NaN for NaN)."""
+        x = np.asarray(x, dtype=np.float64)
+        nan = np.isnan(x)
+        codes = self.encode(np.where(nan, 0.0, x), rounding)
+        table = np.array(self.values, dtype=np.float64)
+        return np.where(nan, NAN, table[codes])
