@@ -146,3 +146,26 @@ def test_tensor_scaled_formats_take_float_inputs_of_every_kind():
         assert np.array_equal(fmt.quantize(x.numpy()), q64.numpy())
         encoded = fmt.encode(x)
         assert encoded.bits == fmt.element.nbits + 32 / x.numel()
+
+
+@pytest.mark.parametrize("name", ["nf4", "kmeans4_g64"])
+def test_the_float32_comparison_path_on_every_midpoint(name):
+    """float32 blocks under nearest_even compare x with midpoint * scale in
+    float32: every midpoint times a block's scale, the float32 numbers next
+    to it, and random scales, against the reference."""
+    fmt = lowbit.get_format(name)
+    table = np.array(fmt.element.table)
+    mids = (table[:-1] + table[1:]) / 2
+    rng = np.random.default_rng(5)
+    rows = []
+    for scale in [1.0, 3.0, 0.7, 1e-3, 2.0 ** -140, 1e38, *rng.uniform(0.1, 10, 12)]:
+        s = np.float32(scale)
+        points = np.float32(np.concatenate([mids * np.float64(s), table * np.float64(s)]))
+        near = np.concatenate([points, np.nextafter(points, np.float32(np.inf)), np.nextafter(points, np.float32(-np.inf))])
+        row = np.resize(near, 64 * 2).reshape(2, 64).copy()
+        row[:, 0] = s  # the block's absmax is s, so its scale is s / max
+        rows.append(row)
+    x = torch.from_numpy(np.concatenate(rows))
+    for policy in ({}, {"axis": 0}):
+        same(fmt.quantize, x, f"{name} {policy}", **policy)
+        same(fmt.encode, x, f"{name} {policy}", **policy)

@@ -20,6 +20,8 @@ never depend on the thread count.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import prange
 
@@ -55,6 +57,21 @@ def count_above(v, n, thresholds, strict, counts):
 
 #: tables longer than this find each element's neighbours by binary search, not by counting
 COUNTED_TABLE = 64
+
+
+def compares_in_float32(table: tuple[float, ...]) -> bool:
+    """Whether :func:`nearest_float32_blocks` serves a table: at most
+    COUNTED_TABLE values whose midpoints have at most 26 significant bits
+    (so midpoint * float32 scale is exact in float64 and a float32 quotient
+    cannot fall within float64 rounding of a midpoint without being on it)."""
+    if len(table) > COUNTED_TABLE:
+        return False
+    for lo, hi in zip(table, table[1:]):
+        mantissa, _ = math.frexp((lo + hi) / 2)
+        significand = int(abs(mantissa) * 2.0 ** 53)
+        if significand and (significand & -significand).bit_length() - 1 < 53 - 26:
+            return False
+    return True
 
 
 @inline
@@ -172,12 +189,11 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @task
-def codebook_block(rows, codes, values, scales, table, table32, divisor, zero_code, mode, key, tiny, r, v, run):
+def codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code, mode, key, tiny, r, v, run):
     """Block r of a BlockFormat with codebook elements and fp32 scales
     (rule ``amax``: float32(amax / divisor), saturating), as
     ``BlockFormat.encode_blocks_exact``; values float32(element * scale)."""
     block = rows.shape[1]
-    mids = (table[:-1] + table[1:]) / 2.0
     amax = 0.0
     bad = False
     for j in range(block):
@@ -215,13 +231,21 @@ def codebook_block(rows, codes, values, scales, table, table32, divisor, zero_co
                 values[r, begin + i] = np.float32(table[run[i]] * scale)
 
 
+#: blocks one parallel task takes
+ROWS_PER_TASK = 64
+
+
 @parallel
-def codebook_blocks(rows, codes, values, scales, table, table32, divisor, zero_code, mode, key, tiny):
+def codebook_blocks(rows, codes, values, scales, table, divisor, zero_code, mode, key, tiny):
     """Every block (row) of ``rows``: codes, float64 scales and, when
     ``values`` is not empty, float32 values (see :func:`codebook_block`)."""
-    for r in prange(rows.shape[0]):
-        codebook_block(rows, codes, values, scales, table, table32, divisor, zero_code, mode, key, tiny, r,
-                       np.empty(RUN, dtype=np.float64), np.empty(RUN, dtype=np.int64))
+    nrows = rows.shape[0]
+    mids = (table[:-1] + table[1:]) / 2.0
+    for g in prange((nrows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        v = np.empty(RUN, dtype=np.float64)
+        run = np.empty(RUN, dtype=np.int64)
+        for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, nrows)):
+            codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code, mode, key, tiny, r, v, run)
 
 
 @parallel
@@ -244,3 +268,82 @@ def decode_codebook_blocks(packed, scales, out, table, bits):
         scale = np.float64(scales[r])
         for j in range(block):
             out[r, j] = np.float32(table[codes[j]] * scale) if codes[j] < entries else np.float32(np.nan)
+
+
+@inline
+def float32_step(t32, up):
+    """The float32 next to the finite t32 toward +Inf (``up``) or -Inf, on its bits."""
+    bits = np.float32(t32).view(np.int32)
+    if t32 == 0:
+        return np.int32(1).view(np.float32) if up else np.int32(-2147483647).view(np.float32)  # +-smallest subnormal
+    return np.int32(bits + (1 if (t32 > 0) == up else -1)).view(np.float32)
+
+
+@inline
+def float32_below(t):
+    """The largest float32 <= the float64 t (float32's largest for t beyond it)."""
+    t32 = np.float32(min(t, FLOAT32_MAX))
+    return float32_step(t32, False) if np.float64(t32) > t else t32
+
+
+@inline
+def float32_above(t):
+    """The smallest float32 >= the float64 t (+Inf beyond float32's largest)."""
+    if t > FLOAT32_MAX:
+        return np.float32(np.inf)
+    t32 = np.float32(t)
+    return float32_step(t32, True) if np.float64(t32) < t else t32
+
+
+@parallel
+def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, zero_code):
+    """:func:`codebook_blocks` under ``nearest_even`` for float32 rows
+    without flushing, comparing in float32: x / s > mid exactly when x >
+    mid * s, which is exact in float64 for midpoints of at most 26
+    significant bits (the caller checks), and a float32 x exceeds a float64
+    threshold exactly when it exceeds the largest float32 at or below it (or
+    reaches the smallest at or above it, for the ties that count)."""
+    nrows, block = rows.shape
+    m = mids.shape[0]
+    for g in prange((nrows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        thresholds = np.empty(m, np.float32)
+        products = np.empty(table.shape[0], np.float32)
+        counts = np.empty(block, np.int32)
+        for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, nrows)):
+            row = rows[r]
+            amax = np.float32(0.0)
+            bad = False
+            for j in range(block):
+                bad |= row[j] - row[j] != 0
+                amax = max(amax, abs(row[j]))
+            if bad:
+                scales[r] = np.nan
+                codes[r, :] = 0
+                if values.shape[0]:
+                    values[r, :] = np.nan
+                continue
+            scale = min(np.float64(np.float32(np.float64(amax) / divisor)), FLOAT32_MAX)
+            scales[r] = scale
+            if scale == 0.0:
+                codes[r, :] = zero_code
+                if values.shape[0]:
+                    values[r, :] = np.float32(table[zero_code] * scale)
+                continue
+            for j in range(m):
+                thresholds[j] = float32_below(mids[j] * scale) if j % 2 == 0 else float32_above(mids[j] * scale)
+            for k in range(table.shape[0]):
+                products[k] = np.float32(table[k] * scale)
+            counts[:] = 0
+            for j in range(m):
+                t = thresholds[j]
+                if j % 2 == 0:  # a tie at an even midpoint stays below it
+                    for i in range(block):
+                        counts[i] += row[i] > t
+                else:
+                    for i in range(block):
+                        counts[i] += row[i] >= t
+            for i in range(block):
+                codes[r, i] = counts[i]
+            if values.shape[0]:
+                for i in range(block):
+                    values[r, i] = products[counts[i]]

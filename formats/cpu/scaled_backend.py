@@ -103,16 +103,24 @@ def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
     """A BlockFormat with codebook elements and fp32 scales: element codes
     (rows of blocks), float64 scales and, when asked for, float32 values
     (rows of blocks); the kernels read the blocks as contiguous rows."""
-    rows = layout.to_blocks(t).reshape(layout.nrows, layout.block)
+    in_place = (isinstance(layout, BlockLayout) and t.is_contiguous() and layout.axis == max(t.dim() - 1, 0)
+                and layout.length % layout.block == 0)
+    rows = (t if in_place else layout.to_blocks(t)).reshape(layout.nrows, layout.block)
     rows = rows.contiguous() if rows.dtype in (torch.float32, torch.float64) else rows.to(torch.float32)  # exact
     codes = new_tensor(tuple(rows.shape), code_dtype(fmt.element_code_bits))
     scales = new_tensor((layout.nrows,), torch.float64)
     out = new_tensor(tuple(rows.shape), torch.float32) if values else None
     table = np.array(fmt.element.table, dtype=np.float64)
-    codebook_kernels.codebook_blocks(rows.numpy(), codes.numpy(), out.numpy() if values else np.empty((0, 0), np.float32),
-                                     scales.numpy(), table, table.astype(np.float32), fmt.element.max,
-                                     fmt.zero_element_code, rounding_code(policy.rounding), np.uint64(policy.key or 0),
-                                     flush_threshold(t.dtype, policy.flush_subnormals))
+    if (rows.dtype == torch.float32 and policy.rounding == "nearest_even" and not policy.flush_subnormals
+            and codebook_kernels.compares_in_float32(fmt.element.table)):
+        codebook_kernels.nearest_float32_blocks(
+            rows.numpy(), codes.numpy(), out.numpy() if values else np.empty((0, 0), np.float32), scales.numpy(),
+            table, (table[:-1] + table[1:]) / 2, fmt.element.max, fmt.zero_element_code)
+        return codes, scales, out
+    codebook_kernels.codebook_blocks(
+        rows.numpy(), codes.numpy(), out.numpy() if values else np.empty((0, 0), np.float32), scales.numpy(),
+        table, fmt.element.max, fmt.zero_element_code,
+        rounding_code(policy.rounding), np.uint64(policy.key or 0), flush_threshold(t.dtype, policy.flush_subnormals))
     return codes, scales, out
 
 
