@@ -306,6 +306,41 @@ def test_microexponent_fast_path_where_results_leave_float32(name):
     assert held > 60  # most calls return values (the rest raise the same inexact-dtype error on both backends)
 
 
+@pytest.mark.parametrize("name", ["mx9", "mx6", "mx4", "msfp12", "msfp16"])
+def test_microexponent_encode_and_decode_fast_paths_task_by_task(name):
+    # encode and decode run a task of 64 blocks in 32-bit lanes unless one of its blocks holds
+    # NaN/Inf or has steps past their edges (then row by row): one exponent per 64 blocks, across
+    # both edges, 3 tasks at a time with the middle one's exponent swept, some with a NaN block
+    fmt = lowbit.get_format(name)
+    for exponent in list(range(-131, -118)) + list(range(100, 128)):
+        x = torch.randn(192, 16, generator=torch.Generator().manual_seed(exponent))
+        x[64:128] *= 2.0 ** exponent
+        x[::9, ::4] = 0.0
+        x[64:128:7, 1::5] = -0.0
+        if exponent % 3 == 0:
+            x[70, 3] = float("nan") if exponent % 2 else float("inf")
+        encoded = both(fmt.encode, x)
+        same(encoded, f"{name} encode 2**{exponent}")
+        for dtype in (torch.float32, torch.float64):
+            same(both(fmt.decode, encoded[-1], dtype=dtype), f"{name} decode 2**{exponent} {dtype}")
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "fp6_e3m2", "int8", "uint4", "fp16", "bf16"])
+def test_element_decode_table_lookup(name):
+    # contiguous uint8/uint16 codes decode by table lookup: every code, both output dtypes,
+    # codes past 2**nbits rejected as the general kernel rejects them, other layouts and dtypes alike
+    fmt = lowbit.get_format(name)
+    codes = np.arange(1 << fmt.nbits).astype(np.uint8 if fmt.nbits <= 8 else np.uint16)
+    codes = torch.from_numpy(np.concatenate([codes, codes[::-1]]))
+    for dtype in (torch.float32, torch.float64):
+        for c in (codes, codes.reshape(2, -1).t(), codes.to(torch.int64), codes.numpy()):
+            same(both(fmt.decode, c, dtype=dtype), f"{name} {dtype} {type(c).__name__}")
+    if fmt.nbits < 8 * codes.element_size():
+        wide = codes.numpy().copy()
+        wide[5] = 1 << fmt.nbits
+        same(both(fmt.decode, wide), f"{name} out of range")
+
+
 @pytest.mark.parametrize("name", ["fp8_e4m3", "int4", "mxfp4", "mx6", "nvfp4"])
 def test_stochastic_does_not_depend_on_threads_or_backend(name):
     fmt = lowbit.get_format(name)

@@ -19,6 +19,7 @@ from . import codebook_kernels
 from . import element_kernels as kernels
 from . import fast32
 from .buffers import new_tensor
+from .fast_element_decode import decoded
 from .views import numpy_data, planes_rows_cols
 
 
@@ -120,6 +121,8 @@ def decode(fmt, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The values of integer codes (any integer dtype) in ``dtype``; raises
     ValueError for codes outside [0, 2**nbits)."""
     out = new_tensor(tuple(codes.shape), dtype)
+    if decoded(fmt, codes, out):
+        return out
     out_of_range = np.zeros(kernels.span_count(codes.numel()), dtype=np.int64)
     descriptor = (0,) * ELEMENT_FIELDS if isinstance(fmt, CodebookFormat) else element_descriptor(fmt)  # table only
     kernels.decode_elements(planes_rows_cols(codes.numpy()), out.numpy().reshape(-1), descriptor, fmt.nbits,

@@ -124,20 +124,33 @@ def with_sign(r, sign):
 
 
 @inline
-def float_code(r, sign, p):
-    """The code of float_nearest's (r, sign); invalid for NaN in a format without NaN."""
-    m, smallest_normal, emin = p[MAN], p[SMALLEST_NORMAL], p[EMIN]
-    sign_code, inf_mag = p[SIGN_BIT], p[INF_CODE]
-    nan_positive, nan_negative = p[NAN_POSITIVE_CODE], p[NAN_NEGATIVE_CODE]
+def code_constants(p):
+    """float_code's constants for the float format ``p``, in 32-bit lanes:
+    the normal codes' offset and shift, the codes of Inf, the sign and NaN
+    of each sign, 1 / quantum as two float32 factors (both exact powers of
+    two: 1 / quantum may exceed 2**127) and whether NaN has a code."""
+    i32 = np.int32
+    second = np.float32(p[INVERSE_QUANTUM] / np.float64(p[INVERSE_QUANTUM32]))
+    return (i32((127 + p[EMIN] - 1) << 23), i32(23 - p[MAN]), i32(p[INF_CODE]), i32(p[SIGN_BIT]),
+            i32(p[NAN_POSITIVE_CODE]), i32(p[NAN_NEGATIVE_CODE]), p[INVERSE_QUANTUM32], second,
+            p[NAN_POSITIVE_CODE] >= 0)
+
+
+@inline
+def float_code(r, sign, p, c):
+    """The code of float_nearest's (r, sign), in 32-bit lanes (c:
+    code_constants(p)), and 1 for NaN in a format without NaN, else 0. A
+    subnormal r's code is r / quantum: two exact float32 products."""
+    normal_offset, shift, inf_code, sign_code, nan_positive, nan_negative, inverse_quantum, second, has_nan = c
     r_bits = np.int32(np.float32(r).view(np.int32))
-    normal_code = shift_right32(r_bits - ((127 + emin - 1) << 23), 23 - m)  # r's dropped mantissa bits are 0
-    subnormal_code = np.int64(np.float64(r) * p[INVERSE_QUANTUM]) if r < smallest_normal else 0
-    code = normal_code if r >= smallest_normal else subnormal_code
-    code = inf_mag if r == np.inf else code
-    code = code + (sign_code if sign else 0)
+    normal_code = shift_right32(np.int32(r_bits - normal_offset), shift)  # r's dropped mantissa bits are 0
+    subnormal_code = np.int32(np.float32(np.float32(r) * inverse_quantum) * second)
+    code = np.int32(normal_code if r >= p[SMALLEST_NORMAL] else subnormal_code)
+    code = inf_code if r == np.float32(np.inf) else code
+    code = np.int32(code + (sign_code if sign != 0 else np.int32(0)))
     is_nan = r != r
-    code = (nan_negative if sign else nan_positive) if is_nan else code
-    return code, is_nan & (nan_positive < 0)
+    code = (nan_negative if sign != 0 else nan_positive) if is_nan else code
+    return code, np.int32(1) if is_nan and not has_nan else np.int32(0)
 
 
 @inline
@@ -280,27 +293,37 @@ def quantize_float(x, out, p, key, stochastic):
 
 
 @inline
-def float_encoded(x, i, p, key, stochastic):
+def float_encoded(x, i, p, key, stochastic, c):
     r, sign = float_rounded(as_float32(x), i, p, key, stochastic)
-    code, invalid = float_code(r, sign, p)
-    return code, 1 if invalid else 0
+    return float_code(r, sign, p, c)
+
+
+#: elements per task of the encode kernels, which count invalid elements in
+#: 32-bit lanes per task (a 64-bit count across the loop halves its SIMD width)
+ENCODE_SPAN = 1 << 14
 
 
 @jit(parallel=True)
 def encode_float(x, out, p, key, stochastic):
     """Codes into out; returns the number of elements the format cannot represent."""
-    bad = 0
-    if stochastic:
-        for i in prange(x.size):
-            code, invalid = float_encoded(x[i], i, p, key, True)
-            out[i] = code
-            bad += invalid
-    else:
-        for i in prange(x.size):
-            code, invalid = float_encoded(x[i], i, p, key, False)
-            out[i] = code
-            bad += invalid
-    return bad
+    c = code_constants(p)
+    bad = np.zeros(-(-x.size // ENCODE_SPAN), np.int32)
+    for s in prange(bad.size):
+        start = s * ENCODE_SPAN
+        xs, outs = x[start:start + ENCODE_SPAN], out[start:start + ENCODE_SPAN]
+        count = np.int32(0)
+        if stochastic:
+            for i in range(xs.size):
+                code, invalid = float_encoded(xs[i], start + i, p, key, True, c)
+                outs[i] = code
+                count = np.int32(count + invalid)
+        else:
+            for i in range(xs.size):
+                code, invalid = float_encoded(xs[i], start + i, p, key, False, c)
+                outs[i] = code
+                count = np.int32(count + invalid)
+        bad[s] = count
+    return bad.sum()
 
 
 @jit(parallel=True)
@@ -322,22 +345,28 @@ def quantize_int(x, out, p, key, stochastic):
 
 @inline
 def int_encoded(q, mask):
-    return (np.int64(q) & mask if q == q else 0), (0 if q == q else 1)
+    """The code of int_rounded's q (|q| < 2**24, so int32 holds it), and whether q is NaN."""
+    return (np.int32(np.int32(q) & mask) if q == q else np.int32(0)), (np.int32(0) if q == q else np.int32(1))
 
 
 @jit(parallel=True)
 def encode_int(x, out, p, key, stochastic):
     """Codes into out; returns the number of NaN elements (not encodable)."""
-    mask = (1 << p[INT_WIDTH]) - 1
-    bad = 0
-    if stochastic:
-        for i in prange(x.size):
-            code, invalid = int_encoded(int_rounded(as_float32(x[i]), i, p, key, True), mask)
-            out[i] = code
-            bad += invalid
-    else:
-        for i in prange(x.size):
-            code, invalid = int_encoded(int_rounded(as_float32(x[i]), i, p, key, False), mask)
-            out[i] = code
-            bad += invalid
-    return bad
+    mask = np.int32((1 << p[INT_WIDTH]) - 1)
+    bad = np.zeros(-(-x.size // ENCODE_SPAN), np.int32)
+    for s in prange(bad.size):
+        start = s * ENCODE_SPAN
+        xs, outs = x[start:start + ENCODE_SPAN], out[start:start + ENCODE_SPAN]
+        count = np.int32(0)
+        if stochastic:
+            for i in range(xs.size):
+                code, invalid = int_encoded(int_rounded(as_float32(xs[i]), start + i, p, key, True), mask)
+                outs[i] = code
+                count = np.int32(count + invalid)
+        else:
+            for i in range(xs.size):
+                code, invalid = int_encoded(int_rounded(as_float32(xs[i]), start + i, p, key, False), mask)
+                outs[i] = code
+                count = np.int32(count + invalid)
+        bad[s] = count
+    return bad.sum()
