@@ -15,3 +15,29 @@ def assert_same_values(actual, expected, context="", nan_sign=False):
         bad = np.flatnonzero(~same.reshape(-1))[:8]
         raise AssertionError(f"{context}: {(~same).sum()} mismatches; first: "
                              + ", ".join(f"[{i}] got {a.reshape(-1)[i]!r} expected {e.reshape(-1)[i]!r}" for i in bad))
+
+
+def swept_element_formats(max_bits=16):
+    """Names of the catalogued element formats of at most ``max_bits`` bits
+    that the per-format sweeps (oracle, grid, round to odd) run on: every
+    one, except that of the 8-bit P3109 variants under gfloat's names only
+    the precisions 3 and 4 of the kinds the older ``p3109_8p{p}`` names do
+    not cover (signed finite, unsigned) are swept. The signed extended ones
+    are those same formats; every variant is checked against gfloat in
+    tests/test_element_kinds.py. (Each swept format costs the sweeps about
+    as much as all the rest of a test file.)"""
+    import re
+
+    import lowbit
+    from lowbit.formats import ElementFormat
+
+    names = []
+    for name in lowbit.list_formats():
+        fmt = lowbit.get_format(name)
+        if not (isinstance(fmt, ElementFormat) and fmt.nbits <= max_bits):
+            continue
+        variant = re.fullmatch(r"p3109_k8p(\d)([su])([ef])", name)
+        if variant and (variant.group(2, 3) == ("s", "e") or variant[1] not in "34"):
+            continue
+        names.append(name)
+    return names

@@ -22,9 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowbit
-from lowbit.formats import ElementFormat, FloatFormat, IntFormat
+from lowbit.formats import FloatFormat, IntFormat
 
-from helpers import assert_same_values
+from helpers import assert_same_values, swept_element_formats
 from oracle import CODEBOOK_MODES, CodebookOracle, Oracle, boundary_inputs, enumerate_p3109
 
 #: the tests that run lowbit's rounding kernels run on every backend
@@ -530,8 +530,7 @@ def oracle_for(fmt):
     return _ORACLES[key]
 
 
-ODD_FORMATS = [n for n in lowbit.list_formats()
-               if isinstance(lowbit.get_format(n), ElementFormat) and lowbit.get_format(n).nbits <= 16]
+ODD_FORMATS = swept_element_formats()
 ODD_EXTRA = [
     FloatFormat(4, 3, name="e4m3_ieee"),
     FloatFormat(3, 2, subnormals=False, specials="none", name="e3m2_nosub"),

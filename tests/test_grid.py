@@ -7,10 +7,12 @@ import torch
 from hypothesis import given, strategies as st
 
 import lowbit
-from lowbit.formats import CATALOGUE, BlockFormat, ElementFormat, IntFormat
+from lowbit.formats import BlockFormat, IntFormat
 from lowbit.testing import element_formats, scaled_formats, wide_range_blocks
 
-SMALL_ELEMENT_FORMATS = [f for f in CATALOGUE.values() if isinstance(f, ElementFormat) and f.nbits <= 16]
+from helpers import swept_element_formats
+
+SMALL_ELEMENT_FORMATS = [lowbit.get_format(n) for n in swept_element_formats()]
 
 
 @pytest.mark.parametrize("fmt", SMALL_ELEMENT_FORMATS, ids=str)

@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 
 import lowbit
-from lowbit.formats import ElementFormat, FloatFormat, IntFormat
+from lowbit.formats import FloatFormat, IntFormat
 
-from helpers import assert_same_values
+from helpers import assert_same_values, swept_element_formats
 from oracle import Oracle, boundary_inputs, enumerate_codes
 
 pytestmark = pytest.mark.usefixtures("each_backend")
 
-ELEMENT_FORMATS = [n for n in lowbit.list_formats()
-                   if isinstance(lowbit.get_format(n), ElementFormat) and lowbit.get_format(n).nbits <= 16]
+ELEMENT_FORMATS = swept_element_formats()
 EXTRA_FORMATS = [
     FloatFormat(4, 3, name="e4m3_ieee"),
     FloatFormat(3, 4, name="e3m4_ieee"),
