@@ -178,9 +178,10 @@ class CodebookFormat(ElementFormat):
 
     def grid_exact(self, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, lo, hi = self._neighbours(torch.where(torch.isnan(x64), 0.0, x64))
-        largest = torch.where(x64 < 0, -self.table[0], self.table[-1]) if self.signed else torch.full_like(
-            x64, self.table[-1])
-        return hi - lo, torch.as_tensor(largest, dtype=torch.float64, device=x64.device).expand_as(x64).clone()
+        largest = torch.full_like(x64, self.table[-1])
+        if self.signed:
+            largest = torch.where(x64 < 0, -self.table[0], largest)
+        return hi - lo, largest
 
     def encode_exact(self, x64: torch.Tensor, rounder: Rounder, overflow: str) -> tuple[torch.Tensor, torch.Tensor]:
         invalid = torch.isnan(x64)

@@ -314,7 +314,7 @@ def encode_task16(x, elements, scales, subscales, g, mp):
     less those of 2**(step + 23)), then packing. False, having written
     nothing but scale codes, for a task holding a NaN/Inf block or a step
     outside 2**-149..2**104 (encode_rows then encodes it)."""
-    man, exp_bits, micro = mp[MICRO_MAN], mp[MICRO_EXP_BITS], mp[MICRO_MICRO_BITS]
+    man, micro = mp[MICRO_MAN], mp[MICRO_MICRO_BITS]
     emin, emax, bias = mp[MICRO_EMIN], mp[MICRO_EMAX], mp[MICRO_EXP_BIAS]
     bits, most_shift = man + 1, np.int32((1 << micro) - 1)
     first_row, end_row = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.size // 16)
