@@ -27,13 +27,14 @@ from .calibrating import calibrate
 from .conv import quantized_conv
 from .linear import quantized_linear
 from .matmul import quantized_matmul
-from .modules import QuantConv, QuantEmbedding, QuantLinear, QuantModule
+from .modules import QuantConv, QuantConv1D, QuantEmbedding, QuantLinear, QuantModule, QuantMultiheadAttention
 from .mode import emulating
-from .patching import quantize_model, restore_model, summary, summary_table
+from .patching import full_precision, quantize_model, restore_model, summary, summary_table
 from .spec import ROLES, QuantSpec
 
 __all__ = [
-    "Observer", "QuantConv", "QuantEmbedding", "QuantLinear", "QuantModule", "QuantSpec", "ROLES", "STE_MODES",
+    "Observer", "QuantConv", "QuantConv1D", "QuantEmbedding", "QuantLinear", "QuantModule", "QuantMultiheadAttention",
+    "QuantSpec", "ROLES", "STE_MODES", "full_precision",
     "calibrate", "emulating", "fake_quantize", "quantize_model", "quantized_conv", "quantized_linear",
     "quantized_matmul", "restore_model", "summary", "summary_table",
 ]

@@ -6,8 +6,14 @@ each dispatched to a function mode as one call, so the products inside them
 would run in full precision. Here they are computed from their parts: the
 projections with :func:`~lowbit.emulate.quantized_linear`, the two
 attention products (q @ k.mT and probabilities @ v) with
-:func:`~lowbit.emulate.quantized_matmul`; scaling, masks, softmax and
+:func:`~lowbit.emulate.quantized_matmul`, their operands in the spec's
+attention formats (``query``, ``key``, ``probabilities``, ``value``: the
+input format unless the spec names one); scaling, masks, softmax and
 dropout stay in full precision, as in torch.
+
+:class:`AttentionRouting` is the function mode that sends
+``F.multi_head_attention_forward`` here, for
+:class:`~lowbit.emulate.QuantMultiheadAttention`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from .linear import quantized_linear
 from .matmul import quantized_matmul
@@ -28,7 +35,7 @@ def attention(spec: QuantSpec, q, k, v, attn_mask=None, dropout_p=0.0, is_causal
     if enable_gqa and k.shape[-3] != q.shape[-3]:
         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
         v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-    scores = quantized_matmul(q, k.mT, spec) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+    scores = _scores(q, k, spec) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
     if is_causal:
         causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~causal, float("-inf"))
@@ -37,7 +44,18 @@ def attention(spec: QuantSpec, q, k, v, attn_mask=None, dropout_p=0.0, is_causal
     probabilities = torch.softmax(scores, dim=-1)
     if dropout_p > 0:
         probabilities = F.dropout(probabilities, dropout_p)
-    return quantized_matmul(probabilities, v, spec)
+    return _weighted_values(probabilities, v, spec)
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """q @ k.mT with the query and key formats (blocked along the head dimension)."""
+    return quantized_matmul(q, k.mT, spec.with_operands(spec.attention_format("query"), spec.attention_format("key")))
+
+
+def _weighted_values(probabilities: torch.Tensor, v: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """probabilities @ v with the probabilities and value formats (blocked along the key positions)."""
+    operands = spec.with_operands(spec.attention_format("probabilities"), spec.attention_format("value"))
+    return quantized_matmul(probabilities, v, operands)
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -71,7 +89,7 @@ def multi_head_attention(spec: QuantSpec, query, key, value, embed_dim_to_check,
     q = q.reshape(length, batch, heads, head_width).permute(1, 2, 0, 3)
     k, v = (t.reshape(sources, batch, heads, head_width).permute(1, 2, 0, 3) for t in (k, v))
 
-    scores = quantized_matmul(q, k.mT, spec) / math.sqrt(head_width)
+    scores = _scores(q, k, spec) / math.sqrt(head_width)
     if is_causal and attn_mask is None:
         attn_mask = torch.ones(length, sources, dtype=torch.bool, device=q.device).triu(1)
     mask = _additive(attn_mask, scores.dtype)
@@ -83,7 +101,7 @@ def multi_head_attention(spec: QuantSpec, query, key, value, embed_dim_to_check,
     probabilities = torch.softmax(scores, dim=-1)
     if dropout_p > 0 and training:
         probabilities = F.dropout(probabilities, dropout_p)
-    out = quantized_matmul(probabilities, v, spec).permute(2, 0, 1, 3).reshape(length, batch, width)
+    out = _weighted_values(probabilities, v, spec).permute(2, 0, 1, 3).reshape(length, batch, width)
     out = quantized_linear(out, out_proj_weight, out_proj_bias, spec)
     attention_weights = None
     if need_weights:
@@ -92,3 +110,17 @@ def multi_head_attention(spec: QuantSpec, query, key, value, embed_dim_to_check,
         out = out.squeeze(1)
         attention_weights = None if attention_weights is None else attention_weights.squeeze(0)
     return out, attention_weights
+
+
+class AttentionRouting(TorchFunctionMode):
+    """Within it, ``F.multi_head_attention_forward`` runs as
+    :func:`multi_head_attention` under ``spec``; every other call as it is."""
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.multi_head_attention_forward:
+            return multi_head_attention(self.spec, *args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))

@@ -41,7 +41,7 @@ class _QuantizedLinear(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, weight, bias, spec = inputs
         ctx.save_for_backward(x, weight)
-        ctx.spec, ctx.has_bias = spec, bias is not None
+        ctx.spec, ctx.bias_dtype = spec, None if bias is None else bias.dtype
 
     @staticmethod
     def backward(ctx, grad):
@@ -49,16 +49,28 @@ class _QuantizedLinear(torch.autograd.Function):
         spec = ctx.spec
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # grad @ w: reduces over the output features
-            product = round_to(grad, spec.grad_output, -1, spec) @ round_to(weight, spec.weight, 0, spec)
-            grad_x = round_to(product, spec.grad_input, -1, spec)
-        rows = grad.reshape(-1, grad.shape[-1])
+            w = round_to(weight, spec.weight, 0, spec).to(grad.dtype)
+            grad_x = round_to(round_to(grad, spec.grad_output, -1, spec) @ w, spec.grad_input, -1, spec)
+            grad_x = grad_x.to(x.dtype)
         if ctx.needs_input_grad[1]:  # grad.T @ x: reduces over the tokens
-            tokens = x.reshape(-1, x.shape[-1])
-            product = round_to(rows, spec.grad_output, 0, spec).T @ round_to(tokens, spec.input, 0, spec)
-            grad_w = round_to(product, spec.grad_weight, -1, spec)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = rows.sum(dim=0)
+            grad_w = round_to(token_product(grad, x, spec), spec.grad_weight, -1, spec).to(weight.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(dim=0).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b, None
+
+
+def token_product(grad: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """grad.T @ x summed over every token (the weight gradient of a Linear),
+    each operand rounded along the tokens: across the flattened batch, or
+    within each sample (``spec.token_blocks == "sample"``, axis -2 of an
+    input of three or more dimensions). Formed in the gradient's dtype (the
+    dtype the forward product ran in, under autocast too)."""
+    if spec.token_blocks == "sample" and x.dim() > 2:
+        g, t = round_to(grad, spec.grad_output, -2, spec), round_to(x, spec.input, -2, spec)
+    else:
+        g = round_to(grad.reshape(-1, grad.shape[-1]), spec.grad_output, 0, spec)
+        t = round_to(x.reshape(-1, x.shape[-1]), spec.input, 0, spec)
+    return g.reshape(-1, g.shape[-1]).T @ t.reshape(-1, t.shape[-1]).to(g.dtype)
 
 
 def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

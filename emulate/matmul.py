@@ -8,7 +8,9 @@ product it enters: grad_a = g @ b.mT reduces over N (g's and b's last
 axis), grad_b = a.mT @ g over M (a's and g's axis -2); the gradients are
 rounded to ``grad_input`` / ``grad_weight`` blocked like a and b in the
 forward pass. Batch dimensions broadcast as in torch.matmul; operands of
-one dimension are treated as a row (a) or a column (b) vector.
+one dimension are treated as a row (a) or a column (b) vector. Under
+autocast the backward products run in the gradient's dtype (the dtype of
+the forward product) and each gradient comes back in its operand's dtype.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ class _QuantizedMatmul(torch.autograd.Function):
         spec = ctx.spec
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            product = round_to(grad, spec.grad_output, -1, spec) @ round_to(b, spec.weight, -1, spec).mT
-            grad_a = round_to(product.sum_to_size(a.shape), spec.grad_input, -1, spec)
+            product = round_to(grad, spec.grad_output, -1, spec) @ round_to(b, spec.weight, -1, spec).mT.to(grad.dtype)
+            grad_a = round_to(product.sum_to_size(a.shape), spec.grad_input, -1, spec).to(a.dtype)
         if ctx.needs_input_grad[1]:
-            product = round_to(a, spec.input, -2, spec).mT @ round_to(grad, spec.grad_output, -2, spec)
-            grad_b = round_to(product.sum_to_size(b.shape), spec.grad_weight, -2, spec)
+            product = round_to(a, spec.input, -2, spec).mT.to(grad.dtype) @ round_to(grad, spec.grad_output, -2, spec)
+            grad_b = round_to(product.sum_to_size(b.shape), spec.grad_weight, -2, spec).to(b.dtype)
         return grad_a, grad_b, None
 
 

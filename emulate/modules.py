@@ -1,12 +1,17 @@
-"""Quantized modules: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d and
-Embedding that round their operands as a QuantSpec says.
+"""Quantized modules: Linear, transformers' Conv1D (GPT-2), Conv1d/2d/3d,
+ConvTranspose1d/2d/3d, Embedding and MultiheadAttention that round their
+operands as a QuantSpec says.
 
-Each wraps a module of its type: it holds the very same parameter and
-buffer objects (same state_dict keys, so optimizers and checkpoints are
-unaffected) and keeps the original for :func:`~lowbit.emulate.restore_model`.
-In inference (no gradient to compute for the weight) the rounded weight is
-cached and reused until the weight changes (a new tensor or an in-place
-update); in training it is rounded on every call.
+Each wraps a module of its type and shares its parameter, buffer and
+submodule tables (the same dict objects): the state_dict keys stay the
+module's own, optimizers and checkpoints are unaffected, and whatever
+replaces a parameter (``load_state_dict(assign=True)``, ``to_empty`` after
+meta-device init, FSDP) replaces it in the wrapped module too, so
+:func:`~lowbit.emulate.restore_model` gives back a module with the current
+parameters. In inference (no gradient to compute for the weight) the
+rounded weight is cached and reused until the weight changes (a new tensor
+or an in-place update); in training, and while torch.compile traces, it is
+rounded on every call.
 """
 
 from __future__ import annotations
@@ -17,13 +22,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .attention import AttentionRouting
 from .calibration import Calibrated, Recorder
 from .conv import quantized_conv
 from .encoded_products import encoded_linear
 from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
 from .rounding import quantized_module, round_to
-from .spec import ROLES, QuantSpec
+from .spec import ATTENTION_ROLES, ROLES, QuantSpec
+
+
+def qualified_name(cls: type) -> str:
+    """A class's module-qualified name (how wrapped types from other packages are matched)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class QuantModule(torch.nn.Module):
@@ -31,20 +42,28 @@ class QuantModule(torch.nn.Module):
     buffers, its spec, and the cached rounded weight."""
 
     wraps: tuple[type, ...] = ()
+    wraps_by_name: tuple[str, ...] = ()  # qualified names of types from packages lowbit does not import
     roles = ROLES  # the spec's roles that apply
     weight_axis = 1  # the weight's axis blocks run along in the forward pass
 
+    @classmethod
+    def accepts(cls, module: torch.nn.Module) -> bool:
+        """Whether this class wraps ``module`` (its exact type: subclasses may compute differently)."""
+        return type(module) in cls.wraps or qualified_name(type(module)) in cls.wraps_by_name
+
     def __init__(self, module: torch.nn.Module, spec: QuantSpec) -> None:
-        if type(module) not in self.wraps:
-            names = ", ".join(t.__name__ for t in self.wraps)
+        if not self.accepts(module):
+            names = ", ".join([t.__name__ for t in self.wraps] + list(self.wraps_by_name))
             raise TypeError(f"{type(self).__name__} wraps {names}, got {type(module).__name__}")
+        if isinstance(module, QuantModule):
+            raise TypeError(f"{type(module).__name__} is quantized already")
         if not isinstance(spec, QuantSpec):
             raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
         super().__init__()
-        for name, param in module.named_parameters(recurse=False):
-            self.register_parameter(name, param)
-        for name, buffer in module.named_buffers(recurse=False):
-            self.register_buffer(name, buffer)
+        # the wrapped module's own tables: one set of parameters, whoever replaces them
+        self.__dict__.update(_parameters=module._parameters, _buffers=module._buffers, _modules=module._modules,
+                             _non_persistent_buffers_set=module._non_persistent_buffers_set)
+        self.training = module.training
         self.spec = spec
         self.__dict__["original"] = module  # not a submodule: the state_dict keys stay the module's own
         self._cache: tuple[Any, torch.Tensor] | None = None
@@ -60,7 +79,11 @@ class QuantModule(torch.nn.Module):
             original = self.__dict__.get("original")
             if original is None:
                 raise
-            return getattr(original, name)  # in_features, stride, padding_idx, ...
+            return getattr(original, name)  # in_features, stride, padding_idx, ... (the tables are shared)
+
+    def train(self, mode: bool = True) -> "QuantModule":
+        self.original.training = mode
+        return super().train(mode)
 
     def _weight_key(self) -> tuple[Any, ...]:
         return (id(self.weight), self.weight.data_ptr(), self.weight._version, self.spec)
@@ -74,6 +97,9 @@ class QuantModule(torch.nn.Module):
         observer = self.spec.observer("weight")
         if observer is None:
             return self.spec.weight
+        if torch.compiler.is_compiling():
+            return Calibrated(self.spec.weight, observer.scale(self.weight.detach(), self.spec.weight,
+                                                               self._rounder(self.spec.weight)))
         key = self._weight_key()
         if self._weight_scale is None or self._weight_scale[0] != key:
             scale = observer.scale(self.weight.detach(), self.spec.weight, self._rounder(self.spec.weight))
@@ -93,7 +119,9 @@ class QuantModule(torch.nn.Module):
         return dataclasses.replace(self.spec, **changes) if changes else self.spec
 
     def rounded_weight(self) -> torch.Tensor:
-        """The weight rounded as the spec says (cached)."""
+        """The weight rounded as the spec says (cached, except while torch.compile traces)."""
+        if torch.compiler.is_compiling():
+            return round_to(self.weight.detach(), self._weight_format(), self.weight_axis, self.spec)
         key = self._weight_key()
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, round_to(self.weight.detach(), self._weight_format(), self.weight_axis, self.spec))
@@ -129,17 +157,40 @@ class QuantLinear(QuantModule):
 
     wraps = (torch.nn.Linear,)
 
+    def matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight as F.linear takes it: (out_features, in_features)."""
+        return weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recorded(x):
             return self.original(x)
         spec = self.active_spec()
         with quantized_module():
             if self.training_step(x):
-                return quantized_linear(x, self.weight, self.bias, spec)
-            y = encoded_linear(x, self.weight.detach(), self.bias, spec)
+                return quantized_linear(x, self.matrix(self.weight), self.bias, spec)
+            y = encoded_linear(x, self.matrix(self.weight.detach()), self.bias, spec)
             if y is None:
-                y = linear_product(round_to(x, spec.input, -1, spec), self.rounded_weight(), self.bias, spec)
+                y = linear_product(round_to(x, spec.input, -1, spec), self.matrix(self.rounded_weight()), self.bias,
+                                   spec)
             return round_to(y, spec.output, -1, spec)
+
+
+class QuantConv1D(QuantLinear):
+    """transformers' ``Conv1D`` (GPT-2's projections), a Linear that stores
+    its weight transposed, (in_features, out_features): rounded along its
+    axis 0, the input features, as QuantLinear rounds a Linear's."""
+
+    wraps_by_name = ("transformers.pytorch_utils.Conv1D",)
+    weight_axis = 0
+
+    def __init__(self, module: torch.nn.Module, spec: QuantSpec) -> None:
+        observer = spec.observer("weight")
+        if observer is not None and observer.granularity != "tensor":
+            raise ValueError("a Conv1D weight takes a per-tensor observer scale (its axis 0 holds input features)")
+        super().__init__(module, spec)
+
+    def matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.T
 
 
 class QuantConv(QuantModule):
@@ -215,13 +266,39 @@ class QuantEmbedding(QuantModule):
         return table if scale is None else table * scale
 
 
-QUANTIZED = {wrapped: cls for cls in (QuantLinear, QuantConv, QuantEmbedding) for wrapped in cls.wraps}
+class QuantMultiheadAttention(QuantModule):
+    """nn.MultiheadAttention computed from quantized products: its input
+    and output projections (``input``/``weight`` roles) and its two
+    attention products (``query``/``key`` and ``probabilities``/``value``),
+    as :mod:`lowbit.emulate.attention` computes them. torch's fused fast
+    path, which would read the weights directly, never runs. Observers
+    (external scales) do not apply."""
+
+    wraps = (torch.nn.MultiheadAttention,)
+    roles = ROLES + ATTENTION_ROLES
+
+    def __init__(self, module: torch.nn.Module, spec: QuantSpec) -> None:
+        if spec.observers:
+            raise ValueError("a MultiheadAttention takes no observers: its projections use the spec's formats")
+        super().__init__(module, spec)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with AttentionRouting(self.spec), quantized_module():
+            return torch.nn.MultiheadAttention.forward(self, *args, **kwargs)
+
+
+CLASSES = (QuantLinear, QuantConv1D, QuantConv, QuantEmbedding, QuantMultiheadAttention)
+
+
+def quantized_class(module: torch.nn.Module) -> type[QuantModule] | None:
+    """The quantized module class that wraps ``module``, or None."""
+    return next((cls for cls in CLASSES if cls.accepts(module)), None)
 
 
 def quantized(module: torch.nn.Module, spec: QuantSpec) -> QuantModule:
-    """The quantized module that wraps ``module`` (of a type in :data:`QUANTIZED`)."""
-    cls = QUANTIZED.get(type(module))
+    """The quantized module that wraps ``module`` (of a type :func:`quantized_class` knows)."""
+    cls = quantized_class(module)
     if cls is None:
         raise TypeError(f"lowbit has no quantized {type(module).__name__}; it quantizes "
-                        f"{', '.join(t.__name__ for t in QUANTIZED)}")
+                        f"{', '.join(t.__name__ for c in CLASSES for t in c.wraps)}, transformers' Conv1D")
     return cls(module, spec)

@@ -1,25 +1,44 @@
-"""quantize_model / restore_model: swap a model's Linear, convolution and
-Embedding layers for quantized ones, by rules, and back.
+"""quantize_model / restore_model: swap a model's layers (Linear,
+transformers' Conv1D, convolutions, Embedding, MultiheadAttention) for
+quantized ones, by rules, and back; :func:`summary` and
+:func:`full_precision` say what is quantized and what is not.
 
 Rules map a layer's qualified name (a regular expression, matched with
 ``re.fullmatch``) or a module type to a QuantSpec, or to None to leave the
 layer alone; the first rule that matches a layer wins (in the rules' order),
 and layers no rule matches get the default spec. The patched model keeps its
 parameters and state_dict keys; restore_model puts the original layer
-objects back, so outputs are bit-identical to the model's before patching.
+objects back (with the current parameters), so outputs are bit-identical to
+the model's before patching.
+
+Quantizing a quantized model again applies the new spec and rules to the
+layers it wraps. torch's fused fast paths of ``nn.TransformerEncoderLayer``
+and ``nn.TransformerEncoder`` read the weights directly, bypassing the
+swapped layers: in a model with quantized layers inside one, quantize_model
+says so (a warning) and disables the fast path in that module's forward.
+Modules holding parameters that stay in full precision are listed by
+:func:`full_precision`, and those whose parameters may enter products
+lowbit cannot see (an LSTM without a quantized version, a custom module
+using its raw Parameters) draw a warning.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from .modules import QUANTIZED, QuantModule, quantized
+from .modules import QuantModule, qualified_name, quantized, quantized_class
 from .spec import QuantSpec
+
+FAST_PATH_TYPES = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
+ELEMENTWISE_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm, torch.nn.PReLU,
+                     torch.nn.modules.batchnorm._NormBase)
+_FAST_PATH_HOOKS = "_lowbit_fast_path_hooks"
 
 
 def _spec_for(name: str, module: torch.nn.Module, default: QuantSpec | None,
@@ -45,11 +64,13 @@ def _check_rules(rules: Mapping[Any, Any]) -> None:
 
 def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mapping[Any, QuantSpec | None] | None = None,
                    *, inplace: bool = True) -> torch.nn.Module:
-    """The model with each layer of a type lowbit quantizes (Linear,
-    Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding) swapped for its
-    quantized module under its spec (``spec``, or the first matching
-    rule's). ``inplace=False`` patches a deep copy and leaves ``model`` as
-    it was."""
+    """The model with each layer of a type lowbit quantizes swapped for its
+    quantized module under its spec (``spec``, or the first matching rule's;
+    layers quantized already are re-wrapped under it, or restored where it
+    is None). Use the return value: when ``model`` itself is such a layer,
+    it is its quantized module. ``inplace=False`` patches a deep copy and
+    leaves ``model`` as it was. See the module docstring for fast paths and
+    the warning about parameters left in full precision."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if spec is not None and not isinstance(spec, QuantSpec):
@@ -58,21 +79,34 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
     _check_rules(rules)
     if not inplace:
         model = copy.deepcopy(model)
+    model = restore_model(model)
     for name, module in list(model.named_modules()):
-        if type(module) not in QUANTIZED:
+        if quantized_class(module) is None:
             continue
         chosen = _spec_for(name, module, spec, rules)
         if chosen is not None:
-            _replace(model, name, quantized(module, chosen))
+            new = quantized(module, chosen)
+            if not name:
+                model = new
+            else:
+                _replace(model, name, new)
+    _disable_fast_paths(model)
+    _warn_unseen_parameters(model)
     return model
 
 
 def restore_model(model: torch.nn.Module) -> torch.nn.Module:
     """Undo quantize_model in place: every quantized module gives way to the
-    module it wraps (the same object, with its current parameters)."""
+    module it wraps (the same object, with the current parameters), and the
+    fast-path hooks go. Use the return value: when ``model`` itself is a
+    quantized module, it is the module it wraps."""
+    if isinstance(model, QuantModule):
+        model = model.original
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantModule):
             _replace(model, name, module.original)
+        for handle in module.__dict__.pop(_FAST_PATH_HOOKS, ()):
+            handle.remove()
     return model
 
 
@@ -81,11 +115,64 @@ def _replace(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
+def _disable_fast_paths(model: torch.nn.Module) -> None:
+    """Hooks that turn torch's MHA fast path off while a Transformer module
+    holding quantized layers runs (an attached hook alone keeps
+    TransformerEncoderLayer off its fused path; the flag keeps
+    TransformerEncoder from converting to nested tensors)."""
+    bypassed = []
+    for name, module in model.named_modules():
+        if not isinstance(module, FAST_PATH_TYPES) or not any(isinstance(m, QuantModule) for m in module.modules()):
+            continue
+        bypassed.append(f"{type(module).__name__} {name or '(the model)'!r}")
+        saved: list[bool] = []
+
+        def before(_module, _args, saved=saved):
+            saved.append(torch.backends.mha.get_fastpath_enabled())
+            torch.backends.mha.set_fastpath_enabled(False)
+
+        def after(_module, _args, _output, saved=saved):
+            torch.backends.mha.set_fastpath_enabled(saved.pop())
+
+        module.__dict__[_FAST_PATH_HOOKS] = (module.register_forward_pre_hook(before),
+                                             module.register_forward_hook(after, always_call=True))
+    if bypassed:
+        warnings.warn(f"torch's fused fast path would bypass the quantized layers of {', '.join(bypassed)}: lowbit "
+                      f"turns it off in their forward", stacklevel=3)
+
+
+def full_precision(model: torch.nn.Module) -> list[dict[str, str]]:
+    """The modules that hold parameters of their own and are not quantized,
+    in module order: their name, type and why they stay in full precision."""
+    covered = {id(inner) for m in model.modules() if isinstance(m, QuantModule) for inner in m.modules()}
+    return [{"layer": name or "(model)", "type": type(module).__name__, "reason": _why_full(module)}
+            for name, module in model.named_modules()
+            if id(module) not in covered and any(True for _ in module.parameters(recurse=False))]
+
+
+def _why_full(module: torch.nn.Module) -> str:
+    if quantized_class(module) is not None:
+        return "excluded by a rule"
+    if isinstance(module, ELEMENTWISE_TYPES) or type(module).__name__.endswith("Norm"):
+        return "elementwise (no product)"
+    if isinstance(module, torch.nn.RNNBase):
+        return "no quantized version: its products run in full precision"
+    return f"lowbit cannot see how {qualified_name(type(module))} uses its parameters (try emulating)"
+
+
+def _warn_unseen_parameters(model: torch.nn.Module) -> None:
+    unseen = [f"{row['layer']} ({row['type']})" for row in full_precision(model)
+              if not row["reason"].startswith(("excluded", "elementwise"))]
+    if unseen:
+        warnings.warn(f"quantize_model leaves parameters in full precision that may enter products: "
+                      f"{', '.join(unseen)}; see lowbit.emulate.full_precision(model)", stacklevel=3)
+
+
 def summary(model: torch.nn.Module) -> list[dict[str, str]]:
     """What is quantized: a row per quantized module (its name, the type it
     wraps and the format of each role), in module order; print it with
     :func:`summary_table`."""
-    return [{"layer": name, "type": type(module.original).__name__, **_formats(module)}
+    return [{"layer": name or "(model)", "type": type(module.original).__name__, **_formats(module)}
             for name, module in model.named_modules() if isinstance(module, QuantModule)]
 
 
@@ -100,10 +187,14 @@ def _formats(module: QuantModule) -> dict[str, str]:
 
 
 def summary_table(model: torch.nn.Module) -> str:
-    """:func:`summary` as an aligned text table."""
-    rows = summary(model)
-    if not rows:
-        return "no quantized layers"
+    """:func:`summary` as an aligned text table, then :func:`full_precision`'s
+    modules under "full precision:"."""
+    quantized_rows, full = summary(model), full_precision(model)
+    text = _table(quantized_rows) if quantized_rows else "no quantized layers"
+    return text + ("\n\nfull precision:\n" + _table(full) if full else "")
+
+
+def _table(rows: list[dict[str, str]]) -> str:
     columns = list(dict.fromkeys(key for row in rows for key in row))
     widths = {c: max(len(c), *(len(row.get(c, "-")) for row in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]

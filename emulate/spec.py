@@ -14,6 +14,26 @@ Roles, for y = x @ w.T (+ b) and its backward pass:
 - ``grad_input``, ``grad_weight``: the gradients the backward products
   give, rounded along their last axis.
 
+Attention's operands (the products inside ``F.scaled_dot_product_attention``
+and ``nn.MultiheadAttention``, for KV-cache and attention-precision studies):
+
+- ``query``, ``key``: the operands of q @ k.mT (blocked along the head
+  dimension);
+- ``probabilities``, ``value``: the operands of p @ v (blocked along the
+  key positions).
+
+Each is ``None`` to take the ``input`` format (an activation format: both
+operands of an activation-by-activation product are activations), or a
+format of its own (``"fp32"`` keeps one in full precision).
+
+``token_blocks``: how the weight gradient's product (which reduces over
+the tokens) blocks its operands. ``"batch"`` (default) flattens every
+token of the batch into one axis, so a block may span samples and the
+rounding depends on how the batch is split across data-parallel ranks;
+``"sample"`` blocks within each sample (along the token axis, -2, of each
+``(..., tokens, features)`` input), so DDP and FSDP give the same
+gradients whatever the split.
+
 ``None`` leaves an operand in full precision. ``rounding`` applies to every
 role; ``scale_rule`` to the roles whose format is an MX block format
 (power-of-two scales), and is ignored by the others. ``accumulate`` (an
@@ -23,6 +43,8 @@ accumulator in the forward products (:mod:`lowbit.emulate.accumulate`).
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +53,8 @@ from lowbit.formats import ROUNDING_MODES, BlockFormat, ElementFormat, get_forma
 from .calibration import Calibrated, Observer
 
 ROLES = ("input", "weight", "output", "grad_input", "grad_weight", "grad_output")
+ATTENTION_ROLES = ("query", "key", "value", "probabilities")
+TOKEN_BLOCKS = ("batch", "sample")
 
 
 @dataclass(frozen=True)
@@ -48,9 +72,14 @@ class QuantSpec:
     accumulate: Any = None
     accumulate_chunk: int = 32
     observers: Any = None
+    query: Any = None
+    key: Any = None
+    value: Any = None
+    probabilities: Any = None
+    token_blocks: str = "batch"
 
     def __post_init__(self) -> None:
-        for role in ROLES:
+        for role in ROLES + ATTENTION_ROLES:
             value = getattr(self, role)
             if value is not None and not isinstance(value, Calibrated):
                 object.__setattr__(self, role, get_format(value))
@@ -63,9 +92,11 @@ class QuantSpec:
         if isinstance(self.accumulate_chunk, bool) or not isinstance(self.accumulate_chunk, int) \
                 or self.accumulate_chunk < 1:
             raise ValueError(f"accumulate_chunk must be a positive int, got {self.accumulate_chunk!r}")
+        if self.token_blocks not in TOKEN_BLOCKS:
+            raise ValueError(f"token_blocks must be one of {', '.join(TOKEN_BLOCKS)}; got {self.token_blocks!r}")
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(f"rounding must be one of {', '.join(ROUNDING_MODES)}; got {self.rounding!r}")
-        if self.scale_rule is not None and not any(self.applies_rule(getattr(self, r)) for r in ROLES):
+        if self.scale_rule is not None and not any(self.applies_rule(getattr(self, r)) for r in ROLES + ATTENTION_ROLES):
             raise ValueError(f"scale_rule={self.scale_rule!r} needs an MX block format in some role")
 
     def _checked_observers(self) -> tuple[tuple[str, Any], ...]:
@@ -89,12 +120,26 @@ class QuantSpec:
         """Whether ``scale_rule`` applies to ``fmt`` (an MX format: power-of-two block scales)."""
         return isinstance(fmt, BlockFormat) and fmt.scale.man_bits == 0
 
+    def attention_format(self, role: str) -> Any:
+        """The format of an attention operand (one of ATTENTION_ROLES): its
+        own, or the input format."""
+        own = getattr(self, role)
+        return self.input if own is None else own
+
+    def with_operands(self, left: Any, right: Any) -> "QuantSpec":
+        """This spec with ``left`` and ``right`` (formats or None) as the
+        formats of a product's left (``input``) and right (``weight``)
+        operands; every other field as it is."""
+        return _with_operands(self, left, right)
+
     def formats(self) -> dict[str, str]:
         """The role -> format name of the roles that are quantized."""
-        return {role: getattr(self, role).name for role in ROLES if getattr(self, role) is not None}
+        return {role: getattr(self, role).name for role in ROLES + ATTENTION_ROLES if getattr(self, role) is not None}
 
     def __str__(self) -> str:
         parts = [f"{role}={name}" for role, name in self.formats().items()]
+        if self.token_blocks != "batch":
+            parts.append(f"token_blocks={self.token_blocks}")
         if self.rounding != "nearest_even":
             parts.append(f"rounding={self.rounding}")
         if self.scale_rule is not None:
@@ -103,3 +148,13 @@ class QuantSpec:
             parts.append(f"accumulate={self.accumulate.name} every {self.accumulate_chunk}")
         parts += [f"{role} scale={obs.method}/{obs.granularity}" for role, obs in self.observers]
         return ", ".join(parts) or "nothing quantized"
+
+
+@functools.lru_cache(maxsize=256)
+def _with_operands(spec: QuantSpec, left: Any, right: Any) -> QuantSpec:
+    if left is spec.input and right is spec.weight:
+        return spec
+    changed = copy.copy(spec)  # the formats are resolved already: no __post_init__ to run again
+    object.__setattr__(changed, "input", left)
+    object.__setattr__(changed, "weight", right)
+    return changed
