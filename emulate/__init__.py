@@ -28,13 +28,13 @@ from .conv import quantized_conv
 from .linear import quantized_linear
 from .matmul import quantized_matmul
 from .modules import QuantConv, QuantConv1D, QuantEmbedding, QuantLinear, QuantModule, QuantMultiheadAttention
-from .mode import emulating
+from .mode import EmulationReport, emulating
 from .patching import full_precision, quantize_model, restore_model, summary, summary_table
 from .spec import ROLES, QuantSpec
 
 __all__ = [
     "Observer", "QuantConv", "QuantConv1D", "QuantEmbedding", "QuantLinear", "QuantModule", "QuantMultiheadAttention",
-    "QuantSpec", "ROLES", "STE_MODES", "full_precision",
+    "EmulationReport", "QuantSpec", "ROLES", "STE_MODES", "full_precision",
     "calibrate", "emulating", "fake_quantize", "quantize_model", "quantized_conv", "quantized_linear",
     "quantized_matmul", "restore_model", "summary", "summary_table",
 ]

@@ -79,13 +79,14 @@ def _fake_quantize_op(x: torch.Tensor, fmt: str, axis: int, rounding: str, scale
         # the CPU kernels' fast paths block along a contiguous last axis: move the axis there (the
         # blocks, their order and the stochastic stream are those of the blocked layout either way)
         moved = format_.quantize(x.movedim(axis, -1).contiguous(), **{**policy, "axis": -1})
-        return torch.empty_like(x).copy_(moved.movedim(-1, axis))
-    return format_.quantize(x, **policy)
+        return moved.movedim(-1, axis).contiguous()
+    # contiguous whatever x's strides and whichever backend rounds: the layout the fake kernel promises
+    return format_.quantize(x, **policy).contiguous()
 
 
 @_fake_quantize_op.register_fake
 def _(x, fmt, axis, rounding, scale_rule, seed, ste, grad_format, grad_rounding):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as the real kernel's output (not empty_like: x may be permuted)
 
 
 @torch.library.custom_op("lowbit::clipped", mutates_args=())
@@ -94,12 +95,12 @@ def _clipped_op(x: torch.Tensor, fmt: str, axis: int, scale_rule: Optional[str])
     format_ = format_of(fmt)
     options = {} if isinstance(format_, ElementFormat) else {"axis": axis, "scale_rule": scale_rule}
     largest = format_.grid(x, **options).largest
-    return x.abs().to(torch.float64) > largest
+    return (x.abs().to(torch.float64) > largest).contiguous()
 
 
 @_clipped_op.register_fake
 def _(x, fmt, axis, scale_rule):
-    return torch.empty_like(x, dtype=torch.bool)
+    return x.new_empty(x.shape, dtype=torch.bool)  # contiguous, as the real kernel's output
 
 
 def _setup_context(ctx, inputs, output):

@@ -56,6 +56,8 @@ def quantized_matmul(a: torch.Tensor, b: torch.Tensor, spec: QuantSpec) -> torch
     (differentiable; see the module docstring)."""
     if a.dim() == 0 or b.dim() == 0:
         raise ValueError("matmul needs operands of at least one dimension")
+    if a.dim() == 1 and b.dim() == 1:
+        return quantized_matmul(a.unsqueeze(0), b.unsqueeze(-1), spec)[0, 0]
     if a.dim() == 1:
         return quantized_matmul(a.unsqueeze(0), b, spec).squeeze(-2)
     if b.dim() == 1:

@@ -1,111 +1,381 @@
-"""emulating(spec): quantize the operands of torch's matmul-like functions
-wherever they are called, inside modules or not.
+"""emulating(spec): quantize the operands of torch's products wherever
+they are called, inside modules or not, and report what was rounded.
 
-Within ``with emulating(spec):`` these calls run quantized:
+Within ``with emulating(spec) as report:`` these calls run quantized:
 
 - ``F.linear`` (as :class:`~lowbit.emulate.QuantLinear` does);
-- ``torch.matmul``, ``Tensor.matmul`` and ``a @ b``, ``torch.bmm``, and the
-  product in ``torch.addmm`` and ``torch.baddbmm`` (as
-  :func:`~lowbit.emulate.quantized_matmul`:
-  ``input`` is the left operand, ``weight`` the right one);
+- ``torch.matmul``, ``Tensor.matmul``, ``a @ b``, ``torch.linalg.matmul``,
+  ``mm``, ``bmm``, ``mv``, ``dot``, and the product in ``addmm``,
+  ``baddbmm``, ``addbmm``, ``addmv`` and their in-place (``addmm_``) and
+  ``out=`` forms (as :func:`~lowbit.emulate.quantized_matmul`);
+- ``torch.tensordot``, ``torch.einsum`` and ``torch.linalg.multi_dot`` /
+  ``torch.chain_matmul``, as matmuls blocked along the contracted
+  dimensions (:mod:`lowbit.emulate.contractions`);
 - ``F.conv1d/2d/3d`` and ``F.conv_transpose1d/2d/3d`` (as
   :func:`~lowbit.emulate.quantized_conv`);
 - ``F.scaled_dot_product_attention`` and ``F.multi_head_attention_forward``
   (``nn.MultiheadAttention``, the ``nn.Transformer`` layers), computed from
-  quantized projections and products (:mod:`lowbit.emulate.attention`):
-  a function mode sees each as one call, so their inner products would
-  otherwise run in full precision.
+  quantized projections and products (:mod:`lowbit.emulate.attention`).
 
-Every other call runs as it is, and so do the calls that quantized modules
-(:mod:`lowbit.emulate.modules`) make themselves: their operands are rounded
-once, by their own spec. Calls are matched by name
-(``torch.overrides.resolve_name``), which is how ``a @ b`` reaches a
-function mode in torch 2.13: as ``torch.Tensor.matmul``.
+Roles: an operand that is an ``nn.Parameter`` (or a view of one, such as
+``w.T``) takes the ``weight`` format; every other operand is an
+activation and takes the ``input`` format, so both operands of an
+activation-by-activation product (attention's q @ k.mT, p @ v) take the
+activation format; inside attention functions the spec's ``query``,
+``key``, ``probabilities`` and ``value`` formats apply.
+
+``rules`` (as in :func:`~lowbit.emulate.quantize_model`: a name pattern or
+a module type, to a QuantSpec or None) choose the spec by the module the
+call is made in, innermost first; name patterns need ``model=`` to name
+modules. ``min_reduction``: products whose reduction dimension K is below
+it run in full precision (RoPE's outer product of positions and
+frequencies has K = 1).
+
+The report counts, per function, the calls rounded and the calls left in
+full precision with the reason: excluded by a rule, K below
+``min_reduction``, or a product lowbit does not round here (``torch.lstm``
+and the other recurrent kernels, ``bilinear``, ``outer``, ``kron``, an
+einsum with a diagonal, ...); those last draw a warning when the block
+ends. With ``model=`` it also lists the model's parameters that entered no
+rounded product. torch's fused attention fast path is off inside the block.
+Calls that quantized modules (:mod:`lowbit.emulate.modules`) make
+themselves run as they are: their operands are rounded once, by their own
+spec. Functions are matched by identity, not by name (``torch.mm`` and
+``torch.spmm`` are one object).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
-from torch.overrides import TorchFunctionMode, resolve_name
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
+from . import contractions
 from .attention import attention, multi_head_attention
 from .conv import quantized_conv
 from .linear import quantized_linear
 from .matmul import quantized_matmul
+from .modules import QuantModule
 from .rounding import inside_quantized_module
+from .rules import check_rules, matching_rule
 from .spec import QuantSpec
 
 
-def _linear(spec, x, weight, bias=None):
-    return quantized_linear(x, weight, bias, spec)
+def is_parameter(t: Any) -> bool:
+    """Whether ``t`` is an nn.Parameter or a view of one (it takes the weight format)."""
+    while isinstance(t, torch.Tensor):
+        if isinstance(t, torch.nn.Parameter):
+            return True
+        t = t._base
+    return False
 
 
-def _matmul(spec, a, b):
-    return quantized_matmul(a, b, spec)
+class EmulationReport:
+    """What ``emulating`` did: per function, the calls rounded and the calls
+    left in full precision with their reasons; with a model, the
+    parameters that entered no rounded product."""
+
+    def __init__(self, spec: QuantSpec) -> None:
+        self.spec = spec
+        self.rounded: Counter[str] = Counter()
+        self.full_precision: Counter[tuple[str, str]] = Counter()
+        self.unrounded_parameters: list[str] = []
+        self._seen_parameters: set[int] = set()
+
+    def __str__(self) -> str:
+        lines = [f"emulating {self.spec}"]
+        lines += [f"  rounded         {name}: {calls}" for name, calls in sorted(self.rounded.items())]
+        lines += [f"  full precision  {name}: {calls} ({why})"
+                  for (name, why), calls in sorted(self.full_precision.items())]
+        if self.unrounded_parameters:
+            lines.append(f"  parameters in no rounded product: {', '.join(self.unrounded_parameters)}")
+        return "\n".join(lines)
 
 
-def _rmatmul(spec, b, a):
-    return quantized_matmul(a, b, spec)
+class _Call:
+    """One caught call: the spec that applies, and the products it makes."""
+
+    def __init__(self, mode: "_EmulatingMode", name: str, spec: QuantSpec) -> None:
+        self.mode, self.name, self.spec = mode, name, spec
+        self.skipped_k: int | None = None
+
+    def operands(self, left: Any, right: Any) -> QuantSpec:
+        """The spec with the formats of these operands' roles (parameter or activation)."""
+        self.mode.note_parameters(left, right)
+        spec = self.spec
+        return spec.with_operands(spec.weight if is_parameter(left) else spec.input,
+                                  spec.weight if is_parameter(right) else spec.input)
+
+    def too_small(self, k: int) -> bool:
+        if k < self.mode.min_reduction:
+            self.skipped_k = k
+            return True
+        return False
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a @ b (torch.matmul's shapes) with the operands' roles."""
+        if self.too_small(a.shape[-1]):
+            return torch.matmul(a, b)
+        return quantized_matmul(a, b, self.operands(a, b))
+
+    def product(self, a3: torch.Tensor, b3: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a3 @ b3 with the roles of the user's operands a and b (for contractions)."""
+        if self.too_small(a3.shape[-1]):
+            return a3 @ b3
+        return quantized_matmul(a3, b3, self.operands(a, b))
 
 
-def _addmm(spec, base, a, b, *, beta=1, alpha=1):  # also baddbmm: base + a @ b, batched or not
-    product = quantized_matmul(a, b, spec)
-    return (base if beta == 1 else beta * base) + (product if alpha == 1 else alpha * product)
+def _linear(call, x, weight, bias=None):
+    if call.too_small(x.shape[-1]):
+        return F.linear(x, weight, bias)
+    call.mode.note_parameters(bias)
+    return quantized_linear(x, weight, bias, call.operands(x, weight))
 
 
-def _conv(spec, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    return quantized_conv(x, weight, bias, spec, stride=stride, padding=padding, dilation=dilation, groups=groups)
+def _matmul(call, a, b, *, out=None):
+    return _into(out, call.matmul(a, b))
 
 
-def _conv_transpose(spec, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    return quantized_conv(x, weight, bias, spec, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                          transposed=True, output_padding=output_padding)
+def _rmatmul(call, b, a):
+    return call.matmul(a, b)
 
 
-HANDLERS = {
-    "torch.nn.functional.linear": _linear,
-    "torch.matmul": _matmul,
-    "torch.Tensor.matmul": _matmul,
-    "torch.Tensor.__matmul__": _matmul,
-    "torch.Tensor.__rmatmul__": _rmatmul,
-    "torch.bmm": _matmul,
-    "torch.Tensor.bmm": _matmul,
-    "torch.baddbmm": _addmm,
-    "torch.Tensor.baddbmm": _addmm,
-    "torch.addmm": _addmm,
-    "torch.Tensor.addmm": _addmm,
-    "torch.nn.functional.scaled_dot_product_attention": attention,
-    "torch.nn.functional.multi_head_attention_forward": multi_head_attention,
-    **{f"torch.nn.functional.conv{d}d": _conv for d in (1, 2, 3)},
-    **{f"torch.nn.functional.conv_transpose{d}d": _conv_transpose for d in (1, 2, 3)},
+def _dot(call, a, b, *, out=None):
+    if a.dim() != 1 or b.dim() != 1:
+        raise ValueError(f"dot takes two 1-D tensors, got {a.dim()}-D and {b.dim()}-D")
+    return _into(out, call.matmul(a, b))
+
+
+def _addmm(call, base, a, b, *, beta=1, alpha=1, out=None):
+    """base + a @ b (addmm, baddbmm, addmv), scaled as torch scales them: beta = 0 ignores base."""
+    product = call.matmul(a, b)
+    product = product if alpha == 1 else alpha * product
+    return _into(out, product if beta == 0 else (base if beta == 1 else beta * base) + product)
+
+
+def _addbmm(call, base, a, b, *, beta=1, alpha=1, out=None):
+    """base + the sum over the batch of a[i] @ b[i]."""
+    return _addmm(call, base, a.transpose(0, 1).flatten(1), b.flatten(0, 1), beta=beta, alpha=alpha, out=out)
+
+
+def _in_place(handler: Callable) -> Callable:
+    def run(call, base, *args, **kwargs):
+        return base.copy_(handler(call, base, *args, **kwargs))
+    return run
+
+
+def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return result
+    if out.shape != result.shape:
+        out.resize_(result.shape)
+    return out.copy_(result)
+
+
+def _tensordot(call, a, b, dims=2, out=None):
+    return _into(out, contractions.tensordot(a, b, dims, call.product))
+
+
+def _einsum(call, equation, *operands):
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = operands[0]
+    if not isinstance(equation, str):
+        raise contractions.Uncovered("the sublist form of einsum")
+    return contractions.einsum(equation, operands, call.product)
+
+
+def _multi_dot(call, tensors, *, out=None):
+    return _into(out, contractions.multi_dot(tensors, call.product))
+
+
+def _chain_matmul(call, *matrices, out=None):
+    return _multi_dot(call, matrices, out=out)
+
+
+def _conv(call, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    call.mode.note_parameters(bias)
+    return quantized_conv(x, weight, bias, call.operands(x, weight), stride=stride, padding=padding,
+                          dilation=dilation, groups=groups)
+
+
+def _conv_transpose(call, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    call.mode.note_parameters(bias)
+    return quantized_conv(x, weight, bias, call.operands(x, weight), stride=stride, padding=padding,
+                          dilation=dilation, groups=groups, transposed=True, output_padding=output_padding)
+
+
+def _attention(call, *args, **kwargs):
+    call.mode.note_parameters(*args, *kwargs.values())
+    return attention(call.spec, *args, **kwargs)
+
+
+def _multi_head_attention(call, *args, **kwargs):
+    call.mode.note_parameters(*args, *kwargs.values())
+    return multi_head_attention(call.spec, *args, **kwargs)
+
+
+T = torch.Tensor
+HANDLERS: dict[Any, tuple[str, Callable]] = {
+    F.linear: ("F.linear", _linear),
+    torch.matmul: ("torch.matmul", _matmul), T.matmul: ("Tensor.matmul", _matmul),
+    T.__matmul__: ("Tensor.__matmul__", _matmul), T.__rmatmul__: ("Tensor.__rmatmul__", _rmatmul),
+    torch.linalg.matmul: ("torch.linalg.matmul", _matmul),
+    torch.mm: ("torch.mm", _matmul), T.mm: ("Tensor.mm", _matmul),
+    torch.bmm: ("torch.bmm", _matmul), T.bmm: ("Tensor.bmm", _matmul),
+    torch.mv: ("torch.mv", _matmul), T.mv: ("Tensor.mv", _matmul),
+    torch.dot: ("torch.dot", _dot), T.dot: ("Tensor.dot", _dot),
+    torch.addmm: ("torch.addmm", _addmm), T.addmm: ("Tensor.addmm", _addmm),
+    T.addmm_: ("Tensor.addmm_", _in_place(_addmm)),
+    torch.baddbmm: ("torch.baddbmm", _addmm), T.baddbmm: ("Tensor.baddbmm", _addmm),
+    T.baddbmm_: ("Tensor.baddbmm_", _in_place(_addmm)),
+    torch.addmv: ("torch.addmv", _addmm), T.addmv: ("Tensor.addmv", _addmm),
+    T.addmv_: ("Tensor.addmv_", _in_place(_addmm)),
+    torch.addbmm: ("torch.addbmm", _addbmm), T.addbmm: ("Tensor.addbmm", _addbmm),
+    T.addbmm_: ("Tensor.addbmm_", _in_place(_addbmm)),
+    torch.tensordot: ("torch.tensordot", _tensordot),
+    torch.einsum: ("torch.einsum", _einsum),
+    torch.linalg.multi_dot: ("torch.linalg.multi_dot", _multi_dot),
+    torch.chain_matmul: ("torch.chain_matmul", _chain_matmul),
+    F.scaled_dot_product_attention: ("F.scaled_dot_product_attention", _attention),
+    F.multi_head_attention_forward: ("F.multi_head_attention_forward", _multi_head_attention),
+    **{getattr(F, f"conv{d}d"): (f"F.conv{d}d", _conv) for d in (1, 2, 3)},
+    **{getattr(F, f"conv_transpose{d}d"): (f"F.conv_transpose{d}d", _conv_transpose) for d in (1, 2, 3)},
+}
+
+_RECURRENT = "a fused recurrent kernel (quantize_model swaps nn.LSTM/nn.GRU/nn.RNN for quantized step-by-step modules)"
+UNCOVERED: dict[Any, tuple[str, str]] = {
+    **{getattr(torch, name): (f"torch.{name}", _RECURRENT)
+       for name in ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell")},
+    F.bilinear: ("F.bilinear", "a bilinear form lowbit does not round"),
+    torch.outer: ("torch.outer", "an outer product lowbit does not round"),
+    T.outer: ("Tensor.outer", "an outer product lowbit does not round"),
+    torch.inner: ("torch.inner", "an inner product lowbit does not round (write it as a matmul)"),
+    torch.vdot: ("torch.vdot", "a complex dot product lowbit does not round"),
+    torch.kron: ("torch.kron", "a Kronecker product lowbit does not round"),
+    torch.addr: ("torch.addr", "an outer product lowbit does not round"),
+    torch.cdist: ("torch.cdist", "distances lowbit does not round"),
 }
 
 
 class _EmulatingMode(TorchFunctionMode):
-    def __init__(self, spec: QuantSpec) -> None:
+    def __init__(self, spec: QuantSpec, rules: Mapping[Any, QuantSpec | None], names: dict[int, str],
+                 min_reduction: int, report: EmulationReport) -> None:
         super().__init__()
-        self.spec = spec
+        self.spec, self.rules, self.names = spec, rules, names
+        self.min_reduction, self.report = min_reduction, report
+        self.stack: list[torch.nn.Module] = []
+
+    def note_parameters(self, *tensors: Any) -> None:
+        if not self.names:
+            return
+        for t in tensors:
+            while isinstance(t, torch.Tensor):
+                if isinstance(t, torch.nn.Parameter):
+                    self.report._seen_parameters.add(id(t))
+                t = t._base
+
+    def spec_here(self) -> QuantSpec | None:
+        for module in reversed(self.stack):
+            matched, spec = matching_rule(self.rules, self.names.get(id(module)), module)
+            if matched:
+                return spec
+        return self.spec
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        handler = HANDLERS.get(resolve_name(func) or "")
-        if handler is None or inside_quantized_module():
-            return func(*args, **(kwargs or {}))
-        return handler(self.spec, *args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        entry = HANDLERS.get(func)
+        if entry is None or inside_quantized_module():
+            if entry is None and func in UNCOVERED and not inside_quantized_module():
+                self.report.full_precision[UNCOVERED[func]] += 1
+            return func(*args, **kwargs)
+        name, handler = entry
+        spec = self.spec_here() if self.rules else self.spec
+        if spec is None:
+            self.report.full_precision[(name, "excluded by a rule")] += 1
+            return func(*args, **kwargs)
+        call = _Call(self, name, spec)
+        try:
+            result = handler(call, *args, **kwargs)
+        except contractions.Uncovered as why:
+            self.report.full_precision[(name, str(why))] += 1
+            return func(*args, **kwargs)
+        if call.skipped_k is not None:
+            self.report.full_precision[(name, f"K = {call.skipped_k} below min_reduction")] += 1
+        else:
+            self.report.rounded[name] += 1
+        return result
+
+
+def _check_rules(rules: Mapping[Any, Any], model: torch.nn.Module | None) -> None:
+    check_rules(rules)
+    if model is None and any(isinstance(key, str) for key in rules):
+        raise ValueError("rules with name patterns need model= (the model whose module names they match)")
 
 
 @contextlib.contextmanager
-def emulating(spec: QuantSpec) -> Iterator[QuantSpec]:
-    """Quantize matmul-like calls made inside the block (see the module
-    docstring); yields the spec."""
+def emulating(spec: QuantSpec, rules: Mapping[Any, QuantSpec | None] | None = None, *,
+              model: torch.nn.Module | None = None, min_reduction: int = 1) -> Iterator[EmulationReport]:
+    """Quantize the products made inside the block (see the module
+    docstring); yields the :class:`EmulationReport`, complete when the
+    block ends."""
     if not isinstance(spec, QuantSpec):
         raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
-    with _EmulatingMode(spec):
-        yield spec
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(min_reduction, bool) or not isinstance(min_reduction, int) or min_reduction < 1:
+        raise ValueError(f"min_reduction must be a positive int, got {min_reduction!r}")
+    rules = dict(rules or {})
+    _check_rules(rules, model)
+    names = {} if model is None else {id(m): name for name, m in model.named_modules()}
+    report = EmulationReport(spec)
+    mode = _EmulatingMode(spec, rules, names, min_reduction, report)
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    with contextlib.ExitStack() as stack:
+        if rules:
+            stack.enter_context(_module_stack(mode.stack))
+        if not torch.compiler.is_compiling():  # compiled graphs: the mode itself keeps the fused paths off
+            torch.backends.mha.set_fastpath_enabled(False)
+            stack.callback(torch.backends.mha.set_fastpath_enabled, fast_path)
+        with mode:
+            yield report
+    _finish(report, model)
+
+
+@contextlib.contextmanager
+def _module_stack(stack: list[torch.nn.Module]) -> Iterator[None]:
+    """Keep ``stack`` holding the modules whose forward is running."""
+    def enter(module, _args):
+        stack.append(module)
+
+    def leave(module, _args, _output):
+        stack.pop()
+
+    handles = (torch.nn.modules.module.register_module_forward_pre_hook(enter),
+               torch.nn.modules.module.register_module_forward_hook(leave, always_call=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _finish(report: EmulationReport, model: torch.nn.Module | None) -> None:
+    if model is not None:
+        rounded_by_modules = {id(p) for m in model.modules() if isinstance(m, QuantModule) for p in m.parameters()}
+        report.unrounded_parameters = [name for name, p in model.named_parameters()
+                                       if id(p) not in report._seen_parameters | rounded_by_modules]
+    missed = [f"{name} x{calls} ({why})" for (name, why), calls in report.full_precision.items()
+              if why != "excluded by a rule" and "min_reduction" not in why]
+    if missed:
+        warnings.warn(f"emulating left products in full precision: {'; '.join(missed)}", stacklevel=3)
 
 
 def handled() -> list[str]:
     """The names of the functions ``emulating`` quantizes."""
-    return sorted(HANDLERS)
-
+    return sorted(name for name, _ in HANDLERS.values())

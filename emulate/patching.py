@@ -25,7 +25,6 @@ using its raw Parameters) draw a warning.
 from __future__ import annotations
 
 import copy
-import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 from .modules import QuantModule, qualified_name, quantized, quantized_class
+from .rules import check_rules, matching_rule
 from .spec import QuantSpec
 
 FAST_PATH_TYPES = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
@@ -43,23 +43,8 @@ _FAST_PATH_HOOKS = "_lowbit_fast_path_hooks"
 
 def _spec_for(name: str, module: torch.nn.Module, default: QuantSpec | None,
               rules: Mapping[Any, QuantSpec | None]) -> QuantSpec | None:
-    for key, spec in rules.items():
-        if isinstance(key, str) and re.fullmatch(key, name) or isinstance(key, type) and isinstance(module, key):
-            return spec
-    return default
-
-
-def _check_rules(rules: Mapping[Any, Any]) -> None:
-    for key, spec in rules.items():
-        if isinstance(key, str):
-            try:
-                re.compile(key)
-            except re.error as error:
-                raise ValueError(f"rule {key!r} is not a valid regular expression: {error}") from error
-        elif not isinstance(key, type):
-            raise TypeError(f"rule keys are name patterns (str) or module types, got {key!r}")
-        if spec is not None and not isinstance(spec, QuantSpec):
-            raise TypeError(f"rule {key!r} maps to a {type(spec).__name__}; give a QuantSpec or None")
+    matched, spec = matching_rule(rules, name, module)
+    return spec if matched else default
 
 
 def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mapping[Any, QuantSpec | None] | None = None,
@@ -76,7 +61,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
     if spec is not None and not isinstance(spec, QuantSpec):
         raise TypeError(f"spec must be a QuantSpec or None, got {type(spec).__name__}")
     rules = dict(rules or {})
-    _check_rules(rules)
+    check_rules(rules)
     if not inplace:
         model = copy.deepcopy(model)
     model = restore_model(model)

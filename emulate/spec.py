@@ -48,6 +48,8 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from lowbit.formats import ROUNDING_MODES, BlockFormat, ElementFormat, get_format
 
 from .calibration import Calibrated, Observer
@@ -130,6 +132,8 @@ class QuantSpec:
         """This spec with ``left`` and ``right`` (formats or None) as the
         formats of a product's left (``input``) and right (``weight``)
         operands; every other field as it is."""
+        if torch.compiler.is_compiling():  # traced once per graph: dynamo would bypass the cache with a warning
+            return _with_operands.__wrapped__(self, left, right)
         return _with_operands(self, left, right)
 
     def formats(self) -> dict[str, str]:

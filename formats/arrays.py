@@ -186,6 +186,21 @@ def _from_numpy(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
+def numpy_view(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's memory as a writeable numpy array, without a copy and
+    without pinning it: ``Tensor.numpy()`` marks the tensor's storage as
+    never resizable again, for good, and FSDP (1 and 2) frees a gathered
+    parameter by resizing its storage to zero, so a parameter lowbit had
+    read that way could no longer be freed ("Trying to resize storage that
+    is not resizable"). DLPack shares the memory and leaves the storage as
+    it was. Storages that cannot be resized anyway (numpy-backed: lowbit's
+    own buffers, wrapped arrays) take the cheaper ``.numpy()``."""
+    t = t.detach()
+    if not t.untyped_storage().resizable():
+        return t.numpy()
+    return np.from_dlpack(t)
+
+
 def code_dtype(nbits: int) -> torch.dtype:
     """The narrowest unsigned integer dtype that holds nbits-bit codes."""
     return torch.uint8 if nbits <= 8 else torch.uint16 if nbits <= 16 else torch.uint32

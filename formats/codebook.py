@@ -77,7 +77,7 @@ KMEANS4_VALUES = (
 def _table_of(values: Any) -> tuple[float, ...]:
     """``values`` as a checked tuple of floats (see :class:`CodebookFormat`)."""
     if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().to(torch.float64).numpy()
+        values = values.detach().to("cpu", torch.float64, copy=True).numpy()  # a copy: never pin the caller's storage
     if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
         raise TypeError(f"table must be a sequence of numbers (a list, tuple or array), got {type(values).__name__}")
     try:

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .arrays import as_tensor
+from .arrays import as_tensor, numpy_view
 from .codebook import CodebookFormat
 
 
 def _flat_float64(x: Any, name: str) -> np.ndarray:
     t, _ = as_tensor(x, name)
-    return t.detach().cpu().to(torch.float64).numpy().reshape(-1)
+    return numpy_view(t.cpu().to(torch.float64)).reshape(-1)
 
 
 def _nearest_codes(table: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .arrays import code_dtype
+from .arrays import code_dtype, numpy_view
 from .families import FAMILIES
 
 KINDS = ("torch", "numpy")
@@ -336,7 +336,7 @@ def _checked_meta(record: Any) -> dict[str, Any]:
 
 
 def _to_numpy(a: Any) -> np.ndarray:
-    return a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    return numpy_view(a.cpu()) if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
 def format_to_dict(fmt: Any) -> dict:

@@ -47,8 +47,8 @@ def test_vector_operands():
 
 def test_the_mode_quantizes_every_spelling_of_matmul():
     torch.manual_seed(1)
-    a, b, w = torch.randn(2, 4, 64), torch.randn(2, 64, 8), torch.randn(8, 64)
-    expected = q(a, SPEC.input) @ q(b, SPEC.weight, -2)
+    a, b, w = torch.randn(2, 4, 64), torch.randn(2, 64, 8), torch.nn.Parameter(torch.randn(8, 64))
+    expected = q(a, SPEC.input) @ q(b, SPEC.input, -2)  # activations both: the input format
     with emulating(SPEC):
         results = [a @ b, torch.matmul(a, b), a.matmul(b), torch.bmm(a, b), a.bmm(b),
                    torch.baddbmm(torch.ones(2, 4, 8), a, b, beta=2, alpha=0.5) - 2]
@@ -57,8 +57,8 @@ def test_the_mode_quantizes_every_spelling_of_matmul():
         summed = torch.add(a, 1)  # anything else runs as it is
     for result in results[:-1]:
         assert torch.equal(result, expected)
-    assert torch.equal(results[-1], 0.5 * expected)
-    assert torch.equal(linear, q(a, SPEC.input) @ q(w, SPEC.weight, 1).T)
+    assert torch.equal(results[-1], (2 * torch.ones(2, 4, 8) + 0.5 * expected) - 2)
+    assert torch.equal(linear, q(a, SPEC.input) @ q(w.detach(), SPEC.weight, 1).T)  # a parameter: the weight format
     assert torch.equal(addmm, 1 + expected[0])
     assert torch.equal(summed, a + 1)
 
@@ -75,9 +75,9 @@ def test_attention_runs_as_its_two_quantized_products():
     assert torch.allclose(causal, F.scaled_dot_product_attention(qh, k, v, is_causal=True, scale=0.3), atol=1e-5)
     with emulating(SPEC):
         out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask)
-    scores = (q(qh, SPEC.input) @ q(k.mT, SPEC.weight, -2)) / math.sqrt(32)
+    scores = (q(qh, SPEC.input) @ q(k.mT, SPEC.input, -2)) / math.sqrt(32)
     probabilities = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-    assert torch.equal(out, q(probabilities, SPEC.input) @ q(v, SPEC.weight, -2))
+    assert torch.equal(out, q(probabilities, SPEC.input) @ q(v, SPEC.input, -2))
 
 
 class TinyTransformer(torch.nn.Module):

@@ -125,7 +125,7 @@ def decode(fmt, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return out
     out_of_range = np.zeros(kernels.span_count(codes.numel()), dtype=np.int64)
     descriptor = (0,) * ELEMENT_FIELDS if isinstance(fmt, CodebookFormat) else element_descriptor(fmt)  # table only
-    kernels.decode_elements(planes_rows_cols(codes.numpy()), out.numpy().reshape(-1), descriptor, fmt.nbits,
+    kernels.decode_elements(planes_rows_cols(numpy_data(codes)[0]), out.numpy().reshape(-1), descriptor, fmt.nbits,
                             decode_table(fmt), out_of_range)
     if out_of_range.any():
         raise codes_range_error(fmt.nbits)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from numba import prange
 
+from ..arrays import numpy_view
 from .compiling import jit
 
 #: the code dtypes the table lookup serves, and their numpy twins
@@ -72,6 +73,6 @@ def decoded(fmt, codes: torch.Tensor, out: torch.Tensor) -> bool:
             or codes.numel() == 0):
         return False
     high = np.empty(-(-codes.numel() // SPAN), dtype=np.int32)
-    decode_lookup(codes.numpy().reshape(-1), out.numpy().reshape(-1), lookup_table(fmt, codes.dtype, out.dtype),
+    decode_lookup(numpy_view(codes).reshape(-1), out.numpy().reshape(-1), lookup_table(fmt, codes.dtype, out.dtype),
                   fmt.nbits, high)
     return not high.any()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..abi import block_params, element_descriptor, flush_threshold, microexponent_params, rounding_code
-from ..arrays import cast_exactly, code_dtype
+from ..arrays import cast_exactly, code_dtype, numpy_view
 from ..backends import Policy
 from ..block_format import BlockFormat
 from ..blocking import BlockLayout, Layout, TileLayout
@@ -114,11 +114,11 @@ def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
     if (rows.dtype == torch.float32 and policy.rounding == "nearest_even" and not policy.flush_subnormals
             and codebook_kernels.compares_in_float32(fmt.element.table)):
         codebook_kernels.nearest_float32_blocks(
-            rows.numpy(), codes.numpy(), out.numpy() if values else np.empty((0, 0), np.float32), scales.numpy(),
+            numpy_view(rows), codes.numpy(), out.numpy() if values else np.empty((0, 0), np.float32), scales.numpy(),
             table, (table[:-1] + table[1:]) / 2, fmt.element.max, fmt.zero_element_code)
         return codes, scales, out
     codebook_kernels.codebook_blocks(
-        rows.numpy(), codes.numpy(), out.numpy() if values else np.empty((0, 0), np.float32), scales.numpy(),
+        numpy_view(rows), codes.numpy(), out.numpy() if values else np.empty((0, 0), np.float32), scales.numpy(),
         table, fmt.element.max, fmt.zero_element_code,
         rounding_code(policy.rounding), np.uint64(policy.key or 0), flush_threshold(t.dtype, policy.flush_subnormals))
     return codes, scales, out
@@ -249,10 +249,10 @@ def _decode_codebook_blocks(fmt, layout: Layout, elements: torch.Tensor, scales:
     table = np.array(fmt.element.table, dtype=np.float64)
     if whole_bytes(bits, layout.block):
         values = new_tensor((layout.nrows, layout.block), torch.float32)
-        _check_reads(fmt, BlockLayout((layout.nrows, layout.block), 1, layout.block), elements.contiguous().numpy(),
-                     scales.numpy(), np.zeros(0, np.uint8), np.zeros(0, np.uint8))
-        codebook_kernels.decode_codebook_blocks(elements.contiguous().numpy(), scales.numpy(), values.numpy(), table,
-                                                bits)
+        packed, scale_values = numpy_view(elements.contiguous()), numpy_view(scales)
+        _check_reads(fmt, BlockLayout((layout.nrows, layout.block), 1, layout.block), packed, scale_values,
+                     np.zeros(0, np.uint8), np.zeros(0, np.uint8))
+        codebook_kernels.decode_codebook_blocks(packed, scale_values, values.numpy(), table, bits)
     else:
         codes = unpack(elements, bits, layout.nrows * layout.block).to(torch.int64)
         by_code = torch.full((1 << bits,), torch.nan, dtype=torch.float64)
@@ -265,9 +265,9 @@ def _decode_codebook_blocks(fmt, layout: Layout, elements: torch.Tensor, scales:
 def _decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
             zero_points: torch.Tensor | None, ts: float | None, dtype: torch.dtype) -> torch.Tensor:
     out = new_tensor(layout.shape, dtype)
-    packed, scale_codes = elements.contiguous().numpy(), scales.reshape(-1).contiguous().numpy()
-    shifts = np.zeros(0, np.uint8) if subscales is None else subscales.contiguous().numpy()
-    zeros = np.zeros(0, np.uint8) if zero_points is None else zero_points.contiguous().numpy()
+    packed, scale_codes = numpy_view(elements.contiguous()), numpy_view(scales.reshape(-1).contiguous())
+    shifts = np.zeros(0, np.uint8) if subscales is None else numpy_view(subscales.contiguous())
+    zeros = np.zeros(0, np.uint8) if zero_points is None else numpy_view(zero_points.contiguous())
     _check_reads(fmt, layout, packed, scale_codes, shifts, zeros)
     if _fast_decode(fmt, layout):
         rows = out.numpy().reshape(layout.nrows, layout.block)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import as_strided
 
+from ..arrays import numpy_view
 from .scalar import HALF_BFLOAT16, HALF_FLOAT16
 
 HALF_TORCH = {torch.float16: HALF_FLOAT16, torch.bfloat16: HALF_BFLOAT16}
@@ -19,11 +20,12 @@ HALF_TORCH = {torch.float16: HALF_FLOAT16, torch.bfloat16: HALF_BFLOAT16}
 
 def numpy_data(t: torch.Tensor) -> tuple[np.ndarray, int]:
     """A CPU tensor's data as a numpy view, and which half type it holds
-    (meaningful for int16 views of float16/bfloat16 only)."""
+    (meaningful for int16 views of float16/bfloat16 only). The storage is
+    left resizable (:func:`~lowbit.formats.arrays.numpy_view`)."""
     t = t.detach()
     if t.dtype in HALF_TORCH:
-        return t.view(torch.int16).numpy(), HALF_TORCH[t.dtype]
-    return t.numpy(), HALF_FLOAT16
+        return numpy_view(t.view(torch.int16)), HALF_TORCH[t.dtype]
+    return numpy_view(t), HALF_FLOAT16
 
 
 def _merge(dims: list[tuple[int, int]]) -> list[tuple[int, int]]:
