@@ -8,12 +8,18 @@
 - :func:`quantized_linear`, :func:`quantized_matmul`, :func:`quantized_conv`:
   the products with their operands rounded, forward and backward
   (re-blocked along each backward product's reduction dimension).
-- :class:`QuantLinear`, :class:`QuantConv`, :class:`QuantEmbedding`: modules
-  that wrap Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d and Embedding.
+- :class:`QuantLinear`, :class:`QuantConv1D`, :class:`QuantConv`,
+  :class:`QuantEmbedding`, :class:`QuantMultiheadAttention`,
+  :class:`QuantLSTM`, :class:`QuantGRU`, :class:`QuantRNN`: modules that
+  wrap Linear, transformers' Conv1D, Conv1d/2d/3d, ConvTranspose1d/2d/3d,
+  Embedding, MultiheadAttention and the recurrent layers.
 - :func:`quantize_model` / :func:`restore_model`: swap a model's layers by
-  rules, and back; :func:`summary_table` shows what is quantized.
-- :func:`emulating`: a function mode that quantizes F.linear, matmul / @,
-  bmm, baddbmm and scaled_dot_product_attention wherever they are called.
+  rules, and back; :func:`summary_table` shows what is quantized and
+  :func:`full_precision` what is not.
+- :func:`emulating`: a function mode that quantizes every product torch
+  code makes (F.linear, matmul / @, mm, bmm, addmm, einsum, tensordot,
+  convolutions, attention, ...) wherever it is called, and reports what it
+  rounded (:class:`EmulationReport`).
 
 ``QuantSpec(accumulate=...)`` emulates a limited-precision accumulator in
 the forward products; ``QuantSpec(observers=...)`` with :class:`Observer`
@@ -29,12 +35,13 @@ from .linear import quantized_linear
 from .matmul import quantized_matmul
 from .modules import QuantConv, QuantConv1D, QuantEmbedding, QuantLinear, QuantModule, QuantMultiheadAttention
 from .mode import EmulationReport, emulating
+from .recurrent import QuantGRU, QuantLSTM, QuantRNN
 from .patching import full_precision, quantize_model, restore_model, summary, summary_table
 from .spec import ROLES, QuantSpec
 
 __all__ = [
-    "Observer", "QuantConv", "QuantConv1D", "QuantEmbedding", "QuantLinear", "QuantModule", "QuantMultiheadAttention",
-    "EmulationReport", "QuantSpec", "ROLES", "STE_MODES", "full_precision",
-    "calibrate", "emulating", "fake_quantize", "quantize_model", "quantized_conv", "quantized_linear",
+    "EmulationReport", "Observer", "QuantConv", "QuantConv1D", "QuantEmbedding", "QuantGRU", "QuantLSTM",
+    "QuantLinear", "QuantModule", "QuantMultiheadAttention", "QuantRNN", "QuantSpec", "ROLES", "STE_MODES",
+    "calibrate", "full_precision", "emulating", "fake_quantize", "quantize_model", "quantized_conv", "quantized_linear",
     "quantized_matmul", "restore_model", "summary", "summary_table",
 ]

@@ -59,10 +59,10 @@ from torch.overrides import TorchFunctionMode
 from . import contractions
 from .attention import attention, multi_head_attention
 from .conv import quantized_conv
-from .linear import quantized_linear
+from .linear import linear_product, quantized_linear
 from .matmul import quantized_matmul
 from .modules import QuantModule
-from .rounding import inside_quantized_module
+from .rounding import inside_quantized_module, round_to
 from .rules import check_rules, matching_rule
 from .spec import QuantSpec
 
@@ -135,7 +135,13 @@ def _linear(call, x, weight, bias=None):
     if call.too_small(x.shape[-1]):
         return F.linear(x, weight, bias)
     call.mode.note_parameters(bias)
-    return quantized_linear(x, weight, bias, call.operands(x, weight))
+    spec = call.operands(x, weight)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) or torch.compiler.is_compiling() \
+            or not isinstance(weight, torch.nn.Parameter):
+        return quantized_linear(x, weight, bias, spec)
+    # inference with a parameter: its rounded copy is kept for the block (as quantized modules keep theirs)
+    product = linear_product(round_to(x, spec.input, -1, spec), call.mode.rounded_parameter(weight, spec), bias, spec)
+    return round_to(product, spec.output, -1, spec)
 
 
 def _matmul(call, a, b, *, out=None):
@@ -270,6 +276,16 @@ class _EmulatingMode(TorchFunctionMode):
         self.spec, self.rules, self.names = spec, rules, names
         self.min_reduction, self.report = min_reduction, report
         self.stack: list[torch.nn.Module] = []
+        self.weights: dict[int, tuple[Any, torch.Tensor]] = {}
+
+    def rounded_parameter(self, weight: torch.nn.Parameter, spec: QuantSpec) -> torch.Tensor:
+        """A Linear weight rounded to the spec's weight format along its input
+        features, computed once per value of the parameter within the block."""
+        key = (weight.data_ptr(), weight._version, spec.weight, spec.rounding, spec.scale_rule)
+        cached = self.weights.get(id(weight))
+        if cached is None or cached[0] != key:
+            cached = self.weights[id(weight)] = (key, round_to(weight.detach(), spec.weight, -1, spec))
+        return cached[1]
 
     def note_parameters(self, *tensors: Any) -> None:
         if not self.names:

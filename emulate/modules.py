@@ -37,6 +37,16 @@ def qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+_INTEGERS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bit_sum(t: torch.Tensor) -> int:
+    """The sum of t's bit patterns as integers (int64, wrapping): a
+    fingerprint of its values. Two tensors collide only where their bit
+    patterns differ by amounts that add up to exactly zero."""
+    return int(t.view(_INTEGERS[t.element_size()]).sum(dtype=torch.int64))
+
+
 class QuantModule(torch.nn.Module):
     """Base of the quantized modules: the wrapped module's parameters and
     buffers, its spec, and the cached rounded weight."""
@@ -86,7 +96,10 @@ class QuantModule(torch.nn.Module):
         return super().train(mode)
 
     def _weight_key(self) -> tuple[Any, ...]:
-        return (id(self.weight), self.weight.data_ptr(), self.weight._version, self.spec)
+        # the bit sum: FSDP2 (and FSDP1) gather new values into the same parameter, often at the same
+        # address, without bumping its version counter (torch.autograd._unsafe_preserve_version_counter)
+        weight = self.weight.detach()
+        return (id(self.weight), weight.data_ptr(), self.weight._version, _bit_sum(weight), self.spec)
 
     def _rounder(self, fmt: Any):
         plain = QuantSpec(rounding=self.spec.rounding)
@@ -285,20 +298,3 @@ class QuantMultiheadAttention(QuantModule):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with AttentionRouting(self.spec), quantized_module():
             return torch.nn.MultiheadAttention.forward(self, *args, **kwargs)
-
-
-CLASSES = (QuantLinear, QuantConv1D, QuantConv, QuantEmbedding, QuantMultiheadAttention)
-
-
-def quantized_class(module: torch.nn.Module) -> type[QuantModule] | None:
-    """The quantized module class that wraps ``module``, or None."""
-    return next((cls for cls in CLASSES if cls.accepts(module)), None)
-
-
-def quantized(module: torch.nn.Module, spec: QuantSpec) -> QuantModule:
-    """The quantized module that wraps ``module`` (of a type :func:`quantized_class` knows)."""
-    cls = quantized_class(module)
-    if cls is None:
-        raise TypeError(f"lowbit has no quantized {type(module).__name__}; it quantizes "
-                        f"{', '.join(t.__name__ for c in CLASSES for t in c.wraps)}, transformers' Conv1D")
-    return cls(module, spec)

@@ -1,5 +1,6 @@
 """quantize_model / restore_model: swap a model's layers (Linear,
-transformers' Conv1D, convolutions, Embedding, MultiheadAttention) for
+transformers' Conv1D, convolutions, Embedding, MultiheadAttention, LSTM,
+GRU, RNN; :mod:`lowbit.emulate.registry`) for
 quantized ones, by rules, and back; :func:`summary` and
 :func:`full_precision` say what is quantized and what is not.
 
@@ -18,8 +19,8 @@ swapped layers: in a model with quantized layers inside one, quantize_model
 says so (a warning) and disables the fast path in that module's forward.
 Modules holding parameters that stay in full precision are listed by
 :func:`full_precision`, and those whose parameters may enter products
-lowbit cannot see (an LSTM without a quantized version, a custom module
-using its raw Parameters) draw a warning.
+lowbit cannot see (a custom module using its raw Parameters) draw a
+warning.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any
 
 import torch
 
-from .modules import QuantModule, qualified_name, quantized, quantized_class
+from .modules import QuantModule, qualified_name
+from .registry import quantized, quantized_class
 from .rules import check_rules, matching_rule
 from .spec import QuantSpec
 
@@ -140,8 +142,6 @@ def _why_full(module: torch.nn.Module) -> str:
         return "excluded by a rule"
     if isinstance(module, ELEMENTWISE_TYPES) or type(module).__name__.endswith("Norm"):
         return "elementwise (no product)"
-    if isinstance(module, torch.nn.RNNBase):
-        return "no quantized version: its products run in full precision"
     return f"lowbit cannot see how {qualified_name(type(module))} uses its parameters (try emulating)"
 
 

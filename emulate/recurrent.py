@@ -163,7 +163,7 @@ class QuantRecurrent(QuantModule):
     def _given_state(self, hx: Any) -> State:
         """The user's hx as a State."""
         if not isinstance(hx, torch.Tensor):
-            raise ValueError(f"hx must be None or a tensor h_0, got {type(hx).__name__}")
+            raise TypeError(f"hx must be None or a tensor h_0, got {type(hx).__name__}")
         return (hx,)
 
     def _returned_state(self, state: State) -> Any:
@@ -192,7 +192,7 @@ class QuantLSTM(QuantRecurrent):
 
     def _given_state(self, hx: Any) -> State:
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(t, torch.Tensor) for t in hx)):
-            raise ValueError("hx must be None or a tuple (h_0, c_0) of two tensors")
+            raise TypeError("hx must be None or a tuple (h_0, c_0) of two tensors")
         return tuple(hx)
 
     def _returned_state(self, state: State) -> Any:

@@ -246,9 +246,11 @@ def test_refusals_name_the_feature():
         layer(packed)
     with pytest.raises(ValueError, match="2-D .* or 3-D"):
         layer(torch.randn(2, STEPS, BATCH, INPUT))
-    with pytest.raises(ValueError, match=r"tuple \(h_0, c_0\)"):
+    with pytest.raises(TypeError, match=r"tuple \(h_0, c_0\)"):
         layer(torch.randn(STEPS, BATCH, INPUT), torch.zeros(1, BATCH, HIDDEN))
     with pytest.raises(ValueError, match="c_0 must be 2-D for unbatched"):
         layer(torch.randn(STEPS, INPUT), (torch.zeros(1, HIDDEN), torch.zeros(1, 1, HIDDEN)))
+    with pytest.raises(TypeError, match="tensor h_0"):
+        QuantGRU(make("gru")[0], MX)(torch.randn(STEPS, BATCH, INPUT), (torch.zeros(1, BATCH, HIDDEN),))
     with pytest.raises(RuntimeError, match="Expected hidden"):  # torch's own size check
         layer(torch.randn(STEPS, BATCH, INPUT), (torch.zeros(1, BATCH + 1, HIDDEN),) * 2)
