@@ -65,6 +65,15 @@ def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
 
 
+def _projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: QuantSpec) -> torch.Tensor:
+    """A projection of an (L, N, E) input: ``token_blocks="sample"`` blocks
+    the weight gradient along axis -2, which must then be each sample's
+    tokens (L), not the batch (N)."""
+    if spec.token_blocks == "sample":
+        return quantized_linear(x.transpose(0, 1), weight, bias, spec).transpose(0, 1)
+    return quantized_linear(x, weight, bias, spec)
+
+
 def multi_head_attention(spec: QuantSpec, query, key, value, embed_dim_to_check, num_heads, in_proj_weight,
                          in_proj_bias, bias_k, bias_v, add_zero_attn, dropout_p, out_proj_weight, out_proj_bias,
                          training=True, key_padding_mask=None, need_weights=True, attn_mask=None,
@@ -85,7 +94,7 @@ def multi_head_attention(spec: QuantSpec, query, key, value, embed_dim_to_check,
         raise ValueError(f"query has {width} features; the attention expects {embed_dim_to_check}")
     weights = (q_proj_weight, k_proj_weight, v_proj_weight) if use_separate_proj_weight else in_proj_weight.chunk(3)
     biases = in_proj_bias.chunk(3) if in_proj_bias is not None else (None, None, None)
-    q, k, v = (quantized_linear(t, w, b, spec) for t, w, b in zip((query, key, value), weights, biases))
+    q, k, v = (_projection(t, w, b, spec) for t, w, b in zip((query, key, value), weights, biases))
     q = q.reshape(length, batch, heads, head_width).permute(1, 2, 0, 3)
     k, v = (t.reshape(sources, batch, heads, head_width).permute(1, 2, 0, 3) for t in (k, v))
 
@@ -102,7 +111,7 @@ def multi_head_attention(spec: QuantSpec, query, key, value, embed_dim_to_check,
     if dropout_p > 0 and training:
         probabilities = F.dropout(probabilities, dropout_p)
     out = _weighted_values(probabilities, v, spec).permute(2, 0, 1, 3).reshape(length, batch, width)
-    out = quantized_linear(out, out_proj_weight, out_proj_bias, spec)
+    out = _projection(out, out_proj_weight, out_proj_bias, spec)
     attention_weights = None
     if need_weights:
         attention_weights = probabilities.mean(dim=1) if average_attn_weights else probabilities

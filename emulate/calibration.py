@@ -13,8 +13,12 @@ scaled into it: q = Q(x / s) * s, with s chosen by an :class:`Observer`:
 
 Granularity: ``tensor`` (one scale), ``channel`` (one per output channel,
 the weight's axis 0) or ``group`` (one per ``group_size`` consecutive
-input features of each output channel, for Linear weights). Activations
-take ``tensor`` scales only: a per-token scale would change with the batch.
+input features of each output channel, for Linear weights). Calibrated
+(static) activation scales are per ``tensor``; scales computed from each
+activation at run time need no observer: give the role a dynamically
+scaled format, ``int8_rowwise`` / ``fp8_e4m3_rowwise`` (one scale per
+token: per row along the product's reduction axis) or ``int8_tensor`` /
+``fp8_e4m3_tensor`` (one per tensor).
 A scale of a group that is all zero is 1. x / s and Q(x / s) * s are
 formed in the tensor's dtype, as a datapath does.
 

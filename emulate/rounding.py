@@ -15,14 +15,19 @@ from .calibration import Calibrated
 from .fake_quant import _fake_quantize_op, format_key
 from .spec import QuantSpec
 
-_local = threading.local()
+class _Depth(threading.local):
+    def __init__(self) -> None:
+        self.depth = 0  # set on each thread's first use: torch.compile guards on its value, not on its presence
+
+
+_local = _Depth()
 
 
 @contextlib.contextmanager
 def quantized_module() -> Iterator[None]:
     """Mark the calls a quantized module makes, so that ``emulating`` lets
     them through rather than rounding their operands a second time."""
-    _local.depth = getattr(_local, "depth", 0) + 1
+    _local.depth += 1
     try:
         yield
     finally:
@@ -31,7 +36,7 @@ def quantized_module() -> Iterator[None]:
 
 def inside_quantized_module() -> bool:
     """Whether a quantized module's forward is running on this thread."""
-    return getattr(_local, "depth", 0) > 0
+    return _local.depth > 0
 
 
 def round_to(t: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Tensor:

@@ -96,6 +96,8 @@ def _catalogue() -> dict[str, Format]:
                     name="nf4_dq"),
         BlockFormat(CodebookFormat(FP4_BNB_VALUES, name="fp4_bnb_values"), 64, scale=fp32, name="fp4_bnb"),
         BlockFormat(CodebookFormat(KMEANS4_VALUES, name="kmeans4_values"), 64, scale=fp32, name="kmeans4_g64"),
+        TensorScaledFormat(IntFormat(8, name="int8"), "amax", name="int8_tensor"),
+        TensorScaledFormat(fp8_e4m3, "amax", name="fp8_e4m3_tensor"),
         TensorScaledFormat(IntFormat(2, narrow=True, name="int2_narrow"), "absmean", name="ternary"),
         TensorScaledFormat(CodebookFormat((-1.0, 1.0), name="sign"), "absmean", name="binary"),
         MicroexponentFormat(7, name="mx9"),

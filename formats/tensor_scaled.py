@@ -45,9 +45,10 @@ TENSOR_SCALE_RULES = ("absmean", "amax")
 _UNIT_EXPONENT = 1074 + 53
 
 
-def _exact_abs_sum(t: torch.Tensor, flush_subnormals: bool) -> tuple[int, float]:
+def _exact_abs_sum(t: torch.Tensor, flush_subnormals: bool, with_sum: bool = True) -> tuple[int, float]:
     """The exact sum of |x| over t's finite elements as an integer count of
-    2**-1127, and the largest |x| (float64; NaN if any element is NaN or Inf)."""
+    2**-1127 (0 unless ``with_sum``), and the largest |x| (float64; NaN if
+    any element is NaN or Inf)."""
     total, largest = 0, 0.0
     flat = t.reshape(-1)
     for part in chunk_slices(flat.numel(), chunks.CHUNK_ELEMENTS):
@@ -55,6 +56,8 @@ def _exact_abs_sum(t: torch.Tensor, flush_subnormals: bool) -> tuple[int, float]
         if not bool(torch.isfinite(a).all()):
             return 0, math.nan
         largest = max(largest, float(a.max()) if a.numel() else 0.0)
+        if not with_sum:
+            continue
         mantissa, exponent = torch.frexp(a)  # a = mantissa * 2**exponent, mantissa in [0.5, 1)
         significand = (mantissa * 2.0 ** 53).to(torch.int64)  # exact: < 2**53
         bins = (exponent.to(torch.int64) + 1073).clamp(min=0)
@@ -141,8 +144,9 @@ class TensorScaledFormat:
 
     @property
     def max(self) -> float:
-        """The largest finite value (a float32 scale's largest times the element's)."""
-        return self.element.max * float(np.finfo(np.float32).max)
+        """The largest finite value: float32's largest (values are element *
+        scale rounded to float32; the scale comes from the tensor)."""
+        return float(np.finfo(np.float32).max)
 
     @property
     def min_subnormal(self) -> float:
@@ -153,7 +157,7 @@ class TensorScaledFormat:
         """The float32 scale of tensor ``x`` (NaN if it holds NaN or Inf)."""
         t, _ = as_tensor(x)
         rule = self._check_rule(scale_rule or self.scale_rule)
-        total, largest = _exact_abs_sum(t, flush_subnormals)
+        total, largest = _exact_abs_sum(t, flush_subnormals, with_sum=rule == "absmean")
         if math.isnan(largest):
             return math.nan
         if rule == "absmean":

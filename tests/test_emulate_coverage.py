@@ -331,3 +331,30 @@ def test_llama_under_emulating_rounds_every_product_and_reports():
     assert report.full_precision[("F.linear", "excluded by a rule")] == 1
     assert "lm_head.weight" in report.unrounded_parameters
     assert not torch.equal(rounded, plain) and torch.isfinite(rounded).all()
+
+
+# -- dynamic activation scales ---------------------------------------------------------------------
+
+def _int8_dynamic(x, dim):
+    """x rounded to int8 with scale fp32(amax / 127) over ``dim`` (None: the whole tensor), from the
+    definition: the quotient formed in float64 (exact enough for the rounding decision), half to even."""
+    amax = x.abs().amax() if dim is None else x.abs().amax(dim=dim, keepdim=True)
+    scale = (amax.double() / 127).float()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q8 = torch.round(x.double() / scale.double()).clamp(-128, 127)
+    return (q8 * scale.double()).float()
+
+
+@pytest.mark.parametrize("fmt, dim", [("int8_rowwise", -1), ("int8_tensor", None)])
+def test_dynamic_per_token_and_per_tensor_scales_in_the_input_role(fmt, dim):
+    """W8A8 as SmoothQuant and ZeroQuant run it: activations with a scale per token (or per tensor)
+    computed from the tensor at run time, weights per output channel."""
+    torch.manual_seed(15)
+    layer = torch.nn.Linear(96, 16)
+    x = torch.randn(2, 5, 96) * torch.logspace(-2, 1, 5)[:, None]  # tokens of very different magnitudes
+    quantized = quantize_model(layer, QuantSpec(input=fmt, weight="int8_rowwise"), inplace=False)
+    with torch.no_grad():
+        y = quantized(x)
+    expected = _int8_dynamic(x, dim) @ _int8_dynamic(layer.weight.detach(), -1).T + layer.bias.detach()
+    assert torch.allclose(y, expected, rtol=0, atol=1e-5)
+    assert torch.equal(lowbit.quantize(x, fmt, axis=-1), _int8_dynamic(x, dim))
