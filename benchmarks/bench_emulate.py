@@ -1,7 +1,11 @@
 """Cost of quantized layers against the plain ones, measured alternately in
 the same run (best of --repeat): a Linear 4096x4096 on a batch of 64 in
 inference (the issue's target: at most 2x the plain Linear) and a training
-step (forward and backward), for a few specs.
+step (forward and backward), for a few specs; then a small Llama
+(transformers, random init: hidden 256, 4 layers, 4 x 64 tokens, one
+thread) in fp32, swapped by quantize_model, and run under emulating
+(issue 18's targets: quantize_model forward <= 1.5x fp32, emulating <=
+1.3x quantize_model, a training step <= 2x).
 
     python benchmarks/bench_emulate.py [--repeat 20] [--threads N]
 """
@@ -10,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 
+import warnings
+
 import torch
 
 from lowbit.bench import best_seconds, machine
-from lowbit.emulate import QuantLinear, QuantSpec
+from lowbit.emulate import QuantLinear, QuantSpec, emulating, quantize_model
 
 SPECS = {
     "mxfp8_e4m3 input, mxfp4 weight": QuantSpec(input="mxfp8_e4m3", weight="mxfp4"),
@@ -53,5 +59,50 @@ def main() -> None:
               f"| {q_train * 1e3:.1f} | {p_train * 1e3:.1f} | {q_train / p_train:.2f} |")
 
 
+def llama_small() -> None:
+    """The small Llama's forward and training step: fp32, quantize_model, emulating."""
+    try:
+        import transformers
+    except ImportError:
+        print("\n(transformers is not installed: no Llama measurement)")
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                                      num_attention_heads=8, num_key_value_heads=4, vocab_size=1024)
+    model = transformers.LlamaForCausalLM(config)
+    tokens = torch.randint(0, 1024, (4, 64))
+    spec = QuantSpec(input="mxfp8_e4m3", weight="mxfp4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = quantize_model(model, spec, inplace=False)
+
+    def under_emulating(m):
+        def run():
+            with emulating(spec):
+                return m(tokens).logits
+        return run
+
+    def step(run):
+        return lambda: run().square().mean().backward()
+
+    print("\nLlama, hidden 256, 4 layers, 4 x 64 tokens, 1 thread, mxfp8_e4m3 inputs and mxfp4 weights;")
+    print("each ratio divides the first time by the second, the two measured alternately.\n")
+    print("| comparison | ms | ms | ratio |")
+    print("|---|---:|---:|---:|")
+    fp32 = lambda: model(tokens).logits  # noqa: E731
+    swapped = lambda: quantized(tokens).logits  # noqa: E731
+    with torch.no_grad():
+        rows = [("forward: quantize_model / fp32", *best_seconds(swapped, fp32, 10)),
+                ("forward: emulating / quantize_model", *best_seconds(under_emulating(model), swapped, 10))]
+    rows += [("training step: quantize_model / fp32", *best_seconds(step(swapped), step(fp32), 5)),
+             ("training step: emulating / fp32", *best_seconds(step(under_emulating(model)), step(fp32), 5))]
+    for name, first, second in rows:
+        print(f"| {name} | {first * 1e3:.1f} | {second * 1e3:.1f} | {first / second:.2f} |")
+    torch.set_num_threads(threads)
+
+
 if __name__ == "__main__":
     main()
+    llama_small()

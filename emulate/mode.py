@@ -160,6 +160,7 @@ def _dot(call, a, b, *, out=None):
 
 def _addmm(call, base, a, b, *, beta=1, alpha=1, out=None):
     """base + a @ b (addmm, baddbmm, addmv), scaled as torch scales them: beta = 0 ignores base."""
+    call.mode.note_parameters(base)
     product = call.matmul(a, b)
     product = product if alpha == 1 else alpha * product
     return _into(out, product if beta == 0 else (base if beta == 1 else beta * base) + product)

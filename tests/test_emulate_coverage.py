@@ -312,6 +312,10 @@ def test_gpt2_conv1d_layers_are_swapped_and_rounded():
     assert torch.equal(attention.c_attn(x), q(x, SPEC.input) @ q(conv.weight, SPEC.weight, 0) + conv.bias)
     assert not torch.equal(rounded, plain) and torch.isfinite(rounded).all()
     assert {row["type"] for row in summary(quantized)} == {"Conv1D", "Linear", "Embedding"}
+    with torch.no_grad(), emulating(SPEC, model=model) as report:  # unswapped, under the mode: addmm
+        model(tokens)
+    assert report.rounded == {"torch.addmm": 2 * 4, "F.scaled_dot_product_attention": 2, "F.linear": 1}
+    assert [name for name in report.unrounded_parameters if "ln_" not in name] == ["transformer.wpe.weight"]
 
 
 def test_llama_under_emulating_rounds_every_product_and_reports():
