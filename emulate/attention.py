@@ -83,7 +83,7 @@ def multi_head_attention(spec: QuantSpec, query, key, value, embed_dim_to_check,
     from quantized products. add_bias_kv, add_zero_attn and static keys are
     not covered (ValueError)."""
     if bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None or static_v is not None:
-        raise ValueError("emulating covers MultiheadAttention without add_bias_kv, add_zero_attn or static keys")
+        raise ValueError("lowbit computes MultiheadAttention without add_bias_kv, add_zero_attn or static keys")
     batched = query.dim() == 3
     if not batched:
         query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)

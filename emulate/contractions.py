@@ -28,7 +28,13 @@ Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tor
 
 
 class Uncovered(Exception):
-    """A call lowbit runs in full precision; the message says why."""
+    """A call lowbit runs in full precision; the message says why.
+    ``missed``: a product lowbit cannot round (warned), rather than one
+    that is not a rounding matter (integer operands)."""
+
+    def __init__(self, reason: str, *, missed: bool = True) -> None:
+        super().__init__(reason)
+        self.missed = missed
 
 
 def einsum(equation: str, operands: Sequence[torch.Tensor], product: Product) -> torch.Tensor:
@@ -97,8 +103,8 @@ def _contract(a: torch.Tensor, left: str, b: torch.Tensor, right: str, kept: set
     contracted = [c for c in left if c in right and c not in kept]
     only_left = [c for c in left if c not in right]
     only_right = [c for c in right if c not in left]
-    size = {c: max(a_summed.shape[left.index(c)] if c in left else 1,
-                   b_summed.shape[right.index(c)] if c in right else 1) for c in left + right}
+    size = {c: _broadcast(a_summed.shape[left.index(c)] if c in left else 1,
+                          b_summed.shape[right.index(c)] if c in right else 1) for c in left + right}
 
     def arranged(t: torch.Tensor, labels: str, order: list[str], groups: list[list[str]]) -> torch.Tensor:
         t = t.permute([labels.index(c) for c in order]).expand([size[c] for c in order])
@@ -108,6 +114,11 @@ def _contract(a: torch.Tensor, left: str, b: torch.Tensor, right: str, kept: set
     b3 = arranged(b_summed, right, batch + contracted + only_right, [batch, contracted, only_right])
     out = product(a3, b3, a, b).reshape([size[c] for c in batch + only_left + only_right])
     return out, "".join(batch + only_left + only_right)
+
+
+def _broadcast(a: int, b: int) -> int:
+    """The size two dimensions broadcast to (1 gives way; 0 stays)."""
+    return b if a == 1 else a
 
 
 def _sum_out(t: torch.Tensor, labels: str, needed: set[str]) -> tuple[torch.Tensor, str]:

@@ -17,12 +17,17 @@ Within ``with emulating(spec) as report:`` these calls run quantized:
   (``nn.MultiheadAttention``, the ``nn.Transformer`` layers), computed from
   quantized projections and products (:mod:`lowbit.emulate.attention`).
 
-Roles: an operand that is an ``nn.Parameter`` (or a view of one, such as
-``w.T``) takes the ``weight`` format; every other operand is an
+Roles: the weight argument of ``F.linear`` and of the convolutions, and
+any operand that is an ``nn.Parameter`` (or a view of one, such as
+``w.T``), take the ``weight`` format; every other operand is an
 activation and takes the ``input`` format, so both operands of an
 activation-by-activation product (attention's q @ k.mT, p @ v) take the
-activation format; inside attention functions the spec's ``query``,
-``key``, ``probabilities`` and ``value`` formats apply.
+activation format. A weight computed from a parameter (``w * 1.0``,
+``w.to(torch.bfloat16)``, a parametrization) is an activation to ``@``:
+pass it through ``F.linear`` to give it the weight format. Inside
+attention functions the spec's ``query``, ``key``, ``probabilities`` and
+``value`` formats apply. Integer and complex products run as they are
+(counted in the report).
 
 ``rules`` (as in :func:`~lowbit.emulate.quantize_model`: a name pattern or
 a module type, to a QuantSpec or None) choose the spec by the module the
@@ -47,6 +52,7 @@ spec. Functions are matched by identity, not by name (``torch.mm`` and
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -62,8 +68,8 @@ from .conv import quantized_conv
 from .linear import linear_product, quantized_linear
 from .matmul import quantized_matmul
 from .modules import QuantModule
-from .rounding import inside_quantized_module, round_to
-from .rules import check_rules, matching_rule
+from .rounding import inside_quantized_module, quantized_module, round_to
+from .rules import check_rules, matching_rule, unmatched_patterns
 from .spec import QuantSpec
 
 
@@ -86,6 +92,7 @@ class EmulationReport:
         self.rounded: Counter[str] = Counter()
         self.full_precision: Counter[tuple[str, str]] = Counter()
         self.unrounded_parameters: list[str] = []
+        self.missed: set[tuple[str, str]] = set()  # (function, reason) of products lowbit could not round
         self._seen_parameters: set[int] = set()
 
     def __str__(self) -> str:
@@ -105,12 +112,19 @@ class _Call:
         self.mode, self.name, self.spec = mode, name, spec
         self.skipped_k: int | None = None
 
-    def operands(self, left: Any, right: Any) -> QuantSpec:
-        """The spec with the formats of these operands' roles (parameter or activation)."""
+    def operands(self, left: Any, right: Any, *, right_is_weight: bool = False) -> QuantSpec:
+        """The spec with the formats of these operands' roles: the weight
+        format for parameters (and for ``right`` when the function's
+        signature makes it the weight: F.linear, convolutions), the input
+        format for activations. Raises Uncovered for operands that are not
+        real floating point (integer and complex products run as they are)."""
+        if not (left.is_floating_point() and right.is_floating_point()):
+            raise contractions.Uncovered(f"{left.dtype} and {right.dtype} operands: not a real floating-point product",
+                                         missed=False)
         self.mode.note_parameters(left, right)
         spec = self.spec
         return spec.with_operands(spec.weight if is_parameter(left) else spec.input,
-                                  spec.weight if is_parameter(right) else spec.input)
+                                  spec.weight if right_is_weight or is_parameter(right) else spec.input)
 
     def too_small(self, k: int) -> bool:
         if k < self.mode.min_reduction:
@@ -135,7 +149,7 @@ def _linear(call, x, weight, bias=None):
     if call.too_small(x.shape[-1]):
         return F.linear(x, weight, bias)
     call.mode.note_parameters(bias)
-    spec = call.operands(x, weight)
+    spec = call.operands(x, weight, right_is_weight=True)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) or torch.compiler.is_compiling() \
             or not isinstance(weight, torch.nn.Parameter):
         return quantized_linear(x, weight, bias, spec)
@@ -207,14 +221,15 @@ def _chain_matmul(call, *matrices, out=None):
 
 def _conv(call, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     call.mode.note_parameters(bias)
-    return quantized_conv(x, weight, bias, call.operands(x, weight), stride=stride, padding=padding,
-                          dilation=dilation, groups=groups)
+    return quantized_conv(x, weight, bias, call.operands(x, weight, right_is_weight=True), stride=stride,
+                          padding=padding, dilation=dilation, groups=groups)
 
 
 def _conv_transpose(call, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     call.mode.note_parameters(bias)
-    return quantized_conv(x, weight, bias, call.operands(x, weight), stride=stride, padding=padding,
-                          dilation=dilation, groups=groups, transposed=True, output_padding=output_padding)
+    return quantized_conv(x, weight, bias, call.operands(x, weight, right_is_weight=True), stride=stride,
+                          padding=padding, dilation=dilation, groups=groups, transposed=True,
+                          output_padding=output_padding)
 
 
 def _attention(call, *args, **kwargs):
@@ -310,6 +325,7 @@ class _EmulatingMode(TorchFunctionMode):
         if entry is None or inside_quantized_module():
             if entry is None and func in UNCOVERED and not inside_quantized_module():
                 self.report.full_precision[UNCOVERED[func]] += 1
+                self.report.missed.add(UNCOVERED[func])
             return func(*args, **kwargs)
         name, handler = entry
         spec = self.spec_here() if self.rules else self.spec
@@ -318,9 +334,12 @@ class _EmulatingMode(TorchFunctionMode):
             return func(*args, **kwargs)
         call = _Call(self, name, spec)
         try:
-            result = handler(call, *args, **kwargs)
+            with quantized_module():  # an enclosing emulating lets the handler's own calls through
+                result = handler(call, *args, **kwargs)
         except contractions.Uncovered as why:
             self.report.full_precision[(name, str(why))] += 1
+            if why.missed:
+                self.report.missed.add((name, str(why)))
             return func(*args, **kwargs)
         if call.skipped_k is not None:
             self.report.full_precision[(name, f"K = {call.skipped_k} below min_reduction")] += 1
@@ -349,7 +368,11 @@ def emulating(spec: QuantSpec, rules: Mapping[Any, QuantSpec | None] | None = No
         raise ValueError(f"min_reduction must be a positive int, got {min_reduction!r}")
     rules = dict(rules or {})
     _check_rules(rules, model)
+    if rules and torch.compiler.is_compiling():
+        raise RuntimeError(_RULES_UNDER_COMPILE)
     names = {} if model is None else {id(m): name for name, m in model.named_modules()}
+    for pattern in unmatched_patterns(rules, list(names.values())):
+        warnings.warn(f"rule {pattern!r} matches no module name of the model", stacklevel=3)
     report = EmulationReport(spec)
     mode = _EmulatingMode(spec, rules, names, min_reduction, report)
     fast_path = torch.backends.mha.get_fastpath_enabled()
@@ -364,10 +387,18 @@ def emulating(spec: QuantSpec, rules: Mapping[Any, QuantSpec | None] | None = No
     _finish(report, model)
 
 
+_RULES_UNDER_COMPILE = (
+    "emulating(rules=...) does not run under torch.compile: its rules follow the running module through global "
+    "module hooks, which torch.compile does not trace. Compile without rules, or give the rules to quantize_model "
+    "(which compiles), or run this model eagerly")
+
+
 @contextlib.contextmanager
 def _module_stack(stack: list[torch.nn.Module]) -> Iterator[None]:
     """Keep ``stack`` holding the modules whose forward is running."""
     def enter(module, _args):
+        if torch.compiler.is_compiling():  # the block entered outside a compiled module: the hooks do not trace
+            raise RuntimeError(_RULES_UNDER_COMPILE)
         stack.append(module)
 
     def leave(module, _args, _output):
@@ -387,12 +418,27 @@ def _finish(report: EmulationReport, model: torch.nn.Module | None) -> None:
         rounded_by_modules = {id(p) for m in model.modules() if isinstance(m, QuantModule) for p in m.parameters()}
         report.unrounded_parameters = [name for name, p in model.named_parameters()
                                        if id(p) not in report._seen_parameters | rounded_by_modules]
-    missed = [f"{name} x{calls} ({why})" for (name, why), calls in report.full_precision.items()
-              if why != "excluded by a rule" and "min_reduction" not in why]
-    if missed:
-        warnings.warn(f"emulating left products in full precision: {'; '.join(missed)}", stacklevel=3)
+    if report.missed:
+        missed = "; ".join(f"{name} ({why})" for name, why in sorted(report.missed))
+        message = f"emulating left products in full precision: {missed}; the report counts the calls"
+        if torch.compiler.is_compiling():
+            _warn_while_tracing(message)
+        else:
+            warnings.warn(message, stacklevel=_stacklevel_outside(__file__, contextlib.__file__))
 
 
-def handled() -> list[str]:
-    """The names of the functions ``emulating`` quantizes."""
-    return sorted(name for name, _ in HANDLERS.values())
+def _stacklevel_outside(*files: str) -> int:
+    """The stacklevel of the innermost caller frame outside ``files`` (the
+    user's ``with`` statement), counted from the caller of warnings.warn."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename in files:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+@torch.compiler.assume_constant_result
+def _warn_while_tracing(message: str) -> bool:
+    """Warn once, when torch.compile traces the block: dynamo runs this
+    function as it traces (warnings.warn itself would break the graph)."""
+    warnings.warn(f"{message} (warned as torch.compile traced the code)", stacklevel=2)
+    return True

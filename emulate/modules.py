@@ -162,7 +162,7 @@ class QuantModule(torch.nn.Module):
         return torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
 
     def extra_repr(self) -> str:
-        return f"{self.original.extra_repr()}, {self.spec}"
+        return ", ".join(part for part in (self.original.extra_repr(), str(self.spec)) if part)
 
 
 class QuantLinear(QuantModule):
@@ -293,6 +293,8 @@ class QuantMultiheadAttention(QuantModule):
     def __init__(self, module: torch.nn.Module, spec: QuantSpec) -> None:
         if spec.observers:
             raise ValueError("a MultiheadAttention takes no observers: its projections use the spec's formats")
+        if module.bias_k is not None or module.add_zero_attn:
+            raise ValueError("lowbit computes MultiheadAttention without add_bias_kv or add_zero_attn")
         super().__init__(module, spec)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

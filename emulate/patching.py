@@ -19,14 +19,18 @@ swapped layers: in a model with quantized layers inside one, quantize_model
 says so (a warning) and disables the fast path in that module's forward.
 Modules holding parameters that stay in full precision are listed by
 :func:`full_precision`, and those whose parameters may enter products
-lowbit cannot see (a custom module using its raw Parameters) draw a
-warning.
+lowbit cannot see (a custom module using its raw Parameters) or cannot
+quantize (an LSTM with ``proj_size``, an Embedding with ``max_norm``,
+...), which stay as they are, draw a warning. So does a name rule that
+matches no module (a typo would otherwise quantize the layer it meant to
+exclude).
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,13 +38,15 @@ import torch
 
 from .modules import QuantModule, qualified_name
 from .registry import quantized, quantized_class
-from .rules import check_rules, matching_rule
-from .spec import QuantSpec
+from .rules import check_rules, matching_rule, unmatched_patterns
+from .spec import ATTENTION_ROLES, ROLES, QuantSpec
 
 FAST_PATH_TYPES = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
 ELEMENTWISE_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm, torch.nn.PReLU,
                      torch.nn.modules.batchnorm._NormBase)
 _FAST_PATH_HOOKS = "_lowbit_fast_path_hooks"
+#: why quantize_model left a layer of a type it quantizes in full precision
+_LEFT: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def _spec_for(name: str, module: torch.nn.Module, default: QuantSpec | None,
@@ -67,16 +73,27 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
     if not inplace:
         model = copy.deepcopy(model)
     model = restore_model(model)
+    names = [name for name, _ in model.named_modules()]
+    for pattern in unmatched_patterns(rules, names):
+        warnings.warn(f"rule {pattern!r} matches no module name of the model (names look like "
+                      f"{', '.join(repr(n) for n in names[1:4])}, ...)", stacklevel=2)
     for name, module in list(model.named_modules()):
         if quantized_class(module) is None:
             continue
         chosen = _spec_for(name, module, spec, rules)
-        if chosen is not None:
+        _LEFT.pop(module, None)
+        if chosen is None:
+            _LEFT[module] = "excluded by a rule"
+            continue
+        try:
             new = quantized(module, chosen)
-            if not name:
-                model = new
-            else:
-                _replace(model, name, new)
+        except ValueError as why:  # a layer lowbit cannot round stays as it is, said and listed
+            _LEFT[module] = f"lowbit cannot quantize it: {why}"
+            continue
+        if not name:
+            model = new
+        else:
+            _replace(model, name, new)
     _disable_fast_paths(model)
     _warn_unseen_parameters(model)
     return model
@@ -138,19 +155,21 @@ def full_precision(model: torch.nn.Module) -> list[dict[str, str]]:
 
 
 def _why_full(module: torch.nn.Module) -> str:
+    if module in _LEFT:
+        return _LEFT[module]
     if quantized_class(module) is not None:
-        return "excluded by a rule"
+        return "not quantized (quantize_model has not seen it)"
     if isinstance(module, ELEMENTWISE_TYPES) or type(module).__name__.endswith("Norm"):
         return "elementwise (no product)"
     return f"lowbit cannot see how {qualified_name(type(module))} uses its parameters (try emulating)"
 
 
 def _warn_unseen_parameters(model: torch.nn.Module) -> None:
-    unseen = [f"{row['layer']} ({row['type']})" for row in full_precision(model)
+    unseen = [f"{row['layer']} ({row['type']}: {row['reason']})" for row in full_precision(model)
               if not row["reason"].startswith(("excluded", "elementwise"))]
     if unseen:
         warnings.warn(f"quantize_model leaves parameters in full precision that may enter products: "
-                      f"{', '.join(unseen)}; see lowbit.emulate.full_precision(model)", stacklevel=3)
+                      f"{'; '.join(unseen)}. See lowbit.emulate.full_precision(model)", stacklevel=3)
 
 
 def summary(model: torch.nn.Module) -> list[dict[str, str]]:
@@ -176,11 +195,17 @@ def summary_table(model: torch.nn.Module) -> str:
     modules under "full precision:"."""
     quantized_rows, full = summary(model), full_precision(model)
     text = _table(quantized_rows) if quantized_rows else "no quantized layers"
-    return text + ("\n\nfull precision:\n" + _table(full) if full else "")
+    text += "\n\nfull precision:\n" + _table(full) if full else ""
+    return text + ("\n\n(products made outside these layers, such as functional attention or @ in model code, "
+                   "are not rounded here: run the model under lowbit.emulate.emulating)" if quantized_rows else "")
+
+
+_COLUMNS = ("layer", "type", *ROLES, *ATTENTION_ROLES, "reason")
 
 
 def _table(rows: list[dict[str, str]]) -> str:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    present = {key for row in rows for key in row}
+    columns = [c for c in _COLUMNS if c in present]
     widths = {c: max(len(c), *(len(row.get(c, "-")) for row in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(row.get(c, "-").ljust(widths[c]) for c in columns) for row in rows]

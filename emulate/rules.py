@@ -37,3 +37,8 @@ def matching_rule(rules: Mapping[Any, QuantSpec | None], name: str | None,
                 isinstance(key, str) and name is not None and re.fullmatch(key, name):
             return True, spec
     return False, None
+
+
+def unmatched_patterns(rules: Mapping[Any, Any], names: list[str]) -> list[str]:
+    """The name patterns among the rules that match none of ``names``."""
+    return [key for key in rules if isinstance(key, str) and not any(re.fullmatch(key, n) for n in names)]

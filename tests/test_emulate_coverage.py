@@ -139,13 +139,29 @@ def test_full_precision_lists_what_quantize_model_cannot_see():
 
     net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.LayerNorm(32), RawProduct(),
                               torch.nn.RNN(32, 32, batch_first=True))
-    with pytest.warns(UserWarning, match=r"may enter products: 2 \(RawProduct\);"):
+    with pytest.warns(UserWarning, match=r"may enter products: 2 \(RawProduct: lowbit cannot see"):
         quantize_model(net, SPEC)
     assert isinstance(net[3], QuantRNN)  # recurrent layers run step by step, their products rounded
     reasons = {row["layer"]: row["reason"] for row in full_precision(net)}
     assert reasons["1"] == "elementwise (no product)"
     assert "cannot see" in reasons["2"] and "RawProduct" in reasons["2"]
     assert "full precision:" in summary_table(net)
+
+
+def test_layers_lowbit_cannot_quantize_stay_listed_and_rule_typos_are_said():
+    net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.LSTM(32, 64, proj_size=16),
+                              torch.nn.Embedding(10, 32, max_norm=1.0),
+                              torch.nn.MultiheadAttention(32, 4, add_bias_kv=True))
+    with pytest.warns(UserWarning) as caught:
+        quantize_model(net, SPEC, rules={"lm_haed": None})
+    messages = " ".join(str(w.message) for w in caught)
+    assert "rule 'lm_haed' matches no module name" in messages
+    assert "1 (LSTM: lowbit cannot quantize it" in messages and "proj_size" in messages
+    assert isinstance(net[0], QuantLinear) and type(net[1]) is torch.nn.LSTM
+    reasons = {row["layer"]: row["reason"] for row in full_precision(net)}
+    assert "max_norm" in reasons["2"] and "add_bias_kv" in reasons["3"]
+    assert full_precision(torch.nn.Sequential(torch.nn.Linear(4, 4)))[0]["reason"] == \
+        "not quantized (quantize_model has not seen it)"
 
 
 def test_autocast_training_runs_backward_in_the_autocast_dtype():
@@ -242,8 +258,27 @@ def test_roles_parameters_take_the_weight_format_activations_the_input_format():
     with emulating(SPEC):
         right = x @ w.T  # a view of a parameter
         left = w @ x.T
+        computed = F.linear(x, w * 1.0)  # F.linear's second argument is the weight, parameter or not
     assert torch.equal(right, q(x, SPEC.input) @ q(w, SPEC.weight).T)
     assert torch.equal(left, q(w, SPEC.weight) @ q(x, SPEC.input).T)
+    assert torch.equal(computed, right)
+
+
+def test_integer_empty_and_nested_products_under_emulating():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not a rounding matter: no warning
+        with emulating(SPEC) as report:
+            integers = torch.ones(2, 3, dtype=torch.long) @ torch.ones(3, 2, dtype=torch.long)
+            empty = torch.einsum("ij,jk->ik", torch.randn(0, 64), torch.randn(64, 8))
+    assert integers.tolist() == [[3, 3], [3, 3]] and empty.shape == (0, 8)
+    assert report.full_precision == {("Tensor.matmul", "torch.int64 and torch.int64 operands: not a real "
+                                                       "floating-point product"): 1}
+    x, w = torch.randn(4, 64), torch.nn.Parameter(torch.randn(8, 64))
+    with emulating(QuantSpec(input="mxfp4", weight="mxfp4")) as outer:
+        with emulating(SPEC) as inner:  # the innermost mode rounds; the outer one lets its calls through
+            nested = F.linear(x, w)
+    assert torch.equal(nested, q(x, SPEC.input) @ q(w, SPEC.weight).T)
+    assert inner.rounded == {"F.linear": 1} and not outer.rounded
 
 
 def test_attention_operands_take_their_own_formats():
@@ -280,7 +315,7 @@ def test_rules_and_min_reduction_choose_what_emulating_rounds():
 
 def test_recurrent_kernels_under_emulating_are_counted_and_warned():
     lstm = torch.nn.LSTM(32, 32, batch_first=True)
-    with pytest.warns(UserWarning, match=r"torch.lstm x1"):
+    with pytest.warns(UserWarning, match=r"torch.lstm \(a fused recurrent kernel"):
         with emulating(SPEC) as report:
             lstm(torch.randn(2, 5, 32))
     assert report.full_precision[("torch.lstm", next(iter(report.full_precision))[1])] == 1
