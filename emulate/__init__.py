@@ -34,7 +34,7 @@ from .conv import quantized_conv
 from .linear import quantized_linear
 from .matmul import quantized_matmul
 from .modules import QuantConv, QuantConv1D, QuantEmbedding, QuantLinear, QuantModule, QuantMultiheadAttention
-from .mode import EmulationReport, emulating
+from .mode import EmulationReport, checkpoint_context, emulating
 from .recurrent import QuantGRU, QuantLSTM, QuantRNN
 from .patching import full_precision, quantize_model, restore_model, summary, summary_table
 from .spec import ROLES, QuantSpec
@@ -42,6 +42,6 @@ from .spec import ROLES, QuantSpec
 __all__ = [
     "EmulationReport", "Observer", "QuantConv", "QuantConv1D", "QuantEmbedding", "QuantGRU", "QuantLSTM",
     "QuantLinear", "QuantModule", "QuantMultiheadAttention", "QuantRNN", "QuantSpec", "ROLES", "STE_MODES",
-    "calibrate", "full_precision", "emulating", "fake_quantize", "quantize_model", "quantized_conv", "quantized_linear",
+    "calibrate", "checkpoint_context", "full_precision", "emulating", "fake_quantize", "quantize_model", "quantized_conv", "quantized_linear",
     "quantized_matmul", "restore_model", "summary", "summary_table",
 ]

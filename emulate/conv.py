@@ -9,8 +9,10 @@ as for Linear, each operand is rounded again from full precision along the
 reduction of the product it enters: the input gradient reduces over output
 channels (the gradient along axis 1, the weight along its output-channel
 axis), the weight gradient over the batch and positions (the gradient and
-x along the batch axis, 0). Blocks of x's channels may span groups when
-``groups > 1``.
+x along the batch axis, 0). With ``groups > 1`` the channel blocks run
+within each group (a convolution sums only over one group's channels):
+x's and the input gradient's channels, and a transposed convolution's
+weight along its input channels.
 """
 
 from __future__ import annotations
@@ -24,12 +26,29 @@ from .rounding import round_to
 from .spec import QuantSpec
 
 
+def channels_rounded(t: torch.Tensor, fmt, axis: int, spec: QuantSpec, groups: int) -> torch.Tensor:
+    """t rounded to fmt along a channel axis that a grouped convolution
+    splits into ``groups`` groups: blocks within each group, since a
+    convolution sums only over the channels of one group (a depthwise
+    convolution's blocks hold one channel)."""
+    if groups == 1 or fmt is None:
+        return round_to(t, fmt, axis, spec)
+    return round_to(t.unflatten(axis, (groups, -1)), fmt, axis + 1, spec).flatten(axis, axis + 1)
+
+
+def conv_weight_rounded(weight: torch.Tensor, fmt, spec: QuantSpec, transposed: bool, groups: int) -> torch.Tensor:
+    """A convolution weight rounded along its input channels (axis 1; axis
+    0, per group, for a transposed convolution): the forward product's
+    reduction."""
+    return channels_rounded(weight, fmt, 0, spec, groups) if transposed else round_to(weight, fmt, 1, spec)
+
+
 class _QuantizedConv(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, bias, spec, stride, padding, dilation, transposed, output_padding, groups):
-        w = round_to(weight, spec.weight, 0 if transposed else 1, spec)
-        y = torch.ops.aten.convolution(round_to(x, spec.input, 1, spec), w, bias, stride, padding, dilation,
-                                       transposed, output_padding, groups)
+        w = conv_weight_rounded(weight, spec.weight, spec, transposed, groups)
+        y = torch.ops.aten.convolution(channels_rounded(x, spec.input, 1, spec, groups), w, bias, stride, padding,
+                                       dilation, transposed, output_padding, groups)
         return round_to(y, spec.output, 1, spec)
 
     @staticmethod
@@ -42,12 +61,13 @@ class _QuantizedConv(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         spec, geometry = ctx.spec, ctx.geometry
-        transposed = geometry[3]
+        transposed, groups = geometry[3], geometry[5]
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            w = round_to(weight, spec.weight, 1 if transposed else 0, spec)
-            grad_x, _, _ = torch.ops.aten.convolution_backward(round_to(grad, spec.grad_output, 1, spec), x, w, None,
-                                                               *geometry, [True, False, False])
+        if ctx.needs_input_grad[0]:  # reduces over the output channels of each group
+            w = round_to(weight, spec.weight, 1, spec) if transposed else \
+                channels_rounded(weight, spec.weight, 0, spec, groups)
+            g = channels_rounded(grad, spec.grad_output, 1, spec, groups)
+            grad_x, _, _ = torch.ops.aten.convolution_backward(g, x, w, None, *geometry, [True, False, False])
             grad_x = round_to(grad_x, spec.grad_input, 1, spec)
         if ctx.needs_input_grad[1]:
             _, grad_w, _ = torch.ops.aten.convolution_backward(round_to(grad, spec.grad_output, 0, spec),

@@ -13,6 +13,9 @@ Within ``with emulating(spec) as report:`` these calls run quantized:
   dimensions (:mod:`lowbit.emulate.contractions`);
 - ``F.conv1d/2d/3d`` and ``F.conv_transpose1d/2d/3d`` (as
   :func:`~lowbit.emulate.quantized_conv`);
+- ``F.embedding``: the table rounded to the ``weight`` format along the
+  embedding dimension, the rows to ``output`` (as
+  :class:`~lowbit.emulate.QuantEmbedding` does; a lookup, not a product);
 - ``F.scaled_dot_product_attention`` and ``F.multi_head_attention_forward``
   (``nn.MultiheadAttention``, the ``nn.Transformer`` layers), computed from
   quantized projections and products (:mod:`lowbit.emulate.attention`).
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -64,7 +68,9 @@ from torch.overrides import TorchFunctionMode
 
 from . import contractions
 from .attention import attention, multi_head_attention
+from .calibration import Calibrated
 from .conv import quantized_conv
+from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
 from .matmul import quantized_matmul
 from .modules import QuantModule
@@ -232,6 +238,33 @@ def _conv_transpose(call, x, weight, bias=None, stride=1, padding=0, output_padd
                           output_padding=output_padding)
 
 
+def _embedding(call, indices, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+               sparse=False):
+    """F.embedding from the table rounded to the weight format along the
+    embedding dimension, its rows rounded to the output format (as
+    QuantEmbedding does)."""
+    if max_norm is not None:
+        raise contractions.Uncovered("an embedding with max_norm renormalises its table in place")
+    if not weight.is_floating_point() or isinstance(call.spec.weight, Calibrated):
+        raise contractions.Uncovered("a table lowbit does not round here (not floating point, or observer-scaled)")
+    spec = call.spec
+    call.mode.note_parameters(weight)
+    rule = spec.scale_rule if spec.applies_rule(spec.weight) else None
+    if spec.weight is None:
+        table = weight
+    elif torch.is_grad_enabled() and weight.requires_grad or torch.compiler.is_compiling() \
+            or not isinstance(weight, torch.nn.Parameter):
+        table = fake_quantize(weight, spec.weight, axis=-1, rounding=spec.rounding, scale_rule=rule,
+                              grad_format=spec.grad_weight)
+    else:
+        table = call.mode.rounded_parameter(weight, spec)
+    rows = F.embedding(indices, table, padding_idx, None, norm_type, scale_grad_by_freq, sparse)
+    if spec.output is None:
+        return rows
+    rule = spec.scale_rule if spec.applies_rule(spec.output) else None
+    return fake_quantize(rows, spec.output, axis=-1, rounding=spec.rounding, scale_rule=rule)
+
+
 def _attention(call, *args, **kwargs):
     call.mode.note_parameters(*args, *kwargs.values())
     return attention(call.spec, *args, **kwargs)
@@ -264,6 +297,7 @@ HANDLERS: dict[Any, tuple[str, Callable]] = {
     torch.einsum: ("torch.einsum", _einsum),
     torch.linalg.multi_dot: ("torch.linalg.multi_dot", _multi_dot),
     torch.chain_matmul: ("torch.chain_matmul", _chain_matmul),
+    F.embedding: ("F.embedding", _embedding),
     F.scaled_dot_product_attention: ("F.scaled_dot_product_attention", _attention),
     F.multi_head_attention_forward: ("F.multi_head_attention_forward", _multi_head_attention),
     **{getattr(F, f"conv{d}d"): (f"F.conv{d}d", _conv) for d in (1, 2, 3)},
@@ -292,6 +326,7 @@ class _EmulatingMode(TorchFunctionMode):
         self.spec, self.rules, self.names = spec, rules, names
         self.min_reduction, self.report = min_reduction, report
         self.stack: list[torch.nn.Module] = []
+        self.recomputing = False
         self.weights: dict[int, tuple[Any, torch.Tensor]] = {}
 
     def rounded_parameter(self, weight: torch.nn.Parameter, spec: QuantSpec) -> torch.Tensor:
@@ -332,6 +367,8 @@ class _EmulatingMode(TorchFunctionMode):
         if spec is None:
             self.report.full_precision[(name, "excluded by a rule")] += 1
             return func(*args, **kwargs)
+        if not self.recomputing and _checkpointed_outside_lowbit():
+            self.report.missed.add(("activation checkpointing", _CHECKPOINT))
         call = _Call(self, name, spec)
         try:
             with quantized_module():  # an enclosing emulating lets the handler's own calls through
@@ -348,15 +385,55 @@ class _EmulatingMode(TorchFunctionMode):
         return result
 
 
+_CHECKPOINT = ("torch recomputes checkpointed code in the backward pass outside this block, its products in full "
+               "precision: pass context_fn=lowbit.emulate.checkpoint_context(spec, ...) to torch.utils.checkpoint "
+               "(non-reentrant), or swap the layers with quantize_model")
+_local = threading.local()
+
+
+def _checkpointed_outside_lowbit() -> bool:
+    """Whether saved-tensor hooks (non-reentrant activation checkpointing)
+    are active without :func:`checkpoint_context`'s forward marker."""
+    return (not torch.compiler.is_compiling() and not getattr(_local, "checkpoint_context", 0)
+            and torch._C._autograd._top_saved_tensors_default_hooks(False) is not None)
+
+
+@contextlib.contextmanager
+def _checkpoint_forward() -> Iterator[None]:
+    _local.checkpoint_context = getattr(_local, "checkpoint_context", 0) + 1
+    try:
+        yield
+    finally:
+        _local.checkpoint_context -= 1
+
+
+def checkpoint_context(spec: QuantSpec, rules: Mapping[Any, QuantSpec | None] | None = None, *,
+                       model: torch.nn.Module | None = None,
+                       min_reduction: int = 1) -> Callable[[], tuple[Any, Any]]:
+    """A ``context_fn`` for ``torch.utils.checkpoint.checkpoint(...,
+    use_reentrant=False, context_fn=...)`` (and transformers'
+    ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)``)
+    under ``emulating``: torch reruns the checkpointed forward in the
+    backward pass, outside the ``emulating`` block; this runs the rerun
+    under ``emulating`` with the same arguments, so the recomputed products
+    round as the first ones did. Give it what the block got."""
+    emulating(spec, rules, model=model, min_reduction=min_reduction)  # checks the arguments; not entered
+    rules = dict(rules or {})
+
+    def contexts() -> tuple[Any, Any]:
+        return _checkpoint_forward(), _emulating(spec, rules, model, min_reduction, recomputing=True)
+    return contexts
+
+
 def _check_rules(rules: Mapping[Any, Any], model: torch.nn.Module | None) -> None:
     check_rules(rules)
     if model is None and any(isinstance(key, str) for key in rules):
         raise ValueError("rules with name patterns need model= (the model whose module names they match)")
 
 
-@contextlib.contextmanager
 def emulating(spec: QuantSpec, rules: Mapping[Any, QuantSpec | None] | None = None, *,
-              model: torch.nn.Module | None = None, min_reduction: int = 1) -> Iterator[EmulationReport]:
+              model: torch.nn.Module | None = None,
+              min_reduction: int = 1) -> contextlib.AbstractContextManager[EmulationReport]:
     """Quantize the products made inside the block (see the module
     docstring); yields the :class:`EmulationReport`, complete when the
     block ends."""
@@ -370,11 +447,19 @@ def emulating(spec: QuantSpec, rules: Mapping[Any, QuantSpec | None] | None = No
     _check_rules(rules, model)
     if rules and torch.compiler.is_compiling():
         raise RuntimeError(_RULES_UNDER_COMPILE)
+    return _emulating(spec, rules, model, min_reduction)
+
+
+@contextlib.contextmanager
+def _emulating(spec: QuantSpec, rules: dict[Any, QuantSpec | None], model: torch.nn.Module | None,
+               min_reduction: int, recomputing: bool = False) -> Iterator[EmulationReport]:
     names = {} if model is None else {id(m): name for name, m in model.named_modules()}
     for pattern in unmatched_patterns(rules, list(names.values())):
-        warnings.warn(f"rule {pattern!r} matches no module name of the model", stacklevel=3)
+        warnings.warn(f"rule {pattern!r} matches no module name of the model",
+                      stacklevel=_stacklevel_outside(__file__, contextlib.__file__))
     report = EmulationReport(spec)
     mode = _EmulatingMode(spec, rules, names, min_reduction, report)
+    mode.recomputing = recomputing
     fast_path = torch.backends.mha.get_fastpath_enabled()
     with contextlib.ExitStack() as stack:
         if rules:

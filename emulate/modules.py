@@ -24,27 +24,17 @@ import torch.nn.functional as F
 
 from .attention import AttentionRouting
 from .calibration import Calibrated, Recorder
-from .conv import quantized_conv
+from .conv import channels_rounded, conv_weight_rounded, quantized_conv
 from .encoded_products import encoded_linear
 from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
-from .rounding import quantized_module, round_to
+from .rounding import bit_sum, quantized_module, round_to
 from .spec import ATTENTION_ROLES, ROLES, QuantSpec
 
 
 def qualified_name(cls: type) -> str:
     """A class's module-qualified name (how wrapped types from other packages are matched)."""
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-_INTEGERS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _bit_sum(t: torch.Tensor) -> int:
-    """The sum of t's bit patterns as integers (int64, wrapping): a
-    fingerprint of its values. Two tensors collide only where their bit
-    patterns differ by amounts that add up to exactly zero."""
-    return int(t.view(_INTEGERS[t.element_size()]).sum(dtype=torch.int64))
 
 
 class QuantModule(torch.nn.Module):
@@ -99,7 +89,7 @@ class QuantModule(torch.nn.Module):
         # the bit sum: FSDP2 (and FSDP1) gather new values into the same parameter, often at the same
         # address, without bumping its version counter (torch.autograd._unsafe_preserve_version_counter)
         weight = self.weight.detach()
-        return (id(self.weight), weight.data_ptr(), self.weight._version, _bit_sum(weight), self.spec)
+        return (id(self.weight), weight.data_ptr(), self.weight._version, bit_sum(weight), self.spec)
 
     def _rounder(self, fmt: Any):
         plain = QuantSpec(rounding=self.spec.rounding)
@@ -131,13 +121,17 @@ class QuantModule(torch.nn.Module):
             changes["input"] = Calibrated(self.spec.input, self._input_scale)
         return dataclasses.replace(self.spec, **changes) if changes else self.spec
 
+    def round_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight rounded as the forward product takes it."""
+        return round_to(weight, self._weight_format(), self.weight_axis, self.spec)
+
     def rounded_weight(self) -> torch.Tensor:
         """The weight rounded as the spec says (cached, except while torch.compile traces)."""
         if torch.compiler.is_compiling():
-            return round_to(self.weight.detach(), self._weight_format(), self.weight_axis, self.spec)
+            return self.round_weight(self.weight.detach())
         key = self._weight_key()
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, round_to(self.weight.detach(), self._weight_format(), self.weight_axis, self.spec))
+            self._cache = (key, self.round_weight(self.weight.detach()))
         return self._cache[1]
 
     # -- calibration (see lowbit.emulate.calibration) ---------------------------------------
@@ -221,6 +215,12 @@ class QuantConv(QuantModule):
             raise ValueError("a transposed convolution's weight takes a per-tensor scale (its axis 0 holds input "
                              "channels)")
 
+    def round_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        fmt = self._weight_format()
+        if isinstance(fmt, Calibrated):  # a per-tensor scale: blocks do not arise
+            return super().round_weight(weight)
+        return conv_weight_rounded(weight, fmt, self.spec, self.original.transposed, self.original.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recorded(x):
             return self.original(x)
@@ -235,7 +235,8 @@ class QuantConv(QuantModule):
             if self.training_step(x):
                 return quantized_conv(x, self.weight, self.bias, spec, **geometry)
             plain = QuantSpec(rounding=spec.rounding)  # the weight is rounded already
-            y = quantized_conv(round_to(x, spec.input, 1, spec), self.rounded_weight(), self.bias, plain, **geometry)
+            x = channels_rounded(x, spec.input, 1, spec, conv.groups)
+            y = quantized_conv(x, self.rounded_weight(), self.bias, plain, **geometry)
             return round_to(y, spec.output, 1, spec)
 
 

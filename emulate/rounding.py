@@ -39,6 +39,20 @@ def inside_quantized_module() -> bool:
     return _local.depth > 0
 
 
+_INTEGERS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bit_sum(t: torch.Tensor) -> int:
+    """The sum of t's bit patterns as integers (int64, wrapping): a
+    fingerprint of its values for the caches of rounded weights, which
+    cannot trust a parameter's version counter alone (FSDP gathers new
+    values into the same parameter, often at the same address, and keeps
+    its version: ``torch.autograd._unsafe_preserve_version_counter``). Two
+    tensors collide only where their bit patterns differ by amounts that
+    add up to exactly zero."""
+    return int(t.detach().view(_INTEGERS[t.element_size()]).sum(dtype=torch.int64))
+
+
 def round_to(t: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Tensor:
     """``t`` rounded to ``fmt`` (blocked along ``axis``) with the spec's
     rounding and scale rule; ``t`` itself when ``fmt`` is None. No autograd."""

@@ -20,6 +20,13 @@ def q(t, fmt, axis):
     return lowbit.quantize(t, fmt, axis=axis)
 
 
+def qg(t, fmt, axis, groups):
+    """q along a channel axis split into groups: blocks within each group."""
+    if fmt is None or groups == 1:
+        return q(t, fmt, axis)
+    return q(t.unflatten(axis, (groups, -1)), fmt, axis + 1).flatten(axis, axis + 1)
+
+
 def vjp(op, x, w, upstream, wrt):
     """The gradient of the bilinear op(x, w) with respect to x or w (it does
     not depend on the other operand's value, only on the rounded one given)."""
@@ -58,9 +65,12 @@ def test_convolutions_follow_the_spec(conv, shape):
 
     # the bias goes into the convolution, as in the layer: added outside it could round differently
     bias = None if conv.bias is None else conv.bias.detach()
-    expected = q(op(q(xd, SPEC.input, 1), q(w, SPEC.weight, in_axis), bias), SPEC.output, 1)
+    groups = conv.groups  # a convolution sums over the channels of one group: blocks run within groups
+    w_in = qg(w, SPEC.weight, 0, groups) if transposed else q(w, SPEC.weight, 1)
+    w_out = q(w, SPEC.weight, 1) if transposed else qg(w, SPEC.weight, 0, groups)
+    expected = q(op(qg(xd, SPEC.input, 1, groups), w_in, bias), SPEC.output, 1)
     assert torch.equal(y, expected)
-    grad_x = vjp(op, xd, q(w, SPEC.weight, out_axis), q(upstream, SPEC.grad_output, 1), "x")
+    grad_x = vjp(op, xd, w_out, qg(upstream, SPEC.grad_output, 1, groups), "x")
     grad_w = vjp(op, q(xd, SPEC.input, 0), w, q(upstream, SPEC.grad_output, 0), "w")
     assert torch.equal(x.grad, q(grad_x, SPEC.grad_input, 1))
     assert torch.equal(conv.weight.grad, q(grad_w, SPEC.grad_weight, in_axis))

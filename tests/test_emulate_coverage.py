@@ -349,8 +349,9 @@ def test_gpt2_conv1d_layers_are_swapped_and_rounded():
     assert {row["type"] for row in summary(quantized)} == {"Conv1D", "Linear", "Embedding"}
     with torch.no_grad(), emulating(SPEC, model=model) as report:  # unswapped, under the mode: addmm
         model(tokens)
-    assert report.rounded == {"torch.addmm": 2 * 4, "F.scaled_dot_product_attention": 2, "F.linear": 1}
-    assert [name for name in report.unrounded_parameters if "ln_" not in name] == ["transformer.wpe.weight"]
+    assert report.rounded == {"torch.addmm": 2 * 4, "F.scaled_dot_product_attention": 2, "F.linear": 1,
+                              "F.embedding": 2}
+    assert all("ln_" in name for name in report.unrounded_parameters)  # only the norms' parameters
 
 
 def test_llama_under_emulating_rounds_every_product_and_reports():
@@ -397,3 +398,39 @@ def test_dynamic_per_token_and_per_tensor_scales_in_the_input_role(fmt, dim):
     expected = _int8_dynamic(x, dim) @ _int8_dynamic(layer.weight.detach(), -1).T + layer.bias.detach()
     assert torch.allclose(y, expected, rtol=0, atol=1e-5)
     assert torch.equal(lowbit.quantize(x, fmt, axis=-1), _int8_dynamic(x, dim))
+
+
+def test_embedding_under_emulating_rounds_the_table_as_quantize_model_does():
+    torch.manual_seed(16)
+    table = torch.nn.Embedding(50, 64)
+    ids = torch.randint(0, 50, (3, 7))
+    with emulating(SPEC):
+        rows = table(ids)
+    assert torch.equal(rows, q(table.weight, SPEC.weight)[ids])
+    assert torch.equal(rows, quantize_model(table, SPEC, inplace=False)(ids))
+
+
+def test_checkpointed_code_under_emulating_is_said_or_recomputed_rounded():
+    from torch.utils.checkpoint import checkpoint
+
+    from lowbit.emulate import checkpoint_context
+
+    spec = QuantSpec(input="mxfp8_e4m3", weight="mxfp4", grad_output="mxfp8_e5m2")
+    torch.manual_seed(17)
+    block = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 64))
+    x = torch.randn(4, 64, requires_grad=True)
+
+    def weight_grad(run):
+        block.zero_grad()
+        with emulating(spec):
+            run().square().sum().backward()
+        return block[0].weight.grad.clone()
+
+    plain = weight_grad(lambda: block(x))
+    with pytest.warns(UserWarning, match="recomputes checkpointed code"):
+        weight_grad(lambda: checkpoint(block, x, use_reentrant=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recomputed = weight_grad(lambda: checkpoint(block, x, use_reentrant=False,
+                                                    context_fn=checkpoint_context(spec)))
+    assert torch.equal(recomputed, plain)
