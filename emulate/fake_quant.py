@@ -75,9 +75,9 @@ def _fake_quantize_op(x: torch.Tensor, fmt: str, axis: int, rounding: str, scale
     format_ = format_of(fmt)
     policy = _policy(format_, axis, rounding, scale_rule, seed)
     inner = -x.dim() <= axis < x.dim() and axis % max(x.dim(), 1) != x.dim() - 1
-    if "axis" in policy and x.device.type == "cpu" and inner:
-        # the CPU kernels' fast paths block along a contiguous last axis: move the axis there (the
-        # blocks, their order and the stochastic stream are those of the blocked layout either way)
+    if "axis" in policy and x.device.type == "cpu" and (inner or not x.is_contiguous()):
+        # the CPU kernels' fast paths block along the last axis of a contiguous tensor: move the axis
+        # there (the blocks, their order and the stochastic stream are those of the blocked layout either way)
         moved = format_.quantize(x.movedim(axis, -1).contiguous(), **{**policy, "axis": -1})
         return moved.movedim(-1, axis).contiguous()
     # contiguous whatever x's strides and whichever backend rounds: the layout the fake kernel promises

@@ -74,7 +74,7 @@ from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
 from .matmul import quantized_matmul
 from .modules import QuantModule
-from .rounding import inside_quantized_module, quantized_module, round_to
+from .rounding import bit_sum, inside_quantized_module, quantized_module, round_to
 from .rules import check_rules, matching_rule, unmatched_patterns
 from .spec import QuantSpec
 
@@ -332,7 +332,7 @@ class _EmulatingMode(TorchFunctionMode):
     def rounded_parameter(self, weight: torch.nn.Parameter, spec: QuantSpec) -> torch.Tensor:
         """A Linear weight rounded to the spec's weight format along its input
         features, computed once per value of the parameter within the block."""
-        key = (weight.data_ptr(), weight._version, spec.weight, spec.rounding, spec.scale_rule)
+        key = (weight.data_ptr(), weight._version, bit_sum(weight), spec.weight, spec.rounding, spec.scale_rule)
         cached = self.weights.get(id(weight))
         if cached is None or cached[0] != key:
             cached = self.weights[id(weight)] = (key, round_to(weight.detach(), spec.weight, -1, spec))

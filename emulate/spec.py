@@ -31,8 +31,10 @@ the tokens) blocks its operands. ``"batch"`` (default) flattens every
 token of the batch into one axis, so a block may span samples and the
 rounding depends on how the batch is split across data-parallel ranks;
 ``"sample"`` blocks within each sample (along the token axis, -2, of each
-``(..., tokens, features)`` input), so DDP and FSDP give the same
-gradients whatever the split.
+``(..., tokens, features)`` input), so the Linear and matmul weight
+gradients of DDP and FSDP do not depend on the split (``grad_weight``
+still rounds each rank's partial gradient before the ranks add them, and
+convolutions block their weight gradient along the batch axis).
 
 ``None`` leaves an operand in full precision. ``rounding`` applies to every
 role; ``scale_rule`` to the roles whose format is an MX block format

@@ -1,55 +1,70 @@
 """lowbit's quantized models under torch's data-parallel engines (DDP,
-FSDP1 with use_orig_params True and False, FSDP2's fully_shard), on CPU
-with gloo: two ranks, each training on its half of the global batch
-(split by samples), give the loss curve, evaluation outputs and final
-parameters of one process training on the whole batch.
+FSDP1 with use_orig_params True and False, FSDP2's fully_shard per layer
+and on the model alone), on CPU with gloo: two ranks, each training on its
+half of the global batch (split by samples), give the loss curve, the
+evaluation outputs and the final parameters of one process training on
+the whole batch, with ``token_blocks="sample"``.
+
+What this guards: a parameter read through ``Tensor.numpy()`` could no
+longer be freed by FSDP ("Trying to resize storage that is not
+resizable"); a QuantModule that kept parameter tables of its own made
+FSDP1's re-registration fail ("attribute 'weight' already exists"); FSDP
+gathers new values into the same parameter, often at the same address,
+without bumping its version, which the cached rounded weight of the
+no_grad path did not see (the FSDP2 "-root" case caught it); and
+MultiheadAttention's projections, which take (tokens, batch, features),
+blocked "sample" weight gradients along the batch.
 
 Equal within float32 summation order: the ranks add their partial
 gradients and losses in another order than one process does (the gradient
-of the mean over 2 x 2 samples is (g0 + g1) / 2, a power-of-two scaling
-that MX rounding passes exactly). What fp32 DDP without lowbit gives is
-checked as the baseline (``test_fp32_ddp_is_the_baseline``): relative
-differences of about 1e-7 per step. The quantized runs are held to
-rtol=1e-5 (and an atol of 1e-5 of each tensor's largest magnitude, for
-elements that cancel to near zero): two orders above that drift, three
-below what a rounding decision that depends on the split changes (MX
-blocks that straddle samples move gradients by 1e-2 relative,
-``test_batch_token_blocks_depend_on_the_split``).
+of the mean over 2 x 2 samples is (g0 + g1) / 2, and the halves' incoming
+gradients are twice one process's, a power-of-two scaling that MX rounding
+passes exactly). fp32 DDP without lowbit is the baseline
+(``test_fp32_ddp_is_the_baseline``): it differs from one process by up to
+about 4e-7 of each tensor's largest magnitude. The quantized runs are held
+to rtol=1e-5, with an atol of 1e-5 of each tensor's largest magnitude for
+elements that cancel to near zero (fp32 DDP has such elements 20 times
+their own size off): 25 times that drift, and three orders below what a
+rounding decision that depends on the split changes (MX blocks that
+straddle samples move gradients and parameters by 2e-2 to 5e-2,
+``test_batch_token_blocks_depend_on_the_split``). A value within 1e-7 of
+a rounding boundary could still round differently on another CPU's
+summation order; these seeds have none.
 
 One group of two worker processes (this file run as a script) runs every
 case, so torch is imported three times in all; the parent computes the
 single-process references meanwhile. Every wait is bounded: gloo's
-timeout, and the parent kills both ranks when one dies or the group
-overruns its deadline, so a test fails rather than hangs.
+timeout, and the parent kills both ranks as soon as one dies or when the
+group overruns its deadline, so a test fails rather than hangs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
-dist = pytest.importorskip("torch.distributed") if __name__ != "__main__" else torch.distributed
 if __name__ != "__main__" and not (dist.is_available() and dist.is_gloo_available()):
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
 WORLD = 2
 BATCH, TOKENS, VOCAB, WIDTH, HIDDEN, HEADS = 4, 24, 64, 64, 128, 2  # 24 tokens: MX blocks of 32 straddle samples
 STEPS, LR = 3, 0.5
-FORMATS = dict(input="mxfp8_e4m3", weight="mxfp4", grad_output="mxfp8_e5m2")
+FORMATS = {"input": "mxfp8_e4m3", "weight": "mxfp4", "grad_output": "mxfp8_e5m2"}
 #: (name, token_blocks or None for the fp32 model, engine)
 CASES = [("fp32-ddp", None, "ddp"), ("sample-ddp", "sample", "ddp"), ("sample-fsdp1", "sample", "fsdp1"),
          ("sample-fsdp1-flat", "sample", "fsdp1-flat"), ("sample-fsdp2", "sample", "fsdp2"),
-         ("batch-ddp", "batch", "ddp")]
+         ("sample-fsdp2-root", "sample", "fsdp2-root"), ("batch-ddp", "batch", "ddp")]
 RTOL, ATOL_SHARE = 1e-5, 1e-5
 DEADLINE_S, GLOO_TIMEOUT_S = 180, 60
 
@@ -125,8 +140,9 @@ def wrap(net: Net, engine: str) -> torch.nn.Module:
                                         auto_wrap_policy=ModuleWrapPolicy(units))
     from torch.distributed.fsdp import fully_shard
 
-    for layer in (net.attn, net.up, net.down, net.head):
-        fully_shard(layer)
+    if engine == "fsdp2":  # the quantized modules as FSDP2 modules of their own; "fsdp2-root": the model only
+        for layer in (net.attn, net.up, net.down, net.head):
+            fully_shard(layer)
     return fully_shard(net)
 
 
@@ -136,7 +152,7 @@ def full_parameters(model: torch.nn.Module, net: Net, engine: str) -> dict[str, 
 
         with FullyShardedDataParallel.summon_full_params(model, writeback=False):
             return {n.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for n, p in net.named_parameters()}
-    if engine == "fsdp2":
+    if engine.startswith("fsdp2"):
         return {n: p.full_tensor().detach().clone() for n, p in net.named_parameters()}
     return {n: p.detach().clone() for n, p in net.named_parameters()}
 
@@ -191,28 +207,27 @@ def run_group(out: Path, commands: list[list[str]], while_waiting=lambda: None, 
     and wait for all, at most ``deadline_s``; RuntimeError (with the ranks'
     output) as soon as one fails or when time runs out, the others killed."""
     env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "LOWBIT_T0": repr(time.time())}
-    logs = [open(out / f"rank{rank}.log", "w+") for rank in range(len(commands))]
-    procs = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-             for command, log in zip(commands, logs)]
-    try:
-        value = while_waiting()
-        end = time.monotonic() + deadline_s
-        while any(p.poll() is None for p in procs):
-            failed = [p for p in procs if p.poll() not in (None, 0)]
-            if failed or time.monotonic() > end:
-                why = "a rank failed" if failed else f"the ranks ran past {deadline_s} s"
-                raise RuntimeError(f"{why}:\n" + report(procs, logs))
-            time.sleep(0.05)
-        if any(p.returncode for p in procs):
-            raise RuntimeError("a rank failed:\n" + report(procs, logs))
-        return value
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        for log in logs:
-            log.close()
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(open(out / f"rank{rank}.log", "w+")) for rank in range(len(commands))]
+        procs = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+                 for command, log in zip(commands, logs)]
+        try:
+            value = while_waiting()
+            end = time.monotonic() + deadline_s
+            while any(p.poll() is None for p in procs):
+                failed = [p for p in procs if p.poll() not in (None, 0)]
+                if failed or time.monotonic() > end:
+                    why = "a rank failed" if failed else f"the ranks ran past {deadline_s} s"
+                    raise RuntimeError(f"{why}:\n" + report(procs, logs))
+                time.sleep(0.05)
+            if any(p.returncode for p in procs):
+                raise RuntimeError("a rank failed:\n" + report(procs, logs))
+            return value
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
 
 
 def report(procs, logs) -> str:
@@ -277,11 +292,12 @@ def check_matches(record: dict, ref: dict) -> None:
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES if c[1] == "sample"])
 def test_sample_token_blocks_match_one_process(runs, case):
-    """DDP, FSDP1 (both parameter modes) and FSDP2 over lowbit's quantized
-    layers, token_blocks="sample": the loss curve, the evaluation outputs
-    (the cached rounded weights: FSDP gathers new values into the same
-    parameter without bumping its version) and the final parameters of one
-    process on the whole batch."""
+    """DDP, FSDP1 (both parameter modes) and FSDP2 (per layer, and on the
+    model alone) over lowbit's quantized layers, token_blocks="sample": the
+    loss curve, the evaluation outputs (the cached rounded weights, which
+    must see the values FSDP gathers into the same parameter without
+    bumping its version) and the final parameters of one process on the
+    whole batch; under DDP, the first step's gradients too."""
     results, refs = runs
     check_matches(results[case], refs["sample"])
     if results[case]["grads"] is not None:
@@ -291,12 +307,13 @@ def test_sample_token_blocks_match_one_process(runs, case):
 
 def test_fp32_ddp_is_the_baseline(runs):
     """The model without lowbit: DDP gives one process's results, drifting by
-    float32 summation order only (about 1e-7 relative), the drift RTOL allows for."""
+    float32 summation order only (up to about 4e-7 of each tensor's largest
+    magnitude), the drift RTOL allows for."""
     results, refs = runs
     record, ref = results["fp32-ddp"], refs[None]
     check_matches(record, ref)
     drift = max(relative_difference(g, ref["grads"][n]) for n, g in record["grads"].items())
-    assert drift < RTOL / 10, drift
+    assert drift < RTOL / 4, drift
 
 
 def test_batch_token_blocks_depend_on_the_split(runs):
