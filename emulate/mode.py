@@ -50,6 +50,15 @@ Calls that quantized modules (:mod:`lowbit.emulate.modules`) make
 themselves run as they are: their operands are rounded once, by their own
 spec. Functions are matched by identity, not by name (``torch.mm`` and
 ``torch.spmm`` are one object).
+
+Under ``torch.compile`` (``fullgraph=True`` too) the block traces, with
+results equal to eager ones and the report filled as in eager; the
+end-of-block warning is given once, when the code is traced. Two limits:
+``rules`` follow the running module through global module hooks, which
+torch.compile does not trace, so a block with rules refuses to run in
+compiled code (a RuntimeError naming the limit; without ``fullgraph``
+torch.compile runs that code eagerly); and with ``model=`` the graph
+depends on the model's identity (one graph per model object).
 """
 
 from __future__ import annotations
@@ -74,7 +83,7 @@ from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
 from .matmul import quantized_matmul
 from .modules import QuantModule
-from .rounding import bit_sum, inside_quantized_module, quantized_module, round_to
+from .rounding import inside_quantized_module, quantized_module, round_to, set_fast_path, values_fingerprint
 from .rules import check_rules, matching_rule, unmatched_patterns
 from .spec import QuantSpec
 
@@ -332,7 +341,8 @@ class _EmulatingMode(TorchFunctionMode):
     def rounded_parameter(self, weight: torch.nn.Parameter, spec: QuantSpec) -> torch.Tensor:
         """A Linear weight rounded to the spec's weight format along its input
         features, computed once per value of the parameter within the block."""
-        key = (weight.data_ptr(), weight._version, bit_sum(weight), spec.weight, spec.rounding, spec.scale_rule)
+        key = (weight.data_ptr(), weight._version, values_fingerprint(weight), spec.weight, spec.rounding,
+               spec.scale_rule)
         cached = self.weights.get(id(weight))
         if cached is None or cached[0] != key:
             cached = self.weights[id(weight)] = (key, round_to(weight.detach(), spec.weight, -1, spec))
@@ -464,9 +474,8 @@ def _emulating(spec: QuantSpec, rules: dict[Any, QuantSpec | None], model: torch
     with contextlib.ExitStack() as stack:
         if rules:
             stack.enter_context(_module_stack(mode.stack))
-        if not torch.compiler.is_compiling():  # compiled graphs: the mode itself keeps the fused paths off
-            torch.backends.mha.set_fastpath_enabled(False)
-            stack.callback(torch.backends.mha.set_fastpath_enabled, fast_path)
+        set_fast_path(False)
+        stack.callback(set_fast_path, fast_path)
         with mode:
             yield report
     _finish(report, model)

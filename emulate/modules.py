@@ -28,7 +28,7 @@ from .conv import channels_rounded, conv_weight_rounded, quantized_conv
 from .encoded_products import encoded_linear
 from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
-from .rounding import bit_sum, quantized_module, round_to
+from .rounding import quantized_module, round_to, values_fingerprint
 from .spec import ATTENTION_ROLES, ROLES, QuantSpec
 
 
@@ -86,10 +86,10 @@ class QuantModule(torch.nn.Module):
         return super().train(mode)
 
     def _weight_key(self) -> tuple[Any, ...]:
-        # the bit sum: FSDP2 (and FSDP1) gather new values into the same parameter, often at the same
-        # address, without bumping its version counter (torch.autograd._unsafe_preserve_version_counter)
+        # the values' fingerprint under torch.distributed: FSDP gathers new values into the same parameter,
+        # often at the same address, without bumping its version counter
         weight = self.weight.detach()
-        return (id(self.weight), weight.data_ptr(), self.weight._version, bit_sum(weight), self.spec)
+        return (id(self.weight), weight.data_ptr(), self.weight._version, values_fingerprint(weight), self.spec)
 
     def _rounder(self, fmt: Any):
         plain = QuantSpec(rounding=self.spec.rounding)

@@ -42,15 +42,33 @@ def inside_quantized_module() -> bool:
 _INTEGERS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def bit_sum(t: torch.Tensor) -> int:
-    """The sum of t's bit patterns as integers (int64, wrapping): a
-    fingerprint of its values for the caches of rounded weights, which
-    cannot trust a parameter's version counter alone (FSDP gathers new
-    values into the same parameter, often at the same address, and keeps
-    its version: ``torch.autograd._unsafe_preserve_version_counter``). Two
-    tensors collide only where their bit patterns differ by amounts that
-    add up to exactly zero."""
-    return int(t.detach().view(_INTEGERS[t.element_size()]).sum(dtype=torch.int64))
+def set_fast_path(enabled: bool) -> None:
+    """``torch.backends.mha.set_fastpath_enabled`` in a form torch.compile
+    traces: dynamo skips torch.backends' functions (a graph break) but
+    follows a store to the module's flag, and compiled code that reads the
+    flag after it sees the new value (the fused paths stay off in the graph)."""
+    if torch.compiler.is_compiling():
+        torch.backends.mha._is_fastpath_enabled = enabled
+    else:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+def values_fingerprint(t: torch.Tensor) -> int:
+    """A fingerprint of t's values for the caches of rounded weights, under
+    torch.distributed only: there FSDP gathers new values into the same
+    parameter, often at the same address, and keeps its version counter
+    (``torch.autograd._unsafe_preserve_version_counter``), so the id,
+    address and version that key the caches elsewhere do not see the
+    change. The sum of t's bit patterns as integers (int64, wrapping; one
+    pass over the weight, read 8 bytes at a time where the layout allows);
+    two tensors collide only where their bit patterns differ by amounts
+    that add up to exactly zero. 0 outside torch.distributed."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0
+    flat = t.detach().reshape(-1)
+    if flat.numel() * flat.element_size() % 8 == 0 and flat.data_ptr() % 8 == 0:
+        return int(flat.view(torch.int64).sum())
+    return int(flat.view(_INTEGERS[t.element_size()]).sum(dtype=torch.int64))
 
 
 def round_to(t: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Tensor:
