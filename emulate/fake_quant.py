@@ -79,14 +79,22 @@ def _fake_quantize_op(x: torch.Tensor, fmt: str, axis: int, rounding: str, scale
         # the CPU kernels' fast paths block along the last axis of a contiguous tensor: move the axis
         # there (the blocks, their order and the stochastic stream are those of the blocked layout either way)
         moved = format_.quantize(x.movedim(axis, -1).contiguous(), **{**policy, "axis": -1})
-        return moved.movedim(-1, axis).contiguous()
-    # contiguous whatever x's strides and whichever backend rounds: the layout the fake kernel promises
-    return format_.quantize(x, **policy).contiguous()
+        return torch.empty_like(x).copy_(moved.movedim(-1, axis))
+    return _in_layout_of(x, format_.quantize(x, **policy))
+
+
+def _in_layout_of(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` (x's shape) with the strides of ``torch.empty_like(x)``, the
+    layout the fake kernels promise (the backends give contiguous results
+    whatever x's strides; torch.compile's inductor checks the strides)."""
+    if out.is_contiguous() and x.is_contiguous():
+        return out
+    return torch.empty_like(x, dtype=out.dtype).copy_(out)
 
 
 @_fake_quantize_op.register_fake
 def _(x, fmt, axis, rounding, scale_rule, seed, ste, grad_format, grad_rounding):
-    return x.new_empty(x.shape)  # contiguous, as the real kernel's output (not empty_like: x may be permuted)
+    return torch.empty_like(x)
 
 
 @torch.library.custom_op("lowbit::clipped", mutates_args=())
@@ -95,12 +103,12 @@ def _clipped_op(x: torch.Tensor, fmt: str, axis: int, scale_rule: Optional[str])
     format_ = format_of(fmt)
     options = {} if isinstance(format_, ElementFormat) else {"axis": axis, "scale_rule": scale_rule}
     largest = format_.grid(x, **options).largest
-    return (x.abs().to(torch.float64) > largest).contiguous()
+    return _in_layout_of(x, x.abs().to(torch.float64) > largest)
 
 
 @_clipped_op.register_fake
 def _(x, fmt, axis, scale_rule):
-    return x.new_empty(x.shape, dtype=torch.bool)  # contiguous, as the real kernel's output
+    return torch.empty_like(x, dtype=torch.bool)
 
 
 def _setup_context(ctx, inputs, output):

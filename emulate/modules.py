@@ -10,8 +10,12 @@ meta-device init, FSDP) replaces it in the wrapped module too, so
 :func:`~lowbit.emulate.restore_model` gives back a module with the current
 parameters. In inference (no gradient to compute for the weight) the
 rounded weight is cached and reused until the weight changes (a new tensor
-or an in-place update); in training, and while torch.compile traces, it is
-rounded on every call.
+or an in-place update); in training it is rounded on every call. Compiled
+inference graphs keep weights of up to 4 MiB rounded outside the graph
+(the ``lowbit::rounded_weight`` op, which copies the kept value out) and
+round larger ones on every call; ``torch._inductor.config.freezing = True``
+folds every rounded weight into the graph as a constant (the weights are
+then frozen: compile again after changing them).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from .conv import channels_rounded, conv_weight_rounded, quantized_conv
 from .encoded_products import encoded_linear
 from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
-from .rounding import quantized_module, round_to, values_fingerprint
+from .rounding import kept_round_to, quantized_module, round_to, values_fingerprint
 from .spec import ATTENTION_ROLES, ROLES, QuantSpec
 
 
@@ -126,9 +130,10 @@ class QuantModule(torch.nn.Module):
         return round_to(weight, self._weight_format(), self.weight_axis, self.spec)
 
     def rounded_weight(self) -> torch.Tensor:
-        """The weight rounded as the spec says (cached, except while torch.compile traces)."""
+        """The weight rounded as the spec says (cached; in compiled code by
+        the ``lowbit::rounded_weight`` op, outside the graph)."""
         if torch.compiler.is_compiling():
-            return self.round_weight(self.weight.detach())
+            return kept_round_to(self.weight.detach(), self._weight_format(), self.weight_axis, self.spec)
         key = self._weight_key()
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.round_weight(self.weight.detach()))

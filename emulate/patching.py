@@ -38,6 +38,7 @@ import torch
 
 from .modules import QuantModule, qualified_name
 from .registry import quantized, quantized_class
+from .rounding import set_fast_path
 from .rules import check_rules, matching_rule, unmatched_patterns
 from .spec import ATTENTION_ROLES, ROLES, QuantSpec
 
@@ -133,10 +134,10 @@ def _disable_fast_paths(model: torch.nn.Module) -> None:
 
         def before(_module, _args, saved=saved):
             saved.append(torch.backends.mha.get_fastpath_enabled())
-            torch.backends.mha.set_fastpath_enabled(False)
+            set_fast_path(False)
 
         def after(_module, _args, _output, saved=saved):
-            torch.backends.mha.set_fastpath_enabled(saved.pop())
+            set_fast_path(saved.pop())
 
         module.__dict__[_FAST_PATH_HOOKS] = (module.register_forward_pre_hook(before),
                                              module.register_forward_hook(after, always_call=True))

@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Optional
 
 import torch
+import torch.utils.weak
 
 from .calibration import Calibrated
 from .fake_quant import _fake_quantize_op, format_key
@@ -69,6 +70,52 @@ def values_fingerprint(t: torch.Tensor) -> int:
     if flat.numel() * flat.element_size() % 8 == 0 and flat.data_ptr() % 8 == 0:
         return int(flat.view(torch.int64).sum())
     return int(flat.view(_INTEGERS[t.element_size()]).sum(dtype=torch.int64))
+
+
+_kept: Any = torch.utils.weak.WeakIdKeyDictionary()  # weight -> {(format, axis, rounding, rule): (state, rounded)}
+
+
+@torch.library.custom_op("lowbit::rounded_weight", mutates_args=())
+def _rounded_weight_op(weight: torch.Tensor, fmt: str, axis: int, rounding: str,
+                       scale_rule: Optional[str]) -> torch.Tensor:
+    """``lowbit::fake_quantize`` of a weight, rounded once per value: the
+    rounded copy is kept for as long as the weight tensor lives and given
+    back (a copy of it: compiled code may reuse an op's output buffer)
+    while the weight's address and version (and under torch.distributed
+    its values' fingerprint) stay the same. What the quantized modules'
+    own caches do in eager code, for compiled inference graphs, which
+    cannot hold a cache (inductor passes a parameter to the op as the
+    parameter object itself)."""
+    state = (weight.data_ptr(), weight._version, weight.shape, weight.stride(), weight.dtype, weight.device,
+             values_fingerprint(weight))
+    kept = _kept.get(weight)
+    if kept is None:
+        kept = _kept[weight] = {}
+    entry = kept.get((fmt, axis, rounding, scale_rule))
+    if entry is None or entry[0] != state:
+        rounded = _fake_quantize_op(weight, fmt, axis, rounding, scale_rule, None, "identity", None, "nearest_even")
+        entry = kept[(fmt, axis, rounding, scale_rule)] = (state, rounded)
+    return entry[1].clone()
+
+
+@_rounded_weight_op.register_fake
+def _(weight, fmt, axis, rounding, scale_rule):
+    return torch.empty_like(weight)
+
+
+KEPT_BYTES = 1 << 22  # up to here a copy of the kept weight costs less than rounding it again (CPU, 1 thread)
+
+
+def kept_round_to(weight: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Tensor:
+    """:func:`round_to` of a weight (no autograd), for compiled code: through
+    ``lowbit::rounded_weight`` (rounded once per value of the weight, then
+    copied out) where the weight is at most KEPT_BYTES and its format plain;
+    larger weights are rounded on every call, which costs about what the
+    copy would."""
+    if fmt is None or isinstance(fmt, Calibrated) or weight.numel() * weight.element_size() > KEPT_BYTES:
+        return round_to(weight, fmt, axis, spec)
+    rule = spec.scale_rule if spec.applies_rule(fmt) else None
+    return _rounded_weight_op(weight, format_key(fmt), axis, spec.rounding, rule)
 
 
 def round_to(t: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Tensor:

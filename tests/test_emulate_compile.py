@@ -5,7 +5,7 @@ per weight update, and custom ops whose fake kernels give the strides their
 real kernels give.
 
 Inductor compiles are slow on small machines: the models are tiny and each
-compiled function is built once per module and reused. Inductor orders the
+compiled function is built once and reused. Inductor orders the
 reductions of torch's own ops (RMSNorm, softmax, RoPE's cos/sin, a bias
 gradient's sum) differently from eager, so those differ in the last bit
 between compiled and eager runs, lowbit or not; the products' operands are
@@ -26,6 +26,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from lowbit.emulate import QuantSpec, emulating, fake_quantize, quantize_model
 from lowbit.emulate.fake_quant import _clipped_op, _fake_quantize_op, format_key
+from lowbit.emulate.rounding import _kept, _rounded_weight_op
 
 transformers = pytest.importorskip("transformers")
 
@@ -59,7 +60,10 @@ def test_quantized_llama_inference_equals_eager_without_recompiles(tokens):
     with torch.no_grad():
         for model in (first, second, first):
             assert torch.equal(compiled(model, tokens), inference_logits(model, tokens))
-        first.model.layers[0].mlp.up_proj.weight.mul_(-1)  # in place: the cached rounded weight is stale
+        assert first.lm_head.weight in _kept and second.lm_head.weight in _kept  # rounded once, kept outside
+        first.model.layers[0].mlp.up_proj.weight.mul_(-1)  # in place: the kept rounded weights are stale
+        assert torch.equal(compiled(first, tokens), inference_logits(first, tokens))
+        first.model.embed_tokens.weight.data = torch.randn(128, 64)  # a new tensor
         assert torch.equal(compiled(first, tokens), inference_logits(first, tokens))
     assert counter.frame_count == 1  # one graph for every model and weight
 
@@ -123,32 +127,70 @@ class AttentionModel(torch.nn.Module):
 
 
 def emulated(model, tokens):
-    with emulating(SPEC, model=model) as report:
+    with emulating(SPEC) as report:
         return model(tokens), report
 
 
+def attention_model(seed):
+    torch.manual_seed(seed)
+    return AttentionModel()
+
+
 def test_emulating_an_attention_model_compiles_to_eager_results(tokens):
-    torch.manual_seed(3)
-    model, tokens = AttentionModel(), tokens % 64
+    tokens = tokens % 64
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(emulated, fullgraph=True, backend=counter)
     with torch.no_grad():
-        eager, eager_report = emulated(model, tokens)
-        traced, traced_report = torch.compile(emulated, fullgraph=True)(model, tokens)
-    assert torch.equal(traced, eager)
-    assert str(traced_report) == str(eager_report) and traced_report.rounded["F.scaled_dot_product_attention"] == 2
+        for model in (attention_model(3), attention_model(4)):  # one graph for both
+            (eager, eager_report), (traced, traced_report) = emulated(model, tokens), compiled(model, tokens)
+            assert torch.equal(traced, eager)
+            assert str(traced_report) == str(eager_report)
+            assert traced_report.rounded["F.scaled_dot_product_attention"] == 2
+    assert counter.frame_count == 1
 
     # training: bit for bit under aot_eager (inductor reorders the LayerNorm and bias-gradient reductions)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(emulated, fullgraph=True, backend=counter)
+    model = attention_model(5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
     def step(run):
         model.zero_grad()
         out, _ = run(model, tokens)
         out.square().mean().backward()
         return out.detach(), [p.grad.clone() for p in model.parameters()]
 
-    eager, eager_grads = step(emulated)
-    traced, traced_grads = step(torch.compile(emulated, fullgraph=True, backend="aot_eager"))
-    assert torch.equal(traced, eager)
-    assert all(torch.equal(a, b) for a, b in zip(traced_grads, eager_grads))
+    for _ in range(2):
+        eager, eager_grads = step(emulated)
+        traced, traced_grads = step(compiled)
+        assert torch.equal(traced, eager)
+        assert all(torch.equal(a, b) for a, b in zip(traced_grads, eager_grads))
+        optimizer.step()
+    assert counter.frame_count == 1
 
 
+def test_traced_emulating_reports_and_keeps_fused_paths_off():
+    """model= names the parameters left out (one graph per model: the names
+    are looked up by identity); torch's fused encoder-layer path, which
+    would bypass the mode, stays off in the graph as in eager."""
+    torch.manual_seed(6)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True).eval()
+    x = torch.randn(2, 8, 32)
+
+    def run(model, x):
+        with emulating(SPEC, model=model) as report:
+            return model(x), report
+
+    compiled = torch.compile(run, fullgraph=True, backend="aot_eager")  # the layer ends in a LayerNorm
+    with torch.no_grad():
+        (eager, eager_report), (traced, traced_report) = run(layer, x), compiled(layer, x)
+    assert torch.equal(traced, eager) and str(traced_report) == str(eager_report)
+    assert traced_report.rounded["F.multi_head_attention_forward"] == 1
+    assert traced_report.unrounded_parameters == ["norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"]
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch's, about global hooks on a compiled module
 def test_emulating_with_rules_refuses_to_trace():
     model, tokens = AttentionModel(), torch.randint(0, 64, (1, 8))
     rules = {r"layers\.0(\..*)?": None}
@@ -180,19 +222,22 @@ def test_products_left_in_full_precision_warn_when_traced():
 
 @pytest.mark.parametrize("fmt, axis", [("mxfp4", -1), ("mxfp4", 1), ("mxfp4", 0), ("fp8_e4m3", -1), ("int8", 0)])
 def test_fake_kernels_give_the_real_kernels_strides(fmt, axis):
-    x = torch.randn(4, 8, 32).permute(2, 0, 1)  # permuted: empty_like would keep these strides
+    x = torch.randn(4, 8, 32).permute(2, 0, 1)  # permuted: the backends alone would give contiguous results
     args = (format_key(fmt), axis, "nearest_even", None, None, "identity", None, "nearest_even")
     real, clipped = _fake_quantize_op(x, *args), _clipped_op(x, format_key(fmt), axis, None)
     with FakeTensorMode() as mode:
         fake_x = mode.from_tensor(x)
         fake, fake_clipped = _fake_quantize_op(fake_x, *args), _clipped_op(fake_x, format_key(fmt), axis, None)
     assert (fake.shape, fake.stride(), fake_clipped.stride()) == (real.shape, real.stride(), clipped.stride())
+    assert real.stride() == torch.empty_like(x).stride()  # the op's layout: x's
+    kept = _rounded_weight_op(x, format_key(fmt), axis, "nearest_even", None)  # compiled inference's weights
+    assert torch.equal(kept, real) and kept.stride() == real.stride()
 
 
 def test_permuted_operands_compile_with_inductor():
-    def f(t):  # the transposed view reaches the op; the masked gradient needs lowbit::clipped
-        t = t.transpose(1, 2) * 2
-        return fake_quantize(t, "mxfp4", ste="masked") + fake_quantize(t, "mxfp8_e4m3", axis=-2)
+    def f(t):  # a transposed view reaches the ops (rounded along its last axis, then an inner one)
+        t = t.transpose(1, 2)
+        return (fake_quantize(t, "mxfp4", ste="masked") + fake_quantize(t, "mxfp8_e4m3", axis=-2)) * 2
 
     x = torch.randn(2, 32, 8)
     eager_x, traced_x = x.clone().requires_grad_(), x.clone().requires_grad_()
