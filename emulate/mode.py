@@ -83,7 +83,7 @@ from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
 from .matmul import quantized_matmul
 from .modules import QuantModule
-from .rounding import inside_quantized_module, quantized_module, round_to, set_fast_path, values_fingerprint
+from .rounding import inside_quantized_module, kept_round_to, quantized_module, round_to, set_fast_path
 from .rules import check_rules, matching_rule, unmatched_patterns
 from .spec import QuantSpec
 
@@ -168,7 +168,7 @@ def _linear(call, x, weight, bias=None):
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) or torch.compiler.is_compiling() \
             or not isinstance(weight, torch.nn.Parameter):
         return quantized_linear(x, weight, bias, spec)
-    # inference with a parameter: its rounded copy is kept for the block (as quantized modules keep theirs)
+    # inference with a parameter: its rounded copy is kept (as quantized modules keep theirs)
     product = linear_product(round_to(x, spec.input, -1, spec), call.mode.rounded_parameter(weight, spec), bias, spec)
     return round_to(product, spec.output, -1, spec)
 
@@ -336,17 +336,13 @@ class _EmulatingMode(TorchFunctionMode):
         self.min_reduction, self.report = min_reduction, report
         self.stack: list[torch.nn.Module] = []
         self.recomputing = False
-        self.weights: dict[int, tuple[Any, torch.Tensor]] = {}
 
     def rounded_parameter(self, weight: torch.nn.Parameter, spec: QuantSpec) -> torch.Tensor:
-        """A Linear weight rounded to the spec's weight format along its input
-        features, computed once per value of the parameter within the block."""
-        key = (weight.data_ptr(), weight._version, values_fingerprint(weight), spec.weight, spec.rounding,
-               spec.scale_rule)
-        cached = self.weights.get(id(weight))
-        if cached is None or cached[0] != key:
-            cached = self.weights[id(weight)] = (key, round_to(weight.detach(), spec.weight, -1, spec))
-        return cached[1]
+        """A Linear weight (or embedding table) rounded to the spec's weight
+        format along its input features: rounded once per value of the
+        parameter and kept while it lives, across blocks, as quantized
+        modules keep theirs."""
+        return kept_round_to(weight, spec.weight, -1, spec)
 
     def note_parameters(self, *tensors: Any) -> None:
         if not self.names:

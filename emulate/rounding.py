@@ -75,17 +75,12 @@ def values_fingerprint(t: torch.Tensor) -> int:
 _kept: Any = torch.utils.weak.WeakIdKeyDictionary()  # weight -> {(format, axis, rounding, rule): (state, rounded)}
 
 
-@torch.library.custom_op("lowbit::rounded_weight", mutates_args=())
-def _rounded_weight_op(weight: torch.Tensor, fmt: str, axis: int, rounding: str,
-                       scale_rule: Optional[str]) -> torch.Tensor:
+def _kept_rounding(weight: torch.Tensor, fmt: str, axis: int, rounding: str, scale_rule: str | None) -> torch.Tensor:
     """``lowbit::fake_quantize`` of a weight, rounded once per value: the
-    rounded copy is kept for as long as the weight tensor lives and given
-    back (a copy of it: compiled code may reuse an op's output buffer)
-    while the weight's address and version (and under torch.distributed
-    its values' fingerprint) stay the same. What the quantized modules'
-    own caches do in eager code, for compiled inference graphs, which
-    cannot hold a cache (inductor passes a parameter to the op as the
-    parameter object itself)."""
+    rounded tensor is kept for as long as the weight tensor lives, and given
+    back while the weight's address, layout and version (and under
+    torch.distributed its values' fingerprint) stay the same. Callers must
+    not write to it."""
     state = (weight.data_ptr(), weight._version, weight.shape, weight.stride(), weight.dtype, weight.device,
              values_fingerprint(weight))
     kept = _kept.get(weight)
@@ -93,9 +88,22 @@ def _rounded_weight_op(weight: torch.Tensor, fmt: str, axis: int, rounding: str,
         kept = _kept[weight] = {}
     entry = kept.get((fmt, axis, rounding, scale_rule))
     if entry is None or entry[0] != state:
-        rounded = _fake_quantize_op(weight, fmt, axis, rounding, scale_rule, None, "identity", None, "nearest_even")
+        with torch.no_grad():
+            rounded = _fake_quantize_op(weight, fmt, axis, rounding, scale_rule, None, "identity", None,
+                                        "nearest_even")
         entry = kept[(fmt, axis, rounding, scale_rule)] = (state, rounded)
-    return entry[1].clone()
+    return entry[1]
+
+
+@torch.library.custom_op("lowbit::rounded_weight", mutates_args=())
+def _rounded_weight_op(weight: torch.Tensor, fmt: str, axis: int, rounding: str,
+                       scale_rule: Optional[str]) -> torch.Tensor:
+    """The kept rounding of a weight (a copy of it: compiled code may reuse
+    an op's output buffer). What the quantized modules' own caches do in
+    eager code, for compiled inference graphs, which cannot hold a cache
+    (inductor passes a parameter to the op as the parameter object
+    itself)."""
+    return _kept_rounding(weight, fmt, axis, rounding, scale_rule).clone()
 
 
 @_rounded_weight_op.register_fake
@@ -107,14 +115,21 @@ KEPT_BYTES = 1 << 22  # up to here a copy of the kept weight costs less than rou
 
 
 def kept_round_to(weight: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Tensor:
-    """:func:`round_to` of a weight (no autograd), for compiled code: through
-    ``lowbit::rounded_weight`` (rounded once per value of the weight, then
-    copied out) where the weight is at most KEPT_BYTES and its format plain;
-    larger weights are rounded on every call, which costs about what the
-    copy would."""
-    if fmt is None or isinstance(fmt, Calibrated) or weight.numel() * weight.element_size() > KEPT_BYTES:
+    """:func:`round_to` of a weight (no autograd), rounded once per value of
+    the weight and kept for as long as the weight tensor lives (pass the
+    parameter itself, not a fresh ``detach()``, for the rounding to be
+    found again). In eager code the kept tensor itself (callers must not
+    write to it); in compiled code through ``lowbit::rounded_weight`` (a
+    copy) where the weight is at most KEPT_BYTES, larger weights being
+    rounded on every call, which costs about what the copy would.
+    Observer-scaled formats are rounded on every call."""
+    if fmt is None or isinstance(fmt, Calibrated):
         return round_to(weight, fmt, axis, spec)
     rule = spec.scale_rule if spec.applies_rule(fmt) else None
+    if not torch.compiler.is_compiling():
+        return _kept_rounding(weight, format_key(fmt), axis, spec.rounding, rule)
+    if weight.numel() * weight.element_size() > KEPT_BYTES:
+        return round_to(weight, fmt, axis, spec)
     return _rounded_weight_op(weight, format_key(fmt), axis, spec.rounding, rule)
 
 

@@ -486,3 +486,35 @@ def test_the_integer_fast_path_agrees_with_the_reference(fmt, dtype):
     for call in ("quantize", "encode"):
         results = [outcome(lambda b=b: getattr(fmt, call)(x, backend=b)) for b in ("cpu", "reference")]
         same_pair(*results, f"{fmt.name} {dtype} {call}")
+
+
+@pytest.mark.parametrize("fmt", [
+    "mxfp8_e4m3", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4", "mx9", "mx6", "mx4", "int4_g128", "int4_g128_asym",
+    BlockFormat(IntFormat(8, signed=False), 32, scale=BF16, zero_point=True),
+], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_partial_last_block_takes_the_fast_path_padded(fmt, dtype, monkeypatch):
+    """Rows whose last block is partial are zero-padded to whole blocks for
+    the fast paths; the results equal the reference's on tails that decide
+    their own scale (smaller, larger, all negative, all zero, NaN and
+    infinity in the tail) and for a tail of one element."""
+    from lowbit.formats.cpu import scaled_backend
+
+    padded = []
+    in_whole_blocks = scaled_backend._in_whole_blocks
+    monkeypatch.setattr(scaled_backend, "_in_whole_blocks", lambda *a: padded.append(in_whole_blocks(*a)) or padded[-1])
+    fmt = lowbit.get_format(fmt) if isinstance(fmt, str) else fmt
+    rng = np.random.default_rng(6)
+    for width in (1, fmt.block_size - 1, fmt.block_size + 1, 3 * fmt.block_size + 17):
+        x = torch.tensor(rng.standard_normal((8, width)) * np.exp(rng.uniform(-8, 8, (8, 1))), dtype=dtype)
+        tail = slice(width // fmt.block_size * fmt.block_size, width)
+        x[1, tail] *= 1e-3
+        x[2, tail] *= 1e3
+        x[3, tail] = -x[3, tail].abs()
+        x[4, tail] = 0
+        x[5, tail.start] = float("nan")
+        x[6, tail.start] = float("inf")
+        padded.clear()
+        results = [outcome(lambda b=b: fmt.quantize(x, backend=b)) for b in ("cpu", "reference")]
+        assert padded and padded[0] is not None, f"{fmt.name} width {width}: no fast path"
+        same_pair(*results, f"{fmt.name} {dtype} width {width}")

@@ -264,6 +264,28 @@ def test_roles_parameters_take_the_weight_format_activations_the_input_format():
     assert torch.equal(computed, right)
 
 
+def test_rounded_weights_are_kept_across_blocks_until_the_weight_changes():
+    torch.manual_seed(13)
+    layer, x = torch.nn.Linear(64, 8), torch.randn(4, 64)
+
+    def expected(spec):
+        return q(x, spec.input) @ q(layer.weight, spec.weight).T + layer.bias
+
+    def emulated(spec):
+        with emulating(spec):
+            return layer(x)
+
+    with torch.no_grad():
+        for spec in (SPEC, QuantSpec(input="mxfp8_e4m3", weight="mxfp6_e2m3"), SPEC):  # each spec its own
+            assert torch.equal(emulated(spec), expected(spec))
+        layer.weight.mul_(-2)  # in place: a new version
+        assert torch.equal(emulated(SPEC), expected(SPEC))
+        layer.weight.data = torch.randn(8, 64)  # new storage
+        assert torch.equal(emulated(SPEC), expected(SPEC))
+        layer.weight = torch.nn.Parameter(torch.randn(8, 64))  # a new parameter
+        assert torch.equal(emulated(SPEC), expected(SPEC))
+
+
 def test_integer_empty_and_nested_products_under_emulating():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not a rounding matter: no warning
