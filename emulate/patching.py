@@ -36,11 +36,13 @@ from typing import Any
 
 import torch
 
+from .changes import undo_changes
 from .modules import QuantModule, qualified_name
 from .registry import quantized, quantized_class
 from .rounding import set_fast_path
-from .rules import check_rules, matching_rule, unmatched_patterns
+from .rules import check_rules, spec_for, unmatched_patterns
 from .spec import ATTENTION_ROLES, ROLES, QuantSpec
+from .tables import text_table
 
 FAST_PATH_TYPES = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
 ELEMENTWISE_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm, torch.nn.PReLU,
@@ -48,12 +50,6 @@ ELEMENTWISE_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm, t
 _FAST_PATH_HOOKS = "_lowbit_fast_path_hooks"
 #: why quantize_model left a layer of a type it quantizes in full precision
 _LEFT: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
-
-
-def _spec_for(name: str, module: torch.nn.Module, default: QuantSpec | None,
-              rules: Mapping[Any, QuantSpec | None]) -> QuantSpec | None:
-    matched, spec = matching_rule(rules, name, module)
-    return spec if matched else default
 
 
 def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mapping[Any, QuantSpec | None] | None = None,
@@ -73,7 +69,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
     check_rules(rules)
     if not inplace:
         model = copy.deepcopy(model)
-    model = restore_model(model)
+    model = _unswap(model)
     names = [name for name, _ in model.named_modules()]
     for pattern in unmatched_patterns(rules, names):
         warnings.warn(f"rule {pattern!r} matches no module name of the model (names look like "
@@ -81,7 +77,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
     for name, module in list(model.named_modules()):
         if quantized_class(module) is None:
             continue
-        chosen = _spec_for(name, module, spec, rules)
+        chosen = spec_for(rules, name, module, spec)
         _LEFT.pop(module, None)
         if chosen is None:
             _LEFT[module] = "excluded by a rule"
@@ -101,10 +97,22 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
 
 
 def restore_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Undo quantize_model in place: every quantized module gives way to the
-    module it wraps (the same object, with the current parameters), and the
-    fast-path hooks go. Use the return value: when ``model`` itself is a
-    quantized module, it is the module it wraps."""
+    """Undo quantize_model and the methods of :mod:`lowbit.emulate.methods`
+    in place: every quantized module gives way to the module it wraps (the
+    same object, with the current parameters), the fast-path hooks go, and
+    every change a method made is undone (the saved parameters put back bit
+    for bit). Use the return value: when ``model`` itself is a quantized
+    module, it is the module it wraps."""
+    root = model
+    model = _unswap(model)
+    undo_changes(root)
+    if model is not root:
+        undo_changes(model)
+    return model
+
+
+def _unswap(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo quantize_model's swaps and hooks (not the methods' changes)."""
     if isinstance(model, QuantModule):
         model = model.original
     for name, module in list(model.named_modules()):
@@ -206,8 +214,4 @@ _COLUMNS = ("layer", "type", *ROLES, *ATTENTION_ROLES, "reason")
 
 def _table(rows: list[dict[str, str]]) -> str:
     present = {key for row in rows for key in row}
-    columns = [c for c in _COLUMNS if c in present]
-    widths = {c: max(len(c), *(len(row.get(c, "-")) for row in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(row.get(c, "-").ljust(widths[c]) for c in columns) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
+    return text_table(rows, [c for c in _COLUMNS if c in present])

@@ -39,6 +39,13 @@ def matching_rule(rules: Mapping[Any, QuantSpec | None], name: str | None,
     return False, None
 
 
+def spec_for(rules: Mapping[Any, QuantSpec | None], name: str, module: torch.nn.Module,
+             default: QuantSpec | None) -> QuantSpec | None:
+    """The spec of the first rule that matches the module, else ``default``."""
+    matched, spec = matching_rule(rules, name, module)
+    return spec if matched else default
+
+
 def unmatched_patterns(rules: Mapping[Any, Any], names: list[str]) -> list[str]:
     """The name patterns among the rules that match none of ``names``."""
     return [key for key in rules if isinstance(key, str) and not any(re.fullmatch(key, n) for n in names)]

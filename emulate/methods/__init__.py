@@ -1,0 +1,9 @@
+"""lowbit.emulate.methods: the quantization papers' methods on any lowbit
+format, each a reversible step over the emulation layer (one module each;
+:func:`~lowbit.emulate.restore_model` undoes them, bit for bit, and
+:func:`changes_table` says what each did to each layer).
+See docs/methods.md."""
+
+from ..changes import Change, changes, changes_table
+
+__all__ = ["Change", "changes", "changes_table"]

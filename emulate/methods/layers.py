@@ -1,0 +1,81 @@
+"""The linear layers a method works on, and the spec of each: nn.Linear
+and transformers' Conv1D (GPT-2), plain or already swapped by
+quantize_model, chosen by the rules quantize_model takes (a layer whose
+spec is None, or has no weight format, is left alone)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..modules import QuantConv1D, QuantLinear, QuantModule
+from ..rules import check_rules, spec_for, unmatched_patterns
+from ..spec import QuantSpec
+
+
+def is_linear(module: torch.nn.Module) -> bool:
+    """An nn.Linear or transformers' Conv1D, plain or quantized."""
+    inner = module.original if isinstance(module, QuantModule) else module
+    return QuantLinear.accepts(inner) or QuantConv1D.accepts(inner)
+
+
+def weight_matrix(layer: torch.nn.Module) -> torch.Tensor:
+    """The layer's weight as F.linear takes it, (out, in): a view of the
+    parameter (Conv1D's transposed)."""
+    inner = layer.original if isinstance(layer, QuantModule) else layer
+    return inner.weight.T if QuantConv1D.accepts(inner) else inner.weight
+
+
+def linear_layers(model: torch.nn.Module, spec: QuantSpec | None,
+                  rules: Mapping[Any, QuantSpec | None] | None = None) -> dict[str, tuple[torch.nn.Module, QuantSpec]]:
+    """Each linear layer's name, the layer and its spec (``spec``, or the
+    first matching rule's), in module order, for the layers whose spec has
+    a weight format. Raises TypeError for a spec that is not a QuantSpec,
+    ValueError when no layer is left; warns for a name rule that matches
+    nothing."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if spec is not None and not isinstance(spec, QuantSpec):
+        raise TypeError(f"spec must be a QuantSpec or None, got {type(spec).__name__}")
+    rules = dict(rules or {})
+    check_rules(rules)
+    names = [name for name, _ in model.named_modules()]
+    for pattern in unmatched_patterns(rules, names):
+        warnings.warn(f"rule {pattern!r} matches no module name of the model", stacklevel=3)
+    chosen = {}
+    for name, module in model.named_modules():
+        if not is_linear(module):
+            continue
+        layer_spec = spec_for(rules, name, module, spec)
+        if layer_spec is not None and layer_spec.weight is not None:
+            chosen[name] = (module, layer_spec)
+    if not chosen:
+        raise ValueError("no linear layer of the model has a spec with a weight format (nn.Linear and "
+                         "transformers' Conv1D are the layers the methods change)")
+    return chosen
+
+
+def plain(layer: torch.nn.Module) -> torch.nn.Module:
+    """The layer itself, or the one a quantized module wraps."""
+    return layer.original if isinstance(layer, QuantModule) else layer
+
+
+def rounded_matrix(layer: torch.nn.Module, spec: QuantSpec) -> torch.Tensor:
+    """The layer's weight as its quantized module under ``spec`` rounds it
+    (round to nearest: the baseline every method is measured against), as
+    F.linear takes it, (out, in)."""
+    quantized = (QuantLinear if QuantLinear.accepts(plain(layer)) else QuantConv1D)(plain(layer), spec)
+    with torch.no_grad():
+        return quantized.matrix(quantized.round_weight(quantized.weight.detach()))
+
+
+def output_error(x: torch.Tensor, weight: torch.Tensor, rounded: torch.Tensor) -> float:
+    """||x W^T - x Q^T|| / ||x W^T|| (Frobenius norms, float64): a layer's
+    relative output error with weight Q in place of W; 0 when x W^T is 0."""
+    x, weight, rounded = (t.detach().to(torch.float64) for t in (x, weight, rounded))
+    reference = torch.linalg.matrix_norm(x @ weight.T)
+    difference = torch.linalg.matrix_norm(x @ (weight - rounded).T)
+    return float(difference / reference) if reference > 0 else float(difference)
