@@ -26,7 +26,7 @@ def weight_matrix(layer: torch.nn.Module) -> torch.Tensor:
     """The layer's weight as F.linear takes it, (out, in): a view of the
     parameter (Conv1D's transposed)."""
     inner = layer.original if isinstance(layer, QuantModule) else layer
-    return inner.weight.T if QuantConv1D.accepts(inner) else inner.weight
+    return inner.weight if QuantLinear.accepts(inner) else inner.weight.T  # QuantConv1D accepts Linear too
 
 
 def linear_layers(model: torch.nn.Module, spec: QuantSpec | None,
