@@ -8,8 +8,11 @@ module's own, optimizers and checkpoints are unaffected, and whatever
 replaces a parameter (``load_state_dict(assign=True)``, ``to_empty`` after
 meta-device init, FSDP) replaces it in the wrapped module too, so
 :func:`~lowbit.emulate.restore_model` gives back a module with the current
-parameters. In inference (no gradient to compute for the weight) the
-rounded weight is cached and reused until the weight changes (a new tensor
+parameters. It shares the forward hook tables too: a forward (pre-)hook
+registered on the wrapped module before or after the swap (a method's
+input scale, a user's probe) runs, once, when the quantized module runs.
+In inference (no gradient to compute for the weight) the rounded weight
+is cached and reused until the weight changes (a new tensor
 or an in-place update); in training it is rounded on every call. Compiled
 inference graphs keep weights of up to 4 MiB rounded outside the graph
 (the ``lowbit::rounded_weight`` op, which copies the kept value out) and
@@ -34,6 +37,11 @@ from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
 from .rounding import kept_round_to, quantized_module, round_to, values_fingerprint
 from .spec import ATTENTION_ROLES, ROLES, QuantSpec
+
+
+#: the forward-hook tables a quantized module shares with the module it wraps
+_HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+                "_forward_hooks_always_called")
 
 
 def qualified_name(cls: type) -> str:
@@ -64,9 +72,11 @@ class QuantModule(torch.nn.Module):
         if not isinstance(spec, QuantSpec):
             raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
         super().__init__()
-        # the wrapped module's own tables: one set of parameters, whoever replaces them
+        # the wrapped module's own tables: one set of parameters, whoever replaces them, and one set of forward
+        # hooks (a method's input scale or rotation, a user's probe), run once per call of whichever module runs
         self.__dict__.update(_parameters=module._parameters, _buffers=module._buffers, _modules=module._modules,
-                             _non_persistent_buffers_set=module._non_persistent_buffers_set)
+                             _non_persistent_buffers_set=module._non_persistent_buffers_set,
+                             **{name: getattr(module, name) for name in _HOOK_TABLES})
         self.training = module.training
         self.spec = spec
         self.__dict__["original"] = module  # not a submodule: the state_dict keys stay the module's own
@@ -175,7 +185,7 @@ class QuantLinear(QuantModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recorded(x):
-            return self.original(x)
+            return self.original.forward(x)  # its hooks ran already: they are ours
         spec = self.active_spec()
         with quantized_module():
             if self.training_step(x):
@@ -228,7 +238,7 @@ class QuantConv(QuantModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recorded(x):
-            return self.original(x)
+            return self.original.forward(x)  # its hooks ran already: they are ours
         spec = self.active_spec()
         conv = self.original
         padding = conv.padding

@@ -5,5 +5,7 @@ format, each a reversible step over the emulation layer (one module each;
 See docs/methods.md."""
 
 from ..changes import Change, changes, changes_table
+from .activation_aware import awq
+from .smoothing import smoothquant
 
-__all__ = ["Change", "changes", "changes_table"]
+__all__ = ["Change", "awq", "changes", "changes_table", "smoothquant"]

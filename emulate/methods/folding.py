@@ -1,0 +1,332 @@
+"""Per-input-channel scales of groups of linear layers, folded into the op
+that produces their input (the machinery of SmoothQuant and AWQ).
+
+A diagonal scale s (one positive number per input feature) leaves a linear
+layer's product unchanged when its weight takes W <- W diag(s) and its
+input x <- x / s: (x / s) (W diag(s))^T = x W^T. The methods choose s so
+that the rounded product is more accurate; this module applies it.
+
+**Groups and producers.** One calibration batch runs through the model
+(unquantized: layers swapped by quantize_model run as the modules they
+wrap; in eval mode; without gradients) with forward hooks that record the
+output tensor of every LayerNorm, RMSNorm (``torch.nn.RMSNorm`` and
+transformers' ``*RMSNorm`` classes) and linear layer (nn.Linear,
+transformers' Conv1D), and the input tensor of each layer to scale.
+Layers whose inputs are the same tensor objects, call by call, form one
+group and get one s: Llama's q/k/v_proj after input_layernorm, gate/up_proj
+after post_attention_layernorm; GPT-2's c_attn after ln_1. The group's
+producer is the module whose output IS that tensor (object identity, not
+equal values; the innermost module when modules are nested).
+
+**Folding.** x / s goes into the producer: a LayerNorm's weight and bias,
+an RMSNorm's weight (it has no bias) or a linear layer's output rows and
+bias are divided by s (s rounded once to the weights' dtype, the same
+values on both sides). A fold is kept only if the unquantized model's
+outputs on the calibration batch stay what they were before the method:
+the relative change ||y' - y|| / ||y|| (float64, over every floating
+tensor the forward returns) must not exceed sqrt(eps) of the layers' dtype
+(3.5e-4 for float32, 0.031 for float16, 0.088 for bfloat16). Why that
+bound: a fold moves each weight and activation it touches by at most one
+rounding (eps / 2 relative), which moves the outputs by a few eps times
+the model's amplification, orders of magnitude below sqrt(eps); a fold
+that changes what the model computes (the producer's output also feeds a
+residual or another layer, or the norm computes (1 + w) x as Gemma's does)
+moves them by about the spread of s, which the methods make large where
+scaling matters (a change within the bound is as small as the model's own
+float rounding at that precision, and is kept).
+
+**Explicit scaling.** Where the group's input is no norm's or linear
+layer's output (an activation, an attention product, the model's input),
+the producer cannot take s (no elementwise weight, or a weight shared with
+another module), or the fold failed the check, each layer of the group
+divides its input by s in a forward pre-hook (which the quantized module
+quantize_model swaps in runs too). The method's Change says which happened
+and why.
+
+**Undo.** Each parameter is saved with :func:`~lowbit.emulate.changes.keep_parameter`
+before it first changes and each hook is removed by an
+:func:`~lowbit.emulate.changes.on_undo` step, so
+:func:`~lowbit.emulate.restore_model` puts the model back bit for bit. A
+fold that failed its check is undone on the spot (the saved values copied
+back).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from ..changes import Change, keep_parameter, on_undo, record
+from ..modules import QuantModule
+from ..spec import QuantSpec
+from .inputs import LayerInputs, layer_inputs
+from .layers import is_linear, linear_layers, plain, weight_matrix
+
+NORM_TYPES = (torch.nn.LayerNorm, torch.nn.RMSNorm)
+
+
+def is_norm(module: torch.nn.Module) -> bool:
+    """A LayerNorm, an nn.RMSNorm or one of transformers' ``*RMSNorm`` classes."""
+    kind = type(module)
+    return isinstance(module, NORM_TYPES) or (kind.__name__.endswith("RMSNorm")
+                                              and kind.__module__.startswith("transformers."))
+
+
+@dataclasses.dataclass
+class Group:
+    """Linear layers that take the same input tensors (in the order they
+    first run), the name of the module that produces that input (None when
+    no norm or linear layer does) and, when no fold will be tried, why."""
+
+    names: list[str]
+    layers: list[torch.nn.Module]
+    producer: str | None = None
+    why_explicit: str = ""
+
+
+class Folder:
+    """The groups of ``layers`` (name -> layer) in ``model``, found on
+    ``batch`` (see the module docstring), and the folding of a scale into
+    each."""
+
+    def __init__(self, model: torch.nn.Module, layers: Mapping[str, torch.nn.Module], batch: Any,
+                 forward: Callable[[torch.nn.Module, Any], Any] | None = None) -> None:
+        self.model, self.batch = model, batch
+        self.run = forward or (lambda m, b: m(b))
+        self.groups, self.reference = self._trace(layers)
+
+    # -- applying a scale -------------------------------------------------------------------
+    def scale(self, group: Group, s: torch.Tensor) -> str:
+        """W <- W diag(s) for every layer of the group and x <- x / s folded
+        into the producer, or else applied by each layer's forward
+        pre-hook; says which (and why). ``s`` must be finite and positive."""
+        features = weight_matrix(group.layers[0]).shape[1]
+        if s.shape != (features,) or not bool(torch.isfinite(s).all() and (s > 0).all()):
+            raise ValueError(f"the scale of {', '.join(group.names)} must hold {features} finite positive numbers")
+        dtype = weight_matrix(group.layers[0]).dtype
+        s = s.to(dtype)
+        with torch.no_grad():
+            for layer in group.layers:
+                keep_parameter(self.model, plain(layer), "weight")
+                matrix = weight_matrix(layer)
+                matrix.mul_(s.to(matrix.device, matrix.dtype))
+            why = group.why_explicit or self._fold(group, s)
+        if not why:
+            producer = self.model.get_submodule(group.producer)
+            return f"1/s folded into {group.producer} ({type(plain(producer)).__name__})"
+        for layer in group.layers:
+            handle = plain(layer).register_forward_pre_hook(_input_divider(s))
+            on_undo(self.model, handle.remove)
+        return f"input divided by s in a forward pre-hook: {why}"
+
+    def _fold(self, group: Group, s: torch.Tensor) -> str:
+        """Divide the producer's outputs by s; keep it if the model's outputs
+        stay, else put its values back. Returns why not ("" when folded)."""
+        if not self.reference:
+            return "the calibration forward returns no floating tensor to check a fold against"
+        producer = plain(self.model.get_submodule(group.producer))
+        names = [n for n in ("weight", "bias") if getattr(producer, n, None) is not None]
+        saved = {n: producer._parameters[n].detach().clone() for n in names}
+        for n in names:
+            keep_parameter(self.model, producer, n)
+        if is_norm(producer):
+            for n in names:
+                getattr(producer, n).div_(s.to(getattr(producer, n).dtype))
+        else:
+            rows = weight_matrix(producer)
+            rows.div_(s.to(rows.dtype)[:, None])
+            if "bias" in names:
+                producer.bias.div_(s.to(producer.bias.dtype))
+        change, bound = self._change(), torch.finfo(s.dtype).eps ** 0.5
+        if change <= bound:
+            return ""
+        for n in names:
+            producer._parameters[n].copy_(saved[n])
+        return (f"folding into {group.producer} changed the model's outputs by {change:.2g} (relative; bound "
+                f"{bound:.2g}): its output feeds more than these layers, or it does not scale by its weight")
+
+    def _change(self) -> float:
+        """||y' - y|| / ||y|| of the model's outputs on the batch now against before (float64)."""
+        with unquantized(self.model) as model, torch.no_grad():
+            now = floating_tensors(self.run(model, self.batch))
+        if [t.shape for t in now] != [t.shape for t in self.reference]:
+            return float("inf")
+        difference = sum(float(torch.sum((a.double() - b.double()) ** 2)) for a, b in zip(now, self.reference))
+        size = sum(float(torch.sum(b.double() ** 2)) for b in self.reference)
+        return (difference / size) ** 0.5 if size > 0 else difference ** 0.5
+
+    # -- finding the groups -----------------------------------------------------------------
+    def _trace(self, layers: Mapping[str, torch.nn.Module]) -> tuple[list[Group], list[torch.Tensor]]:
+        """Run the batch once; group the layers by their input tensors and
+        name each group's producer. Returns the groups (in the order their
+        first layer first runs; layers the batch does not reach last, one
+        group each) and the model's floating outputs."""
+        outputs: dict[int, str] = {}
+        inputs: dict[str, list[int]] = {name: [] for name in layers}
+        calls: list[str] = []
+        alive: list[torch.Tensor] = []  # keeps the tensors, and so their ids, alive for the pass
+
+        def output_hook(name: str) -> Callable:
+            def hook(_module, _args, out):
+                if isinstance(out, torch.Tensor):
+                    outputs.setdefault(id(out), name)  # nested modules: the innermost one's hook runs first
+                    alive.append(out)
+            return hook
+
+        def input_hook(name: str) -> Callable:
+            def hook(_module, args):
+                if args and isinstance(args[0], torch.Tensor):
+                    inputs[name].append(id(args[0]))
+                    calls.append(name)
+                    alive.append(args[0])
+            return hook
+
+        with unquantized(self.model) as model:
+            handles = [m.register_forward_hook(output_hook(name)) for name, m in model.named_modules()
+                       if is_norm(m) or is_linear(m)]
+            handles += [plain(layer).register_forward_pre_hook(input_hook(name)) for name, layer in layers.items()]
+            try:
+                with torch.no_grad():
+                    reference = [t.detach().clone() for t in floating_tensors(self.run(model, self.batch))]
+            finally:
+                for handle in handles:
+                    handle.remove()
+            by_inputs: dict[tuple, list[str]] = {}
+            for name in [*dict.fromkeys(calls), *(n for n in layers if not inputs[n])]:
+                by_inputs.setdefault(tuple(inputs[name]) or (name,), []).append(name)
+            shared = shared_parameters(model)
+            groups = [self._group(model, key, names, layers, outputs, shared) for key, names in by_inputs.items()]
+        return groups, reference
+
+    @staticmethod
+    def _group(model: torch.nn.Module, key: tuple, names: list[str], layers: Mapping[str, torch.nn.Module],
+               outputs: dict[int, str], shared: set[int]) -> Group:
+        group = Group(names, [layers[n] for n in names])
+        if isinstance(key[0], str):
+            group.why_explicit = "the first calibration batch does not reach it"
+            return group
+        sources = {outputs.get(i) for i in key}
+        if None in sources:
+            group.why_explicit = "its input is not the output of a norm or linear layer"
+            return group
+        if len(sources) > 1:
+            group.why_explicit = f"its inputs come from several modules ({', '.join(sorted(sources))})"
+            return group
+        group.producer = sources.pop()
+        producer = plain(model.get_submodule(group.producer))
+        features = weight_matrix(group.layers[0]).shape[1]
+        weight = getattr(producer, "weight", None)
+        if is_norm(producer) and (weight is None or tuple(weight.shape) != (features,)):
+            group.why_explicit = f"{group.producer} has no elementwise weight over the {features} features"
+        elif any(id(getattr(producer, n, None)) in shared for n in ("weight", "bias")):
+            group.why_explicit = f"a parameter of {group.producer} is shared with another module"
+        return group
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What a scaling method starts from: the model it changes, the layers
+    to scale with their specs, their calibration inputs, and the groups."""
+
+    model: torch.nn.Module
+    specs: dict[str, QuantSpec]
+    inputs: dict[str, LayerInputs]
+    folder: Folder
+
+
+def prepare(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any], *, method: str,
+            rules: Mapping[Any, QuantSpec | None] | None, forward: Callable[[torch.nn.Module, Any], Any] | None,
+            inplace: bool, samples: int) -> Prepared:
+    """The common start of SmoothQuant and AWQ: copy the model unless
+    ``inplace``; take the linear layers by ``spec`` and ``rules``; leave
+    alone, warned about and logged, the layers whose weight another module
+    shares (scaling it would change that module too: tied embeddings); run
+    ``batches`` (read once, into a list) for each layer's input statistics
+    and first ``samples`` rows; find the groups on the first batch."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be True or False, got {inplace!r}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    chosen = linear_layers(model, spec, rules)
+    batches = list(batches)
+    if not batches:
+        raise ValueError("batches is empty: the method needs calibration data")
+    shared = shared_parameters(model)
+    tied = [name for name, (layer, _) in chosen.items() if id(plain(layer).weight) in shared]
+    for name in tied:
+        record(model, Change(name, method, format_name(chosen[name][1].weight),
+                             detail="left alone: its weight is shared with another module (tied)"))
+    if tied:
+        warnings.warn(f"{method} leaves {', '.join(tied)} alone: the weight is shared with another module, which "
+                      f"scaling it would change too", stacklevel=3)
+    layers = {name: layer for name, (layer, _) in chosen.items() if name not in tied}
+    if not layers:
+        raise ValueError(f"{method}: every chosen layer's weight is shared with another module; none can be scaled")
+    inputs = layer_inputs(model, layers, batches, samples=samples, forward=forward)
+    return Prepared(model, {name: chosen[name][1] for name in layers}, inputs,
+                    Folder(model, layers, batches[0], forward))
+
+
+def format_name(fmt: Any) -> str:
+    return getattr(fmt, "name", str(fmt))
+
+
+def _input_divider(s: torch.Tensor) -> Callable:
+    def hook(_module: torch.nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        return (x / s.to(x.device, x.dtype), *args[1:])
+    return hook
+
+
+def floating_tensors(output: Any) -> list[torch.Tensor]:
+    """The floating-point tensors in a forward's output (tensors, and
+    mappings, lists and tuples of them; other objects, such as key-value
+    caches, are passed over), in order."""
+    if isinstance(output, torch.Tensor):
+        return [output] if output.is_floating_point() else []
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, list | tuple):
+        return [t for item in output for t in floating_tensors(item)]
+    return []
+
+
+def shared_parameters(model: torch.nn.Module) -> set[int]:
+    """ids of the parameters that two or more modules hold (tied weights)."""
+    counts = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    return {key for key, count in counts.items() if count > 1}
+
+
+@contextlib.contextmanager
+def unquantized(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model with every module quantize_model swapped in replaced by the
+    one it wraps, in eval mode, for the duration; yields the model to run
+    (``model``, or the module it wraps when it is itself quantized). The
+    swaps and every module's training flag are put back after."""
+    swapped = [(name, m) for name, m in model.named_modules() if name and isinstance(m, QuantModule)]
+    for name, module in swapped:
+        _put(model, name, module.original)
+    root = plain(model)
+    modes = [(m, m.training) for m in root.modules()]
+    root.eval()
+    try:
+        yield root
+    finally:
+        for module, mode in modes:
+            module.training = mode
+        for name, module in swapped:
+            _put(model, name, module)
+
+
+def _put(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
