@@ -13,7 +13,7 @@ from transformers.pytorch_utils import Conv1D
 
 from lowbit.emulate import Observer, QuantSpec, calibrate, quantize_model, restore_model
 from lowbit.emulate.methods import changes
-from lowbit.emulate.methods.folding import Folder, unquantized
+from lowbit.emulate.methods.folding import Folder, Scale, unquantized
 from lowbit.emulate.methods.layers import linear_layers, weight_matrix
 
 SPEC = QuantSpec(input="int8_rowwise", weight="int8_rowwise")
@@ -80,7 +80,7 @@ def test_a_scale_folds_into_a_preceding_linear(kind):
     first, second = folder.groups
     assert first.producer is None and second.producer == "0"
     s = torch.rand(32, dtype=torch.float64) * 4 + 0.25
-    assert folder.scale(second, s) == f"1/s folded into 0 ({type(model[0]).__name__})"
+    assert folder.apply(second, Scale(s, torch.float32)) == f"1/s folded into 0 ({type(model[0]).__name__})"
     s32 = s.float()
     assert torch.equal(weight_matrix(model[1]), w1 * s32)
     assert torch.equal(weight_matrix(model[0]), w0 / s32[:, None]) and torch.equal(model[0].bias, b0 / s32)
@@ -117,7 +117,7 @@ def test_a_fold_that_changes_the_model_is_undone_and_the_input_scaled_explicitly
     folder = Folder(model, linears(model), x)
     (group,) = folder.groups
     assert group.producer is not None and not group.why_explicit  # a norm produces the input: a fold is tried
-    how = folder.scale(group, torch.linspace(0.5, 4, 16, dtype=torch.float64))
+    how = folder.apply(group, Scale(torch.linspace(0.5, 4, 16), torch.float32))
     assert how.startswith("input divided by s in a forward pre-hook: folding into") and "feeds more" in how
     assert torch.equal(norm.weight, norm_weight)  # the failed fold is put back on the spot
     assert torch.allclose(model(x), y, rtol=1e-5, atol=1e-6)
@@ -157,7 +157,7 @@ def test_folds_are_checked_on_the_unquantized_model_in_eval_mode():
     folder = Folder(model, linears(model), x)
     (group,) = folder.groups
     assert group.producer == "0"  # and the dropout in training mode does not fail the check:
-    assert folder.scale(group, torch.linspace(0.5, 2, 16, dtype=torch.float64)).startswith("1/s folded into 0")
+    assert folder.apply(group, Scale(torch.linspace(0.5, 2, 16), torch.float32)).startswith("1/s folded into 0")
     assert model[1] is swapped and model.training
 
 

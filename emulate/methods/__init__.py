@@ -6,6 +6,7 @@ See docs/methods.md."""
 
 from ..changes import Change, changes, changes_table
 from .activation_aware import awq
+from .rotation import rotate
 from .smoothing import smoothquant
 
-__all__ = ["Change", "awq", "changes", "changes_table", "smoothquant"]
+__all__ = ["Change", "awq", "changes", "changes_table", "rotate", "smoothquant"]

@@ -44,9 +44,8 @@ from typing import Any
 
 import torch
 
-from ..changes import Change, record
 from ..spec import QuantSpec
-from .folding import Group, format_name, prepare
+from .folding import Group, Scale, prepare
 from .layers import output_error, weight_matrix
 from .trial import rounded
 
@@ -86,25 +85,25 @@ def awq(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any], 
         raise ValueError(f"grid must be a positive int, got {grid!r}")
     prepared = prepare(model, spec, batches, method="awq", rules=rules, forward=forward, inplace=inplace,
                        samples=samples)
-    model, specs, inputs = prepared.model, prepared.specs, prepared.inputs
-    layers = {name: layer for group in prepared.folder.groups for name, layer in zip(group.names, group.layers)}
-    before = {name: output_error(inputs[name].samples, weight_matrix(layer), rounded(weight_matrix(layer), specs[name]))
-              for name, layer in layers.items()}
-    scales, details = {}, {}
+    before = prepared.errors(rounding_error)
+    transforms, details = {}, {}
     for group in reversed(prepared.folder.groups):
-        alpha, s = _search(group, inputs[group.names[0]], specs, grid)
-        how = "round to nearest: left unscaled" if alpha == 0 else prepared.folder.scale(group, s)
-        for name in group.names:
-            scales[name] = s
-            details[name] = f"alpha {alpha:g} of {grid}" + ("" if alpha == 0 else
-                                                            f", s in [{float(s.min()):.3g}, {float(s.max()):.3g}]")
-            details[name] += f"; {how}"
-    for name, layer in layers.items():
-        weight = weight_matrix(layer).detach()
-        x = inputs[name].samples / scales[name].to(inputs[name].samples.dtype)
-        record(model, Change(name, "awq", format_name(specs[name].weight), before[name],
-                             output_error(x, weight, rounded(weight, specs[name])), details[name]))
-    return model
+        alpha, s = _search(group, prepared.inputs[group.names[0]], prepared.specs, grid)
+        if alpha == 0:
+            detail = f"alpha 0 (grid of {grid}); round to nearest: left unscaled"
+        else:
+            scale = Scale(s, s.dtype)
+            how = prepared.folder.apply(group, scale)
+            transforms.update(dict.fromkeys(group.names, scale))
+            detail = f"alpha {alpha:g} (grid of {grid}), s in [{float(s.min()):.3g}, {float(s.max()):.3g}]; {how}"
+        details.update(dict.fromkeys(group.names, detail))
+    prepared.record("awq", before, prepared.errors(rounding_error, transforms), details)
+    return prepared.model
+
+
+def rounding_error(weight: torch.Tensor, spec: QuantSpec, x: torch.Tensor) -> float:
+    """The layer's relative output error with its weight rounded to nearest (the Change's error)."""
+    return output_error(x, weight, rounded(weight, spec))
 
 
 def _search(group: Group, inputs: Any, specs: Mapping[str, QuantSpec], grid: int) -> tuple[float, torch.Tensor]:

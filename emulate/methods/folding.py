@@ -1,10 +1,13 @@
-"""Per-input-channel scales of groups of linear layers, folded into the op
-that produces their input (the machinery of SmoothQuant and AWQ).
+"""Transforms of groups of linear layers' input features, folded into the
+op that produces their input (the machinery of SmoothQuant, AWQ and
+rotations).
 
-A diagonal scale s (one positive number per input feature) leaves a linear
-layer's product unchanged when its weight takes W <- W diag(s) and its
-input x <- x / s: (x / s) (W diag(s))^T = x W^T. The methods choose s so
-that the rounded product is more accurate; this module applies it.
+A diagonal scale s (one positive number per input feature, :class:`Scale`)
+leaves a linear layer's product unchanged when its weight takes
+W <- W diag(s) and its input x <- x / s: (x / s) (W diag(s))^T = x W^T; an
+orthogonal R (:class:`Rotation`) when W <- W R and x <- x R. The methods
+choose s or R so that the rounded product is more accurate; this module
+applies them.
 
 **Groups and producers.** One calibration batch runs through the model
 (unquantized: layers swapped by quantize_model run as the modules they
@@ -13,7 +16,7 @@ output tensor of every LayerNorm, RMSNorm (``torch.nn.RMSNorm`` and
 transformers' ``*RMSNorm`` classes) and linear layer (nn.Linear,
 transformers' Conv1D), and the input tensor of each layer to scale.
 Layers whose inputs are the same tensor objects, call by call, form one
-group and get one s: Llama's q/k/v_proj after input_layernorm, gate/up_proj
+group and get one transform: Llama's q/k/v_proj after input_layernorm, gate/up_proj
 after post_attention_layernorm; GPT-2's c_attn after ln_1. The group's
 producer is the module whose output IS that tensor (object identity, not
 equal values; the innermost module when modules are nested).
@@ -21,27 +24,29 @@ equal values; the innermost module when modules are nested).
 **Folding.** x / s goes into the producer: a LayerNorm's weight and bias,
 an RMSNorm's weight (it has no bias) or a linear layer's output rows and
 bias are divided by s (s rounded once to the weights' dtype, the same
-values on both sides). A fold is kept only if the unquantized model's
-outputs on the calibration batch stay what they were before the method:
-the relative change ||y' - y|| / ||y|| (float64, over every floating
-tensor the forward returns) must not exceed sqrt(eps) of the layers' dtype
-(3.5e-4 for float32, 0.031 for float16, 0.088 for bfloat16). Why that
-bound: a fold moves each weight and activation it touches by at most one
-rounding (eps / 2 relative), which moves the outputs by a few eps times
-the model's amplification, orders of magnitude below sqrt(eps); a fold
-that changes what the model computes (the producer's output also feeds a
+values on both sides); x R only into a linear layer (W_p <- R^T W_p,
+b_p <- R^T b_p: a norm cannot absorb a rotation). A fold is kept only if
+the unquantized model's outputs on the calibration batch stay what they
+were before the method: the relative change ||y' - y|| / ||y|| (float64,
+over every floating tensor the forward returns) must not exceed sqrt(eps)
+of the layers' dtype (3.5e-4 for float32, 0.031 for float16, 0.088 for
+bfloat16). Why that bound: a fold moves each weight and activation it
+touches by at most one rounding (eps / 2 relative), which moves the
+outputs by a few eps times the model's amplification, orders of magnitude
+below sqrt(eps) (2e-7 on a small Llama and GPT-2 in float32); a fold that
+changes what the model computes (the producer's output also feeds a
 residual or another layer, or the norm computes (1 + w) x as Gemma's does)
-moves them by about the spread of s, which the methods make large where
-scaling matters (a change within the bound is as small as the model's own
-float rounding at that precision, and is kept).
+moves them by about the spread of s or the mixing of R, which the methods
+make large where it matters (a change within the bound is as small as
+the model's own float rounding at that precision, and is kept).
 
-**Explicit scaling.** Where the group's input is no norm's or linear
+**Explicit transform.** Where the group's input is no norm's or linear
 layer's output (an activation, an attention product, the model's input),
-the producer cannot take s (no elementwise weight, or a weight shared with
-another module), or the fold failed the check, each layer of the group
-divides its input by s in a forward pre-hook (which the quantized module
-quantize_model swaps in runs too). The method's Change says which happened
-and why.
+the producer cannot take the transform (no elementwise weight, a weight
+shared with another module, a norm and a rotation), or the fold failed the
+check, each layer of the group transforms its input in a forward
+pre-hook (which the quantized module quantize_model swaps in runs too).
+The method's Change says which happened and why.
 
 **Undo.** Each parameter is saved with :func:`~lowbit.emulate.changes.keep_parameter`
 before it first changes and each hook is removed by an
@@ -93,8 +98,8 @@ class Group:
 
 class Folder:
     """The groups of ``layers`` (name -> layer) in ``model``, found on
-    ``batch`` (see the module docstring), and the folding of a scale into
-    each."""
+    ``batch`` (see the module docstring), and the folding of a transform
+    into each."""
 
     def __init__(self, model: torch.nn.Module, layers: Mapping[str, torch.nn.Module], batch: Any,
                  forward: Callable[[torch.nn.Module, Any], Any] | None = None) -> None:
@@ -102,49 +107,47 @@ class Folder:
         self.run = forward or (lambda m, b: m(b))
         self.groups, self.reference = self._trace(layers)
 
-    # -- applying a scale -------------------------------------------------------------------
-    def scale(self, group: Group, s: torch.Tensor) -> str:
-        """W <- W diag(s) for every layer of the group and x <- x / s folded
-        into the producer, or else applied by each layer's forward
-        pre-hook; says which (and why). ``s`` must be finite and positive."""
+    # -- applying a transform ---------------------------------------------------------------
+    def apply(self, group: Group, transform: Scale | Rotation) -> str:
+        """W <- W M for every layer of the group (M = diag(s) or R) and the
+        inverse on the input, x <- x M^-T, folded into the producer, or else
+        applied by each layer's forward pre-hook; says which (and why)."""
         features = weight_matrix(group.layers[0]).shape[1]
-        if s.shape != (features,) or not bool(torch.isfinite(s).all() and (s > 0).all()):
-            raise ValueError(f"the scale of {', '.join(group.names)} must hold {features} finite positive numbers")
-        dtype = weight_matrix(group.layers[0]).dtype
-        s = s.to(dtype)
+        if transform.features != features:
+            raise ValueError(f"{', '.join(group.names)} take {features} input features; the {transform.kind} "
+                             f"has {transform.features}")
         with torch.no_grad():
             for layer in group.layers:
                 keep_parameter(self.model, plain(layer), "weight")
-                matrix = weight_matrix(layer)
-                matrix.mul_(s.to(matrix.device, matrix.dtype))
-            why = group.why_explicit or self._fold(group, s)
+                transform.into_weight(weight_matrix(layer))
+            why = group.why_explicit or self._fold(group, transform)
         if not why:
             producer = self.model.get_submodule(group.producer)
-            return f"1/s folded into {group.producer} ({type(plain(producer)).__name__})"
+            return f"{transform.folded} folded into {group.producer} ({type(plain(producer)).__name__})"
         for layer in group.layers:
-            handle = plain(layer).register_forward_pre_hook(_input_divider(s))
+            handle = plain(layer).register_forward_pre_hook(_on_input(transform))
             on_undo(self.model, handle.remove)
-        return f"input divided by s in a forward pre-hook: {why}"
+        return f"input {transform.online} in a forward pre-hook: {why}"
 
-    def _fold(self, group: Group, s: torch.Tensor) -> str:
-        """Divide the producer's outputs by s; keep it if the model's outputs
-        stay, else put its values back. Returns why not ("" when folded)."""
+    def _fold(self, group: Group, transform: Scale | Rotation) -> str:
+        """Fold the input's transform into the producer's outputs; keep it if
+        the model's outputs stay, else put its values back. Returns why not
+        ("" when folded)."""
+        producer = plain(self.model.get_submodule(group.producer))
+        if is_norm(producer) and not transform.diagonal:
+            return f"{group.producer} is a norm, which takes a diagonal scale only"
         if not self.reference:
             return "the calibration forward returns no floating tensor to check a fold against"
-        producer = plain(self.model.get_submodule(group.producer))
         names = [n for n in ("weight", "bias") if getattr(producer, n, None) is not None]
         saved = {n: producer._parameters[n].detach().clone() for n in names}
         for n in names:
             keep_parameter(self.model, producer, n)
         if is_norm(producer):
             for n in names:
-                getattr(producer, n).div_(s.to(getattr(producer, n).dtype))
+                transform.into_elementwise(producer._parameters[n])
         else:
-            rows = weight_matrix(producer)
-            rows.div_(s.to(rows.dtype)[:, None])
-            if "bias" in names:
-                producer.bias.div_(s.to(producer.bias.dtype))
-        change, bound = self._change(), torch.finfo(s.dtype).eps ** 0.5
+            transform.into_rows(weight_matrix(producer), producer.bias)
+        change, bound = self._change(), torch.finfo(weight_matrix(group.layers[0]).dtype).eps ** 0.5
         if change <= bound:
             return ""
         for n in names:
@@ -232,22 +235,49 @@ class Folder:
 
 @dataclasses.dataclass
 class Prepared:
-    """What a scaling method starts from: the model it changes, the layers
-    to scale with their specs, their calibration inputs, and the groups."""
+    """What a method of this kind starts from: the model it changes, the
+    layers' specs, their calibration inputs, and the groups."""
 
     model: torch.nn.Module
     specs: dict[str, QuantSpec]
     inputs: dict[str, LayerInputs]
     folder: Folder
 
+    def layers(self) -> dict[str, torch.nn.Module]:
+        """The layers by name, group by group in the order they run."""
+        return {name: layer for group in self.folder.groups for name, layer in zip(group.names, group.layers)}
+
+    def errors(self, error: Callable[[torch.Tensor, QuantSpec, torch.Tensor], float],
+               transforms: Mapping[str, Scale | Rotation] | None = None) -> dict[str, float]:
+        """``error(W, spec, x)`` of each layer: its weight now (out, in), its
+        spec, and its first calibration rows, passed through its group's
+        transform where ``transforms`` has one (the inputs the layer now
+        sees, as the fold or hook gives them)."""
+        transforms = transforms or {}
+        result = {}
+        for name, layer in self.layers().items():
+            x = self.inputs[name].samples
+            if name in transforms:
+                x = transforms[name].into_input(x)
+            result[name] = error(weight_matrix(layer).detach().clone(), self.specs[name], x)
+        return result
+
+    def record(self, method: str, before: Mapping[str, float], after: Mapping[str, float],
+               details: Mapping[str, str]) -> None:
+        """One Change per layer, in the layers' order."""
+        for name in self.layers():
+            record(self.model, Change(name, method, format_name(self.specs[name].weight), before[name], after[name],
+                                      details[name]))
+
 
 def prepare(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any], *, method: str,
             rules: Mapping[Any, QuantSpec | None] | None, forward: Callable[[torch.nn.Module, Any], Any] | None,
             inplace: bool, samples: int) -> Prepared:
-    """The common start of SmoothQuant and AWQ: copy the model unless
-    ``inplace``; take the linear layers by ``spec`` and ``rules``; leave
-    alone, warned about and logged, the layers whose weight another module
-    shares (scaling it would change that module too: tied embeddings); run
+    """The common start of SmoothQuant, AWQ and rotations: copy the model
+    unless ``inplace``; take the linear layers by ``spec`` and ``rules``;
+    leave alone, warned about and logged, the layers whose weight another
+    module shares (changing it would change that module too: tied
+    embeddings); run
     ``batches`` (read once, into a list) for each layer's input statistics
     and first ``samples`` rows; find the groups on the first batch."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -280,10 +310,81 @@ def format_name(fmt: Any) -> str:
     return getattr(fmt, "name", str(fmt))
 
 
-def _input_divider(s: torch.Tensor) -> Callable:
+class Scale:
+    """A diagonal scale: W <- W diag(s), x <- x / s (s rounded once to
+    ``dtype``, the same values on both sides). s must be finite and
+    positive (ValueError)."""
+
+    kind, diagonal, folded, online = "scale", True, "1/s", "divided by s"
+
+    def __init__(self, s: torch.Tensor, dtype: torch.dtype) -> None:
+        if s.dim() != 1 or not bool(torch.isfinite(s).all() and (s > 0).all()):
+            raise ValueError("a scale must be a vector of finite positive numbers")
+        self.s, self.features = s.to(dtype), len(s)
+
+    def _s(self, like: torch.Tensor) -> torch.Tensor:
+        return self.s.to(like.device, like.dtype)
+
+    def into_weight(self, matrix: torch.Tensor) -> None:
+        matrix.mul_(self._s(matrix))
+
+    def into_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self._s(x)
+
+    def into_elementwise(self, parameter: torch.Tensor) -> None:
+        parameter.div_(self._s(parameter))
+
+    def into_rows(self, rows: torch.Tensor, bias: torch.Tensor | None) -> None:
+        rows.div_(self._s(rows)[:, None])
+        if bias is not None:
+            bias.div_(self._s(bias))
+
+
+class Rotation:
+    """An orthogonal R = diag(d) blockdiag(H, ..., H): ``signs`` d (each
+    +1 or -1) over n features and an orthogonal b x b ``block`` H (b
+    divides n; checked in float64: max |H H^T - I| <= 64 b eps, else
+    ValueError). W <- W R and x <- x R (x R R^T = x); a producing linear
+    layer takes W_p <- R^T W_p, b_p <- R^T b_p. Applied block by block
+    (never an n x n matrix); parameters in float64, rounded once to their
+    dtype; the online x R in x's dtype."""
+
+    kind, diagonal, folded, online = "rotation", False, "R^T", "rotated by R"
+
+    def __init__(self, signs: torch.Tensor, block: torch.Tensor) -> None:
+        block, signs = block.detach().to(torch.float64), signs.detach().to(torch.float64)
+        b = block.shape[0]
+        if block.shape != (b, b) or signs.dim() != 1 or len(signs) % b:
+            raise ValueError(f"a rotation takes a square block whose size divides the signs' length; got a block "
+                             f"of shape {tuple(block.shape)} and {tuple(signs.shape)} signs")
+        if not bool((signs.abs() == 1).all()):
+            raise ValueError("a rotation's signs must each be +1 or -1")
+        deviation = float((block @ block.T - torch.eye(b, dtype=torch.float64, device=block.device)).abs().max())
+        if deviation > 64 * b * torch.finfo(torch.float64).eps:
+            raise ValueError(f"the rotation's block is not orthogonal: max |H H^T - I| = {deviation:.3g}")
+        self.signs, self.block, self.features = signs, block, len(signs)
+
+    def times(self, t: torch.Tensor) -> torch.Tensor:
+        """t R along t's last axis, in t's dtype."""
+        d, h = self.signs.to(t.device, t.dtype), self.block.to(t.device, t.dtype)
+        b = h.shape[0]
+        return ((t * d).reshape(*t.shape[:-1], -1, b) @ h).reshape(t.shape)
+
+    def into_weight(self, matrix: torch.Tensor) -> None:
+        matrix.copy_(self.times(matrix.double()))
+
+    def into_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.times(x)
+
+    def into_rows(self, rows: torch.Tensor, bias: torch.Tensor | None) -> None:
+        rows.copy_(self.times(rows.double().T).T)  # R^T W = (W^T R)^T
+        if bias is not None:
+            bias.copy_(self.times(bias.double()))
+
+
+def _on_input(transform: Scale | Rotation) -> Callable:
     def hook(_module: torch.nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        return (x / s.to(x.device, x.dtype), *args[1:])
+        return (transform.into_input(args[0]), *args[1:])
     return hook
 
 

@@ -39,9 +39,8 @@ from typing import Any
 
 import torch
 
-from ..changes import Change, record
 from ..spec import QuantSpec
-from .folding import format_name, prepare
+from .folding import Scale, format_name, prepare
 from .layers import weight_matrix
 from .trial import quantized_error
 
@@ -74,22 +73,18 @@ def smoothquant(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterabl
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     prepared = prepare(model, spec, batches, method="smoothquant", rules=rules, forward=forward, inplace=inplace,
                        samples=samples)
-    model, specs, inputs = prepared.model, prepared.specs, prepared.inputs
-    layers = {name: layer for group in prepared.folder.groups for name, layer in zip(group.names, group.layers)}
-    before = {name: quantized_error(weight_matrix(layer).detach().clone(), specs[name], inputs[name].samples)
-              for name, layer in layers.items()}
-    scales, details = {}, {}
+    before = prepared.errors(quantized_error)
+    transforms, details = {}, {}
     for group in reversed(prepared.folder.groups):
-        s = smoothing_scales(inputs[group.names[0]].absmax, [weight_matrix(layer) for layer in group.layers], alpha)
-        how = prepared.folder.scale(group, s)
+        s = smoothing_scales(prepared.inputs[group.names[0]].absmax,
+                             [weight_matrix(layer) for layer in group.layers], alpha)
+        scale = Scale(s, weight_matrix(group.layers[0]).dtype)
+        how = prepared.folder.apply(group, scale)
         for name in group.names:
-            scales[name] = s
-            details[name] = f"alpha {alpha:g}, s in [{float(s.min()):.3g}, {float(s.max()):.3g}]; {how}"
-    for name, layer in layers.items():
-        spec_ = specs[name]
-        x = inputs[name].samples / scales[name].to(inputs[name].samples.dtype)
-        after = quantized_error(weight_matrix(layer).detach(), spec_, x)
-        inputs_in = format_name(spec_.input) if spec_.input is not None else "full precision"
-        record(model, Change(name, "smoothquant", format_name(spec_.weight), before[name], after,
-                             f"{details[name]}; errors with inputs {inputs_in}"))
-    return model
+            spec_ = prepared.specs[name]
+            inputs_in = format_name(spec_.input) if spec_.input is not None else "full precision"
+            transforms[name] = scale
+            details[name] = (f"alpha {alpha:g}, s in [{float(s.min()):.3g}, {float(s.max()):.3g}]; {how}; "
+                             f"errors with inputs {inputs_in}")
+    prepared.record("smoothquant", before, prepared.errors(quantized_error, transforms), details)
+    return prepared.model
