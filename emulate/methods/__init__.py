@@ -6,7 +6,8 @@ See docs/methods.md."""
 
 from ..changes import Change, changes, changes_table
 from .activation_aware import awq
+from .format_choice import choose_formats
 from .rotation import rotate
 from .smoothing import smoothquant
 
-__all__ = ["Change", "awq", "changes", "changes_table", "rotate", "smoothquant"]
+__all__ = ["Change", "awq", "changes", "changes_table", "choose_formats", "rotate", "smoothquant"]
