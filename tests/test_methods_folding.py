@@ -171,3 +171,47 @@ def test_tied_weights_are_left_alone_and_said():
     rows = {c.layer: c for c in changes(model)}
     assert rows["lm_head"].detail.startswith("left alone") and rows["lm_head"].error_after is None
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_smoothquant_rotation_and_awq_compose_and_undo_bit_for_bit():
+    from lowbit.emulate.methods import awq, rotate, smoothquant
+
+    model = llama()
+    batches = tokens(3)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        reference = model(batches[2]).logits
+    smoothquant(model, SPEC, batches[:2])
+    rotate(model, SPEC, batches[:2])
+    awq(model, QuantSpec(weight="mxfp4"), batches[:2])  # sees the rotated inputs: every group is explicit now
+    with torch.no_grad():
+        assert float((model(batches[2]).logits - reference).norm() / reference.norm()) < 1e-5
+    awq_rows = [c for c in changes(model) if c.method == "awq"]
+    assert all("folded into" not in c.detail for c in awq_rows)
+    assert len(changes(model)) == 3 * 15
+    quantized = quantize_model(model, QuantSpec(input="mxfp8_e4m3", weight="mxfp4"))
+    with torch.no_grad():
+        assert float((quantized(batches[2]).logits - reference).norm() / reference.norm()) < 0.3
+    model = restore_model(quantized)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(batches[2]).logits, reference)
+
+
+def test_a_forward_that_returns_nothing_gives_explicit_scales():
+    from lowbit.emulate.methods import smoothquant
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.LayerNorm(16), torch.nn.Linear(16, 8))
+    x = torch.randn(4, 16)
+    y = model(x)
+
+    def forward(m, batch):  # runs the model, returns nothing to compare
+        m(batch)
+
+    smoothquant(model, SPEC, [x], forward=forward)
+    (row,) = changes(model)
+    assert row.detail.split("; ")[1] == ("input divided by s in a forward pre-hook: the calibration forward returns "
+                                         "no floating tensor to check a fold against")
+    assert torch.allclose(model(x), y, rtol=1e-5, atol=1e-6)

@@ -321,9 +321,14 @@ class Scale:
         if s.dim() != 1 or not bool(torch.isfinite(s).all() and (s > 0).all()):
             raise ValueError("a scale must be a vector of finite positive numbers")
         self.s, self.features = s.to(dtype), len(s)
+        self._copies: dict[tuple, torch.Tensor] = {}
 
     def _s(self, like: torch.Tensor) -> torch.Tensor:
-        return self.s.to(like.device, like.dtype)
+        """s on ``like``'s device in its dtype (kept: the online hook runs on every call)."""
+        key = (like.device, like.dtype)
+        if key not in self._copies:
+            self._copies[key] = self.s.to(like.device, like.dtype)
+        return self._copies[key]
 
     def into_weight(self, matrix: torch.Tensor) -> None:
         matrix.mul_(self._s(matrix))
@@ -363,10 +368,14 @@ class Rotation:
         if deviation > 64 * b * torch.finfo(torch.float64).eps:
             raise ValueError(f"the rotation's block is not orthogonal: max |H H^T - I| = {deviation:.3g}")
         self.signs, self.block, self.features = signs, block, len(signs)
+        self._copies: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def times(self, t: torch.Tensor) -> torch.Tensor:
         """t R along t's last axis, in t's dtype."""
-        d, h = self.signs.to(t.device, t.dtype), self.block.to(t.device, t.dtype)
+        key = (t.device, t.dtype)
+        if key not in self._copies:  # kept: the online hook runs on every call
+            self._copies[key] = (self.signs.to(t.device, t.dtype), self.block.to(t.device, t.dtype))
+        d, h = self._copies[key]
         b = h.shape[0]
         return ((t * d).reshape(*t.shape[:-1], -1, b) @ h).reshape(t.shape)
 
