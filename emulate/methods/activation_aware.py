@@ -46,6 +46,7 @@ import torch
 
 from ..spec import QuantSpec
 from .folding import Group, Scale, prepare
+from .inputs import LayerInputs
 from .layers import output_error, weight_matrix
 from .trial import rounded
 
@@ -106,7 +107,7 @@ def rounding_error(weight: torch.Tensor, spec: QuantSpec, x: torch.Tensor) -> fl
     return output_error(x, weight, rounded(weight, spec))
 
 
-def _search(group: Group, inputs: Any, specs: Mapping[str, QuantSpec], grid: int) -> tuple[float, torch.Tensor]:
+def _search(group: Group, inputs: LayerInputs, specs: Mapping[str, QuantSpec], grid: int) -> tuple[float, torch.Tensor]:
     """The alpha with the least error over the group, and its s in the weights' dtype."""
     weights = [weight_matrix(layer).detach() for layer in group.layers]
     best: tuple[float, float, torch.Tensor] | None = None

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from ..spec import QuantSpec
-from .folding import Group, Rotation, format_name, prepare
+from .folding import Rotation, format_name, prepare
 from .layers import weight_matrix
 from .trial import quantized_error
 
@@ -98,12 +98,12 @@ def rotate(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any
         rotation = rotations[id(group)]
         how = prepared.folder.apply(group, rotation)
         transforms.update(dict.fromkeys(group.names, rotation))
-        details.update({name: _detail(group, rotation, seed, how, prepared.specs[name]) for name in group.names})
+        details.update({name: _detail(rotation, seed, how, prepared.specs[name]) for name in group.names})
     prepared.record("rotate", before, prepared.errors(quantized_error, transforms), details)
     return prepared.model
 
 
-def _detail(group: Group, rotation: Rotation, seed: int, how: str, spec: QuantSpec) -> str:
+def _detail(rotation: Rotation, seed: int, how: str, spec: QuantSpec) -> str:
     size = rotation.block.shape[0]
     blocks = rotation.features // size
     shape = f"Hadamard {size}" if blocks == 1 else f"{blocks} Hadamard blocks of {size}"
