@@ -7,7 +7,9 @@ formats' backend registry).
 
 A quantized Linear, or a quantized matmul of 2-D operands, whose input and
 weight formats such a backend takes, with no ``accumulate`` format, no
-observers and a deterministic rounding mode, encodes both operands exactly
+observers, a deterministic rounding mode and a weight no method rounded
+already (a Prerounded weight holds a method's scales, which encoding it
+again would not find), encodes both operands exactly
 as :func:`~lowbit.emulate.rounding.round_to` would round them (same blocks
 along K, same rounding and scale rule) and takes the product from the
 backend: the same element values and scales, multiplied by its kernel
@@ -25,6 +27,7 @@ import torch
 
 from lowbit.formats import Encoded, backends
 
+from .prerounded import Prerounded
 from .spec import QuantSpec
 
 
@@ -33,6 +36,7 @@ def encoded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """``F.linear(Q(x), Q(weight), bias)`` from the device's product
     backend, or None where none applies (see the module docstring); x (..., K), weight (N, K)."""
     if (spec.accumulate is not None or spec.observers or spec.rounding == "stochastic" or x.dim() == 0
+            or isinstance(spec.weight, Prerounded)
             or x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.dtype != x.dtype
             or torch.compiler.is_compiling()):  # compiled graphs keep the traceable fake-quantized ops
         return None

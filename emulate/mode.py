@@ -83,6 +83,7 @@ from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
 from .matmul import quantized_matmul
 from .modules import QuantModule
+from .prerounded import Prerounded
 from .rounding import inside_quantized_module, kept_round_to, quantized_module, round_to, set_fast_path
 from .rules import check_rules, matching_rule, unmatched_patterns
 from .spec import QuantSpec
@@ -435,6 +436,12 @@ def _check_rules(rules: Mapping[Any, Any], model: torch.nn.Module | None) -> Non
     check_rules(rules)
     if model is None and any(isinstance(key, str) for key in rules):
         raise ValueError("rules with name patterns need model= (the model whose module names they match)")
+    if any(isinstance(getattr(s, "weight", None), Prerounded) for s in rules.values()):
+        raise ValueError(_PREROUNDED)
+
+
+_PREROUNDED = ("emulating takes formats, not a Prerounded weight (a method's marker for the weight of the layer it "
+               "rounded, which that layer's quantized module keeps)")
 
 
 def emulating(spec: QuantSpec, rules: Mapping[Any, QuantSpec | None] | None = None, *,
@@ -445,6 +452,8 @@ def emulating(spec: QuantSpec, rules: Mapping[Any, QuantSpec | None] | None = No
     block ends."""
     if not isinstance(spec, QuantSpec):
         raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+    if isinstance(spec.weight, Prerounded):
+        raise ValueError(_PREROUNDED)
     if model is not None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(min_reduction, bool) or not isinstance(min_reduction, int) or min_reduction < 1:

@@ -35,6 +35,7 @@ from .conv import channels_rounded, conv_weight_rounded, quantized_conv
 from .encoded_products import encoded_linear
 from .fake_quant import fake_quantize
 from .linear import linear_product, quantized_linear
+from .prerounded import Prerounded, holds
 from .rounding import kept_round_to, quantized_module, round_to, values_fingerprint
 from .spec import ATTENTION_ROLES, ROLES, QuantSpec
 
@@ -57,6 +58,7 @@ class QuantModule(torch.nn.Module):
     wraps_by_name: tuple[str, ...] = ()  # qualified names of types from packages lowbit does not import
     roles = ROLES  # the spec's roles that apply
     weight_axis = 1  # the weight's axis blocks run along in the forward pass
+    takes_prerounded = False  # whether the weight role may hold a method's Prerounded marker
 
     @classmethod
     def accepts(cls, module: torch.nn.Module) -> bool:
@@ -71,6 +73,9 @@ class QuantModule(torch.nn.Module):
             raise TypeError(f"{type(module).__name__} is quantized already")
         if not isinstance(spec, QuantSpec):
             raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+        if isinstance(spec.weight, Prerounded) and not self.takes_prerounded:
+            raise ValueError(f"{type(self).__name__} takes no Prerounded weight: the methods round linear "
+                             f"layers' weights")
         super().__init__()
         # the wrapped module's own tables: one set of parameters, whoever replaces them, and one set of forward
         # hooks (a method's input scale or rotation, a user's probe), run once per call of whichever module runs
@@ -110,24 +115,33 @@ class QuantModule(torch.nn.Module):
         return lambda t: round_to(t, fmt, -1, plain)
 
     def _weight_format(self) -> Any:
-        """The spec's weight format, with its observer's scale if it has one."""
+        """The spec's weight format, with its observer's scale if it has one;
+        a Prerounded marker while the weight holds the method's values, its
+        plain format once the weight changed (:mod:`lowbit.emulate.prerounded`)."""
+        fmt = self.spec.weight
+        if isinstance(fmt, Prerounded):
+            if holds(self.weight, fmt):
+                return fmt
+            fmt = fmt.format
         observer = self.spec.observer("weight")
         if observer is None:
-            return self.spec.weight
+            return fmt
         if torch.compiler.is_compiling():
-            return Calibrated(self.spec.weight, observer.scale(self.weight.detach(), self.spec.weight,
-                                                               self._rounder(self.spec.weight)))
+            return Calibrated(fmt, observer.scale(self.weight.detach(), fmt, self._rounder(fmt)))
         key = self._weight_key()
         if self._weight_scale is None or self._weight_scale[0] != key:
-            scale = observer.scale(self.weight.detach(), self.spec.weight, self._rounder(self.spec.weight))
+            scale = observer.scale(self.weight.detach(), fmt, self._rounder(fmt))
             self._weight_scale = (key, scale)
-        return Calibrated(self.spec.weight, self._weight_scale[1])
+        return Calibrated(fmt, self._weight_scale[1])
 
     def active_spec(self) -> QuantSpec:
-        """The spec with the observed scales in place of the plain formats."""
+        """The spec with the observed scales in place of the plain formats
+        (and a Prerounded weight resolved, see :meth:`_weight_format`)."""
         changes = {}
-        if self.spec.observer("weight") is not None:
-            changes["weight"] = self._weight_format()
+        if self.spec.observer("weight") is not None or isinstance(self.spec.weight, Prerounded):
+            resolved = self._weight_format()
+            if resolved is not self.spec.weight:
+                changes["weight"] = resolved
         if self.spec.observer("input") is not None:
             if self._input_scale is None:
                 raise RuntimeError("this layer's input scale comes from data: run "
@@ -178,6 +192,7 @@ class QuantLinear(QuantModule):
     """nn.Linear with its operands rounded (see :mod:`lowbit.emulate.linear`)."""
 
     wraps = (torch.nn.Linear,)
+    takes_prerounded = True
 
     def matrix(self, weight: torch.Tensor) -> torch.Tensor:
         """The weight as F.linear takes it: (out_features, in_features)."""

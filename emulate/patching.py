@@ -10,7 +10,9 @@ layer alone; the first rule that matches a layer wins (in the rules' order),
 and layers no rule matches get the default spec. The patched model keeps its
 parameters and state_dict keys; restore_model puts the original layer
 objects back (with the current parameters), so outputs are bit-identical to
-the model's before patching.
+the model's before patching. A linear layer whose weight a method of
+:mod:`lowbit.emulate.methods` rounded (GPTQ) keeps the method's values
+when its new spec asks for that same format (:mod:`lowbit.emulate.prerounded`).
 
 Quantizing a quantized model again applies the new spec and rules to the
 layers it wraps. torch's fused fast paths of ``nn.TransformerEncoderLayer``
@@ -38,6 +40,7 @@ import torch
 
 from .changes import undo_changes
 from .modules import QuantModule, qualified_name
+from .prerounded import marked_spec
 from .registry import quantized, quantized_class
 from .rounding import set_fast_path
 from .rules import check_rules, spec_for, unmatched_patterns
@@ -75,9 +78,12 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
         warnings.warn(f"rule {pattern!r} matches no module name of the model (names look like "
                       f"{', '.join(repr(n) for n in names[1:4])}, ...)", stacklevel=2)
     for name, module in list(model.named_modules()):
-        if quantized_class(module) is None:
+        cls = quantized_class(module)
+        if cls is None:
             continue
         chosen = spec_for(rules, name, module, spec)
+        if cls.takes_prerounded:  # a weight a method rounded to this very format keeps its values
+            chosen = marked_spec(module, chosen)
         _LEFT.pop(module, None)
         if chosen is None:
             _LEFT[module] = "excluded by a rule"

@@ -14,6 +14,7 @@ import torch.utils.weak
 
 from .calibration import Calibrated
 from .fake_quant import _fake_quantize_op, format_key
+from .prerounded import Prerounded
 from .spec import QuantSpec
 
 class _Depth(threading.local):
@@ -122,8 +123,9 @@ def kept_round_to(weight: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) ->
     write to it); in compiled code through ``lowbit::rounded_weight`` (a
     copy) where the weight is at most KEPT_BYTES, larger weights being
     rounded on every call, which costs about what the copy would.
-    Observer-scaled formats are rounded on every call."""
-    if fmt is None or isinstance(fmt, Calibrated):
+    Observer-scaled formats are rounded on every call; a Prerounded weight
+    is given back as it is."""
+    if fmt is None or isinstance(fmt, Calibrated | Prerounded):
         return round_to(weight, fmt, axis, spec)
     rule = spec.scale_rule if spec.applies_rule(fmt) else None
     if not torch.compiler.is_compiling():
@@ -135,8 +137,10 @@ def kept_round_to(weight: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) ->
 
 def round_to(t: torch.Tensor, fmt: Any, axis: int, spec: QuantSpec) -> torch.Tensor:
     """``t`` rounded to ``fmt`` (blocked along ``axis``) with the spec's
-    rounding and scale rule; ``t`` itself when ``fmt`` is None. No autograd."""
-    if fmt is None:
+    rounding and scale rule; ``t`` itself when ``fmt`` is None or a
+    Prerounded weight (a method rounded it; the quantized module resolves
+    the marker, :meth:`~lowbit.emulate.QuantModule.active_spec`). No autograd."""
+    if fmt is None or isinstance(fmt, Prerounded):
         return t
     if isinstance(fmt, Calibrated):
         return round_to(t / fmt.scale, fmt.format, axis, spec) * fmt.scale

@@ -41,6 +41,10 @@ role; ``scale_rule`` to the roles whose format is an MX block format
 (power-of-two scales), and is ignored by the others. ``accumulate`` (an
 element format) and ``accumulate_chunk`` emulate a limited-precision
 accumulator in the forward products (:mod:`lowbit.emulate.accumulate`).
+
+The weight role of a linear layer whose weight a method (GPTQ) rounded
+already holds a :class:`~lowbit.emulate.prerounded.Prerounded` marker
+(the format and the method): the layer keeps that weight as it is.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import torch
 from lowbit.formats import ROUNDING_MODES, BlockFormat, ElementFormat, get_format
 
 from .calibration import Calibrated, Observer
+from .prerounded import Prerounded
 
 ROLES = ("input", "weight", "output", "grad_input", "grad_weight", "grad_output")
 ATTENTION_ROLES = ("query", "key", "value", "probabilities")
@@ -85,7 +90,9 @@ class QuantSpec:
     def __post_init__(self) -> None:
         for role in ROLES + ATTENTION_ROLES:
             value = getattr(self, role)
-            if value is not None and not isinstance(value, Calibrated):
+            if isinstance(value, Prerounded) and role != "weight":
+                raise ValueError(f"a method's rounded weight (Prerounded) belongs in the weight role, not {role!r}")
+            if value is not None and not isinstance(value, Calibrated | Prerounded):
                 object.__setattr__(self, role, get_format(value))
         object.__setattr__(self, "observers", self._checked_observers())
         if self.accumulate is not None:
@@ -110,7 +117,7 @@ class QuantSpec:
                 raise ValueError(f"observers apply to the input and weight roles, not {role!r}")
             if not isinstance(observer, Observer):
                 raise TypeError(f"the {role} observer must be an Observer, got {type(observer).__name__}")
-            fmt = getattr(self, role)
+            fmt = _plain(getattr(self, role))
             if not (isinstance(fmt, Calibrated) or isinstance(fmt, ElementFormat)):
                 raise ValueError(f"an observer sets the scale of an element format; the {role} role has "
                                  f"{'none' if fmt is None else fmt.name}")
@@ -121,7 +128,9 @@ class QuantSpec:
         return dict(self.observers).get(role)
 
     def applies_rule(self, fmt: Any) -> bool:
-        """Whether ``scale_rule`` applies to ``fmt`` (an MX format: power-of-two block scales)."""
+        """Whether ``scale_rule`` applies to ``fmt`` (an MX format: power-of-two
+        block scales; for a Prerounded weight, the format it was rounded to)."""
+        fmt = _plain(fmt)
         return isinstance(fmt, BlockFormat) and fmt.scale.man_bits == 0
 
     def attention_format(self, role: str) -> Any:
@@ -154,6 +163,11 @@ class QuantSpec:
             parts.append(f"accumulate={self.accumulate.name} every {self.accumulate_chunk}")
         parts += [f"{role} scale={obs.method}/{obs.granularity}" for role, obs in self.observers]
         return ", ".join(parts) or "nothing quantized"
+
+
+def _plain(fmt: Any) -> Any:
+    """The format a Prerounded weight was rounded to; any other value as it is."""
+    return fmt.format if isinstance(fmt, Prerounded) else fmt
 
 
 @functools.lru_cache(maxsize=256)

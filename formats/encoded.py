@@ -111,7 +111,7 @@ class Encoded:
             raise ValueError(f"subscales must be None: {fmt.name} has no sub-block shifts")
         if len(devices) > 1:
             raise ValueError(f"the parts must lie on one device, got {', '.join(sorted(devices))}")
-        _check_tensor_scale(fmt, self.tensor_scale)
+        check_tensor_scale(fmt, self.tensor_scale)
 
     def _check_scales(self, layout: Any, devices: set[str]) -> None:
         """Scale codes in the layout's scales shape; or, with double
@@ -289,7 +289,10 @@ def _check_codes(name: str, part: Any, bits: int) -> None:
             raise ValueError(f"{name} must lie in [0, {1 << bits}) for {bits}-bit codes, got {largest}")
 
 
-def _check_tensor_scale(fmt: Any, tensor_scale: Any) -> None:
+def check_tensor_scale(fmt: Any, tensor_scale: Any) -> None:
+    """ValueError unless ``tensor_scale`` suits ``fmt``: None for a format
+    without a per-tensor scale, else a positive float32 value that decoding
+    cannot overflow with."""
     if not fmt.tensor_scale:
         if tensor_scale is not None:
             raise ValueError(f"tensor_scale must be None: {fmt.name} has no per-tensor scale")

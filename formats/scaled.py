@@ -19,7 +19,7 @@ from .backends import Policy
 from .base import Grid, check_axis
 from .blocking import BlockCodes, BlockLayout, Layout
 from .chunks import chunk_slices, exact
-from .encoded import Encoded
+from .encoded import Encoded, check_tensor_scale
 from .reference import block_codes, rows_per_chunk
 from .rounding import Rounder, check_sr_bits, stochastic_key
 
@@ -90,15 +90,20 @@ class ScaledFormat:
         return BlockLayout(tuple(shape), check_axis(axis, len(shape)), self.block_size)
 
     def _call(self, x: Any, operation: str, axis: int | tuple[int, int], rounding: str, scale_rule: str | None, seed: Any,
-              generator: Any, flush_subnormals: bool, backend: str | None, sr_bits: int | None):
+              generator: Any, flush_subnormals: bool, backend: str | None, sr_bits: int | None,
+              tensor_scale: float | None = None):
         """The input tensor, its kind, its block layout, the checked policy,
-        the backend that runs ``operation`` and the per-tensor scale it computes."""
+        the backend that runs ``operation`` and the per-tensor scale: the
+        one given (checked), else the one the backend computes from x."""
         t, kind = as_tensor(x)
         layout = self.layout(tuple(t.shape), axis)
         policy = Policy(rounding=rounding, scale_rule=self._resolve_rule(scale_rule),
                         key=stochastic_key(rounding, seed, generator), flush_subnormals=flush_subnormals,
                         sr_bits=check_sr_bits(rounding, sr_bits))
         chosen = backends.resolve(backend, t.device.type, self, operation, policy)
+        if tensor_scale is not None:
+            check_tensor_scale(self, tensor_scale)
+            return t, kind, layout, policy, chosen, float(tensor_scale)
         return t, kind, layout, policy, chosen, chosen.scaled.tensor_scale(self, t, policy)
 
     def quantize(self, x: Any, *, axis: int | tuple[int, int] = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
@@ -130,11 +135,17 @@ class ScaledFormat:
 
     def encode(self, x: Any, *, axis: int | tuple[int, int] = -1, rounding: str = "nearest_even", scale_rule: str | None = None,
                seed: int | None = None, generator: torch.Generator | None = None,
-               flush_subnormals: bool = False, backend: str | None = None, sr_bits: int | None = None) -> Encoded:
+               flush_subnormals: bool = False, backend: str | None = None, sr_bits: int | None = None,
+               tensor_scale: float | None = None) -> Encoded:
         """Encode ``x`` in blocks along ``axis``: bit-packed element codes and
-        one scale code per block (see :class:`Encoded` for the layout)."""
+        one scale code per block (see :class:`Encoded` for the layout).
+        ``tensor_scale`` (formats with a per-tensor scale, NVFP4): the
+        float32 scale to divide by, in place of the one x's largest
+        magnitude gives (a part of a tensor encoded with the whole
+        tensor's scale); ValueError for other formats and for values that
+        are not positive float32 numbers in range."""
         t, kind, layout, policy, chosen, ts = self._call(x, "encode", axis, rounding, scale_rule, seed, generator,
-                                                         flush_subnormals, backend, sr_bits)
+                                                         flush_subnormals, backend, sr_bits, tensor_scale)
         elements, scale_codes, subscales, zero_points = chosen.scaled.encode(self, t, layout, policy, ts)
         scales, scale_offset = kind.give_back(scale_codes), None
         if self.double_quant is not None:

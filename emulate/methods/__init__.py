@@ -6,8 +6,9 @@ See docs/methods.md."""
 
 from ..changes import Change, changes, changes_table
 from .activation_aware import awq
+from .error_feedback import gptq
 from .format_choice import choose_formats
 from .rotation import rotate
 from .smoothing import smoothquant
 
-__all__ = ["Change", "awq", "changes", "changes_table", "choose_formats", "rotate", "smoothquant"]
+__all__ = ["Change", "awq", "changes", "changes_table", "choose_formats", "gptq", "rotate", "smoothquant"]
