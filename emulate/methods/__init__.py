@@ -8,7 +8,9 @@ from ..changes import Change, changes, changes_table
 from .activation_aware import awq
 from .error_feedback import gptq
 from .format_choice import choose_formats
+from .outlier_split import OutlierConv1D, OutlierLinear, outliers
 from .rotation import rotate
 from .smoothing import smoothquant
 
-__all__ = ["Change", "awq", "changes", "changes_table", "choose_formats", "gptq", "rotate", "smoothquant"]
+__all__ = ["Change", "OutlierConv1D", "OutlierLinear", "awq", "changes", "changes_table", "choose_formats", "gptq",
+           "outliers", "rotate", "smoothquant"]
