@@ -12,7 +12,9 @@ values, bit for bit, whatever the methods did to it since.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import warnings
 import weakref
 from collections.abc import Callable
 
@@ -86,6 +88,22 @@ def keep_parameter(model: torch.nn.Module, module: torch.nn.Module, name: str) -
         original.data = saved
 
     log.steps.append(put_back)
+
+
+def working_model(model: torch.nn.Module, inplace: bool) -> torch.nn.Module:
+    """The model a method changes: ``model`` itself, or with ``inplace=False``
+    a deep copy. The copy does not carry the log of what methods did to
+    ``model`` before (said with a warning when there is one): restore_model
+    on the copy undoes only what is done to the copy."""
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be True or False, got {inplace!r}")
+    if inplace:
+        return model
+    if model in _LOGS:
+        warnings.warn("inplace=False copies a model that methods changed already: restore_model on the copy undoes "
+                      "only the changes made to the copy (use restore_model on the original for the earlier ones)",
+                      stacklevel=3)
+    return copy.deepcopy(model)
 
 
 def changes(model: torch.nn.Module) -> list[Change]:

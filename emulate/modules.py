@@ -100,6 +100,11 @@ class QuantModule(torch.nn.Module):
                 raise
             return getattr(original, name)  # in_features, stride, padding_idx, ... (the tables are shared)
 
+    def rewrapped(self, spec: QuantSpec) -> "QuantModule":
+        """This module's kind of quantized module around the same layer under
+        another spec (what quantizing a quantized model again swaps in)."""
+        return type(self)(self.original, spec)
+
     def train(self, mode: bool = True) -> "QuantModule":
         self.original.training = mode
         return super().train(mode)
@@ -217,6 +222,7 @@ class QuantConv1D(QuantLinear):
     its weight transposed, (in_features, out_features): rounded along its
     axis 0, the input features, as QuantLinear rounds a Linear's."""
 
+    wraps = ()  # not QuantLinear's nn.Linear
     wraps_by_name = ("transformers.pytorch_utils.Conv1D",)
     weight_axis = 0
 

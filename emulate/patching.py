@@ -15,7 +15,9 @@ the model's before patching. A linear layer whose weight a method of
 when its new spec asks for that same format (:mod:`lowbit.emulate.prerounded`).
 
 Quantizing a quantized model again applies the new spec and rules to the
-layers it wraps. torch's fused fast paths of ``nn.TransformerEncoderLayer``
+layers it wraps, each in the same kind of quantized module (a method's
+module, such as :class:`~lowbit.emulate.methods.outlier_split.OutlierLinear`,
+keeps its method). torch's fused fast paths of ``nn.TransformerEncoderLayer``
 and ``nn.TransformerEncoder`` read the weights directly, bypassing the
 swapped layers: in a model with quantized layers inside one, quantize_model
 says so (a warning) and disables the fast path in that module's forward.
@@ -72,6 +74,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
     check_rules(rules)
     if not inplace:
         model = copy.deepcopy(model)
+    before = {id(m.original): m for m in model.modules() if isinstance(m, QuantModule)}
     model = _unswap(model)
     names = [name for name, _ in model.named_modules()]
     for pattern in unmatched_patterns(rules, names):
@@ -89,7 +92,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
             _LEFT[module] = "excluded by a rule"
             continue
         try:
-            new = quantized(module, chosen)
+            new = before[id(module)].rewrapped(chosen) if id(module) in before else quantized(module, chosen)
         except ValueError as why:  # a layer lowbit cannot round stays as it is, said and listed
             _LEFT[module] = f"lowbit cannot quantize it: {why}"
             continue
@@ -191,8 +194,15 @@ def summary(model: torch.nn.Module) -> list[dict[str, str]]:
     """What is quantized: a row per quantized module (its name, the type it
     wraps and the format of each role), in module order; print it with
     :func:`summary_table`."""
-    return [{"layer": name or "(model)", "type": type(module.original).__name__, **_formats(module)}
+    return [{"layer": name or "(model)", "type": _kind(module), **_formats(module)}
             for name, module in model.named_modules() if isinstance(module, QuantModule)]
+
+
+def _kind(module: QuantModule) -> str:
+    """The wrapped type's name, and the quantized class's where it is not the
+    one quantize_model swaps in (a method's module: ``Linear (OutlierLinear)``)."""
+    wrapped = type(module.original).__name__
+    return wrapped if type(module) is quantized_class(module.original) else f"{wrapped} ({type(module).__name__})"
 
 
 def _formats(module: QuantModule) -> dict[str, str]:

@@ -77,3 +77,11 @@ def test_layers_follow_rules_and_errors_are_relative():
     expected = ((x.double() @ (w - rounded).double().T).norm() / (x.double() @ w.double().T).norm()).item()
     assert output_error(x, w, rounded) == pytest.approx(expected, rel=1e-12)
     assert output_error(x, w, w) == 0
+
+
+def test_conv1d_class_does_not_take_a_linear():
+    from lowbit.emulate import QuantConv1D
+
+    assert not QuantConv1D.accepts(torch.nn.Linear(4, 4))
+    with pytest.raises(TypeError, match="QuantConv1D wraps"):
+        QuantConv1D(torch.nn.Linear(4, 4), SPEC)

@@ -255,6 +255,25 @@ def test_inplace_false_leaves_the_model():
     assert type(layer) is torch.nn.Linear and copy.original is not layer and changes(layer) == []
 
 
+def test_quantizing_again_keeps_the_split_and_summary_names_it():
+    torch.manual_seed(17)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.GELU(), torch.nn.Linear(48, 8))
+    x = torch.randn(10, 32) * 4
+    outliers(model, LLM_INT8, [x])
+    quantize_model(model, MX, {"2": None})  # a new spec: the first layer keeps its split under it
+    assert type(model[0]) is OutlierLinear and model[0].spec == MX and model[0].split.kind == "activation"
+    assert type(model[2]) is torch.nn.Linear
+    assert summary(model)[0]["type"] == "Linear (OutlierLinear)"
+
+
+def test_a_copy_of_a_changed_model_says_it_carries_no_log():
+    layer = wide_layer(18, 16, 4)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    split = outliers(layer, MX, [x])
+    with pytest.warns(UserWarning, match="undoes only the changes made to the copy"):
+        outliers(split, LLM_INT8, [x], inplace=False)
+
+
 def test_after_a_method_that_rounded_the_weight_the_dense_part_keeps_its_values():
     """Composed after GPTQ: a weight a method left on the format's grid (marked Prerounded) is used as it is
     (outliers zeroed), not rounded again; the activation split still moves the outlier columns to fp16."""

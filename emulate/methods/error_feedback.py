@@ -47,7 +47,6 @@ warning: changing it would change the other module too.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
 from collections import Counter
@@ -56,7 +55,7 @@ from typing import Any
 
 import torch
 
-from ..changes import Change, keep_parameter, on_undo, record
+from ..changes import Change, keep_parameter, on_undo, record, working_model
 from ..modules import QuantModule
 from ..prerounded import Prerounded, fingerprint, mark, unmark
 from ..registry import quantized
@@ -158,8 +157,7 @@ def gptq(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any],
     Hessian damping cannot make positive definite; nothing is changed
     then."""
     _check_options(block_size, damp, act_order, static_groups, inplace)
-    if not inplace:
-        model = copy.deepcopy(model)
+    model = working_model(model, inplace)
     chosen = linear_layers(model, spec, rules)
     chosen = _untied(model, chosen)
     if not chosen:

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import dataclasses
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -68,7 +67,7 @@ from typing import Any
 
 import torch
 
-from ..changes import Change, keep_parameter, on_undo, record
+from ..changes import Change, keep_parameter, on_undo, record, working_model
 from ..modules import QuantModule
 from ..spec import QuantSpec
 from .inputs import LayerInputs, layer_inputs
@@ -282,10 +281,7 @@ def prepare(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[An
     and first ``samples`` rows; find the groups on the first batch."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
-    if not isinstance(inplace, bool):
-        raise TypeError(f"inplace must be True or False, got {inplace!r}")
-    if not inplace:
-        model = copy.deepcopy(model)
+    model = working_model(model, inplace)
     chosen = linear_layers(model, spec, rules)
     batches = list(batches)
     if not batches:

@@ -43,7 +43,6 @@ layer under its new spec as a plain quantized module, so the split is gone
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import warnings
@@ -56,7 +55,7 @@ import torch.nn.functional as F
 from lowbit.formats import ElementFormat, get_format
 
 from ..calibration import Calibrated
-from ..changes import Change, on_undo, record, undo_changes
+from ..changes import Change, on_undo, record, undo_changes, working_model
 from ..linear import linear_product
 from ..modules import QuantConv1D, QuantLinear, QuantModule
 from ..prerounded import Prerounded, holds, marked_spec
@@ -117,6 +116,9 @@ class OutlierSplit:
         super().__init__(module, spec)
         self.split = split
         self._parts: tuple[Any, Any] | None = None  # (key, parts) of the last inference call
+
+    def rewrapped(self, spec: QuantSpec) -> "OutlierSplit":
+        return type(self)(self.original, spec, self.split)
 
     # -- which outliers -------------------------------------------------------------------
     def outlier_columns(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,8 +260,7 @@ def outliers(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[A
     split = Split(kind, threshold, weight_fraction, sparse_format)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
-    if not inplace:
-        model = copy.deepcopy(model)
+    model = working_model(model, inplace)
     layers = linear_layers(model, spec, rules)
     inputs = layer_inputs(model, {name: layer for name, (layer, _) in layers.items()}, batches, samples=samples,
                           forward=forward)
