@@ -12,6 +12,21 @@ import torch
 from .modules import QuantModule
 
 
+def run_batches(model: torch.nn.Module, batches: Iterable[Any], forward: Callable[[torch.nn.Module, Any], Any] | None,
+                purpose: str) -> None:
+    """Run ``forward(model, batch)`` (default ``model(batch)``) over
+    ``batches`` without gradients; ValueError naming ``purpose`` when
+    batches is empty."""
+    run = forward or (lambda m, batch: m(batch))
+    seen = False
+    with torch.no_grad():
+        for batch in batches:
+            run(model, batch)
+            seen = True
+    if not seen:
+        raise ValueError(f"batches is empty: {purpose} needs data")
+
+
 def calibrate(model: torch.nn.Module, batches: Iterable[Any],
               forward: Callable[[torch.nn.Module, Any], Any] | None = None) -> torch.nn.Module:
     """Set the input scales of every quantized module with an input observer
@@ -21,20 +36,13 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Any],
     layers = [m for m in model.modules() if isinstance(m, QuantModule) and m.spec.observer("input") is not None]
     if not layers:
         raise ValueError("no quantized layer of this model has an input observer (QuantSpec(observers=...))")
-    run = forward or (lambda m, batch: m(batch))
     for layer in layers:
         layer.start_calibration()
-    seen = 0
     try:
-        with torch.no_grad():
-            for batch in batches:
-                run(model, batch)
-                seen += 1
+        run_batches(model, batches, forward, "calibration")
     finally:
         for layer in layers:
             layer.stop_calibration()
-    if not seen:
-        raise ValueError("batches is empty: calibration needs data")
     for layer in layers:
         layer.finish_calibration()
     return model

@@ -45,7 +45,7 @@ from .modules import QuantModule, qualified_name
 from .prerounded import marked_spec
 from .registry import quantized, quantized_class
 from .rounding import set_fast_path
-from .rules import check_rules, spec_for, unmatched_patterns
+from .rules import checked_arguments, spec_for, unmatched_patterns
 from .spec import ATTENTION_ROLES, ROLES, QuantSpec
 from .tables import text_table
 
@@ -66,12 +66,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
     it is its quantized module. ``inplace=False`` patches a deep copy and
     leaves ``model`` as it was. See the module docstring for fast paths and
     the warning about parameters left in full precision."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if spec is not None and not isinstance(spec, QuantSpec):
-        raise TypeError(f"spec must be a QuantSpec or None, got {type(spec).__name__}")
-    rules = dict(rules or {})
-    check_rules(rules)
+    rules = checked_arguments(model, spec, rules)
     if not inplace:
         model = copy.deepcopy(model)
     before = {id(m.original): m for m in model.modules() if isinstance(m, QuantModule)}

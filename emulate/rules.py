@@ -28,6 +28,19 @@ def check_rules(rules: Mapping[Any, Any]) -> None:
             raise TypeError(f"rule {key!r} maps to a {type(spec).__name__}; give a QuantSpec or None")
 
 
+def checked_arguments(model: Any, spec: Any, rules: Mapping[Any, Any] | None) -> dict[Any, QuantSpec | None]:
+    """The rules as a dict, after checking that ``model`` is an nn.Module,
+    ``spec`` a QuantSpec or None and the rules valid (TypeError /
+    ValueError naming what is wrong)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if spec is not None and not isinstance(spec, QuantSpec):
+        raise TypeError(f"spec must be a QuantSpec or None, got {type(spec).__name__}")
+    rules = dict(rules or {})
+    check_rules(rules)
+    return rules
+
+
 def matching_rule(rules: Mapping[Any, QuantSpec | None], name: str | None,
                   module: torch.nn.Module) -> tuple[bool, QuantSpec | None]:
     """(whether a rule matches the module, and that rule's spec); a module

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..calibrating import run_batches
 from ..modules import QuantModule
 
 
@@ -74,18 +75,11 @@ def layer_inputs(model: torch.nn.Module, layers: Mapping[str, torch.nn.Module], 
     stats = {name: LayerInputs(in_features(layer)) for name, layer in layers.items()}
     handles = [layer.register_forward_pre_hook(
         lambda _m, args, s=stats[name]: s.add(args[0], gram, samples)) for name, layer in layers.items()]
-    run = forward or (lambda m, batch: m(batch))
-    seen = 0
     try:
-        with torch.no_grad():
-            for batch in batches:
-                run(model, batch)
-                seen += 1
+        run_batches(model, batches, forward, "the method's calibration")
     finally:
         for handle in handles:
             handle.remove()
-    if not seen:
-        raise ValueError("batches is empty: the method needs calibration data")
     unseen = [name for name, s in stats.items() if not s.rows]
     if unseen:
         raise ValueError(f"the calibration batches never reached {', '.join(unseen)}")

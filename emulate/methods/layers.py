@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..modules import QuantConv1D, QuantLinear, QuantModule
-from ..rules import check_rules, spec_for, unmatched_patterns
+from ..rules import checked_arguments, spec_for, unmatched_patterns
 from ..spec import QuantSpec
 
 
@@ -36,12 +36,7 @@ def linear_layers(model: torch.nn.Module, spec: QuantSpec | None,
     a weight format. Raises TypeError for a spec that is not a QuantSpec,
     ValueError when no layer is left; warns for a name rule that matches
     nothing."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if spec is not None and not isinstance(spec, QuantSpec):
-        raise TypeError(f"spec must be a QuantSpec or None, got {type(spec).__name__}")
-    rules = dict(rules or {})
-    check_rules(rules)
+    rules = checked_arguments(model, spec, rules)
     names = [name for name, _ in model.named_modules()]
     for pattern in unmatched_patterns(rules, names):
         warnings.warn(f"rule {pattern!r} matches no module name of the model", stacklevel=3)
