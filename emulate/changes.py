@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import warnings
 import weakref
 from collections.abc import Callable
@@ -48,12 +49,13 @@ class Change:
 
 @dataclasses.dataclass
 class _Log:
-    changes: list[Change] = dataclasses.field(default_factory=list)
-    steps: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+    changes: list[tuple[int, Change]] = dataclasses.field(default_factory=list)  # (order, change)
+    steps: list[tuple[int, Callable[[], None]]] = dataclasses.field(default_factory=list)  # (order, step)
     kept: set[tuple[int, str]] = dataclasses.field(default_factory=set)
 
 
 _LOGS: weakref.WeakKeyDictionary[torch.nn.Module, _Log] = weakref.WeakKeyDictionary()
+_ORDER = itertools.count()  # one order across the logs of all models: undo runs every step last first
 
 
 def _log(model: torch.nn.Module) -> _Log:
@@ -64,12 +66,12 @@ def _log(model: torch.nn.Module) -> _Log:
 
 def record(model: torch.nn.Module, change: Change) -> None:
     """Add a row to the model's log of changes."""
-    _log(model).changes.append(change)
+    _log(model).changes.append((next(_ORDER), change))
 
 
 def on_undo(model: torch.nn.Module, step: Callable[[], None]) -> None:
     """Run ``step`` when the model's changes are undone (steps run last first)."""
-    _log(model).steps.append(step)
+    _log(model).steps.append((next(_ORDER), step))
 
 
 def keep_parameter(model: torch.nn.Module, module: torch.nn.Module, name: str) -> None:
@@ -87,19 +89,24 @@ def keep_parameter(model: torch.nn.Module, module: torch.nn.Module, name: str) -
         module._parameters[name] = original
         original.data = saved
 
-    log.steps.append(put_back)
+    log.steps.append((next(_ORDER), put_back))
+
+
+def _logs_within(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules of ``model`` (itself included) that have a log."""
+    return [m for m in model.modules() if m in _LOGS]
 
 
 def working_model(model: torch.nn.Module, inplace: bool) -> torch.nn.Module:
-    """The model a method changes: ``model`` itself, or with ``inplace=False``
-    a deep copy. The copy does not carry the log of what methods did to
-    ``model`` before (said with a warning when there is one): restore_model
-    on the copy undoes only what is done to the copy."""
+    """The model a method (or quantize_model) changes: ``model`` itself, or
+    with ``inplace=False`` a deep copy. The copy does not carry the log of
+    what methods did to ``model`` before (said with a warning when there is
+    one): restore_model on the copy undoes only what is done to the copy."""
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be True or False, got {inplace!r}")
     if inplace:
         return model
-    if model in _LOGS:
+    if _logs_within(model):
         warnings.warn("inplace=False copies a model that methods changed already: restore_model on the copy undoes "
                       "only the changes made to the copy (use restore_model on the original for the earlier ones)",
                       stacklevel=3)
@@ -107,19 +114,19 @@ def working_model(model: torch.nn.Module, inplace: bool) -> torch.nn.Module:
 
 
 def changes(model: torch.nn.Module) -> list[Change]:
-    """The changes the methods made to ``model``, in the order they made them."""
-    log = _LOGS.get(model)
-    return list(log.changes) if log else []
+    """The changes the methods made to ``model`` and its submodules, in the
+    order they made them."""
+    rows = [row for m in _logs_within(model) for row in _LOGS[m].changes]
+    return [change for _, change in sorted(rows, key=lambda row: row[0])]
 
 
 def undo_changes(model: torch.nn.Module) -> None:
-    """Undo every change the methods made to ``model``, last first, and
-    forget them."""
-    log = _LOGS.pop(model, None)
-    if log is None:
-        return
+    """Undo every change the methods made to ``model`` and its submodules,
+    last first (across the methods applied to the model and to its parts),
+    and forget them."""
+    steps = [step for m in _logs_within(model) for step in _LOGS.pop(m).steps]
     with torch.no_grad():
-        for step in reversed(log.steps):
+        for _, step in sorted(steps, key=lambda row: row[0], reverse=True):
             step()
 
 

@@ -32,7 +32,6 @@ exclude).
 
 from __future__ import annotations
 
-import copy
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -40,7 +39,7 @@ from typing import Any
 
 import torch
 
-from .changes import undo_changes
+from .changes import undo_changes, working_model
 from .modules import QuantModule, qualified_name
 from .prerounded import marked_spec
 from .registry import quantized, quantized_class
@@ -67,8 +66,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec | None, rules: Mappin
     leaves ``model`` as it was. See the module docstring for fast paths and
     the warning about parameters left in full precision."""
     rules = checked_arguments(model, spec, rules)
-    if not inplace:
-        model = copy.deepcopy(model)
+    model = working_model(model, inplace)
     before = {id(m.original): m for m in model.modules() if isinstance(m, QuantModule)}
     model = _unswap(model)
     names = [name for name, _ in model.named_modules()]
@@ -109,9 +107,8 @@ def restore_model(model: torch.nn.Module) -> torch.nn.Module:
     module, it is the module it wraps."""
     root = model
     model = _unswap(model)
-    undo_changes(root)
-    if model is not root:
-        undo_changes(model)
+    undo_changes(root)  # a log kept on a quantized layer itself
+    undo_changes(model)
     return model
 
 

@@ -85,3 +85,37 @@ def test_conv1d_class_does_not_take_a_linear():
     assert not QuantConv1D.accepts(torch.nn.Linear(4, 4))
     with pytest.raises(TypeError, match="QuantConv1D wraps"):
         QuantConv1D(torch.nn.Linear(4, 4), SPEC)
+
+
+def test_changes_logged_on_a_part_are_undone_from_the_whole_in_reverse_order():
+    model = net()
+    first = model[0].weight.detach().clone()
+    keep_parameter(model[0], model[0], "weight")  # a method applied to the part
+    with torch.no_grad():
+        model[0].weight.add_(1)
+    keep_parameter(model, model[0], "weight")  # then one applied to the whole
+    with torch.no_grad():
+        model[0].weight.mul_(2)
+    record(model[0], Change("", "part", "mxfp4"))
+    record(model, Change("0", "whole", "mxfp4"))
+    assert [c.method for c in changes(model)] == ["part", "whole"]
+    with pytest.warns(UserWarning, match="undoes only the changes made to the copy"):
+        quantize_model(model, SPEC, inplace=False)
+    restore_model(model)
+    assert torch.equal(model[0].weight, first) and changes(model) == [] and changes(model[0]) == []
+
+
+def test_calibration_inputs_reach_layers_called_with_keywords_and_mappings():
+    class Keyworded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 4)
+
+        def forward(self, features):
+            return self.fc(input=features)
+
+    model = Keyworded()
+    batches = [{"features": torch.randn(3, 16)}, {"features": torch.randn(2, 16)}]  # run as model(**batch)
+    stats = layer_inputs(model, {"fc": model.fc}, batches)
+    assert stats["fc"].rows == 5
+    assert torch.equal(stats["fc"].absmax, torch.cat([b["features"] for b in batches]).double().abs().amax(0))

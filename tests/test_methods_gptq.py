@@ -434,7 +434,7 @@ def test_gpt2_conv1d_layers_and_a_tied_head():
     model = transformers.GPT2LMHeadModel(config).eval()
     head = model.lm_head.weight.detach().clone()
     tokens = [torch.randint(0, 128, (2, 32)) for _ in range(2)]
-    with pytest.warns(UserWarning, match="gptq leaves lm_head as they are: their weight is tied"):
+    with pytest.warns(UserWarning, match="gptq leaves lm_head as it is: a weight tied"):
         model = gptq(model, QuantSpec(weight="mx6"), tokens)
     assert {c.layer for c in changes(model)} == {f"transformer.h.0.{n}" for n in
                                                   ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}

@@ -76,7 +76,7 @@ def awq(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any], 
     """Search and apply AWQ's scales to the linear layers chosen by
     ``spec`` and ``rules`` (see the module docstring) on the calibration
     ``batches`` (each run as ``forward(model, batch)``, default
-    ``model(batch)``); ``grid`` alphas, errors on the first ``samples``
+    ``model(batch)``, ``model(**batch)`` for a mapping); ``grid`` alphas, errors on the first ``samples``
     rows of each layer's inputs. Returns the model with the scales
     applied, unquantized (a deep copy when ``inplace=False``);
     ``restore_model`` undoes it bit for bit. Raises ValueError for a grid

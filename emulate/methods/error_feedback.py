@@ -138,7 +138,7 @@ def gptq(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any],
     matching rule's) has a weight format (see the module docstring).
 
     ``batches``: the calibration inputs, run as ``forward(model, batch)``
-    (default ``model(batch)``) without gradients. ``block_size``: the lazy
+    (default ``model(batch)``, ``model(**batch)`` for a mapping) without gradients. ``block_size``: the lazy
     batch (128). ``damp``: the fraction of the mean diagonal added to H's
     diagonal (0.01). ``act_order``: round columns in order of descending
     H_jj. ``static_groups``: set every group's scales from the weight
@@ -203,8 +203,9 @@ def _untied(model: torch.nn.Module, chosen: dict[str, tuple[torch.nn.Module, Qua
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     tied = [name for name, (layer, _) in chosen.items() if uses[id(plain(layer).weight)] > 1]
     if tied:
-        warnings.warn(f"gptq leaves {', '.join(tied)} as they are: their weight is tied to another parameter "
-                      f"(rounding it for this layer would change the other module too)", stacklevel=3)
+        warnings.warn(f"gptq leaves {', '.join(tied)} as {'it is' if len(tied) == 1 else 'they are'}: a weight "
+                      f"tied to another parameter (rounding it for this layer would change the other module too)",
+                      stacklevel=3)
     return {name: entry for name, entry in chosen.items() if name not in tied}
 
 

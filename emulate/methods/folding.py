@@ -26,19 +26,23 @@ an RMSNorm's weight (it has no bias) or a linear layer's output rows and
 bias are divided by s (s rounded once to the weights' dtype, the same
 values on both sides); x R only into a linear layer (W_p <- R^T W_p,
 b_p <- R^T b_p: a norm cannot absorb a rotation). A fold is kept only if
-the unquantized model's outputs on the calibration batch stay what they
-were before the method: the relative change ||y' - y|| / ||y|| (float64,
-over every floating tensor the forward returns) must not exceed sqrt(eps)
-of the layers' dtype (3.5e-4 for float32, 0.031 for float16, 0.088 for
-bfloat16). Why that bound: a fold moves each weight and activation it
-touches by at most one rounding (eps / 2 relative), which moves the
-outputs by a few eps times the model's amplification, orders of magnitude
-below sqrt(eps) (2e-7 on a small Llama and GPT-2 in float32); a fold that
-changes what the model computes (the producer's output also feeds a
-residual or another layer, or the norm computes (1 + w) x as Gemma's does)
-moves them by about the spread of s or the mixing of R, which the methods
-make large where it matters (a change within the bound is as small as
-the model's own float rounding at that precision, and is kept).
+every module of the unquantized model computes on the calibration batch
+what it computed before the method, the producers folded into excepted
+(their outputs change by design): for each module's outputs (their first
+CHECKED_ROWS rows) and the model's own, the relative change
+||y' - y|| / ||y|| (float64) must not exceed sqrt(eps) of the layers'
+dtype (3.5e-4 for float32, 0.031 for float16, 0.088 for bfloat16). Why
+that bound: a fold moves each weight and activation it touches by at
+most one rounding (eps / 2 relative), which moves the outputs by a few eps
+times the model's amplification, orders of magnitude below sqrt(eps)
+(2e-7 on a small Llama and GPT-2 in float32); a fold that changes what the
+model computes (the producer's output also feeds a residual or another
+layer, or the norm computes (1 + w) x as Gemma's does) moves the module
+that takes the producer's output besides the group by about the spread
+of s or the mixing of R. Checking every module, not only the model's
+outputs, catches such a fold where later layers hide it (a post-norm
+model's final outputs may move by less than the bound while a layer's
+output moved by 3%).
 
 **Explicit transform.** Where the group's input is no norm's or linear
 layer's output (an activation, an attention product, the model's input),
@@ -68,18 +72,21 @@ from typing import Any
 import torch
 
 from ..changes import Change, keep_parameter, on_undo, record, working_model
+from ..calibrating import default_forward
 from ..modules import QuantModule
 from ..spec import QuantSpec
 from .inputs import LayerInputs, layer_inputs
 from .layers import is_linear, linear_layers, plain, weight_matrix
 
 NORM_TYPES = (torch.nn.LayerNorm, torch.nn.RMSNorm)
+CHECKED_ROWS = 16  # rows of each module's outputs a fold is checked on (a wrong fold changes every row)
 
 
 def is_norm(module: torch.nn.Module) -> bool:
-    """A LayerNorm, an nn.RMSNorm or one of transformers' ``*RMSNorm`` classes."""
+    """A LayerNorm, an nn.RMSNorm or one of transformers' ``*RMSNorm``
+    classes or ``T5LayerNorm`` (an RMS norm: weight times x / rms(x))."""
     kind = type(module)
-    return isinstance(module, NORM_TYPES) or (kind.__name__.endswith("RMSNorm")
+    return isinstance(module, NORM_TYPES) or ((kind.__name__.endswith("RMSNorm") or kind.__name__ == "T5LayerNorm")
                                               and kind.__module__.startswith("transformers."))
 
 
@@ -103,8 +110,9 @@ class Folder:
     def __init__(self, model: torch.nn.Module, layers: Mapping[str, torch.nn.Module], batch: Any,
                  forward: Callable[[torch.nn.Module, Any], Any] | None = None) -> None:
         self.model, self.batch = model, batch
-        self.run = forward or (lambda m, b: m(b))
+        self.run = forward or default_forward
         self.groups, self.reference = self._trace(layers)
+        self.folded: set[str] = set()  # the producers folded into so far
 
     # -- applying a transform ---------------------------------------------------------------
     def apply(self, group: Group, transform: Scale | Rotation) -> str:
@@ -135,7 +143,7 @@ class Folder:
         producer = plain(self.model.get_submodule(group.producer))
         if is_norm(producer) and not transform.diagonal:
             return f"{group.producer} is a norm, which takes a diagonal scale only"
-        if not self.reference:
+        if not self.reference.get(""):
             return "the calibration forward returns no floating tensor to check a fold against"
         names = [n for n in ("weight", "bias") if getattr(producer, n, None) is not None]
         saved = {n: producer._parameters[n].detach().clone() for n in names}
@@ -146,30 +154,63 @@ class Folder:
                 transform.into_elementwise(producer._parameters[n])
         else:
             transform.into_rows(weight_matrix(producer), producer.bias)
-        change, bound = self._change(), torch.finfo(weight_matrix(group.layers[0]).dtype).eps ** 0.5
+        change, bound = self._change(group.producer), torch.finfo(weight_matrix(group.layers[0]).dtype).eps ** 0.5
         if change <= bound:
+            self.folded.add(group.producer)
             return ""
         for n in names:
             producer._parameters[n].copy_(saved[n])
-        return (f"folding into {group.producer} changed the model's outputs by {change:.2g} (relative; bound "
+        return (f"folding into {group.producer} changed a module's outputs by {change:.2g} (relative; bound "
                 f"{bound:.2g}): its output feeds more than these layers, or it does not scale by its weight")
 
-    def _change(self) -> float:
-        """||y' - y|| / ||y|| of the model's outputs on the batch now against before (float64)."""
-        with unquantized(self.model) as model, torch.no_grad():
-            now = floating_tensors(self.run(model, self.batch))
-        if [t.shape for t in now] != [t.shape for t in self.reference]:
-            return float("inf")
-        difference = sum(float(torch.sum((a.double() - b.double()) ** 2)) for a, b in zip(now, self.reference))
-        size = sum(float(torch.sum(b.double() ** 2)) for b in self.reference)
-        return (difference / size) ** 0.5 if size > 0 else difference ** 0.5
+    def _outputs(self, model: torch.nn.Module) -> dict[str, list[torch.Tensor]]:
+        """Run the batch (no gradients); every module's floating outputs, the
+        first CHECKED_ROWS rows of each (rows: all dimensions but the last),
+        by module name ("" is the model's own), calls of one module one
+        after another."""
+        outputs: dict[str, list[torch.Tensor]] = {}
+
+        def keep(name: str) -> Callable:
+            def hook(_module, _args, out):
+                outputs.setdefault(name, []).extend(
+                    t.detach().reshape(-1, t.shape[-1])[:CHECKED_ROWS].clone() if t.dim() else t.detach().clone()
+                    for t in floating_tensors(out))
+            return hook
+
+        handles = [m.register_forward_hook(keep(name)) for name, m in model.named_modules() if name]
+        try:
+            with torch.no_grad():
+                keep("")(model, (), self.run(model, self.batch))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return outputs
+
+    def _change(self, producer: str) -> float:
+        """The largest relative change ||y' - y|| / ||y|| (float64) of any
+        module's outputs on the batch, now against before the method, over
+        the modules other than the producers folded into (theirs change by
+        design); infinite where a module's outputs changed shape or count."""
+        with unquantized(self.model) as model:
+            now = self._outputs(model)
+        changes = [0.0]
+        for name, before in self.reference.items():
+            if name in self.folded or name == producer:
+                continue
+            after = now.get(name, [])
+            if [t.shape for t in after] != [t.shape for t in before]:
+                return float("inf")
+            difference = sum(float(torch.sum((a.double() - b.double()) ** 2)) for a, b in zip(after, before))
+            size = sum(float(torch.sum(b.double() ** 2)) for b in before)
+            changes.append((difference / size) ** 0.5 if size > 0 else difference ** 0.5)
+        return max(changes)
 
     # -- finding the groups -----------------------------------------------------------------
-    def _trace(self, layers: Mapping[str, torch.nn.Module]) -> tuple[list[Group], list[torch.Tensor]]:
+    def _trace(self, layers: Mapping[str, torch.nn.Module]) -> tuple[list[Group], dict[str, list[torch.Tensor]]]:
         """Run the batch once; group the layers by their input tensors and
         name each group's producer. Returns the groups (in the order their
         first layer first runs; layers the batch does not reach last, one
-        group each) and the model's floating outputs."""
+        group each) and the outputs of every module (:meth:`_outputs`)."""
         outputs: dict[int, str] = {}
         inputs: dict[str, list[int]] = {name: [] for name in layers}
         calls: list[str] = []
@@ -195,8 +236,7 @@ class Folder:
                        if is_norm(m) or is_linear(m)]
             handles += [plain(layer).register_forward_pre_hook(input_hook(name)) for name, layer in layers.items()]
             try:
-                with torch.no_grad():
-                    reference = [t.detach().clone() for t in floating_tensors(self.run(model, self.batch))]
+                reference = self._outputs(model)
             finally:
                 for handle in handles:
                     handle.remove()

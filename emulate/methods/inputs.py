@@ -67,14 +67,15 @@ def in_features(layer: torch.nn.Module) -> int:
 def layer_inputs(model: torch.nn.Module, layers: Mapping[str, torch.nn.Module], batches: Iterable[Any], *,
                  gram: bool = False, samples: int = 0,
                  forward: Callable[[torch.nn.Module, Any], Any] | None = None) -> dict[str, LayerInputs]:
-    """Run ``forward(model, batch)`` (default ``model(batch)``) over
+    """Run ``forward(model, batch)`` (default ``model(batch)``, ``model(**batch)`` for a mapping) over
     ``batches`` without gradients and gather each named layer's inputs: the
     per-feature statistics always, ``gram`` the float64 X^T X, ``samples``
     the first that many rows. Raises ValueError when batches is empty or a
     layer sees no input."""
     stats = {name: LayerInputs(in_features(layer)) for name, layer in layers.items()}
     handles = [layer.register_forward_pre_hook(
-        lambda _m, args, s=stats[name]: s.add(args[0], gram, samples)) for name, layer in layers.items()]
+        lambda _m, args, kwargs, s=stats[name]: s.add(args[0] if args else kwargs["input"], gram, samples),
+        with_kwargs=True) for name, layer in layers.items()]
     try:
         run_batches(model, batches, forward, "the method's calibration")
     finally:

@@ -40,6 +40,12 @@ def linear_layers(model: torch.nn.Module, spec: QuantSpec | None,
     names = [name for name, _ in model.named_modules()]
     for pattern in unmatched_patterns(rules, names):
         warnings.warn(f"rule {pattern!r} matches no module name of the model", stacklevel=3)
+    attention = [name or "(model)" for name, m in model.named_modules()
+                 if isinstance(plain(m), torch.nn.MultiheadAttention)]
+    if attention:
+        warnings.warn(f"the methods leave the projections of nn.MultiheadAttention ({', '.join(attention)}) as "
+                      f"they are (its in_proj_weight is no linear layer); quantize_model rounds them to nearest",
+                      stacklevel=3)
     chosen = {}
     for name, module in model.named_modules():
         if not is_linear(module):

@@ -73,7 +73,7 @@ def rotate(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any
     """Rotate the inputs of the linear layers chosen by ``spec`` and
     ``rules`` (see the module docstring) found on the calibration
     ``batches`` (each run as ``forward(model, batch)``, default
-    ``model(batch)``); ``seed`` draws the signs, ``block`` sets the
+    ``model(batch)``, ``model(**batch)`` for a mapping); ``seed`` draws the signs, ``block`` sets the
     Hadamard blocks, ``samples`` the rows each layer's logged errors are
     measured on. Returns the rotated, unquantized model (a deep copy when
     ``inplace=False``); ``restore_model`` undoes it bit for bit. Raises

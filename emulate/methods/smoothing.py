@@ -63,7 +63,7 @@ def smoothquant(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterabl
                 alpha: float = 0.5, samples: int = 512) -> torch.nn.Module:
     """Smooth the linear layers chosen by ``spec`` and ``rules`` (see the
     module docstring) on the calibration ``batches`` (each run as
-    ``forward(model, batch)``, default ``model(batch)``); ``alpha`` in
+    ``forward(model, batch)``, default ``model(batch)``, ``model(**batch)`` for a mapping); ``alpha`` in
     [0, 1] is the migration strength, ``samples`` the rows each layer's
     logged errors are measured on. Returns the smoothed, unquantized model
     (a deep copy when ``inplace=False``); ``restore_model`` undoes it bit
