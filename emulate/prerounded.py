@@ -93,6 +93,12 @@ def unmark(module: torch.nn.Module) -> None:
     module.__dict__.pop(_MARK, None)
 
 
+def held_marker(module: torch.nn.Module) -> Prerounded | None:
+    """The marker of the method whose rounding ``module``'s weight still holds, else None."""
+    entry = module.__dict__.get(_MARK)
+    return entry[0] if entry is not None and holds(module.weight, entry[0]) else None
+
+
 def marked_spec(module: torch.nn.Module, spec: Any) -> Any:
     """``spec`` with ``module``'s :class:`Prerounded` marker in its weight
     role where the module's weight holds a method's rounding to that very

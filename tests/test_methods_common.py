@@ -119,3 +119,17 @@ def test_calibration_inputs_reach_layers_called_with_keywords_and_mappings():
     stats = layer_inputs(model, {"fc": model.fc}, batches)
     assert stats["fc"].rows == 5
     assert torch.equal(stats["fc"].absmax, torch.cat([b["features"] for b in batches]).double().abs().amax(0))
+
+
+def test_a_method_that_would_undo_an_earlier_ones_work_says_so():
+    from lowbit.emulate.methods import awq, gptq, outliers, rotate, smoothquant
+
+    torch.manual_seed(1)
+    batches = [torch.randn(8, 64) for _ in range(2)]
+    model = gptq(net(), SPEC, batches)
+    for method in (smoothquant, awq, rotate):  # they change weights in full precision: GPTQ's rounding would go
+        with pytest.raises(ValueError, match="holds gptq's rounding"):
+            method(model, SPEC, batches)
+    model = outliers(model, SPEC, batches)  # the documented order
+    with pytest.raises(ValueError, match="OutlierLinear, which gptq would replace"):
+        gptq(model, SPEC, batches)

@@ -62,7 +62,7 @@ from ..registry import quantized
 from ..spec import QuantSpec
 from .column_rounding import ColumnRounder, column_rounder
 from .inputs import layer_inputs
-from .layers import linear_layers, output_error, plain, rounded_matrix, weight_matrix
+from .layers import check_order, linear_layers, output_error, plain, rounded_matrix, weight_matrix
 
 #: calibration rows kept per layer to measure its output error before and after
 ERROR_ROWS = 2048
@@ -159,6 +159,7 @@ def gptq(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any],
     _check_options(block_size, damp, act_order, static_groups, inplace)
     model = working_model(model, inplace)
     chosen = linear_layers(model, spec, rules)
+    check_order(chosen, "gptq")
     chosen = _untied(model, chosen)
     if not chosen:
         return model

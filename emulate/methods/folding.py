@@ -76,7 +76,7 @@ from ..calibrating import default_forward
 from ..modules import QuantModule
 from ..spec import QuantSpec
 from .inputs import LayerInputs, layer_inputs
-from .layers import is_linear, linear_layers, plain, weight_matrix
+from .layers import check_order, is_linear, linear_layers, plain, weight_matrix
 
 NORM_TYPES = (torch.nn.LayerNorm, torch.nn.RMSNorm)
 CHECKED_ROWS = 16  # rows of each module's outputs a fold is checked on (a wrong fold changes every row)
@@ -323,6 +323,7 @@ def prepare(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[An
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     model = working_model(model, inplace)
     chosen = linear_layers(model, spec, rules)
+    check_order(chosen, method)
     batches = list(batches)
     if not batches:
         raise ValueError("batches is empty: the method needs calibration data")

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 from ..modules import QuantConv1D, QuantLinear, QuantModule
+from ..prerounded import held_marker
+from ..registry import quantized_class
 from ..rules import checked_arguments, spec_for, unmatched_patterns
 from ..spec import QuantSpec
 
@@ -80,3 +82,26 @@ def output_error(x: torch.Tensor, weight: torch.Tensor, rounded: torch.Tensor) -
     reference = torch.linalg.matrix_norm(x @ weight.T)
     difference = torch.linalg.matrix_norm(x @ (weight - rounded).T)
     return float(difference / reference) if reference > 0 else float(difference)
+
+
+#: the methods that change weights in full precision (a weight GPTQ rounded would lose its rounding)
+REWEIGHTING = ("smoothquant", "awq", "rotate")
+
+
+def check_order(chosen: dict[str, tuple[torch.nn.Module, QuantSpec]], method: str) -> None:
+    """ValueError where ``method`` would silently undo an earlier method's
+    work on a chosen layer: a layer in another method's own module (the
+    outlier split; apply outliers last), or a weight that holds GPTQ's
+    rounding, for a method that changes weights in full precision
+    (SmoothQuant, AWQ, rotations: apply them before GPTQ)."""
+    for name, (layer, _) in chosen.items():
+        if isinstance(layer, QuantModule) and type(layer) is not quantized_class(plain(layer)) \
+                and method != "outliers":
+            raise ValueError(f"{name or '(model)'} is a {type(layer).__name__}, which {method} would replace: "
+                             f"apply the methods in their order (SmoothQuant or rotations, then GPTQ or AWQ, then "
+                             f"outliers), or restore_model first")
+        marker = held_marker(plain(layer))
+        if marker is not None and method in REWEIGHTING:
+            raise ValueError(f"{name or '(model)'}'s weight holds {marker.method}'s rounding, which {method} would "
+                             f"change back to full precision: apply {method} before {marker.method}, or "
+                             f"restore_model first")
