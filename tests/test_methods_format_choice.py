@@ -269,3 +269,12 @@ def test_clear_errors():
         warnings.simplefilter("error")
         choose_formats(model, [MXFP4, MXFP6], x, rules={"6": None})
     assert changes(model)[-1].detail.endswith("over 3 layers (no budget)")
+
+
+def test_a_partial_block_pays_a_whole_scale():
+    from lowbit.emulate.methods.costs import weight_bits
+
+    narrow, wide = torch.nn.Linear(64, 8), torch.nn.Linear(256, 8)
+    assert weight_bits(narrow, QuantSpec(weight="int4_g128")) == 4 + 16 / 64  # one fp16 scale per 64-wide row
+    assert weight_bits(wide, QuantSpec(weight="int4_g128")) == 4 + 16 / 128
+    assert weight_bits(torch.nn.Linear(48, 8), QuantSpec(weight="mxfp4")) == 4 + 2 * 8 / 48  # two E8M0 scales

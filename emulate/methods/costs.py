@@ -6,6 +6,7 @@ Shared by the per-layer format choice and the outlier split."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -24,8 +25,9 @@ def weight_bits(layer: torch.nn.Module, spec: QuantSpec) -> float:
     blocked along the input features as the quantized module blocks it:
     the format's ``bits`` (the element's code and the amortised block
     scales, zero points and second-level scales, as lowbit's formats count
-    them: MXFP4 4.25, NVFP4 4.5; a partial last block is counted at the
-    format's rate), plus what depends on the weight's shape: a whole-axis
+    them: MXFP4 4.25, NVFP4 4.5; a row whose width is not a multiple of the
+    block size pays a whole block's scale for its partial last block:
+    int4_g128 on 64 input features takes 4 + 16 / 64 = 4.25), plus what depends on the weight's shape: a whole-axis
     format's per-row scale spread over the row (the input features), one
     float32 per-tensor scale (TensorScaledFormat, NVFP4's tensor scale,
     double quantization's offset) spread over the tensor, and an
@@ -36,6 +38,10 @@ def weight_bits(layer: torch.nn.Module, spec: QuantSpec) -> float:
     if fmt is None:
         return float(matrix.element_size() * 8)
     bits = float(fmt.bits)
+    block, width = getattr(fmt, "block_size", None), matrix.shape[1]
+    if block and getattr(fmt, "block_shape", None) is None and width % block:  # a partial last block per row
+        per_block = (bits - fmt.element_code_bits) * block  # scales, zero points, shifts
+        bits = fmt.element_code_bits + per_block * math.ceil(width / block) / width
     if isinstance(fmt, BlockFormat) and fmt.block_size is None and fmt.block_shape is None:
         per_row = dataclasses.replace(fmt, block_size=1).bits - bits  # what one block adds beyond its elements
         bits += per_row / matrix.shape[1]
