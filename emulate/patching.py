@@ -41,7 +41,7 @@ import torch
 
 from .changes import undo_changes, working_model
 from .modules import QuantModule, qualified_name
-from .prerounded import marked_spec
+from .prerounded import Prerounded, holds, marked_spec
 from .registry import quantized, quantized_class
 from .rounding import set_fast_path
 from .rules import checked_arguments, spec_for, unmatched_patterns
@@ -204,6 +204,9 @@ def _formats(module: QuantModule) -> dict[str, str]:
         if role in module.roles:
             observer = module.spec.observer(role)
             formats[role] = name if observer is None else f"{name} [{observer.method}/{observer.granularity}]"
+    marker = module.spec.weight
+    if isinstance(marker, Prerounded) and "weight" in formats and not holds(module.weight, marker):
+        formats["weight"] = f"{marker.format.name} (to nearest: the weight changed since {marker.method})"
     return formats
 
 

@@ -422,6 +422,9 @@ def test_a_small_llama_end_to_end():
         logits = model(tokens[0]).logits
     assert torch.isfinite(logits).all() and not torch.equal(logits, reference)
     assert "mxfp4 (gptq)" in summary_table(model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)  # a change: the head is rounded to nearest again, and said so
+    assert "mxfp4 (to nearest: the weight changed since gptq)" in summary_table(model)
     model = restore_model(model)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert not any(isinstance(m, QuantLinear) for m in model.modules())
