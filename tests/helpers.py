@@ -41,3 +41,24 @@ def swept_element_formats(max_bits=16):
             continue
         names.append(name)
     return names
+
+
+def small_llama(intermediate_size=128):
+    """A random-init transformers Llama (hidden 64, 2 layers, vocab 100), in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=intermediate_size, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    return LlamaForCausalLM(config).eval()
+
+
+def small_gpt2():
+    """A random-init transformers GPT-2 body (hidden 64, 2 layers, vocab 100), in eval mode."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0)
+    return GPT2Model(config).eval()

@@ -9,8 +9,8 @@ import re
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM
 
+from helpers import small_gpt2, small_llama
 from lowbit import get_format
 from lowbit.emulate import Observer, QuantSpec, quantize_model, restore_model
 from lowbit.emulate.methods import awq, changes
@@ -138,16 +138,11 @@ def test_alpha_zero_is_in_the_grid_and_is_round_to_nearest():
 
 
 def llama():
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100)
-    return LlamaForCausalLM(config).eval()
+    return small_llama()
 
 
 def gpt2():
-    torch.manual_seed(0)
-    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0)
-    return GPT2Model(config).eval()
+    return small_gpt2()
 
 
 @pytest.mark.parametrize("build", [llama, gpt2])

@@ -7,10 +7,10 @@ that survive quantize_model."""
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM
 from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 from transformers.pytorch_utils import Conv1D
 
+from helpers import small_gpt2, small_llama
 from lowbit.emulate import Observer, QuantSpec, calibrate, quantize_model, restore_model
 from lowbit.emulate.methods import changes
 from lowbit.emulate.methods.folding import Folder, Scale, unquantized
@@ -20,17 +20,11 @@ SPEC = QuantSpec(input="int8_rowwise", weight="int8_rowwise")
 
 
 def llama():
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100)
-    return LlamaForCausalLM(config).eval()
+    return small_llama()
 
 
 def gpt2():
-    torch.manual_seed(0)
-    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0,
-                        eos_token_id=0)
-    return GPT2Model(config).eval()
+    return small_gpt2()
 
 
 def tokens(n=2):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM
 
+from helpers import small_gpt2, small_llama
 from lowbit.emulate import QuantSpec, quantize_model, restore_model
 from lowbit.emulate.methods import changes, rotate
 from lowbit.emulate.methods.folding import Rotation
@@ -76,16 +76,11 @@ def test_a_rotation_folds_into_a_producing_linear_and_the_model_stays():
 
 
 def llama():
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100)
-    return LlamaForCausalLM(config).eval()
+    return small_llama(intermediate_size=96)  # not a power of two: block-diagonal rotations
 
 
 def gpt2():
-    torch.manual_seed(0)
-    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0)
-    return GPT2Model(config).eval()
+    return small_gpt2()
 
 
 @pytest.mark.parametrize("build", [llama, gpt2])
