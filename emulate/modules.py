@@ -203,7 +203,8 @@ class QuantLinear(QuantModule):
         """The weight as F.linear takes it: (out_features, in_features)."""
         return weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # torch's name: callers may pass input=
+        x = input
         if self.recorded(x):
             return self.original.forward(x)  # its hooks ran already: they are ours
         spec = self.active_spec()
@@ -257,7 +258,8 @@ class QuantConv(QuantModule):
             return super().round_weight(weight)
         return conv_weight_rounded(weight, fmt, self.spec, self.original.transposed, self.original.groups)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # torch's name: callers may pass input=
+        x = input
         if self.recorded(x):
             return self.original.forward(x)  # its hooks ran already: they are ours
         spec = self.active_spec()

@@ -456,3 +456,12 @@ def test_checkpointed_code_under_emulating_is_said_or_recomputed_rounded():
         recomputed = weight_grad(lambda: checkpoint(block, x, use_reentrant=False,
                                                     context_fn=checkpoint_context(spec)))
     assert torch.equal(recomputed, plain)
+
+
+def test_quantized_layers_take_their_input_by_keyword_as_torch_layers_do():
+    torch.manual_seed(19)
+    linear, conv, x = torch.nn.Linear(64, 8), torch.nn.Conv1d(8, 4, 3), torch.randn(2, 5, 64)
+    quantized_linear, quantized_conv = quantize_model(linear, SPEC, inplace=False), quantize_model(conv, SPEC, inplace=False)
+    y = quantized_linear(input=x)
+    assert torch.equal(y, quantized_linear(x))
+    assert torch.equal(quantized_conv(input=y.transpose(1, 2)), quantized_conv(y.transpose(1, 2)))
