@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from ..calibrating import calibrate
 from ..modules import QuantLinear
 from ..spec import QuantSpec
+from .costs import layer_error
 from .layers import rounded_matrix
 
 
@@ -35,22 +35,8 @@ def rounded(matrix: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return rounded_matrix(twin(matrix), spec)
 
 
-def quantized_output(matrix: torch.Tensor, spec: QuantSpec, x: torch.Tensor) -> torch.Tensor:
-    """x W^T as a quantized layer with weight ``matrix`` (out, in), no bias,
-    computes it under ``spec`` (every role: input, weight, output,
-    accumulator); an input observer's scale is calibrated on ``x`` itself."""
-    layer = QuantLinear(twin(matrix), spec)
-    with torch.no_grad():
-        if spec.observer("input") is not None:
-            calibrate(layer, [x])
-        return layer(x.to(matrix.dtype))
-
-
 def quantized_error(matrix: torch.Tensor, spec: QuantSpec, x: torch.Tensor) -> float:
-    """||x W^T - y|| / ||x W^T|| (float64) with y the quantized layer's
-    output (:func:`quantized_output`): the layer's relative output error
-    with every role of ``spec`` rounded; 0 when x W^T and y are 0."""
-    exact = x.double() @ matrix.detach().double().T
-    difference = torch.linalg.matrix_norm(exact - quantized_output(matrix, spec, x).double())
-    size = torch.linalg.matrix_norm(exact)
-    return float(difference / size) if size > 0 else float(difference)
+    """The relative output error of a quantized layer with weight ``matrix``
+    (out, in) and no bias under ``spec``, every role rounded
+    (:func:`~lowbit.emulate.methods.costs.layer_error` of the twin)."""
+    return layer_error(QuantLinear(twin(matrix), spec), x)
