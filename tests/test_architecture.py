@@ -30,6 +30,22 @@ def test_torch_and_lowbit_import_from_the_repository_root():
     assert not list((ROOT / "cuda").glob("*.py")), "cuda/ holds the extension's sources only"
 
 
+def test_every_python_package_folder_ships_in_the_wheel():
+    """setuptools' explicit ``packages`` list must name every folder with an
+    ``__init__.py``: one left out works in an editable install and is missing
+    from a built wheel (as ``lowbit.emulate.methods`` once was)."""
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {ROOT / folder: name for name, folder in config["package-dir"].items()}
+    expected = set()
+    for folder, name in folders.items():
+        for init in folder.rglob("__init__.py"):
+            relative = init.parent.relative_to(folder).parts
+            expected.add(".".join((name, *relative)))
+    missing = expected - set(config["packages"])
+    assert not missing, f"pyproject.toml's [tool.setuptools] packages lacks {sorted(missing)}"
+
+
 def test_lowbit_lists_its_backends():
     assert set(lowbit.backends()) >= {"reference", "cpu", "cuda", "cuda_host", "cuda_emulated"}
     assert lowbit.backends()[0] == "reference"
