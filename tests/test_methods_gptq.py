@@ -217,7 +217,7 @@ def hessian_of(batches):
     return 2 * x.T @ x / len(x)
 
 
-@pytest.mark.parametrize("act_order,static_groups", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("act_order,static_groups", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("quantizer", ["int4 channel", "mxfp4", "int4_g128_asym"])
 def test_gptq_equals_a_numpy_gptq_from_the_paper(quantizer, act_order, static_groups):
     in_features = 256

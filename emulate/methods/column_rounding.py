@@ -13,9 +13,10 @@ feature. Scales come in two kinds:
 - scales of a group of consecutive input features (an observer's
   ``group`` scales, a block format's blocks, 2-D tiles' column blocks) are
   set by :meth:`ColumnRounder.set_scales` from whatever values the caller
-  gives for the group's columns (GPTQ: their current, error-updated values
-  when it reaches the group's first column), by the format's own encoding
-  of those values.
+  gives for the group's columns (GPTQ: the weight before any column is
+  rounded, or with ``static_groups=False`` the columns' current,
+  error-updated values when it reaches the group's first column), by the
+  format's own encoding of those values.
 
 Then :meth:`ColumnRounder.round` rounds one column's values with its
 group's fixed scales, elementwise, as the format rounds an element given
