@@ -4,6 +4,8 @@
   (MSE, SQNR, absolute/relative/ulp errors, bias, overflow and underflow).
 - :mod:`~lowbit.analysis.data`: seeded distributions (:func:`generate`).
 - :mod:`~lowbit.analysis.models`: a model's weights and recorded activations.
+- :mod:`~lowbit.analysis.text`: English prose shipped with Python
+  (:func:`python_docs_sentences`), to calibrate and evaluate models on.
 - :mod:`~lowbit.analysis.settings`: :class:`Setting`, a format with its
   rounding, scale rule and per-tensor scaling.
 - :mod:`~lowbit.analysis.sweep`: settings x data into a table of records,
@@ -18,8 +20,10 @@ from .metrics import METRICS, ErrorStats, error_stats
 from .models import model_weights, recording
 from .settings import Setting
 from .sweep import markdown_table, pivot, settings_grid, sweep, write_csv
+from .text import python_docs_sentences, python_docs_text
 
 __all__ = [
     "DISTRIBUTIONS", "METRICS", "ErrorStats", "Setting", "error_stats", "generate", "markdown_table",
-    "model_weights", "pivot", "recording", "settings_grid", "sweep", "write_csv",
+    "model_weights", "pivot", "python_docs_sentences", "python_docs_text", "recording", "settings_grid", "sweep",
+    "write_csv",
 ]
