@@ -9,6 +9,7 @@ Prerounded weights' life in quantized models."""
 
 import copy
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -268,6 +269,20 @@ def test_gptq_lowers_the_output_error_below_round_to_nearest(name):
     assert error(q) < error(nearest)
     (change,) = changes(model)
     assert change.error_after < change.error_before and change.method == "gptq"
+
+
+def test_fewer_calibration_rows_than_input_features_are_warned_about():
+    """A singular H: damping makes it invertible, but GPTQ then fits the
+    rows it saw (on MiniLM, 4 sentences made its embeddings worse than
+    round to nearest's); said once per call, naming the layer."""
+    model = torch.nn.Sequential(linear(8, 64, seed=3), torch.nn.ReLU(), linear(8, 8, seed=4))
+    few = [torch.randn(20, 64, generator=torch.Generator().manual_seed(0))]
+    with pytest.warns(UserWarning, match=r"1 layer\(s\) saw fewer calibration rows than input features.*0 \(20 < 64\)"):
+        gptq(copy.deepcopy(model), SPECS["mxfp4"], few)
+    enough = [torch.randn(64, 64, generator=torch.Generator().manual_seed(0))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gptq(copy.deepcopy(model), SPECS["mxfp4"], enough)
 
 
 # -- the rounding with fixed scales -----------------------------------------------------------------

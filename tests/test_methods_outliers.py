@@ -19,6 +19,7 @@ from lowbit.emulate import (Observer, QuantLinear, QuantSpec, calibrate, quantiz
                             summary)
 from lowbit.emulate.methods import OutlierLinear, changes, gptq, outliers
 from lowbit.emulate.methods.costs import weight_bits
+from lowbit.emulate.methods.outlier_split import Split
 
 transformers = pytest.importorskip("transformers")
 
@@ -184,6 +185,90 @@ def test_weight_outlier_ties_go_to_the_lower_position_and_follow_the_weight():
     mask = weight_outliers(layer.weight, 0.1)
     assert mask[3, 7] and torch.equal(model.outlier_weights(), mask)
     assert torch.allclose(y, spqr(x, layer.weight, torch.zeros(4), QuantSpec(weight="int4"), mask), rtol=1e-12)
+
+
+def spqr_sensitivity(weight, batches, spec, damp=0.01):
+    """SpQR's s_ij = (w_ij - Q_w(W)_ij)^2 / [H^-1]_jj with H = 2 X^T X / rows damped as GPTQ damps it
+    (a dead input's H_jj set to 1, then damp * mean(diag H) added), inverted by numpy in float64."""
+    x = np.concatenate([b.detach().double().reshape(-1, b.shape[-1]).numpy() for b in batches])
+    h = 2 * x.T @ x / len(x)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
+    inverse_diagonal = torch.from_numpy(np.diag(np.linalg.inv(h)).copy())
+    error = weight.detach().double() - rounded(weight, spec.weight, 1)
+    return error.square() / inverse_diagonal
+
+
+def top(score, fraction):
+    """The floor(fraction * n) largest scores (ties to the lower row-major position)."""
+    order = np.argsort(-score.numpy().reshape(-1), kind="stable")[:math.floor(fraction * score.numel())]
+    mask = np.zeros(score.numel(), dtype=bool)
+    mask[order] = True
+    return torch.from_numpy(mask.reshape(score.shape))
+
+
+@pytest.mark.parametrize("spec", [MX, QuantSpec(weight="int4_g128_asym"), QuantSpec(weight="nvfp4")],
+                         ids=["mxfp4", "int4_g128_asym", "nvfp4"])
+@pytest.mark.parametrize("fraction, threshold", [(0.02, None), (None, 1e-4), (0.0, None)])
+def test_sensitivity_outliers_are_spqr(spec, fraction, threshold):
+    layer = wide_layer(30, inputs=128, outputs=24)
+    batches = [outlier_rows(s, 40, 128) for s in (31, 32)]
+    batches[0][:, 3] = 0  # a dead input: H_33 = 0 in one batch, not the other
+    model = outliers(layer, spec, batches, kind="sensitivity", weight_fraction=fraction, threshold=threshold,
+                     inplace=False)
+    score = spqr_sensitivity(layer.weight, batches, spec)
+    assert torch.allclose(model.sensitivity(), score, rtol=1e-9, atol=0)
+    mask = top(score, fraction) if fraction is not None else score >= threshold
+    assert torch.equal(model.outlier_weights(), mask)
+    assert fraction == 0 or 0 < int(mask.sum()) < mask.numel()
+    x = batches[1]
+    with torch.no_grad():
+        y = model(x)
+    assert torch.allclose(y, spqr(x, layer.weight, layer.bias, spec, mask), rtol=1e-12, atol=1e-12)
+    (change,) = changes(model)
+    assert "sensitivity" in model.extra_repr() and change.format == f"{spec.weight.name} + fp16"
+
+
+def test_sensitivity_picks_the_weights_of_loud_inputs_where_magnitude_does_not():
+    """Inputs of very different scales: the weights that cost most output error are those of the loud
+    input features, whatever their magnitude; keeping them apart lowers the error more than keeping
+    the largest |w| at the same count."""
+    layer = wide_layer(33, inputs=64, outputs=16)
+    generator = torch.Generator().manual_seed(34)
+    loudness = torch.ones(64, dtype=torch.float64)
+    loudness[[2, 9, 30]] = 40.0
+    batches = [torch.randn(64, 64, generator=generator, dtype=torch.float64) * loudness for _ in range(2)]
+    spec = QuantSpec(weight="int4_g128")
+    by_sensitivity = outliers(layer, spec, batches, kind="sensitivity", weight_fraction=0.05, inplace=False)
+    by_magnitude = outliers(layer, spec, batches, kind="weight", weight_fraction=0.05, inplace=False)
+    loud = torch.zeros(64, dtype=torch.bool)
+    loud[[2, 9, 30]] = True
+    assert by_sensitivity.outlier_weights()[:, loud].sum() > 3 * by_magnitude.outlier_weights()[:, loud].sum()
+    assert changes(by_sensitivity)[0].error_after < changes(by_magnitude)[0].error_after
+
+
+def test_sensitivity_is_said_to_need_an_unrounded_weight_and_survives_requantizing():
+    torch.manual_seed(35)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.GELU(), torch.nn.Linear(48, 8))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [torch.randn(64, 32) for _ in range(2)]
+    gptq(model, MX, batches, rules={"2": None})
+    with pytest.warns(UserWarning, match=r"outliers left these layers as they are: 0 \(its weight holds gptq's "
+                                         r"rounding, which leaves no rounding error"):
+        outliers(model, MX, batches, kind="sensitivity", weight_fraction=0.01)
+    assert type(model[0]) is not OutlierLinear and type(model[2]) is OutlierLinear
+    mask = model[2].outlier_weights()
+    quantize_model(model, MX)  # the split and its calibration-derived ranking stay
+    assert type(model[2]) is OutlierLinear and torch.equal(model[2].outlier_weights(), mask)
+    restore_model(model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="given with, and only with, sensitivity outliers"):
+        OutlierLinear(torch.nn.Linear(4, 4), MX, Split("sensitivity", fraction=0.1))
+    with pytest.raises(ValueError, match="damp must be a finite number >= 0"):
+        outliers(torch.nn.Linear(4, 4), MX, batches, kind="sensitivity", weight_fraction=0.1, damp=-1)
+    with pytest.raises(ValueError, match="exactly one of threshold and weight_fraction"):
+        outliers(torch.nn.Linear(4, 4), MX, batches, kind="sensitivity")
 
 
 def test_bits_per_weight_count_the_sparse_values_and_indices():

@@ -84,9 +84,7 @@ def gptq_matrix(weight: torch.Tensor, hessian: torch.Tensor, rounder: ColumnRoun
     positive definite (raise ``damp``)."""
     columns = weight.shape[1]
     work = weight.detach().to(torch.float64).T.clone()  # (in, out): a column is a contiguous row here
-    h = hessian.detach().to(torch.float64, copy=True)
-    dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
+    h, dead = damped_hessian(hessian, damp)
     work[dead] = 0.0
     if static_groups:
         for column in range(columns):
@@ -96,12 +94,7 @@ def gptq_matrix(weight: torch.Tensor, hessian: torch.Tensor, rounder: ColumnRoun
     order = (torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order
              else torch.arange(columns, device=h.device))
     work, h = work[order], h[order][:, order]
-    h.diagonal().add_(damp * h.diagonal().mean())
-    try:
-        upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    except torch.linalg.LinAlgError as error:
-        raise ValueError(f"gptq: the damped Hessian is not positive definite ({error}); raise damp "
-                         f"(now {damp})") from error
+    upper = torch.linalg.cholesky(_inverse(h, damp), upper=True)
     position = torch.argsort(order)  # where each original column is in the order of rounding
     original = order.tolist()
     rounded = torch.empty_like(work)
@@ -122,6 +115,32 @@ def gptq_matrix(weight: torch.Tensor, hessian: torch.Tensor, rounder: ColumnRoun
             work[j + 1:stop].addr_(inverse[i, i + 1:], errors[i], alpha=-1)
         work[stop:].addmm_(upper[start:stop, stop:].T, errors, alpha=-1)
     return rounded[position].T
+
+
+def damped_hessian(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1 and 3 of the module docstring: a float64 copy of H with each
+    dead input's diagonal entry (H_jj = 0) set to 1, then ``damp`` times the
+    mean diagonal added to the diagonal; and the dead inputs (bool, in)."""
+    h = hessian.detach().to(torch.float64, copy=True)
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    h.diagonal().add_(damp * h.diagonal().mean())
+    return h, dead
+
+
+def inverse_hessian_diagonal(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """diag((H damped)^-1) (float64, in), with H damped as GPTQ damps it
+    (:func:`damped_hessian`): what SpQR's sensitivity divides by."""
+    return torch.diagonal(_inverse(damped_hessian(hessian, damp)[0], damp)).clone()
+
+
+def _inverse(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """The inverse of a damped H by its Cholesky factor; ValueError when it has none."""
+    try:
+        return torch.cholesky_inverse(torch.linalg.cholesky(h))
+    except torch.linalg.LinAlgError as error:
+        raise ValueError(f"the damped Hessian is not positive definite ({error}); raise damp "
+                         f"(now {damp})") from error
 
 
 def _current(work: torch.Tensor, upper: torch.Tensor, errors: torch.Tensor, positions: torch.Tensor, start: int,
@@ -164,7 +183,8 @@ def gptq(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any],
     empty batches, formats GPTQ cannot round column by column
     (double-quantized scales, stochastic rounding), non-finite weights or a
     Hessian damping cannot make positive definite; nothing is changed
-    then."""
+    then. Warns for layers that saw fewer calibration rows than input
+    features (a singular H: GPTQ overfits the rows it saw)."""
     _check_options(block_size, damp, act_order, static_groups, inplace)
     model = working_model(model, inplace)
     chosen = linear_layers(model, spec, rules)
@@ -175,6 +195,7 @@ def gptq(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any],
     plans = {name: _plan(name, layer, layer_spec) for name, (layer, layer_spec) in chosen.items()}
     inputs = layer_inputs(model, {name: layer for name, (layer, _) in chosen.items()}, batches, gram=True,
                           samples=ERROR_ROWS, forward=forward)
+    _warn_if_underdetermined(inputs)
     options = {"block_size": block_size, "damp": damp, "act_order": act_order, "static_groups": static_groups}
     results = {name: _rounded_layer(name, plan, inputs[name], options) for name, plan in plans.items()}
     detail = ", ".join([f"block_size={block_size}", f"damp={damp:g}"] + [k for k in ("act_order", "static_groups")
@@ -205,6 +226,20 @@ def _check_options(block_size: Any, damp: Any, act_order: Any, static_groups: An
     for name, value in (("act_order", act_order), ("static_groups", static_groups), ("inplace", inplace)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def _warn_if_underdetermined(inputs: Mapping[str, Any]) -> None:
+    """Warn for the layers that saw fewer calibration rows than they have
+    input features: their H has rank below its size (damping alone makes it
+    invertible), and GPTQ then fits the few rows it saw rather than the
+    layer's use (on MiniLM, 4 sentences left GPTQ's embeddings far worse
+    than round to nearest's on other sentences)."""
+    short = [f"{name or '(model)'} ({s.rows} < {s.features})" for name, s in inputs.items() if s.rows < s.features]
+    if short:
+        warnings.warn(f"gptq: {len(short)} layer(s) saw fewer calibration rows than input features, so their "
+                      f"Hessian is singular and GPTQ will fit the calibration rows rather than the layer: "
+                      f"{', '.join(short[:4])}{', ...' if len(short) > 4 else ''}; give at least as many rows "
+                      f"(tokens) as input features (the paper uses 128 sequences of 2048 tokens)", stacklevel=3)
 
 
 def _untied(model: torch.nn.Module, chosen: dict[str, tuple[torch.nn.Module, QuantSpec]]) -> dict:

@@ -25,6 +25,20 @@ Two kinds, for y = x W^T + b with W of shape (out, in):
   with W_D = W with M set to 0 (zeroed before rounding) and W_M the
   sparse matrix of M's values; the sparse product multiplies the stored
   entries only (a sparse-times-dense product).
+- ``kind="sensitivity"`` (SpQR's criterion): as ``"weight"``, with the
+  elements ranked by their sensitivity s_ij = (w_ij - Q_w(W)_ij)^2 /
+  [H^-1]_jj instead of |w_ij|: the output error that rounding w_ij alone
+  to nearest costs on the calibration inputs once the other weights of
+  its row absorb it (the Optimal Brain Surgeon saliency GPTQ minimises).
+  Q_w(W) is the whole weight rounded as the quantized module rounds it
+  (round to nearest), and H = 2 X^T X / rows is the layer's calibration
+  Hessian damped as GPTQ damps it (``damp`` times its mean diagonal
+  added; a dead input's H_jj set to 1 first), inverted in float64 once
+  when ``outliers`` runs; the ranking follows the weight when it changes.
+  SpQR chooses its outliers inside its GPTQ loop, from the error-updated
+  weights; here the choice is made once from the weight as it is, and a
+  weight that already holds GPTQ's rounding (no rounding error left to
+  weigh) cannot take it (``kind="weight"`` can).
 
 The sparse product takes both operands in the sparse format and is formed
 in the input's dtype; ``sparse_format=None`` keeps them as they are. A
@@ -63,11 +77,12 @@ from ..registry import quantized
 from ..rounding import quantized_module, round_to
 from ..spec import QuantSpec
 from .costs import layer_error, weight_bits
+from .error_feedback import inverse_hessian_diagonal
 from .inputs import LayerInputs, layer_inputs
 from .layers import linear_layers, plain
 
 METHOD = "outliers"
-KINDS = ("activation", "weight")
+KINDS = ("activation", "weight", "sensitivity")
 INDEX_BITS = 32  # a column index, a CSR row offset
 GRADIENT_ROLES = ("grad_input", "grad_weight", "grad_output")
 
@@ -86,7 +101,8 @@ class Split:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
         if self.kind == "activation" and self.fraction is not None:
-            raise ValueError("weight_fraction applies to kind='weight'; activation outliers take a threshold")
+            raise ValueError("weight_fraction applies to kind='weight' or 'sensitivity'; activation outliers take a "
+                             "threshold")
         if (self.threshold is None) == (self.fraction is None):
             raise ValueError("give exactly one of threshold and weight_fraction")
         if self.threshold is not None:
@@ -101,8 +117,9 @@ class Split:
             object.__setattr__(self, "sparse_format", fmt)
 
     def describe(self) -> str:
-        rule = f"|x| >= {self.threshold:g}" if self.kind == "activation" else (
-            f"|w| >= {self.threshold:g}" if self.threshold is not None else f"the {self.fraction:.4g} largest |w|")
+        measure = {"activation": "|x|", "weight": "|w|", "sensitivity": "sensitivity"}[self.kind]
+        rule = (f"{measure} >= {self.threshold:g}" if self.threshold is not None
+                else f"the {self.fraction:.4g} largest {measure}")
         return f"{self.kind} outliers ({rule}) in {_name(self.sparse_format)}"
 
 
@@ -110,15 +127,23 @@ class OutlierSplit:
     """The dense-and-sparse product of a quantized linear layer (mixed into
     QuantLinear and QuantConv1D; see the module docstring)."""
 
-    def __init__(self, module: torch.nn.Module, spec: QuantSpec, split: Split) -> None:
+    def __init__(self, module: torch.nn.Module, spec: QuantSpec, split: Split,
+                 inverse_hessian_diagonal: torch.Tensor | None = None) -> None:
         if not isinstance(split, Split):
             raise TypeError(f"split must be a Split, got {type(split).__name__}")
+        if (split.kind == "sensitivity") != (inverse_hessian_diagonal is not None):
+            raise ValueError("inverse_hessian_diagonal (diag of the layer's damped calibration H^-1) is given with, "
+                             "and only with, sensitivity outliers")
+        if split.kind == "sensitivity" and isinstance(spec.weight, Prerounded):
+            raise ValueError(f"its weight holds {spec.weight.method}'s rounding, which leaves no rounding error for "
+                             f"sensitivity outliers to weigh (kind='weight' ranks by magnitude)")
         super().__init__(module, spec)
         self.split = split
+        self.inverse_hessian_diagonal = inverse_hessian_diagonal
         self._parts: tuple[Any, Any] | None = None  # (key, parts) of the last inference call
 
     def rewrapped(self, spec: QuantSpec) -> "OutlierSplit":
-        return type(self)(self.original, spec, self.split)
+        return type(self)(self.original, spec, self.split, self.inverse_hessian_diagonal)
 
     # -- which outliers -------------------------------------------------------------------
     def outlier_columns(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +153,7 @@ class OutlierSplit:
 
     def outlier_weights(self) -> torch.Tensor:
         """The outlier elements of the weight (bool, (out, in) as F.linear takes it)."""
-        magnitude = self.matrix(self.weight.detach()).abs()
+        magnitude = self.sensitivity() if self.split.kind == "sensitivity" else self.matrix(self.weight.detach()).abs()
         if self.split.threshold is not None:
             return magnitude >= self.split.threshold
         count = math.floor(self.split.fraction * magnitude.numel())
@@ -136,6 +161,14 @@ class OutlierSplit:
         mask = torch.zeros(magnitude.numel(), dtype=torch.bool, device=magnitude.device)
         mask[order] = True
         return mask.reshape(magnitude.shape)
+
+    def sensitivity(self) -> torch.Tensor:
+        """SpQR's (w_ij - Q_w(W)_ij)^2 / [H^-1]_jj of every weight element
+        (float64, (out, in) as F.linear takes it; see the module docstring)."""
+        weight = self.matrix(self.weight.detach())
+        with quantized_module():
+            error = weight.to(torch.float64) - self._dense(weight).to(torch.float64)
+        return error.square() / self.inverse_hessian_diagonal.to(error.device)
 
     # -- the product ----------------------------------------------------------------------
     def recorded(self, x: torch.Tensor) -> bool:
@@ -213,7 +246,7 @@ class OutlierSplit:
         each (the columns differ from call to call: give the count seen)."""
         out_features, in_features = self.matrix(self.weight).shape
         value = self.weight.element_size() * 8 if self.split.sparse_format is None else self.split.sparse_format.bits
-        if self.split.kind == "weight":
+        if self.split.kind != "activation":
             count = int(self.outlier_weights().sum())
             total = count * (value + INDEX_BITS) + (out_features + 1) * INDEX_BITS
         else:
@@ -238,13 +271,14 @@ def outliers(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[A
              threshold: float | None = None, weight_fraction: float | None = None, sparse_format: Any = "fp16",
              rules: Mapping[Any, QuantSpec | None] | None = None,
              forward: Callable[[torch.nn.Module, Any], Any] | None = None, inplace: bool = True,
-             samples: int = 512) -> torch.nn.Module:
+             samples: int = 512, damp: float = 0.01) -> torch.nn.Module:
     """Swap each linear layer (chosen by ``spec`` and ``rules`` as
     quantize_model chooses) for its dense-and-sparse module under its spec
     (see the module docstring). ``kind="activation"`` takes ``threshold``
-    (default 6.0); ``kind="weight"`` takes ``weight_fraction`` or
-    ``threshold`` (exactly one). ``sparse_format``: an element format, or
-    None. Use the return value (a bare layer is replaced by its module);
+    (default 6.0); ``kind="weight"`` and ``kind="sensitivity"`` take
+    ``weight_fraction`` or ``threshold`` (exactly one). ``sparse_format``:
+    an element format, or None. ``damp`` (sensitivity only): the fraction
+    of H's mean diagonal added to its diagonal, as GPTQ's. Use the return value (a bare layer is replaced by its module);
     ``inplace=False`` changes a deep copy.
 
     ``batches`` (run by ``forward``) give each layer's input rows to
@@ -261,10 +295,11 @@ def outliers(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[A
     split = Split(kind, threshold, weight_fraction, sparse_format)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
+    _check_number("damp", damp, lambda v: v >= 0, "a finite number >= 0 (a fraction of H's mean diagonal)")
     model = working_model(model, inplace)
     layers = linear_layers(model, spec, rules)
     inputs = layer_inputs(model, {name: layer for name, (layer, _) in layers.items()}, batches, samples=samples,
-                          forward=forward)
+                          gram=split.kind == "sensitivity", forward=forward)
     root, left, graded = model, [], []
     for name, (layer, layer_spec) in layers.items():
         inner = plain(layer)
@@ -272,7 +307,9 @@ def outliers(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[A
         layer_spec = marked_spec(inner, layer_spec)  # a weight GPTQ rounded to this format keeps GPTQ's values
         cls = OutlierLinear if QuantLinear.accepts(inner) else OutlierConv1D
         try:
-            new, measured = cls(inner, layer_spec, split), cls(inner, layer_spec, split)
+            diagonal = (inverse_hessian_diagonal(inputs[name].hessian(), damp) if split.kind == "sensitivity"
+                        else None)
+            new, measured = cls(inner, layer_spec, split, diagonal), cls(inner, layer_spec, split, diagonal)
         except ValueError as why:
             left.append(f"{name or '(model)'} ({why})")
             continue
