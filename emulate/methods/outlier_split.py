@@ -176,6 +176,8 @@ class OutlierSplit:
             x = torch.where(self.outlier_columns(x), torch.zeros_like(x), x)
         return super().recorded(x)
 
+    @torch.compiler.disable(reason="lowbit's outlier layers choose their outliers from the data and run eagerly: "
+                                   "torch.compile breaks the graph around them (not possible with fullgraph=True)")
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # torch's name: callers may pass input=
         x = input
         if self.recorded(x):
