@@ -445,6 +445,49 @@ def test_a_small_llama_end_to_end():
     assert not any(isinstance(m, QuantLinear) for m in model.modules())
 
 
+# -- sequential calibration ----------------------------------------------------------------------------
+def test_sequential_gptq_sees_the_layers_before_as_gptq_left_them():
+    """The second layer's Hessian comes from the first layer's output with GPTQ's weight and the spec's
+    input rounding in place: the same as GPTQ of the second layer alone on those outputs."""
+    torch.manual_seed(40)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 128), torch.nn.GELU(), torch.nn.Linear(128, 32))
+    batches = correlated_batches(96, rows=768, seed=41)
+    spec = QuantSpec(input="mxfp8_e4m3", weight="mxfp4")
+    first_alone = gptq(copy.deepcopy(model[:1]), spec, batches)
+    with torch.no_grad():
+        second_inputs = [model[1](first_alone(x)) for x in batches]
+    second_alone = gptq(copy.deepcopy(model[2:]), spec, second_inputs)
+    one_pass = gptq(copy.deepcopy(model), spec, batches)
+    sequential = gptq(copy.deepcopy(model), spec, batches, sequential=True)
+    assert torch.equal(sequential[0].weight, first_alone[0].weight)
+    assert torch.equal(sequential[2].weight, second_alone[0].weight)
+    assert not torch.equal(one_pass[2].weight, sequential[2].weight)
+    assert all(c.detail.endswith("static_groups, sequential, 768 rows") for c in changes(sequential))
+
+
+def test_sequential_stages_group_the_layers_that_share_an_input():
+    from lowbit.emulate.methods.error_feedback import _stages
+
+    from helpers import small_llama
+    model = small_llama()
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    stages = _stages(model, names, [torch.randint(0, 100, (2, 8))], None)
+    block = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+             ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+    expected = [[f"model.layers.{i}.{n}" for n in stage] for i in range(2) for stage in block] + [["lm_head"]]
+    assert stages == expected
+
+
+def test_sequential_gptq_that_fails_on_a_later_layer_changes_nothing():
+    torch.manual_seed(42)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="layer '2': the damped Hessian is not positive definite"):
+        gptq(model, SPECS["mxfp4"], [torch.randn(64, 32)], damp=0.0, sequential=True)  # 64 rows < 256 inputs
+    assert [type(m) for m in model] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear] and not changes(model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
 def test_gpt2_conv1d_layers_and_a_tied_head():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)

@@ -55,6 +55,7 @@ warning: changing it would change the other module too.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from collections import Counter
@@ -63,6 +64,7 @@ from typing import Any
 
 import torch
 
+from ..calibrating import run_batches
 from ..changes import Change, keep_parameter, on_undo, record, working_model
 from ..modules import QuantModule
 from ..prerounded import Prerounded, fingerprint, mark, unmark
@@ -160,7 +162,7 @@ def gptq(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any],
          rules: Mapping[Any, QuantSpec | None] | None = None,
          forward: Callable[[torch.nn.Module, Any], Any] | None = None, inplace: bool = True,
          block_size: int = 128, damp: float = 0.01, act_order: bool = False,
-         static_groups: bool = True) -> torch.nn.Module:
+         static_groups: bool = True, sequential: bool = False) -> torch.nn.Module:
     """GPTQ on every linear layer whose spec (``spec``, or the first
     matching rule's) has a weight format (see the module docstring).
 
@@ -171,7 +173,9 @@ def gptq(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any],
     H_jj. ``static_groups``: set every group's scales from the weight
     before rounding (the default), or, with False, from the group's
     error-updated values when the rounding reaches it (no effect for
-    formats without groups of input features). ``inplace=False`` changes a deep copy.
+    formats without groups of input features). ``sequential``: gather
+    each layer's inputs with the layers GPTQ rounded before it already in
+    place (see the module docstring). ``inplace=False`` changes a deep copy.
 
     Returns the model with each changed layer swapped for its quantized
     module with the spec's weight role marked as GPTQ's (use the return
@@ -185,7 +189,7 @@ def gptq(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any],
     Hessian damping cannot make positive definite; nothing is changed
     then. Warns for layers that saw fewer calibration rows than input
     features (a singular H: GPTQ overfits the rows it saw)."""
-    _check_options(block_size, damp, act_order, static_groups, inplace)
+    _check_options(block_size, damp, act_order, static_groups, sequential, inplace)
     model = working_model(model, inplace)
     chosen = linear_layers(model, spec, rules)
     check_order(chosen, "gptq")
@@ -193,13 +197,16 @@ def gptq(model: torch.nn.Module, spec: QuantSpec | None, batches: Iterable[Any],
     if not chosen:
         return model
     plans = {name: _plan(name, layer, layer_spec) for name, (layer, layer_spec) in chosen.items()}
-    inputs = layer_inputs(model, {name: layer for name, (layer, _) in chosen.items()}, batches, gram=True,
-                          samples=ERROR_ROWS, forward=forward)
-    _warn_if_underdetermined(inputs)
     options = {"block_size": block_size, "damp": damp, "act_order": act_order, "static_groups": static_groups}
-    results = {name: _rounded_layer(name, plan, inputs[name], options) for name, plan in plans.items()}
-    detail = ", ".join([f"block_size={block_size}", f"damp={damp:g}"] + [k for k in ("act_order", "static_groups")
-                                                                           if options[k]])
+    if sequential and "" not in plans:
+        results, inputs = _sequential_results(model, plans, batches, forward, options)
+    else:
+        inputs = layer_inputs(model, {name: plan.layer for name, plan in plans.items()}, batches, gram=True,
+                              samples=ERROR_ROWS, forward=forward)
+        results = {name: _rounded_layer(name, plan, inputs[name], options) for name, plan in plans.items()}
+    _warn_if_underdetermined(inputs)
+    flags = [k for k in ("act_order", "static_groups") if options[k]] + ["sequential"] * sequential
+    detail = ", ".join([f"block_size={block_size}", f"damp={damp:g}"] + flags)
     root = model
     for name, plan in plans.items():
         weight, before, after = results[name]
@@ -218,12 +225,14 @@ class _Plan:
     rounder: ColumnRounder
 
 
-def _check_options(block_size: Any, damp: Any, act_order: Any, static_groups: Any, inplace: Any) -> None:
+def _check_options(block_size: Any, damp: Any, act_order: Any, static_groups: Any, sequential: Any,
+                   inplace: Any) -> None:
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if isinstance(damp, bool) or not isinstance(damp, int | float) or not 0 <= damp < float("inf"):
         raise ValueError(f"damp must be a finite number >= 0 (a fraction of H's mean diagonal), got {damp!r}")
-    for name, value in (("act_order", act_order), ("static_groups", static_groups), ("inplace", inplace)):
+    for name, value in (("act_order", act_order), ("static_groups", static_groups), ("sequential", sequential),
+                        ("inplace", inplace)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}")
 
@@ -292,16 +301,79 @@ def _apply(model: torch.nn.Module, name: str, plan: _Plan, rounded: torch.Tensor
     layer = plain(plan.layer)
     owner = model if name else layer
     keep_parameter(owner, layer, "weight")
-    with torch.no_grad():
-        weight_matrix(layer).copy_(rounded)
-    spec = dataclasses.replace(plan.spec, weight=Prerounded(plan.spec.weight, "gptq", fingerprint(layer.weight)))
-    mark(layer, spec.weight, spec)
+    swapped = _holding(layer, plan, rounded)
     on_undo(owner, lambda: unmark(layer))
-    swapped = quantized(layer, spec)
     if name:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, swapped)
     return swapped
+
+
+def _holding(layer: torch.nn.Module, plan: _Plan, rounded: torch.Tensor) -> QuantModule:
+    """Write GPTQ's weight into ``layer`` (plain), mark it and wrap it in
+    its quantized module under the marked spec."""
+    with torch.no_grad():
+        weight_matrix(layer).copy_(rounded)
+    spec = dataclasses.replace(plan.spec, weight=Prerounded(plan.spec.weight, "gptq", fingerprint(layer.weight)))
+    mark(layer, spec.weight, spec)
+    return quantized(layer, spec)
+
+
+def _sequential_results(model: torch.nn.Module, plans: dict[str, _Plan], batches: Iterable[Any],
+                        forward: Callable[[torch.nn.Module, Any], Any] | None,
+                        options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each layer's GPTQ result and inputs, stage by stage (:func:`_stages`):
+    a stage's inputs are gathered with every earlier stage's layers standing
+    in as GPTQ left them (quantized modules holding a copy of the layer
+    with GPTQ's weight); the model's own layers are back in place when it
+    returns or raises, so nothing is changed until every layer succeeded."""
+    batches = list(batches)  # run once per stage
+    results, inputs, originals = {}, {}, {}
+    try:
+        for stage in _stages(model, list(plans), batches, forward):
+            found = layer_inputs(model, {name: model.get_submodule(name) for name in stage}, batches, gram=True,
+                                 samples=ERROR_ROWS, forward=forward)
+            for name in stage:
+                results[name] = _rounded_layer(name, plans[name], found[name], options)
+                inputs[name] = dataclasses.replace(found[name], gram=None)  # the rows' count and samples stay
+                originals[name] = model.get_submodule(name)
+                model.set_submodule(name, _holding(copy.deepcopy(plain(plans[name].layer)), plans[name],
+                                                   results[name][0]))
+    finally:
+        for name, layer in originals.items():
+            model.set_submodule(name, layer)
+    return results, inputs
+
+
+def _stages(model: torch.nn.Module, names: list[str], batches: list[Any],
+            forward: Callable[[torch.nn.Module, Any], Any] | None) -> list[list[str]]:
+    """The layers in the order the model first calls them on the first
+    batch, grouped into stages of consecutive calls on the very same input
+    tensor (q, k and v projections; gate and up): a stage's inputs do not
+    depend on its own layers. Layers never called come last, as one stage
+    (the calibration pass then says they were never reached)."""
+    calls: list[tuple[str, torch.Tensor]] = []
+
+    def record_call(name: str, args: tuple, kwargs: dict) -> None:
+        if all(seen != name for seen, _ in calls):
+            calls.append((name, args[0] if args else kwargs["input"]))
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(
+        lambda _m, args, kwargs, n=name: record_call(n, args, kwargs), with_kwargs=True) for name in names]
+    try:
+        run_batches(model, batches[:1], forward, "gptq's calibration")
+    finally:
+        for handle in handles:
+            handle.remove()
+    stages: list[list[str]] = []
+    for i, (name, x) in enumerate(calls):
+        if i and x is calls[i - 1][1]:
+            stages[-1].append(name)
+        else:
+            stages.append([name])
+    called = {name for name, _ in calls}
+    unreached = [name for name in names if name not in called]
+    return stages + ([unreached] if unreached else [])
 
 
 def _format_name(spec: QuantSpec) -> str:
