@@ -43,13 +43,16 @@ METHODS = {
     "gptq": [gptq],
     "gptq, scales set late": [lambda m, *a, **k: gptq(m, *a, static_groups=False, **k)],
     "gptq, act_order": [lambda m, *a, **k: gptq(m, *a, act_order=True, **k)],
+    "gptq, sequential": [lambda m, *a, **k: gptq(m, *a, sequential=True, **k)],
     "awq": [awq],
+    "outliers (sensitivity, 0.5%)": [lambda m, *a, **k: outliers(m, *a, kind="sensitivity", weight_fraction=0.005,
+                                                                  **k)],
     "smoothquant": [smoothquant],
     "rotate": [rotate],
     "rotate, gptq": [rotate, gptq],
     "smoothquant, gptq": [smoothquant, gptq],
-    "outliers (|x| >= 6)": [outliers],
-    "gptq, outliers (|x| >= 6)": [gptq, outliers],
+    "outliers (threshold 6)": [outliers],
+    "gptq, outliers (threshold 6)": [gptq, outliers],
 }
 
 
