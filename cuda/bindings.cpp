@@ -38,16 +38,25 @@ using at::Tensor;
 // The device of `x` made current, and its current stream (none on the host).
 struct OnDevice {
 // launched() raises if the last kernel launch failed (a launch error is
-// otherwise silent and leaves the outputs unwritten).
+// otherwise silent and leaves the outputs unwritten); capability() is the
+// device's compute capability as 10 * major + minor (the host builds run
+// every instruction: 1000).
 #ifdef LOWBIT_HOST_ONLY
   explicit OnDevice(const Tensor&) {}
   cudaStream_t stream() const { return nullptr; }
   void launched() const {}
+  int capability() const { return 1000; }
 #else
   c10::cuda::CUDAGuard guard;
   explicit OnDevice(const Tensor& x) : guard(x.device()) {}
   cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream().stream(); }
   void launched() const { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
+  int capability() const {
+    int major = 0, minor = 0, device = guard.current_device().index();
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    return 10 * major + minor;
+  }
 #endif
 };
 
@@ -85,6 +94,13 @@ int output_dtype_of(at::ScalarType dtype) {
 void check_device(const Tensor& x, const char* name) {
   TORCH_CHECK(x.device().type() == c10::DeviceType::LOWBIT_DEVICE, "lowbit: ", name, " must be on ",
               c10::DeviceType::LOWBIT_DEVICE, ", got ", x.device());
+}
+
+// x on the device type of this build and on the same device as `first` (named first_name).
+void check_same_device(const Tensor& x, const char* name, const Tensor& first, const char* first_name) {
+  check_device(x, name);
+  TORCH_CHECK(x.device() == first.device(), "lowbit: ", name, " must be on the same device as ", first_name, " (",
+              first.device(), "), got ", x.device());
 }
 
 ElementDesc element_desc(at::IntArrayRef fields) {
@@ -138,7 +154,7 @@ std::pair<Tensor, BlockView> decode_output(const Tensor& elements, const Tensor&
                                            int64_t axis, int64_t block, int64_t bits_per_block,
                                            at::ScalarType dtype) {
   check_device(elements, "elements");
-  check_device(scales, "scales");
+  check_same_device(scales, "scales", elements, "elements");
   Tensor out = at::empty(shape, elements.options().dtype(dtype));
   BlockView v = axis_view(out, axis, block).second;
   TORCH_CHECK(scales.numel() == block_count(v), "lowbit: expected ", block_count(v), " scale codes, got ",
@@ -265,7 +281,7 @@ std::tuple<Tensor, Tensor, Tensor> microexponent_encode_op(const Tensor& x, int6
 
 Tensor microexponent_decode_op(const Tensor& elements, const Tensor& scales, const Tensor& subscales,
                                at::IntArrayRef shape, int64_t axis, at::IntArrayRef params, at::ScalarType dtype) {
-  check_device(subscales, "subscales");
+  check_same_device(subscales, "subscales", elements, "elements");
   OnDevice on(elements);
   MicroParams mp = micro_params(params);
   auto [out, v] = decode_output(elements, scales, shape, axis, mp.block, int64_t(mp.block) * (mp.man + 1), dtype);
@@ -293,8 +309,8 @@ std::tuple<Tensor, Tensor> mx_prepare_op(const Tensor& packed, const Tensor& sca
                                          const std::optional<Tensor>& element_table, const Tensor& scale_table,
                                          int64_t code_bits, int64_t rows, int64_t k) {
   check_device(packed, "packed");
-  check_device(scale_codes, "scale_codes");
-  check_device(scale_table, "scale_table");
+  check_same_device(scale_codes, "scale_codes", packed, "packed");
+  check_same_device(scale_table, "scale_table", packed, "packed");
   TORCH_CHECK(packed.scalar_type() == at::kByte, "lowbit: packed must be uint8 bytes");
   TORCH_CHECK(code_bits >= 1 && code_bits <= 16 && rows >= 0 && k >= 0, "lowbit: bad code_bits, rows or k");
   TORCH_CHECK(packed.numel() * 8 >= rows * k * code_bits, "lowbit: too few packed bytes for ", rows * k, " codes");
@@ -309,7 +325,7 @@ std::tuple<Tensor, Tensor> mx_prepare_op(const Tensor& packed, const Tensor& sca
   Tensor inputs, element_values;
   int64_t bytes = 1;
   if (element_table) {
-    check_device(*element_table, "element_table");
+    check_same_device(*element_table, "element_table", packed, "packed");
     TORCH_CHECK(element_table->scalar_type() == at::kByte && element_table->dim() == 2 &&
                     element_table->size(0) == (int64_t(1) << code_bits),
                 "lowbit: element_table must be uint8 of shape (2**code_bits, bytes)");
@@ -332,7 +348,7 @@ Tensor mx_matmul_op(const Tensor& a, const Tensor& a_scales, const Tensor& b, co
                     const std::optional<Tensor>& bias, int64_t a_type, int64_t b_type, int64_t block,
                     at::ScalarType out_dtype) {
   for (auto [t, name] : {std::pair{&a, "a"}, {&a_scales, "a_scales"}, {&b, "b"}, {&b_scales, "b_scales"}}) {
-    check_device(*t, name);
+    check_same_device(*t, name, a, "a");
     TORCH_CHECK(t->dim() == 2, "lowbit: ", name, " must be 2-D, got ", t->dim(), " dimensions");
   }
   TORCH_CHECK(a.scalar_type() == at::kByte && b.scalar_type() == at::kByte, "lowbit: a and b must be uint8 bytes");
@@ -344,6 +360,8 @@ Tensor mx_matmul_op(const Tensor& a, const Tensor& a_scales, const Tensor& b, co
   const int64_t bytes = input_bytes(int(a_type)), m = a.size(0), n = b.size(0), k = a.size(1) / bytes;
   TORCH_CHECK(a.size(1) == b.size(1) && a.size(1) % bytes == 0, "lowbit: a and b must hold rows of the same length");
   TORCH_CHECK(block > 0 && block % 32 == 0 && k % block == 0, "lowbit: block must be a multiple of 32 dividing k");
+  TORCH_CHECK(a_type != TYPE_INT8 || block <= INT8_BLOCK_MAX, "lowbit: the int8 instruction takes blocks of at most ",
+              int(INT8_BLOCK_MAX), " (its int32 partial sums convert to fp32 exactly only below 2**24); got ", block);
   TORCH_CHECK(a_scales.size(0) == m && a_scales.size(1) == k / block && b_scales.size(0) == n &&
                   b_scales.size(1) == k / block,
               "lowbit: the scales must have one row per row of a (b) and one column per block");
@@ -351,12 +369,16 @@ Tensor mx_matmul_op(const Tensor& a, const Tensor& a_scales, const Tensor& b, co
               "lowbit: out_dtype must be float32, bfloat16 or float16; got ", out_dtype);
   Tensor bias_values;
   if (bias) {
-    check_device(*bias, "bias");
+    check_same_device(*bias, "bias", a, "a");
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == n,
                 "lowbit: bias must be float32 of shape (", n, ")");
     bias_values = bias->contiguous();
   }
   OnDevice on(a);
+  TORCH_CHECK(on.capability() >= 80, "lowbit: mx_matmul needs a GPU of compute capability 8.0 or later (cp.async, "
+              "tensor-core MMAs); ", a.device(), " has ", on.capability() / 10, ".", on.capability() % 10);
+  TORCH_CHECK(!fp8 || on.capability() >= 89, "lowbit: FP8 operands need a GPU of compute capability 8.9 or later; ",
+              a.device(), " has ", on.capability() / 10, ".", on.capability() % 10);
   Tensor av = aligned(a), bv = aligned(b), as = a_scales.contiguous(), bs = b_scales.contiguous();
   Tensor out = at::empty({m, n}, a.options().dtype(out_dtype));
   mx_matmul(int(a_type), int(b_type), av.data_ptr<uint8_t>(), as.data_ptr<float>(), bv.data_ptr<uint8_t>(),

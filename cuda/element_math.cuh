@@ -23,10 +23,15 @@
 #include "emulated_device.h"  // the device functions the GPU branches call
 #endif
 
+// LB_HD: a function of the math headers, for host and device, inlined.
+// LB_HD_NOINLINE: the same kept a call on the GPU (rare or repeated code);
+// `inline` for its linkage: every file that includes the header defines it.
 #if defined(__CUDACC__)
 #define LB_HD __host__ __device__ __forceinline__
+#define LB_HD_NOINLINE inline __host__ __device__ __noinline__
 #else
 #define LB_HD inline
+#define LB_HD_NOINLINE inline
 #endif
 
 namespace lowbit {

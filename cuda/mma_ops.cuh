@@ -1,6 +1,7 @@
 // The device instructions of the MX matmul kernel: warp-wide tensor-core
 // MMAs (mma.sync) and asynchronous copies to shared memory (cp.async),
-// both sm_80+, FP8 MMAs sm_89+. In the emulated build (host threads, see
+// both sm_80+, FP8 MMAs sm_89+ (compiled to traps below those, where the
+// binding refuses to launch). In the emulated build (host threads, see
 // emulated_device.h) the copies are plain copies and an MMA is computed by
 // the warp's 32 host threads from each other's fragments, with the
 // tensor cores modelled as adding exact products in double and rounding
@@ -23,6 +24,8 @@ template <int Bytes> __device__ __forceinline__ void copy_async(void* shared, co
 #ifdef LOWBIT_EMULATE_DEVICE
   if (valid) memcpy(shared, global, Bytes);
   else memset(shared, 0, Bytes);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // cp.async is sm_80+
 #else
   unsigned address = (unsigned)__cvta_generic_to_shared(shared);
   int source_bytes = valid ? Bytes : 0;
@@ -35,14 +38,14 @@ template <int Bytes> __device__ __forceinline__ void copy_async(void* shared, co
 
 // Closes the group of copies issued since the last commit.
 __device__ __forceinline__ void commit_copies() {
-#ifndef LOWBIT_EMULATE_DEVICE
+#if !defined(LOWBIT_EMULATE_DEVICE) && !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800)
   asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
 
 // Waits until at most `Pending` committed groups are still in flight.
 template <int Pending> __device__ __forceinline__ void wait_copies() {
-#ifndef LOWBIT_EMULATE_DEVICE
+#if !defined(LOWBIT_EMULATE_DEVICE) && !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800)
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
 #endif
 }
@@ -106,6 +109,8 @@ template <int AT, int BT, typename Acc>
 __device__ __forceinline__ void mma(Acc* d, const uint32_t* a, const uint32_t* b, const Acc* c) {
 #ifdef LOWBIT_EMULATE_DEVICE
   emulated::warp_mma<AT, BT>(d, a, b, c);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // the m16n8k16/k32 MMAs are sm_80+; the binding refuses older GPUs before launching
 #else
   if constexpr (AT == TYPE_INT8) {
     LOWBIT_MMA("m16n8k32.row.col.s32.s8.s8.s32", "=r", "r");

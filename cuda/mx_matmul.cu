@@ -85,7 +85,8 @@ __global__ void __launch_bounds__(THREADS) mx_matmul_kernel(MatmulArgs g) {
     const Acc zero[4] = {};
 
     __syncthreads();  // the previous tile is done with stage 0
-    stage_copies<AT>(g, tile_m, tile_n, 0, a_stages[0], b_stages[0], a_scales[0], b_scales[0]);
+    if (steps > 0)  // K = 0: no copies; the outputs are the bias alone
+      stage_copies<AT>(g, tile_m, tile_n, 0, a_stages[0], b_stages[0], a_scales[0], b_scales[0]);
     commit_copies();
     for (long long step = 0; step < steps; ++step) {
       const int s = (int)(step & 1);

@@ -24,6 +24,11 @@ namespace lowbit {
 // MMA), fp16 (the fp16 MMA), or FP8 E4M3/E5M2 (the FP8 MMA, either pair).
 enum MmaType { TYPE_INT8 = 0, TYPE_FP16 = 1, TYPE_E4M3 = 2, TYPE_E5M2 = 3 };
 
+// The longest block the int8 instruction takes: its int32 partial sum of
+// a block (at most INT8_BLOCK_MAX products of magnitude <= 128 * 128 =
+// 2**14) stays below 2**24, so that converting it to fp32 is exact.
+constexpr int INT8_BLOCK_MAX = 1024;
+
 // Bytes per element of an operand of `type`.
 LB_HD constexpr int input_bytes(int type) { return type == TYPE_FP16 ? 2 : 1; }
 
@@ -76,11 +81,7 @@ template <typename Acc, typename Product> inline Acc modelled_mma(Acc c, int n, 
 // added there, and rounding that double sum to fp32 gives the same single
 // rounding (a double holds 53 >= 2 * 24 + 2 bits, so rounding twice is
 // innocuous for a sum of two 24-bit numbers).
-#if defined(__CUDACC__)
-__host__ __device__ __noinline__  // rare: kept out of the kernel's unrolled loops and registers
-#else
-inline
-#endif
+LB_HD_NOINLINE  // rare: kept out of the kernel's unrolled loops and registers
 float add_scaled_block_in_double(float total, float partial, float sa, float sb) {
   return (float)((double)total + (double)partial * ((double)sa * (double)sb));
 }
@@ -118,8 +119,12 @@ LB_HD uint16_t float16_rounded(float x) {
   return (uint16_t)float16_code(x == x ? copysign(a, (double)x) : (double)x);
 }
 
-// Output `index` of a matmul: total (+ *bias, in fp32) rounded to out_dtype (F32, BF16 or F16).
-LB_HD void store_output(void* out, int out_dtype, long long index, float total, const float* bias) {
+// Output `index` of a matmul: total (+ *bias, in fp32) rounded to out_dtype
+// (F32, BF16 or F16). Not inlined on the GPU: the kernel stores 64 outputs
+// per thread from an unrolled loop, and inlining the rounding into each
+// made about 70% of its machine code and of its first-use compile time.
+LB_HD_NOINLINE
+void store_output(void* out, int out_dtype, long long index, float total, const float* bias) {
   const float value = bias ? total + *bias : total;
   if (out_dtype == F32) static_cast<float*>(out)[index] = value;
   else static_cast<uint16_t*>(out)[index] = out_dtype == BF16 ? bfloat16_rounded(value) : float16_rounded(value);

@@ -1,6 +1,7 @@
 """The CUDA extension's checks that need no GPU: every ``.cu`` file
-compiles with nvcc for sm_80 and sm_90 (the MX matmul with the tensor-core
-instructions of each), the bindings compile against torch
+compiles with nvcc for sm_75, sm_80 and sm_90 (the MX matmul with the
+tensor-core instructions of each, none on sm_75) and the objects link into
+one library, the bindings compile against torch
 for CUDA, the headers compile warning-free with g++, and the two CPU
 builds (the host twin: the kernels' math in host loops; the emulated
 build: the .cu kernels run thread after thread) build and run. Their
@@ -47,30 +48,64 @@ def test_without_cuda_the_extension_says_what_is_missing():
         lowbit.cuda.build()
 
 
-#: the MMA instructions mx_matmul.cu's PTX holds for each architecture: int8
-#: and fp16 on sm_80; every FP8 pair too from sm_89 on (compiled out below
-#: it, where the launcher refuses them)
+#: the MMA instructions mx_matmul.cu's PTX holds for each architecture: none
+#: on sm_75 (its matmul traps; the binding refuses it), int8 and fp16 on
+#: sm_80; every FP8 pair too from sm_89 on (compiled out below it, where the
+#: binding refuses them)
 MX_MATMUL_MMAS = {
+    "75": set(),
     "80": {"m16n8k32.row.col.s32.s8.s8.s32", "m16n8k16.row.col.f32.f16.f16.f32"},
     "90": {"m16n8k32.row.col.s32.s8.s8.s32", "m16n8k16.row.col.f32.f16.f16.f32",
            *(f"m16n8k32.row.col.f32.{a}.{b}.f32" for a in ("e4m3", "e5m2") for b in ("e4m3", "e5m2"))},
 }
+#: the C++ standard torch's JIT builder passes nvcc (torch 2.13; 2.11 passed c++17, which built on an H200 too)
+CXX_STANDARD = "-std=c++20"
 
 
-@pytest.mark.parametrize("source", build.KERNELS)
-def test_every_kernel_file_compiles_with_nvcc_for_sm80_and_sm90(source, tmp_path):
-    """Each .cu compiles without warnings; mx_matmul.cu's kept PTX holds the MMAs each architecture has."""
+@pytest.fixture(scope="module")
+def kernel_objects(tmp_path_factory):
+    """Each .cu compiled as the JIT compiles it (position-independent, torch's
+    C++ standard, lowbit's nvcc flags) for sm_75, sm_80 and sm_90, all at
+    once: {source: (object path, compiler output)}, with the kept PTX beside."""
     nvcc = build.nvcc_path()
     if nvcc is None:
         pytest.skip("nvcc not found")
-    output = run([nvcc, "-std=c++17", *build.NVCC_FLAGS, "-c", source, "-o", str(tmp_path / "kernels.o"),
-                  "-keep", "--keep-dir", str(tmp_path),
-                  "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"], CSRC)
+    folder = tmp_path_factory.mktemp("kernels")
+    jobs = {}
+    for source in build.KERNELS:
+        target = folder / source.replace(".cu", ".o")
+        command = [nvcc, CXX_STANDARD, *build.NVCC_FLAGS, "-Xcompiler", "-fPIC", "-c", source, "-o", str(target),
+                   "-keep", "--keep-dir", str(folder),
+                   *(f"-gencode=arch=compute_{a},code=sm_{a}" for a in MX_MATMUL_MMAS)]
+        jobs[source] = (target, subprocess.Popen(command, cwd=CSRC, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                 text=True))
+    objects = {}
+    for source, (target, job) in jobs.items():
+        output = job.communicate()[0]
+        assert job.returncode == 0, output
+        objects[source] = (target, output)
+    return objects
+
+
+@pytest.mark.parametrize("source", build.KERNELS)
+def test_every_kernel_file_compiles_with_nvcc_for_sm75_sm80_and_sm90(source, kernel_objects):
+    """Each .cu compiles without warnings; mx_matmul.cu's kept PTX holds the
+    MMAs each architecture has, and no cp.async below sm_80."""
+    target, output = kernel_objects[source]
     assert "warning" not in output.lower(), output
     if source == "mx_matmul.cu":
         for arch, instructions in MX_MATMUL_MMAS.items():
-            ptx = (tmp_path / f"mx_matmul.compute_{arch}.ptx").read_text()
+            ptx = (target.parent / f"mx_matmul.compute_{arch}.ptx").read_text()
             assert set(re.findall(r"mma\.sync\.aligned\.([\w.]+)", ptx)) == instructions, arch
+            assert ("cp.async" in ptx) == (arch != "75"), arch
+
+
+def test_the_kernel_files_link_into_one_library(kernel_objects, tmp_path):
+    """The objects link together as the JIT links them: a function defined in
+    a header without inline linkage (seen: one marked __noinline__) is
+    defined once per object, and the first GPU build failed on it."""
+    objects = [str(target) for target, _ in kernel_objects.values()]
+    run([build.nvcc_path(), "-shared", "-o", str(tmp_path / "kernels.so"), *objects], tmp_path)
 
 
 def test_the_bindings_compile_for_cuda(tmp_path):
@@ -102,3 +137,30 @@ def test_the_cpu_builds_build_and_run(cpu_build):
     x = torch.tensor([0.3, -500.0, float("nan")])
     out, exact = built.elements.quantize(lowbit.get_format("fp8_e4m3"), x, Policy(overflow="saturate"))
     assert exact and torch.equal(out[:2], torch.tensor([0.3125, -448.0])) and out[2].isnan()
+
+
+def test_a_failed_build_is_tried_once_per_process():
+    """functools.cache caches no exceptions: a failing build would recompile
+    on every quantized forward. build.once remembers the failure."""
+    attempts = []
+
+    @build.once
+    def failing_build():
+        attempts.append(1)
+        raise RuntimeError("Error building extension 'lowbit_cuda_sm90'")
+
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="Error building extension"):
+            failing_build()
+    assert attempts == [1]
+
+
+def test_the_cuda_build_names_its_architectures():
+    """The build folder is named by the GPUs' architectures, and the flags
+    lowbit passes replace torch's own arch flags (torch adds none when given
+    some), so a shared extensions cache never hands one GPU another's build."""
+    from torch.utils import cpp_extension
+
+    flags = build.arch_flags(["80", "90"])
+    assert flags == ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+    assert cpp_extension._get_cuda_arch_flags([*build.NVCC_FLAGS, *flags]) == []

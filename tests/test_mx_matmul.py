@@ -235,6 +235,37 @@ def test_blocks_of_64_and_a_partial_last_block():
     assert_within_fp32_bound(host, a, b)
 
 
+@pytest.mark.parametrize("backend", ["cuda_host", "cuda_emulated", "reference"])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_k_zero_gives_the_bias_without_reading_the_operands(backend, out_dtype):
+    """An empty sum: zeros plus the bias, rounded to out_dtype. (The kernel
+    once issued its first copies unconditionally: the emulated build
+    crashed, a GPU would fault.)"""
+    a, b = lowbit.encode(torch.randn(3, 0), "mxfp8_e4m3", axis=1), lowbit.encode(torch.randn(5, 0), "mxfp4", axis=1)
+    bias = torch.tensor([1.0, -2.5, 1e-3, 7e4, 0.0])
+    for given, expected in ((bias, bias), (None, torch.zeros(5))):
+        result = lowbit.cuda.mx_matmul(a, b, bias=given, out_dtype=out_dtype, backend=backend)
+        assert torch.equal(result, expected.to(out_dtype).expand(3, 5))
+
+
+def test_int8_takes_blocks_whose_partial_sums_convert_to_fp32_exactly():
+    """1024 products of magnitude up to 2**14 sum below 2**24 (exact in fp32);
+    longer blocks take fp16 by default and refuse int8, in Python and in the op."""
+    long_blocks = BlockFormat(lowbit.get_format("int8"), 1056, scale=lowbit.get_format("e8m0"), name="int8_b1056")
+    longest = BlockFormat(lowbit.get_format("int8"), 1024, scale=lowbit.get_format("e8m0"), name="int8_b1024")
+    assert choose_types(longest, longest, None) == ("int8", "int8")
+    assert choose_types(long_blocks, long_blocks, None) == ("fp16", "fp16")
+    with pytest.raises(ValueError, match="instruction='int8' takes blocks of at most 1024 elements"):
+        choose_types(long_blocks, long_blocks, "int8")
+    a = lowbit.encode(torch.randn(2, 1056), long_blocks, axis=1)
+    with pytest.raises(ValueError, match="blocks of at most 1024"):
+        lowbit.cuda.mx_matmul(a, a, instruction="int8", backend="cuda_host")
+    assert_within_fp32_bound(lowbit.cuda.mx_matmul(a, a, backend="cuda_host"), a, a)
+    inputs, scales = prepared(a, "int8", torch.ops.lowbit_host)
+    with pytest.raises(RuntimeError, match="the int8 instruction takes blocks of at most 1024"):
+        torch.ops.lowbit_host.mx_matmul(inputs, scales, inputs, scales, None, 0, 0, 1056, torch.float32)
+
+
 # -- against the reference -------------------------------------------------------------------------
 @pytest.mark.parametrize("fa,fb,instruction", CASES)
 def test_host_model_is_within_the_fp32_bound_of_the_reference(fa, fb, instruction):

@@ -131,8 +131,9 @@ CUDA_SCHEMES = frozenset({"products rounded to float32"})
 def backend(name: str, device_type: str, namespace: str) -> KernelBackend:
     """A loaded build's ops (``torch.ops.<namespace>``) as the backend ``name``
     for ``device_type`` data, with :func:`lowbit.cuda.mx_matmul`'s product."""
-    from .matmul import product, takes_product
+    from .matmul import gpu_takes_product, product, takes_product
 
     ops = getattr(torch.ops, namespace)
-    return KernelBackend(name, device_type, ElementOps(ops), ScaledOps(ops), takes_product,
+    takes = gpu_takes_product if device_type == "cuda" else takes_product
+    return KernelBackend(name, device_type, ElementOps(ops), ScaledOps(ops), takes,
                          functools.partial(product, ops), schemes=CUDA_SCHEMES)

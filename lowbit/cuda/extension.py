@@ -16,8 +16,13 @@ package data ``lowbit.cuda.sources`` and found through importlib (see
 Machines without a GPU build the last two with g++ to test the kernels'
 math and code, the bindings and the Python glue.
 
-Both are cached by torch (under ``TORCH_EXTENSIONS_DIR``, default
+Each is cached by torch (under ``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``) and rebuilt only when a source changes.
+The CUDA build is compiled for the GPUs torch sees, and its folder is named
+by their architectures (``lowbit_cuda_sm90``), so a cache shared between
+machines never hands one GPU a build for another. A load is tried once per
+process: a failed build is remembered and raised again, not recompiled on
+every call.
 Floating-point contraction is off in both (``--fmad=false``,
 ``-ffp-contract=off``): the math rounds each double operation on its own,
 as the reference does.
@@ -29,6 +34,9 @@ import functools
 import importlib.resources
 import os
 import shutil
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -108,17 +116,61 @@ def _load(name: str, sources: list[Path], **flags) -> None:
                        is_python_module=False, verbose=os.environ.get("LOWBIT_BUILD_VERBOSE") == "1", **flags)
 
 
-@functools.cache
+def once(load: Callable[[], None]) -> Callable[[], None]:
+    """``load`` run at most once per process: later calls return, or raise
+    the first call's exception again (``functools.cache`` caches no
+    exceptions, so a failing build would otherwise recompile on every call)."""
+    outcome: list[BaseException | None] = []
+
+    @functools.wraps(load)
+    def loaded() -> None:
+        if not outcome:
+            try:
+                load()
+                outcome.append(None)
+            except Exception as error:
+                outcome.append(error)
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    return loaded
+
+
+def architectures() -> list[str]:
+    """The compute capabilities of the GPUs torch sees, as "90", "89", ... (sorted, each once)."""
+    return sorted({f"{major}{minor}" for major, minor in
+                   (torch.cuda.get_device_capability(d) for d in range(torch.cuda.device_count()))})
+
+
+def arch_flags(archs: list[str]) -> list[str]:
+    """nvcc's flags for machine code of each architecture (torch adds none of its own when these are given)."""
+    return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+
+
+@once
 def load_cuda() -> None:
-    """Build (first call) and load the CUDA extension: the ops torch.ops.lowbit_cuda.*."""
+    """Build (first call; about a minute) and load the CUDA extension for
+    the GPUs torch sees: the ops torch.ops.lowbit_cuda.*."""
     reason = missing()
     if reason is not None:
         raise CudaUnavailable(f"lowbit's CUDA extension cannot be used: {reason}")
-    _load("lowbit_cuda", [CSRC / "bindings.cpp", *(CSRC / k for k in KERNELS)], extra_cflags=HOST_FLAGS,
-          extra_cuda_cflags=NVCC_FLAGS)
+    from torch.utils import cpp_extension
+
+    archs = architectures()
+    name = "lowbit_cuda_" + "_".join(f"sm{a}" for a in archs)
+    folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    if not (folder / f"{name}.so").exists():
+        print(f"lowbit: compiling the CUDA extension for sm_{', sm_'.join(archs)} in {folder} (once, about a "
+              f"minute; later processes load it in a second)", file=sys.stderr)
+    start = time.perf_counter()
+    _load(name, [CSRC / "bindings.cpp", *(CSRC / k for k in KERNELS)], extra_cflags=HOST_FLAGS,
+          extra_cuda_cflags=[*NVCC_FLAGS, *arch_flags(archs)])
+    seconds = time.perf_counter() - start
+    if seconds > 5:
+        print(f"lowbit: {name} built in {seconds:.0f} s", file=sys.stderr)
 
 
-@functools.cache
+@once
 def load_host() -> None:
     """Build (first call) and load the host twin: the ops torch.ops.lowbit_host.*."""
     from torch.utils import cpp_extension
@@ -129,7 +181,7 @@ def load_host() -> None:
           extra_cflags=[*HOST_FLAGS, "-DLOWBIT_HOST_ONLY"])
 
 
-@functools.cache
+@once
 def load_emulated() -> None:
     """Build (first call) and load the emulated build: the ops torch.ops.lowbit_emulated.*."""
     from torch.utils import cpp_extension

@@ -28,6 +28,12 @@ TENSOR_CORE_TYPES = {"int8": 0, "fp16": 1, "e4m3": 2, "e5m2": 3}
 #: the instructions mx_matmul can run on, by their input kind
 INSTRUCTIONS = ("int8", "fp16", "fp8")
 OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: the longest block the int8 instruction takes (INT8_BLOCK_MAX in
+#: cuda/mx_matmul_math.cuh): a block's int32 partial sum, at most 1024
+#: products of magnitude <= 2**14, converts to fp32 exactly
+INT8_BLOCK_MAX = 1024
+#: the compute capability the MX matmul needs (cp.async, tensor-core MMAs), and FP8 inputs
+MATMUL_CAPABILITY, FP8_CAPABILITY = (8, 0), (8, 9)
 _TORCH_TYPES = {"fp16": torch.float16, "e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 
 
@@ -109,12 +115,17 @@ def operand_problem(fmt) -> str | None:
 
 def choose_types(a_fmt: BlockFormat, b_fmt: BlockFormat, instruction: str | None) -> tuple[str, str]:
     """The tensor-core input types of A and B for ``instruction`` (None: int8
-    where both operands fit it, else fp16)."""
+    where both operands fit it and blocks are at most INT8_BLOCK_MAX long, else fp16)."""
     a_tables, b_tables = element_tables(a_fmt.element), element_tables(b_fmt.element)
+    short_blocks = a_fmt.block_size <= INT8_BLOCK_MAX
     if instruction is None:
-        instruction = "int8" if "int8" in a_tables and "int8" in b_tables else "fp16"
+        instruction = "int8" if "int8" in a_tables and "int8" in b_tables and short_blocks else "fp16"
     if instruction not in INSTRUCTIONS:
         raise ValueError(f"instruction must be None or one of {', '.join(INSTRUCTIONS)}; got {instruction!r}")
+    if instruction == "int8" and not short_blocks:
+        raise ValueError(f"instruction='int8' takes blocks of at most {INT8_BLOCK_MAX} elements (a block's int32 "
+                         f"partial sum must convert to fp32 exactly); {a_fmt.name} has blocks of {a_fmt.block_size}: "
+                         f"use instruction='fp16'")
     candidates = ("e4m3", "e5m2") if instruction == "fp8" else (instruction,)
     chosen = []
     for fmt, tables in ((a_fmt, a_tables), (b_fmt, b_tables)):
@@ -148,9 +159,28 @@ def _check_operand(x, name: str) -> None:
 
 
 def takes_product(a_format, b_format) -> bool:
-    """Whether :func:`mx_matmul` multiplies operands of these formats on the extension's builds."""
+    """Whether :func:`mx_matmul` multiplies operands of these formats on the extension's CPU builds."""
     return (operand_problem(a_format) is None and operand_problem(b_format) is None
             and a_format.block_size == b_format.block_size)
+
+
+def gpu_takes_product(a_format, b_format) -> bool:
+    """Whether :func:`mx_matmul` multiplies operands of these formats on the
+    current GPU: as :func:`takes_product`, on a GPU of compute capability 8.0
+    or later (older ones keep torch's products)."""
+    return torch.cuda.get_device_capability() >= MATMUL_CAPABILITY and takes_product(a_format, b_format)
+
+
+def check_capability(device: torch.device, instruction: str | None) -> None:
+    """ValueError unless the GPU ``device`` runs ``instruction`` (CPU devices run every one)."""
+    if device.type != "cuda":
+        return
+    capability = torch.cuda.get_device_capability(device)
+    needed = FP8_CAPABILITY if instruction == "fp8" else MATMUL_CAPABILITY
+    if capability < needed:
+        what = "instruction='fp8'" if instruction == "fp8" else "mx_matmul"
+        raise ValueError(f"{what} needs a GPU of compute capability {needed[0]}.{needed[1]} or later; {device} has "
+                         f"{capability[0]}.{capability[1]}")
 
 
 def product(ops, a: Encoded, b: Encoded, bias: torch.Tensor | None, out_dtype: torch.dtype,
@@ -158,10 +188,7 @@ def product(ops, a: Encoded, b: Encoded, bias: torch.Tensor | None, out_dtype: t
     """``A @ B.T + bias`` on one build's ops (``torch.ops.lowbit_cuda`` and
     its CPU builds) for operands :func:`mx_matmul` has checked."""
     a_type, b_type = choose_types(a.format, b.format, instruction)
-    device = a.elements.device
-    if device.type == "cuda" and instruction == "fp8" and torch.cuda.get_device_capability(device) < (8, 9):
-        raise ValueError(f"instruction='fp8' needs a GPU of compute capability 8.9 or later; {device} has "
-                         f"{torch.cuda.get_device_capability(device)}")
+    check_capability(a.elements.device, instruction)
     (a_inputs, a_scales), (b_inputs, b_scales) = prepared(a, a_type, ops), prepared(b, b_type, ops)
     bias = None if bias is None else bias.to(torch.float32)
     return ops.mx_matmul(a_inputs, a_scales, b_inputs, b_scales, bias, TENSOR_CORE_TYPES[a_type],
@@ -183,10 +210,11 @@ def mx_matmul(a: Encoded, b: Encoded, *, bias: torch.Tensor | None = None, out_d
     elements give NaN; Inf propagates.
 
     ``instruction``: ``"int8"`` (exact partial sums: elements that are
-    integers times a power of two, i.e. FP4 E2M1, FP6 E2M3 and MXINT8),
-    ``"fp16"`` (every MX FP element; sm_80+), ``"fp8"`` (E4M3/E5M2 inputs,
-    sm_89+; the fast path, whose partial sums carry the tensor cores' own
-    rounding), or None: int8 where both operands fit it, else fp16.
+    integers times a power of two, i.e. FP4 E2M1, FP6 E2M3 and MXINT8;
+    blocks of at most 1024), ``"fp16"`` (every MX FP element), ``"fp8"``
+    (E4M3/E5M2 inputs, sm_89+; partial sums carry the tensor cores' own
+    rounding), or None: int8 where both operands fit it, else fp16. A GPU
+    needs compute capability 8.0 or later. K = 0 gives the bias (or zeros).
 
     ``backend`` (a name of :func:`lowbit.backends`): ``"cuda"`` (operands
     on a GPU), ``"cuda_emulated"`` (the same kernel's code run on the CPU,
