@@ -149,6 +149,12 @@ def check_product(fa: str, fb: str, instruction: str | None, m: int, n: int, k: 
 
 def matmul_cases(device: torch.device):
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (10, 0)
+    if capability < (8, 0):  # the op refuses: check that it says so
+        a = lowbit.encode(data((4, 64), 3).to(device), "mxfp4", axis=1)
+        yield "mx_matmul refused below sm_80", lambda: agree(lambda: lowbit.cuda.mx_matmul(a, a), lambda: (
+            f"mx_matmul needs a GPU of compute capability 8.0 or later; {a.elements.device} has "
+            f"{capability[0]}.{capability[1]}"))
+        return
     for fa, fb, instruction, m, n, k in MATMULS:
         if instruction == "fp8" and capability < (8, 9):
             continue
@@ -189,7 +195,8 @@ def stream_cases(ops, device: torch.device):
     yield "microexponent_quantize", ops.microexponent_quantize, (x, 0, [*abi.microexponent_params(mx6)], 0, 0, 0.0)
     yield "mx_prepare", ops.mx_prepare, (a.elements, a.scales.reshape(-1), None, torch.ones(256, device=device), 8,
                                          64, 96)
-    yield "mx_matmul", ops.mx_matmul, (pa, sa, pb, sb, None, fp16, fp16, 32, torch.float32)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0):
+        yield "mx_matmul", ops.mx_matmul, (pa, sa, pb, sb, None, fp16, fp16, 32, torch.float32)
 
 
 def check_stream(op, arguments, dry: bool) -> None:

@@ -157,7 +157,20 @@ struct BlockScale {
   double value;       // the scale
   double full_scale;  // the scale times the tensor scale: what elements are divided by
   bool bad;           // the block holds NaN or Inf
+  bool power_of_two;  // full_scale is 2**log2_scale (MX): dividing by it is multiplying by its exact reciprocal
+  long long log2_scale;
+  double reciprocal;
 };
+
+// The block's scale record for a scale `value` (and its code) and the tensor scale `divisor`.
+LB_HD BlockScale scale_record(long long code, double value, double divisor, bool bad) {
+  const double full = value * divisor;
+  const long long full_bits = bits_of(full);
+  // a positive normal double with no fraction bits, whose reciprocal is normal too
+  const bool power = full > 0.0 && (full_bits & 0xFFFFFFFFFFFFFLL) == 0 && full >= 0x1p-1021 && full <= 0x1p1021;
+  const long long log2_scale = power ? floor_log2_or(full_bits, 0) : 0;
+  return BlockScale{code, value, full, bad, power, log2_scale, power ? pow2(-log2_scale) : 0.0};
+}
 
 template <int DT>
 LB_HD BlockScale block_scale(const BlockInput<DT>& in, const ElementDesc& sd, const BlockParams& bp, const Policy& p) {
@@ -179,18 +192,29 @@ LB_HD BlockScale block_scale(const BlockInput<DT>& in, const ElementDesc& sd, co
     value = pow2(min64(max64(exponent, bp.scale_emin), bp.scale_emax));
     code = float_encode(value, sd, NEAREST_EVEN, OVERFLOW_SATURATE, 0.0).code;
   }
-  return BlockScale{bad ? bp.scale_nan : code, value, value * bp.divisor, bad};
+  return scale_record(bad ? bp.scale_nan : code, value, bp.divisor, bad);
 }
 
-// The element code of v in a block with the given scale.
-LB_HD long long element_code(double v, const BlockScale& s, const ElementDesc& ed, int mode, double u) {
-  bool finite = fabs(v) < (double)INFINITY;
-  double scaled = finite ? v / (s.full_scale > 0.0 ? s.full_scale : 1.0) : 0.0;
+// The element code of v (an input of dtype DT, flushed), the block's
+// element `index` (its stochastic draw), in a block with the given scale;
+// 0 in a block of NaN/Inf or with a zero scale. Float32 inputs (and
+// narrower) in a float element format with a power-of-two scale (2**-512
+// .. 2**512: every MX scale) are encoded on their bits
+// (float_encode_parts, the scale a shift of the exponent); others divide in double (multiplying by the exact reciprocal
+// of a power-of-two scale) and encode the quotient.
+template <int DT>
+LB_HD long long element_code(double v, const BlockScale& s, const ElementDesc& ed, const Policy& p, long long index) {
+  if (!(s.full_scale > 0.0) || s.bad) return 0;
+  if (s.power_of_two && takes_float32_path<DT>(ed) && s.log2_scale >= -512 && s.log2_scale <= 512) {
+    const Float32Parts x = float32_parts(float_bits((float)v));
+    return float_encode_parts(x.negative, x.nan, x.inf, x.significand, x.scale_exponent - s.log2_scale, ed, p.mode,
+                              OVERFLOW_SATURATE, p.mode == STOCHASTIC ? counter_bits53(p.key, index) : 0).code;
+  }
+  double scaled = s.power_of_two ? v * s.reciprocal : v / s.full_scale;  // the same, correctly rounded, quotient
   // only double inputs far below the scale underflow here: keep them at
   // 2**-1020, which rounds like any magnitude below every format's values
-  if (fabs(scaled) < 0x1p-1020 && v != 0.0 && finite) scaled = copysign(0x1p-1020, v);
-  long long code = encode_element(scaled, ed, mode, OVERFLOW_SATURATE, u).code;
-  return (s.full_scale > 0.0 && !s.bad) ? code : 0;
+  if (fabs(scaled) < 0x1p-1020 && v != 0.0) scaled = copysign(0x1p-1020, v);
+  return encode_element(scaled, ed, p.mode, OVERFLOW_SATURATE, uniform_for(p, index)).code;
 }
 
 // The value of an element code in a block (BlockFormat.decode_blocks_exact).
@@ -215,7 +239,7 @@ LB_HD bool quantize_block(const BlockInput<DT>& in, typename Storage<DT>::type* 
   bool lost = false;
   for (long long j = 0; j < in.valid; ++j) {
     double value = element_at<DT>(in, j, p);
-    long long code = element_code(value, s, ed, p.mode, uniform_for(p, r * bp.block + j));
+    long long code = element_code<DT>(value, s, ed, p, r * bp.block + j);
     bool exact;
     out[output_offset(v, b, b.k0 + j)] = store_value<DT>(element_value(code, s.value, s.bad, ed, bp), exact);
     lost = lost || !exact;
@@ -233,7 +257,7 @@ LB_HD void encode_block(const BlockInput<DT>& in, unsigned char* elements, int32
   RowWriter row(elements, r * bp.block * bp.element_bits, (long long)bp.block * bp.element_bits);
   for (int j = 0; j < bp.block; ++j) {
     double value = element_at<DT>(in, j, p);
-    row.push(element_code(value, s, ed, p.mode, uniform_for(p, r * bp.block + j)), bp.element_bits);
+    row.push(element_code<DT>(value, s, ed, p, r * bp.block + j), bp.element_bits);
   }
 }
 

@@ -76,6 +76,15 @@ LB_HD long long floor_log2_or(long long x_bits, long long below) {
   return biased != 0 ? biased - 1023 : below;
 }
 
+// The index of the highest set bit of x > 0.
+LB_HD long long highest_bit(long long x) {
+#ifdef __CUDA_ARCH__
+  return 63 - __clzll(x);
+#else
+  return 63 - __builtin_clzll((unsigned long long)x);
+#endif
+}
+
 LB_HD long long max64(long long a, long long b) { return a > b ? a : b; }
 LB_HD long long min64(long long a, long long b) { return a < b ? a : b; }
 // Python's max/min on floats as numba compiles them (the first argument wins ties and NaN comparisons fail).
@@ -85,12 +94,17 @@ LB_HD double mind(double a, double b) { return b < a ? b : a; }
 // -- stochastic rounding's uniforms ------------------------------------------
 // Element `index`'s uniform in [0, 1) in the stream `key`: draw `index` of
 // SplitMix64, as lowbit.formats.rounding.counter_uniforms.
-LB_HD double counter_uniform(unsigned long long key, long long index) {
+// The uniform is z * 2**-53 for the 53-bit integer z this returns.
+LB_HD unsigned long long counter_bits53(unsigned long long key, long long index) {
   unsigned long long z = key + (unsigned long long)(index + 1) * 0x9E3779B97F4A7C15ULL;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
   z = z ^ (z >> 31);
-  return (double)(z >> 11) * 0x1p-53;
+  return z >> 11;
+}
+
+LB_HD double counter_uniform(unsigned long long key, long long index) {
+  return (double)counter_bits53(key, index) * 0x1p-53;
 }
 
 LB_HD double uniform_for(const Policy& p, long long index) {
@@ -118,6 +132,29 @@ struct Code {
 };
 
 // -- FloatFormat -------------------------------------------------------------
+// The code of a rounded magnitude `mag` (a code without its sign; past
+// MAX_CODE when the input overflowed) under the format's overflow policy,
+// signs, zeros and NaNs; x_is_zero: the input is a zero of either sign.
+LB_HD Code float_code(long long mag, bool negative, bool nan_in, bool inf_in, bool x_is_zero, const ElementDesc& d,
+                      int mode, int overflow) {
+  bool overflowed = mag > d.f[MAX_CODE];
+  bool to_max = overflow == OVERFLOW_SATURATE || toward_zero(mode, negative);
+  bool special = (overflowed && !to_max) || (inf_in && overflow != OVERFLOW_SATURATE);
+  if ((overflowed && to_max) || (inf_in && overflow == OVERFLOW_SATURATE)) mag = d.f[MAX_CODE];
+  if (overflow == OVERFLOW_INF && special) mag = d.f[INF_MAG];
+  bool sign = d.f[HAS_NEGATIVE_ZERO] ? negative : (negative && mag != 0);
+  long long code = mag + (sign ? d.f[SIGN_CODE] : 0);
+  if (d.f[NAN_POSITIVE] >= 0 && (nan_in || (overflow == OVERFLOW_NAN && special)))
+    code = negative ? d.f[NAN_NEGATIVE] : d.f[NAN_POSITIVE];
+  bool invalid = nan_in && d.f[NAN_POSITIVE] < 0;
+  if (!d.f[SIGNED]) {
+    invalid = invalid || (negative && !x_is_zero);
+    if (invalid) code = 0;
+  }
+  if (!d.f[HAS_ZERO]) invalid = invalid || x_is_zero;
+  return Code{code, invalid};
+}
+
 LB_HD Code float_encode(double x, const ElementDesc& d, int mode, int overflow, double u) {
   long long x_bits = bits_of(x);
   bool negative = x_bits < 0;
@@ -141,24 +178,79 @@ LB_HD Code float_encode(double x, const ElementDesc& d, int mode, int overflow, 
     }
   }
   bool upper = pick_upper(mode, a, lo, hi, (code & 1) == 1, negative, u) || code < 0;
-  long long mag = code + (upper ? 1 : 0);
+  return float_code(code + (upper ? 1 : 0), negative, nan_in, inf_in, x == 0.0, d, mode, overflow);
+}
 
-  bool overflowed = mag > d.f[MAX_CODE];
-  bool to_max = overflow == OVERFLOW_SATURATE || toward_zero(mode, negative);
-  bool special = (overflowed && !to_max) || (inf_in && overflow != OVERFLOW_SATURATE);
-  if ((overflowed && to_max) || (inf_in && overflow == OVERFLOW_SATURATE)) mag = d.f[MAX_CODE];
-  if (overflow == OVERFLOW_INF && special) mag = d.f[INF_MAG];
-  bool sign = d.f[HAS_NEGATIVE_ZERO] ? negative : (negative && mag != 0);
-  code = mag + (sign ? d.f[SIGN_CODE] : 0);
-  if (d.f[NAN_POSITIVE] >= 0 && (nan_in || (overflow == OVERFLOW_NAN && special)))
-    code = negative ? d.f[NAN_NEGATIVE] : d.f[NAN_POSITIVE];
-  bool invalid = nan_in && d.f[NAN_POSITIVE] < 0;
-  if (!d.f[SIGNED]) {
-    invalid = invalid || (negative && x != 0.0);
-    if (invalid) code = 0;
+// -- FloatFormat from an integer significand, in integers ---------------------
+// float_encode of the value +-significand * 2**scale_exponent (NaN or Inf
+// as flagged; significand < 2**24, scale_exponent >= -1022) for formats of
+// at most 23 mantissa bits: the same code, with floor(|x| / step) and the
+// rounding decision computed by shifts and integer compares instead of
+// double arithmetic. draw53: the stochastic uniform as its 53-bit integer
+// (counter_bits53); unused by other modes. Float32 inputs
+// (float_encode_f32) and float32 inputs divided by a power-of-two block
+// scale (element_code) take it.
+LB_HD Code float_encode_parts(bool negative, bool nan_in, bool inf_in, long long significand,
+                              long long scale_exponent, const ElementDesc& d, int mode, int overflow,
+                              unsigned long long draw53) {
+  if (nan_in || inf_in) significand = 0;  // as float_encode's a
+  const long long m = d.f[MAN_BITS], e0 = d.f[LOWEST_EXPONENT];
+  long long e = e0;  // max(floor(log2 |x|), e0)
+  if (significand != 0) {
+    e = max64(scale_exponent + highest_bit(significand), e0);
   }
-  if (!d.f[HAS_ZERO]) invalid = invalid || x == 0.0;
-  return Code{code, invalid};
+  const long long drop = e - m - scale_exponent;  // >= 0: bits of the significand below the step
+  long long sig = 0, rest = significand;  // floor(|x| / step) and |x| - lo in units of 2**scale_exponent
+  if (drop < 62) {
+    sig = significand >> drop;
+    rest = significand - (sig << drop);
+  }
+  long long code = ((e - e0) << m) + sig;
+  bool below = false;
+  if (!d.f[SUBNORMALS]) {
+    code -= 1LL << m;
+    below = d.f[HAS_ZERO] ? code <= 0 : code < 0;
+  }
+  bool upper;
+  if (below) {  // between 0 (or nothing) and the smallest value: float_encode's own comparison, exact in double
+    code = d.f[HAS_ZERO] ? 0 : -1;
+    const double a = (double)significand * pow2(scale_exponent);
+    upper = pick_upper(mode, a, 0.0, double_of(d.f[SMALLEST_BITS]), (code & 1) == 1, negative,
+                       (double)draw53 * 0x1p-53) || code < 0;
+  } else {
+    // 2 rest against the step 2**drop: above, at or below the midpoint
+    const int half = drop >= 62 ? -1 : (2 * rest > (1LL << drop)) - (2 * rest < (1LL << drop));
+    if (mode == NEAREST_EVEN) upper = half > 0 || (half == 0 && (code & 1) == 1);
+    else if (mode == NEAREST_AWAY) upper = half >= 0;
+    else if (mode == STOCHASTIC) {
+      // draw53 * 2**-53 * step < rest, i.e. draw53 < rest * 2**(53 - drop), exactly
+      if (drop <= 53) upper = draw53 < (unsigned long long)(rest << (53 - drop));
+      else if (drop - 53 < 40) upper = draw53 < (unsigned long long)((rest + (1LL << (drop - 53)) - 1) >> (drop - 53));
+      else upper = draw53 == 0 && rest > 0;
+    } else if (mode == ODD) upper = rest > 0 && (code & 1) == 0;
+    else upper = rest > 0 && !toward_zero(mode, negative);
+  }
+  return float_code(code + (upper ? 1 : 0), negative, nan_in, inf_in, significand == 0 && !nan_in && !inf_in, d,
+                    mode, overflow);
+}
+
+// A float32's sign, NaN/Inf flags, significand and exponent, as float_encode_parts takes them.
+struct Float32Parts {
+  bool negative, nan, inf;
+  long long significand, scale_exponent;  // |x| = significand * 2**scale_exponent
+};
+
+LB_HD Float32Parts float32_parts(int32_t bits) {
+  const int32_t magnitude = bits & 0x7FFFFFFF;
+  const long long biased = magnitude >> 23, fraction = magnitude & 0x7FFFFF;
+  return Float32Parts{bits < 0, magnitude > 0x7F800000, magnitude == 0x7F800000,
+                      biased ? fraction | 0x800000 : fraction, (biased ? biased : 1) - 150};
+}
+
+// float_encode of a float32 input given as its bits (flushed as the policy says).
+LB_HD Code float_encode_f32(int32_t bits, const ElementDesc& d, int mode, int overflow, unsigned long long draw53) {
+  const Float32Parts x = float32_parts(bits);
+  return float_encode_parts(x.negative, x.nan, x.inf, x.significand, x.scale_exponent, d, mode, overflow, draw53);
 }
 
 LB_HD double float_decode(long long code, const ElementDesc& d) {
@@ -209,12 +301,6 @@ LB_HD Code encode_element(double x, const ElementDesc& d, int mode, int overflow
 
 LB_HD double decode_element(long long code, const ElementDesc& d) {
   return d.f[IS_INT] ? int_decode(code, d) : float_decode(code, d);
-}
-
-// What x becomes: the value of its code, NaN where the format cannot hold x.
-LB_HD double round_element(double x, const ElementDesc& d, int mode, int overflow, double u) {
-  Code c = encode_element(x, d, mode, overflow, u);
-  return c.invalid ? (double)NAN : decode_element(c.code, d);
 }
 
 // -- input and output dtypes -------------------------------------------------
@@ -286,20 +372,39 @@ template <int DT> LB_HD typename Storage<DT>::type store_value(double value, boo
 }
 
 // -- one element of a call ---------------------------------------------------
-// Element i of an element-format quantize: its rounded value in the output
-// dtype; `exact` as in store_value.
-template <int DT>
-LB_HD typename Storage<DT>::type quantize_one(typename Storage<DT>::type x, long long i, const ElementDesc& d,
-                                              const Policy& p, bool& exact) {
-  double v = flushed(load_value<DT>(x), p);
-  return store_value<DT>(round_element(v, d, p.mode, p.overflow, uniform_for(p, i)), exact);
+// A float16, bfloat16 or float32 input as the bits of the same float32,
+// flushed to a signed zero below the policy's threshold as `flushed` does.
+template <int DT> LB_HD int32_t float32_bits(typename Storage<DT>::type x, const Policy& p) {
+  int32_t bits;
+  if constexpr (DT == F32) bits = float_bits(x);
+  else if constexpr (DT == BF16) bits = (int32_t)((uint32_t)x << 16);
+  else bits = float_bits((float)float16_value((long long)x));
+  return fabs((double)float_of(bits)) < p.tiny ? (int32_t)((uint32_t)bits & 0x80000000u) : bits;
+}
+
+// Whether float_encode_f32 encodes inputs of dtype DT in the format d: float
+// formats of at most 23 mantissa bits, from float16, bfloat16 or float32.
+template <int DT> LB_HD bool takes_float32_path(const ElementDesc& d) {
+  return DT != F64 && !d.f[IS_INT] && d.f[MAN_BITS] <= 23;
 }
 
 // Element i of an element-format encode.
 template <int DT>
 LB_HD Code encode_one(typename Storage<DT>::type x, long long i, const ElementDesc& d, const Policy& p) {
+  if (takes_float32_path<DT>(d))
+    return float_encode_f32(float32_bits<DT>(x, p), d, p.mode, p.overflow,
+                            p.mode == STOCHASTIC ? counter_bits53(p.key, i) : 0);
   double v = flushed(load_value<DT>(x), p);
   return encode_element(v, d, p.mode, p.overflow, uniform_for(p, i));
+}
+
+// Element i of an element-format quantize: its rounded value in the output
+// dtype; `exact` as in store_value.
+template <int DT>
+LB_HD typename Storage<DT>::type quantize_one(typename Storage<DT>::type x, long long i, const ElementDesc& d,
+                                              const Policy& p, bool& exact) {
+  Code c = encode_one<DT>(x, i, d, p);
+  return store_value<DT>(c.invalid ? (double)NAN : decode_element(c.code, d), exact);
 }
 
 // The value of a code; NaN (and `out_of_range`) for codes outside [0, 2**nbits).

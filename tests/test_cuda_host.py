@@ -45,6 +45,14 @@ def same_bits(a: torch.Tensor, b: torch.Tensor, context: str) -> None:
     assert torch.equal(a[~nan].view(torch.int64), b[~nan].view(torch.int64)), context
 
 
+def outcome(call, *args, **kwargs):
+    """What a call returns, or the message of the ValueError it raises."""
+    try:
+        return call(*args, **kwargs)
+    except ValueError as error:
+        return str(error)
+
+
 def error_of(call, *args, **kwargs) -> str | None:
     """The message of the ValueError a call raises, None if it returns."""
     try:
@@ -75,26 +83,79 @@ def test_every_code_and_boundary_in_every_mode(name):
                 error_of(fmt.encode, x, backend="reference", **policy), context
 
 
-@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "mx6", "msfp12"])
-def test_scaled_formats_on_boundary_blocks(name):
+def float32_boundaries(fmt) -> torch.Tensor:
+    """The float32 numbers around every boundary of the format (at most
+    about 20000 of them, evenly picked): its values and midpoints rounded to
+    float32 and the float32 numbers on either side of each; float32 subnormals and powers of two far below the format's
+    smallest value; float32 bit patterns drawn at random; specials."""
+    points = boundaries(fmt)
+    near = points[torch.isfinite(points)]
+    near = near[::max(1, near.numel() // 20000)].to(torch.float32)  # evenly picked for 16-bit and wider formats
+    up, down = torch.full_like(near, float("inf")), torch.full_like(near, -float("inf"))
+    g = torch.Generator().manual_seed(11)
+    random_bits = torch.randint(-(1 << 31), 1 << 31, (20000,), generator=g, dtype=torch.int64).to(torch.int32)
+    subnormals = torch.arange(1, 1 << 23, 4099, dtype=torch.int32).view(torch.float32)
+    tiny = torch.exp2(torch.arange(-149, -60, dtype=torch.float32))
+    return torch.cat([near, torch.nextafter(near, up), torch.nextafter(near, down), random_bits.view(torch.float32),
+                      subnormals, -subnormals, tiny, -tiny, points[~torch.isfinite(points)].to(torch.float32)])
+
+
+@pytest.mark.parametrize("name", [n for n in ELEMENT_FORMATS if isinstance(lowbit.get_format(n), FloatFormat)
+                                  and lowbit.get_format(n).man_bits <= 23])
+def test_float32_inputs_take_the_integer_path_to_the_same_codes(name):
+    """Float formats of at most 23 mantissa bits encode float16, bfloat16 and
+    float32 inputs from their float32 bits with integer arithmetic
+    (float_encode_f32); the codes and values equal the reference's for every
+    float32 number around every boundary, in every mode and overflow policy,
+    with and without flushing subnormal inputs."""
+    fmt = lowbit.get_format(name)
+    points = float32_boundaries(fmt)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = points.to(dtype)
+        representable = ~torch.isnan(x) & ((x >= 0) | fmt.signed) & ((x != 0) | getattr(fmt, "has_zero", True))
+        for rounding in abi.ROUNDINGS:
+            for overflow in overflow_policies(fmt):
+                for flush in (False, True):
+                    policy = dict(rounding=rounding, overflow=overflow, flush_subnormals=flush,
+                                  **({"seed": 2**64 - 3} if rounding == "stochastic" else {}))
+                    context = f"{name} {dtype} {policy}"
+                    host, reference = (outcome(fmt.quantize, x, backend=b, **policy) for b in ("cuda_host", "reference"))
+                    if isinstance(host, str) or isinstance(reference, str):  # a dtype that cannot hold the results
+                        assert host == reference, context
+                    else:
+                        same_bits(host.double(), reference.double(), context)
+                    host, reference = (outcome(fmt.encode, x[representable], backend=b, **policy)
+                                       for b in ("cuda_host", "reference"))
+                    assert type(host) is type(reference), context
+                    assert host == reference if isinstance(host, str) else torch.equal(host, reference), context
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4", "mx6", "msfp12"])
+def test_scaled_formats_on_boundary_blocks(name, dtype):
     """Blocks whose largest element sits on every boundary of the element
     format's grid at a spread of scales (so every scale rule's edge cases
-    and every element rounding decision occur)."""
+    and every element rounding decision occur), as float64 inputs and as
+    float32 and bfloat16 ones (MX elements of those take the integer path,
+    float_encode_parts)."""
     fmt = lowbit.get_format(name)
     element = fmt.element if isinstance(fmt, BlockFormat) else lowbit.FloatFormat(2, 3)
     b = boundaries(element)
     b = b[torch.isfinite(b) & (b.abs() < 1e30)]
     rows = b.numel() // fmt.block_size * fmt.block_size
     x = b[:rows].reshape(-1, fmt.block_size)
-    x = x * torch.logspace(-30, 30, x.shape[0], base=2, dtype=torch.float64)[:, None]
+    x = (x * torch.logspace(-30, 30, x.shape[0], base=2, dtype=torch.float64)[:, None]).to(dtype)
     rules = (["floor", "ceil", "rceil", "even"] if isinstance(fmt, BlockFormat) and fmt.scale.man_bits == 0
              else [None])
     for rule in rules:
         for rounding in abi.ROUNDINGS:  # the modes the kernels implement
             policy = dict(rounding=rounding, **({"seed": 1} if rounding == "stochastic" else {}),
                           **({"scale_rule": rule} if rule else {}))
-            same_bits(fmt.quantize(x, backend="cuda_host", **policy), fmt.quantize(x, backend="reference", **policy),
-                      f"{name} {policy}")
+            host, reference = (outcome(fmt.quantize, x, backend=b, **policy) for b in ("cuda_host", "reference"))
+            if isinstance(host, str) or isinstance(reference, str):  # bfloat16 cannot hold every result
+                assert host == reference, f"{name} {policy}"
+            else:
+                same_bits(host.double(), reference.double(), f"{name} {policy}")
             assert fmt.encode(x, backend="cuda_host", **policy) == fmt.encode(x, backend="reference", **policy)
 
 
