@@ -27,8 +27,8 @@ def test_gpu_check_runs_dry(tmp_path):
                             capture_output=True, text=True, timeout=900)
     summary = (tmp_path / "summary.txt").read_text()
     assert result.returncode == 0, summary + result.stdout + result.stderr
-    for step in ("build (emulated)", "kernels (emulated)", "streams (emulated, eager)", "tests -m cuda",
-                 "compute-sanitizer", "benchmarks (parse only)"):
+    for step in ("build (CPU builds)", "kernels (emulated)", "streams (emulated, eager)", "tests -m cuda",
+                 "compute-sanitizer", "benchmarks (arguments only)"):
         assert f"| {step} |" in summary, step
     assert "failed steps: 0" in summary
     kernels = (tmp_path / "kernels.log").read_text()

@@ -257,6 +257,9 @@ def test_int8_takes_blocks_whose_partial_sums_convert_to_fp32_exactly():
     assert choose_types(long_blocks, long_blocks, None) == ("fp16", "fp16")
     with pytest.raises(ValueError, match="instruction='int8' takes blocks of at most 1024 elements"):
         choose_types(long_blocks, long_blocks, "int8")
+    fp8_long_blocks = BlockFormat(lowbit.get_format("fp8_e4m3"), 2048, scale=lowbit.get_format("e8m0"))
+    with pytest.raises(ValueError, match="elements are not all int8 numbers"):  # the first thing wrong is named
+        choose_types(fp8_long_blocks, fp8_long_blocks, "int8")
     a = lowbit.encode(torch.randn(2, 1056), long_blocks, axis=1)
     with pytest.raises(ValueError, match="blocks of at most 1024"):
         lowbit.cuda.mx_matmul(a, a, instruction="int8", backend="cuda_host")

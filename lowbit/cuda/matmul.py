@@ -122,10 +122,6 @@ def choose_types(a_fmt: BlockFormat, b_fmt: BlockFormat, instruction: str | None
         instruction = "int8" if "int8" in a_tables and "int8" in b_tables and short_blocks else "fp16"
     if instruction not in INSTRUCTIONS:
         raise ValueError(f"instruction must be None or one of {', '.join(INSTRUCTIONS)}; got {instruction!r}")
-    if instruction == "int8" and not short_blocks:
-        raise ValueError(f"instruction='int8' takes blocks of at most {INT8_BLOCK_MAX} elements (a block's int32 "
-                         f"partial sum must convert to fp32 exactly); {a_fmt.name} has blocks of {a_fmt.block_size}: "
-                         f"use instruction='fp16'")
     candidates = ("e4m3", "e5m2") if instruction == "fp8" else (instruction,)
     chosen = []
     for fmt, tables in ((a_fmt, a_tables), (b_fmt, b_tables)):
@@ -134,6 +130,10 @@ def choose_types(a_fmt: BlockFormat, b_fmt: BlockFormat, instruction: str | None
             raise ValueError(f"{fmt.name}'s elements are not all {instruction} numbers; they fit "
                              f"{', '.join(sorted(tables)) or 'no tensor-core type'}")
         chosen.append(fits[0])
+    if instruction == "int8" and not short_blocks:
+        raise ValueError(f"instruction='int8' takes blocks of at most {INT8_BLOCK_MAX} elements (a block's int32 "
+                         f"partial sum must convert to fp32 exactly); {a_fmt.name} has blocks of {a_fmt.block_size}: "
+                         f"use instruction='fp16'")
     return chosen[0], chosen[1]
 
 
@@ -223,7 +223,9 @@ def mx_matmul(a: Encoded, b: Encoded, *, bias: torch.Tensor | None = None, out_d
     tensor-core instruction as adding exact products in double and
     rounding to fp32 once; or ``"reference"`` (any device, no
     ``instruction``): :func:`lowbit.formats.reference_matmul`, float64 with
-    the bias, rounded once to ``out_dtype``, the product the others approach.
+    the bias, rounded once to ``out_dtype``, the product the others approach;
+    or None: the default backend of the operands' device where it
+    multiplies these formats, else the reference.
     """
     _check_operand(a, "a")
     _check_operand(b, "b")
