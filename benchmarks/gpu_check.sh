@@ -40,7 +40,7 @@ SUMMARY="$OUT/summary.txt"
 rm -f "$OUT"/{build,kernels,streams,tests,sanitizer,bench}.log "$OUT"/bench_{casts,matmul}.md
 FAILED=0
 {
-  echo "# lowbit gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) $([[ $DRY == 1 ]] && echo '(dry: emulated build, no GPU)')"
+  echo "# lowbit gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) $([[ $DRY == 1 ]] && echo "(dry: $WHY_DRY; the emulated build)")"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   "$PYTHON" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
   if [[ $DRY == 0 ]]; then
