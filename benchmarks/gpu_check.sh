@@ -92,8 +92,9 @@ else
     "from lowbit.formats import backends; backends.get('cuda_host'); backends.get('cuda_emulated')"
   step "kernels" kernels.log 300 "$PYTHON" benchmarks/gpu_cases.py kernels
   step "streams" streams.log 120 "$PYTHON" benchmarks/gpu_cases.py streams
-  # workers of one thread each (the reference side runs on the CPU), the slowest tests listed, none hanging the step
-  PYTEST=(-q -p no:cacheprovider -m cuda --durations=30)
+  # workers of one thread each (the reference side runs on the CPU); each test named as it ends (-v), the
+  # slowest listed, none hanging the step (a test past 240 s fails, named)
+  PYTEST=(-v -p no:cacheprovider -m cuda --durations=30)
   "$PYTHON" -c "import xdist" 2>/dev/null && PYTEST+=(-n "$(( $(nproc) > 16 ? 16 : $(nproc) ))")
   "$PYTHON" -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout=240)
   step "tests -m cuda" tests.log 600 env OMP_NUM_THREADS=1 "$PYTHON" -m pytest "${PYTEST[@]}" \
