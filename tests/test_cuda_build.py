@@ -164,3 +164,21 @@ def test_the_cuda_build_names_its_architectures():
     flags = build.arch_flags(["80", "90"])
     assert flags == ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
     assert cpp_extension._get_cuda_arch_flags([*build.NVCC_FLAGS, *flags]) == []
+
+
+def test_the_cuda_load_names_compiles_and_times_its_build(monkeypatch, tmp_path, capsys):
+    """load_cuda's own logic, its compiler replaced: the build is named by
+    the GPUs' architectures, gets their -gencode flags, and the first use
+    says what compiles where."""
+    from torch.utils import cpp_extension
+
+    calls = []
+    monkeypatch.setattr(build, "missing", lambda: None)
+    monkeypatch.setattr(build, "architectures", lambda: ["80", "90"])
+    monkeypatch.setattr(build, "_load", lambda name, sources, **flags: calls.append((name, flags)))
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path / name))
+    build.load_cuda.__wrapped__()
+    (name, flags), = calls
+    assert name == "lowbit_cuda_sm80_sm90"
+    assert flags["extra_cuda_cflags"] == [*build.NVCC_FLAGS, *build.arch_flags(["80", "90"])]
+    assert f"compiling the CUDA extension for sm_80, sm_90 in {tmp_path / name}" in capsys.readouterr().err

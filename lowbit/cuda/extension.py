@@ -158,10 +158,11 @@ def load_cuda() -> None:
 
     archs = architectures()
     name = "lowbit_cuda_" + "_".join(f"sm{a}" for a in archs)
-    folder = Path(cpp_extension._get_build_directory(name, verbose=False))
-    if not (folder / f"{name}.so").exists():
-        print(f"lowbit: compiling the CUDA extension for sm_{', sm_'.join(archs)} in {folder} (once, about a "
-              f"minute; later processes load it in a second)", file=sys.stderr)
+    build_directory = getattr(cpp_extension, "_get_build_directory", None)  # torch's own, private: may go away
+    folder = Path(build_directory(name, verbose=False)) if build_directory else None
+    if folder is None or not (folder / f"{name}.so").exists():
+        print(f"lowbit: compiling the CUDA extension for sm_{', sm_'.join(archs)} in {folder or 'torch extensions'} "
+              f"(once, about a minute; later processes load it in a second)", file=sys.stderr)
     start = time.perf_counter()
     _load(name, [CSRC / "bindings.cpp", *(CSRC / k for k in KERNELS)], extra_cflags=HOST_FLAGS,
           extra_cuda_cflags=[*NVCC_FLAGS, *arch_flags(archs)])
