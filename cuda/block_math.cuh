@@ -208,7 +208,7 @@ LB_HD long long element_code(double v, const BlockScale& s, const ElementDesc& e
   if (s.power_of_two && takes_float32_path<DT>(ed) && s.log2_scale >= -512 && s.log2_scale <= 512) {
     const Float32Parts x = float32_parts(float_bits((float)v));
     return float_encode_parts(x.negative, x.nan, x.inf, x.significand, x.scale_exponent - s.log2_scale, ed, p.mode,
-                              OVERFLOW_SATURATE, p.mode == STOCHASTIC ? counter_bits53(p.key, index) : 0).code;
+                              OVERFLOW_SATURATE, draw53_for(p, index)).code;
   }
   double scaled = s.power_of_two ? v * s.reciprocal : v / s.full_scale;  // the same, correctly rounded, quotient
   // only double inputs far below the scale underflow here: keep them at

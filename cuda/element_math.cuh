@@ -111,6 +111,11 @@ LB_HD double uniform_for(const Policy& p, long long index) {
   return p.mode == STOCHASTIC ? counter_uniform(p.key, index) : 0.0;
 }
 
+// The same draw as its 53-bit integer (0 for other modes), for the integer paths.
+LB_HD unsigned long long draw53_for(const Policy& p, long long index) {
+  return p.mode == STOCHASTIC ? counter_bits53(p.key, index) : 0;
+}
+
 // -- the rounding decision ---------------------------------------------------
 LB_HD bool toward_zero(int mode, bool negative) {
   return mode == TOWARD_ZERO || (mode == UP && negative) || (mode == DOWN && !negative);
@@ -392,8 +397,7 @@ template <int DT> LB_HD bool takes_float32_path(const ElementDesc& d) {
 template <int DT>
 LB_HD Code encode_one(typename Storage<DT>::type x, long long i, const ElementDesc& d, const Policy& p) {
   if (takes_float32_path<DT>(d))
-    return float_encode_f32(float32_bits<DT>(x, p), d, p.mode, p.overflow,
-                            p.mode == STOCHASTIC ? counter_bits53(p.key, i) : 0);
+    return float_encode_f32(float32_bits<DT>(x, p), d, p.mode, p.overflow, draw53_for(p, i));
   double v = flushed(load_value<DT>(x), p);
   return encode_element(v, d, p.mode, p.overflow, uniform_for(p, i));
 }
