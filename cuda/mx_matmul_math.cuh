@@ -16,6 +16,8 @@
 // to the output dtype (round to nearest, ties to even).
 #pragma once
 
+#include <type_traits>
+
 #include "block_math.cuh"  // get_code
 
 namespace lowbit {
@@ -66,13 +68,31 @@ LB_HD double mma_input_value(int type, const unsigned char* bytes) {
 }
 
 // The CPU builds' model of one MMA output: c plus the n products
-// product(0), product(1), ... in that order, summed in double, then
-// converted to the accumulator type once (int8 products are integers and
-// their sums stay exact; fp32 accumulators round once per instruction).
+// product(0), product(1), ... summed exactly, then converted to the
+// accumulator type once (int8 products are integers and their int32 sums
+// stay exact; fp32 accumulators round once per instruction, to nearest
+// even: lowbit.formats.DATAPATHS["lowbit_mx_fp16"] and ["lowbit_mx_fp8"]).
+// Every product of two tensor-core inputs (fp16, FP8) and every partial sum
+// the kernel starts from is a multiple of 2**-48 below 2**40 in magnitude,
+// so a 128-bit integer in units of 2**-48 holds the sum exactly; NaN and
+// Inf (and, defensively, any other value) take the IEEE double sum.
+inline bool fits_mma_units(double x) {
+  const double units = x * 0x1p48;
+  return units == units && fabs(units) < 0x1p100 && units == floor(units);
+}
+
 template <typename Acc, typename Product> inline Acc modelled_mma(Acc c, int n, Product product) {
   double sum = (double)c;
-  for (int k = 0; k < n; ++k) sum += product(k);
-  return (Acc)sum;
+  bool exact = std::is_integral<Acc>::value || fits_mma_units(sum);
+  __int128 units = exact && !std::is_integral<Acc>::value ? (__int128)(sum * 0x1p48) : 0;
+  for (int k = 0; k < n; ++k) {
+    const double p = product(k);
+    sum += p;
+    if (!std::is_integral<Acc>::value && exact && (exact = fits_mma_units(p))) units += (__int128)(p * 0x1p48);
+  }
+  if (std::is_integral<Acc>::value || !exact) return (Acc)sum;
+  if (units == 0) return (Acc)(sum == 0.0 ? sum : 0.0);  // the sign of zeros as IEEE gives it; a cancellation is +0
+  return (Acc)((float)units * 0x1p-48f);  // one rounding (int128 to float), then an exact scaling
 }
 
 // total + partial * sa * sb rounded once to fp32, for scales sa, sb that are

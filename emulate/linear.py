@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .accumulate import accumulated_matmul
+from .accumulate import accumulated_matmul, backward_matmul
 from .encoded_products import encoded_linear
 from .rounding import round_to
 from .spec import QuantSpec
@@ -50,7 +50,8 @@ class _QuantizedLinear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # grad @ w: reduces over the output features
             w = round_to(weight, spec.weight, 0, spec).to(grad.dtype)
-            grad_x = round_to(round_to(grad, spec.grad_output, -1, spec) @ w, spec.grad_input, -1, spec)
+            grad_x = round_to(backward_matmul(round_to(grad, spec.grad_output, -1, spec), w, spec), spec.grad_input,
+                              -1, spec)
             grad_x = grad_x.to(x.dtype)
         if ctx.needs_input_grad[1]:  # grad.T @ x: reduces over the tokens
             grad_w = round_to(token_product(grad, x, spec), spec.grad_weight, -1, spec).to(weight.dtype)
@@ -70,7 +71,7 @@ def token_product(grad: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch
     else:
         g = round_to(grad.reshape(-1, grad.shape[-1]), spec.grad_output, 0, spec)
         t = round_to(x.reshape(-1, x.shape[-1]), spec.input, 0, spec)
-    return g.reshape(-1, g.shape[-1]).T @ t.reshape(-1, t.shape[-1]).to(g.dtype)
+    return backward_matmul(g.reshape(-1, g.shape[-1]).T, t.reshape(-1, t.shape[-1]).to(g.dtype), spec)
 
 
 def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

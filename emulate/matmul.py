@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .accumulate import accumulated_matmul
+from .accumulate import accumulated_matmul, backward_matmul
 from .encoded_products import encoded_linear
 from .rounding import round_to
 from .spec import QuantSpec
@@ -43,10 +43,12 @@ class _QuantizedMatmul(torch.autograd.Function):
         spec = ctx.spec
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            product = round_to(grad, spec.grad_output, -1, spec) @ round_to(b, spec.weight, -1, spec).mT.to(grad.dtype)
+            product = backward_matmul(round_to(grad, spec.grad_output, -1, spec),
+                                      round_to(b, spec.weight, -1, spec).mT.to(grad.dtype), spec)
             grad_a = round_to(product.sum_to_size(a.shape), spec.grad_input, -1, spec).to(a.dtype)
         if ctx.needs_input_grad[1]:
-            product = round_to(a, spec.input, -2, spec).mT.to(grad.dtype) @ round_to(grad, spec.grad_output, -2, spec)
+            product = backward_matmul(round_to(a, spec.input, -2, spec).mT.to(grad.dtype),
+                                      round_to(grad, spec.grad_output, -2, spec), spec)
             grad_b = round_to(product.sum_to_size(b.shape), spec.grad_weight, -2, spec).to(b.dtype)
         return grad_a, grad_b, None
 

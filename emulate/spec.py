@@ -39,8 +39,10 @@ convolutions block their weight gradient along the batch axis).
 ``None`` leaves an operand in full precision. ``rounding`` applies to every
 role; ``scale_rule`` to the roles whose format is an MX block format
 (power-of-two scales), and is ignored by the others. ``accumulate`` (an
-element format) and ``accumulate_chunk`` emulate a limited-precision
-accumulator in the forward products (:mod:`lowbit.emulate.accumulate`).
+element format with ``accumulate_chunk``, or a datapath: a
+:class:`~lowbit.formats.Datapath` or a name of
+:data:`lowbit.formats.DATAPATHS`) emulates a limited-precision accumulator
+in the products (:mod:`lowbit.emulate.accumulate`).
 
 The weight role of a linear layer whose weight a method (GPTQ) rounded
 already holds a :class:`~lowbit.emulate.prerounded.Prerounded` marker
@@ -56,7 +58,7 @@ from typing import Any
 
 import torch
 
-from lowbit.formats import ROUNDING_MODES, BlockFormat, ElementFormat, get_format
+from lowbit.formats import DATAPATHS, ROUNDING_MODES, BlockFormat, Datapath, ElementFormat, get_datapath, get_format
 
 from .calibration import Calibrated, Observer
 from .prerounded import Prerounded
@@ -96,10 +98,7 @@ class QuantSpec:
                 object.__setattr__(self, role, get_format(value))
         object.__setattr__(self, "observers", self._checked_observers())
         if self.accumulate is not None:
-            object.__setattr__(self, "accumulate", get_format(self.accumulate))
-            if not isinstance(self.accumulate, ElementFormat):
-                raise ValueError(f"accumulate must be an element format (an accumulator holds single numbers); "
-                                 f"{self.accumulate.name} is scaled")
+            object.__setattr__(self, "accumulate", _accumulator(self.accumulate))
         if isinstance(self.accumulate_chunk, bool) or not isinstance(self.accumulate_chunk, int) \
                 or self.accumulate_chunk < 1:
             raise ValueError(f"accumulate_chunk must be a positive int, got {self.accumulate_chunk!r}")
@@ -160,9 +159,25 @@ class QuantSpec:
         if self.scale_rule is not None:
             parts.append(f"scale_rule={self.scale_rule}")
         if self.accumulate is not None:
-            parts.append(f"accumulate={self.accumulate.name} every {self.accumulate_chunk}")
+            parts.append(f"accumulate=datapath {self.accumulate.name}" if isinstance(self.accumulate, Datapath)
+                         else f"accumulate={self.accumulate.name} every {self.accumulate_chunk}")
         parts += [f"{role} scale={obs.method}/{obs.granularity}" for role, obs in self.observers]
         return ", ".join(parts) or "nothing quantized"
+
+
+def _accumulator(spec: Any) -> Any:
+    """``accumulate=``: a Datapath (or profile name), else an element format."""
+    if isinstance(spec, Datapath) or (isinstance(spec, str) and spec in DATAPATHS):
+        datapath = get_datapath(spec)
+        if datapath.block_scaled or datapath.promote_every == "block":
+            raise ValueError(f"accumulate={datapath.name}: a block-scaled or block-promoting datapath needs Encoded "
+                             f"operands (elements and scales apart): use lowbit.formats.reference_matmul")
+        return datapath
+    fmt = get_format(spec)
+    if not isinstance(fmt, ElementFormat):
+        raise ValueError(f"accumulate must be an element format (an accumulator holds single numbers) or a "
+                         f"datapath (lowbit.formats.DATAPATHS); {fmt.name} is scaled")
+    return fmt
 
 
 def _plain(fmt: Any) -> Any:

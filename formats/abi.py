@@ -304,6 +304,7 @@ class KernelBackend:
     schemes: frozenset[str] = frozenset()  # the BlockFormat schemes (of SCHEMES) its kernels implement
     sr_bits: bool = False  # whether its kernels take stochastic rounding's sr_bits
     codebooks: bool = False  # whether its kernels take CodebookFormat elements (on their own, not in blocks)
+    datapath: Callable[..., Any] | None = None  # its datapath matmul (lowbit.formats.datapath_matmul), if any
 
     def supports(self, fmt: Any, operation: str, policy: Policy) -> bool:
         return self.unsupported(fmt, operation, policy) is None

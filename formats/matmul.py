@@ -1,43 +1,34 @@
 """The reference product of two encoded operands: decode, then multiply in
-float64. It is the oracle that :func:`lowbit.cuda.mx_matmul` is checked
-against, and what any MX matmul should approach."""
+float64, or add the products as a hardware datapath does
+(``datapath=``, :mod:`lowbit.formats.datapath`). It is the oracle that
+:func:`lowbit.cuda.mx_matmul` is checked against, and what any MX matmul
+should approach."""
 
 from __future__ import annotations
 
 import torch
 
+from .datapath import Datapath
+from .datapath_matmul import datapath_matmul
+from .datapath_profiles import get_datapath
 from .encoded import Encoded
+from .matmul_operands import check_operand, k_block
 
 
-def check_operand(x: Encoded, name: str) -> None:
-    """TypeError/ValueError (naming the argument ``name``) unless x is a 2-D
-    torch tensor encoded in blocks along its last axis (or in tiles whose
-    columns run along it): a matmul operand whose rows run along K."""
-    if not isinstance(x, Encoded):
-        raise TypeError(f"{name} must be an Encoded (a format's encode of a 2-D tensor), got {type(x).__name__}")
-    if x.kind != "torch" or len(x.shape) != 2 or x.axis not in (1, -1, (0, 1)):
-        raise ValueError(f"{name} must be a 2-D torch tensor encoded along its last axis (axis=1 or -1), "
-                         f"got shape {x.shape}, axis {x.axis}, kind {x.kind!r}")
-    try:
-        x.validate()
-    except ValueError as why:
-        raise ValueError(f"{name}: {why}") from why
-
-
-def k_block(x: Encoded) -> int:
-    """How many elements of a row along K share a scale: the block size, a
-    tile's width, or all of K for a whole-axis format."""
-    fmt = x.format
-    if getattr(fmt, "block_shape", None):
-        return fmt.block_shape[1]
-    return fmt.block_size or max(x.shape[1], 1)
-
-
-def reference_matmul(a: Encoded, b: Encoded, bias: torch.Tensor | None = None, *,
-                     backend: str | None = None) -> torch.Tensor:
+def reference_matmul(a: Encoded | torch.Tensor, b: Encoded | torch.Tensor, bias: torch.Tensor | None = None, *,
+                     backend: str | None = None, datapath: Datapath | str | None = None) -> torch.Tensor:
     """``A @ B.T (+ bias)`` in float64, for A (M x K) and B (N x K) encoded in
     blocks along K (``axis=1``), on their device.
 
+    With ``datapath`` (a :class:`~lowbit.formats.Datapath` or a name of
+    :data:`~lowbit.formats.DATAPATHS`) the products are added as that
+    datapath adds them, bit for bit, and A and B may also be plain 2-D
+    float tensors (their values taken exactly); see
+    :func:`lowbit.formats.datapath_matmul.datapath_matmul` for operands,
+    inputs and the bias (the accumulator's initial value there). The
+    result holds the accumulator's values as float64.
+
+    Without one:
     Each element is decoded exactly (a float64 holds every value of every
     lowbit format times its scale) and torch's float64 matmul sums the
     products, so the result carries float64 rounding only (relative 2**-53
@@ -47,6 +38,8 @@ def reference_matmul(a: Encoded, b: Encoded, bias: torch.Tensor | None = None, *
     :func:`lowbit.backends`; None: the device's default), as in
     :meth:`Encoded.decode`; every backend decodes alike.
     """
+    if datapath is not None:
+        return datapath_matmul(a, b, bias, get_datapath(datapath))
     check_operand(a, "a")
     check_operand(b, "b")
     if a.shape[1] != b.shape[1]:

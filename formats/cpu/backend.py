@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..abi import SCHEMES, KernelBackend
-from . import element_backend, scaled_backend
+from . import datapath_kernels, element_backend, scaled_backend
 
 #: the BlockFormat schemes the CPU kernels implement: all but double
 #: quantization of scales other than fp32 (their float32 decoded values are
@@ -12,4 +12,5 @@ CPU_SCHEMES = frozenset(SCHEMES) - {"double quantization of scales other than fp
 
 
 def load_backend() -> KernelBackend:
-    return KernelBackend("cpu", "cpu", element_backend, scaled_backend, schemes=CPU_SCHEMES, codebooks=True)
+    return KernelBackend("cpu", "cpu", element_backend, scaled_backend, schemes=CPU_SCHEMES, codebooks=True,
+                         datapath=datapath_kernels.datapath_product)

@@ -22,34 +22,13 @@ from ..abi import (
 )
 from ..rounding import SPLITMIX_GAMMA, SPLITMIX_MUL1, SPLITMIX_MUL2
 from .compiling import jit
+from .float_bits import EXPONENT_MASK, MAGNITUDE_MASK, bits_of, floor_log2_or, pow2
 
 GAMMA, MUL1, MUL2 = np.uint64(SPLITMIX_GAMMA), np.uint64(SPLITMIX_MUL1), np.uint64(SPLITMIX_MUL2)
-EXPONENT_MASK = 0x7FF0000000000000
-MAGNITUDE_MASK = 0x7FFFFFFFFFFFFFFF
 inline = jit(inline="always")
 #: the per-family math is large: compiled once as a function of its own
 #: (inlining it everywhere multiplies numba's compile time)
 function = jit()
-
-
-# -- float64 bits ----------------------------------------------------------------------
-@inline
-def bits_of(x):
-    return np.float64(x).view(np.int64)
-
-
-@inline
-def pow2(k):
-    """2.0**k for integer k in [-1022, 1023], built on the bits."""
-    return np.int64((k + 1023) << 52).view(np.float64)
-
-
-@inline
-def floor_log2_or(x_bits, below):
-    """floor(log2 |x|) of a normal float64, or ``below`` when x is zero or
-    subnormal (every such x lies under 2**-1022)."""
-    biased = (x_bits & MAGNITUDE_MASK) >> 52
-    return biased - 1023 if biased != 0 else below
 
 
 # -- stochastic rounding's uniforms ---------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.formats import BlockFormat, Encoded, backends
-from lowbit.formats.matmul import check_operand
+from lowbit.formats.matmul_operands import check_operand
 
 #: the tensor-core input types, numbered as MmaType in cuda/mx_matmul_math.cuh
 TENSOR_CORE_TYPES = {"int8": 0, "fp16": 1, "e4m3": 2, "e5m2": 3}
