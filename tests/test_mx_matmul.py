@@ -442,3 +442,35 @@ def test_gpu_quantized_linear_runs_on_the_mx_matmul(gpu):
     a, b = lowbit.encode(x, "mxfp8_e4m3", axis=1), lowbit.encode(layer.weight.detach(), "mxfp4", axis=1)
     with torch.no_grad():
         assert torch.equal(layer(x), lowbit.cuda.mx_matmul(a, b, bias=layer.bias.detach()))
+
+
+# -- the profiles of lowbit.formats.DATAPATHS that describe this kernel ------------------
+@pytest.mark.parametrize("instruction", ["int8", "fp16", "fp8"])
+def test_mx_matmul_cpu_model_is_its_profile_bit_for_bit(instruction):
+    torch.manual_seed(2)
+    compared = 0
+    for left in MX:
+        for right in MX:
+            x = lowbit.encode(torch.randn(5, 96) * 8, left, axis=1)
+            w = lowbit.encode(torch.randn(4, 96), right, axis=1)
+            try:
+                host = lowbit.cuda.mx_matmul(x, w, backend="cuda_host", instruction=instruction)
+            except ValueError:  # a pair this instruction does not take
+                continue
+            assert torch.equal(host.double(), reference_matmul(x, w, datapath=f"lowbit_mx_{instruction}")), (left, right)
+            compared += 1
+    assert compared >= 4
+
+
+def test_mx_matmul_cpu_model_rounds_each_mma_once():
+    """4096**2 + 1 + 2**-32 (e5m2 elements 2**15, 2**3, 2**-13 times 2**-3):
+    2**30 + 2**6 is an fp32 midpoint; only the exact sum, with the tiny
+    product, rounds up (a float64 running sum would drop it and tie to even)."""
+    a = torch.zeros(1, 32)
+    a[0, :3] = torch.tensor([4096.0, 1.0, 2.0 ** -16])
+    x = lowbit.encode(a, "mxfp8_e5m2", axis=1)
+    for instruction in ("fp16", "fp8"):
+        for backend in ("cuda_host", "cuda_emulated"):
+            result = lowbit.cuda.mx_matmul(x, x, backend=backend, instruction=instruction).item()
+            assert result == 2.0 ** 24 + 2, (instruction, backend)
+        assert reference_matmul(x, x, datapath=f"lowbit_mx_{instruction}").item() == 2.0 ** 24 + 2

@@ -50,6 +50,9 @@ OVERFLOWED = 1 << 30
 #: rows of A computed together, so that each row of B is read from memory once for all of them
 ROW_TILE = 8
 inline = jit(inline="always")
+#: the larger steps compile once as functions of their own (inlining them everywhere makes the kernel
+#: take minutes to compile); a call per group of products costs little
+function = jit()
 parallel = jit(parallel=True)
 
 
@@ -95,7 +98,7 @@ def split_one(x):
     return sig, np.int64(exponent - 53 + trailing), np.int64(bit_length(abs(sig)))
 
 
-@inline
+@function
 def round_sum(total, lsb, precision, emin, largest, subnormals, mode):
     """total * 2**lsb (total a nonzero int64) rounded once to the grid of
     ``precision`` bits, normal exponents from ``emin`` and largest finite
@@ -146,6 +149,8 @@ def rounded_normal(value, precision, largest, mode):
     out of the significand steps the exponent, as it should); past
     ``largest`` as :func:`round_sum`."""
     drop = 53 - precision
+    if drop == 0:
+        return value
     bits = bits_of(value)
     if mode == NEAREST_EVEN:
         bits += (np.int64(1) << (drop - 1)) - 1 + ((bits >> drop) & 1)
@@ -173,7 +178,7 @@ def product_term(a_sig, a_exp, a_bits, b_sig, b_exp, b_bits, p_precision, p_emin
     return sig, exp, exp + bits - 1
 
 
-@inline
+@function
 def special_result(a_val, b_val, m, n, k0, k1, c):
     """(True, NaN or +-Inf) when c or a product of the step is NaN or Inf,
     as IEEE addition combines them; (False, 0.0) otherwise."""
@@ -190,7 +195,7 @@ def special_result(a_val, b_val, m, n, k0, k1, c):
     return False, 0.0
 
 
-@inline
+@function
 def zero_result(a_val, b_val, m, n, k0, k1, c, mode):
     """The signed zero a step gives when its exact sum is zero: -0 when c and
     every product are -0, or the sum cancels under rounding down."""
@@ -242,7 +247,7 @@ def aligned_step(a_val, a_e, b_val, b_e, m, n, k0, k1, c, specials, fraction_bit
     return round_sum(np.int64(total), lsb, precision, emin, largest, subnormals, mode)
 
 
-@inline
+@function
 def exact_step(a_val, a_sig, a_exp, a_bits, b_val, b_sig, b_exp, b_bits, m, n, k0, k1, c, specials,
                precision, emin, largest, subnormals, mode, adder_bits, p_precision, p_emin, p_largest):
     """c plus products k0..k1, one step of an exact datapath; returns
@@ -286,7 +291,7 @@ def exact_step(a_val, a_sig, a_exp, a_bits, b_val, b_sig, b_exp, b_bits, m, n, k
     return round_sum(total, low, precision, emin, largest, subnormals, mode), False
 
 
-@inline
+@function
 def promote(total, partial, sa, sb, precision, emin, largest, subnormals):
     """total + partial * sa * sb, exact, rounded once to nearest even on
     the grid; returns (result, wide) with ``wide`` when the exact sum does
