@@ -2,8 +2,9 @@
 # The first thing to run on a machine with a GPU: builds lowbit's CUDA
 # extension, checks every kernel against the reference, runs the GPU tests,
 # compute-sanitizer (memcheck, racecheck, synccheck) on small cases, checks
-# that the ops launch on torch's current stream, and benchmarks the casts
-# and the MX matmul. Every log and table goes to the folder $OUT
+# that the ops launch on torch's current stream, compares the datapath
+# profiles with the GPU's products (docs/datapaths.md), and benchmarks the
+# casts and the MX matmul. Every log and table goes to the folder $OUT
 # (default gpu_check_out/), with summary.txt listing each step's outcome and
 # time. Meant to finish within 8 minutes on an H100/H200, not yet shown: on an
 # H200 the build took 38 s and the kernel, stream and sanitizer cases about 2
@@ -37,7 +38,7 @@ if ! "$PYTHON" -c "import lowbit" 2>/dev/null; then  # a bare machine: install t
 fi
 
 SUMMARY="$OUT/summary.txt"
-rm -f "$OUT"/{build,kernels,streams,tests,sanitizer,bench}.log "$OUT"/bench_{casts,matmul}.md
+rm -f "$OUT"/{build,kernels,streams,tests,sanitizer,bench}.log "$OUT"/bench_{casts,matmul}.md "$OUT"/datapaths.md
 FAILED=0
 {
   echo "# lowbit gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) $([[ $DRY == 1 ]] && echo "(dry: $WHY_DRY; the emulated build)")"
@@ -79,6 +80,7 @@ if [[ $DRY == 1 ]]; then
     "from lowbit.formats import backends; backends.get('cuda_host'); backends.get('cuda_emulated')"
   step "kernels (emulated)" kernels.log 600 "$PYTHON" benchmarks/gpu_cases.py kernels --dry
   step "streams (emulated, eager)" streams.log 300 "$PYTHON" benchmarks/gpu_cases.py streams --dry
+  step "datapaths (CPU side)" datapaths.md 300 "$PYTHON" benchmarks/datapath_vs_gpu.py --dry
   skip "tests -m cuda" "$WHY_DRY (the test suite runs their emulated half)"
   skip "compute-sanitizer" "$WHY_DRY"
   # the real run's arguments, parsed; without a GPU the benchmark then exits at once
@@ -92,6 +94,8 @@ else
     "from lowbit.formats import backends; backends.get('cuda_host'); backends.get('cuda_emulated')"
   step "kernels" kernels.log 300 "$PYTHON" benchmarks/gpu_cases.py kernels
   step "streams" streams.log 120 "$PYTHON" benchmarks/gpu_cases.py streams
+  # the datapath profiles against cuBLAS, _scaled_mm and mx_matmul: the table for docs/datapaths.md
+  step "datapaths" datapaths.md 300 "$PYTHON" benchmarks/datapath_vs_gpu.py
   # workers of one thread each (the reference side runs on the CPU); each test named as it ends (-v), the
   # slowest listed, none hanging the step (a test past 240 s fails, named)
   PYTEST=(-v -p no:cacheprovider -m cuda --durations=30)

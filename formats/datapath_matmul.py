@@ -11,6 +11,7 @@ the datapath's, bit for bit.
 
 from __future__ import annotations
 
+import warnings
 from fractions import Fraction
 from typing import Any
 
@@ -18,11 +19,13 @@ import numpy as np
 import torch
 
 from . import backends, datapath_reference
-from .datapath import Datapath, NumberGrid
+from .datapath import FP32, Datapath, NumberGrid
 from .encoded import Encoded
 from .matmul_operands import check_operand
 from .packing import unpack
 
+#: how many products the exact reference computes before a warning says so
+SLOW_PRODUCTS = 1 << 20
 #: the alignment exponent of a zero or non-finite operand value (int32): a product with one stays far
 #: below every other, and a step of such products only is a zero
 NO_EXPONENT = -(1 << 29)
@@ -103,9 +106,12 @@ def datapath_product(a: torch.Tensor, b: torch.Tensor, datapath: Datapath, *, c:
     b_e = alignment_exponents(b64, b_emin) if b_exponents is None else b_exponents.astype(np.int32)
     kernel = _kernel()
     if kernel is not None:
-        out, wide = kernel(a64, b64, c64, datapath, a_e, b_e, interval, sa, sb)
-    else:  # no kernel here: every output from the exact reference
-        out, wide = np.empty((rows, columns)), np.ones((rows, columns), dtype=np.bool_)
+        out, wide, why = kernel(a64, b64, c64, datapath, a_e, b_e, interval, sa, sb)
+    else:
+        out, wide, why = np.empty((rows, columns)), np.ones((rows, columns), dtype=np.bool_), "no CPU kernel here"
+    if why is not None and rows * columns * depth > SLOW_PRODUCTS:
+        warnings.warn(f"{datapath.name}: {rows} x {columns} x {depth} products on the exact reference (about "
+                      f"10 us each), not the kernel: {why}", stacklevel=2)
     for m, n in zip(*np.nonzero(wide), strict=True):
         scales = None if not interval else [Fraction(x) * Fraction(y) for x, y in zip(sa[m], sb[n], strict=True)]
         value = datapath_reference.dot(a64[m].tolist(), b64[n].tolist(), datapath, c=float(c64[m, n]),
@@ -185,7 +191,9 @@ def datapath_matmul(a: Any, b: Any, bias: torch.Tensor | None, datapath: Datapat
     every other datapath multiplies the decoded values. Operand values must
     be exact in one of the datapath's input formats. ``bias`` (N,) is the
     accumulator's initial value C (D = A B^T + C, as a matrix instruction
-    takes it) and must be exact in the accumulator format. The result is a
+    takes it) and must be exact in the accumulator format or in fp32 (the
+    register it is read from; H100's FP8 accumulator keeps 14 bits of it
+    once it is aligned, as any term). The result is a
     float64 tensor of accumulator values on A's device.
     """
     depth = a.shape[1] if isinstance(a, torch.Tensor | Encoded) else None
@@ -204,9 +212,10 @@ def datapath_matmul(a: Any, b: Any, bias: torch.Tensor | None, datapath: Datapat
         c = bias.detach().to("cpu", torch.float64).reshape(1, -1)
         if c.shape[1] != b.shape[0]:
             raise ValueError(f"bias must have N = {b.shape[0]} elements, got {bias.shape}")
-        if datapath.accumulator is not None and not exact_in(c, datapath.accumulator):
-            raise ValueError(f"bias must be exact in {datapath.name}'s accumulator format "
-                             f"{datapath.accumulator.name} (it is the accumulator's initial value)")
+        if datapath.accumulator is not None and not (exact_in(c, datapath.accumulator) or exact_in(c, FP32)):
+            allowed = " or ".join(dict.fromkeys([datapath.accumulator.name, "fp32"]))
+            raise ValueError(f"bias must be exact in {allowed} ({datapath.name}'s accumulator format or the fp32 "
+                             f"register it is read from: it is the accumulator's initial value)")
     out = datapath_product(left["values"], right["values"], datapath, c=c, a_exponents=left.get("exponents"),
                            b_exponents=right.get("exponents"), a_emin=left.get("emin"), b_emin=right.get("emin"),
                            interval=interval, a_scales=left.get("scales"), b_scales=right.get("scales"))

@@ -167,7 +167,7 @@ def test_reference_matmul_checks_inputs_bias_and_shapes():
     with pytest.raises(ValueError, match="a has values that no input format of a100_fp16 .fp16. holds exactly"):
         reference_matmul(a, b, datapath="a100_fp16")
     a, b = a.half().float(), b.half().float()
-    with pytest.raises(ValueError, match="bias must be exact in a100_fp16's accumulator format fp32"):
+    with pytest.raises(ValueError, match="bias must be exact in fp32 .a100_fp16's accumulator format"):
         reference_matmul(a, b, torch.full((3,), 0.1, dtype=torch.float64), datapath="a100_fp16")
     with pytest.raises(ValueError, match="same K"):
         reference_matmul(a, b[:, :4], datapath="a100_fp16")

@@ -27,10 +27,14 @@ def test_gpu_check_runs_dry(tmp_path):
                             capture_output=True, text=True, timeout=900)
     summary = (tmp_path / "summary.txt").read_text()
     assert result.returncode == 0, summary + result.stdout + result.stderr
-    for step in ("build (CPU builds)", "kernels (emulated)", "streams (emulated, eager)", "tests -m cuda",
+    for step in ("build (CPU builds)", "kernels (emulated)", "streams (emulated, eager)", "datapaths (CPU side)",
+                 "tests -m cuda",
                  "compute-sanitizer", "benchmarks (arguments only)"):
         assert f"| {step} |" in summary, step
     assert "failed steps: 0" in summary
     kernels = (tmp_path / "kernels.log").read_text()
     assert "FAIL" not in kernels and kernels.count("\nok ") > 50, kernels
     assert "ok    mx_matmul" in kernels
+    datapaths = (tmp_path / "datapaths.md").read_text()
+    assert "| torch.matmul fp16 | adversarial | h100_fp16 | not run |" in datapaths
+    assert "every row above is owed to one" in datapaths

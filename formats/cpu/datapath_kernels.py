@@ -320,6 +320,22 @@ def promote(total, partial, sa, sb, precision, emin, largest, subnormals):
 
 
 @parallel
+def ieee_float32_matmul(a_val, b_val, c0, out):
+    """out[m, n] = c0[m, n] + sum_k fl32(a[m, k] * b[n, k]) one product at a
+    time in IEEE float32, each addition rounded to nearest even: float64
+    forms each exact sum (or rounds it first: rounding a sum of two float32
+    numbers to 53 bits and then to 24 is the single rounding, as 53 >= 2 *
+    24 + 2), so the datapath ``ieee_fp32`` without the integer machinery."""
+    rows, depth = a_val.shape
+    for m in prange(rows):
+        for n in range(b_val.shape[0]):
+            total = np.float32(c0[m, n])
+            for k in range(depth):
+                total = np.float32(np.float64(total) + np.float64(np.float32(a_val[m, k] * b_val[n, k])))
+            out[m, n] = total
+
+
+@parallel
 def datapath_matmul(a_val, a_e, a_sig, a_exp, a_bits, b_val, b_e, b_sig, b_exp, b_bits, c0,
                     a_scale, b_scale, out, wide, group, interval, specials, fraction_bits, align_mode, min_exponent,
                     precision, emin, largest, subnormals, mode, adder_bits, p_precision, p_emin, p_largest,
@@ -372,33 +388,46 @@ def _grid(grid: Any) -> tuple[int, int, float, bool]:
     return grid.precision, grid.emin, float(grid.largest), grid.subnormals
 
 
-def _check_aligned(datapath: Any, a64: np.ndarray, b64: np.ndarray, bits: tuple[int, int], carries: int) -> None:
-    """ValueError unless the aligning kernel computes this product exactly:
-    products exact in float64, magnitudes within 2**+-MAGNITUDE_RANGE, and
-    the aligned sum within float64's 53 bits."""
+def _is_ieee_float32(datapath: Any, interval: int | None) -> bool:
+    """Whether the datapath is IEEE float32 one product at a time (products
+    and sums rounded to nearest even in fp32): :func:`ieee_float32_matmul`."""
+    fp32 = (24, -126, float(np.finfo(np.float32).max), True)
+    return (datapath.group == 1 and datapath.fraction_bits is None and datapath.rounding == "nearest_even"
+            and datapath.product_grid is not None and _grid(datapath.product_grid) == fp32
+            and _grid(datapath.accumulator_grid) == fp32 and not interval)
+
+
+def _beyond_the_kernel(datapath: Any, a64: np.ndarray, b64: np.ndarray, bits: tuple[int, int],
+                       carries: int) -> str | None:
+    """Why the kernel cannot compute this product exactly (None when it
+    can): an aligning step needs products exact in float64, magnitudes
+    within 2**+-MAGNITUDE_RANGE and its aligned sum within float64's 53
+    bits; an exact step needs operands of at most MAX_EXACT_BITS bits."""
+    if datapath.fraction_bits is None:
+        if max(bits) > MAX_EXACT_BITS:
+            return f"operand values of {max(bits)} significant bits (the kernel takes {MAX_EXACT_BITS})"
+        return None
     if sum(bits) > 53:
-        raise ValueError(f"{datapath.name}: operand values of {bits[0]} and {bits[1]} significant bits; an aligning "
-                         f"datapath takes products of at most 53 (float32 and narrower operands)")
+        return f"operand values of {bits[0]} and {bits[1]} significant bits (the kernel takes products of 53)"
     for x in (a64, b64):
         magnitudes = np.abs(x[np.isfinite(x) & (x != 0)])
         if magnitudes.size and (magnitudes.max() >= 2.0 ** MAGNITUDE_RANGE
                                 or magnitudes.min() < 2.0 ** -MAGNITUDE_RANGE):
-            raise ValueError(f"{datapath.name}: operand magnitudes must lie within 2**-{MAGNITUDE_RANGE} .. "
-                             f"2**{MAGNITUDE_RANGE}")
+            return f"operand magnitudes beyond 2**+-{MAGNITUDE_RANGE}"
     if datapath.fraction_bits + 2 + carries > 53:
-        raise ValueError(f"{datapath.name}: fraction_bits + 2 + carries must be at most 53 (the aligned sum is held "
-                         f"exactly in float64); here {datapath.fraction_bits + 2 + carries}")
+        return f"an aligned sum of {datapath.fraction_bits + 2 + carries} bits (the kernel holds 53)"
+    return None
 
 
 def datapath_product(a64: np.ndarray, b64: np.ndarray, c64: np.ndarray, datapath: Any, a_e: np.ndarray,
                      b_e: np.ndarray, interval: int | None, a_scales: np.ndarray,
-                     b_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                     b_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, str | None]:
     """The ``"cpu"`` backend's datapath matmul (what
     :func:`lowbit.formats.datapath_matmul.datapath_product` asks of it):
     out[m, n] = a64[m] . b64[n] + c64[m, n] as ``datapath`` adds, with the
-    alignment exponents ``a_e``, ``b_e`` (int32) and interval scales; and
-    the mask of the outputs it left to the exact reference. ValueError for
-    operands or parameters the kernel cannot compute exactly."""
+    alignment exponents ``a_e``, ``b_e`` (int32) and interval scales; the
+    mask of the outputs it left to the exact reference; and why it left
+    all of them, when it cannot compute this product exactly (else None)."""
     rows, depth = a64.shape
     grid = datapath.accumulator_grid
     group = datapath.group or max(interval or depth, 1)
@@ -406,15 +435,17 @@ def datapath_product(a64: np.ndarray, b64: np.ndarray, c64: np.ndarray, datapath
     none, none32 = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int32)
     a_split, b_split = split(a64), split(b64)
     bits = (int(a_split[2].max(initial=0)), int(b_split[2].max(initial=0)))
+    out = np.empty((rows, b64.shape[0]))
+    if _is_ieee_float32(datapath, interval) and max(bits) <= MAX_ALIGNED_BITS:
+        ieee_float32_matmul(a64, b64, c64, out)
+        return out, np.zeros(out.shape, dtype=np.bool_), None
+    why = _beyond_the_kernel(datapath, a64, b64, bits, carries)
+    if why is not None:
+        return out, np.ones(out.shape, dtype=np.bool_), why
     if datapath.fraction_bits is not None:
-        _check_aligned(datapath, a64, b64, bits, carries)
         a_parts, b_parts = (a_e, none, none, none), (b_e, none, none, none)
     else:
-        if max(bits) > MAX_EXACT_BITS:
-            raise ValueError(f"operand values of {max(bits)} significant bits: a datapath takes values of at most "
-                             f"{MAX_EXACT_BITS} (every lowbit format's values, float32 and narrower)")
         a_parts, b_parts = (none32, *a_split), (none32, *b_split)
-    out = np.empty((rows, b64.shape[0]))
     wide = np.zeros(out.shape, dtype=np.bool_)
     specials = not (np.isfinite(a64).all() and np.isfinite(b64).all())
     floor = 2 * NO_EXPONENT if datapath.min_exponent is None else datapath.min_exponent
@@ -424,4 +455,4 @@ def datapath_product(a64: np.ndarray, b64: np.ndarray, c64: np.ndarray, datapath
                     ALIGNMENT_CODES[datapath.alignment_rounding], floor, *_grid(grid),
                     ROUNDING_CODES[datapath.rounding], carries, *products,
                     *_grid(datapath.promotion_datapath.accumulator_grid))
-    return out, wide
+    return out, wide, None
