@@ -34,7 +34,7 @@ import sys
 import torch
 
 import lowbit
-from lowbit.formats import DATAPATHS, get_format, reference_matmul
+from lowbit.formats import get_format, reference_matmul
 
 #: the profile of each architecture's fp16 / bf16 MMA, by compute capability (major, minor)
 ARCHITECTURES = {

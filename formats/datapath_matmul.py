@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import backends, datapath_reference
-from .datapath import FP32, Datapath, NumberGrid
+from .datapath import FP32, Datapath
 from .encoded import Encoded
 from .matmul_operands import check_operand
 from .packing import unpack
@@ -29,10 +29,6 @@ SLOW_PRODUCTS = 1 << 20
 #: the alignment exponent of a zero or non-finite operand value (int32): a product with one stays far
 #: below every other, and a step of such products only is a zero
 NO_EXPONENT = -(1 << 29)
-
-def _grid_args(grid: NumberGrid | None) -> tuple[int, int, float]:
-    return (0, 0, 0.0) if grid is None else (grid.precision, grid.emin, float(grid.largest))
-
 
 def exact_in(values: torch.Tensor, fmt: Any) -> bool:
     """Whether every value is exactly representable in ``fmt`` (NaN and Inf

@@ -1,6 +1,6 @@
 """The numba kernel of :class:`~lowbit.formats.datapath.Datapath` matmuls:
-C = A @ B.T accumulated as a datapath adds, in int64 fixed point, bit for
-bit with :mod:`lowbit.formats.datapath_reference`.
+C = A @ B.T accumulated as a datapath adds, in exact float64 and int64
+integer sums, bit for bit with :mod:`lowbit.formats.datapath_reference`.
 
 An aligning datapath (``fraction_bits`` F) needs only each operand's
 alignment exponent e (int32) beside its float64 value: a step finds the
