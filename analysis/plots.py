@@ -13,6 +13,9 @@ units and a legend where several series share the axes.
   scales included), one panel per data set, with the Pareto front.
 - :func:`histogram_vs_grid`: data against the values a setting can produce.
 - :func:`layer_sensitivity`: SQNR per layer of a model and setting (a heat map).
+- :func:`quality_vs_bits`: a model's quality (perplexity, fidelity) against
+  bits per weight, a point per format spec and method, with the Pareto front.
+- :func:`layer_costs`: what rounding each layer alone costs a model (bars).
 """
 
 from __future__ import annotations
@@ -117,13 +120,16 @@ def relative_error(formats: Iterable[Any], low: float | None = None, high: float
     return fig
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The (bits, sqnr) points that no other point beats: none has fewer or
-    equal bits and higher SQNR. Sorted by bits."""
+def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool = True) -> list[tuple[float, float]]:
+    """The (bits, quality) points that no other point beats: none has fewer
+    or equal bits and better quality (higher, or lower with
+    ``higher_is_better=False``, as for perplexity); NaN qualities are never
+    on it. Sorted by bits."""
+    sign = 1 if higher_is_better else -1
     front: list[tuple[float, float]] = []
-    for bits, sqnr in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not front or sqnr > front[-1][1]:
-            front.append((bits, sqnr))
+    for bits, quality in sorted((p for p in points if not np.isnan(p[1])), key=lambda p: (p[0], -sign * p[1])):
+        if not front or sign * quality > sign * front[-1][1]:
+            front.append((bits, quality))
     return front
 
 
@@ -254,6 +260,58 @@ def layer_sensitivity(records: Sequence[Mapping[str, Any]], title: str = "SQNR p
     ax.set_ylabel("format (bits per element)")
     ax.set_title(title + " (dB; higher is better)")
     fig.colorbar(image, ax=ax, label="SQNR (dB)", shrink=0.8)
+    return fig
+
+
+def quality_vs_bits(rows: Sequence[Mapping[str, Any]], metric: str, higher_is_better: bool,
+                    title: str) -> Figure:
+    """A model's quality (``metric`` of each row) against bits per weight
+    (``weight_bits``), a point per row labelled by its ``label``, one
+    colour per ``method``, the Pareto front dashed (the k-bit scaling-law
+    view: the best quality each storage cost buys). Rows whose metric is
+    not finite are left out; a full-precision row (``kind`` "full") is a
+    horizontal line."""
+    shown = [r for r in rows if r["kind"] == "grid" and r.get(metric) is not None and np.isfinite(r[metric])]
+    if not shown:
+        raise ValueError(f"no finite {metric} to plot")
+    fig = Figure(figsize=(8.0, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    methods = list(dict.fromkeys(r["method"] for r in shown))
+    for i, method in enumerate(methods):
+        mine = [r for r in shown if r["method"] == method]
+        ax.scatter([r["weight_bits"] for r in mine], [r[metric] for r in mine], color=f"C{i}", s=28, zorder=3,
+                   label=method)
+    front = pareto_front([(r["weight_bits"], r[metric]) for r in shown], higher_is_better)
+    ax.plot(*zip(*front), ls="--", color="0.4", lw=1, drawstyle="steps-post", zorder=2, label="Pareto front")
+    full = [r[metric] for r in rows if r["kind"] == "full" and r.get(metric) is not None]
+    if full:
+        ax.axhline(full[0], color="0.2", lw=0.8, ls=":", label=f"full precision ({full[0]:.4g})")
+    values = [r[metric] for r in shown]
+    if metric == "perplexity" and min(values) > 0 and max(values) / min(values) > 3:  # spans 4-bit collapses
+        ax.set_yscale("log")
+    _label_points(ax, [(r["weight_bits"], r[metric], r["spec"]) for r in shown], column_width=0.3)
+    ax.set_xlabel("bits per weight of the rounded layers (block scales included)")
+    ax.set_ylabel(metric.replace("_", " ") + (" (lower is better)" if not higher_is_better else " (higher is better)"))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def layer_costs(names: Sequence[str], costs: Sequence[float], title: str, xlabel: str, top: int = 30) -> Figure:
+    """Horizontal bars of what rounding each layer alone costs (``costs``,
+    e.g. the rise in perplexity), the ``top`` costliest first."""
+    if not names:
+        raise ValueError("no layers to plot")
+    order = sorted(range(len(names)), key=lambda i: -costs[i] if np.isfinite(costs[i]) else -np.inf)[:top]
+    fig = Figure(figsize=(8.0, 0.28 * len(order) + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh(range(len(order)), [costs[i] for i in order], color="C3")
+    ax.set_yticks(range(len(order)), [names[i] for i in order], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
     return fig
 
 

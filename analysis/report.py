@@ -28,14 +28,19 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import numpy as np
+import torch
 
 import lowbit
+from lowbit.emulate.calibrating import default_forward
 from lowbit.formats import BlockFormat, ElementFormat, ScaledFormat, get_format
 
 from . import plots
 from .data import DISTRIBUTIONS, dataset
-from .defaults import DEFAULT_DATA, DEFAULT_FORMATS, DEFAULT_SCALE_RULES, DEFAULT_SIZE, ROW_WIDTH
-from .models import minilm_tensors, model_weights
+from .defaults import (DEFAULT_DATA, DEFAULT_FORMATS, DEFAULT_METHODS, DEFAULT_MODEL_SPECS, DEFAULT_SCALE_RULES,
+                       DEFAULT_SIZE, ROW_WIDTH)
+from .model_report import MODEL_FILES, ModelPlan, earlier_rows, model_section, plan_model, remove_leftovers
+from .model_tasks import DEFAULT_EVALUATION_TOKENS, is_model_name
+from .models import minilm_tensors, model_weights, recording
 from .settings import Setting, needs_rows, takes_scale_rule
 from .sweep import markdown_table, measure, pivot, record, sweep, write_csv
 
@@ -66,15 +71,22 @@ DEFINITIONS = """\
 REPORT_FILES = frozenset({
     "report.md", "results.csv", "model_weights.csv", "model_activations.csv", "sqnr_vs_bits.png",
     "number_line.png", "relative_error.png", "block_relative_error.png", "histograms.png",
-    "layer_sensitivity_weights.png", "layer_sensitivity_activations.png",
+    "layer_sensitivity_weights.png", "layer_sensitivity_activations.png", *MODEL_FILES,
 })
+
+
+class ReportInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a model sweep: the report was written with the cells
+    finished so far (marked partial) before this was raised."""
 
 
 def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT_FORMATS,
                  data: Sequence[str] = DEFAULT_DATA, size: int = DEFAULT_SIZE, seed: int = 0,
                  roundings: Sequence[str] = ("nearest_even",),
                  scale_rules: Sequence[str | None] = DEFAULT_SCALE_RULES,
-                 model: Any = None, progress: bool | TextIO = False) -> pathlib.Path:
+                 model: Any = None, model_specs: Sequence[str] = DEFAULT_MODEL_SPECS,
+                 methods: Sequence[str] = DEFAULT_METHODS, sensitivity: str | None = "auto",
+                 model_tokens: int = DEFAULT_EVALUATION_TOKENS, progress: bool | TextIO = False) -> pathlib.Path:
     """Write the report into the folder ``out_dir`` and give back the path
     of its ``report.md``.
 
@@ -88,7 +100,19 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
     the default adds NVFP4 with ``"4over6"``). ``model``: None, ``"minilm"`` (its
     Linear weights and the activations it records on built-in sentences),
     or an ``nn.Module``, a state_dict, or a path to a saved state_dict (its
-    weights): adds a per-layer section.
+    weights): adds a per-layer section. A model that can run (``"tiny-lm"``,
+    ``"minilm"``, a local transformers folder or a
+    :class:`~lowbit.analysis.model_tasks.ModelTask`; see
+    :mod:`~lowbit.analysis.model_tasks`) adds the model-level section
+    (:mod:`~lowbit.analysis.model_report`): its quality under every spec of
+    ``model_specs`` (``WEIGHT`` or ``WEIGHT/INPUT``) x method of ``methods``
+    (``rtn``, ``gptq``, ..., chains such as ``rotate+gptq``), and each
+    linear layer rounded alone to ``sensitivity`` (``"auto"``: the spec
+    with the fewest bits; None: none), perplexity on ``model_tokens``
+    held-out tokens. Its cells are kept as they finish: a rerun into the
+    same folder measures only what an interrupted run left, and Ctrl-C
+    during the model sweep writes the report with the finished cells (marked
+    partial), then raises :class:`ReportInterrupted`.
 
     The whole report is written into a new folder beside ``out_dir`` and
     moved into place when complete, replacing a previous report there: an
@@ -98,7 +122,8 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
     """
     check_out_dir(out_dir)
     plan = plan_report(formats=formats, data=data, size=size, seed=seed, roundings=roundings,
-                       scale_rules=scale_rules, model=model)
+                       scale_rules=scale_rules, model=model, model_specs=model_specs, methods=methods,
+                       sensitivity=sensitivity, model_tokens=model_tokens)
     return plan.write(out_dir, progress=progress)
 
 
@@ -197,22 +222,31 @@ class ReportPlan:
     settings: list[Setting]
     model: Any
     model_data: dict[str, dict[str, np.ndarray]] | None
+    model_plan: ModelPlan | None = None
 
     def write(self, out_dir: str | os.PathLike, progress: bool | TextIO = False) -> pathlib.Path:
         """Measure and write the report into ``out_dir`` through a staging
         folder (see :func:`write_report`); give back the path of its report.md."""
         check_out_dir(out_dir)
+        done = earlier_rows(self.model_plan, out_dir) if self.model_plan is not None else {}
         with _staged(out_dir) as stage:
-            self._write_into(stage, progress)
-        return pathlib.Path(out_dir) / "report.md"
+            interrupted = self._write_into(stage, progress, done)
+        remove_leftovers(pathlib.Path(os.path.realpath(out_dir)))
+        path = pathlib.Path(out_dir) / "report.md"
+        if interrupted:
+            raise ReportInterrupted(f"interrupted: wrote a partial report to {os.fspath(path)} ({interrupted}); "
+                                    "run the same command again to finish it")
+        return path
 
-    def _write_into(self, out: pathlib.Path, progress: bool | TextIO) -> None:
-        """Every file of the report, written into the existing folder ``out``."""
+    def _write_into(self, out: pathlib.Path, progress: bool | TextIO,
+                    done: Mapping[tuple[str, str, str, str], Mapping[str, Any]]) -> str:
+        """Every file of the report, written into the existing folder ``out``;
+        gives back what an interrupted model sweep finished ("" when whole)."""
         records = measured_bits(sweep(self.datasets, self.settings, progress=progress), self.settings,
                                 self.datasets)
         write_csv(records, out / "results.csv")
         command = _command(self.formats, self.data, self.size, self.seed, self.roundings, self.scale_rules,
-                           self.model)
+                           self.model, self.model_plan)
         settings = self.settings
         md = [f"# lowbit error report\n\nlowbit {lowbit.__version__}. Reproduce with `{command}`.\n",
               f"Data: {_describe(self.datasets, self.size, self.seed)}. "
@@ -232,13 +266,24 @@ class ReportPlan:
         md += ["## Every metric\n", markdown_table(records, TABLE_COLUMNS, digits=3)]
         if self.model_data is not None:
             md += _model_section(self.model_data, settings, out, progress)
+        interrupted = ""
+        if self.model_plan is not None:
+            section, result = model_section(self.model_plan, out, done, progress)
+            md += section
+            if result.interrupted:
+                interrupted = f"{len(result.rows)} of {result.total} model cells"
+                md.insert(2, f"**This report is partial:** interrupted after {interrupted}; run `{command}` "
+                             "again to finish it.\n")
         md += ["## Definitions\n", DEFINITIONS]
         (out / "report.md").write_text("\n".join(md))
+        return interrupted
 
 
 def plan_report(*, formats: Sequence[Any] = DEFAULT_FORMATS, data: Sequence[str] = DEFAULT_DATA,
                 size: int = DEFAULT_SIZE, seed: int = 0, roundings: Sequence[str] = ("nearest_even",),
-                scale_rules: Sequence[str | None] = DEFAULT_SCALE_RULES, model: Any = None) -> ReportPlan:
+                scale_rules: Sequence[str | None] = DEFAULT_SCALE_RULES, model: Any = None,
+                model_specs: Sequence[str] = DEFAULT_MODEL_SPECS, methods: Sequence[str] = DEFAULT_METHODS,
+                sensitivity: str | None = "auto", model_tokens: int = DEFAULT_EVALUATION_TOKENS) -> ReportPlan:
     """Check the arguments of :func:`write_report` (ValueError or TypeError
     naming the one at fault) and load its data and model, measuring nothing."""
     fmts = [get_format(f) for f in formats]
@@ -257,13 +302,14 @@ def plan_report(*, formats: Sequence[Any] = DEFAULT_FORMATS, data: Sequence[str]
                              f"(one row per point) hold blocks of at most {MAX_REPORT_BLOCK} elements")
     datasets = {os.fspath(name): dataset(os.fspath(name), size, seed) for name in data}
     settings = report_settings(fmts, roundings, scale_rules)
-    model_data = _model_tensors(model) if model is not None else None
+    model_plan = plan_model(model, model_specs, methods, sensitivity, model_tokens) if is_model_name(model) else None
+    model_data = _model_tensors(model, model_plan) if model is not None else None
     tensors = {name: x for name, x in datasets.items()}
     for kind, named in (model_data or {}).items():
         tensors.update({f"{kind} {name}": x for name, x in named.items()})
     _check_layouts(settings, tensors)
     return ReportPlan(fmts, list(data), datasets, size, seed, list(roundings), list(scale_rules), settings, model,
-                      model_data)
+                      model_data, model_plan)
 
 
 def _check_layouts(settings: Sequence[Setting], tensors: Mapping[str, np.ndarray]) -> None:
@@ -417,11 +463,19 @@ def _distinct_lines(draw: Any, *args: Any) -> Any:
         return draw(*args)
 
 
-def _model_tensors(model: Any) -> dict[str, dict[str, np.ndarray]]:
-    if isinstance(model, str) and model == "minilm":
-        weights, activations = minilm_tensors()
+def _model_tensors(model: Any, plan: ModelPlan | None) -> dict[str, dict[str, np.ndarray]]:
+    """The weights of a model's layers and, for a model that runs, the
+    inputs of its Linear layers (MiniLM on its built-in sentences, another
+    model on its first calibration batch)."""
+    if plan is None:
+        return {"weights": model_weights(model)}
+    task = plan.task
+    if task.name == "minilm":
+        weights, activations = minilm_tensors(task.model)
         return {"weights": weights, "activations": activations}
-    return {"weights": model_weights(model)}
+    with torch.no_grad(), recording(task.model) as activations:
+        (task.forward or default_forward)(task.model, task.calibration[0])
+    return {"weights": model_weights(task.model), "activations": activations}
 
 
 def _model_section(model_data: Mapping[str, Mapping[str, np.ndarray]], settings, out, progress) -> list[str]:
@@ -445,7 +499,7 @@ def _model_section(model_data: Mapping[str, Mapping[str, np.ndarray]], settings,
     return md
 
 
-def _command(fmts, data, size, seed, roundings, scale_rules, model) -> str:
+def _command(fmts, data, size, seed, roundings, scale_rules, model, model_plan) -> str:
     words = ["lowbit report"]
     if tuple(f.name for f in fmts) != DEFAULT_FORMATS:
         words.append("--formats " + " ".join(f.name for f in fmts))
@@ -461,4 +515,20 @@ def _command(fmts, data, size, seed, roundings, scale_rules, model) -> str:
         words.append("--scale-rule " + " ".join(r or "default" for r in scale_rules))
     if isinstance(model, str | os.PathLike):
         words.append(f"--model {os.fspath(model)}")
+    if model_plan is not None:
+        words += _model_options(model_plan)
     return " ".join(words)
+
+
+def _model_options(plan: ModelPlan) -> list[str]:
+    """The command-line options of a model sweep that differ from the defaults."""
+    words = []
+    if tuple(plan.specs) != DEFAULT_MODEL_SPECS:
+        words.append("--model-specs " + " ".join(plan.specs))
+    if tuple(plan.methods) != DEFAULT_METHODS:
+        words.append("--methods " + " ".join(plan.methods))
+    if plan.sensitivity_option != "auto":
+        words.append(f"--sensitivity {plan.sensitivity_option or 'none'}")
+    if plan.tokens != DEFAULT_EVALUATION_TOKENS:
+        words.append(f"--model-tokens {plan.tokens}")
+    return words

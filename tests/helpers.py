@@ -62,3 +62,13 @@ def small_gpt2():
     torch.manual_seed(0)
     config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0)
     return GPT2Model(config).eval()
+
+
+def assert_readable_png(path):
+    """A PNG that is not blank: some pixels differ from the background."""
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = imread(path)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 200
+    assert np.mean(np.any(pixels[..., :3] != pixels[0, 0, :3], axis=-1)) > 0.01

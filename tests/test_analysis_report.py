@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from matplotlib.image import imread
 
 import lowbit
 from lowbit.analysis import Setting, generate, sweep
@@ -17,13 +16,7 @@ from lowbit.analysis.settings import takes_scale_rule
 from lowbit.cli import main
 from lowbit.formats import BlockFormat, IntFormat
 
-
-def assert_readable_png(path):
-    """A PNG that is not blank: some pixels differ from the background."""
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    pixels = imread(path)
-    assert pixels.shape[0] > 200 and pixels.shape[1] > 200
-    assert np.mean(np.any(pixels[..., :3] != pixels[0, 0, :3], axis=-1)) > 0.01
+from helpers import assert_readable_png
 
 
 def assert_labelled(fig):
