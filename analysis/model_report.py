@@ -51,11 +51,12 @@ class ModelPlan:
 
 
 def plan_model(model: Any, specs: Sequence[str], methods: Sequence[str], sensitivity: str | None = "auto",
-               tokens: int = DEFAULT_EVALUATION_TOKENS) -> ModelPlan:
+               tokens: int = DEFAULT_EVALUATION_TOKENS, progress: bool | TextIO = False) -> ModelPlan:
     """Load the model (:func:`~lowbit.analysis.model_tasks.model_task`)
     and check the sweep. ``sensitivity``: a spec to round each linear
     layer to alone, ``"auto"`` for the spec of ``specs`` with the fewest
-    weight bits, or None for no per-layer cells."""
+    weight bits, or None for no per-layer cells. ``progress``: see
+    :func:`~lowbit.analysis.model_tasks.model_task`."""
     if not specs:
         raise ValueError("model specs is empty: give at least one spec such as mxfp4 or mxfp4/mxfp8_e4m3")
     if not methods:
@@ -63,7 +64,7 @@ def plan_model(model: Any, specs: Sequence[str], methods: Sequence[str], sensiti
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 2:
         raise ValueError(f"model tokens must be an int of at least 2, got {tokens!r}")
     chosen = min(specs, key=lambda spec: parse_spec(spec).weight.bits) if sensitivity == "auto" else sensitivity
-    task = model_task(model, tokens=tokens)
+    task = model_task(model, tokens=tokens, progress=progress)
     cells = plan_cells(task, list(specs), list(methods), chosen)
     return ModelPlan(task, list(specs), list(methods), chosen, cells, run_fingerprint(task), tokens, sensitivity)
 
@@ -112,6 +113,10 @@ def model_section(plan: ModelPlan, out: pathlib.Path, done: Mapping[tuple[str, s
            "parameter of the whole model (every other parameter at its own width). Δ: the change from full "
            "precision. Pareto: no setting has fewer or equal bits per weight and a better value.\n",
            markdown_table(_grid_table(grid, metric), digits=4)]
+    if any("outliers" in method.split("+") for method in plan.methods):
+        md.append("Bits of `outliers` settings count the dense format only: the sparse part's storage (outlier "
+                  "columns or weights kept in fp16) is what `lowbit.emulate.methods.changes_table` lists per layer "
+                  "in Python.\n")
     if sum(r["kind"] == "grid" for r in grid) >= 1:
         title = f"{task.name}: {metric.replace('_', ' ')} against bits per weight"
         md.append(_figure(plots.quality_vs_bits(grid, metric, metric in HIGHER_IS_BETTER, title), out, MODEL_FILES[1]))

@@ -22,7 +22,7 @@ import os
 import pathlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -95,10 +95,12 @@ def is_model_name(model: Any) -> bool:
     return text == "minilm" or text.split(":")[0] == "tiny-lm" or (pathlib.Path(text) / "config.json").is_file()
 
 
-def model_task(model: Any, *, tokens: int = DEFAULT_EVALUATION_TOKENS) -> ModelTask:
+def model_task(model: Any, *, tokens: int = DEFAULT_EVALUATION_TOKENS, progress: bool | TextIO = False) -> ModelTask:
     """The :class:`ModelTask` a name stands for (see the module docstring);
     a ModelTask is given back as it is. ``tokens``: held-out tokens a
-    perplexity is measured on (at most; fewer when the text is shorter)."""
+    perplexity is measured on (at most; fewer when the text is shorter).
+    ``progress``: True (or a stream) to report the tiny LM's training on
+    its first use."""
     if isinstance(model, ModelTask):
         return model
     text = os.fspath(model)
@@ -106,7 +108,7 @@ def model_task(model: Any, *, tokens: int = DEFAULT_EVALUATION_TOKENS) -> ModelT
         size = text.partition(":")[2] or "small"
         if size not in TINY_LM_SIZES:
             raise ValueError(f"model {text!r}: the tiny LM comes in sizes {', '.join(TINY_LM_SIZES)}")
-        return tiny_lm_task(size, tokens=tokens)
+        return tiny_lm_task(size, tokens=tokens, progress=progress)
     if text == "minilm":
         return minilm_task()
     if (pathlib.Path(text) / "config.json").is_file():
@@ -114,12 +116,13 @@ def model_task(model: Any, *, tokens: int = DEFAULT_EVALUATION_TOKENS) -> ModelT
     raise ValueError(f"model {text!r} is neither tiny-lm[:SIZE], minilm nor a transformers folder (with config.json)")
 
 
-def tiny_lm_task(size: str = "small", *, tokens: int = DEFAULT_EVALUATION_TOKENS) -> ModelTask:
+def tiny_lm_task(size: str = "small", *, tokens: int = DEFAULT_EVALUATION_TOKENS,
+                 progress: bool | TextIO = False) -> ModelTask:
     """The tiny LM of ``size``: perplexity on the first ``tokens`` held-out
     bytes in windows of its context; calibrated on
     :data:`CALIBRATION_WINDOWS` training windows spread evenly over the
     training text."""
-    model, held_out = tiny_lm(size, progress=True)
+    model, held_out = tiny_lm(size, progress=progress)
     context = model.config.context
     return ModelTask(f"tiny-lm:{size}" if size != "small" else "tiny-lm", model, "perplexity", held_out[:tokens],
                      _windows_of(python_docs_bytes("train"), context), window=context,

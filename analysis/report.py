@@ -13,6 +13,13 @@ nowhere; see :class:`~lowbit.analysis.settings.Setting`), as
 ``llm_activations`` holds tokens of 1024 channels, and says so in the
 report. A whole-axis format's bits count its one scale per row over the
 row's length, per data set.
+
+With a model that runs (``--model tiny-lm``, ``minilm``, a transformers
+folder), the report adds the model-level section of
+:mod:`~lowbit.analysis.model_report`: quality per format spec x method,
+quality against bits, per-layer sensitivity. Its sweep keeps finished
+cells and resumes; its numbers depend on the model's weights, which the
+report names by a fingerprint.
 """
 
 from __future__ import annotations
@@ -123,7 +130,7 @@ def write_report(out_dir: str | os.PathLike, *, formats: Sequence[Any] = DEFAULT
     check_out_dir(out_dir)
     plan = plan_report(formats=formats, data=data, size=size, seed=seed, roundings=roundings,
                        scale_rules=scale_rules, model=model, model_specs=model_specs, methods=methods,
-                       sensitivity=sensitivity, model_tokens=model_tokens)
+                       sensitivity=sensitivity, model_tokens=model_tokens, progress=progress)
     return plan.write(out_dir, progress=progress)
 
 
@@ -283,9 +290,11 @@ def plan_report(*, formats: Sequence[Any] = DEFAULT_FORMATS, data: Sequence[str]
                 size: int = DEFAULT_SIZE, seed: int = 0, roundings: Sequence[str] = ("nearest_even",),
                 scale_rules: Sequence[str | None] = DEFAULT_SCALE_RULES, model: Any = None,
                 model_specs: Sequence[str] = DEFAULT_MODEL_SPECS, methods: Sequence[str] = DEFAULT_METHODS,
-                sensitivity: str | None = "auto", model_tokens: int = DEFAULT_EVALUATION_TOKENS) -> ReportPlan:
+                sensitivity: str | None = "auto", model_tokens: int = DEFAULT_EVALUATION_TOKENS,
+                progress: bool | TextIO = False) -> ReportPlan:
     """Check the arguments of :func:`write_report` (ValueError or TypeError
-    naming the one at fault) and load its data and model, measuring nothing."""
+    naming the one at fault) and load its data and model, measuring nothing
+    (training the tiny LM on its first use, with ``progress`` lines)."""
     fmts = [get_format(f) for f in formats]
     if not fmts:
         raise ValueError("formats is empty: give at least one format")
@@ -302,7 +311,8 @@ def plan_report(*, formats: Sequence[Any] = DEFAULT_FORMATS, data: Sequence[str]
                              f"(one row per point) hold blocks of at most {MAX_REPORT_BLOCK} elements")
     datasets = {os.fspath(name): dataset(os.fspath(name), size, seed) for name in data}
     settings = report_settings(fmts, roundings, scale_rules)
-    model_plan = plan_model(model, model_specs, methods, sensitivity, model_tokens) if is_model_name(model) else None
+    model_plan = (plan_model(model, model_specs, methods, sensitivity, model_tokens, progress)
+                  if is_model_name(model) else None)
     model_data = _model_tensors(model, model_plan) if model is not None else None
     tensors = {name: x for name, x in datasets.items()}
     for kind, named in (model_data or {}).items():

@@ -27,6 +27,8 @@ from .settings import Setting
 
 SETTING_COLUMNS = ("data", "format", "label", "bits", "rounding", "scale_rule", "tensor_scaling")
 COLUMNS = (*SETTING_COLUMNS, "count", *METRICS)
+#: columns of names, left-aligned in Markdown tables (the others hold numbers)
+TEXT_COLUMNS = ("data", "format", "label", "spec", "method", "layer", "Pareto")
 
 
 def settings_grid(formats: Iterable[Any], roundings: Sequence[str] = ("nearest_even",),
@@ -142,7 +144,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     columns = list(columns or rows[0])
     out = io.StringIO()
     out.write("| " + " | ".join(columns) + " |\n")
-    out.write("|" + "|".join("---" if c in ("data", "format", "label") else "---:" for c in columns) + "|\n")
+    out.write("|" + "|".join("---" if c in TEXT_COLUMNS else "---:" for c in columns) + "|\n")
     for row in rows:
         cells = (str(row.get(c)) if c == "bits" else format_number(row.get(c), digits, decimals) for c in columns)
         out.write("| " + " | ".join(cells) + " |\n")

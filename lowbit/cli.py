@@ -159,7 +159,7 @@ def cmd_report(args: argparse.Namespace) -> Work:
     plan = report.plan_report(formats=args.formats, data=args.data, size=args.size, seed=args.seed,
                               roundings=args.rounding, scale_rules=rules, model=args.model,
                               model_specs=args.model_specs, methods=args.methods, sensitivity=sensitivity,
-                              model_tokens=args.model_tokens)
+                              model_tokens=args.model_tokens, progress=not args.quiet)
 
     def work() -> None:
         path = plan.write(args.out, progress=not args.quiet)

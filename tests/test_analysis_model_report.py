@@ -218,3 +218,46 @@ def test_the_command_line(tmp_path, capsys):
 
 def test_the_csv_columns():
     assert COLUMNS[:5] == ("run", "kind", "spec", "method", "layer")
+
+
+def _journal_rows(out):
+    partial = [p / "model_results.csv" for p in out.parent.glob(f".{out.name}.partial-*")]
+    return max((len(read_rows(p)) for p in partial if p.exists()), default=0)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_a_real_interruption_of_the_command(tmp_path, signal_name):
+    """``lowbit report`` stopped by Ctrl-C (SIGINT: exit 130, a partial
+    report in place) or killed outright (SIGKILL: its journal left beside
+    the folder), then run again: the second run finishes the sweep from
+    the rows the first one finished."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "lowbit.cli", "report", "--out", str(out), "--formats", "mxfp4", "--data",
+               "normal", "--size", "256", "--model", "tiny-lm:tiny", "--model-specs", "mxfp8_e4m3", "mxfp4",
+               "--methods", "rtn", "--model-tokens", "2048"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _journal_rows(out) < 3 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.poll() is None, f"the report ended before it could be interrupted: {first.communicate()}"
+    os.kill(first.pid, getattr(signal, signal_name))
+    _, err = first.communicate(timeout=120)
+    if signal_name == "SIGINT":
+        assert first.returncode == 130 and "wrote a partial report" in err
+        assert "**This report is partial:**" in (out / "report.md").read_text()
+        kept = len(read_rows(out / "model_results.csv"))
+    else:
+        assert first.returncode == -signal.SIGKILL and not out.exists()
+        kept = _journal_rows(out)
+    assert 3 <= kept < 17  # the full model, 2 settings, 13 layers: 16 cells
+    second = subprocess.run(command + ["--quiet"], capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr
+    rows = read_rows(out / "model_results.csv")
+    assert len(rows) == 16 and "partial" not in (out / "report.md").read_text().lower()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
