@@ -133,9 +133,10 @@ def model_section(plan: ModelPlan, out: pathlib.Path, done: Mapping[tuple[str, s
                _figure(plots.layer_costs(names, costs, f"{task.name}: one layer at a time in {plan.sensitivity}",
                                          f"{'loss' if metric in HIGHER_IS_BETTER else 'rise'} in "
                                          f"{metric.replace('_', ' ')}"), out, MODEL_FILES[2])]
-    if result.warnings:
+    noted = result.warnings_raised()
+    if noted:
         md += ["### What the settings warned\n"] + [f"- {message} ({_cells(labels)})"
-                                                    for message, labels in result.warnings.items()] + [""]
+                                                    for message, labels in noted.items()] + [""]
     return md, result
 
 

@@ -12,7 +12,9 @@ The cells: the full-precision model (``spec`` "full precision"), each spec
 x method (kind ``grid``), and, for a sensitivity spec, each linear layer
 rounded alone to it with round to nearest (kind ``layer``). Each row of
 the CSV holds a ``run`` fingerprint of the model, its data and lowbit's
-version: a rerun reuses the rows of its own run and ignores the others.
+version (a rerun reuses the rows of its own run and ignores the others),
+and the warnings its cell raised (one per line), so that a resumed report
+says everything the first run heard.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ METHODS: dict[str, Callable[..., torch.nn.Module]] = {
 #: the row of the full-precision model
 FULL_PRECISION = "full precision"
 COLUMNS = ("run", "kind", "spec", "method", "layer", "weight_bits", "bits_per_parameter", "perplexity",
-           "kl_divergence", "top1_agreement", "cosine_similarity", "relative_error")
-NUMBER_COLUMNS = COLUMNS[5:]
+           "kl_divergence", "top1_agreement", "cosine_similarity", "relative_error", "warnings")
+NUMBER_COLUMNS = COLUMNS[5:-1]
 
 
 def parse_spec(text: str) -> QuantSpec:
@@ -212,13 +214,20 @@ def finished_rows(sources: Iterable[str | os.PathLike], run: str) -> dict[tuple[
 
 @dataclass
 class SweepResult:
-    """The rows of a sweep in cell order, the warnings its cells raised
-    (message -> the cells), and whether it was interrupted before the end."""
+    """The rows of a sweep in cell order, whether it was interrupted
+    before the end, and how many cells it has."""
 
     rows: list[dict[str, Any]]
-    warnings: dict[str, list[str]]
     interrupted: bool
     total: int
+
+    def warnings_raised(self) -> dict[str, list[str]]:
+        """Each warning the cells raised, with the labels of the cells that raised it."""
+        noted: dict[str, list[str]] = {}
+        for row in self.rows:
+            for message in filter(None, (row.get("warnings") or "").split("\n")):
+                noted.setdefault(message, []).append(Cell(row["kind"], row["spec"], row["method"], row["layer"]).label)
+        return noted
 
 
 def run_sweep(task: ModelTask, cells: Sequence[Cell], journal: Journal, *,
@@ -233,25 +242,23 @@ def run_sweep(task: ModelTask, cells: Sequence[Cell], journal: Journal, *,
     run = run_fingerprint(task)
     meter = Progress(len(cells), sys.stderr if progress is True else (progress or None))
     rows: list[dict[str, Any]] = []
-    noted: dict[str, list[str]] = {}
     try:
         for cell in cells:
             if cell.key in done:
-                row = dict(done[cell.key])
+                row, source = dict(done[cell.key]), " (kept from the earlier run)"
             else:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     row = measure_cell(task, cell)
-                for message in dict.fromkeys(str(w.message) for w in caught):
-                    noted.setdefault(message, []).append(cell.label)
-                row = {"run": run, **row}
+                messages = dict.fromkeys(" ".join(str(w.message).split()) for w in caught)  # one line each
+                row, source = {"run": run, **row, "warnings": "\n".join(messages)}, ""
             journal.append(row)
             rows.append(row)
             meter.step(f"{cell.label}: " + ", ".join(f"{k} {row[k]:.4g}" for k in NUMBER_COLUMNS[2:]
-                                                     if row.get(k) is not None))
+                                                     if row.get(k) is not None) + source)
     except KeyboardInterrupt:
-        return SweepResult(rows, noted, True, len(cells))
-    return SweepResult(rows, noted, False, len(cells))
+        return SweepResult(rows, True, len(cells))
+    return SweepResult(rows, False, len(cells))
 
 
 def measure_cell(task: ModelTask, cell: Cell) -> dict[str, Any]:

@@ -137,6 +137,9 @@ def test_a_fidelity_task_and_its_warnings(tmp_path):
     assert all(0.9 < r["cosine_similarity"] < 1 for r in rows[1:])
     assert "### Cosine similarity by spec and method" in text
     assert "### What the settings warned" in text and "fewer calibration rows" in text  # GPTQ's warning
+    again = write_report(tmp_path, **TOY, model=task, model_specs=["mxfp4/mxfp8_e4m3"], methods=["rtn", "gptq"],
+                         sensitivity="mxfp4").read_text()
+    assert again == text  # every cell kept from the first run, and what they warned with them
 
 
 def test_a_transformers_folder_without_a_tokenizer_is_measured_by_fidelity(tmp_path):
@@ -217,7 +220,7 @@ def test_the_command_line(tmp_path, capsys):
 
 
 def test_the_csv_columns():
-    assert COLUMNS[:5] == ("run", "kind", "spec", "method", "layer")
+    assert COLUMNS[:5] == ("run", "kind", "spec", "method", "layer") and COLUMNS[-1] == "warnings"
 
 
 def _journal_rows(out):
