@@ -273,6 +273,11 @@ class ReportPlan:
         md += ["## Every metric\n", markdown_table(records, TABLE_COLUMNS, digits=3)]
         if self.model_data is not None:
             md += _model_section(self.model_data, settings, out, progress)
+            if self.model_plan is None:
+                md.append("These are the model's tensors alone: with no way to run the model on data, the report has "
+                          "no perplexity, fidelity or per-layer sensitivity. For those give a model that runs: "
+                          "`--model tiny-lm`, `minilm`, a transformers folder, or a `ModelTask` to `write_report` "
+                          "in Python (docs/analysis.md).\n")
         interrupted = ""
         if self.model_plan is not None:
             section, result = model_section(self.model_plan, out, done, progress)

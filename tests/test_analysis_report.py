@@ -108,6 +108,7 @@ def test_report_on_a_saved_model(tmp_path):
                         model=tmp_path / "model.pt")
     text = path.read_text()
     assert "### Weights: 2 tensors, 16384 values" in text and f"--model {tmp_path / 'model.pt'}" in text
+    assert "with no way to run the model on data, the report has no perplexity" in text
     assert_readable_png(tmp_path / "out" / "layer_sensitivity_weights.png")
     assert (tmp_path / "out" / "model_weights.csv").read_text().count("\n") == 1 + 2 * 2
     assert {p.name for p in (tmp_path / "out").iterdir()} <= REPORT_FILES
