@@ -30,6 +30,9 @@ from .sweep import markdown_table
 
 #: the files the model section writes
 MODEL_FILES = ("model_results.csv", "model_quality_vs_bits.png", "model_layer_sensitivity.png")
+#: how the report names each metric
+METRIC_NAMES = {"perplexity": "perplexity", "kl_divergence": "KL divergence", "top1_agreement": "top-1 agreement",
+                "cosine_similarity": "cosine similarity", "relative_error": "relative error"}
 #: metrics where a higher value is better (the others: lower)
 HIGHER_IS_BETTER = ("top1_agreement", "cosine_similarity")
 
@@ -63,7 +66,18 @@ def plan_model(model: Any, specs: Sequence[str], methods: Sequence[str], sensiti
         raise ValueError("methods is empty: give at least one, such as rtn")
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 2:
         raise ValueError(f"model tokens must be an int of at least 2, got {tokens!r}")
-    chosen = min(specs, key=lambda spec: parse_spec(spec).weight.bits) if sensitivity == "auto" else sensitivity
+    for spec in specs:
+        parse_spec(spec)
+    if sensitivity == "auto":
+        chosen = min(specs, key=lambda spec: parse_spec(spec).weight.bits)
+    else:
+        chosen = sensitivity
+        if chosen is not None:
+            try:
+                parse_spec(chosen)
+            except ValueError as error:
+                raise ValueError(f"sensitivity {chosen!r} is not a spec ({error}); give a spec, 'auto' or None "
+                                 "('none' on the command line)") from None
     task = model_task(model, tokens=tokens, progress=progress)
     cells = plan_cells(task, list(specs), list(methods), chosen)
     return ModelPlan(task, list(specs), list(methods), chosen, cells, run_fingerprint(task), tokens, sensitivity)
@@ -108,7 +122,7 @@ def model_section(plan: ModelPlan, out: pathlib.Path, done: Mapping[tuple[str, s
         md.append(f"**Partial:** the sweep was interrupted after {len(rows)} of {result.total} cells; run the same "
                   "command again to measure the rest (finished cells are kept).\n")
     grid = [r for r in rows if r["kind"] in ("full", "grid")]
-    md += [f"### {metric.replace('_', ' ').capitalize()} by spec and method\n",
+    md += [f"### {_capitalized(METRIC_NAMES[metric])} by spec and method\n",
            _direction(metric) + " Bits: per weight of the rounded layers (block scales included) and per "
            "parameter of the whole model (every other parameter at its own width). Δ: the change from full "
            "precision. Pareto: no setting has fewer or equal bits per weight and a better value.\n",
@@ -118,21 +132,24 @@ def model_section(plan: ModelPlan, out: pathlib.Path, done: Mapping[tuple[str, s
                   "columns or weights kept in fp16) is what `lowbit.emulate.methods.changes_table` lists per layer "
                   "in Python.\n")
     if sum(r["kind"] == "grid" for r in grid) >= 1:
-        title = f"{task.name}: {metric.replace('_', ' ')} against bits per weight"
-        md.append(_figure(plots.quality_vs_bits(grid, metric, metric in HIGHER_IS_BETTER, title), out, MODEL_FILES[1]))
+        title = f"{task.name}: {METRIC_NAMES[metric]} against bits per weight"
+        figure = plots.quality_vs_bits(grid, metric, metric in HIGHER_IS_BETTER, title, METRIC_NAMES[metric])
+        md.append(_figure(figure, out, MODEL_FILES[1]))
     layers = [r for r in rows if r["kind"] == "layer"]
     if layers:
         names, costs = [r["layer"] for r in layers], [_cost(r["delta"], metric) for r in layers]
         worst = sorted(range(len(layers)), key=lambda i: -costs[i] if math.isfinite(costs[i]) else math.inf)[:10]
+        planned = sum(c.kind == "layer" for c in plan.cells)
+        measured = f"{len(layers)} of {planned} measured" if len(layers) < planned else f"all {planned}"
         md += [f"### Layer sensitivity: each layer alone in {plan.sensitivity}\n",
-               f"Every linear layer rounded alone to {plan.sensitivity} (round to nearest), the rest in full "
-               f"precision: the layers that cost most first ({len(layers)} of "
-               f"{sum(c.kind == 'layer' for c in plan.cells)} measured).\n",
+               f"Every layer with a weight rounded alone to {plan.sensitivity} (round to nearest), the rest in full "
+               f"precision ({measured}): the {len(worst)} that cost most below, every one in the figure (the 30 "
+               f"costliest) and in [{MODEL_FILES[0]}]({MODEL_FILES[0]}).\n",
                markdown_table([{"layer": names[i], metric: layers[i][metric], "Δ": layers[i]["delta"]}
                                for i in worst], digits=4),
                _figure(plots.layer_costs(names, costs, f"{task.name}: one layer at a time in {plan.sensitivity}",
                                          f"{'loss' if metric in HIGHER_IS_BETTER else 'rise'} in "
-                                         f"{metric.replace('_', ' ')}"), out, MODEL_FILES[2])]
+                                         f"{METRIC_NAMES[metric]}"), out, MODEL_FILES[2])]
     noted = result.warnings_raised()
     if noted:
         md += ["### What the settings warned\n"] + [f"- {message} ({_cells(labels)})"
@@ -151,6 +168,10 @@ def _grid_table(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str
                       "bits/weight": r["weight_bits"], "bits/parameter": r["bits_per_parameter"],
                       metric: r[metric], "Δ": r["delta"], "Pareto": "✓" if on_front else ""})
     return table
+
+
+def _capitalized(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _direction(metric: str) -> str:

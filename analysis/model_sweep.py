@@ -9,8 +9,10 @@ A method is a name of :data:`METHODS` or a chain joined by ``+``
 (``rotate+gptq``), applied in that order before ``quantize_model``.
 
 The cells: the full-precision model (``spec`` "full precision"), each spec
-x method (kind ``grid``), and, for a sensitivity spec, each linear layer
-rounded alone to it with round to nearest (kind ``layer``). Each row of
+x method (kind ``grid``), and, for a sensitivity spec, each layer with a
+weight that ``quantize_model`` rounds (linear, convolution, attention,
+recurrent; not those the task's rules leave alone) rounded alone to it with
+round to nearest (kind ``layer``). Each row of
 the CSV holds a ``run`` fingerprint of the model, its data and lowbit's
 version (a rerun reuses the rows of its own run and ignores the others),
 and the warnings its cell raised (one per line), so that a resumed report
@@ -20,6 +22,7 @@ says everything the first run heard.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import csv
 import hashlib
 import os
@@ -37,7 +40,11 @@ import lowbit
 from lowbit.emulate import QuantSpec, quantize_model
 from lowbit.emulate.methods import awq, gptq, outliers, rotate, smoothquant
 from lowbit.emulate.methods.costs import weight_bits
-from lowbit.emulate.methods.layers import linear_layers
+from lowbit.emulate.methods.layers import is_linear, plain
+from lowbit.emulate.modules import QuantModule
+from lowbit.emulate.prerounded import Prerounded
+from lowbit.emulate.registry import quantized_class
+from lowbit.emulate.rules import spec_for
 from lowbit.formats import get_format
 
 from .evaluation import fidelity, perplexity
@@ -114,9 +121,24 @@ def plan_cells(task: ModelTask, specs: Sequence[str], methods: Sequence[str], se
     cells = [Cell("full", FULL_PRECISION, "none")]
     cells += [Cell("grid", spec, method) for spec in specs for method in methods]
     if sensitivity is not None:
-        layers = linear_layers(task.model, parse_spec(sensitivity), task.rules)
-        cells += [Cell("layer", sensitivity, "rtn", name) for name in layers]
+        cells += [Cell("layer", sensitivity, "rtn", name) for name in weighted_layers(task, parse_spec(sensitivity))]
     return cells
+
+
+def weighted_layers(task: ModelTask, spec: QuantSpec) -> list[str]:
+    """The names of the layers ``quantize_model(task.model, spec,
+    task.rules)`` gives a quantized module that rounds a weight of theirs
+    (a parameter of two or more dimensions named like ``weight``), in
+    module order."""
+    return [name for name, module in task.model.named_modules()
+            if name and quantized_class(module) is not None and spec_for(task.rules, name, module, spec) is not None
+            and _weights(module)]
+
+
+def _weights(module: torch.nn.Module, recurse: bool = False) -> list[torch.nn.Parameter]:
+    """The module's weight parameters (two or more dimensions: not biases
+    or norms), its own or, with ``recurse``, its submodules' too."""
+    return [p for name, p in module.named_parameters(recurse=recurse) if "weight" in name and p.dim() >= 2]
 
 
 def run_fingerprint(task: ModelTask) -> str:
@@ -268,10 +290,10 @@ def measure_cell(task: ModelTask, cell: Cell) -> dict[str, Any]:
     bits: tuple[float | None, float | None] = (32.0, 32.0) if cell.kind == "full" else (None, None)
     if cell.kind == "grid":
         spec = parse_spec(cell.spec)
-        bits = _bits(task, spec)
         for method in parse_method(cell.method):
             model = method(model, spec, task.calibration, rules=task.rules, forward=task.forward)
         model = quantize_model(model, spec, rules=task.rules)
+        bits = storage_bits(model)
     elif cell.kind == "layer":
         model = quantize_model(model, None, rules={re.escape(cell.layer): parse_spec(cell.spec)})
     row = {"kind": cell.kind, "spec": cell.spec, "method": cell.method, "layer": cell.layer,
@@ -283,21 +305,33 @@ def measure_cell(task: ModelTask, cell: Cell) -> dict[str, Any]:
     return row
 
 
-def _bits(task: ModelTask, spec: QuantSpec) -> tuple[float, float]:
-    """Bits per weight of the linear layers the spec rounds
-    (:func:`~lowbit.emulate.methods.costs.weight_bits`, averaged over
-    their elements), and bits per parameter of the whole model, every other
-    parameter at its dtype's width."""
-    layers = linear_layers(task.model, spec, task.rules)
-    rounded = {id(layer.weight): (weight_bits(layer, layer_spec), layer.weight.numel())
-               for layer, layer_spec in layers.values()}
-    weight_total = sum(b * n for b, n in rounded.values())
-    weight_count = sum(n for _, n in rounded.values())
+def storage_bits(model: torch.nn.Module) -> tuple[float, float]:
+    """Bits per element of the weights the model's quantized modules round,
+    averaged over their elements, and bits per parameter of the whole
+    model, every other parameter at its dtype's width. A linear layer's
+    weight counts as :func:`~lowbit.emulate.methods.costs.weight_bits`
+    says (partial blocks, per-row and per-tensor scales included; a weight
+    a method rounded counts its format's); other weights (convolution,
+    attention, recurrent; an attention module's output projection with
+    it, which it rounds) count their format's ``bits``."""
+    rounded: dict[int, tuple[float, int]] = {}
+    for module in model.modules():
+        if not isinstance(module, QuantModule) or module.spec.weight is None:
+            continue
+        fmt = module.spec.weight.format if isinstance(module.spec.weight, Prerounded) else module.spec.weight
+        if is_linear(module):
+            weight = plain(module).weight
+            rounded[id(weight)] = (weight_bits(module, dataclasses.replace(module.spec, weight=fmt)), weight.numel())
+        else:
+            rounded.update({id(p): (float(fmt.bits), p.numel()) for p in _weights(plain(module), recurse=True)})
+    if not rounded:
+        raise ValueError("the spec rounds no weight of the model: no layer quantize_model swaps has a weight format")
     total = count = 0.0
-    for parameter in {id(p): p for p in task.model.parameters()}.values():
+    for parameter in {id(p): p for p in model.parameters()}.values():
         bits, n = rounded.get(id(parameter), (parameter.element_size() * 8, parameter.numel()))
         total, count = total + bits * n, count + n
-    return weight_total / weight_count, total / count
+    weight_total = sum(b * n for b, n in rounded.values())
+    return weight_total / sum(n for _, n in rounded.values()), total / count
 
 
 def with_delta(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:

@@ -151,10 +151,17 @@ def transformers_task(folder: str | os.PathLike, *, tokens: int = DEFAULT_EVALUA
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as error:
         raise ValueError("a transformers folder needs the transformers package: pip install transformers") from error
+    from transformers.utils import logging as transformers_logging
+
+    bar = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # its loading bar would break the report's progress lines
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
     except (OSError, ValueError) as error:
         raise ValueError(f"model {os.fspath(folder)!r}: cannot load a causal LM from it: {error}") from error
+    finally:
+        if bar:
+            transformers_logging.enable_progress_bar()
     window = min(int(getattr(model.config, "max_position_embeddings", 512) or 512), 512)
     text = python_docs_bytes_text("held_out")
     tokenizer = None

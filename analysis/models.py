@@ -48,12 +48,17 @@ def model_weights(source: Any, *, min_dims: int = 2) -> dict[str, np.ndarray]:
     elif isinstance(source, Mapping):
         state = source
     elif isinstance(source, str | os.PathLike):
+        if os.path.isdir(source):
+            raise ValueError(f"model {os.fspath(source)!r} is a folder without config.json: give a transformers "
+                             "folder, a state_dict file, tiny-lm or minilm")
         if not os.path.isfile(source):
             raise ValueError(f"model file {os.fspath(source)!r} does not exist")
         try:
             state = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many kinds for files it cannot read
-            raise ValueError(f"cannot load a state_dict from {os.fspath(source)!r}: {error}") from error
+            raise ValueError(f"cannot load a state_dict from {os.fspath(source)!r}: torch.load(weights_only=True) "
+                             f"refused it ({type(error).__name__}); lowbit loads tensors only, so no code in a file "
+                             "runs: save the model's state_dict()") from error
         if isinstance(state, torch.nn.Module):
             state = state.state_dict()
         if not isinstance(state, Mapping):

@@ -264,13 +264,14 @@ def layer_sensitivity(records: Sequence[Mapping[str, Any]], title: str = "SQNR p
 
 
 def quality_vs_bits(rows: Sequence[Mapping[str, Any]], metric: str, higher_is_better: bool,
-                    title: str) -> Figure:
+                    title: str, name: str | None = None) -> Figure:
     """A model's quality (``metric`` of each row) against bits per weight
     (``weight_bits``), a point per row labelled by its ``label``, one
     colour per ``method``, the Pareto front dashed (the k-bit scaling-law
     view: the best quality each storage cost buys). Rows whose metric is
     not finite are left out; a full-precision row (``kind`` "full") is a
-    horizontal line."""
+    horizontal line. ``name``: the metric as the axis says it (default:
+    its key with spaces)."""
     shown = [r for r in rows if r["kind"] == "grid" and r.get(metric) is not None and np.isfinite(r[metric])]
     if not shown:
         raise ValueError(f"no finite {metric} to plot")
@@ -291,7 +292,7 @@ def quality_vs_bits(rows: Sequence[Mapping[str, Any]], metric: str, higher_is_be
         ax.set_yscale("log")
     _label_points(ax, [(r["weight_bits"], r[metric], r["spec"]) for r in shown], column_width=0.3)
     ax.set_xlabel("bits per weight of the rounded layers (block scales included)")
-    ax.set_ylabel(metric.replace("_", " ") + (" (lower is better)" if not higher_is_better else " (higher is better)"))
+    ax.set_ylabel((name or metric.replace("_", " ")) + (" (higher is better)" if higher_is_better else " (lower is better)"))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

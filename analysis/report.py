@@ -29,6 +29,7 @@ import dataclasses
 import os
 import pathlib
 import secrets
+import shlex
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -237,7 +238,7 @@ class ReportPlan:
         check_out_dir(out_dir)
         done = earlier_rows(self.model_plan, out_dir) if self.model_plan is not None else {}
         with _staged(out_dir) as stage:
-            interrupted = self._write_into(stage, progress, done)
+            interrupted = self._write_into(stage, progress, done, out_dir)
         remove_leftovers(pathlib.Path(os.path.realpath(out_dir)))
         path = pathlib.Path(out_dir) / "report.md"
         if interrupted:
@@ -246,9 +247,10 @@ class ReportPlan:
         return path
 
     def _write_into(self, out: pathlib.Path, progress: bool | TextIO,
-                    done: Mapping[tuple[str, str, str, str], Mapping[str, Any]]) -> str:
-        """Every file of the report, written into the existing folder ``out``;
-        gives back what an interrupted model sweep finished ("" when whole)."""
+                    done: Mapping[tuple[str, str, str, str], Mapping[str, Any]], out_dir: str | os.PathLike) -> str:
+        """Every file of the report, written into the existing folder ``out``
+        (bound for ``out_dir``); gives back what an interrupted model sweep
+        finished ("" when whole)."""
         records = measured_bits(sweep(self.datasets, self.settings, progress=progress), self.settings,
                                 self.datasets)
         write_csv(records, out / "results.csv")
@@ -284,8 +286,9 @@ class ReportPlan:
             md += section
             if result.interrupted:
                 interrupted = f"{len(result.rows)} of {result.total} model cells"
-                md.insert(2, f"**This report is partial:** interrupted after {interrupted}; run `{command}` "
-                             "again to finish it.\n")
+                resume = f"{command} --out {shlex.quote(os.fspath(out_dir))}"
+                md.insert(2, f"**This report is partial:** interrupted after {interrupted}; run `{resume}` to "
+                             "finish it (the finished cells are kept).\n")
         md += ["## Definitions\n", DEFINITIONS]
         (out / "report.md").write_text("\n".join(md))
         return interrupted

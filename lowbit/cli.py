@@ -212,7 +212,8 @@ def build_parser() -> Parser:
                      help="round each linear layer alone to SPEC; 'auto' (default): the model spec with the "
                           "fewest bits; 'none': skip")
     rep.add_argument("--model-tokens", type=int_in(2), default=model_tasks.DEFAULT_EVALUATION_TOKENS,
-                     metavar="N", help="held-out tokens a perplexity is measured on (default: %(default)s)")
+                     metavar="N", help="held-out tokens a model is measured on (perplexity, or the fidelity of a "
+                                      "transformers model without a tokenizer; default: %(default)s)")
     rep.add_argument("--quiet", action="store_true", help="no progress lines")
     rep.set_defaults(prepare=cmd_report)
     info = sub.add_parser("info", help="properties of formats; the whole catalogue without arguments")

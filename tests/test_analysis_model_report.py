@@ -2,6 +2,7 @@
 layers on the tiny LM, its table, plot and CSV, resuming after an
 interruption (Ctrl-C, or a killed run), and the command line."""
 
+import copy
 import csv
 import re
 import shutil
@@ -16,7 +17,7 @@ from lowbit.analysis.model_tasks import ModelTask, model_task
 from lowbit.analysis.report import ReportInterrupted, write_report
 from lowbit.analysis.tiny_gpt import TINY_LM_SIZES, TinyGPT
 from lowbit.cli import main
-from lowbit.emulate import QuantSpec
+from lowbit.emulate import QuantSpec, quantize_model
 
 from helpers import assert_readable_png
 
@@ -89,6 +90,7 @@ def test_an_interrupted_sweep_leaves_a_partial_report_and_resumes(tmp_path, monk
         write_report(out, **TOY, model=toy_task(), model_specs=["mxfp4", "nvfp4"], sensitivity=None)
     text = (out / "report.md").read_text()
     assert "**This report is partial:** interrupted after 2 of 5 model cells" in text
+    assert f"--out {out}` to finish it" in text
     assert len(read_rows(out / "model_results.csv")) == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial folder is left
 
@@ -142,6 +144,30 @@ def test_a_fidelity_task_and_its_warnings(tmp_path):
     assert again == text  # every cell kept from the first run, and what they warned with them
 
 
+def test_a_cnn_and_a_transformer_count_every_weight_they_round(tmp_path):
+    """Convolutions and attention are rounded by quantize_model: their
+    weights count in the bits and each is a layer of the sensitivity."""
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3),
+                              torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 10))
+    images = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    task = ModelTask("cnn", cnn, "fidelity", images, images)
+    assert model_sweep.weighted_layers(task, parse_spec("mxfp4")) == ["0", "2", "4"]
+    row = model_sweep.measure_cell(task, model_sweep.Cell("grid", "mxfp4", "rtn"))
+    weights = sum(m.weight.numel() for m in cnn if hasattr(m, "weight"))
+    total = sum(p.numel() for p in cnn.parameters())
+    assert row["weight_bits"] == 4.25 and row["bits_per_parameter"] == pytest.approx(
+        (4.25 * weights + 32 * (total - weights)) / total)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+    task = ModelTask("encoder", layer, "fidelity", [torch.randn(2, 5, 32)], [torch.randn(2, 5, 32)])
+    assert model_sweep.weighted_layers(task, parse_spec("mxfp4")) == ["self_attn", "linear1", "linear2"]
+    with pytest.warns(UserWarning):  # quantize_model's note on out_proj, which the attention module rounds itself
+        bits, per_parameter = model_sweep.storage_bits(quantize_model(copy.deepcopy(layer), parse_spec("mxfp4")))
+    matrices = sum(p.numel() for p in layer.parameters() if p.dim() >= 2)  # in_proj, out_proj, linear1, linear2
+    total = sum(p.numel() for p in layer.parameters())
+    assert bits == 4.25 and per_parameter == pytest.approx((4.25 * matrices + 32 * (total - matrices)) / total)
+
+
 def test_a_transformers_folder_without_a_tokenizer_is_measured_by_fidelity(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=300, n_positions=64)
@@ -152,7 +178,7 @@ def test_a_transformers_folder_without_a_tokenizer_is_measured_by_fidelity(tmp_p
     assert all(b.max() < 300 for b in task.evaluation)
     text = write_report(tmp_path / "out", **TOY, model=tmp_path / "gpt2", model_specs=["mxfp4"], methods=["rtn"],
                         sensitivity=None).read_text()
-    assert "### Kl divergence by spec and method" in text
+    assert "### KL divergence by spec and method" in text
 
 
 def test_a_transformers_folder_with_its_tokenizer_is_measured_by_perplexity(tmp_path):
@@ -206,6 +232,8 @@ def test_plan_checks_before_any_work():
         model_task("gpt-17")
     with pytest.raises(ValueError, match="the tiny LM comes in sizes small, tiny"):
         model_task("tiny-lm:huge")
+    with pytest.raises(ValueError, match="sensitivity 'bogus' is not a spec .*'auto' or None"):
+        plan_model(toy_task(), ["mxfp4"], ["rtn"], sensitivity="bogus")
 
 
 def test_the_command_line(tmp_path, capsys):
@@ -264,3 +292,12 @@ def test_a_real_interruption_of_the_command(tmp_path, signal_name):
     rows = read_rows(out / "model_results.csv")
     assert len(rows) == 16 and "partial" not in (out / "report.md").read_text().lower()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_model_path_that_is_no_model_says_why(tmp_path, capsys):
+    script = tmp_path / "script.py"
+    script.write_text("print('hello')\n")
+    for path, message in ((tmp_path, "is a folder without config.json"),
+                          (script, "torch.load\\(weights_only=True\\) refused it")):
+        assert main(["report", "--out", str(tmp_path / "out"), "--model", str(path)]) == 2
+        assert re.search(message, capsys.readouterr().err)
