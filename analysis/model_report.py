@@ -143,8 +143,8 @@ def model_section(plan: ModelPlan, out: pathlib.Path, done: Mapping[tuple[str, s
         measured = f"{len(layers)} of {planned} measured" if len(layers) < planned else f"all {planned}"
         md += [f"### Layer sensitivity: each layer alone in {plan.sensitivity}\n",
                f"Every layer with a weight rounded alone to {plan.sensitivity} (round to nearest), the rest in full "
-               f"precision ({measured}): the {len(worst)} that cost most below, every one in the figure (the 30 "
-               f"costliest) and in [{MODEL_FILES[0]}]({MODEL_FILES[0]}).\n",
+               f"precision ({measured}): the {len(worst)} that cost most below, the 30 costliest in the figure, "
+               f"every one in [{MODEL_FILES[0]}]({MODEL_FILES[0]}).\n",
                markdown_table([{"layer": names[i], metric: layers[i][metric], "Δ": layers[i]["delta"]}
                                for i in worst], digits=4),
                _figure(plots.layer_costs(names, costs, f"{task.name}: one layer at a time in {plan.sensitivity}",
