@@ -202,14 +202,14 @@ def build_parser() -> Parser:
     from lowbit.analysis import model_tasks
 
     rep.add_argument("--model-specs", nargs="+", default=list(defaults.DEFAULT_MODEL_SPECS), metavar="SPEC",
-                     help="formats of the model's linear layers: WEIGHT, or WEIGHT/INPUT to round their inputs "
+                     help="formats of the model's layers (embeddings excepted): WEIGHT, or WEIGHT/INPUT to round their inputs "
                           f"too (default: {' '.join(defaults.DEFAULT_MODEL_SPECS)})")
     rep.add_argument("--methods", nargs="+", default=list(defaults.DEFAULT_METHODS), metavar="METHOD",
                      help=f"methods before rounding: {', '.join(defaults.METHOD_NAMES)} (rtn: round to nearest "
                           "alone), or chains such as rotate+gptq (default: "
                           f"{' '.join(defaults.DEFAULT_METHODS)})")
     rep.add_argument("--sensitivity", default="auto", metavar="SPEC",
-                     help="round each linear layer alone to SPEC; 'auto' (default): the model spec with the "
+                     help="round each layer with a weight alone to SPEC; 'auto' (default): the model spec with the "
                           "fewest bits; 'none': skip")
     rep.add_argument("--model-tokens", type=int_in(2), default=model_tasks.DEFAULT_EVALUATION_TOKENS,
                      metavar="N", help="held-out tokens a model is measured on (perplexity, or the fidelity of a "
