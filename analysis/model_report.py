@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from . import plots
-from .model_sweep import Cell, Journal, SweepResult, finished_rows, parse_spec, plan_cells, run_fingerprint, \
-    run_sweep, with_delta
+from .model_sweep import Cell, Journal, SweepResult, check_sweep, finished_rows, parse_spec, plan_cells, \
+    run_fingerprint, run_sweep, with_delta
 from .model_tasks import DEFAULT_EVALUATION_TOKENS, ModelTask, model_task
 from .sweep import markdown_table
 
@@ -60,14 +60,9 @@ def plan_model(model: Any, specs: Sequence[str], methods: Sequence[str], sensiti
     layer to alone, ``"auto"`` for the spec of ``specs`` with the fewest
     weight bits, or None for no per-layer cells. ``progress``: see
     :func:`~lowbit.analysis.model_tasks.model_task`."""
-    if not specs:
-        raise ValueError("model specs is empty: give at least one spec such as mxfp4 or mxfp4/mxfp8_e4m3")
-    if not methods:
-        raise ValueError("methods is empty: give at least one, such as rtn")
+    check_sweep(specs, methods)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 2:
         raise ValueError(f"model tokens must be an int of at least 2, got {tokens!r}")
-    for spec in specs:
-        parse_spec(spec)
     if sensitivity == "auto":
         chosen = min(specs, key=lambda spec: parse_spec(spec).weight.bits)
     else:
@@ -95,11 +90,10 @@ def leftover_folders(target: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in target.parent.glob(f".{target.name}.partial-*") if p.is_dir())
 
 
-def remove_leftovers(target: pathlib.Path, keep: pathlib.Path | None = None) -> None:
+def remove_leftovers(target: pathlib.Path) -> None:
     """Delete the partial folders killed runs left beside ``target`` (their rows were taken over)."""
     for folder in leftover_folders(target):
-        if folder != keep:
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def model_section(plan: ModelPlan, out: pathlib.Path, done: Mapping[tuple[str, str, str, str], Mapping[str, Any]],
@@ -108,7 +102,7 @@ def model_section(plan: ModelPlan, out: pathlib.Path, done: Mapping[tuple[str, s
     section's Markdown and the sweep's result."""
     journal = Journal(out / MODEL_FILES[0])
     try:
-        result = run_sweep(plan.task, plan.cells, journal, done=done, progress=progress)
+        result = run_sweep(plan.task, plan.cells, journal, plan.run, done=done, progress=progress)
     finally:
         journal.close()
     task, metric = plan.task, plan.task.quality

@@ -106,11 +106,12 @@ class Cell:
         return f"{self.spec} {self.method}" + (f" on {self.layer}" if self.layer else "")
 
 
-def plan_cells(task: ModelTask, specs: Sequence[str], methods: Sequence[str], sensitivity: str | None) -> list[Cell]:
-    """Every cell of a sweep, in the order it is measured: the full-precision
-    model, each spec x method, then each linear layer alone under the
-    sensitivity spec (round to nearest). Checks every spec and method first."""
+def check_sweep(specs: Sequence[str], methods: Sequence[str]) -> None:
+    """ValueError (naming the one at fault) unless every spec and method
+    parses and none is given twice."""
     for what, values in (("model specs", specs), ("methods", methods)):
+        if not values:
+            raise ValueError(f"{what} is empty: give at least one, such as {'mxfp4' if what == 'model specs' else 'rtn'}")
         repeated = sorted({v for v in values if list(values).count(v) > 1})
         if repeated:
             raise ValueError(f"{what} lists {', '.join(repeated)} more than once; give each once")
@@ -118,6 +119,12 @@ def plan_cells(task: ModelTask, specs: Sequence[str], methods: Sequence[str], se
         parse_spec(spec)
     for method in methods:
         parse_method(method)
+
+
+def plan_cells(task: ModelTask, specs: Sequence[str], methods: Sequence[str], sensitivity: str | None) -> list[Cell]:
+    """Every cell of a sweep (checked by :func:`check_sweep`), in the order
+    it is measured: the full-precision model, each spec x method, then each
+    layer with a weight alone under the sensitivity spec (round to nearest)."""
     cells = [Cell("full", FULL_PRECISION, "none")]
     cells += [Cell("grid", spec, method) for spec in specs for method in methods]
     if sensitivity is not None:
@@ -252,16 +259,16 @@ class SweepResult:
         return noted
 
 
-def run_sweep(task: ModelTask, cells: Sequence[Cell], journal: Journal, *,
+def run_sweep(task: ModelTask, cells: Sequence[Cell], journal: Journal, run: str, *,
               done: Mapping[tuple[str, str, str, str], Mapping[str, Any]] | None = None,
               progress: bool | TextIO = False) -> SweepResult:
     """Measure every cell not in ``done`` (copied to the journal as they
-    are), writing each row to ``journal`` as it finishes. Ctrl-C
+    are), writing each row of ``run`` (:func:`run_fingerprint`) to
+    ``journal`` as it finishes. Ctrl-C
     (KeyboardInterrupt) stops the sweep after the last finished cell and
     gives back what is done with ``interrupted`` set; nothing half-measured
     is kept."""
     done = done or {}
-    run = run_fingerprint(task)
     meter = Progress(len(cells), sys.stderr if progress is True else (progress or None))
     rows: list[dict[str, Any]] = []
     try:
@@ -340,5 +347,5 @@ def with_delta(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str,
     return [{**r, "delta": None if base is None or r.get(metric) is None else r[metric] - base} for r in rows]
 
 
-__all__ = ["METHODS", "Cell", "Journal", "SweepResult", "finished_rows", "parse_method", "parse_spec",
+__all__ = ["METHODS", "Cell", "Journal", "SweepResult", "check_sweep", "finished_rows", "parse_method", "parse_spec",
            "plan_cells", "read_rows", "run_fingerprint", "run_sweep"]

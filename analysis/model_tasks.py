@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import torch
 
 from .text import python_docs_sentences
-from .tiny_gpt import TINY_LM_SIZES, python_docs_bytes, tiny_lm
+from .tiny_gpt import TINY_LM_SIZES, python_docs_bytes, python_docs_split, tiny_lm
 
 #: the metrics of :class:`~lowbit.analysis.evaluation.Fidelity`
 FIDELITY_METRICS = ("kl_divergence", "top1_agreement", "cosine_similarity", "relative_error")
@@ -85,14 +85,25 @@ class ModelTask:
             raise ValueError(f"quality must be one of {', '.join(allowed)} for a {self.metric} task, got {self.quality!r}")
 
 
+def model_kind(model: Any) -> str | None:
+    """What ``model`` names: ``"task"`` (a ModelTask), ``"tiny-lm"``,
+    ``"minilm"``, ``"transformers"`` (a folder with config.json), or None
+    for anything else (a module, a state_dict or its file: weights alone)."""
+    if isinstance(model, ModelTask):
+        return "task"
+    if not isinstance(model, str | os.PathLike):
+        return None
+    text = os.fspath(model)
+    if text.split(":")[0] == "tiny-lm":
+        return "tiny-lm"
+    if text == "minilm":
+        return "minilm"
+    return "transformers" if (pathlib.Path(text) / "config.json").is_file() else None
+
+
 def is_model_name(model: Any) -> bool:
     """Whether ``model`` names a model a report can run (not only read the weights of)."""
-    if isinstance(model, ModelTask):
-        return True
-    if not isinstance(model, str | os.PathLike):
-        return False
-    text = os.fspath(model)
-    return text == "minilm" or text.split(":")[0] == "tiny-lm" or (pathlib.Path(text) / "config.json").is_file()
+    return model_kind(model) is not None
 
 
 def model_task(model: Any, *, tokens: int = DEFAULT_EVALUATION_TOKENS, progress: bool | TextIO = False) -> ModelTask:
@@ -101,17 +112,18 @@ def model_task(model: Any, *, tokens: int = DEFAULT_EVALUATION_TOKENS, progress:
     perplexity is measured on (at most; fewer when the text is shorter).
     ``progress``: True (or a stream) to report the tiny LM's training on
     its first use."""
-    if isinstance(model, ModelTask):
+    kind = model_kind(model)
+    if kind == "task":
         return model
     text = os.fspath(model)
-    if text.split(":")[0] == "tiny-lm":
+    if kind == "tiny-lm":
         size = text.partition(":")[2] or "small"
         if size not in TINY_LM_SIZES:
             raise ValueError(f"model {text!r}: the tiny LM comes in sizes {', '.join(TINY_LM_SIZES)}")
         return tiny_lm_task(size, tokens=tokens, progress=progress)
-    if text == "minilm":
+    if kind == "minilm":
         return minilm_task()
-    if (pathlib.Path(text) / "config.json").is_file():
+    if kind == "transformers":
         return transformers_task(text, tokens=tokens)
     raise ValueError(f"model {text!r} is neither tiny-lm[:SIZE], minilm nor a transformers folder (with config.json)")
 
@@ -163,17 +175,17 @@ def transformers_task(folder: str | os.PathLike, *, tokens: int = DEFAULT_EVALUA
         if bar:
             transformers_logging.enable_progress_bar()
     window = min(int(getattr(model.config, "max_position_embeddings", 512) or 512), 512)
-    text = python_docs_bytes_text("held_out")
+    text = python_docs_split("held_out")
     tokenizer = None
     if any((pathlib.Path(folder) / name).is_file() for name in TOKENIZER_FILES):
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError) as error:
             raise ValueError(f"model {os.fspath(folder)!r}: cannot load its tokenizer: {error}") from error
-    train_text = python_docs_bytes_text("train")
+    train_text = python_docs_split("train")
     if tokenizer is not None:
         held_out = torch.tensor(tokenizer(text)["input_ids"][:tokens])
-        calibration = _windows_of(torch.tensor(tokenizer(train_text[:2_000_000])["input_ids"]), window)
+        calibration = _windows_of(torch.tensor(tokenizer(train_text)["input_ids"]), window)
         return ModelTask(os.fspath(folder), model, "perplexity", held_out, calibration, window=window,
                          description=f"{type(model).__name__} from {os.fspath(folder)}, perplexity on "
                                      f"{len(held_out)} held-out tokens of Python's documentation in windows of "
@@ -186,11 +198,6 @@ def transformers_task(folder: str | os.PathLike, *, tokens: int = DEFAULT_EVALUA
                      description=f"{type(model).__name__} from {os.fspath(folder)} (no tokenizer in the folder: "
                                  f"fidelity of its logits on {len(batches)} windows of the held-out text's bytes "
                                  f"as token ids, modulo its vocabulary of {vocabulary})")
-
-
-def python_docs_bytes_text(split: str) -> str:
-    """The text of :func:`~lowbit.analysis.tiny_gpt.python_docs_bytes`'s split."""
-    return bytes(python_docs_bytes(split).to(torch.uint8).numpy()).decode()
 
 
 def _windows_of(ids: torch.Tensor, window: int) -> list[torch.Tensor]:

@@ -12,8 +12,9 @@ measure perplexity on.
   and its held-out tokens. Training is seeded; the weights are cached on
   disk (:func:`cache_dir`) after the first run and loaded from there
   (``weights_only=True``) afterwards.
-- :func:`python_docs_bytes`: the training and held-out token streams (the
-  UTF-8 bytes of the documentation topics, every tenth topic held out).
+- :func:`python_docs_split` and :func:`python_docs_bytes`: the training and
+  held-out text and its token streams (UTF-8 bytes), every tenth
+  documentation topic held out.
 
 Training is deterministic on one machine with one thread count; float
 reductions may split differently elsewhere, so two machines can train
@@ -24,6 +25,7 @@ use the first run's weights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -126,15 +128,21 @@ class TinyGPT(torch.nn.Module):
         return self.head(self.norm(x))
 
 
-def python_docs_bytes(split: str) -> torch.Tensor:
-    """The UTF-8 bytes (int64 token ids 0-255) of the documentation topics
-    of one split, topics in name order joined by newlines: ``"held_out"``
-    every tenth topic (the 0th, 10th, ...), ``"train"`` the others."""
+@functools.cache
+def python_docs_split(split: str) -> str:
+    """The documentation topics of one split, in name order joined by
+    newlines: ``"held_out"`` every tenth topic (the 0th, 10th, ...),
+    ``"train"`` the others."""
     if split not in ("train", "held_out"):
         raise ValueError(f"split must be 'train' or 'held_out', got {split!r}")
     topics = python_docs_topics()
-    chosen = [text for i, text in enumerate(topics) if (i % HELD_OUT_EVERY == 0) == (split == "held_out")]
-    return torch.frombuffer(bytearray("\n".join(chosen).encode()), dtype=torch.uint8).to(torch.int64)
+    return "\n".join(text for i, text in enumerate(topics) if (i % HELD_OUT_EVERY == 0) == (split == "held_out"))
+
+
+def python_docs_bytes(split: str) -> torch.Tensor:
+    """The UTF-8 bytes of :func:`python_docs_split` as int64 token ids 0-255
+    (a new tensor on each call)."""
+    return torch.frombuffer(bytearray(python_docs_split(split).encode()), dtype=torch.uint8).to(torch.int64)
 
 
 def cache_dir() -> pathlib.Path:
@@ -200,7 +208,7 @@ def train(config: TinyLMConfig, tokens: torch.Tensor, progress: bool | TextIO = 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            if stream is not None and (step + 1) % 100 == 0 or step + 1 == config.steps and stream is not None:
+            if stream is not None and ((step + 1) % 100 == 0 or step + 1 == config.steps):
                 stream.write(f"tiny_lm: step {step + 1}/{config.steps}, loss {loss.item():.3f}\n")
                 stream.flush()
     return model.state_dict()

@@ -186,12 +186,12 @@ def test_a_transformers_folder_with_its_tokenizer_is_measured_by_perplexity(tmp_
     (the tokenizers library, offline) beside a random-init GPT-2."""
     transformers = pytest.importorskip("transformers")
     tokenizers = pytest.importorskip("tokenizers")
-    from lowbit.analysis.model_tasks import python_docs_bytes_text
+    from lowbit.analysis.tiny_gpt import python_docs_split
 
     bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
     bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel()
     trainer = tokenizers.trainers.BpeTrainer(vocab_size=320, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([python_docs_bytes_text("train")[:50000]], trainer)
+    bpe.train_from_iterator([python_docs_split("train")[:50000]], trainer)
     transformers.PreTrainedTokenizerFast(tokenizer_object=bpe).save_pretrained(tmp_path / "gpt2")
     config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=bpe.get_vocab_size(), n_positions=64,
                                      bos_token_id=None, eos_token_id=None)
@@ -199,7 +199,7 @@ def test_a_transformers_folder_with_its_tokenizer_is_measured_by_perplexity(tmp_
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
     task = model_task(tmp_path / "gpt2", tokens=512)
     assert task.metric == "perplexity" and task.window == 64 and len(task.evaluation) == 512
-    expected = bpe.encode(python_docs_bytes_text("held_out")).ids[:512]
+    expected = bpe.encode(python_docs_split("held_out")).ids[:512]
     assert task.evaluation.tolist() == expected
     text = write_report(tmp_path / "out", **TOY, model=tmp_path / "gpt2", model_specs=["mxfp4"], methods=["rtn"],
                         sensitivity=None).read_text()
