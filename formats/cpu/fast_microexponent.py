@@ -49,9 +49,10 @@ def exponent_of_bits(bits):
     """floor(log2 |v|) of a finite float32 v given as its magnitude bits
     (subnormals included: below 2**23 the bits convert to float32 exactly,
     and that float's exponent is the bits' top set bit); NO_EXPONENT for 0."""
-    normal = (bits >> 23) - 127
-    subnormal = (np.float32(np.float32(bits)).view(np.int32) >> 23) - 127 - 149 if bits > 0 else NO_EXPONENT
-    return normal if bits >= (1 << 23) else subnormal
+    shift = np.int32(23)  # int32 throughout: numba computes int32 operations in int64 lanes unless narrowed
+    normal = np.int32(np.int32(bits >> shift) - np.int32(127))
+    subnormal = np.int32(np.int32(np.float32(bits).view(np.int32) >> shift) - np.int32(127 + 149))
+    return normal if bits >= np.int32(1 << 23) else (subnormal if bits > np.int32(0) else np.int32(NO_EXPONENT))
 
 
 @inline
@@ -101,21 +102,32 @@ def rounded_on_step(v, c, limit, bad, out):
 
 
 @inline
+def pair_shift(e_max, pair_top, most_shift):
+    """A pair's shift below its block's exponent e_max: e_max less the
+    exponent field of the pair's largest magnitude bits, clamped to
+    0..most_shift. Every operation is narrowed to int32: numba computes
+    int32 operations in int64 (half as many lanes) unless told otherwise."""
+    pair_exponent = np.int32(np.int32(pair_top >> np.int32(23)) - np.int32(127))
+    return np.int32(min(np.int32(max(np.int32(e_max - pair_exponent), np.int32(0))), most_shift))
+
+
+@inline
 def microexponent_pairs32(x, out, pair_tops, shared, mp):
     """microexponent_pairs64 in float32 lanes, for tasks whose every block
     has steps 2**s with -126 <= s and s + 23 <= 127 (its results are then
     float32 numbers), given each pair's largest magnitude bits."""
     man, micro = mp[MICRO_MAN], mp[MICRO_MICRO_BITS]
     limit_offset = np.int32(((man - 1) << 23) + (1 << 23) - (1 << (24 - man)))  # (2**man - 1) * 2**s, less 2**s
+    most_shift, step_offset, c_offset = np.int32((1 << micro) - 1), np.int32(128 - man), np.int32(23 << 23)
     lost = False
     for i in range(x.size // 2):
         e_max = shared[i]
         bad = e_max == NO_EXPONENT
         # every block exponent is >= -126 + the largest shift, so a pair below 2**-126
         # (whose exponent field reads -127) takes the largest shift either way
-        shift = np.int32(min(max(np.int32(e_max - np.int32((pair_tops[i] >> 23) - 127)), 0), (1 << micro) - 1))
-        step_bits = np.int32(np.int32(0 if bad else e_max - shift - man + 1 + 127) << 23)
-        c, limit = np.int32(step_bits + (23 << 23)).view(np.float32), np.int32(step_bits + limit_offset).view(np.float32)
+        shift = pair_shift(e_max, pair_tops[i], most_shift)
+        step_bits = np.int32(np.int32(np.int32(0) if bad else np.int32(np.int32(e_max - shift) + step_offset)) << np.int32(23))
+        c, limit = np.int32(step_bits + c_offset).view(np.float32), np.int32(step_bits + limit_offset).view(np.float32)
         out[2 * i], exact_a = rounded_on_step(as_float32(x[2 * i]), c, limit, bad, out)
         out[2 * i + 1], exact_b = rounded_on_step(as_float32(x[2 * i + 1]), c, limit, bad, out)
         lost |= not (exact_a & exact_b)
@@ -264,6 +276,11 @@ def pack_groups(codes, packed, groups, bits):
     elif bits == 4:
         for i in range(4 * groups):
             packed[i] = codes[2 * i] | (codes[2 * i + 1] << 4)
+    elif bits == 1:  # written out: the loop below runs 10x slower for 1-bit codes in parallel kernels
+        for q in range(groups):
+            c = codes[8 * q:8 * q + 8]
+            packed[q] = np.uint8(c[0] | (c[1] << 1) | (c[2] << 2) | (c[3] << 3) | (c[4] << 4) | (c[5] << 5)
+                                 | (c[6] << 6) | (c[7] << 7))
     else:
         for q in range(groups):
             word = np.int64(0)
@@ -326,26 +343,27 @@ def encode_task16(x, elements, scales, subscales, g, mp):
         pair_tops[i] = max(np.int32(np.float32(as_float32(xs[2 * i])).view(np.int32) & MAGNITUDE32),
                            np.int32(np.float32(as_float32(xs[2 * i + 1])).view(np.int32) & MAGNITUDE32))
     served = True
+    emin32, emax32, infinite = np.int32(emin), np.int32(emax), np.int32(EXPONENT32)
+    # every pair below 2**-126 (whose exponent field reads -127) takes the largest shift when
+    # e_max - most_shift >= -126; steps then lie above 2**-149, and 2**(step + 23) is finite below 2**104
+    lowest, highest = np.int32(-126 + most_shift), np.int32(104 + man - 1)
     for k in range(nrows):
         top = largest_of_pairs(pair_tops, k, 8)
-        e_max = np.int32(min(max(exponent_of_bits(top), emin), emax))
+        e_max = np.int32(min(np.int32(max(exponent_of_bits(top), emin32)), emax32))
         block_exponents[k] = e_max
-        # every pair below 2**-126 (whose exponent field reads -127) takes the largest shift when
-        # e_max - most_shift >= -126; steps then lie above 2**-149, and 2**(step + 23) is finite below 2**104
-        served &= (top < EXPONENT32) & (e_max - most_shift >= -126) & (e_max - man + 1 <= 104)
+        served &= (top < infinite) & (e_max >= lowest) & (e_max <= highest)
     if not served:
         return False
     for k in range(nrows):
         scales[first_row + k] = block_exponents[k] + bias
         for j in range(8):
             shared[8 * k + j] = block_exponents[k]
-    sign_code = np.int32(1 << man)
-    largest = np.int32((1 << man) - 1)
+    sign_code, largest, step_offset = np.int32(1 << man), np.int32((1 << man) - 1), np.int32(151 - man)
     for i in range(nrows * 8):
         e_max = shared[i]
-        shift = np.int32(min(max(np.int32(e_max - np.int32((pair_tops[i] >> 23) - 127)), 0), most_shift))
+        shift = pair_shift(e_max, pair_tops[i], most_shift)
         shared[i] = shift
-        c_bits = np.int32(np.int32(e_max - shift - man + 1 + 150) << 23)  # 2**(step + 23)
+        c_bits = np.int32(np.int32(np.int32(e_max - shift) + step_offset) << np.int32(23))  # 2**(step + 23)
         codes[2 * i] = element_code(as_float32(xs[2 * i]), c_bits, largest, sign_code)
         codes[2 * i + 1] = element_code(as_float32(xs[2 * i + 1]), c_bits, largest, sign_code)
     pack_task(codes, elements[first_row * 2 * bits:end_row * 2 * bits], 2 * nrows, bits)
