@@ -151,9 +151,22 @@ OVERFLOWS = tuple(m.name.removeprefix("OVERFLOW_").lower() for m in Overflow)
 SCALE_RULES = tuple(m.name.removeprefix("RULE_").lower() for m in ScaleRule)  # ... "mse", "4over6", "minmax"
 
 
-def rounding_code(rounding: str) -> int:
-    """The kernels' number of a rounding mode (ValueError for one they lack)."""
-    return _code(ROUNDINGS, rounding, "rounding")
+#: stochastic rounding with a draw of k random bits (``sr_bits=k``) is the
+#: kernels' rounding mode STOCHASTIC_BITS + k; STOCHASTIC draws 53 bits. The
+#: width is part of the mode, as hardware describes its SR units; kernels
+#: without it (the CUDA builds) refuse sr_bits, so it is not in ``Rounding``.
+STOCHASTIC_BITS = 64
+
+
+def rounding_code(rounding: str, sr_bits: int | None = None) -> int:
+    """The kernels' number of a rounding mode (ValueError for one they
+    lack); with ``sr_bits`` (stochastic only), STOCHASTIC_BITS + sr_bits."""
+    code = _code(ROUNDINGS, rounding, "rounding")
+    if sr_bits is None:
+        return code
+    if code != Rounding.STOCHASTIC:
+        raise ValueError(f"sr_bits applies only to rounding='stochastic', not {rounding!r}")
+    return STOCHASTIC_BITS + sr_bits
 
 
 def overflow_code(overflow: str) -> int:

@@ -3,6 +3,7 @@ root imports cleanly, the layers point one way with no import circles, every
 backend keeps one contract, and formats compare by value."""
 
 import ast
+import dataclasses
 import pathlib
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.formats import FloatFormat, Policy, backends
+from lowbit.formats import FloatFormat, Policy, abi, backends
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: import name of each Python component folder
@@ -178,13 +179,15 @@ def test_a_new_family_lands_on_the_reference_and_the_default_path_keeps_working(
         lowbit.BlockFormat(fmt, 32).quantize(x, backend="cpu")
 
 
-def test_a_rounding_policy_the_kernels_lack_goes_to_the_reference():
+def test_rounding_policies_are_checked_against_what_the_kernels_take():
     fmt = lowbit.get_format("mxfp4")
     limited = Policy(rounding="stochastic", key=1, sr_bits=8)
-    assert backends.resolve(None, "cpu", fmt, "quantize", limited).name == "reference"
+    assert backends.resolve(None, "cpu", fmt, "quantize", limited).name == "cpu"  # the CPU kernels take sr_bits
     assert backends.resolve(None, "cpu", fmt, "quantize", Policy(rounding="odd")).name == "cpu"
-    with pytest.raises(ValueError, match="its kernels draw 53 random bits per element, not sr_bits"):
-        backends.resolve("cpu", "cpu", fmt, "quantize", limited)
+    # kernels without sr_bits (the CUDA builds) refuse it by name
+    assert abi.undescribable(fmt, limited) == "its kernels draw 53 random bits per element, not sr_bits"
+    without_sr_bits = dataclasses.replace(backends.get("cpu"), sr_bits=False)
+    assert without_sr_bits.unsupported(fmt, "quantize", limited) == abi.undescribable(fmt, limited)
     with pytest.raises(ValueError, match="the kernels implement rounding nearest_even, .*, not 'half_down'"):
         backends.resolve("cpu", "cpu", fmt, "quantize", Policy(rounding="half_down"))
 

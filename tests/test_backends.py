@@ -427,8 +427,9 @@ def test_scaling_schemes_agree_on_the_cpu_kernels(data):
         x = x.t()
     axis = data.draw(st.sampled_from([-1, 0, (1, 0)] if fmt.block_shape else [-1, 0]), "axis")
     rounding = data.draw(st.sampled_from(abi.ROUNDINGS), "rounding")
+    stochastic = {"seed": 5, "sr_bits": data.draw(st.one_of(st.none(), st.integers(1, 32)), "sr_bits")}
     policy = dict(axis=axis, rounding=rounding, scale_rule=data.draw(st.sampled_from(scheme_rules(fmt)), "rule"),
-                  **({"seed": 5} if rounding == "stochastic" else {}))
+                  **(stochastic if rounding == "stochastic" else {}))
     context = f"{fmt.name} {x.dtype} {tuple(x.shape)} {policy}"
     results = [outcome(lambda b=b: fmt.quantize(x, backend=b, **policy)) for b in ("cpu", "reference")]
     same_pair(*results, context)
@@ -437,6 +438,38 @@ def test_scaling_schemes_agree_on_the_cpu_kernels(data):
     if not isinstance(encoded[1], str):
         same_pair(*[outcome(lambda b=b: fmt.decode(encoded[1], backend=b, dtype=torch.float64))
                     for b in ("cpu", "reference")], context)
+
+
+SR_BITS_FORMATS = [lowbit.get_format(n) for n in ("nf4", "fp4_bnb", "kmeans4_g64", "mxfp4", "nvfp4", "mx6", "mx9",
+                                                  "int4_g128_asym", "fp8_e4m3_rowwise")]
+
+
+@settings(max_examples=60)
+@given(st.data())
+def test_sr_bits_on_the_cpu_kernels(data):
+    """Stochastic rounding with a k-bit draw (sr_bits=k, 1..32): the CPU
+    kernels against the reference on element formats, codebooks, blocks,
+    microexponents and scaling schemes, every dtype, transposed inputs and
+    both axes."""
+    fmt = data.draw(st.one_of(element_formats(max_bits=16), st.sampled_from(SR_BITS_FORMATS),
+                              st.sampled_from([f.element for f in SR_BITS_FORMATS[:3]])), "format")
+    rows, cols = data.draw(st.integers(1, 4), "rows"), data.draw(st.integers(1, 70), "cols")
+    x = torch.from_numpy(np.random.default_rng(data.draw(st.integers(0, 99), "seed")).standard_normal((rows, cols)))
+    x = x * torch.exp2(torch.tensor(float(data.draw(st.integers(-20, 20), "exponent"))))
+    if data.draw(st.booleans(), "special"):
+        x[0, 0] = data.draw(st.sampled_from(SPECIALS), "value")
+    x = x.to(data.draw(st.sampled_from(DTYPES), "dtype"))
+    if data.draw(st.booleans(), "transposed"):
+        x = x.t()
+    policy = dict(rounding="stochastic", seed=data.draw(st.integers(0, 2 ** 64 - 1), "key"),
+                  sr_bits=data.draw(st.integers(1, 32), "sr_bits"))
+    if hasattr(fmt, "layout"):
+        policy["axis"] = data.draw(st.sampled_from([-1, 0]), "axis")
+    if isinstance(fmt, (FloatFormat, IntFormat)):
+        policy["overflow"] = data.draw(st.sampled_from(overflow_policies(fmt)), "overflow")
+    context = f"{fmt.name} {x.dtype} {tuple(x.shape)} {policy}"
+    same_pair(*[outcome(lambda b=b: fmt.quantize(x, backend=b, **policy)) for b in ("cpu", "reference")], context)
+    same_pair(*[outcome(lambda b=b: fmt.encode(x, backend=b, **policy)) for b in ("cpu", "reference")], context)
 
 
 @pytest.mark.parametrize("name", ["int4_g128_asym", "fp8_e4m3_rowwise", "nvfp4_16x16"])

@@ -20,12 +20,13 @@ from ..abi import (
     BLOCK_DIVISOR, BLOCK_ELEMENT_BITS, BLOCK_ELEMENT_EMAX, BLOCK_ELEMENT_MANTISSA_BITS, BLOCK_ELEMENT_MAX,
     BLOCK_HAS_TENSOR_SCALE, BLOCK_ROUND_FLOAT32, BLOCK_RULE, BLOCK_SCALE_EMAX, BLOCK_SCALE_EMIN, BLOCK_SCALE_MAN_BITS,
     BLOCK_SCALE_NAN, BLOCK_SCALE_TINY, BLOCK_SIZE, BLOCK_ZERO_POINT, NEAREST_EVEN, OVERFLOW_SATURATE, RULE_4OVER6,
-    RULE_CEIL, RULE_EVEN, RULE_FLOOR, RULE_MSE, STOCHASTIC,
+    RULE_CEIL, RULE_EVEN, RULE_FLOOR, RULE_MSE,
 )
 from .bits import get_code, put_code
 from .compiling import jit
 from .scalar import (
-    counter_uniform, decode_element, encode_element, float_decode, float_encode, floor_log2_or, load, pow2, store,
+    counter_uniform, decode_element, encode_element, float_decode, float_encode, floor_log2_or, is_stochastic, load,
+    pow2, store,
 )
 
 GROUP = 64
@@ -205,7 +206,7 @@ def quantize_group(x, out, g, nblocks, ed, sd, wd, bp, mode, key, half, tiny):
         _, scale_value, full_scale, zero, bad = block_scale(x, o, i, k0, sd, ed, wd, bp, half, tiny)
         for j in range(min(block, x.shape[1] - k0)):
             v = element_at(x, o, i, k0 + j, half, tiny)
-            u = counter_uniform(key, r * block + j) if mode == STOCHASTIC else 0.0
+            u = counter_uniform(key, r * block + j) if is_stochastic(mode) else 0.0
             code = element_code(v, full_scale, zero, bad, ed, wd, mode, u, bp)
             narrow, exact = store(element_value(code, scale_value, zero, bad, ed, bp), out, half)
             out[o, k0 + j, i] = narrow
@@ -233,7 +234,7 @@ def encode_group(x, elements, scales, zeros, g, nblocks, ed, sd, wd, bp, mode, k
             put_code(zeros, r * bits, np.int64(zero), bits)
         for j in range(block):
             v = element_at(x, o, i, k0 + j, half, tiny)
-            u = counter_uniform(key, r * block + j) if mode == STOCHASTIC else 0.0
+            u = counter_uniform(key, r * block + j) if is_stochastic(mode) else 0.0
             put_code(elements, (r * block + j) * bits, element_code(v, full_scale, zero, bad, ed, wd, mode, u, bp),
                      bits)
 

@@ -25,10 +25,10 @@ import math
 import numpy as np
 from numba import prange
 
-from ..abi import DOWN, NEAREST_AWAY, NEAREST_EVEN, ODD, STOCHASTIC, TOWARD_ZERO, UP
+from ..abi import DOWN, NEAREST_AWAY, NEAREST_EVEN, ODD, TOWARD_ZERO, UP
 from .bits import pack_row, unpack_row
 from .compiling import jit
-from .scalar import counter_uniform
+from .scalar import counter_uniform, is_stochastic, stochastic_upper
 
 SPAN = 1 << 14
 #: elements whose codes one pass of threshold counts computes (cache-resident)
@@ -109,8 +109,8 @@ def code_from_down(x, lo_index, table, last, mode, u):
         upper = False
     elif mode == ODD:
         upper = not lo_is_odd
-    else:  # STOCHASTIC
-        upper = u * (hi - lo) < (x - lo)
+    else:  # stochastic, with or without sr_bits
+        upper = stochastic_upper(mode, x, lo, hi, u)
     return lo_index + 1 if upper else lo_index
 
 
@@ -130,7 +130,7 @@ def run_codes(v, n, table, mids, mode, key, first, codes):
         for i in range(n):
             codes[i] = down_index(v[i], table, last)
     for i in range(n):
-        u = counter_uniform(key, first + i) if mode == STOCHASTIC else 0.0
+        u = counter_uniform(key, first + i) if is_stochastic(mode) else 0.0
         codes[i] = code_from_down(v[i], codes[i], table, last, mode, u)
 
 
@@ -311,12 +311,11 @@ def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, ze
         counts = np.empty(block, np.int32)
         for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, nrows)):
             row = rows[r]
-            amax = np.float32(0.0)
-            bad = False
+            top = np.int32(0)  # the largest magnitude's bits: an int32 maximum vectorizes, a float one does not
             for j in range(block):
-                bad |= row[j] - row[j] != 0
-                amax = max(amax, abs(row[j]))
-            if bad:
+                top = max(top, np.int32(np.float32(row[j]).view(np.int32) & np.int32(0x7FFFFFFF)))
+            amax = np.int32(top).view(np.float32)
+            if top >= np.int32(0x7F800000):  # a NaN or an infinity
                 scales[r] = np.nan
                 codes[r, :] = 0
                 if values.shape[0]:

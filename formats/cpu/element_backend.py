@@ -29,14 +29,14 @@ def _flat(t: torch.Tensor) -> np.ndarray:
 
 def _kernel_policy(t: torch.Tensor, policy: Policy) -> tuple[int, int, np.uint64, float]:
     """The general kernels' policy arguments: rounding, overflow, stochastic key, flush threshold."""
-    return (rounding_code(policy.rounding), overflow_code(policy.overflow), np.uint64(policy.key or 0),
+    return (rounding_code(policy.rounding, policy.sr_bits), overflow_code(policy.overflow), np.uint64(policy.key or 0),
             flush_threshold(t.dtype, policy.flush_subnormals))
 
 
 def _fast_float32(fmt, t: torch.Tensor, policy: Policy):
     """The fast32 kernels and parameters that serve this call, or None."""
     if (t.dtype not in (torch.float32, torch.bfloat16) or policy.rounding not in ("nearest_even", "stochastic")
-            or not t.is_contiguous()):
+            or policy.sr_bits is not None or not t.is_contiguous()):
         return None
     params = fast32.float_params(fmt, policy.overflow, policy.flush_subnormals)
     if params is not None:
@@ -58,7 +58,7 @@ def _codebook(fmt: CodebookFormat, t: torch.Tensor, policy: Policy,
     first_nan = np.full(codebook_kernels.span_count(t.numel()), codebook_kernels.NO_INDEX, dtype=np.int64)
     table, table32 = _codebook_tables(fmt)
     codebook_kernels.codebook_elements(flat, _flat(codes), _flat(out) if values else np.empty(0, np.float32), table,
-                                       table32, rounding_code(policy.rounding), np.uint64(policy.key or 0),
+                                       table32, rounding_code(policy.rounding, policy.sr_bits), np.uint64(policy.key or 0),
                                        flush_threshold(t.dtype, policy.flush_subnormals), first_nan)
     bad = int(first_nan.min(initial=codebook_kernels.NO_INDEX))
     return codes, out, None if bad == codebook_kernels.NO_INDEX else bad

@@ -14,9 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ..abi import STOCHASTIC
 from .compiling import jit
-from .scalar import counter_uniform, decode_element, encode_element, load, round_element, store
+from .scalar import counter_uniform, decode_element, encode_element, is_stochastic, load, round_element, store
 
 SPAN = 1 << 14
 NO_INDEX = np.iinfo(np.int64).max
@@ -45,7 +44,7 @@ def exact_input(x, i, mode, key, half, tiny):
     and its stochastic uniform."""
     v = load(x, half)
     v = v * 0.0 if abs(v) < tiny else v
-    return v, counter_uniform(key, i) if mode == STOCHASTIC else 0.0
+    return v, counter_uniform(key, i) if is_stochastic(mode) else 0.0
 
 
 @task

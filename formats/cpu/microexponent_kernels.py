@@ -12,12 +12,12 @@ from numba import prange
 
 from ..abi import (
     MICRO_BLOCK, MICRO_EMAX, MICRO_EMIN, MICRO_EXP_BIAS, MICRO_EXP_BITS, MICRO_MAN, MICRO_MICRO_BITS,
-    MICRO_SUB_BLOCK, STOCHASTIC,
+    MICRO_SUB_BLOCK,
 )
 from .bits import get_code, put_code
 from .block_kernels import GROUP, block_origin, element_at
 from .compiling import jit
-from .scalar import counter_uniform, floor_log2_or, pick_upper, pow2, store
+from .scalar import counter_uniform, floor_log2_or, is_stochastic, pick_upper, pow2, store
 
 NO_EXPONENT = -(1 << 20)
 inline = jit(inline="always")
@@ -88,7 +88,7 @@ def walk_block(x, r, nblocks, mp, mode, key, half, tiny, out, elements, subscale
         step_exp = e_max - shift - mp[MICRO_MAN] + 1
         for j in range(s * sub, s * sub + sub):
             v = element_at(x, o, i, k0 + j, half, tiny)
-            u = counter_uniform(key, r * block + j) if mode == STOCHASTIC else 0.0
+            u = counter_uniform(key, r * block + j) if is_stochastic(mode) else 0.0
             code = magnitude_code(v, step_exp, bad, mp, mode, u)
             if elements.size:
                 put_code(elements, (r * block + j) * (mp[MICRO_MAN] + 1), code, mp[MICRO_MAN] + 1)

@@ -18,7 +18,7 @@ from ..abi import (
     BIAS, DOWN, FRAC_BITS, HAS_NEGATIVE_ZERO, HAS_ZERO, INF_MAG, INT_BITS, INT_SIGNED, IS_INT, LOWEST_EXPONENT,
     MAG_BITS, MAN_BITS, MAX_CODE, NAN_NEGATIVE, NAN_POSITIVE, NEAREST_AWAY, NEAREST_EVEN, NEGATIVE_ZERO_IS_NAN, ODD,
     OVERFLOW_INF, OVERFLOW_NAN, OVERFLOW_SATURATE, QMAX, QMIN, SIGNED, SIGN_CODE, SMALLEST_BITS, STOCHASTIC,
-    SUBNORMALS, TOWARD_ZERO, UP,
+    STOCHASTIC_BITS, SUBNORMALS, TOWARD_ZERO, UP,
 )
 from ..rounding import SPLITMIX_GAMMA, SPLITMIX_MUL1, SPLITMIX_MUL2
 from .compiling import jit
@@ -50,6 +50,27 @@ def toward_zero(mode, negative):
 
 
 @inline
+def is_stochastic(mode):
+    """Whether the kernels' rounding mode ``mode`` draws a uniform per element
+    (STOCHASTIC, or STOCHASTIC_BITS + k for sr_bits=k)."""
+    return (mode == STOCHASTIC) | (mode > STOCHASTIC_BITS)
+
+
+@inline
+def stochastic_upper(mode, a, lo, hi, u):
+    """Rounder.pick_upper's stochastic decision for ``lo <= a < hi`` and the
+    53-bit uniform u: hi where u * (hi - lo) < a - lo; under sr_bits=k (mode
+    STOCHASTIC_BITS + k) where round_half_even((a - lo) / (hi - lo) * 2**k)
+    + r >= 2**k, r = floor(u * 2**k) being the draw's top k bits."""
+    if mode == STOCHASTIC:
+        return u * (hi - lo) < (a - lo)
+    if hi == lo:  # the reference's division gives +-Inf or NaN here (numba's would raise)
+        return a > lo
+    steps = pow2(mode - STOCHASTIC_BITS)
+    return np.rint((a - lo) / (hi - lo) * steps) + np.floor(u * steps) >= steps
+
+
+@inline
 def pick_upper(mode, a, lo, hi, lo_is_odd, negative, u):
     """Rounder.pick_upper for one magnitude ``lo <= a < hi``."""
     twice, mid = 2.0 * a, lo + hi
@@ -57,8 +78,8 @@ def pick_upper(mode, a, lo, hi, lo_is_odd, negative, u):
         return (twice > mid) | ((twice == mid) & lo_is_odd)
     if mode == NEAREST_AWAY:
         return twice >= mid
-    if mode == STOCHASTIC:
-        return u * (hi - lo) < (a - lo)
+    if is_stochastic(mode):
+        return stochastic_upper(mode, a, lo, hi, u)
     if mode == ODD:
         return (a > lo) & (not lo_is_odd)
     return (a > lo) & (not toward_zero(mode, negative))

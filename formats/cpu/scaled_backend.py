@@ -63,7 +63,7 @@ def block_arguments(fmt, rule: str, ts: float | None, block: int) -> tuple:
 def _common(t: torch.Tensor, layout: BlockLayout, policy: Policy):
     """The general kernels' arguments for t: its view, block count, mode, key, half type, flush threshold."""
     data, half = numpy_data(t)
-    return (outer_axis_inner(data, layout.axis), layout.nblocks, rounding_code(policy.rounding),
+    return (outer_axis_inner(data, layout.axis), layout.nblocks, rounding_code(policy.rounding, policy.sr_bits),
             np.uint64(policy.key or 0), half, flush_threshold(t.dtype, policy.flush_subnormals))
 
 
@@ -140,7 +140,8 @@ def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
     codebook_kernels.codebook_blocks(
         numpy_view(rows), codes.numpy(), out.numpy() if values else np.empty((0, 0), np.float32), scales.numpy(),
         table, fmt.element.max, fmt.zero_element_code,
-        rounding_code(policy.rounding), np.uint64(policy.key or 0), flush_threshold(t.dtype, policy.flush_subnormals))
+        rounding_code(policy.rounding, policy.sr_bits), np.uint64(policy.key or 0),
+        flush_threshold(t.dtype, policy.flush_subnormals))
     return codes, scales, out
 
 
