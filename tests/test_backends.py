@@ -410,6 +410,19 @@ def scheme_rules(fmt):
     return ["amax", "mse"] + (["4over6"] if fmt._e2m1_elements else [])
 
 
+@st.composite
+def normal_matrices(draw, max_rows, max_cols, max_exponent):
+    """Normal samples of 1..max_rows x 1..max_cols, times 2**e (|e| <= max_exponent),
+    maybe with a special value first, in any dtype, maybe transposed."""
+    rows, cols = draw(st.integers(1, max_rows)), draw(st.integers(1, max_cols))
+    x = torch.from_numpy(np.random.default_rng(draw(st.integers(0, 99))).standard_normal((rows, cols)))
+    x = x * torch.exp2(torch.tensor(float(draw(st.integers(-max_exponent, max_exponent)))))
+    if draw(st.booleans()):
+        x[0, 0] = draw(st.sampled_from(SPECIALS))
+    x = x.to(draw(st.sampled_from(DTYPES)))
+    return x.t() if draw(st.booleans()) else x
+
+
 @settings(max_examples=40)  # each example runs six calls on the reference, searched scales included
 @given(st.data())
 def test_scaling_schemes_agree_on_the_cpu_kernels(data):
@@ -417,14 +430,7 @@ def test_scaling_schemes_agree_on_the_cpu_kernels(data):
     products and double quantization: the CPU kernels against the
     reference, on every dtype, rounding mode and axis."""
     fmt = data.draw(st.sampled_from(SCHEME_FORMATS), "format")
-    rows, cols = data.draw(st.integers(1, 5), "rows"), data.draw(st.integers(1, 40), "cols")
-    x = torch.from_numpy(np.random.default_rng(data.draw(st.integers(0, 99), "seed")).standard_normal((rows, cols)))
-    x = x * torch.exp2(torch.tensor(float(data.draw(st.integers(-30, 30), "exponent"))))
-    if data.draw(st.booleans(), "special"):
-        x[0, 0] = data.draw(st.sampled_from(SPECIALS), "value")
-    x = x.to(data.draw(st.sampled_from(DTYPES), "dtype"))
-    if data.draw(st.booleans(), "transposed"):
-        x = x.t()
+    x = data.draw(normal_matrices(5, 40, 30), "x")
     axis = data.draw(st.sampled_from([-1, 0, (1, 0)] if fmt.block_shape else [-1, 0]), "axis")
     rounding = data.draw(st.sampled_from(abi.ROUNDINGS), "rounding")
     stochastic = {"seed": 5, "sr_bits": data.draw(st.one_of(st.none(), st.integers(1, 32)), "sr_bits")}
@@ -453,14 +459,7 @@ def test_sr_bits_on_the_cpu_kernels(data):
     both axes."""
     fmt = data.draw(st.one_of(element_formats(max_bits=16), st.sampled_from(SR_BITS_FORMATS),
                               st.sampled_from([f.element for f in SR_BITS_FORMATS[:3]])), "format")
-    rows, cols = data.draw(st.integers(1, 4), "rows"), data.draw(st.integers(1, 70), "cols")
-    x = torch.from_numpy(np.random.default_rng(data.draw(st.integers(0, 99), "seed")).standard_normal((rows, cols)))
-    x = x * torch.exp2(torch.tensor(float(data.draw(st.integers(-20, 20), "exponent"))))
-    if data.draw(st.booleans(), "special"):
-        x[0, 0] = data.draw(st.sampled_from(SPECIALS), "value")
-    x = x.to(data.draw(st.sampled_from(DTYPES), "dtype"))
-    if data.draw(st.booleans(), "transposed"):
-        x = x.t()
+    x = data.draw(normal_matrices(4, 70, 20), "x")
     policy = dict(rounding="stochastic", seed=data.draw(st.integers(0, 2 ** 64 - 1), "key"),
                   sr_bits=data.draw(st.integers(1, 32), "sr_bits"))
     if hasattr(fmt, "layout"):
