@@ -36,7 +36,7 @@ def _kernel_policy(t: torch.Tensor, policy: Policy) -> tuple[int, int, np.uint64
 def _fast_float32(fmt, t: torch.Tensor, policy: Policy):
     """The fast32 kernels and parameters that serve this call, or None."""
     if (t.dtype not in (torch.float32, torch.bfloat16) or policy.rounding not in ("nearest_even", "stochastic")
-            or policy.sr_bits is not None or not t.is_contiguous()):
+            or not t.is_contiguous()):
         return None
     params = fast32.float_params(fmt, policy.overflow, policy.flush_subnormals)
     if params is not None:
@@ -58,8 +58,9 @@ def _codebook(fmt: CodebookFormat, t: torch.Tensor, policy: Policy,
     first_nan = np.full(codebook_kernels.span_count(t.numel()), codebook_kernels.NO_INDEX, dtype=np.int64)
     table, table32 = _codebook_tables(fmt)
     codebook_kernels.codebook_elements(flat, _flat(codes), _flat(out) if values else np.empty(0, np.float32), table,
-                                       table32, rounding_code(policy.rounding, policy.sr_bits), np.uint64(policy.key or 0),
-                                       flush_threshold(t.dtype, policy.flush_subnormals), first_nan)
+                                       table32, rounding_code(policy.rounding, policy.sr_bits),
+                                       np.uint64(policy.key or 0), flush_threshold(t.dtype, policy.flush_subnormals),
+                                       first_nan)
     bad = int(first_nan.min(initial=codebook_kernels.NO_INDEX))
     return codes, out, None if bad == codebook_kernels.NO_INDEX else bad
 
@@ -80,7 +81,8 @@ def quantize(fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, bool]:
     out = new_tensor(tuple(t.shape), t.dtype)
     fast = _fast_float32(fmt, t, policy)
     if fast is not None:
-        lost = fast[0](_flat(t), _flat(out), fast[2], np.uint64(policy.key or 0), policy.rounding == "stochastic")
+        lost = fast[0](_flat(t), _flat(out), fast[2], np.uint64(policy.key or 0),
+                       rounding_code(policy.rounding, policy.sr_bits))
         return out, lost == 0
     data, half = numpy_data(t)
     inexact = np.zeros(kernels.span_count(t.numel()), dtype=np.bool_)
@@ -99,7 +101,7 @@ def encode(fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, int | No
     out = new_tensor(tuple(t.shape), code_dtype(fmt.nbits))
     fast = _fast_float32(fmt, t, policy)
     if fast is not None and fast[1](_flat(t), out.numpy().reshape(-1), fast[2], np.uint64(policy.key or 0),
-                                    policy.rounding == "stochastic") == 0:
+                                    rounding_code(policy.rounding, policy.sr_bits)) == 0:
         return out, None
     data, half = numpy_data(t)
     first_invalid = np.full(kernels.span_count(t.numel()), kernels.NO_INDEX, dtype=np.int64)

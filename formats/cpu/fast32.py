@@ -26,11 +26,14 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic, overload
 
-from ..abi import INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, OVERFLOW_INF, OVERFLOW_SATURATE, SIGN_CODE, element_descriptor
+from ..abi import (
+    INF_MAG, NAN_NEGATIVE, NAN_POSITIVE, NEAREST_EVEN, OVERFLOW_INF, OVERFLOW_SATURATE, SIGN_CODE, STOCHASTIC,
+    element_descriptor,
+)
 from ..float_format import FloatFormat
 from ..int_format import IntFormat
 from .compiling import jit
-from .scalar import counter_uniform, pow2
+from .scalar import counter_uniform, fraction_upper, is_stochastic, pow2
 
 inline = jit(inline="always")
 SIGN32, MAGNITUDE32, EXPONENT32 = 0x80000000, 0x7FFFFFFF, 0x7F800000
@@ -181,11 +184,12 @@ def int_nearest(x, p):
 
 
 @inline
-def float_stochastic(x, u, p):
+def float_stochastic(x, u, p, mode):
     """(|result|, sign bit) of float32 x rounded stochastically in the float
-    format ``p``: up with probability (|x| - lo) / (hi - lo), decided as
-    u < that fraction (exact in float64, as the reference decides
-    u * (hi - lo) < |x| - lo); overflow per the policy; NaN stays NaN."""
+    format ``p``: up with probability (|x| - lo) / (hi - lo), decided by
+    fraction_upper on that fraction (exact in float64, as the reference
+    decides u * (hi - lo) < |x| - lo, or on the same fraction under
+    sr_bits); overflow per the policy; NaN stays NaN."""
     m, smallest_normal, largest = p[MAN], p[SMALLEST_NORMAL], p[LARGEST]
     beyond, saturate, tiny = p[BEYOND], p[SATURATES], p[TINY]
     bits = np.float32(x).view(np.uint32)
@@ -201,7 +205,7 @@ def float_stochastic(x, u, p):
     steps = np.float64(a) * p[INVERSE_QUANTUM]  # |x| in units of the subnormal quantum, exactly
     whole = np.floor(steps)
     normal = a >= smallest_normal
-    up = u < (normal_fraction if normal else steps - whole)
+    up = fraction_upper(mode, normal_fraction if normal else steps - whole, u)
     sub = np.float32((whole + (1.0 if up else 0.0)) / p[INVERSE_QUANTUM])
     r = (normal_hi if up else normal_lo) if normal else sub
     r = (largest if saturate else beyond) if r > largest else r
@@ -209,23 +213,25 @@ def float_stochastic(x, u, p):
 
 
 @inline
-def float_rounded(x, i, p, key, stochastic):
-    if stochastic:
-        return float_stochastic(x, counter_uniform(key, i), p)
+def float_rounded(x, i, p, key, mode):
+    """float_nearest, or stochastic rounding (``mode``: STOCHASTIC or
+    STOCHASTIC_BITS + k) with element i's uniform."""
+    if is_stochastic(mode):
+        return float_stochastic(x, counter_uniform(key, i), p, mode)
     return float_nearest(x, p)
 
 
 @inline
-def int_rounded(x, i, p, key, stochastic):
+def int_rounded(x, i, p, key, mode):
     """int_nearest, or stochastic rounding with element i's uniform."""
-    if not stochastic:
+    if not is_stochastic(mode):
         return int_nearest(x, p)
     up, qmin, qmax, tiny = p[INT_UP], p[INT_QMIN], p[INT_QMAX], p[INT_TINY]
     a = abs(np.float32(x))
     a = np.float32(0.0) if a < tiny else a
     t = np.float64(a * up)
     whole = np.floor(t)
-    r = np.float32(whole + (1.0 if counter_uniform(key, i) < t - whole else 0.0))
+    r = np.float32(whole + (1.0 if fraction_upper(mode, t - whole, counter_uniform(key, i)) else 0.0))
     q = -r if np.float32(x).view(np.int32) < 0 else r
     q = min(max(q, qmin), qmax)
     return (q + np.float32(0.0)) if x == x else np.float32(np.nan)  # integers have no NaN code: +NaN
@@ -258,8 +264,8 @@ def _to_output(value, out):
     return impl
 
 
-# -- kernels (flat C-contiguous float32 or bfloat16 in, flat out; ``stochastic`` picks
-# -- the rounding, and each branch is a loop compiled for its mode alone). The
+# -- kernels (flat C-contiguous float32 or bfloat16 in, flat out; ``mode``, NEAREST_EVEN
+# -- or stochastic, picks the rounding, and nearest even is a loop compiled for it alone). The
 # -- quantize kernels return how many results the output dtype could not hold. ----------
 @inline
 def signed_nans(p):
@@ -268,8 +274,8 @@ def signed_nans(p):
 
 
 @inline
-def float_value(x, i, out, p, key, stochastic):
-    r, sign = float_rounded(as_float32(x), i, p, key, stochastic)
+def float_value(x, i, out, p, key, mode):
+    r, sign = float_rounded(as_float32(x), i, p, key, mode)
     if r != r and not signed_nans(p):  # NaN codes without a sign (or none at all) decode to +NaN
         sign = np.uint32(0)
     return to_output(with_sign(r, sign), out)
@@ -277,24 +283,29 @@ def float_value(x, i, out, p, key, stochastic):
 
 
 @jit(parallel=True)
-def quantize_float(x, out, p, key, stochastic):
+def quantize_float(x, out, p, key, mode):
     lost = 0
-    if stochastic:
+    if mode == STOCHASTIC:  # the 53-bit draw, a loop of its own (its decision vectorizes)
         for i in prange(x.size):
-            value, exact = float_value(x[i], i, out, p, key, True)
+            value, exact = float_value(x[i], i, out, p, key, STOCHASTIC)
+            out[i] = value
+            lost += 0 if exact else 1
+    elif is_stochastic(mode):
+        for i in prange(x.size):
+            value, exact = float_value(x[i], i, out, p, key, mode)
             out[i] = value
             lost += 0 if exact else 1
     else:
         for i in prange(x.size):
-            value, exact = float_value(x[i], i, out, p, key, False)
+            value, exact = float_value(x[i], i, out, p, key, NEAREST_EVEN)
             out[i] = value
             lost += 0 if exact else 1
     return lost
 
 
 @inline
-def float_encoded(x, i, p, key, stochastic, c):
-    r, sign = float_rounded(as_float32(x), i, p, key, stochastic)
+def float_encoded(x, i, p, key, mode, c):
+    r, sign = float_rounded(as_float32(x), i, p, key, mode)
     return float_code(r, sign, p, c)
 
 
@@ -304,7 +315,7 @@ ENCODE_SPAN = 1 << 14
 
 
 @jit(parallel=True)
-def encode_float(x, out, p, key, stochastic):
+def encode_float(x, out, p, key, mode):
     """Codes into out; returns the number of elements the format cannot represent."""
     c = code_constants(p)
     bad = np.zeros(-(-x.size // ENCODE_SPAN), np.int32)
@@ -312,14 +323,19 @@ def encode_float(x, out, p, key, stochastic):
         start = s * ENCODE_SPAN
         xs, outs = x[start:start + ENCODE_SPAN], out[start:start + ENCODE_SPAN]
         count = np.int32(0)
-        if stochastic:
+        if mode == STOCHASTIC:  # the 53-bit draw, a loop of its own (its decision vectorizes)
             for i in range(xs.size):
-                code, invalid = float_encoded(xs[i], start + i, p, key, True, c)
+                code, invalid = float_encoded(xs[i], start + i, p, key, STOCHASTIC, c)
+                outs[i] = code
+                count = np.int32(count + invalid)
+        elif is_stochastic(mode):
+            for i in range(xs.size):
+                code, invalid = float_encoded(xs[i], start + i, p, key, mode, c)
                 outs[i] = code
                 count = np.int32(count + invalid)
         else:
             for i in range(xs.size):
-                code, invalid = float_encoded(xs[i], start + i, p, key, False, c)
+                code, invalid = float_encoded(xs[i], start + i, p, key, NEAREST_EVEN, c)
                 outs[i] = code
                 count = np.int32(count + invalid)
         bad[s] = count
@@ -327,17 +343,22 @@ def encode_float(x, out, p, key, stochastic):
 
 
 @jit(parallel=True)
-def quantize_int(x, out, p, key, stochastic):
+def quantize_int(x, out, p, key, mode):
     down = p[INT_DOWN]
     lost = 0
-    if stochastic:
+    if mode == STOCHASTIC:  # the 53-bit draw, a loop of its own (its decision vectorizes)
         for i in prange(x.size):
-            value, exact = to_output(int_rounded(as_float32(x[i]), i, p, key, True) * down, out)
+            value, exact = to_output(int_rounded(as_float32(x[i]), i, p, key, STOCHASTIC) * down, out)
+            out[i] = value
+            lost += 0 if exact else 1
+    elif is_stochastic(mode):
+        for i in prange(x.size):
+            value, exact = to_output(int_rounded(as_float32(x[i]), i, p, key, mode) * down, out)
             out[i] = value
             lost += 0 if exact else 1
     else:
         for i in prange(x.size):
-            value, exact = to_output(int_rounded(as_float32(x[i]), i, p, key, False) * down, out)
+            value, exact = to_output(int_rounded(as_float32(x[i]), i, p, key, NEAREST_EVEN) * down, out)
             out[i] = value
             lost += 0 if exact else 1
     return lost
@@ -350,7 +371,7 @@ def int_encoded(q, mask):
 
 
 @jit(parallel=True)
-def encode_int(x, out, p, key, stochastic):
+def encode_int(x, out, p, key, mode):
     """Codes into out; returns the number of NaN elements (not encodable)."""
     mask = np.int32((1 << p[INT_WIDTH]) - 1)
     bad = np.zeros(-(-x.size // ENCODE_SPAN), np.int32)
@@ -358,14 +379,19 @@ def encode_int(x, out, p, key, stochastic):
         start = s * ENCODE_SPAN
         xs, outs = x[start:start + ENCODE_SPAN], out[start:start + ENCODE_SPAN]
         count = np.int32(0)
-        if stochastic:
+        if mode == STOCHASTIC:  # the 53-bit draw, a loop of its own (its decision vectorizes)
             for i in range(xs.size):
-                code, invalid = int_encoded(int_rounded(as_float32(xs[i]), start + i, p, key, True), mask)
+                code, invalid = int_encoded(int_rounded(as_float32(xs[i]), start + i, p, key, STOCHASTIC), mask)
+                outs[i] = code
+                count = np.int32(count + invalid)
+        elif is_stochastic(mode):
+            for i in range(xs.size):
+                code, invalid = int_encoded(int_rounded(as_float32(xs[i]), start + i, p, key, mode), mask)
                 outs[i] = code
                 count = np.int32(count + invalid)
         else:
             for i in range(xs.size):
-                code, invalid = int_encoded(int_rounded(as_float32(xs[i]), start + i, p, key, False), mask)
+                code, invalid = int_encoded(int_rounded(as_float32(xs[i]), start + i, p, key, NEAREST_EVEN), mask)
                 outs[i] = code
                 count = np.int32(count + invalid)
         bad[s] = count

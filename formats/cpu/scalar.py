@@ -66,8 +66,18 @@ def stochastic_upper(mode, a, lo, hi, u):
         return u * (hi - lo) < (a - lo)
     if hi == lo:  # the reference's division gives +-Inf or NaN here (numba's would raise)
         return a > lo
+    return fraction_upper(mode, (a - lo) / (hi - lo), u)
+
+
+@inline
+def fraction_upper(mode, f, u):
+    """The stochastic decision on the exact fraction f = (a - lo) / (hi - lo)
+    in [0, 1): u < f for the 53-bit draw (STOCHASTIC), else (mode
+    STOCHASTIC_BITS + k) round_half_even(f * 2**k) + floor(u * 2**k) >= 2**k."""
+    if mode == STOCHASTIC:
+        return u < f
     steps = pow2(mode - STOCHASTIC_BITS)
-    return np.rint((a - lo) / (hi - lo) * steps) + np.floor(u * steps) >= steps
+    return np.rint(f * steps) + np.floor(u * steps) >= steps
 
 
 @inline
