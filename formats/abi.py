@@ -32,6 +32,7 @@ from .element import ElementFormat
 from .float_format import FloatFormat
 from .int_format import IntFormat
 from .microexponent import MicroexponentFormat
+from .rounding import check_sr_bits
 
 if TYPE_CHECKING:
     import torch
@@ -162,11 +163,7 @@ def rounding_code(rounding: str, sr_bits: int | None = None) -> int:
     """The kernels' number of a rounding mode (ValueError for one they
     lack); with ``sr_bits`` (stochastic only), STOCHASTIC_BITS + sr_bits."""
     code = _code(ROUNDINGS, rounding, "rounding")
-    if sr_bits is None:
-        return code
-    if code != Rounding.STOCHASTIC:
-        raise ValueError(f"sr_bits applies only to rounding='stochastic', not {rounding!r}")
-    return STOCHASTIC_BITS + sr_bits
+    return code if check_sr_bits(rounding, sr_bits) is None else STOCHASTIC_BITS + sr_bits
 
 
 def overflow_code(overflow: str) -> int:
