@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import lowbit
 from lowbit.formats import BlockFormat, CodebookFormat, abi, backends
 from lowbit.formats.codebook import KMEANS4_VALUES
+from lowbit.formats.cpu import codebook_kernels
 
 from helpers import assert_same_values
 
@@ -101,6 +102,47 @@ def test_codebook_blocks_agree(data):
     same(fmt.encode, x, context, **policy)
     encoded = fmt.encode(x, backend="reference", **policy)
     assert_same_values(fmt.decode(encoded, backend="cpu"), fmt.decode(encoded, backend="reference"), context)
+
+
+#: tables the float32 block kernel serves (not bitsandbytes' FP4: midpoints of more than 26 bits): 4-bit
+#: ones (compared unrolled) and longer dyadic ones (counted in a loop)
+FLOAT32_TABLES = [
+    lowbit.NF4_VALUES,
+    KMEANS4_VALUES,
+    (-1.0, -0.5, 0.0, 0.25, 1.0),
+    tuple(np.unique(np.round(np.random.default_rng(5).standard_normal(40) * 16) / 16)),
+    tuple(np.unique(np.round(np.random.default_rng(6).standard_normal(300) * 64) / 64))[:64],
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_float32_codebook_blocks_agree_across_tasks(data):
+    """The float32 nearest-even kernel (tasks of 64 blocks, thresholds
+    rounded to float32 per block) against the reference, on blocks whose
+    scale is a power of two so that elements can sit exactly on a
+    midpoint, on the float32 numbers next to each threshold, on table
+    values, and on specials; quantize and encode, over several tasks."""
+    table = data.draw(st.sampled_from(FLOAT32_TABLES), "table")
+    fmt = BlockFormat(CodebookFormat(table), 64, scale=lowbit.get_format("fp32"))
+    assert codebook_kernels.compares_in_float32(table)
+    rows = data.draw(st.sampled_from([1, 63, 65, 130]), "rows")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), "seed"))
+    scale = 2.0 ** rng.integers(-130, 120, size=(rows, 1))
+    t = np.array(table)
+    points = np.concatenate([t, (t[:-1] + t[1:]) / 2]) / fmt.element.max
+    x = np.float32(rng.choice(points, size=(rows, 64)) * scale)
+    x = np.where(rng.random((rows, 64)) < 0.3, np.nextafter(x, rng.choice([-np.inf, np.inf], size=x.shape)), x)
+    x = np.where(rng.random((rows, 64)) < 0.2, np.float32(rng.standard_normal((rows, 64)) * scale * 0.4), x)
+    x[:, 0] = np.float32(scale[:, 0] * rng.choice([-1.0, 1.0], size=rows))  # amax = the scale's power of two
+    for where, value in data.draw(st.lists(st.tuples(st.integers(0, x.size - 1),
+                                                     st.sampled_from([0.0, -0.0, np.nan, np.inf, 1e-42, 3e38])),
+                                           max_size=4), "specials"):
+        x.reshape(-1)[where] = value
+    x = torch.from_numpy(x.astype(np.float32))
+    context = f"{len(table)} values, {rows} rows"
+    same(fmt.quantize, x, context)
+    same(fmt.encode, x, context)
 
 
 def test_the_catalogued_kmeans_codebook_is_what_fit_codebook_gives():

@@ -271,78 +271,135 @@ def decode_codebook_blocks(packed, scales, out, table, bits):
 
 
 @inline
-def float32_step(t32, up):
-    """The float32 next to the finite t32 toward +Inf (``up``) or -Inf, on its bits."""
-    bits = np.float32(t32).view(np.int32)
-    if t32 == 0:
-        return np.int32(1).view(np.float32) if up else np.int32(-2147483647).view(np.float32)  # +-smallest subnormal
-    return np.int32(bits + (1 if (t32 > 0) == up else -1)).view(np.float32)
-
-
-@inline
-def float32_below(t):
-    """The largest float32 <= the float64 t (float32's largest for t beyond it)."""
-    t32 = np.float32(min(t, FLOAT32_MAX))
-    return float32_step(t32, False) if np.float64(t32) > t else t32
-
-
-@inline
-def float32_above(t):
-    """The smallest float32 >= the float64 t (+Inf beyond float32's largest)."""
-    if t > FLOAT32_MAX:
-        return np.float32(np.inf)
+def float32_threshold(t, strict):
+    """The float32 that stands for the float64 t when a float32 x is
+    compared with it: the largest float32 <= t for ``x > t`` (``strict``),
+    the smallest float32 >= t for ``x >= t``, so the float32 comparison
+    decides as the float64 one; t is first clamped to float32's finite
+    range (no float32 x lies beyond it but the infinities, which the
+    callers treat apart). Branch-free (one integer step on the bits when
+    float32(t) fell on the wrong side of t), so loops over blocks vectorize."""
+    t = min(max(t, -FLOAT32_MAX), FLOAT32_MAX)
     t32 = np.float32(t)
-    return float32_step(t32, True) if np.float64(t32) < t else t32
+    bits = t32.view(np.int32)
+    wrong_side = np.int32(np.float64(t32) > t) if strict else np.int32(np.float64(t32) < t)
+    away_from_zero = (bits >> np.int32(31)) | np.int32(1)  # +1 steps a positive bit pattern up, a negative one down
+    step = -away_from_zero if strict else away_from_zero
+    return np.int32(bits + step * wrong_side).view(np.float32)
+
+
+#: thresholds of the tables of at most 16 values (4-bit codebooks), which
+#: :func:`nearest_float32_blocks` compares unrolled
+SHORT = 15
+
+
+@inline
+def passed_value(x, thresholds, products, k):
+    """products[j * ROWS_PER_TASK + k] for the number j of the SHORT
+    thresholds (``thresholds[j * ROWS_PER_TASK + k]``) the float32 x
+    passes: x > threshold at even j, x >= at odd j, where a tie goes up to
+    the even code. The thresholds passed are a prefix (ascending, ties
+    resolved one way), so the value is the last product past a passed
+    threshold: two chains of selects, below and above the middle threshold,
+    halve the dependent steps. (Written out: the same comparisons through a
+    helper function compile to a loop twice as slow.)"""
+    low, high = products[k], products[8 * ROWS_PER_TASK + k]
+    for j in range(7):
+        at = j * ROWS_PER_TASK + k
+        below, above = products[at + ROWS_PER_TASK], products[at + 9 * ROWS_PER_TASK]
+        if j % 2 == 0:
+            low = below if x > thresholds[at] else low
+            high = above if x > thresholds[at + 8 * ROWS_PER_TASK] else high
+        else:
+            low = below if x >= thresholds[at] else low
+            high = above if x >= thresholds[at + 8 * ROWS_PER_TASK] else high
+    return high if x >= thresholds[7 * ROWS_PER_TASK + k] else low
+
+
+@inline
+def passed_count(x, thresholds, k):
+    """The number of SHORT thresholds x passes (see :func:`passed_value`), in four independent sums."""
+    c0, c1, c2, c3 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
+    for j in range(0, SHORT, 4):
+        at = j * ROWS_PER_TASK + k
+        c0 += np.int32(x > thresholds[at])
+        c1 += np.int32(x >= thresholds[at + ROWS_PER_TASK])
+        c2 += np.int32(x > thresholds[at + 2 * ROWS_PER_TASK])
+        if j + 3 < SHORT:
+            c3 += np.int32(x >= thresholds[at + 3 * ROWS_PER_TASK])
+    return np.int32(c0 + c1) + np.int32(c2 + c3)
 
 
 @parallel
 def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, zero_code):
     """:func:`codebook_blocks` under ``nearest_even`` for float32 rows
-    without flushing, comparing in float32: x / s > mid exactly when x >
-    mid * s, which is exact in float64 for midpoints of at most 26
-    significant bits (the caller checks), and a float32 x exceeds a float64
-    threshold exactly when it exceeds the largest float32 at or below it (or
-    reaches the smallest at or above it, for the ties that count)."""
+    without flushing, comparing in float32; ``codes`` or ``values`` may be
+    empty (not asked for). x / s > mid exactly when x > mid * s, which is
+    exact in float64 for midpoints of at most 26 significant bits (the
+    caller checks), and a float32 x passes a float64 threshold exactly when
+    it passes :func:`float32_threshold` of it.
+
+    Per task of ROWS_PER_TASK blocks: the scales, then every block's
+    thresholds and float32 values (loops over the blocks, which vectorize),
+    then each block: tables of at most 16 values unrolled
+    (:func:`passed_value`, :func:`passed_count`), longer ones counting in
+    a loop over the thresholds. A code is the number of thresholds passed,
+    a value the table's value at it times the scale, rounded to float32."""
     nrows, block = rows.shape
     m = mids.shape[0]
+    last = table.shape[0] - 1
+    slots = max(m, SHORT)  # short tables padded with thresholds no finite x passes
     for g in prange((nrows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        thresholds = np.empty(m, np.float32)
-        products = np.empty(table.shape[0], np.float32)
+        first = g * ROWS_PER_TASK
+        count = min(ROWS_PER_TASK, nrows - first)
+        task_scales = np.empty(ROWS_PER_TASK, np.float64)
+        thresholds = np.empty(slots * ROWS_PER_TASK, np.float32)
+        products = np.empty((slots + 1) * ROWS_PER_TASK, np.float32)
         counts = np.empty(block, np.int32)
-        for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, nrows)):
-            row = rows[r]
+        for k in range(count):
             top = np.int32(0)  # the largest magnitude's bits: an int32 maximum vectorizes, a float one does not
-            for j in range(block):
-                top = max(top, np.int32(np.float32(row[j]).view(np.int32) & np.int32(0x7FFFFFFF)))
-            amax = np.int32(top).view(np.float32)
-            if top >= np.int32(0x7F800000):  # a NaN or an infinity
-                scales[r] = np.nan
-                codes[r, :] = 0
-                if values.shape[0]:
-                    values[r, :] = np.nan
-                continue
-            scale = min(np.float64(np.float32(np.float64(amax) / divisor)), FLOAT32_MAX)
+            for i in range(block):
+                top = max(top, np.int32(np.float32(rows[first + k, i]).view(np.int32) & np.int32(0x7FFFFFFF)))
+            scale = min(np.float64(np.float32(np.float64(np.int32(top).view(np.float32)) / divisor)), FLOAT32_MAX)
+            task_scales[k] = np.nan if top >= np.int32(0x7F800000) else scale  # a NaN or an infinity
+        for j in range(slots):
+            mid, strict = mids[min(j, m - 1)], j % 2 == 0
+            for k in range(count):
+                thresholds[j * ROWS_PER_TASK + k] = (float32_threshold(mid * task_scales[k], strict) if j < m
+                                                     else np.float32(np.inf))
+        for j in range(slots + 1):
+            entry = table[min(j, last)]
+            for k in range(count):
+                products[j * ROWS_PER_TASK + k] = np.float32(entry * task_scales[k])
+        for k in range(count):
+            r, scale = first + k, task_scales[k]
             scales[r] = scale
-            if scale == 0.0:
-                codes[r, :] = zero_code
-                if values.shape[0]:
-                    values[r, :] = np.float32(table[zero_code] * scale)
+            if scale != scale or scale == 0.0:  # NaN: codes 0, values NaN; a zero scale: the +0.0 code and value
+                for i in range(block):
+                    if codes.shape[0]:
+                        codes[r, i] = 0 if scale != scale else zero_code
+                    if values.shape[0]:
+                        values[r, i] = np.nan if scale != scale else np.float32(table[zero_code] * scale)
                 continue
-            for j in range(m):
-                thresholds[j] = float32_below(mids[j] * scale) if j % 2 == 0 else float32_above(mids[j] * scale)
-            for k in range(table.shape[0]):
-                products[k] = np.float32(table[k] * scale)
+            if m <= SHORT:
+                if values.shape[0]:
+                    for i in range(block):
+                        values[r, i] = passed_value(rows[r, i], thresholds, products, k)
+                if codes.shape[0]:
+                    for i in range(block):
+                        codes[r, i] = passed_count(rows[r, i], thresholds, k)
+                continue
             counts[:] = 0
             for j in range(m):
-                t = thresholds[j]
+                t = thresholds[j * ROWS_PER_TASK + k]
                 if j % 2 == 0:  # a tie at an even midpoint stays below it
                     for i in range(block):
-                        counts[i] += row[i] > t
+                        counts[i] += rows[r, i] > t
                 else:
                     for i in range(block):
-                        counts[i] += row[i] >= t
+                        counts[i] += rows[r, i] >= t
             for i in range(block):
-                codes[r, i] = counts[i]
-            if values.shape[0]:
-                for i in range(block):
-                    values[r, i] = products[counts[i]]
+                if codes.shape[0]:
+                    codes[r, i] = counts[i]
+                if values.shape[0]:
+                    values[r, i] = products[counts[i] * ROWS_PER_TASK + k]

@@ -119,37 +119,40 @@ def _in_whole_blocks(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy,
 
 
 def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
-                     values: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A BlockFormat with codebook elements and fp32 scales: element codes
-    (rows of blocks), float64 scales and, when asked for, float32 values
-    (rows of blocks); the kernels read the blocks as contiguous rows."""
+                     values: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BlockFormat with codebook elements and fp32 scales: float32 values
+    (``values``) or element codes, in rows of blocks, and float64 scales;
+    the kernels read the blocks as contiguous rows."""
     in_place = (isinstance(layout, BlockLayout) and t.is_contiguous() and layout.axis == max(t.dim() - 1, 0)
                 and layout.length % layout.block == 0)
     rows = (t if in_place else layout.to_blocks(t)).reshape(layout.nrows, layout.block)
     rows = rows.contiguous() if rows.dtype in (torch.float32, torch.float64) else rows.to(torch.float32)  # exact
-    codes = new_tensor(tuple(rows.shape), code_dtype(fmt.element_code_bits))
     scales = new_tensor((layout.nrows,), torch.float64)
-    out = new_tensor(tuple(rows.shape), torch.float32) if values else None
+    code_type = code_dtype(fmt.element_code_bits)
+    out = new_tensor(tuple(rows.shape), torch.float32 if values else code_type)
     table = np.array(fmt.element.table, dtype=np.float64)
     if (rows.dtype == torch.float32 and policy.rounding == "nearest_even" and not policy.flush_subnormals
             and codebook_kernels.compares_in_float32(fmt.element.table)):
+        codes = new_tensor((0, 0), code_type) if values else out  # this kernel skips codes not asked for
+        values_out = out if values else new_tensor((0, 0), torch.float32)
         codebook_kernels.nearest_float32_blocks(
-            numpy_view(rows), codes.numpy(), out.numpy() if values else np.empty((0, 0), np.float32), scales.numpy(),
-            table, (table[:-1] + table[1:]) / 2, fmt.element.max, fmt.zero_element_code)
-        return codes, scales, out
+            numpy_view(rows), codes.numpy(), values_out.numpy(), scales.numpy(), table, (table[:-1] + table[1:]) / 2,
+            fmt.element.max, fmt.zero_element_code)
+        return out, scales
+    codes = new_tensor(tuple(rows.shape), code_type) if values else out
+    values_out = out if values else new_tensor((0, 0), torch.float32)
     codebook_kernels.codebook_blocks(
-        numpy_view(rows), codes.numpy(), out.numpy() if values else np.empty((0, 0), np.float32), scales.numpy(),
-        table, fmt.element.max, fmt.zero_element_code,
-        rounding_code(policy.rounding, policy.sr_bits), np.uint64(policy.key or 0),
+        numpy_view(rows), codes.numpy(), values_out.numpy(), scales.numpy(), table, fmt.element.max,
+        fmt.zero_element_code, rounding_code(policy.rounding, policy.sr_bits), np.uint64(policy.key or 0),
         flush_threshold(t.dtype, policy.flush_subnormals))
-    return codes, scales, out
+    return out, scales
 
 
 def quantize(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
     """x encoded and decoded, in its shape and dtype, and whether the dtype
     held every result exactly."""
     if isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat):
-        _, _, values = _codebook_blocks(fmt, t, layout, policy, values=True)
+        values, _ = _codebook_blocks(fmt, t, layout, policy, values=True)
         out = layout.from_blocks(values).contiguous()
         return (out, True) if t.dtype == torch.float32 else cast_exactly(out, t.dtype)
     rows, row_layout = as_rows(t, layout)
@@ -193,7 +196,7 @@ def encode(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | Non
     """(packed element codes, scale codes in the layout's scales shape,
     packed sub-block shifts or None, packed zero points or None) as CPU tensors."""
     if isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat):
-        codes, scales, _ = _codebook_blocks(fmt, t, layout, policy, values=False)
+        codes, scales = _codebook_blocks(fmt, t, layout, policy, values=False)
         scale_codes = scales.to(torch.float32).view(torch.int32).to(torch.int64).to(code_dtype(fmt.scale_code_bits))
         bits = fmt.element_code_bits
         if whole_bytes(bits, layout.block):
