@@ -5,6 +5,8 @@ fitted codebook fitted again, and the backends that lack codebooks saying so.
 The semantics themselves are checked against independent references in
 tests/test_element_kinds.py."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -104,11 +106,12 @@ def test_codebook_blocks_agree(data):
     assert_same_values(fmt.decode(encoded, backend="cpu"), fmt.decode(encoded, backend="reference"), context)
 
 
-#: tables the float32 block kernel serves (not bitsandbytes' FP4: midpoints of more than 26 bits): 4-bit
-#: ones (compared unrolled) and longer dyadic ones (counted in a loop)
+#: tables for the float32 block kernel: 4-bit ones (compared unrolled; bitsandbytes' FP4 with midpoints of
+#: more than 26 bits) and longer dyadic ones (counted in a loop)
 FLOAT32_TABLES = [
     lowbit.NF4_VALUES,
     KMEANS4_VALUES,
+    lowbit.formats.FP4_BNB_VALUES,
     (-1.0, -0.5, 0.0, 0.25, 1.0),
     tuple(np.unique(np.round(np.random.default_rng(5).standard_normal(40) * 16) / 16)),
     tuple(np.unique(np.round(np.random.default_rng(6).standard_normal(300) * 64) / 64))[:64],
@@ -125,7 +128,6 @@ def test_float32_codebook_blocks_agree_across_tasks(data):
     values, and on specials; quantize and encode, over several tasks."""
     table = data.draw(st.sampled_from(FLOAT32_TABLES), "table")
     fmt = BlockFormat(CodebookFormat(table), 64, scale=lowbit.get_format("fp32"))
-    assert codebook_kernels.compares_in_float32(table)
     rows = data.draw(st.sampled_from([1, 63, 65, 130]), "rows")
     rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), "seed"))
     scale = 2.0 ** rng.integers(-130, 120, size=(rows, 1))
@@ -143,6 +145,60 @@ def test_float32_codebook_blocks_agree_across_tasks(data):
     context = f"{len(table)} values, {rows} rows"
     same(fmt.quantize, x, context)
     same(fmt.encode, x, context)
+
+
+def rounding_coincidences(count, seed=0):
+    """(table, s, x): float32 s and x whose float64 quotient x / s rounds
+    onto a midpoint m of the table (values in [-1, 1], 1.0 among them, so
+    a block whose largest magnitude is s has scale s) while comparing x
+    with the float64 product m * s decides otherwise: m is the table's
+    third midpoint (strict tests, q > m) when x lies above the product, its
+    fourth (q >= m) when below. Found by number theory: with m = M * 2^k
+    (M odd, of about 33 bits, so that float64 rounding of m reaches as far
+    as x / s lies from it) and s = S * 2^-23, x = (M * S - r) * 2^(k - 23)
+    is a float32 when S = r / M modulo 2^L lies in [2^23, 2^24) and so
+    does (M * S - r) / 2^L."""
+    rng = np.random.default_rng(seed)
+    above, below = [], []  # x above the product (an even midpoint), below it (an odd one)
+    while len(above) < count // 2 or len(below) < count - count // 2:
+        a, b = float(np.float32(rng.uniform(2 ** -11, 2 ** -9))), float(np.float32(rng.uniform(0.25, 0.5)))
+        m = Fraction(a + b) / 2
+        k = -(m.denominator.bit_length() - 1)
+        big_m = int(m * 2 ** -k)
+        for length in range(big_m.bit_length() - 1, big_m.bit_length() + 2):
+            inverse = pow(big_m, -1, 2 ** length)
+            for r in range(-15, 16):
+                big_s = r * inverse % 2 ** length
+                big_x = (big_m * big_s - r) >> length
+                if not (r and 2 ** 23 <= big_s < 2 ** 24 and 2 ** 23 <= big_x < 2 ** 24):
+                    continue
+                scale = big_s * 2.0 ** -23
+                x = big_x * 2.0 ** (length + k - 23)
+                product = float(m) * scale
+                if x / scale == float(m) and x != product:
+                    if x > product:
+                        above.append(((-1.0, 0.0, a, b, 1.0), scale, x))
+                    else:
+                        below.append(((-1.0, 0.0, a / 2, a, b, 1.0), scale, x))
+    return above[:count // 2] + below[:count - count // 2]
+
+
+def test_float32_codebook_blocks_follow_the_rounded_quotient():
+    """Where the reference's float64 quotient x / s rounds onto a midpoint
+    (tables whose midpoints have more than 26 bits, such as bitsandbytes'
+    FP4), the float32 kernel decides as the reference, not as a comparison
+    with the threshold m * s: at even and at odd midpoints, for x and its
+    float32 neighbours."""
+    cases = rounding_coincidences(2)
+    assert {len(table) for table, _, _ in cases} == {5, 6}
+    for table, scale, x in cases:
+        assert not codebook_kernels.short_midpoints(table)
+        fmt = BlockFormat(CodebookFormat(table), 64, scale=lowbit.get_format("fp32"))
+        near = np.nextafter(np.float32(x), np.float32([-np.inf, np.inf]))
+        row = np.zeros(64, np.float32)
+        row[:5] = [scale, x, near[0], near[1], -x]
+        same(fmt.quantize, torch.from_numpy(np.tile(row, (3, 1))), f"{table} {scale} {x}")
+        same(fmt.encode, torch.from_numpy(row[None]), f"{table} {scale} {x}")
 
 
 def test_the_catalogued_kmeans_codebook_is_what_fit_codebook_gives():

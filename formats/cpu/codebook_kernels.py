@@ -20,6 +20,7 @@ never depend on the thread count.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -59,13 +60,16 @@ def count_above(v, n, thresholds, strict, counts):
 COUNTED_TABLE = 64
 
 
-def compares_in_float32(table: tuple[float, ...]) -> bool:
-    """Whether :func:`nearest_float32_blocks` serves a table: at most
-    COUNTED_TABLE values whose midpoints have at most 26 significant bits
-    (so midpoint * float32 scale is exact in float64 and a float32 quotient
-    cannot fall within float64 rounding of a midpoint without being on it)."""
-    if len(table) > COUNTED_TABLE:
-        return False
+@functools.lru_cache(maxsize=256)
+def short_midpoints(table: tuple[float, ...]) -> bool:
+    """Whether every midpoint of the table has at most 26 significant bits.
+    Then, for float32 x and s, the exact test x > mid * s (mid * s is exact
+    in float64) decides as the reference's test of the rounded float64
+    quotient, x / s > mid, does: a quotient of two float32 numbers that is
+    not on such a midpoint lies further from it than float64 rounding
+    reaches. For other tables (bitsandbytes' FP4, most fitted codebooks)
+    the rare blocks where the tests can differ are redone by
+    :func:`redo_near_blocks`."""
     for lo, hi in zip(table, table[1:]):
         mantissa, _ = math.frexp((lo + hi) / 2)
         significand = int(abs(mantissa) * 2.0 ** 53)
@@ -192,7 +196,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 def codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code, mode, key, tiny, r, v, run):
     """Block r of a BlockFormat with codebook elements and fp32 scales
     (rule ``amax``: float32(amax / divisor), saturating), as
-    ``BlockFormat.encode_blocks_exact``; values float32(element * scale)."""
+    ``BlockFormat.encode_blocks_exact``: codes and values float32(element *
+    scale), each unless empty (not asked for)."""
     block = rows.shape[1]
     amax = 0.0
     bad = False
@@ -205,7 +210,8 @@ def codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code,
     if bad:
         scales[r] = np.nan
         for j in range(block):
-            codes[r, j] = 0
+            if codes.shape[0]:
+                codes[r, j] = 0
             if values.shape[0]:
                 values[r, j] = np.nan
         return
@@ -214,7 +220,8 @@ def codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code,
     scales[r] = scale
     if scale == 0.0:
         for j in range(block):
-            codes[r, j] = zero_code
+            if codes.shape[0]:
+                codes[r, j] = zero_code
             if values.shape[0]:
                 values[r, j] = np.float32(table[zero_code] * scale)  # a signed zero
         return
@@ -226,7 +233,8 @@ def codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code,
             run[i] = 0
         run_codes(v, n, table, mids, mode, key, r * block + begin, run)
         for i in range(n):
-            codes[r, begin + i] = run[i]
+            if codes.shape[0]:
+                codes[r, begin + i] = run[i]
             if values.shape[0]:
                 values[r, begin + i] = np.float32(table[run[i]] * scale)
 
@@ -288,6 +296,10 @@ def float32_threshold(t, strict):
     return np.int32(bits + step * wrong_side).view(np.float32)
 
 
+#: how close (relative) to a float32 a threshold's float64 product mid * s must lie for the reference's rounded
+#: quotient to decide otherwise than a comparison with it (float64 rounding reaches 2^-53 of each; with room)
+NEAR = 2.0 ** -50
+
 #: thresholds of the tables of at most 16 values (4-bit codebooks), which
 #: :func:`nearest_float32_blocks` compares unrolled
 SHORT = 15
@@ -334,17 +346,22 @@ def passed_count(x, thresholds, k):
 def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, zero_code):
     """:func:`codebook_blocks` under ``nearest_even`` for float32 rows
     without flushing, comparing in float32; ``codes`` or ``values`` may be
-    empty (not asked for). x / s > mid exactly when x > mid * s, which is
-    exact in float64 for midpoints of at most 26 significant bits (the
-    caller checks), and a float32 x passes a float64 threshold exactly when
-    it passes :func:`float32_threshold` of it.
+    empty (not asked for). The reference tests float64(x / s) > mid (>= at
+    odd midpoints, where a tie goes up to the even code); for a float32 x
+    that is x > mid * s for tables of :func:`short_midpoints` (mid * s is
+    exact in float64), and x passes a float64 threshold exactly when it
+    passes :func:`float32_threshold` of it. For other tables
+    :func:`redo_near_blocks` then redoes the rare blocks where the tests can
+    differ.
 
     Per task of ROWS_PER_TASK blocks: the scales, then every block's
     thresholds and float32 values (loops over the blocks, which vectorize),
     then each block: tables of at most 16 values unrolled
     (:func:`passed_value`, :func:`passed_count`), longer ones counting in
     a loop over the thresholds. A code is the number of thresholds passed,
-    a value the table's value at it times the scale, rounded to float32."""
+    a value the table's value at it times the scale, rounded to float32.
+    (A variant that took the rare blocks in this kernel, in one more loop
+    over the thresholds, compared a fifth slower.)"""
     nrows, block = rows.shape
     m = mids.shape[0]
     last = table.shape[0] - 1
@@ -403,3 +420,28 @@ def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, ze
                     codes[r, i] = counts[i]
                 if values.shape[0]:
                     values[r, i] = products[counts[i] * ROWS_PER_TASK + k]
+
+
+@parallel
+def redo_near_blocks(rows, codes, values, scales, table, divisor, zero_code):
+    """After :func:`nearest_float32_blocks` on a table other than
+    :func:`short_midpoints`: each block (finite nonzero scale s) where some
+    mid * s lies within a relative NEAR of a float32 encoded again by
+    :func:`codebook_block`, which divides as the reference does. Elsewhere
+    no float32 x lies close enough to mid * s for the reference's rounded
+    quotient, within float64 rounding (a relative 2^-53) of x / s, to
+    decide otherwise than the float32 thresholds."""
+    nrows = rows.shape[0]
+    mids = (table[:-1] + table[1:]) / 2.0
+    for g in prange((nrows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        v = np.empty(RUN, dtype=np.float64)
+        run = np.empty(RUN, dtype=np.int64)
+        for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, nrows)):
+            scale = scales[r]
+            near = 0
+            for j in range(mids.shape[0]):
+                product = mids[j] * scale
+                near += np.int32(abs(np.float64(np.float32(product)) - product) <= abs(product) * NEAR)
+            if near and scale == scale and scale != 0.0:
+                codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code, NEAREST_EVEN,
+                               np.uint64(0), 0.0, r, v, run)

@@ -132,12 +132,14 @@ def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
     out = new_tensor(tuple(rows.shape), torch.float32 if values else code_type)
     table = np.array(fmt.element.table, dtype=np.float64)
     if (rows.dtype == torch.float32 and policy.rounding == "nearest_even" and not policy.flush_subnormals
-            and codebook_kernels.compares_in_float32(fmt.element.table)):
+            and len(table) <= codebook_kernels.COUNTED_TABLE):
         codes = new_tensor((0, 0), code_type) if values else out  # this kernel skips codes not asked for
         values_out = out if values else new_tensor((0, 0), torch.float32)
-        codebook_kernels.nearest_float32_blocks(
-            numpy_view(rows), codes.numpy(), values_out.numpy(), scales.numpy(), table, (table[:-1] + table[1:]) / 2,
-            fmt.element.max, fmt.zero_element_code)
+        arguments = (numpy_view(rows), codes.numpy(), values_out.numpy(), scales.numpy(), table)
+        codebook_kernels.nearest_float32_blocks(*arguments, (table[:-1] + table[1:]) / 2, fmt.element.max,
+                                                fmt.zero_element_code)
+        if not codebook_kernels.short_midpoints(fmt.element.table):
+            codebook_kernels.redo_near_blocks(*arguments, fmt.element.max, fmt.zero_element_code)
         return out, scales
     codes = new_tensor(tuple(rows.shape), code_type) if values else out
     values_out = out if values else new_tensor((0, 0), torch.float32)
