@@ -69,7 +69,7 @@ def short_midpoints(table: tuple[float, ...]) -> bool:
     not on such a midpoint lies further from it than float64 rounding
     reaches. For other tables (bitsandbytes' FP4, most fitted codebooks)
     the rare blocks where the tests can differ are redone by
-    :func:`redo_near_blocks`."""
+    :func:`codebook_blocks` (``near_only``)."""
     for lo, hi in zip(table, table[1:]):
         mantissa, _ = math.frexp((lo + hi) / 2)
         significand = int(abs(mantissa) * 2.0 ** 53)
@@ -243,16 +243,37 @@ def codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code,
 ROWS_PER_TASK = 64
 
 
+@inline
+def near_float32(mids, scale):
+    """Whether some mid * scale lies within a relative NEAR of a float32:
+    only then can a float32 x lie close enough to it for the reference's
+    rounded quotient (within float64 rounding, a relative 2^-53, of x /
+    scale) to decide otherwise than a float32 threshold
+    (:func:`nearest_float32_blocks`)."""
+    near = 0
+    for j in range(mids.shape[0]):
+        product = mids[j] * scale
+        near += np.int32(abs(np.float64(np.float32(product)) - product) <= abs(product) * NEAR)
+    return near > 0
+
+
 @parallel
-def codebook_blocks(rows, codes, values, scales, table, divisor, zero_code, mode, key, tiny):
+def codebook_blocks(rows, codes, values, scales, table, divisor, zero_code, mode, key, tiny, near_only):
     """Every block (row) of ``rows``: codes, float64 scales and, when
-    ``values`` is not empty, float32 values (see :func:`codebook_block`)."""
+    ``values`` is not empty, float32 values (see :func:`codebook_block`).
+    ``near_only`` (after :func:`nearest_float32_blocks` on a table other
+    than :func:`short_midpoints`, whose ``scales`` it reads): only the
+    blocks of finite nonzero scale where :func:`near_float32`, the rare
+    ones where the float32 thresholds may decide otherwise than the
+    reference divides."""
     nrows = rows.shape[0]
     mids = (table[:-1] + table[1:]) / 2.0
     for g in prange((nrows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         v = np.empty(RUN, dtype=np.float64)
         run = np.empty(RUN, dtype=np.int64)
         for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, nrows)):
+            if near_only and not (scales[r] == scales[r] and scales[r] != 0.0 and near_float32(mids, scales[r])):
+                continue
             codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code, mode, key, tiny, r, v, run)
 
 
@@ -351,8 +372,8 @@ def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, ze
     that is x > mid * s for tables of :func:`short_midpoints` (mid * s is
     exact in float64), and x passes a float64 threshold exactly when it
     passes :func:`float32_threshold` of it. For other tables
-    :func:`redo_near_blocks` then redoes the rare blocks where the tests can
-    differ.
+    :func:`codebook_blocks` then redoes the rare blocks where the tests can
+    differ (``near_only``).
 
     Per task of ROWS_PER_TASK blocks: the scales, then every block's
     thresholds and float32 values (loops over the blocks, which vectorize),
@@ -420,28 +441,3 @@ def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, ze
                     codes[r, i] = counts[i]
                 if values.shape[0]:
                     values[r, i] = products[counts[i] * ROWS_PER_TASK + k]
-
-
-@parallel
-def redo_near_blocks(rows, codes, values, scales, table, divisor, zero_code):
-    """After :func:`nearest_float32_blocks` on a table other than
-    :func:`short_midpoints`: each block (finite nonzero scale s) where some
-    mid * s lies within a relative NEAR of a float32 encoded again by
-    :func:`codebook_block`, which divides as the reference does. Elsewhere
-    no float32 x lies close enough to mid * s for the reference's rounded
-    quotient, within float64 rounding (a relative 2^-53) of x / s, to
-    decide otherwise than the float32 thresholds."""
-    nrows = rows.shape[0]
-    mids = (table[:-1] + table[1:]) / 2.0
-    for g in prange((nrows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        v = np.empty(RUN, dtype=np.float64)
-        run = np.empty(RUN, dtype=np.int64)
-        for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, nrows)):
-            scale = scales[r]
-            near = 0
-            for j in range(mids.shape[0]):
-                product = mids[j] * scale
-                near += np.int32(abs(np.float64(np.float32(product)) - product) <= abs(product) * NEAR)
-            if near and scale == scale and scale != 0.0:
-                codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code, NEAREST_EVEN,
-                               np.uint64(0), 0.0, r, v, run)

@@ -139,14 +139,15 @@ def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
         codebook_kernels.nearest_float32_blocks(*arguments, (table[:-1] + table[1:]) / 2, fmt.element.max,
                                                 fmt.zero_element_code)
         if not codebook_kernels.short_midpoints(fmt.element.table):
-            codebook_kernels.redo_near_blocks(*arguments, fmt.element.max, fmt.zero_element_code)
+            codebook_kernels.codebook_blocks(*arguments, fmt.element.max, fmt.zero_element_code,
+                                             rounding_code("nearest_even", None), np.uint64(0), 0.0, True)
         return out, scales
     codes = new_tensor(tuple(rows.shape), code_type) if values else out
     values_out = out if values else new_tensor((0, 0), torch.float32)
     codebook_kernels.codebook_blocks(
         numpy_view(rows), codes.numpy(), values_out.numpy(), scales.numpy(), table, fmt.element.max,
         fmt.zero_element_code, rounding_code(policy.rounding, policy.sr_bits), np.uint64(policy.key or 0),
-        flush_threshold(t.dtype, policy.flush_subnormals))
+        flush_threshold(t.dtype, policy.flush_subnormals), False)
     return out, scales
 
 
