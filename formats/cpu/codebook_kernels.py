@@ -312,7 +312,7 @@ def float32_threshold(t, strict):
     t32 = np.float32(t)
     bits = t32.view(np.int32)
     wrong_side = np.int32(np.float64(t32) > t) if strict else np.int32(np.float64(t32) < t)
-    away_from_zero = (bits >> np.int32(31)) | np.int32(1)  # +1 steps a positive bit pattern up, a negative one down
+    away_from_zero = (bits >> np.int32(31)) | np.int32(1)  # +1 or -1 by the sign: added to the bits, steps away from 0
     step = -away_from_zero if strict else away_from_zero
     return np.int32(bits + step * wrong_side).view(np.float32)
 
