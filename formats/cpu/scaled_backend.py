@@ -131,23 +131,22 @@ def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
     code_type = code_dtype(fmt.element_code_bits)
     out = new_tensor(tuple(rows.shape), torch.float32 if values else code_type)
     table = np.array(fmt.element.table, dtype=np.float64)
-    if (rows.dtype == torch.float32 and policy.rounding == "nearest_even" and not policy.flush_subnormals
-            and len(table) <= codebook_kernels.COUNTED_TABLE):
-        codes = new_tensor((0, 0), code_type) if values else out  # this kernel skips codes not asked for
-        values_out = out if values else new_tensor((0, 0), torch.float32)
-        arguments = (numpy_view(rows), codes.numpy(), values_out.numpy(), scales.numpy(), table)
+    in_float32 = (rows.dtype == torch.float32 and policy.rounding == "nearest_even" and not policy.flush_subnormals
+                  and len(table) <= codebook_kernels.COUNTED_TABLE)
+    # the float32 kernel skips the codes when the values are asked for; the general one needs them
+    codes = out if not values else new_tensor((0, 0) if in_float32 else tuple(rows.shape), code_type)
+    values_out = out if values else new_tensor((0, 0), torch.float32)
+    arguments = (numpy_view(rows), codes.numpy(), values_out.numpy(), scales.numpy(), table)
+    if in_float32:
         codebook_kernels.nearest_float32_blocks(*arguments, (table[:-1] + table[1:]) / 2, fmt.element.max,
                                                 fmt.zero_element_code)
         if not codebook_kernels.short_midpoints(fmt.element.table):
             codebook_kernels.codebook_blocks(*arguments, fmt.element.max, fmt.zero_element_code,
                                              rounding_code("nearest_even", None), np.uint64(0), 0.0, True)
-        return out, scales
-    codes = new_tensor(tuple(rows.shape), code_type) if values else out
-    values_out = out if values else new_tensor((0, 0), torch.float32)
-    codebook_kernels.codebook_blocks(
-        numpy_view(rows), codes.numpy(), values_out.numpy(), scales.numpy(), table, fmt.element.max,
-        fmt.zero_element_code, rounding_code(policy.rounding, policy.sr_bits), np.uint64(policy.key or 0),
-        flush_threshold(t.dtype, policy.flush_subnormals), False)
+    else:
+        codebook_kernels.codebook_blocks(*arguments, fmt.element.max, fmt.zero_element_code,
+                                         rounding_code(policy.rounding, policy.sr_bits), np.uint64(policy.key or 0),
+                                         flush_threshold(t.dtype, policy.flush_subnormals), False)
     return out, scales
 
 
