@@ -54,15 +54,17 @@ class InputKind:
 
 
 def cast_exactly(t64: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
-    """float64 values cast to ``dtype``, and whether every one survived the
-    cast unchanged (NaN counts as NaN). A NaN keeps its sign in every dtype:
-    bfloat16 NaNs are 0x7FC0 or 0xFFC0, as the kernels give (torch's own
-    cast picks the sign bit differently in its vectorised and scalar paths)."""
+    """float64 (or float32) values cast to ``dtype``, and whether every one
+    survived the cast unchanged (NaN counts as NaN); a cast to float64 or to
+    the values' own dtype is exact and not checked. A NaN keeps its sign in
+    every dtype: bfloat16 NaNs are 0x7FC0 or 0xFFC0, as the kernels give
+    (torch's own cast picks the sign bit differently in its vectorised and
+    scalar paths)."""
     out = t64.to(dtype)
     if dtype == torch.bfloat16:
         nan_bits = torch.where(torch.signbit(t64), -0x40, 0x7FC0).to(torch.int16)  # -0x40 is 0xFFC0
         out = torch.where(torch.isnan(t64), nan_bits.view(torch.bfloat16), out)
-    if dtype == torch.float64:
+    if dtype in (torch.float64, t64.dtype):
         return out, True
     back = out.to(torch.float64)
     return out, bool(((back == t64) | (torch.isnan(back) & torch.isnan(t64))).all())

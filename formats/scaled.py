@@ -122,9 +122,8 @@ class ScaledFormat:
                                   sr_bits=sr_bits)
             t, kind = as_tensor(x)
             # double-quantized values are float32 numbers (rounds_to_float32): decoded as float32, exactly
-            values = as_torch(self.decode(encoded, dtype=torch.float32, backend=backend))
-            values, exact_fit = ((values.to(t.dtype), True) if t.dtype in (torch.float32, torch.float64)
-                                 else cast_exactly(values.to(torch.float64), t.dtype))
+            values, exact_fit = cast_exactly(as_torch(self.decode(encoded, dtype=torch.float32, backend=backend)),
+                                             t.dtype)
             if not exact_fit:
                 raise kind.inexact_error()
             return kind.give_back(values.to(t.device))

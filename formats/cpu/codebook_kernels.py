@@ -249,7 +249,7 @@ def near_float32(mids, scale):
     only then can a float32 x lie close enough to it for the reference's
     rounded quotient (within float64 rounding, a relative 2^-53, of x /
     scale) to decide otherwise than a float32 threshold
-    (:func:`nearest_float32_blocks`)."""
+    (:func:`nearest_float32_blocks`). Never for a NaN scale."""
     near = 0
     for j in range(mids.shape[0]):
         product = mids[j] * scale
@@ -263,7 +263,7 @@ def codebook_blocks(rows, codes, values, scales, table, divisor, zero_code, mode
     ``values`` is not empty, float32 values (see :func:`codebook_block`).
     ``near_only`` (after :func:`nearest_float32_blocks` on a table other
     than :func:`short_midpoints`, whose ``scales`` it reads): only the
-    blocks of finite nonzero scale where :func:`near_float32`, the rare
+    blocks of nonzero scale where :func:`near_float32`, the rare
     ones where the float32 thresholds may decide otherwise than the
     reference divides."""
     nrows = rows.shape[0]
@@ -272,7 +272,7 @@ def codebook_blocks(rows, codes, values, scales, table, divisor, zero_code, mode
         v = np.empty(RUN, dtype=np.float64)
         run = np.empty(RUN, dtype=np.int64)
         for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, nrows)):
-            if near_only and not (scales[r] == scales[r] and scales[r] != 0.0 and near_float32(mids, scales[r])):
+            if near_only and not (scales[r] != 0.0 and near_float32(mids, scales[r])):
                 continue
             codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code, mode, key, tiny, r, v, run)
 
@@ -364,7 +364,7 @@ def passed_count(x, thresholds, k):
 
 
 @parallel
-def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, zero_code):
+def nearest_float32_blocks(rows, codes, values, scales, table, divisor, zero_code):
     """:func:`codebook_blocks` under ``nearest_even`` for float32 rows
     without flushing, comparing in float32; ``codes`` or ``values`` may be
     empty (not asked for). The reference tests float64(x / s) > mid (>= at
@@ -384,6 +384,7 @@ def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, ze
     (A variant that took the rare blocks in this kernel, in one more loop
     over the thresholds, compared a fifth slower.)"""
     nrows, block = rows.shape
+    mids = (table[:-1] + table[1:]) / 2.0
     m = mids.shape[0]
     last = table.shape[0] - 1
     slots = max(m, SHORT)  # short tables padded with thresholds no finite x passes

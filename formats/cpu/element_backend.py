@@ -77,7 +77,7 @@ def quantize(fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, bool]:
     that dtype exactly."""
     if isinstance(fmt, CodebookFormat):
         _, values, _ = _codebook(fmt, t, policy, values=True)
-        return cast_exactly(values, t.dtype) if t.dtype != torch.float32 else (values, True)
+        return cast_exactly(values, t.dtype)
     out = new_tensor(tuple(t.shape), t.dtype)
     fast = _fast_float32(fmt, t, policy)
     if fast is not None:

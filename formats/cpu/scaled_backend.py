@@ -138,8 +138,7 @@ def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
     values_out = out if values else new_tensor((0, 0), torch.float32)
     arguments = (numpy_view(rows), codes.numpy(), values_out.numpy(), scales.numpy(), table)
     if in_float32:
-        codebook_kernels.nearest_float32_blocks(*arguments, (table[:-1] + table[1:]) / 2, fmt.element.max,
-                                                fmt.zero_element_code)
+        codebook_kernels.nearest_float32_blocks(*arguments, fmt.element.max, fmt.zero_element_code)
         if not codebook_kernels.short_midpoints(fmt.element.table):
             codebook_kernels.codebook_blocks(*arguments, fmt.element.max, fmt.zero_element_code,
                                              rounding_code("nearest_even", None), np.uint64(0), 0.0, True)
@@ -156,7 +155,7 @@ def quantize(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | N
     if isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat):
         values, _ = _codebook_blocks(fmt, t, layout, policy, values=True)
         out = layout.from_blocks(values).contiguous()
-        return (out, True) if t.dtype == torch.float32 else cast_exactly(out, t.dtype)
+        return cast_exactly(out, t.dtype)
     rows, row_layout = as_rows(t, layout)
     out, exact = _quantize(fmt, rows, row_layout, policy, ts)
     return (out, exact) if rows is t else (layout.from_blocks(out).contiguous(), exact)
