@@ -138,7 +138,8 @@ def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
     values_out = out if values else new_tensor((0, 0), torch.float32)
     arguments = (numpy_view(rows), codes.numpy(), values_out.numpy(), scales.numpy(), table)
     if in_float32:
-        codebook_kernels.nearest_float32_blocks(*arguments, fmt.element.max, fmt.zero_element_code)
+        codebook_kernels.nearest_float32_blocks(*arguments, (table[:-1] + table[1:]) / 2, fmt.element.max,
+                                                fmt.zero_element_code)
         if not codebook_kernels.short_midpoints(fmt.element.table):
             codebook_kernels.codebook_blocks(*arguments, fmt.element.max, fmt.zero_element_code,
                                              rounding_code("nearest_even", None), np.uint64(0), 0.0, True)
