@@ -243,7 +243,7 @@ SCHEMES = ("zero points", "double quantization", "double quantization of scales 
 
 def block_schemes(fmt: Any, rule: str | None) -> list[str]:
     """The schemes (of :data:`SCHEMES`) that a BlockFormat under scale rule ``rule`` uses."""
-    fp32_scales = (fmt.scale.exp_bits, fmt.scale.man_bits, fmt.scale.specials) == (8, 23, "ieee")
+    fp32_scales = fmt.scale.is_float32
     present = ((fmt.zero_point, "zero points"),
                (fmt.double_quant is not None, "double quantization" if fp32_scales else SCHEMES[2]),
                (fmt.block_shape is not None, "2-D tiles"), (fmt.block_size is None, "whole-axis blocks"),
@@ -290,7 +290,7 @@ def undescribable(fmt: Any, policy: Policy, schemes: frozenset[str] = frozenset(
 def _undescribable_codebook_blocks(fmt: BlockFormat, policy: Policy) -> str | None:
     """Why the codebook block kernels cannot run ``fmt`` (QLoRA's layout:
     fp32 scales, rule amax, double quantization at most), or None."""
-    fp32_scales = (fmt.scale.exp_bits, fmt.scale.man_bits, fmt.scale.specials) == (8, 23, "ieee")
+    fp32_scales = fmt.scale.is_float32
     rule = policy.scale_rule or fmt.scale_rule
     if not fp32_scales or rule != "amax" or fmt.tensor_scale:
         return (f"its kernels take codebook elements in blocks with fp32 scales under scale_rule 'amax' only; "

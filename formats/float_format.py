@@ -98,6 +98,12 @@ class FloatFormat(ElementFormat):
 
     # -- code layout -----------------------------------------------------------------
     @property
+    def is_float32(self) -> bool:
+        """Whether this is IEEE binary32 itself, whose codes are float32 bits."""
+        return (self.exp_bits, self.man_bits, self.bias, self.signed, self.subnormals, self.specials) == (
+            8, 23, 127, True, True, "ieee")
+
+    @property
     def nbits(self) -> int:
         return self.signed + self.exp_bits + self.man_bits
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import lowbit
+from lowbit.formats.catalogue import Format
 from lowbit.formats.cpu.buffers import reused_outputs
 
 FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "int8", "mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "mx6"]
@@ -85,6 +86,17 @@ def peer_rows(x: np.ndarray, copies: Copies, repeat: int) -> list[tuple[str, flo
     return [(label, *best_seconds(cast, copies.new, repeat)) for label, cast in casts]
 
 
+def format_and_rule(name: str) -> tuple[Format, str | None]:
+    """The format and scale rule of a bench name: a format name, or
+    ``NAME:RULE`` for a scaled format under a scale rule (``nvfp4:4over6``).
+    ValueError for an unknown format or a rule the format refuses."""
+    spec, _, rule = name.partition(":")
+    fmt = lowbit.get_format(spec)
+    if rule:
+        fmt.quantize(torch.zeros(1, 32), scale_rule=rule, backend="reference")  # the format's own check of the rule
+    return fmt, rule or None
+
+
 def lowbit_rows(x: np.ndarray, copies: Copies, formats: list[str], repeat: int,
                 reference: bool) -> list[tuple[str, tuple[float, float], tuple[float, float], float | None]]:
     """(operation, (seconds, new-output copy's), (seconds with outputs
@@ -92,14 +104,16 @@ def lowbit_rows(x: np.ndarray, copies: Copies, formats: list[str], repeat: int,
     rows = []
     x = x.reshape(-1, ROW) if x.size % ROW == 0 else x  # rows, as tiles and rowwise scales need
     for name in formats:
-        fmt = lowbit.get_format(name)
-        encoded = fmt.encode(x)
-        for op, call in (("quantize", lambda: fmt.quantize(x)), ("encode", lambda: fmt.encode(x)),
+        fmt, rule = format_and_rule(name)
+        options = {"scale_rule": rule} if rule else {}
+        encoded = fmt.encode(x, **options)
+        for op, call in (("quantize", lambda: fmt.quantize(x, **options)), ("encode", lambda: fmt.encode(x, **options)),
                          ("decode", lambda: fmt.decode(encoded))):
             allocating = best_seconds(call, copies.new, repeat)
             with reused_outputs():
                 reused = best_seconds(call, copies.preallocated, repeat)
-            slow = seconds(lambda: fmt.quantize(x, backend="reference")) if reference and op == "quantize" else None
+            slow = (seconds(lambda: fmt.quantize(x, backend="reference", **options)) if reference and op == "quantize"
+                    else None)
             rows.append((f"lowbit {name} {op}", allocating, reused, slow))
     return rows
 

@@ -65,6 +65,17 @@ def format_name(text: str) -> str:
     return text
 
 
+def bench_format(text: str) -> str:
+    """An argparse type: a format name, or NAME:RULE with a scale rule the format takes, kept as given."""
+    from lowbit import bench
+
+    try:
+        bench.format_and_rule(text)
+    except (ValueError, TypeError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return text
+
+
 def _table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -235,7 +246,8 @@ def build_parser() -> Parser:
     ben = sub.add_parser("bench", help="CPU kernel throughput against a parallel copy, ml_dtypes, torch, the reference")
     ben.add_argument("--sizes", type=int_in(0, MAX_BENCH_LOG2N), nargs="+", default=bench.SIZES, metavar="LOG2N",
                      help=f"log2 of the element counts, 0 to {MAX_BENCH_LOG2N} (default: %(default)s)")
-    ben.add_argument("--formats", nargs="+", type=format_name, default=bench.FORMATS, metavar="FORMAT")
+    ben.add_argument("--formats", nargs="+", type=bench_format, default=bench.FORMATS, metavar="FORMAT",
+                     help="format names; NAME:RULE times a scaled format under a scale rule (nvfp4:4over6)")
     ben.add_argument("--repeat", type=int_in(1), default=5, help="timed runs per operation, 1 or more; the best counts")
     ben.add_argument("--reference-max", type=int_in(0, MAX_BENCH_LOG2N), default=20, metavar="LOG2N",
                      help=f"time the (slow) reference implementation up to this size, 0 to {MAX_BENCH_LOG2N}")

@@ -520,6 +520,131 @@ def test_the_integer_fast_path_agrees_with_the_reference(fmt, dtype):
         same_pair(*results, f"{fmt.name} {dtype} {call}")
 
 
+def takes_a_fast_path(fmt, x, rule=None):
+    """Whether quantize and encode of x (along its last axis, or its last
+    two for tiles) under scale rule ``rule`` take a fast kernel."""
+    from lowbit.formats.cpu import scaled_backend
+
+    policy = backends.Policy(scale_rule=rule or fmt.scale_rule)
+    return scaled_backend._fast_path(fmt, x, fmt.layout(tuple(x.shape), -1), policy, None) is not None
+
+
+def near_every_midpoint(element, rng):
+    """Float32 values 1..64 float32 steps either side of every midpoint
+    between neighbouring magnitudes of a float element, randomly signed:
+    quotients on both sides of the fast paths' 2**-22 window."""
+    magnitudes = np.unique(np.abs(element.values()))
+    mids = ((magnitudes[1:] + magnitudes[:-1]) / 2).astype(np.float32)
+    offsets = np.array([1, 2, 3, 4, 5, 8, 13, 16, 31, 64], dtype=np.int32)
+    near = (mids.view(np.int32)[:, None] + np.concatenate([offsets, -offsets])[None, :]).view(np.float32).ravel()
+    return rng.permutation(near) * rng.choice([-1, 1], near.size).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", [
+    lowbit.get_format("fp8_e4m3_rowwise"), lowbit.get_format("fp8_e4m3_b128x128"), lowbit.get_format("nvfp4_16x16"),
+    BlockFormat(E4M3, block_shape=(4, 8), scale=FP32), BlockFormat(E2M1, block_shape=(2, 16), scale=E4M3),
+    BlockFormat(E2M1, None, scale=E4M3), BlockFormat(E4M3, 32, scale=FP32),
+], ids=lambda f: f.name)
+def test_float32_scales_tiles_and_whole_rows_take_the_fast_path_exactly(fmt):
+    """Float element blocks with a float32 scale (products rounded to
+    float32), whole-row blocks and tiles read in place: quantize, encode and
+    decode on the fast kernels equal the reference's for quotients next to
+    every rounding midpoint, across the float32 scales (subnormal ones
+    included), NaN and all-zero blocks, float32 and bfloat16, in a batch of
+    two planes."""
+    rng = np.random.default_rng(11)
+    tile = fmt.block_shape or (1, 256 if fmt.block_size is None else fmt.block_size)
+    rows, cols = (2 * tile[0], 3 * tile[1]) if fmt.block_shape else (24, tile[1])
+    near = near_every_midpoint(fmt.element, rng)
+    x = np.resize(near, (2, rows, cols))
+    # the largest element fixes each block's amax at max_elem * s: its scale is s, exactly or
+    # nearly; s of 24 (float32) or 4 significant bits, so that x * (1 / s) is inexact in float32
+    grid = (2, rows // tile[0], 1, cols // tile[1], 1)
+    mantissa_bits = 23 if fmt.scale.is_float32 else 3
+    scales = ((1 + rng.integers(1, 2 ** mantissa_bits, grid) / 2 ** mantissa_bits)
+              * 2.0 ** rng.integers(-140 if fmt.scale.is_float32 else -8, 100 if fmt.scale.is_float32 else 8, grid))
+    x = x.reshape(2, rows // tile[0], tile[0], cols // tile[1], tile[1])
+    x[:, :, 0, :, 0] = np.float32(fmt.element.max)
+    with np.errstate(under="ignore"):
+        x = (x * scales).astype(np.float32).reshape(2, rows, cols)
+    x[0, :tile[0], :tile[1]] = 0
+    x[1, -1, -1] = np.nan
+    t = torch.from_numpy(x)
+    assert takes_a_fast_path(fmt, t)
+    for xd in (t, t.bfloat16()):
+        context = f"{fmt.name} {xd.dtype}"
+        same_pair(*[outcome(lambda b=b: fmt.quantize(xd, backend=b)) for b in ("cpu", "reference")], context)
+        encoded = [outcome(lambda b=b: fmt.encode(xd, backend=b)) for b in ("cpu", "reference")]
+        same_pair(*encoded, context + " encode")
+        for dtype in (torch.float32, torch.float64):
+            same_pair(*[outcome(lambda b=b: fmt.decode(encoded[1], backend=b, dtype=dtype)) for b in ("cpu", "reference")],
+                      f"{context} decode to {dtype}")
+
+
+@pytest.mark.parametrize("fmt", [
+    lowbit.get_format("nvfp4"), BlockFormat(E2M1, 16, scale=E4M3, tensor_scale=True), lowbit.get_format("nvfp4_16x16"),
+], ids=lambda f: f.name)
+def test_4over6_takes_the_fast_path_exactly(fmt):
+    """scale_rule="4over6" on the fast kernels (search_4over6 picks each
+    block's candidate): the reference's choice on wide-ranging blocks,
+    blocks of one nonzero element (both candidates exact: a tie, which
+    keeps 6), all-zero and NaN blocks, float32 and bfloat16."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((64, 256)) * np.exp(rng.uniform(-6, 6, (64, 1)))
+    x[:16, 1:16] = 0  # the first block of these rows: one nonzero element
+    x[16, :16] = 0
+    x[17, 3] = np.nan
+    t = torch.tensor(x, dtype=torch.float32)
+    assert takes_a_fast_path(fmt, t, "4over6")
+    chosen = fmt.encode(t, backend="reference", scale_rule="4over6").scales
+    assert (chosen != fmt.encode(t, backend="reference").scales).any()  # some blocks keep 4
+    for xd in (t, t.bfloat16()):
+        for call in ("quantize", "encode"):
+            results = [outcome(lambda b=b: getattr(fmt, call)(xd, backend=b, scale_rule="4over6"))
+                       for b in ("cpu", "reference")]
+            same_pair(*results, f"{fmt.name} {xd.dtype} {call}")
+
+
+@pytest.mark.parametrize("fmt", [
+    lowbit.get_format("int4_g128"), lowbit.get_format("int4_g128_asym"), lowbit.get_format("int8_rowwise"),
+    BlockFormat(IntFormat(8, narrow=True, frac_bits=6), 32, scale=FP16),
+], ids=lambda f: f.name)
+def test_the_integer_fast_path_near_half_integers(fmt):
+    """The integer fast path rounds x times the scale's float32 inverse and
+    redoes in float64 the quotients within 2**-22 of a half-integer: inputs
+    1..64 float32 steps either side of every half-integer multiple of a
+    block's scale (a scale of 11 significant bits, whose float32 inverse is
+    inexact) land on both sides of that window."""
+    rng = np.random.default_rng(12)
+    block = fmt.block_size or 512
+    # quotients x / s in the element's integer units: each row's range [lowest, top] fixes s
+    # (and the zero point, levels // 3)
+    levels = fmt.element.qmax
+    top, lowest = (levels - levels // 3, -(levels // 3)) if fmt.zero_point else (levels, -levels)
+    unit = 2.0 ** -fmt.element.frac_bits
+    s0 = (1 + rng.integers(1, 1024, (32, 1)) / 1024) * 2.0 ** rng.integers(-12, 8, (32, 1))
+    x = np.zeros((32, block), np.float32)
+    x[:, :1], x[:, 1:2] = top * unit * s0, lowest * unit * s0  # exact in float32
+    scales = fmt.scale.decode_exact(fmt.encode(torch.from_numpy(x), backend="reference").scales.reshape(-1).to(torch.int64))
+    scales = scales.numpy()[:, None]
+    assert (np.frexp(scales)[0] != 0.5).all()  # no power of two: x * (1 / s) is inexact in float32
+    halves = np.arange(lowest, top) + 0.5
+    offsets = np.array([1, 2, 3, 4, 5, 8, 13, 16, 31, 64], dtype=np.int32)
+    offsets = np.concatenate([offsets, -offsets])
+    for r in range(32):
+        targets = (halves * unit * scales[r]).astype(np.float32)
+        near = (targets.view(np.int32)[:, None] + offsets[None, :]).view(np.float32).ravel()
+        x[r, 2:] = np.resize(rng.permutation(near), block - 2)
+    t = torch.from_numpy(x)
+    assert takes_a_fast_path(fmt, t)
+    for xd in (t, t.bfloat16()):
+        for call in ("quantize", "encode"):
+            results = [outcome(lambda b=b: getattr(fmt, call)(xd, backend=b)) for b in ("cpu", "reference")]
+            same_pair(*results, f"{fmt.name} {xd.dtype} {call}")
+    encoded = fmt.encode(t, backend="reference")
+    same_pair(fmt.decode(encoded, backend="cpu"), fmt.decode(encoded, backend="reference"), f"{fmt.name} decode")
+
+
 @pytest.mark.parametrize("fmt", [
     "mxfp8_e4m3", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4", "mx9", "mx6", "mx4", "int4_g128", "int4_g128_asym",
     BlockFormat(IntFormat(8, signed=False), 32, scale=BF16, zero_point=True),

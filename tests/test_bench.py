@@ -1,5 +1,6 @@
 """`lowbit bench` runs and prints its table (a smoke test: timings are not checked)."""
 
+import pytest
 import torch
 
 import lowbit
@@ -13,6 +14,14 @@ def test_bench_prints_a_row_per_operation(capsys):
     assert out.startswith("machine: ")
     for row in ("| parallel float32 copy (best seen) |", "| lowbit fp8_e4m3 quantize |", "| lowbit mxfp4 encode |"):
         assert row in out
+
+
+def test_bench_times_a_format_under_a_scale_rule_and_refuses_a_rule_it_does_not_take(capsys):
+    assert main(["bench", "--sizes", "12", "--formats", "nvfp4:4over6", "--repeat", "1", "--no-cold-start"]) == 0
+    assert "| lowbit nvfp4:4over6 quantize |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--formats", "mxfp4:4over6"])
+    assert "scale_rule" in capsys.readouterr().err
 
 
 def test_reused_outputs_hands_out_one_buffer_per_shape_and_restores_the_allocator():

@@ -82,9 +82,9 @@ def test_directories_of_other_versions_are_deleted_once_old_and_many(tmp_path, m
 DECODE = """
 import json, numpy as np
 from lowbit.formats.cpu import compiling, fast_block_decode
-out = np.zeros((1, 4), np.float32)
-fast_block_decode.decode_blocks(np.array([0x21, 0x43], np.uint8), np.zeros(1, np.uint8), out,
-                                np.arange(16, dtype=np.float64), np.ones(1), None, 4)
+out = np.zeros((1, 1, 1, 4), np.float32)
+fast_block_decode.decode_blocks(np.array([0x21, 0x43], np.uint8), np.zeros(1, np.uint8), np.zeros(0, np.uint8), out,
+                                np.arange(16, dtype=np.float64), np.ones(1), None, 4, 0, False)
 stats = fast_block_decode.decode_blocks.stats
 print(json.dumps(dict(values=out.ravel().tolist(), source=compiling.__file__, cache=stats.cache_path,
                       hits=sum(stats.cache_hits.values()))))

@@ -1,10 +1,15 @@
-"""Float32 fast path of BlockFormats whose scale has a mantissa (NVFP4's
-E4M3 scale = amax / 6): amax / max_elem in float64 as the reference forms
-it; x times the scale's float32 inverse rounded as MX elements round
-(:func:`.fast_mx.mx_float_element`), and the rows with a quotient near a
-rounding midpoint redone in float64 as the reference divides. Agrees with
-the reference bit for bit (tests/test_backends.py checks inputs next to
-every midpoint).
+"""Float32 fast path of BlockFormats whose scale has a mantissa: NVFP4's
+E4M3 scale = amax / 6, and float32 scales (``fp8_e4m3_rowwise``,
+``fp8_e4m3_b128x128``), whose products round to float32. The block scale is
+amax / max_elem in float64 as the reference forms it; x times the scale's
+float32 inverse is rounded as MX elements round
+(:func:`.fast_mx.mx_float_element`), and the elements whose quotient lies
+near a rounding midpoint are redone in float64 as the reference divides.
+Agrees with the reference bit for bit (tests/test_backends.py checks inputs
+next to every midpoint).
+
+The kernels read the blocks in place from the 4-d view of
+:func:`.views.block_view`: rows of whole blocks, or tiles.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import functools
 import numpy as np
 from numba import prange
 
-from ..abi import BLOCK_DIVISOR, BLOCK_ELEMENT_BITS, BLOCK_HAS_TENSOR_SCALE, BLOCK_SCALE_NAN, block_params
+from ..abi import (
+    BLOCK_DIVISOR, BLOCK_ELEMENT_BITS, BLOCK_HAS_TENSOR_SCALE, BLOCK_RULE, BLOCK_SCALE_NAN, RULE_4OVER6, block_params,
+)
+from ..float_format import FloatFormat
 from .bits import pack_row
 from .compiling import jit
 from .fast_mx import FLOOR_BITS, SHIFT_BITS, float_element_fields, mx_float_code, mx_float_element
@@ -22,14 +30,16 @@ from .fast32 import (
     EXPONENT32, LARGEST, MAGIC, MAN, ROWS_PER_TASK, SMALLEST_NORMAL, as_float32, finite_code, float_params, to_output,
 )
 from .reductions import largest_magnitude_bits
+from .views import block_at
 
 inline = jit(inline="always")
 
 
 # Fields of scaled_block_params' tuple: float_params of the element and of
-# the scale, nearest64_params of both, the block parameters, and the element
+# the scale (of the element for float32 scales, whose codes are their bits:
+# SCALE_BITS), nearest64_params of both, the block parameters, the element
 # tuple of fast_mx (the element rounded in float32 lanes)
-ELEMENT32, SCALE32, ELEMENT64, SCALE64, BLOCK, MX_ELEMENT = range(6)
+ELEMENT32, SCALE32, ELEMENT64, SCALE64, BLOCK, MX_ELEMENT, SCALE_BITS = range(7)
 
 
 def nearest64_params(fmt) -> tuple:
@@ -38,22 +48,31 @@ def nearest64_params(fmt) -> tuple:
 
 
 @functools.lru_cache(maxsize=256)
-def scaled_block_params(fmt, tensor_scale: float | None) -> tuple | None:
+def scaled_block_params(fmt, rule: str, tensor_scale: float | None, block: int) -> tuple | None:
     """Parameters of the fast path for a BlockFormat whose scale has a
-    mantissa (NVFP4): element and scale float formats that float_params
-    serves, whose every product (element times scale) is a float32 number,
-    with an element that :func:`float_element_fields` serves; else None."""
+    mantissa, under scale rule ``amax`` or ``4over6``, in blocks of
+    ``block`` elements: a float element that
+    :func:`float_element_fields` and float_params serve, a scale that
+    float_params serves or float32 itself, and products (element times
+    scale) that are float32 numbers or that the format rounds to float32
+    (a float32 multiplication rounds them as the reference does); no zero
+    point or second level; else None."""
     element, scale = fmt.element, fmt.scale
-    if scale.man_bits == 0 or not scale.signed:
+    if (not isinstance(scale, FloatFormat) or scale.man_bits == 0 or not scale.signed or fmt.zero_point
+            or fmt.double_quant is not None or rule not in ("amax", "4over6")):
         return None
-    element_fp, scale_fp = float_params(element, "saturate", False), float_params(scale, "saturate", False)
-    ep = float_element_fields(element)
-    if (element_fp is None or scale_fp is None or ep is None or element.man_bits + scale.man_bits + 2 > 24
-            or element.max * scale.max > float(np.finfo(np.float32).max)
-            or element.min_subnormal * scale.min_subnormal < float(np.finfo(np.float32).tiny)):
+    float32_scale = scale.is_float32
+    element_fp, ep = float_params(element, "saturate", False), float_element_fields(element)
+    scale_fp = element_fp if float32_scale else float_params(scale, "saturate", False)
+    if element_fp is None or scale_fp is None or ep is None:
+        return None
+    exact_products = (element.man_bits + scale.man_bits + 2 <= 24
+                      and element.max * scale.max <= float(np.finfo(np.float32).max)
+                      and element.min_subnormal * scale.min_subnormal >= float(np.finfo(np.float32).tiny))
+    if not (exact_products or fmt.rounds_to_float32):
         return None
     return (element_fp, scale_fp, nearest64_params(fmt.element), nearest64_params(fmt.scale),
-            block_params(fmt, "amax", tensor_scale), ep)
+            block_params(fmt, rule, tensor_scale, block), ep, float32_scale)
 
 
 @inline
@@ -70,28 +89,150 @@ def nearest64(a, p):
 
 
 @inline
-def amax_scales(x, g, q, tops, values, inverses, block):
-    """For task g's rows: tops[k], the largest magnitude bits of row
-    first + k; values[k], its block scale: amax / (tensor scale * max
-    element) rounded to nearest even in the scale format, saturating; and
-    inverses[k], 1 / (scale * tensor scale) as a float32 when the row can
-    take the float32 lanes of :func:`amax_fast_row` (a full scale in
-    2**-100..2**100 and every scaled value below twice the largest
-    element, where mx_float_element still rounds), else 0.
-    Two loops, so that the scales' float64 divisions and roundings run as a
-    batch instead of one dependent chain per row (40% faster)."""
+def block_top(x, n, rows, cols):
+    """The largest magnitude bits of block n of the 4-d view x."""
+    a, b = block_at(x, n)
+    top = largest_magnitude_bits(x[a, 0, b], cols)
+    for i in range(1, rows):
+        top = max(top, largest_magnitude_bits(x[a, i, b], cols))
+    return top
+
+
+@inline
+def amax_scales(x, first, end, q, tops, values, inverses, rows, cols, targets):
+    """For blocks first..end - 1: tops[k], the largest magnitude bits of
+    block first + k, and its block scale and float32 inverse
+    (:func:`candidate_scales`)."""
+    for n in range(first, end):
+        tops[n - first] = block_top(x, n, rows, cols)
+    candidate_scales(first, end, q, tops, targets, values, inverses)
+
+
+def block_targets(x, q: tuple) -> np.ndarray:
+    """The kernels' ``targets`` for the blocks of the 4-d view x: each
+    block's from :func:`search_4over6` under ``4over6``, else none (every
+    block maps amax to max_elem)."""
+    if q[BLOCK][BLOCK_RULE] != RULE_4OVER6:
+        return np.empty(0)
+    targets = np.empty(x.shape[0] * x.shape[2])
+    search_4over6(x, q, targets)
+    return targets
+
+
+@jit(parallel=True)
+def search_4over6(x, q, targets):
+    """``4over6``: targets[n] = 4.0 where block n of the 4-d view x has
+    strictly less squared error (:func:`squared_error`) with amax mapped to
+    4 than to 6, else 6.0 (the reference's choice), for the kernels'
+    ``targets``. A pass of its own, so that the kernels that round the
+    blocks stay as lean as for one candidate."""
+    element_fp, scale_fp, element64, scale64, bp, ep, scale_bits = q  # a parallel loop takes flat tuples only
+    rows, cols = x.shape[1], x.shape[3]
+    for g in prange((x.shape[0] * x.shape[2] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        q = (element_fp, scale_fp, element64, scale64, bp, ep, scale_bits)
+        first, end = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0] * x.shape[2])
+        tops = np.empty(end - first, np.int32)
+        for n in range(first, end):
+            tops[n - first] = block_top(x, n, rows, cols)
+        six, four = np.full(end - first, 6.0), np.full(end - first, 4.0)
+        values6, inverses6 = np.empty(end - first, np.float64), np.empty(end - first, np.float32)
+        values4, inverses4 = np.empty(end - first, np.float64), np.empty(end - first, np.float32)
+        candidate_scales(0, end - first, q, tops, six, values6, inverses6)
+        candidate_scales(0, end - first, q, tops, four, values4, inverses4)
+        squares = np.empty(rows * cols, np.float64)
+        for k in range(end - first):
+            targets[first + k] = 6.0
+            if tops[k] < EXPONENT32:
+                error6 = squared_error(x, first + k, values6[k], inverses6[k], q, rows, cols, squares)
+                if squared_error(x, first + k, values4[k], inverses4[k], q, rows, cols, squares) < error6:
+                    targets[first + k] = 4.0
+
+
+@inline
+def candidate_scales(first, end, q, tops, targets, values, inverses):
+    """For blocks first + k < end of largest magnitude bits tops[k]:
+    values[k], the block scale amax / (tensor scale * target) rounded to
+    nearest even in the scale format, saturating, where the target is
+    max_elem, or targets[first + k] where ``targets`` is not empty
+    (``4over6``: :func:`search_4over6`); and inverses[k], 1 / (scale * tensor
+    scale) as a float32 when the block can take the float32 lanes of
+    :func:`amax_fast_block` (a full scale in 2**-100..2**100 and every
+    scaled value below twice the largest element, where mx_float_element
+    still rounds), else 0. A loop of its own, so that the scales' float64
+    divisions and roundings run as a batch instead of one dependent chain
+    per block (40% faster)."""
+    if targets.size:  # two loops: a select in the one loop costs NVFP4 quantize 6%
+        for k in range(end - first):
+            values[k], inverses[k] = candidate_scale(tops[k], targets[first + k], q)
+    else:
+        for k in range(end - first):
+            values[k], inverses[k] = candidate_scale(tops[k], q[ELEMENT64][LARGEST], q)
+
+
+@inline
+def candidate_scale(top, target, q):
+    """(block scale, float32 inverse or 0) of candidate_scales for one block
+    of largest magnitude bits ``top``."""
     element64, scale64, bp = q[ELEMENT64], q[SCALE64], q[BLOCK]
-    first_row, end_row = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])
-    for r in range(first_row, end_row):
-        tops[r - first_row] = largest_magnitude_bits(x[r], block)
-    for k in range(end_row - first_row):
-        amax = np.float64(np.int32(tops[k]).view(np.float32))
-        values[k] = nearest64(amax / (bp[BLOCK_DIVISOR] * element64[LARGEST]), scale64)
-        full_scale = values[k] * bp[BLOCK_DIVISOR]  # exact: at most 25 + 24 bits
-        inverse = np.float32(1.0 / full_scale) if (full_scale >= 2.0 ** -100) & (full_scale <= 2.0 ** 100) else np.float32(0.0)
-        in_lanes = np.float32(amax) * inverse < np.float32(2.0 * element64[LARGEST])
-        inverses[k] = inverse if in_lanes & (tops[k] < EXPONENT32) else np.float32(0.0)
-    return first_row, end_row
+    amax = np.float64(np.int32(top).view(np.float32))
+    value = nearest64(amax / (bp[BLOCK_DIVISOR] * target), scale64)
+    full_scale = value * bp[BLOCK_DIVISOR]  # exact: at most 24 + 24 bits
+    inverse = np.float32(1.0 / full_scale) if (full_scale >= 2.0 ** -100) & (full_scale <= 2.0 ** 100) else np.float32(0.0)
+    in_lanes = np.float32(amax) * inverse < np.float32(2.0 * element64[LARGEST])
+    return value, (inverse if in_lanes & (top < EXPONENT32) else np.float32(0.0))
+
+
+@inline
+def squared_error(x, n, scale, inverse, q, rows, cols, squares):
+    """The squared error of finite block n under a candidate scale, as the
+    reference sums it: (element * scale * tensor scale - x)**2 over the
+    block in index order, in float64, with nearest-even elements; the
+    elements from the float32 lanes unless one lay near a rounding boundary
+    (or the lanes do not apply), then all of them in float64. The squares
+    go through ``squares`` (rows * cols float64), so that the loop forming
+    them vectorizes and only the sum runs in order."""
+    bp, ep = q[BLOCK], q[MX_ELEMENT]
+    divisor = bp[BLOCK_DIVISOR]
+    a, b = block_at(x, n)
+    near = not inverse > 0
+    if not near:
+        for i in range(rows):
+            for j in range(cols):
+                v = as_float32(x[a, i, b, j])
+                quotient = v * inverse
+                near |= near_rounding_boundary(quotient, ep)
+                d = np.float64(mx_float_element(quotient, ep)) * scale * divisor - np.float64(v)
+                squares[i * cols + j] = d * d
+    if near:
+        for i in range(rows):
+            for j in range(cols):
+                v = as_float32(x[a, i, b, j])
+                magnitude, negative = amax_element(v, scale * divisor, q)
+                d = (-magnitude if negative else magnitude) * scale * divisor - np.float64(v)
+                squares[i * cols + j] = d * d
+    error = 0.0
+    for k in range(rows * cols):
+        error = error + squares[k]
+    return error
+
+
+#: the elements of the blocks whose scales a task computes in one batch:
+#: few enough that the blocks are still in cache when their elements are read again
+BATCH_ELEMENTS = 8192
+
+
+@inline
+def task_batches(x, g, rows, cols):
+    """(first block of task g, its end, blocks per batch, batches): one
+    batch when the task's blocks hold at most BATCH_ELEMENTS elements
+    (known when the kernel is compiled for the block shape, and then one
+    loop less: NVFP4 quantize runs 6% faster), else batches of at most that
+    many elements."""
+    first, end = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0] * x.shape[2])
+    if rows * cols * ROWS_PER_TASK <= BATCH_ELEMENTS:
+        return first, end, ROWS_PER_TASK, 1
+    step = max(1, BATCH_ELEMENTS // (rows * cols))
+    return first, end, step, (end - first + step - 1) // step
 
 
 @inline
@@ -125,109 +266,167 @@ def amax_code(v, full_scale, q):
 
 
 @inline
+def scale_code(scale, q):
+    """The code of a block scale (a value of the scale format)."""
+    if q[SCALE_BITS]:
+        return np.int32(np.float32(scale).view(np.int32))
+    return finite_code(np.float32(scale), False, q[SCALE32])
+
+
+@inline
 def amax_value(v, scale, q, out):
-    """(value in out's dtype, exact) of element v of a block with the float64 scale ``scale``."""
+    """(value in out's dtype, exact) of element v of a block with the float64
+    scale ``scale``: element * scale rounded to float32 (exact unless the
+    format rounds its products), times the tensor scale in float32."""
     bp = q[BLOCK]
     magnitude, negative = amax_element(v, scale * bp[BLOCK_DIVISOR], q)
-    value = np.float32((-magnitude if negative else magnitude) * scale)  # exact (scaled_block_params)
+    value = np.float32((-magnitude if negative else magnitude) * scale)  # the float64 product is exact
     if bp[BLOCK_HAS_TENSOR_SCALE]:
         value = value * np.float32(bp[BLOCK_DIVISOR])
     return to_output(value, out)
 
 
 @inline
-def amax_fast_row(x, out, r, scale, inverse, q, block):
-    """Row r quantized in float32 lanes: v * inverse (the float32 inverse
+def amax_fast_block(x, out, n, scale, inverse, q, rows, cols):
+    """Block n quantized in float32 lanes: v * inverse (the float32 inverse
     of the full scale: within 2**-23 of the exact quotient) rounded as MX
-    elements round; (whether out's dtype held every result, whether some
-    quotient lay near a rounding boundary, where the row must be redone
-    exactly)."""
+    elements round, times the scale in float32 (one rounding of the exact
+    product, as the reference rounds it); (whether out's dtype held every
+    result of an element not near a rounding boundary, whether some
+    quotient lay near one: that element must be redone exactly)."""
     bp, ep = q[BLOCK], q[MX_ELEMENT]
+    a, b = block_at(x, n)
     scale32 = np.float32(scale)
     lost, near = False, False
-    for j in range(block):
-        quotient = as_float32(x[r, j]) * inverse
-        near |= near_rounding_boundary(quotient, ep)
-        value = mx_float_element(quotient, ep) * scale32  # exact (scaled_block_params)
-        if bp[BLOCK_HAS_TENSOR_SCALE]:
-            value = value * np.float32(bp[BLOCK_DIVISOR])
-        out[r, j], exact = to_output(value, out)
-        lost |= not exact
+    for i in range(rows):
+        for j in range(cols):
+            quotient = as_float32(x[a, i, b, j]) * inverse
+            undecided = near_rounding_boundary(quotient, ep)
+            value = mx_float_element(quotient, ep) * scale32
+            if bp[BLOCK_HAS_TENSOR_SCALE]:
+                value = value * np.float32(bp[BLOCK_DIVISOR])
+            out[a, i, b, j], exact = to_output(value, out)
+            near |= undecided
+            lost |= (not exact) & (not undecided)
     return lost, near
 
 
 @inline
-def amax_quantize_rows(x, out, g, q, block):
-    """Task g's rows: in float32 lanes (amax_fast_row) where the row allows,
-    then in a second loop (which keeps the first one lean) the other rows
-    and those with a quotient near a rounding boundary in float64, as the
-    reference computes them; NaN for NaN blocks."""
+def amax_redo_block(x, out, n, top, scale, inverse, q, rows, cols):
+    """Block n's elements that the float32 lanes could not decide (all of
+    them when ``inverse`` is 0; else those near a rounding boundary)
+    recomputed in float64 as the reference computes them; NaN for a NaN
+    block. Whether out's dtype held every recomputed result."""
+    ep = q[MX_ELEMENT]
+    a, b = block_at(x, n)
+    lost = False
+    for i in range(rows):
+        for j in range(cols):
+            v = as_float32(x[a, i, b, j])
+            if top >= EXPONENT32:
+                out[a, i, b, j] = to_output(np.float32(np.nan), out)[0]
+            elif (inverse == 0) or near_rounding_boundary(v * inverse, ep):
+                out[a, i, b, j], exact = amax_value(v, scale, q, out)
+                lost |= not exact
+    return lost
+
+
+@inline
+def amax_quantize_blocks(x, out, g, q, rows, cols, targets):
+    """Task g's blocks, a batch at a time (:func:`task_batches`): in float32
+    lanes (amax_fast_block) where the block allows, then in a second loop
+    (which keeps the first one lean) the other blocks and the elements near
+    a rounding boundary in float64, as the reference computes them; NaN for
+    NaN blocks."""
     tops, values = np.empty(ROWS_PER_TASK, np.int32), np.empty(ROWS_PER_TASK, np.float64)
     inverses, redo = np.empty(ROWS_PER_TASK, np.float32), np.empty(ROWS_PER_TASK, np.bool_)
-    first_row, end_row = amax_scales(x, g, q, tops, values, inverses, block)
-    lost, any_redo = False, False
-    for k in range(end_row - first_row):
-        row_lost, redo[k] = False, True
-        if inverses[k] > 0:
-            row_lost, redo[k] = amax_fast_row(x, out, first_row + k, values[k], inverses[k], q, block)
-        lost |= row_lost & (not redo[k])
-        any_redo |= redo[k]
-    if any_redo:
-        for k in range(end_row - first_row):
-            if redo[k]:
-                for j in range(block):
-                    if tops[k] >= EXPONENT32:
-                        out[first_row + k, j] = to_output(np.float32(np.nan), out)[0]
-                    else:
-                        out[first_row + k, j], exact = amax_value(as_float32(x[first_row + k, j]), values[k], q, out)
-                        lost |= not exact
+    lost = False
+    task_first, task_end, step, count = task_batches(x, g, rows, cols)
+    for batch in range(count):
+        first = task_first + batch * step
+        end = min(first + step, task_end)
+        amax_scales(x, first, end, q, tops, values, inverses, rows, cols, targets)
+        any_redo = False
+        for k in range(end - first):
+            block_lost, redo[k] = False, True
+            if inverses[k] > 0:
+                block_lost, redo[k] = amax_fast_block(x, out, first + k, values[k], inverses[k], q, rows, cols)
+            lost |= block_lost
+            any_redo |= redo[k]
+        if any_redo:
+            for k in range(end - first):
+                if redo[k]:
+                    lost |= amax_redo_block(x, out, first + k, tops[k], values[k], inverses[k], q, rows, cols)
     return lost
 
 
 @jit(parallel=True)
-def quantize_amax_blocks(x, out, q, inexact):
-    """NVFP4-style quantize of float32 blocks (rows of x)."""
-    element_fp, scale_fp, element64, scale64, bp, ep = q  # a parallel loop takes flat tuples only
+def quantize_amax_blocks(x, out, q, targets, inexact):
+    """Quantize of float32 blocks of the 4-d view x (:func:`.views.block_view`)
+    into out, a view of the same shape; inexact[task] says whether a
+    result left out's dtype."""
+    element_fp, scale_fp, element64, scale64, bp, ep, scale_bits = q  # a parallel loop takes flat tuples only
+    rows, cols = x.shape[1], x.shape[3]
     for g in prange(inexact.size):
-        q = (element_fp, scale_fp, element64, scale64, bp, ep)
-        if x.shape[1] == 16:
-            inexact[g] = amax_quantize_rows(x, out, g, q, 16)
+        q = (element_fp, scale_fp, element64, scale64, bp, ep, scale_bits)
+        if (rows == 1) & (cols == 16):  # NVFP4's blocks
+            inexact[g] = amax_quantize_blocks(x, out, g, q, 1, 16, targets)
+        elif cols == 16:  # NVFP4's 16 x 16 tiles
+            inexact[g] = amax_quantize_blocks(x, out, g, q, rows, 16, targets)
+        elif cols == 128:  # DeepSeek-V3's 128 x 128 tiles
+            inexact[g] = amax_quantize_blocks(x, out, g, q, rows, 128, targets)
         else:
-            inexact[g] = amax_quantize_rows(x, out, g, q, x.shape[1])
+            inexact[g] = amax_quantize_blocks(x, out, g, q, rows, cols, targets)
 
 
 @inline
-def amax_encode_rows(x, elements, scales, g, q, block):
-    """Task g's rows as amax_quantize_rows computes them, as codes."""
+def amax_encode_blocks(x, elements, scales, g, q, rows, cols, targets):
+    """Task g's blocks as amax_quantize_blocks computes them, as codes."""
     bp, ep = q[BLOCK], q[MX_ELEMENT]
     tops, values = np.empty(ROWS_PER_TASK, np.int32), np.empty(ROWS_PER_TASK, np.float64)
     inverses = np.empty(ROWS_PER_TASK, np.float32)
-    first_row, end_row = amax_scales(x, g, q, tops, values, inverses, block)
-    codes = np.empty(block, np.int32)
-    for r in range(first_row, end_row):
-        scale, inverse, bad = values[r - first_row], inverses[r - first_row], tops[r - first_row] >= EXPONENT32
-        scales[r] = bp[BLOCK_SCALE_NAN] if bad else finite_code(np.float32(scale), False, q[SCALE32])
-        near = True
-        if inverse > 0:
-            near = False
-            for j in range(block):  # (packing codes as they are computed, as mx_encode_rows does, is 4x slower here)
-                quotient = as_float32(x[r, j]) * inverse
-                near |= near_rounding_boundary(quotient, ep)
-                codes[j] = mx_float_code(quotient, ep)
-        if near:
-            for j in range(block):
-                codes[j] = 0 if bad else amax_code(as_float32(x[r, j]), scale * bp[BLOCK_DIVISOR], q)
-        pack_row(elements, r, codes, block, bp[BLOCK_ELEMENT_BITS])
+    codes = np.empty(rows * cols, np.int32)
+    task_first, task_end, step, count = task_batches(x, g, rows, cols)
+    for batch in range(count):
+        first = task_first + batch * step
+        end = min(first + step, task_end)
+        amax_scales(x, first, end, q, tops, values, inverses, rows, cols, targets)
+        for n in range(first, end):
+            a, b = block_at(x, n)
+            scale, inverse, bad = values[n - first], inverses[n - first], tops[n - first] >= EXPONENT32
+            scales[n] = bp[BLOCK_SCALE_NAN] if bad else scale_code(scale, q)
+            near = True
+            if inverse > 0:
+                near = False
+                for i in range(rows):  # (packing codes as they are computed, as mx_encode_rows does, is 4x slower)
+                    for j in range(cols):
+                        quotient = as_float32(x[a, i, b, j]) * inverse
+                        near |= near_rounding_boundary(quotient, ep)
+                        codes[i * cols + j] = mx_float_code(quotient, ep)
+            if near:
+                for i in range(rows):
+                    for j in range(cols):
+                        v = as_float32(x[a, i, b, j])
+                        if bad:
+                            codes[i * cols + j] = 0
+                        elif (inverse == 0) or near_rounding_boundary(v * inverse, ep):
+                            codes[i * cols + j] = amax_code(v, scale * bp[BLOCK_DIVISOR], q)
+            pack_row(elements, n, codes, rows * cols, bp[BLOCK_ELEMENT_BITS])
 
 
 @jit(parallel=True)
-def encode_amax_blocks(x, elements, scales, q):
-    """Packed element codes (``elements`` zeroed) and scale codes of
-    NVFP4-style float32 blocks (rows of x)."""
-    element_fp, scale_fp, element64, scale64, bp, ep = q  # a parallel loop takes flat tuples only
-    for g in prange((x.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        q = (element_fp, scale_fp, element64, scale64, bp, ep)
-        if x.shape[1] == 16:
-            amax_encode_rows(x, elements, scales, g, q, 16)
+def encode_amax_blocks(x, elements, scales, q, targets):
+    """Packed element codes (``elements`` zeroed unless its blocks fill
+    whole bytes) and scale codes of the float32 blocks of the 4-d view x."""
+    element_fp, scale_fp, element64, scale64, bp, ep, scale_bits = q  # a parallel loop takes flat tuples only
+    rows, cols = x.shape[1], x.shape[3]
+    for g in prange((x.shape[0] * x.shape[2] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        q = (element_fp, scale_fp, element64, scale64, bp, ep, scale_bits)
+        if (rows == 1) & (cols == 16):  # NVFP4's blocks
+            amax_encode_blocks(x, elements, scales, g, q, 1, 16, targets)
+        elif cols == 16:  # NVFP4's 16 x 16 tiles
+            amax_encode_blocks(x, elements, scales, g, q, rows, 16, targets)
+        elif cols == 128:  # DeepSeek-V3's 128 x 128 tiles
+            amax_encode_blocks(x, elements, scales, g, q, rows, 128, targets)
         else:
-            amax_encode_rows(x, elements, scales, g, q, x.shape[1])
+            amax_encode_blocks(x, elements, scales, g, q, rows, cols, targets)

@@ -2,10 +2,12 @@
 mantissa (``int4_g128``, ``int4_g128_asym``, ``int8_rowwise``): float32 or
 bfloat16 rows of whole blocks, nearest even, no flushing. Each block's
 scale (and zero point) comes from :func:`.block_kernels.candidate_scale`,
-the general kernels' own; each element is x / s divided in float64 as the
-reference divides and rounded half to even (``np.rint``), so the path
-agrees with the reference bit for bit without the general kernels'
-per-element format decoding.
+the general kernels' own; each element is x times the float32 inverse of
+the scale, rounded half to even in float32 lanes, and the elements whose
+quotient lies near a half-integer are redone as x / s divided in float64
+as the reference divides (``np.rint``), so the path agrees with the
+reference bit for bit without the general kernels' per-element format
+decoding.
 """
 
 from __future__ import annotations
@@ -71,18 +73,64 @@ def value_of(q, scale, zero, ed, bp):
 
 
 @inline
+def row_lanes(amax, scale, bad, ed):
+    """(float32 2**frac_bits / scale, or 0 where the row must be computed in
+    float64: a NaN row, a zero scale, or a scale outside 2**-100..2**100 or
+    so small that a quotient passes 2**22) and float32 2**-frac_bits."""
+    up = pow2(ed[FRAC_BITS])
+    fits = (scale >= 2.0 ** -100) & (scale <= 2.0 ** 100) & (amax * up < scale * 2.0 ** 22) & (not bad)
+    return (np.float32(up / scale) if fits else np.float32(0.0)), np.float32(pow2(-ed[FRAC_BITS]))
+
+
+@inline
+def lane_integer(v, inverse, zero32, ed, bp):
+    """(integer of float32 v as :func:`integer` computes it, from the float32
+    quotient v * inverse (within 2**-23 of the exact one) rounded half to
+    even by adding and subtracting 2**23, as a float32; whether that
+    quotient lay within 2**-22 of its magnitude of a half-integer, where
+    only float64 decides)."""
+    t = np.float32(v) * inverse
+    a = abs(t)
+    rounded = (a + np.float32(2.0 ** 23)) - np.float32(2.0 ** 23)
+    near = abs(abs(a - rounded) - np.float32(0.5)) <= a * np.float32(2.0 ** -22)
+    q = -rounded if t < 0 else rounded
+    if bp[BLOCK_ZERO_POINT]:
+        q = min(max(q + zero32, np.float32(0.0)), np.float32((1 << bp[BLOCK_ELEMENT_BITS]) - 1))
+    else:
+        q = min(max(q, np.float32(ed[QMIN])), np.float32(ed[QMAX])) + np.float32(0.0)
+    return q, near
+
+
+@inline
 def quantize_rows(x, out, g, ed, sd, bp, block):
+    """Task g's rows: each row's scale (and zero point), then its elements in
+    float32 lanes (lane_integer; the value (q - zero) * 2**-frac_bits *
+    scale is one float32 rounding of the exact product, as the reference
+    rounds it), and in a second loop the elements near a half-integer, or
+    every element of a row the lanes cannot take, in float64 as the
+    reference computes them; NaN rows."""
     lost = False
     for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
         amax, lo, hi, bad = block_bounds(x, r, block)
         _, scale, zero = candidate_scale(amax, lo, hi, 0, sd, bp)
-        for j in range(block):
-            if bad:
-                out[r, j], _ = to_output(np.float32(np.nan), out)
-            else:
-                v = np.float64(as_float32(x[r, j]))
-                out[r, j], exact = to_output(value_of(integer(v, scale, zero, ed, bp), scale, zero, ed, bp), out)
-                lost |= not exact
+        inverse, step = row_lanes(amax, scale, bad, ed)
+        zero32, scale32 = np.float32(zero), np.float32(scale)
+        near = inverse == 0
+        if not near:
+            for j in range(block):
+                q, undecided = lane_integer(as_float32(x[r, j]), inverse, zero32, ed, bp)
+                out[r, j], exact = to_output(((q - zero32) * step) * scale32, out)
+                near |= undecided
+                lost |= (not exact) & (not undecided)
+        if near:
+            for j in range(block):
+                v = as_float32(x[r, j])
+                if bad:
+                    out[r, j], _ = to_output(np.float32(np.nan), out)
+                elif (inverse == 0) or lane_integer(v, inverse, zero32, ed, bp)[1]:
+                    out[r, j], exact = to_output(value_of(integer(np.float64(v), scale, zero, ed, bp), scale, zero,
+                                                          ed, bp), out)
+                    lost |= not exact
     return lost
 
 
@@ -96,6 +144,7 @@ def quantize_int_blocks(x, out, ed, sd, bp, inexact):
 
 @inline
 def encode_rows(x, elements, scales, zeros, g, ed, sd, bp, block):
+    """Task g's rows as quantize_rows computes them, as codes."""
     codes = np.empty(block, np.int32)
     bits = bp[BLOCK_ELEMENT_BITS]
     mask = (1 << bits) - 1
@@ -105,9 +154,21 @@ def encode_rows(x, elements, scales, zeros, g, ed, sd, bp, block):
         scales[r] = bp[BLOCK_SCALE_NAN] if bad else code
         if bp[BLOCK_ZERO_POINT] and not bad:
             put_code(zeros, r * bits, np.int64(zero), bits)
-        for j in range(block):
-            q = 0.0 if bad else integer(np.float64(as_float32(x[r, j])), scale, zero, ed, bp)
-            codes[j] = np.int32(np.int64(q) & mask)
+        inverse, _ = row_lanes(amax, scale, bad, ed)
+        zero32 = np.float32(zero)
+        near = inverse == 0
+        if not near:
+            for j in range(block):
+                q, undecided = lane_integer(as_float32(x[r, j]), inverse, zero32, ed, bp)
+                codes[j] = np.int32(q) & mask
+                near |= undecided
+        if near:
+            for j in range(block):
+                v = as_float32(x[r, j])
+                if bad:
+                    codes[j] = 0
+                elif (inverse == 0) or lane_integer(v, inverse, zero32, ed, bp)[1]:
+                    codes[j] = np.int32(np.int64(integer(np.float64(v), scale, zero, ed, bp)) & mask)
         pack_row(elements, r, codes, block, bits)
 
 

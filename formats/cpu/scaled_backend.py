@@ -25,7 +25,7 @@ from . import (
 from .bits import whole_bytes
 from .buffers import new_tensor
 from .fast32 import ROWS_PER_TASK
-from .views import numpy_data, outer_axis_inner, planes_rows_cols
+from .views import block_view, numpy_data, outer_axis_inner, planes_rows_cols
 
 
 def tensor_scale(fmt, t: torch.Tensor, policy: Policy) -> float | None:
@@ -38,8 +38,8 @@ def tensor_scale(fmt, t: torch.Tensor, policy: Policy) -> float | None:
     return fmt.tensor_scale_of(amax)
 
 
-#: the scale rules the fast paths serve (the searched ones take the general kernels)
-FAST_RULES = ("floor", "ceil", "rceil", "even", "amax", "minmax")
+#: the scale rules the fast paths serve (of the searched ones, ``4over6``; ``mse`` takes the general kernels)
+FAST_RULES = ("floor", "ceil", "rceil", "even", "amax", "minmax", "4over6")
 
 
 def as_rows(t: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, BlockLayout]:
@@ -67,38 +67,48 @@ def _common(t: torch.Tensor, layout: BlockLayout, policy: Policy):
             np.uint64(policy.key or 0), half, flush_threshold(t.dtype, policy.flush_subnormals))
 
 
-def _fast_rows(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy):
+def _fast_rows(fmt, t: torch.Tensor, layout: Layout, policy: Policy):
     """The input as rows of whole blocks when the call can take a fast path
     (contiguous float32 or bfloat16 blocked along its last axis in whole
-    blocks, nearest_even, no flushing), else None."""
+    blocks, nearest_even, no flushing), or as itself for tiles of its last
+    two axes that divide their lengths; else None."""
     if (t.dtype not in (torch.float32, torch.bfloat16) or policy.rounding != "nearest_even" or policy.flush_subnormals
-            or not t.is_contiguous() or layout.axis != max(t.dim() - 1, 0) or layout.length % layout.block
-            or (policy.scale_rule or "floor") not in FAST_RULES):
+            or not t.is_contiguous() or (policy.scale_rule or "floor") not in FAST_RULES):
         return None
-    return numpy_data(t)[0].reshape(layout.nrows, layout.block)
+    data = numpy_data(t)[0]
+    if isinstance(layout, TileLayout):
+        (r, c), ndim = layout.tile, t.dim()
+        return None if layout.axis != (ndim - 2, ndim - 1) or t.shape[-2] % r or t.shape[-1] % c else data
+    if layout.axis != max(t.dim() - 1, 0) or layout.length % layout.block:
+        return None
+    return data.reshape(layout.nrows, layout.block)
 
 
-def _fast_path(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None):
-    """(kernel family: "int", "mx", "amax" or "microexponent", the blocks as rows,
-    the family's parameters) when a fast kernel serves the call, else None."""
+def _fast_path(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | None):
+    """(kernel family: "int", "mx", "amax" or "microexponent", the blocks as
+    rows (for "amax": its 4-d view of blocks or tiles), the family's
+    parameters) when a fast kernel serves the call, else None."""
     rows = _fast_rows(fmt, t, layout, policy)
     if rows is None:
         return None
+    if isinstance(layout, TileLayout):
+        amax = fast_amax.scaled_block_params(fmt, policy.scale_rule, ts, layout.block)
+        return None if amax is None else ("amax", block_view(rows, layout.tile), amax)
     if isinstance(fmt, BlockFormat):
         integers = fast_int_blocks.int_block_params(fmt, policy.scale_rule, layout.block)
         if integers is not None:
             return "int", rows, integers
-        if fmt.block_size != layout.block or fmt.zero_point:  # MX and NVFP4 paths: fixed blocks, no zero points
+        if fmt.block_size not in (None, layout.block) or fmt.zero_point:
             return None
-        mx = fast_mx.mx_params(fmt, policy.scale_rule)
+        mx = fast_mx.mx_params(fmt, policy.scale_rule) if fmt.block_size == layout.block else None
         if mx is not None:
             return "mx", rows, mx
-        amax = fast_amax.scaled_block_params(fmt, ts)
-        return None if amax is None else ("amax", rows, amax)
+        amax = fast_amax.scaled_block_params(fmt, policy.scale_rule, ts, layout.block)
+        return None if amax is None else ("amax", block_view(rows, None), amax)
     return ("microexponent", rows, microexponent_params(fmt)) if fast_microexponent.microexponent_fits(fmt) else None
 
 
-def _in_whole_blocks(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy,
+def _in_whole_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
                      ts: float | None) -> tuple[torch.Tensor, BlockLayout] | None:
     """t zero-padded along its last axis to whole blocks, and its layout,
     when its last block is partial and the padded tensor takes a fast path
@@ -107,7 +117,8 @@ def _in_whole_blocks(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy,
     by its amax, or by its minimum and maximum with zero included, and
     rounds each element alone, so zeros change neither the block's scale nor
     its other elements."""
-    if not layout.length % layout.block or t.dim() == 0 or layout.axis != t.dim() - 1 or not t.is_contiguous():
+    if (isinstance(layout, TileLayout) or not layout.length % layout.block or t.dim() == 0
+            or layout.axis != t.dim() - 1 or not t.is_contiguous()):
         return None
     padded = new_tensor((*t.shape[:-1], layout.nblocks * layout.block), t.dtype)
     padded_layout = BlockLayout(tuple(padded.shape), layout.axis, layout.block)
@@ -157,12 +168,20 @@ def quantize(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | N
         values, _ = _codebook_blocks(fmt, t, layout, policy, values=True)
         out = layout.from_blocks(values).contiguous()
         return cast_exactly(out, t.dtype)
-    rows, row_layout = as_rows(t, layout)
+    rows, row_layout = _blocks_of(fmt, t, layout, policy, ts)
     out, exact = _quantize(fmt, rows, row_layout, policy, ts)
     return (out, exact) if rows is t else (layout.from_blocks(out).contiguous(), exact)
 
 
-def _quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
+def _blocks_of(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, Layout]:
+    """The input and layout the kernels take: tiles as they are where a
+    fast kernel reads them in place, else :func:`as_rows`."""
+    if isinstance(layout, TileLayout) and _fast_path(fmt, t, layout, policy, ts) is not None:
+        return t, layout
+    return as_rows(t, layout)
+
+
+def _quantize(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
     whole = _in_whole_blocks(fmt, t, layout, policy, ts)
     if whole is not None:
         out, exact = _quantize(fmt, *whole, policy, ts)
@@ -178,7 +197,7 @@ def _quantize(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: flo
         elif family == "mx":
             fast_mx.quantize_mx(rows, values, *params, inexact)
         elif family == "amax":
-            fast_amax.quantize_amax_blocks(rows, values, params, inexact)
+            fast_amax.quantize_amax_blocks(rows, values, params, fast_amax.block_targets(rows, params), inexact)
         else:
             fast_microexponent.quantize_microexponent(rows.reshape(-1), values.reshape(-1), params, inexact)
         return out, not inexact.any()
@@ -207,12 +226,12 @@ def encode(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | Non
         else:
             packed = pack(codes, bits)
         return packed, scale_codes.reshape(layout.scales_shape), None, None
-    rows, row_layout = as_rows(t, layout)
+    rows, row_layout = _blocks_of(fmt, t, layout, policy, ts)
     elements, scales, subscales, zeros = _encode(fmt, rows, row_layout, policy, ts)
     return elements, scales.reshape(layout.scales_shape), subscales, zeros
 
 
-def _encode(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float | None):
+def _encode(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | None):
     nrows = layout.nrows
     fast = _fast_path(fmt, t, layout, policy, ts)
     elements = _packed(fast is not None, nrows, layout.block, fmt.element_code_bits)
@@ -226,7 +245,8 @@ def _encode(fmt, t: torch.Tensor, layout: BlockLayout, policy: Policy, ts: float
         elif family == "mx":
             fast_mx.encode_mx(rows, elements.numpy(), scales.numpy(), *params)
         elif family == "amax":
-            fast_amax.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), params)
+            fast_amax.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), params,
+                                         fast_amax.block_targets(rows, params))
         else:
             fast_microexponent.encode_microexponent(rows.reshape(-1), elements.numpy(), scales.numpy(),
                                                     subscales.numpy(), params)
@@ -261,7 +281,7 @@ def decode(fmt, layout: Layout, elements: torch.Tensor, scales: torch.Tensor, su
         return _decode_codebook_blocks(fmt, layout, elements, scales, dtype)
     if scales.is_floating_point():  # their bits as unsigned 32-bit codes (negative scales too)
         scales = scales.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    if isinstance(layout, TileLayout):
+    if isinstance(layout, TileLayout) and not _fast_decode(fmt, layout):
         row_layout = BlockLayout((layout.nrows, layout.block), 1, layout.block)
         out = _decode(fmt, row_layout, elements, scales, subscales, zero_points, ts, dtype)
         return layout.from_blocks(out).contiguous()
@@ -292,7 +312,7 @@ def _decode_codebook_blocks(fmt, layout: Layout, elements: torch.Tensor, scales:
     return layout.from_blocks(values).to(dtype).contiguous()
 
 
-def _decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
+def _decode(fmt, layout: Layout, elements: torch.Tensor, scales: torch.Tensor, subscales: torch.Tensor | None,
             zero_points: torch.Tensor | None, ts: float | None, dtype: torch.dtype) -> torch.Tensor:
     out = new_tensor(layout.shape, dtype)
     packed, scale_codes = numpy_view(elements.contiguous()), numpy_view(scales.reshape(-1).contiguous())
@@ -300,13 +320,17 @@ def _decode(fmt, layout: BlockLayout, elements: torch.Tensor, scales: torch.Tens
     zeros = np.zeros(0, np.uint8) if zero_points is None else numpy_view(zero_points.contiguous())
     _check_reads(fmt, layout, packed, scale_codes, shifts, zeros)
     if _fast_decode(fmt, layout):
-        rows = out.numpy().reshape(layout.nrows, layout.block)
-        if isinstance(fmt, BlockFormat):
-            element_values, scale_values = fast_block_decode.decode_tables(fmt)
-            fast_block_decode.decode_blocks(packed, scale_codes, rows, element_values, scale_values, ts,
-                                      fmt.element_code_bits)
+        if isinstance(layout, TileLayout):
+            view = block_view(out.numpy(), layout.tile)
         else:
-            fast_microexponent.decode_microexponent(packed, scale_codes, shifts, rows, microexponent_params(fmt))
+            view = block_view(out.numpy().reshape(layout.nrows, layout.block), None)
+        if isinstance(fmt, BlockFormat):
+            element_values, scale_values = fast_block_decode.decode_tables(fmt, fmt.scale.is_float32)
+            fast_block_decode.decode_blocks(packed, scale_codes, zeros, view, element_values, scale_values, ts,
+                                            fmt.element_code_bits, fmt.zero_point_code_bits, fmt.rounds_to_float32)
+        else:
+            fast_microexponent.decode_microexponent(packed, scale_codes, shifts, view.reshape(layout.nrows, -1),
+                                                    microexponent_params(fmt))
         return out
     out_view = outer_axis_inner(out.numpy(), layout.axis, writeable=True)
     if isinstance(fmt, BlockFormat):
@@ -336,15 +360,22 @@ def _check_reads(fmt, layout: BlockLayout, packed: np.ndarray, scale_codes: np.n
         raise ValueError(f"scales: {scale_codes.size} codes for {rows} blocks")
 
 
-def _fast_decode(fmt, layout: BlockLayout) -> bool:
+def _fast_decode(fmt, layout: Layout) -> bool:
     """Whether the fast decode kernels serve this layout: whole blocks along
-    the last axis whose codes (and shifts) fill whole bytes, with tables of
-    at most 2**16 codes or in sub-blocks of two."""
-    if layout.axis != max(len(layout.shape) - 1, 0) or layout.length % layout.block:
+    the last axis, or tiles of the last two axes that divide them, whose
+    codes (and shifts) fill whole bytes; element codes of at most 16 bits,
+    scale codes of at most 16 bits or float32 ones; microexponents in
+    sub-blocks of two."""
+    if isinstance(layout, TileLayout):
+        ndim = len(layout.shape)
+        if (layout.axis != (ndim - 2, ndim - 1) or layout.shape[-2] % layout.tile[0]
+                or layout.shape[-1] % layout.tile[1]):
+            return False
+    elif layout.axis != max(len(layout.shape) - 1, 0) or layout.length % layout.block:
         return False
     if not whole_bytes(fmt.element_code_bits, layout.block):
         return False
     if isinstance(fmt, BlockFormat):
-        return (fmt.element_code_bits <= 16 and fmt.scale_code_bits <= 16 and not fmt.zero_point
-                and not fmt.rounds_to_float32 and fmt.block_size == layout.block)
+        return (fmt.element_code_bits <= 16 and (fmt.scale_code_bits <= 16 or fmt.scale.is_float32)
+                and (fmt.double_quant is None or fmt.scale.is_float32))
     return fmt.sub_block == 2 and whole_bytes(fmt.subscale_code_bits, fmt.subscales_per_block)

@@ -13,6 +13,7 @@ import torch
 from numpy.lib.stride_tricks import as_strided
 
 from ..arrays import numpy_view
+from .compiling import jit
 from .scalar import HALF_BFLOAT16, HALF_FLOAT16
 
 HALF_TORCH = {torch.float16: HALF_FLOAT16, torch.bfloat16: HALF_BFLOAT16}
@@ -74,3 +75,25 @@ def outer_axis_inner(a: np.ndarray, axis: int, writeable: bool = False) -> np.nd
         a = np.ascontiguousarray(a)
         return outer_axis_inner(a, axis)
     return _view(a, before + [dims[axis]] + after, writeable)
+
+
+@jit(inline="always")
+def block_at(view, n):
+    """(a, b): where block n lies in a view of :func:`block_view` (no
+    division for rows of blocks, where the kernels find it per block)."""
+    columns = view.shape[2]
+    return (n, 0) if columns == 1 else (n // columns, n % columns)
+
+
+def block_view(data: np.ndarray, tile: tuple[int, int] | None) -> np.ndarray:
+    """The 4-d view (A, rows, B, cols) in which the block kernels read
+    blocks in place: block n is view[a, :, b, :] with (a, b) = divmod(n, B).
+    ``data`` (contiguous) as rows of whole blocks along its last axis
+    (``tile`` None: (blocks, 1, 1, block) of a (blocks, block) array), or
+    as the r x c tiles of its last two axes, whose lengths the tile divides:
+    (planes * R / r, r, C / c, c), the tiles in
+    :class:`~lowbit.formats.blocking.TileLayout`'s order."""
+    if tile is None:
+        return data.reshape(-1, 1, 1, data.shape[-1])
+    r, c = tile
+    return data.reshape(-1, r, data.shape[-1] // c, c)
