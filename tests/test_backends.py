@@ -508,13 +508,17 @@ def test_the_integer_fast_path_agrees_with_the_reference(fmt, dtype):
     """Whole float32/bfloat16 blocks along a contiguous last axis take the
     integer fast path: wide-ranging rows, all-zero rows, NaN, exact ties of
     x / s (a row of multiples of 1/16 under a power-of-two range), negative
-    values that round to zero."""
+    values that round to zero, rows of one sign (the zero point's range
+    then ends at 0), -0.0 (the kernels order the elements by their bits)."""
     rng = np.random.default_rng(5)
     x = torch.tensor(rng.standard_normal((16, 256)) * np.exp(rng.uniform(-20, 20, (16, 1))), dtype=dtype)
     x[1] = 0
     x[2, 7] = float("nan")
     x[3] = torch.arange(256) / 16 - 8
     x[4] = -torch.linspace(0, 7, 256) * 2.0 ** -20
+    x[5], x[6] = x[5].abs(), -x[6].abs()
+    x[7] = -0.0
+    x[8, 3] = float("-inf")
     for call in ("quantize", "encode"):
         results = [outcome(lambda b=b: getattr(fmt, call)(x, backend=b)) for b in ("cpu", "reference")]
         same_pair(*results, f"{fmt.name} {dtype} {call}")

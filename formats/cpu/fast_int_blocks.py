@@ -24,7 +24,8 @@ from ..int_format import IntFormat
 from .bits import pack_row, put_code
 from .block_kernels import candidate_scale
 from .compiling import jit
-from .fast32 import ROWS_PER_TASK, as_float32, to_output
+from .fast32 import EXPONENT32, MAGNITUDE32, ROWS_PER_TASK, as_float32, to_output
+from .reductions import largest_magnitude_bits
 from .scalar import pow2
 
 inline = jit(inline="always")
@@ -42,14 +43,31 @@ def int_block_params(fmt, rule: str, block: int) -> tuple | None:
 
 
 @inline
-def block_bounds(x, r, block):
-    """(amax, lo = min(min x, 0), hi = max(max x, 0), NaN block) of row r, in float32."""
-    amax, lo, hi, bad = np.float32(0), np.float32(0), np.float32(0), False
-    for j in range(block):
-        v = as_float32(x[r, j])
-        bad |= not (abs(v) < np.inf)
-        amax, lo, hi = max(amax, abs(v)), min(lo, v), max(hi, v)
-    return np.float64(amax), np.float64(lo), np.float64(hi), bad
+def ordered_key(v):
+    """float32 v's bits as an int32 whose order is the values' order (for
+    non-NaN v; -0.0 just below +0.0), so that a block's minimum and maximum
+    are integer reductions, which vectorize (float ones do not)."""
+    bits = np.int32(np.float32(v).view(np.int32))
+    return bits ^ ((bits >> 31) & MAGNITUDE32)
+
+
+@inline
+def key_value(key):
+    """The float64 value of an ordered_key, -0.0 read as 0.0."""
+    return np.float64(np.int32(key ^ ((key >> 31) & MAGNITUDE32)).view(np.float32)) + 0.0
+
+
+@inline
+def block_bounds(x, r, block, zero_point):
+    """(amax, lo = min(min x, 0), hi = max(max x, 0), NaN block) of row r,
+    from the elements' bits; lo and hi only with a zero point (else 0)."""
+    top = largest_magnitude_bits(x[r], block)
+    lo, hi = np.int32(0), np.int32(0)
+    if zero_point:
+        for j in range(block):
+            key = ordered_key(as_float32(x[r, j]))
+            lo, hi = min(lo, key), max(hi, key)
+    return np.float64(np.int32(top).view(np.float32)), key_value(lo), key_value(hi), top >= EXPONENT32
 
 
 @inline
@@ -111,7 +129,7 @@ def quantize_rows(x, out, g, ed, sd, bp, block):
     reference computes them; NaN rows."""
     lost = False
     for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
-        amax, lo, hi, bad = block_bounds(x, r, block)
+        amax, lo, hi, bad = block_bounds(x, r, block, bp[BLOCK_ZERO_POINT])
         _, scale, zero = candidate_scale(amax, lo, hi, 0, sd, bp)
         inverse, step = row_lanes(amax, scale, bad, ed)
         zero32, scale32 = np.float32(zero), np.float32(scale)
@@ -149,7 +167,7 @@ def encode_rows(x, elements, scales, zeros, g, ed, sd, bp, block):
     bits = bp[BLOCK_ELEMENT_BITS]
     mask = (1 << bits) - 1
     for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0])):
-        amax, lo, hi, bad = block_bounds(x, r, block)
+        amax, lo, hi, bad = block_bounds(x, r, block, bp[BLOCK_ZERO_POINT])
         code, scale, zero = candidate_scale(amax, lo, hi, 0, sd, bp)
         scales[r] = bp[BLOCK_SCALE_NAN] if bad else code
         if bp[BLOCK_ZERO_POINT] and not bad:
