@@ -238,6 +238,11 @@ def test_nvfp4_fast_path_near_midpoints(tensor_scale):
     for xd in (x, x * 1e-3, x.bfloat16()):
         same(both(fmt.quantize, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype}")
         same(both(fmt.encode, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype} encode")
+        # 4over6's search sums both candidates' errors from float32 elements: blocks with a quotient near a
+        # midpoint are summed again from float64 ones
+        for call in (fmt.quantize, fmt.encode):
+            same_pair(*[outcome(lambda b=b: call(xd, backend=b, scale_rule="4over6")) for b in ("cpu", "reference")],
+                      f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype} 4over6 {call.__name__}")
 
 
 @pytest.mark.parametrize("name", ["mx9", "mx6", "mx4", "msfp12"])
@@ -607,6 +612,26 @@ def test_4over6_takes_the_fast_path_exactly(fmt):
             results = [outcome(lambda b=b: getattr(fmt, call)(xd, backend=b, scale_rule="4over6"))
                        for b in ("cpu", "reference")]
             same_pair(*results, f"{fmt.name} {xd.dtype} {call}")
+
+
+def test_4over6_redoes_the_blocks_its_float32_lanes_cannot_decide():
+    """Blocks whose float32 lanes round one quotient (x * float32(1 / s),
+    x one float32 step below a midpoint times s) across the midpoint, and
+    whose two candidates then err so nearly alike that the lanes' error
+    sums pick 4 where the reference keeps 6 (found by a search that
+    emulated the lanes in numpy): the search must sum such blocks again
+    from float64 elements."""
+    fmt = BlockFormat(E2M1, 16, scale=E4M3)
+    blocks = [[22.5, 2.812499761581421, -7.5, 11.25], [22.5, 2.812499761581421, -7.5, 0.0, 11.25],
+              [21.65625, 12.249999046325684, 10.5, 1.75, -3.5]]
+    x = np.zeros((len(blocks), 16), np.float32)
+    for row, block in zip(x, blocks):
+        row[:len(block)] = block
+    t = torch.from_numpy(np.concatenate([x, -x]))
+    assert takes_a_fast_path(fmt, t, "4over6")
+    for call in (fmt.quantize, fmt.encode):
+        same_pair(*[outcome(lambda b=b: call(t, backend=b, scale_rule="4over6")) for b in ("cpu", "reference")],
+                  f"4over6 {call.__name__}")
 
 
 @pytest.mark.parametrize("fmt", [

@@ -122,30 +122,79 @@ def block_targets(x, q: tuple) -> np.ndarray:
 @jit(parallel=True)
 def search_4over6(x, q, targets):
     """``4over6``: targets[n] = 4.0 where block n of the 4-d view x has
-    strictly less squared error (:func:`squared_error`) with amax mapped to
-    4 than to 6, else 6.0 (the reference's choice), for the kernels'
-    ``targets``. A pass of its own, so that the kernels that round the
-    blocks stay as lean as for one candidate."""
+    strictly less squared error with amax mapped to 4 than to 6, else 6.0
+    (the reference's choice), for the kernels' ``targets``. A pass of its
+    own, so that the kernels that round the blocks stay as lean as for one
+    candidate."""
     element_fp, scale_fp, element64, scale64, bp, ep, scale_bits = q  # a parallel loop takes flat tuples only
     rows, cols = x.shape[1], x.shape[3]
     for g in prange((x.shape[0] * x.shape[2] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         q = (element_fp, scale_fp, element64, scale64, bp, ep, scale_bits)
-        first, end = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0] * x.shape[2])
-        tops = np.empty(end - first, np.int32)
-        for n in range(first, end):
-            tops[n - first] = block_top(x, n, rows, cols)
-        six, four = np.full(end - first, 6.0), np.full(end - first, 4.0)
-        values6, inverses6 = np.empty(end - first, np.float64), np.empty(end - first, np.float32)
-        values4, inverses4 = np.empty(end - first, np.float64), np.empty(end - first, np.float32)
+        if (rows == 1) & (cols == 16):  # NVFP4's blocks
+            search_task(x, g, q, targets, 1, 16)
+        else:
+            search_task(x, g, q, targets, rows, cols)
+
+
+@inline
+def search_task(x, g, q, targets, rows, cols):
+    """search_4over6 for task g's blocks, a batch at a time
+    (:func:`task_batches`): the batch copied to ``columns`` with element e
+    of its block k at [e, k], so that both candidates' errors
+    (:func:`batch_errors`) are summed for every block of the batch at once,
+    each block's sum still in index order; a block with a quotient near a
+    rounding boundary is summed again from float64 elements
+    (:func:`squared_error`)."""
+    task_first, task_end, step, count = task_batches(x, g, rows, cols)
+    tops = np.empty(step, np.int32)
+    columns = np.empty((rows * cols, step), np.float32)
+    six, four = np.full(step, 6.0), np.full(step, 4.0)
+    values6, inverses6, errors6 = np.empty(step), np.empty(step, np.float32), np.empty(step)
+    values4, inverses4, errors4 = np.empty(step), np.empty(step, np.float32), np.empty(step)
+    near6, near4 = np.empty(step, np.bool_), np.empty(step, np.bool_)
+    squares = np.empty(rows * cols, np.float64)
+    for batch in range(count):
+        first = task_first + batch * step
+        end = min(first + step, task_end)
+        for k in range(end - first):
+            a, b = block_at(x, first + k)
+            tops[k] = block_top(x, first + k, rows, cols)
+            for i in range(rows):
+                for j in range(cols):
+                    columns[i * cols + j, k] = as_float32(x[a, i, b, j])
         candidate_scales(0, end - first, q, tops, six, values6, inverses6)
         candidate_scales(0, end - first, q, tops, four, values4, inverses4)
-        squares = np.empty(rows * cols, np.float64)
+        batch_errors(columns, end - first, values6, inverses6, q, errors6, near6)
+        batch_errors(columns, end - first, values4, inverses4, q, errors4, near4)
         for k in range(end - first):
-            targets[first + k] = 6.0
-            if tops[k] < EXPONENT32:
-                error6 = squared_error(x, first + k, values6[k], inverses6[k], q, rows, cols, squares)
-                if squared_error(x, first + k, values4[k], inverses4[k], q, rows, cols, squares) < error6:
-                    targets[first + k] = 4.0
+            error6, error4 = errors6[k], errors4[k]
+            if near6[k] | near4[k]:
+                error6 = squared_error(x, first + k, values6[k], np.float32(0.0), q, rows, cols, squares)
+                error4 = squared_error(x, first + k, values4[k], np.float32(0.0), q, rows, cols, squares)
+            targets[first + k] = 4.0 if (error4 < error6) & (tops[k] < EXPONENT32) else 6.0
+
+
+@inline
+def batch_errors(columns, m, values, inverses, q, errors, near):
+    """For blocks k < m of a batch (element e of block k at columns[e, k])
+    under candidate scales values[k]: errors[k], the squared error
+    (element * scale * tensor scale - x)**2 summed over the block in index
+    order in float64 as the reference sums it, the elements from the float32
+    lanes (v * inverses[k] rounded as MX elements round); near[k], whether
+    those elements may differ from the reference's (a quotient near a
+    rounding boundary, or no lanes: inverses[k] is 0). The inner loop runs
+    over the blocks, so it vectorizes without reordering any block's sum."""
+    bp, ep = q[BLOCK], q[MX_ELEMENT]
+    divisor = bp[BLOCK_DIVISOR]
+    for k in range(m):
+        errors[k], near[k] = 0.0, not inverses[k] > 0
+    for e in range(columns.shape[0]):
+        for k in range(m):
+            v = columns[e, k]
+            quotient = v * inverses[k]
+            near[k] |= near_rounding_boundary(quotient, ep)
+            d = np.float64(mx_float_element(quotient, ep)) * values[k] * divisor - np.float64(v)
+            errors[k] += d * d
 
 
 @inline
