@@ -238,11 +238,11 @@ def test_nvfp4_fast_path_near_midpoints(tensor_scale):
     for xd in (x, x * 1e-3, x.bfloat16()):
         same(both(fmt.quantize, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype}")
         same(both(fmt.encode, xd), f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype} encode")
-        # 4over6's search sums both candidates' errors from float32 elements: blocks with a quotient near a
+        # the searches sum each candidate's errors from float32 elements: blocks with a quotient near a
         # midpoint are summed again from float64 ones
-        for call in (fmt.quantize, fmt.encode):
-            same_pair(*[outcome(lambda b=b: call(xd, backend=b, scale_rule="4over6")) for b in ("cpu", "reference")],
-                      f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype} 4over6 {call.__name__}")
+        for rule, call in itertools.product(("4over6", "mse"), (fmt.quantize, fmt.encode)):
+            same_pair(*[outcome(lambda b=b: call(xd, backend=b, scale_rule=rule)) for b in ("cpu", "reference")],
+                      f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype} {rule} {call.__name__}")
 
 
 @pytest.mark.parametrize("name", ["mx9", "mx6", "mx4", "msfp12"])
@@ -590,28 +590,32 @@ def test_float32_scales_tiles_and_whole_rows_take_the_fast_path_exactly(fmt):
                       f"{context} decode to {dtype}")
 
 
-@pytest.mark.parametrize("fmt", [
-    lowbit.get_format("nvfp4"), BlockFormat(E2M1, 16, scale=E4M3, tensor_scale=True), lowbit.get_format("nvfp4_16x16"),
-], ids=lambda f: f.name)
-def test_4over6_takes_the_fast_path_exactly(fmt):
-    """scale_rule="4over6" on the fast kernels (search_4over6 picks each
-    block's candidate): the reference's choice on wide-ranging blocks,
-    blocks of one nonzero element (both candidates exact: a tie, which
-    keeps 6), all-zero and NaN blocks, float32 and bfloat16."""
+@pytest.mark.parametrize("fmt, rule", [
+    (lowbit.get_format("nvfp4"), "4over6"), (BlockFormat(E2M1, 16, scale=E4M3, tensor_scale=True), "4over6"),
+    (lowbit.get_format("nvfp4_16x16"), "4over6"), (lowbit.get_format("nvfp4"), "mse"),
+    (lowbit.get_format("nvfp4_16x16"), "mse"), (lowbit.get_format("fp8_e4m3_rowwise"), "mse"),
+    (BlockFormat(E4M3, block_shape=(4, 8), scale=FP32), "mse"),
+], ids=lambda p: getattr(p, "name", p))
+def test_searched_scales_take_the_fast_path_exactly(fmt, rule):
+    """scale_rule="4over6" and "mse" on the fast kernels (search_scales
+    picks each block's candidate): the reference's choice on wide-ranging
+    blocks, blocks of one nonzero element (candidates that all err alike:
+    ties, which keep the first), all-zero and NaN blocks, float32 and
+    bfloat16."""
     rng = np.random.default_rng(13)
     x = rng.standard_normal((64, 256)) * np.exp(rng.uniform(-6, 6, (64, 1)))
     x[:16, 1:16] = 0  # the first block of these rows: one nonzero element
     x[16, :16] = 0
     x[17, 3] = np.nan
     t = torch.tensor(x, dtype=torch.float32)
-    assert takes_a_fast_path(fmt, t, "4over6")
-    chosen = fmt.encode(t, backend="reference", scale_rule="4over6").scales
-    assert (chosen != fmt.encode(t, backend="reference").scales).any()  # some blocks keep 4
+    assert takes_a_fast_path(fmt, t, rule)
+    chosen = fmt.encode(t, backend="reference", scale_rule=rule).scales
+    assert (chosen != fmt.encode(t, backend="reference").scales).any()  # some blocks take another candidate
     for xd in (t, t.bfloat16()):
         for call in ("quantize", "encode"):
-            results = [outcome(lambda b=b: getattr(fmt, call)(xd, backend=b, scale_rule="4over6"))
+            results = [outcome(lambda b=b: getattr(fmt, call)(xd, backend=b, scale_rule=rule))
                        for b in ("cpu", "reference")]
-            same_pair(*results, f"{fmt.name} {xd.dtype} {call}")
+            same_pair(*results, f"{fmt.name} {rule} {xd.dtype} {call}")
 
 
 def test_4over6_redoes_the_blocks_its_float32_lanes_cannot_decide():
@@ -620,7 +624,7 @@ def test_4over6_redoes_the_blocks_its_float32_lanes_cannot_decide():
     whose two candidates then err so nearly alike that the lanes' error
     sums pick 4 where the reference keeps 6 (found by a search that
     emulated the lanes in numpy): the search must sum such blocks again
-    from float64 elements."""
+    from float64 elements (search_scales)."""
     fmt = BlockFormat(E2M1, 16, scale=E4M3)
     blocks = [[22.5, 2.812499761581421, -7.5, 11.25], [22.5, 2.812499761581421, -7.5, 0.0, 11.25],
               [21.65625, 12.249999046325684, 10.5, 1.75, -3.5]]

@@ -291,12 +291,13 @@ def decode_codebook_blocks(packed, scales, out, table, bits):
     = float32(table value * scale); NaN where the code lies past the table."""
     block = out.shape[1]
     entries = table.shape[0]
-    for r in prange(out.shape[0]):
+    for g in prange((out.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         codes = np.empty(block, np.int32)
-        unpack_row(packed, r, codes, block, bits)
-        scale = np.float64(scales[r])
-        for j in range(block):
-            out[r, j] = np.float32(table[codes[j]] * scale) if codes[j] < entries else np.float32(np.nan)
+        for r in range(g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, out.shape[0])):
+            unpack_row(packed, r, codes, block, bits)
+            scale = np.float64(scales[r])
+            for j in range(block):
+                out[r, j] = np.float32(table[codes[j]] * scale) if codes[j] < entries else np.float32(np.nan)
 
 
 @inline

@@ -10,6 +10,13 @@ next to every midpoint).
 
 The kernels read the blocks in place from the 4-d view of
 :func:`.views.block_view`: rows of whole blocks, or tiles.
+
+Searched scales (``4over6``, ``mse``) are chosen by a pass of their own,
+:func:`search_scales`: each candidate's squared error summed per block in
+index order in float64, as the reference sums it, from the float32 lanes'
+elements (blocks where some quotient lies near a rounding boundary summed
+again from float64 elements); the kernels then round each block under the
+scale it chose, as for one candidate.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import numpy as np
 from numba import prange
 
 from ..abi import (
-    BLOCK_DIVISOR, BLOCK_ELEMENT_BITS, BLOCK_HAS_TENSOR_SCALE, BLOCK_RULE, BLOCK_SCALE_NAN, RULE_4OVER6, block_params,
+    BLOCK_DIVISOR, BLOCK_ELEMENT_BITS, BLOCK_HAS_TENSOR_SCALE, BLOCK_SCALE_NAN, block_params,
 )
+from ..block_format import MSE_RATIOS
 from ..float_format import FloatFormat
 from .bits import pack_row
 from .compiling import jit
@@ -50,7 +58,7 @@ def nearest64_params(fmt) -> tuple:
 @functools.lru_cache(maxsize=256)
 def scaled_block_params(fmt, rule: str, tensor_scale: float | None, block: int) -> tuple | None:
     """Parameters of the fast path for a BlockFormat whose scale has a
-    mantissa, under scale rule ``amax`` or ``4over6``, in blocks of
+    mantissa, under scale rule ``amax``, ``4over6`` or ``mse``, in blocks of
     ``block`` elements: a float element that
     :func:`float_element_fields` and float_params serve, a scale that
     float_params serves or float32 itself, and products (element times
@@ -59,7 +67,7 @@ def scaled_block_params(fmt, rule: str, tensor_scale: float | None, block: int) 
     point or second level; else None."""
     element, scale = fmt.element, fmt.scale
     if (not isinstance(scale, FloatFormat) or scale.man_bits == 0 or not scale.signed or fmt.zero_point
-            or fmt.double_quant is not None or rule not in ("amax", "4over6")):
+            or fmt.double_quant is not None or rule not in ("amax", "4over6", "mse")):
         return None
     float32_scale = scale.is_float32
     element_fp, ep = float_params(element, "saturate", False), float_element_fields(element)
@@ -99,59 +107,83 @@ def block_top(x, n, rows, cols):
 
 
 @inline
-def amax_scales(x, first, end, q, tops, values, inverses, rows, cols, targets):
+def amax_scales(x, first, end, q, tops, values, inverses, rows, cols, chosen):
     """For blocks first..end - 1: tops[k], the largest magnitude bits of
-    block first + k, and its block scale and float32 inverse
-    (:func:`candidate_scales`)."""
+    block first + k, and its block scale and float32 inverse: amax /
+    max_elem (:func:`candidate_scales`), or those a search chose
+    (``chosen``: :func:`searched_scales`, empty for none)."""
     for n in range(first, end):
         tops[n - first] = block_top(x, n, rows, cols)
-    candidate_scales(first, end, q, tops, targets, values, inverses)
+    chosen_values, chosen_inverses = chosen
+    if chosen_values.size:
+        for k in range(end - first):
+            values[k], inverses[k] = chosen_values[first + k], chosen_inverses[first + k]
+    else:
+        candidate_scales(end - first, q, tops, 1.0, q[ELEMENT64][LARGEST], values, inverses)
 
 
-def block_targets(x, q: tuple) -> np.ndarray:
-    """The kernels' ``targets`` for the blocks of the 4-d view x: each
-    block's from :func:`search_4over6` under ``4over6``, else none (every
-    block maps amax to max_elem)."""
-    if q[BLOCK][BLOCK_RULE] != RULE_4OVER6:
-        return np.empty(0)
-    targets = np.empty(x.shape[0] * x.shape[2])
-    search_4over6(x, q, targets)
-    return targets
+def search_candidates(fmt, rule: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ratios, targets) of the candidates a searched scale rule tries, in
+    its order, as BlockFormat._candidates forms them: candidate c's block
+    scale is amax * ratios[c] / (tensor scale * targets[c]) rounded in the
+    scale format (``mse``: each of MSE_RATIOS over max_elem; ``4over6``:
+    amax to 6, then to 4); None for ``amax``."""
+    if rule == "4over6":
+        return np.ones(2), np.array([6.0, 4.0])
+    if rule == "mse":
+        return np.array(MSE_RATIOS), np.full(len(MSE_RATIOS), float(fmt.element.max))
+    return None
+
+
+def searched_scales(x, q: tuple, candidates: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The kernels' ``chosen`` for the blocks of the 4-d view x: each
+    block's scale and float32 inverse (as :func:`candidate_scales` gives
+    them) from :func:`search_scales` over ``candidates``
+    (:func:`search_candidates`), or two empty arrays for none (each block
+    maps amax to max_elem)."""
+    if candidates is None:
+        return np.empty(0), np.empty(0, np.float32)
+    count = x.shape[0] * x.shape[2]
+    values, inverses = np.empty(count), np.empty(count, np.float32)
+    search_scales(x, q, *candidates, values, inverses)
+    return values, inverses
 
 
 @jit(parallel=True)
-def search_4over6(x, q, targets):
-    """``4over6``: targets[n] = 4.0 where block n of the 4-d view x has
-    strictly less squared error with amax mapped to 4 than to 6, else 6.0
-    (the reference's choice), for the kernels' ``targets``. A pass of its
-    own, so that the kernels that round the blocks stay as lean as for one
+def search_scales(x, q, ratios, targets, values, inverses):
+    """values[n], inverses[n]: the scale and float32 inverse (as
+    :func:`candidate_scales` gives them) of the first candidate
+    (:func:`search_candidates`) with the strictly least squared error over
+    block n of the 4-d view x, as the reference chooses. A pass of its own,
+    so that the kernels that round the blocks stay as lean as for one
     candidate."""
     element_fp, scale_fp, element64, scale64, bp, ep, scale_bits = q  # a parallel loop takes flat tuples only
     rows, cols = x.shape[1], x.shape[3]
     for g in prange((x.shape[0] * x.shape[2] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         q = (element_fp, scale_fp, element64, scale64, bp, ep, scale_bits)
         if (rows == 1) & (cols == 16):  # NVFP4's blocks
-            search_task(x, g, q, targets, 1, 16)
+            search_task(x, g, q, ratios, targets, values, inverses, 1, 16)
         else:
-            search_task(x, g, q, targets, rows, cols)
+            search_task(x, g, q, ratios, targets, values, inverses, rows, cols)
 
 
 @inline
-def search_task(x, g, q, targets, rows, cols):
-    """search_4over6 for task g's blocks, a batch at a time
-    (:func:`task_batches`): the batch copied to ``columns`` with element e
-    of its block k at [e, k], so that both candidates' errors
+def search_task(x, g, q, ratios, targets, chosen_values, chosen_inverses, rows, cols):
+    """search_scales for task g's blocks, a batch at a time (as in
+    :func:`task_batches`, but at least SEARCH_LANES blocks, so that long
+    blocks too are summed side by side): the batch copied to ``columns`` with element e
+    of its block k at [e, k], so that each candidate's errors
     (:func:`batch_errors`) are summed for every block of the batch at once,
     each block's sum still in index order; a block with a quotient near a
-    rounding boundary is summed again from float64 elements
-    (:func:`squared_error`)."""
-    task_first, task_end, step, count = task_batches(x, g, rows, cols)
+    rounding boundary under some candidate has every candidate's error
+    summed again from float64 elements (:func:`squared_error`)."""
+    task_first, task_end = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0] * x.shape[2])
+    step = min(ROWS_PER_TASK, max(SEARCH_LANES, BATCH_ELEMENTS // (rows * cols)))
+    count = (task_end - task_first + step - 1) // step
     tops = np.empty(step, np.int32)
     columns = np.empty((rows * cols, step), np.float32)
-    six, four = np.full(step, 6.0), np.full(step, 4.0)
-    values6, inverses6, errors6 = np.empty(step), np.empty(step, np.float32), np.empty(step)
-    values4, inverses4, errors4 = np.empty(step), np.empty(step, np.float32), np.empty(step)
-    near6, near4 = np.empty(step, np.bool_), np.empty(step, np.bool_)
+    values, inverses, errors, least = np.empty(step), np.empty(step, np.float32), np.empty(step), np.empty(step)
+    near, undecided = np.empty(step, np.bool_), np.empty(step, np.bool_)
     squares = np.empty(rows * cols, np.float64)
     for batch in range(count):
         first = task_first + batch * step
@@ -159,19 +191,24 @@ def search_task(x, g, q, targets, rows, cols):
         for k in range(end - first):
             a, b = block_at(x, first + k)
             tops[k] = block_top(x, first + k, rows, cols)
+            undecided[k] = False
             for i in range(rows):
                 for j in range(cols):
                     columns[i * cols + j, k] = as_float32(x[a, i, b, j])
-        candidate_scales(0, end - first, q, tops, six, values6, inverses6)
-        candidate_scales(0, end - first, q, tops, four, values4, inverses4)
-        batch_errors(columns, end - first, values6, inverses6, q, errors6, near6)
-        batch_errors(columns, end - first, values4, inverses4, q, errors4, near4)
+        for c in range(ratios.size):
+            candidate_scales(end - first, q, tops, ratios[c], targets[c], values, inverses)
+            batch_errors(columns, end - first, values, inverses, q, errors, near)
+            for k in range(end - first):
+                undecided[k] |= near[k]
+                if (c == 0) or (errors[k] < least[k]):
+                    least[k], chosen_values[first + k], chosen_inverses[first + k] = errors[k], values[k], inverses[k]
         for k in range(end - first):
-            error6, error4 = errors6[k], errors4[k]
-            if near6[k] | near4[k]:
-                error6 = squared_error(x, first + k, values6[k], np.float32(0.0), q, rows, cols, squares)
-                error4 = squared_error(x, first + k, values4[k], np.float32(0.0), q, rows, cols, squares)
-            targets[first + k] = 4.0 if (error4 < error6) & (tops[k] < EXPONENT32) else 6.0
+            if undecided[k] & (tops[k] < EXPONENT32):
+                for c in range(ratios.size):
+                    value, inverse = candidate_scale(tops[k], ratios[c], targets[c], q)
+                    error = squared_error(x, first + k, value, np.float32(0.0), q, rows, cols, squares)
+                    if (c == 0) or (error < least[k]):
+                        least[k], chosen_values[first + k], chosen_inverses[first + k] = error, value, inverse
 
 
 @inline
@@ -198,33 +235,27 @@ def batch_errors(columns, m, values, inverses, q, errors, near):
 
 
 @inline
-def candidate_scales(first, end, q, tops, targets, values, inverses):
-    """For blocks first + k < end of largest magnitude bits tops[k]:
-    values[k], the block scale amax / (tensor scale * target) rounded to
-    nearest even in the scale format, saturating, where the target is
-    max_elem, or targets[first + k] where ``targets`` is not empty
-    (``4over6``: :func:`search_4over6`); and inverses[k], 1 / (scale * tensor
-    scale) as a float32 when the block can take the float32 lanes of
-    :func:`amax_fast_block` (a full scale in 2**-100..2**100 and every
-    scaled value below twice the largest element, where mx_float_element
-    still rounds), else 0. A loop of its own, so that the scales' float64
-    divisions and roundings run as a batch instead of one dependent chain
-    per block (40% faster)."""
-    if targets.size:  # two loops: a select in the one loop costs NVFP4 quantize 6%
-        for k in range(end - first):
-            values[k], inverses[k] = candidate_scale(tops[k], targets[first + k], q)
-    else:
-        for k in range(end - first):
-            values[k], inverses[k] = candidate_scale(tops[k], q[ELEMENT64][LARGEST], q)
+def candidate_scales(count, q, tops, ratio, target, values, inverses):
+    """For blocks k < count of largest magnitude bits tops[k]: values[k],
+    the block scale amax * ratio / (tensor scale * target) rounded to
+    nearest even in the scale format, saturating (amax / max_elem for the
+    ``amax`` rule); and inverses[k], 1 / (scale * tensor scale) as a float32
+    when the block can take the float32 lanes of :func:`amax_fast_block` (a
+    full scale in 2**-100..2**100 and every scaled value below twice the
+    largest element, where mx_float_element still rounds), else 0. A loop of
+    its own, so that the scales' float64 divisions and roundings run as a
+    batch instead of one dependent chain per block (40% faster)."""
+    for k in range(count):
+        values[k], inverses[k] = candidate_scale(tops[k], ratio, target, q)
 
 
 @inline
-def candidate_scale(top, target, q):
+def candidate_scale(top, ratio, target, q):
     """(block scale, float32 inverse or 0) of candidate_scales for one block
     of largest magnitude bits ``top``."""
     element64, scale64, bp = q[ELEMENT64], q[SCALE64], q[BLOCK]
     amax = np.float64(np.int32(top).view(np.float32))
-    value = nearest64(amax / (bp[BLOCK_DIVISOR] * target), scale64)
+    value = nearest64(amax * ratio / (bp[BLOCK_DIVISOR] * target), scale64)  # amax * ratio: exact (ratio of 5 bits)
     full_scale = value * bp[BLOCK_DIVISOR]  # exact: at most 24 + 24 bits
     inverse = np.float32(1.0 / full_scale) if (full_scale >= 2.0 ** -100) & (full_scale <= 2.0 ** 100) else np.float32(0.0)
     in_lanes = np.float32(amax) * inverse < np.float32(2.0 * element64[LARGEST])
@@ -268,6 +299,8 @@ def squared_error(x, n, scale, inverse, q, rows, cols, squares):
 #: the elements of the blocks whose scales a task computes in one batch:
 #: few enough that the blocks are still in cache when their elements are read again
 BATCH_ELEMENTS = 8192
+#: the fewest blocks whose errors :func:`search_task` sums side by side
+SEARCH_LANES = 8
 
 
 @inline
@@ -381,7 +414,7 @@ def amax_redo_block(x, out, n, top, scale, inverse, q, rows, cols):
 
 
 @inline
-def amax_quantize_blocks(x, out, g, q, rows, cols, targets):
+def amax_quantize_blocks(x, out, g, q, rows, cols, chosen):
     """Task g's blocks, a batch at a time (:func:`task_batches`): in float32
     lanes (amax_fast_block) where the block allows, then in a second loop
     (which keeps the first one lean) the other blocks and the elements near
@@ -394,7 +427,7 @@ def amax_quantize_blocks(x, out, g, q, rows, cols, targets):
     for batch in range(count):
         first = task_first + batch * step
         end = min(first + step, task_end)
-        amax_scales(x, first, end, q, tops, values, inverses, rows, cols, targets)
+        amax_scales(x, first, end, q, tops, values, inverses, rows, cols, chosen)
         any_redo = False
         for k in range(end - first):
             block_lost, redo[k] = False, True
@@ -410,7 +443,7 @@ def amax_quantize_blocks(x, out, g, q, rows, cols, targets):
 
 
 @jit(parallel=True)
-def quantize_amax_blocks(x, out, q, targets, inexact):
+def quantize_amax_blocks(x, out, q, chosen, inexact):
     """Quantize of float32 blocks of the 4-d view x (:func:`.views.block_view`)
     into out, a view of the same shape; inexact[task] says whether a
     result left out's dtype."""
@@ -419,17 +452,17 @@ def quantize_amax_blocks(x, out, q, targets, inexact):
     for g in prange(inexact.size):
         q = (element_fp, scale_fp, element64, scale64, bp, ep, scale_bits)
         if (rows == 1) & (cols == 16):  # NVFP4's blocks
-            inexact[g] = amax_quantize_blocks(x, out, g, q, 1, 16, targets)
+            inexact[g] = amax_quantize_blocks(x, out, g, q, 1, 16, chosen)
         elif cols == 16:  # NVFP4's 16 x 16 tiles
-            inexact[g] = amax_quantize_blocks(x, out, g, q, rows, 16, targets)
+            inexact[g] = amax_quantize_blocks(x, out, g, q, rows, 16, chosen)
         elif cols == 128:  # DeepSeek-V3's 128 x 128 tiles
-            inexact[g] = amax_quantize_blocks(x, out, g, q, rows, 128, targets)
+            inexact[g] = amax_quantize_blocks(x, out, g, q, rows, 128, chosen)
         else:
-            inexact[g] = amax_quantize_blocks(x, out, g, q, rows, cols, targets)
+            inexact[g] = amax_quantize_blocks(x, out, g, q, rows, cols, chosen)
 
 
 @inline
-def amax_encode_blocks(x, elements, scales, g, q, rows, cols, targets):
+def amax_encode_blocks(x, elements, scales, g, q, rows, cols, chosen):
     """Task g's blocks as amax_quantize_blocks computes them, as codes."""
     bp, ep = q[BLOCK], q[MX_ELEMENT]
     tops, values = np.empty(ROWS_PER_TASK, np.int32), np.empty(ROWS_PER_TASK, np.float64)
@@ -439,7 +472,7 @@ def amax_encode_blocks(x, elements, scales, g, q, rows, cols, targets):
     for batch in range(count):
         first = task_first + batch * step
         end = min(first + step, task_end)
-        amax_scales(x, first, end, q, tops, values, inverses, rows, cols, targets)
+        amax_scales(x, first, end, q, tops, values, inverses, rows, cols, chosen)
         for n in range(first, end):
             a, b = block_at(x, n)
             scale, inverse, bad = values[n - first], inverses[n - first], tops[n - first] >= EXPONENT32
@@ -464,7 +497,7 @@ def amax_encode_blocks(x, elements, scales, g, q, rows, cols, targets):
 
 
 @jit(parallel=True)
-def encode_amax_blocks(x, elements, scales, q, targets):
+def encode_amax_blocks(x, elements, scales, q, chosen):
     """Packed element codes (``elements`` zeroed unless its blocks fill
     whole bytes) and scale codes of the float32 blocks of the 4-d view x."""
     element_fp, scale_fp, element64, scale64, bp, ep, scale_bits = q  # a parallel loop takes flat tuples only
@@ -472,10 +505,10 @@ def encode_amax_blocks(x, elements, scales, q, targets):
     for g in prange((x.shape[0] * x.shape[2] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         q = (element_fp, scale_fp, element64, scale64, bp, ep, scale_bits)
         if (rows == 1) & (cols == 16):  # NVFP4's blocks
-            amax_encode_blocks(x, elements, scales, g, q, 1, 16, targets)
+            amax_encode_blocks(x, elements, scales, g, q, 1, 16, chosen)
         elif cols == 16:  # NVFP4's 16 x 16 tiles
-            amax_encode_blocks(x, elements, scales, g, q, rows, 16, targets)
+            amax_encode_blocks(x, elements, scales, g, q, rows, 16, chosen)
         elif cols == 128:  # DeepSeek-V3's 128 x 128 tiles
-            amax_encode_blocks(x, elements, scales, g, q, rows, 128, targets)
+            amax_encode_blocks(x, elements, scales, g, q, rows, 128, chosen)
         else:
-            amax_encode_blocks(x, elements, scales, g, q, rows, cols, targets)
+            amax_encode_blocks(x, elements, scales, g, q, rows, cols, chosen)

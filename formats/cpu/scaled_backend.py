@@ -38,8 +38,8 @@ def tensor_scale(fmt, t: torch.Tensor, policy: Policy) -> float | None:
     return fmt.tensor_scale_of(amax)
 
 
-#: the scale rules the fast paths serve (of the searched ones, ``4over6``; ``mse`` takes the general kernels)
-FAST_RULES = ("floor", "ceil", "rceil", "even", "amax", "minmax", "4over6")
+#: the scale rules the fast paths serve (``mse`` only with scales that have a mantissa: :mod:`.fast_amax`)
+FAST_RULES = ("floor", "ceil", "rceil", "even", "amax", "minmax", "4over6", "mse")
 
 
 def as_rows(t: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, BlockLayout]:
@@ -197,7 +197,8 @@ def _quantize(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | 
         elif family == "mx":
             fast_mx.quantize_mx(rows, values, *params, inexact)
         elif family == "amax":
-            fast_amax.quantize_amax_blocks(rows, values, params, fast_amax.block_targets(rows, params), inexact)
+            chosen = fast_amax.searched_scales(rows, params, fast_amax.search_candidates(fmt, policy.scale_rule))
+            fast_amax.quantize_amax_blocks(rows, values, params, chosen, inexact)
         else:
             fast_microexponent.quantize_microexponent(rows.reshape(-1), values.reshape(-1), params, inexact)
         return out, not inexact.any()
@@ -245,8 +246,8 @@ def _encode(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | No
         elif family == "mx":
             fast_mx.encode_mx(rows, elements.numpy(), scales.numpy(), *params)
         elif family == "amax":
-            fast_amax.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), params,
-                                         fast_amax.block_targets(rows, params))
+            chosen = fast_amax.searched_scales(rows, params, fast_amax.search_candidates(fmt, policy.scale_rule))
+            fast_amax.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), params, chosen)
         else:
             fast_microexponent.encode_microexponent(rows.reshape(-1), elements.numpy(), scales.numpy(),
                                                     subscales.numpy(), params)
@@ -277,7 +278,7 @@ def decode(fmt, layout: Layout, elements: torch.Tensor, scales: torch.Tensor, su
            ts: float | None, dtype: torch.dtype, zero_points: torch.Tensor | None = None) -> torch.Tensor:
     """The values in the layout's true shape. Double-quantized scales come
     as their float32 values, which are fp32 scale codes as they are."""
-    if isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat):
+    if isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat) and not _fast_decode(fmt, layout):
         return _decode_codebook_blocks(fmt, layout, elements, scales, dtype)
     if scales.is_floating_point():  # their bits as unsigned 32-bit codes (negative scales too)
         scales = scales.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
