@@ -305,9 +305,12 @@ def check_tensor_scale(fmt: Any, tensor_scale: Any) -> None:
         value = float(tensor_scale)
     except OverflowError:
         value = math.inf
-    if not (0 < value <= largest and float(np.float32(value)) == value):
+    if not 0 < value <= largest:
         raise ValueError(f"tensor_scale must be a positive float32 value of at most {largest!r} (the datapath "
                          f"holds it in float32, and a larger one overflows decoding), got {tensor_scale!r:.40}")
+    if float(np.float32(value)) != value:
+        raise ValueError(f"tensor_scale must be a float32 number exactly (the datapath holds it in float32), got "
+                         f"{tensor_scale!r:.40}; the nearest float32 is {float(np.float32(value))!r}")
 
 
 def _read_meta(parts: dict[str, np.ndarray]) -> dict[str, Any]:

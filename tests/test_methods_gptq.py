@@ -336,8 +336,11 @@ def test_encode_takes_a_given_tensor_scale():
     ts = NVFP4_TS.encode(whole, axis=1).tensor_scale
     part = NVFP4_TS.encode(x, axis=1, tensor_scale=ts)
     assert part.tensor_scale == ts and torch.equal(part.decode(), NVFP4_TS.encode(whole, axis=1).decode()[:8])
-    with pytest.raises(ValueError, match="tensor_scale must be a positive float32"):
+    with pytest.raises(ValueError, match="tensor_scale must be a float32 number exactly .* nearest float32 is "
+                                         "0.10000000149011612"):
         NVFP4_TS.encode(x, tensor_scale=0.1)
+    with pytest.raises(ValueError, match="tensor_scale must be a positive float32 value of at most"):
+        NVFP4_TS.encode(x, tensor_scale=-1.0)
     with pytest.raises(ValueError, match="mxfp4 has no per-tensor scale"):
         get_format("mxfp4").encode(x, tensor_scale=1.0)
 
