@@ -135,12 +135,13 @@ def search_candidates(fmt, rule: str) -> tuple[np.ndarray, np.ndarray] | None:
     return None
 
 
-def searched_scales(x, q: tuple, candidates: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-    """The kernels' ``chosen`` for the blocks of the 4-d view x: each
-    block's scale and float32 inverse (as :func:`candidate_scales` gives
-    them) from :func:`search_scales` over ``candidates``
-    (:func:`search_candidates`), or two empty arrays for none (each block
-    maps amax to max_elem)."""
+def searched_scales(x, q: tuple, fmt, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """The kernels' ``chosen`` for the blocks of the 4-d view x of a format
+    under scale rule ``rule``: each block's scale and float32 inverse (as
+    :func:`candidate_scales` gives them) from :func:`search_scales` over the
+    rule's candidates (:func:`search_candidates`), or two empty arrays for
+    ``amax`` (each block maps amax to max_elem)."""
+    candidates = search_candidates(fmt, rule)
     if candidates is None:
         return np.empty(0), np.empty(0, np.float32)
     count = x.shape[0] * x.shape[2]
@@ -206,7 +207,7 @@ def search_task(x, g, q, ratios, targets, chosen_values, chosen_inverses, rows, 
             if undecided[k] & (tops[k] < EXPONENT32):
                 for c in range(ratios.size):
                     value, inverse = candidate_scale(tops[k], ratios[c], targets[c], q)
-                    error = squared_error(x, first + k, value, np.float32(0.0), q, rows, cols, squares)
+                    error = squared_error(x, first + k, value, q, rows, cols, squares)
                     if (c == 0) or (error < least[k]):
                         least[k], chosen_values[first + k], chosen_inverses[first + k] = error, value, inverse
 
@@ -263,33 +264,22 @@ def candidate_scale(top, ratio, target, q):
 
 
 @inline
-def squared_error(x, n, scale, inverse, q, rows, cols, squares):
+def squared_error(x, n, scale, q, rows, cols, squares):
     """The squared error of finite block n under a candidate scale, as the
     reference sums it: (element * scale * tensor scale - x)**2 over the
-    block in index order, in float64, with nearest-even elements; the
-    elements from the float32 lanes unless one lay near a rounding boundary
-    (or the lanes do not apply), then all of them in float64. The squares
-    go through ``squares`` (rows * cols float64), so that the loop forming
-    them vectorizes and only the sum runs in order."""
-    bp, ep = q[BLOCK], q[MX_ELEMENT]
-    divisor = bp[BLOCK_DIVISOR]
+    block in index order, in float64, with nearest-even elements computed
+    in float64 as the reference divides (for the blocks the float32 lanes
+    of :func:`batch_errors` cannot decide). The squares go through
+    ``squares`` (rows * cols float64), so that the loop forming them
+    vectorizes and only the sum runs in order."""
+    divisor = q[BLOCK][BLOCK_DIVISOR]
     a, b = block_at(x, n)
-    near = not inverse > 0
-    if not near:
-        for i in range(rows):
-            for j in range(cols):
-                v = as_float32(x[a, i, b, j])
-                quotient = v * inverse
-                near |= near_rounding_boundary(quotient, ep)
-                d = np.float64(mx_float_element(quotient, ep)) * scale * divisor - np.float64(v)
-                squares[i * cols + j] = d * d
-    if near:
-        for i in range(rows):
-            for j in range(cols):
-                v = as_float32(x[a, i, b, j])
-                magnitude, negative = amax_element(v, scale * divisor, q)
-                d = (-magnitude if negative else magnitude) * scale * divisor - np.float64(v)
-                squares[i * cols + j] = d * d
+    for i in range(rows):
+        for j in range(cols):
+            v = as_float32(x[a, i, b, j])
+            magnitude, negative = amax_element(v, scale * divisor, q)
+            d = (-magnitude if negative else magnitude) * scale * divisor - np.float64(v)
+            squares[i * cols + j] = d * d
     error = 0.0
     for k in range(rows * cols):
         error = error + squares[k]

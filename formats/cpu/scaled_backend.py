@@ -197,7 +197,7 @@ def _quantize(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | 
         elif family == "mx":
             fast_mx.quantize_mx(rows, values, *params, inexact)
         elif family == "amax":
-            chosen = fast_amax.searched_scales(rows, params, fast_amax.search_candidates(fmt, policy.scale_rule))
+            chosen = fast_amax.searched_scales(rows, params, fmt, policy.scale_rule)
             fast_amax.quantize_amax_blocks(rows, values, params, chosen, inexact)
         else:
             fast_microexponent.quantize_microexponent(rows.reshape(-1), values.reshape(-1), params, inexact)
@@ -246,7 +246,7 @@ def _encode(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | No
         elif family == "mx":
             fast_mx.encode_mx(rows, elements.numpy(), scales.numpy(), *params)
         elif family == "amax":
-            chosen = fast_amax.searched_scales(rows, params, fast_amax.search_candidates(fmt, policy.scale_rule))
+            chosen = fast_amax.searched_scales(rows, params, fmt, policy.scale_rule)
             fast_amax.encode_amax_blocks(rows, elements.numpy(), scales.numpy(), params, chosen)
         else:
             fast_microexponent.encode_microexponent(rows.reshape(-1), elements.numpy(), scales.numpy(),
