@@ -621,10 +621,11 @@ def test_searched_scales_take_the_fast_path_exactly(fmt, rule):
 def test_4over6_redoes_the_blocks_its_float32_lanes_cannot_decide():
     """Blocks whose float32 lanes round one quotient (x * float32(1 / s),
     x one float32 step below a midpoint times s) across the midpoint, and
-    whose two candidates then err so nearly alike that the lanes' error
-    sums pick 4 where the reference keeps 6 (found by a search that
-    emulated the lanes in numpy): the search must sum such blocks again
-    from float64 elements (search_scales)."""
+    whose two candidates then err so nearly alike (within 2e-6) that the
+    lanes' float32 estimates pick 4 where the reference keeps 6 (checked
+    by emulating the lanes in numpy): the search's bound must leave such
+    blocks undecided, to be summed again as the reference sums them
+    (fast_amax.searched_scales)."""
     fmt = BlockFormat(E2M1, 16, scale=E4M3)
     blocks = [[22.5, 2.812499761581421, -7.5, 11.25], [22.5, 2.812499761581421, -7.5, 0.0, 11.25],
               [21.65625, 12.249999046325684, 10.5, 1.75, -3.5]]

@@ -12,10 +12,11 @@ The kernels read the blocks in place from the 4-d view of
 :func:`.views.block_view`: rows of whole blocks, or tiles.
 
 Searched scales (``4over6``, ``mse``) are chosen by a pass of their own,
-:func:`search_scales`: each candidate's squared error summed per block in
-index order in float64, as the reference sums it, from the float32 lanes'
-elements (blocks where some quotient lies near a rounding boundary summed
-again from float64 elements); the kernels then round each block under the
+:func:`search_scales`: each candidate's squared error estimated per block
+in float32 lanes, with a rigorous bound on its distance from the
+reference's float64 sum; blocks whose least estimate is not apart from
+the others by their bounds are summed again as the reference sums them,
+in index order in float64. The kernels then round each block under the
 scale it chose, as for one candidate.
 """
 
@@ -33,7 +34,9 @@ from ..block_format import MSE_RATIOS
 from ..float_format import FloatFormat
 from .bits import pack_row
 from .compiling import jit
-from .fast_mx import FLOOR_BITS, SHIFT_BITS, float_element_fields, mx_float_code, mx_float_element
+from .fast_mx import (
+    FLOOR_BITS, SHIFT_BITS, float_element_fields, magnitude_element, mx_float_code, mx_float_element,
+)
 from .fast32 import (
     EXPONENT32, LARGEST, MAGIC, MAN, ROWS_PER_TASK, SMALLEST_NORMAL, as_float32, finite_code, float_params, to_output,
 )
@@ -172,67 +175,124 @@ def search_scales(x, q, ratios, targets, values, inverses):
 def search_task(x, g, q, ratios, targets, chosen_values, chosen_inverses, rows, cols):
     """search_scales for task g's blocks, a batch at a time (as in
     :func:`task_batches`, but at least SEARCH_LANES blocks, so that long
-    blocks too are summed side by side): the batch copied to ``columns`` with element e
-    of its block k at [e, k], so that each candidate's errors
-    (:func:`batch_errors`) are summed for every block of the batch at once,
-    each block's sum still in index order; a block with a quotient near a
-    rounding boundary under some candidate has every candidate's error
-    summed again from float64 elements (:func:`squared_error`)."""
+    blocks too are summed side by side): the batch copied to ``columns``
+    with element e of its block k at [e, k], so that each candidate's error
+    is estimated for every block of the batch at once
+    (:func:`batch_errors`). The candidate of least estimate is kept when
+    its interval (estimate plus or minus bound) lies wholly below that of
+    every candidate with another scale (candidates whose scales round alike
+    err alike, and any of them gives the reference's choice). Other blocks
+    (near-equal errors, NaN, a candidate without lanes) have every
+    candidate's error summed again as the reference sums it
+    (:func:`least_error`). Every other loop runs over the blocks, so it
+    vectorizes."""
     task_first, task_end = g * ROWS_PER_TASK, min(g * ROWS_PER_TASK + ROWS_PER_TASK, x.shape[0] * x.shape[2])
     step = min(ROWS_PER_TASK, max(SEARCH_LANES, BATCH_ELEMENTS // (rows * cols)))
     count = (task_end - task_first + step - 1) // step
-    tops = np.empty(step, np.int32)
-    columns = np.empty((rows * cols, step), np.float32)
-    values, inverses, errors, least = np.empty(step), np.empty(step, np.float32), np.empty(step), np.empty(step)
-    near, undecided = np.empty(step, np.bool_), np.empty(step, np.bool_)
-    squares = np.empty(rows * cols, np.float64)
+    size = ratios.size
+    tops, columns = np.empty(step, np.int32), np.empty((rows * cols, step), np.float32)
+    values, inverses = np.empty((size, step)), np.empty((size, step), np.float32)
+    errors, bounds, sums = np.empty((size, step)), np.empty((size, step)), np.empty(step, np.float32)
+    top, margin, squares = np.empty(step), np.empty(step), np.empty(rows * cols, np.float64)
     for batch in range(count):
         first = task_first + batch * step
         end = min(first + step, task_end)
-        for k in range(end - first):
+        m = end - first
+        for k in range(m):
             a, b = block_at(x, first + k)
             tops[k] = block_top(x, first + k, rows, cols)
-            undecided[k] = False
             for i in range(rows):
                 for j in range(cols):
                     columns[i * cols + j, k] = as_float32(x[a, i, b, j])
-        for c in range(ratios.size):
-            candidate_scales(end - first, q, tops, ratios[c], targets[c], values, inverses)
-            batch_errors(columns, end - first, values, inverses, q, errors, near)
-            for k in range(end - first):
-                undecided[k] |= near[k]
-                if (c == 0) or (errors[k] < least[k]):
-                    least[k], chosen_values[first + k], chosen_inverses[first + k] = errors[k], values[k], inverses[k]
-        for k in range(end - first):
-            if undecided[k] & (tops[k] < EXPONENT32):
-                for c in range(ratios.size):
-                    value, inverse = candidate_scale(tops[k], ratios[c], targets[c], q)
-                    error = squared_error(x, first + k, value, q, rows, cols, squares)
-                    if (c == 0) or (error < least[k]):
-                        least[k], chosen_values[first + k], chosen_inverses[first + k] = error, value, inverse
+        for c in range(size):
+            candidate_scales(m, q, tops, ratios[c], targets[c], values[c], inverses[c])
+            batch_errors(columns, m, tops, values[c], inverses[c], q, sums, errors[c], bounds[c])
+        for k in range(m):
+            top[k], margin[k] = errors[0, k], bounds[0, k]
+            chosen_values[first + k], chosen_inverses[first + k] = values[0, k], inverses[0, k]
+        for c in range(1, size):
+            for k in range(m):
+                better = errors[c, k] < top[k]
+                top[k] = errors[c, k] if better else top[k]
+                margin[k] = bounds[c, k] if better else margin[k]
+                chosen_values[first + k] = values[c, k] if better else chosen_values[first + k]
+                chosen_inverses[first + k] = inverses[c, k] if better else chosen_inverses[first + k]
+        for k in range(m):
+            top[k] += margin[k]
+            margin[k] = 0.0
+        for c in range(size):
+            for k in range(m):
+                apart = (values[c, k] == chosen_values[first + k]) | (top[k] < errors[c, k] - bounds[c, k])
+                margin[k] = margin[k] if apart else 1.0
+        undecided = False
+        for k in range(m):
+            undecided |= margin[k] > 0.0
+        if undecided:  # a loop of its own: the ones above stay lean
+            for k in range(m):
+                if margin[k] > 0.0:
+                    best = least_error(x, first + k, tops[k], ratios, targets, q, rows, cols, squares)
+                    chosen_values[first + k], chosen_inverses[first + k] = values[best, k], inverses[best, k]
 
 
 @inline
-def batch_errors(columns, m, values, inverses, q, errors, near):
+def least_error(x, n, top, ratios, targets, q, rows, cols, squares):
+    """The first candidate with the strictly least squared error over block
+    n as the reference sums it (:func:`squared_error`); 0 for a block of
+    zeros (every candidate's error is 0) and for one with NaN or Inf (its
+    scale is not used)."""
+    best, least = 0, 0.0
+    if (top > 0) & (top < EXPONENT32):
+        for c in range(ratios.size):
+            value, _ = candidate_scale(top, ratios[c], targets[c], q)
+            error = squared_error(x, n, value, q, rows, cols, squares)
+            if (c == 0) or (error < least):
+                best, least = c, error
+    return best
+
+
+@inline
+def batch_errors(columns, m, tops, values, inverses, q, sums, errors, bounds):
     """For blocks k < m of a batch (element e of block k at columns[e, k])
-    under candidate scales values[k]: errors[k], the squared error
-    (element * scale * tensor scale - x)**2 summed over the block in index
-    order in float64 as the reference sums it, the elements from the float32
-    lanes (v * inverses[k] rounded as MX elements round); near[k], whether
-    those elements may differ from the reference's (a quotient near a
-    rounding boundary, or no lanes: inverses[k] is 0). The inner loop runs
-    over the blocks, so it vectorizes without reordering any block's sum."""
-    bp, ep = q[BLOCK], q[MX_ELEMENT]
-    divisor = bp[BLOCK_DIVISOR]
+    under candidate scales values[k]: errors[k], the block's squared error
+    estimated in float32 lanes, and bounds[k], a bound on its distance
+    from the reference's float64 sum (inf for a block without lanes:
+    inverses[k] is 0). The inner loop runs over the blocks, so it
+    vectorizes.
+
+    The estimate is F**2 * S, with F the full scale and S the float32 sum
+    of the n squares (r - t)**2, t = |v| * inverses[k] and r = t rounded as
+    MX elements round. With u = 2**-24 and t = (|v| / F)(1 + h), |h| <=
+    2.0001u: r - t is exact (Sterbenz: r lies within a factor 2 of t, or is
+    0). Against the reference's element r' (the exact quotient's nearest,
+    or its neighbour when that quotient lies within 2**-53 of a midpoint)
+    and d = r' - |v| / F, ||r - t| - |d|| <= 3 |h| t per element, so
+    (Minkowski) the norms of the two error vectors differ by at most
+    3 |h| T, T**2 = sum t**2 <= n (amax * inverses[k])**2 (1 + 2.1u), and
+    their squares by 3 |h| T (2 D + 3 |h| T), D**2 = sum (r - t)**2 <=
+    (S + n 2**-149) / (1 - g). The float32 roundings of a square and the
+    sums add at most g = (n + 1)u / (1 - (n + 1)u) of D**2, and n 2**-150
+    for squares that underflow. The reference's own float64 sum lies
+    within (n + 3) 2**-53 of its exact value. The bound doubles each of
+    these."""
+    ep, divisor = q[MX_ELEMENT], q[BLOCK][BLOCK_DIVISOR]
+    n = columns.shape[0]
     for k in range(m):
-        errors[k], near[k] = 0.0, not inverses[k] > 0
-    for e in range(columns.shape[0]):
+        sums[k] = np.float32(0.0)
+    for e in range(n):
         for k in range(m):
-            v = columns[e, k]
-            quotient = v * inverses[k]
-            near[k] |= near_rounding_boundary(quotient, ep)
-            d = np.float64(mx_float_element(quotient, ep)) * values[k] * divisor - np.float64(v)
-            errors[k] += d * d
+            t = abs(columns[e, k]) * inverses[k]
+            d = magnitude_element(t, ep) - t
+            sums[k] += d * d
+    g = (n + 1) * 2.0 ** -24 / (1.0 - (n + 1) * 2.0 ** -24)
+    for k in range(m):
+        full, total = values[k] * divisor, np.float64(sums[k])
+        t_max = np.float64(np.int32(tops[k]).view(np.float32)) * np.float64(inverses[k])
+        spread = 3.0 * 2.0001 * 2.0 ** -24 * np.sqrt(np.float64(n)) * t_max * (1.0 + 2.0 ** -20)
+        d2 = (total + n * 2.0 ** -149) / (1.0 - g)
+        estimate = total * full * full
+        off = 2.0 * full * full * (spread * (2.0 * np.sqrt(d2) + spread) + g * d2 + n * 2.0 ** -149)
+        errors[k] = estimate
+        bounds[k] = off + 2.0 * (n + 8) * 2.0 ** -53 * (estimate + off) if inverses[k] > 0 else np.inf
 
 
 @inline

@@ -97,17 +97,24 @@ def block_power(top, bp):
 @inline
 def mx_float_element(v, ep):
     """Finite float32 v rounded to nearest even in the float element
-    format and saturated, signed (a zero keeps v's sign). With E = max(v's
-    exponent, emin) and c = 2**(E + 23 - man) with v's sign, |v| < 2**(E + 1)
-    and v + c lies in c's binade, whose float32 step is the element's step
-    at v: the float32 addition rounds v to nearest even on the element's
-    grid (c is an even number of steps), and (v + c) - c is exact."""
-    bits = np.float32(v).view(np.int32)
-    sign = np.int32(bits & SIGN32)
-    exponent = np.int32(max(np.int32(bits & EXPONENT32), ep[FLOOR_BITS]))
-    c = np.int32(np.int32(exponent + ep[SHIFT_BITS]) | sign).view(np.float32)
-    r = min(max((np.float32(v) + c) - c, ep[LOWEST]), ep[LARGEST])
+    format and saturated, signed (a zero keeps v's sign): |v| rounded
+    (:func:`magnitude_element`) with v's sign."""
+    sign = np.int32(np.float32(v).view(np.int32) & SIGN32)
+    r = magnitude_element(abs(np.float32(v)), ep)
     return np.int32(np.float32(r).view(np.int32) | sign).view(np.float32)
+
+
+@inline
+def magnitude_element(a, ep):
+    """Finite non-negative float32 a rounded to nearest even in the float
+    element format and saturated. With E = max(a's exponent, emin) and
+    c = 2**(E + 23 - man), a < 2**(E + 1) and a + c lies in c's binade,
+    whose float32 step is the element's step at a: the float32 addition
+    rounds a to nearest even on the element's grid (c is an even number of
+    steps), and (a + c) - c is exact."""
+    exponent = np.int32(max(np.int32(np.float32(a).view(np.int32) & EXPONENT32), ep[FLOOR_BITS]))
+    c = np.int32(exponent + ep[SHIFT_BITS]).view(np.float32)
+    return min((np.float32(a) + c) - c, ep[LARGEST])
 
 
 @inline
