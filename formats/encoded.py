@@ -308,9 +308,10 @@ def check_tensor_scale(fmt: Any, tensor_scale: Any) -> None:
     if not 0 < value <= largest:
         raise ValueError(f"tensor_scale must be a positive float32 value of at most {largest!r} (the datapath "
                          f"holds it in float32, and a larger one overflows decoding), got {tensor_scale!r:.40}")
-    if float(np.float32(value)) != value:
+    nearest = float(np.float32(value))
+    if nearest != value:
         raise ValueError(f"tensor_scale must be a float32 number exactly (the datapath holds it in float32), got "
-                         f"{tensor_scale!r:.40}; the nearest float32 is {float(np.float32(value))!r}")
+                         f"{tensor_scale!r:.40}; the nearest float32 is {nearest!r}")
 
 
 def _read_meta(parts: dict[str, np.ndarray]) -> dict[str, Any]:

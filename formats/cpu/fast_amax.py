@@ -193,7 +193,8 @@ def search_task(x, g, q, ratios, targets, chosen_values, chosen_inverses, rows, 
     tops, columns = np.empty(step, np.int32), np.empty((rows * cols, step), np.float32)
     values, inverses = np.empty((size, step)), np.empty((size, step), np.float32)
     errors, bounds, sums = np.empty((size, step)), np.empty((size, step)), np.empty(step, np.float32)
-    top, margin, squares = np.empty(step), np.empty(step), np.empty(rows * cols, np.float64)
+    # ceiling: the least estimate, then plus its bound; margin: that bound, then 1.0 where the block is undecided
+    ceiling, margin, squares = np.empty(step), np.empty(step), np.empty(rows * cols, np.float64)
     for batch in range(count):
         first = task_first + batch * step
         end = min(first + step, task_end)
@@ -208,21 +209,21 @@ def search_task(x, g, q, ratios, targets, chosen_values, chosen_inverses, rows, 
             candidate_scales(m, q, tops, ratios[c], targets[c], values[c], inverses[c])
             batch_errors(columns, m, tops, values[c], inverses[c], q, sums, errors[c], bounds[c])
         for k in range(m):
-            top[k], margin[k] = errors[0, k], bounds[0, k]
+            ceiling[k], margin[k] = errors[0, k], bounds[0, k]
             chosen_values[first + k], chosen_inverses[first + k] = values[0, k], inverses[0, k]
         for c in range(1, size):
             for k in range(m):
-                better = errors[c, k] < top[k]
-                top[k] = errors[c, k] if better else top[k]
+                better = errors[c, k] < ceiling[k]
+                ceiling[k] = errors[c, k] if better else ceiling[k]
                 margin[k] = bounds[c, k] if better else margin[k]
                 chosen_values[first + k] = values[c, k] if better else chosen_values[first + k]
                 chosen_inverses[first + k] = inverses[c, k] if better else chosen_inverses[first + k]
         for k in range(m):
-            top[k] += margin[k]
+            ceiling[k] += margin[k]
             margin[k] = 0.0
         for c in range(size):
             for k in range(m):
-                apart = (values[c, k] == chosen_values[first + k]) | (top[k] < errors[c, k] - bounds[c, k])
+                apart = (values[c, k] == chosen_values[first + k]) | (ceiling[k] < errors[c, k] - bounds[c, k])
                 margin[k] = margin[k] if apart else 1.0
         undecided = False
         for k in range(m):
