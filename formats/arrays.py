@@ -53,6 +53,30 @@ class InputKind:
         return out
 
 
+def finite_mean_float32(values: torch.Tensor) -> float:
+    """float32(math.fsum(finite) / n) for the n finite ones of float64
+    ``values`` (0.0 when none is): their exact sum rounded once to float64,
+    divided by n in float64, rounded to nearest even float32. Taken from
+    the float64 sum torch computes when its error bound (gamma(n - 1) times
+    the sum of magnitudes, whatever the order of the additions) leaves one
+    float32 for every float64 the exact steps could give; else from
+    math.fsum itself."""
+    finite = values[torch.isfinite(values)]
+    n = finite.numel()
+    if n == 0:
+        return 0.0
+    u = 2.0 ** -53
+    total, magnitudes = float(finite.sum()), float(finite.abs().sum())
+    error = (n * u / (1.0 - n * u)) * magnitudes * (1.0 + 4.0 * n * u)
+    # the exact sum lies within error of total; fsum's rounding and the division's add 2u of |mean| each,
+    # the computations of the bounds below a few u more: 8u of (|total| + error) covers them all
+    reach = (error + 8.0 * u * (abs(total) + error)) * (1.0 + 8.0 * u) + 2.0 ** -1070
+    low, high = np.float32((total - reach) / n), np.float32((total + reach) / n)
+    if n * u < 2.0 ** -20 and low == high and low != 0:  # a zero's sign is math.fsum's to give
+        return float(low)
+    return float(np.float32(math.fsum(finite.tolist()) / n))
+
+
 def cast_exactly(t64: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
     """float64 (or float32) values cast to ``dtype``, and whether every one
     survived the cast unchanged (NaN counts as NaN); a cast to float64 or to

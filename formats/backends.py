@@ -78,8 +78,13 @@ class ScaledOps(Protocol):
         """The per-tensor scale computed over the whole input first (NVFP4), or None."""
 
     def quantize(self, fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
-                 tensor_scale: float | None) -> tuple[torch.Tensor, bool]:
-        """t encoded and decoded, in its shape and dtype, and whether the dtype held every result exactly."""
+                 tensor_scale: float | None,
+                 rescale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, bool]:
+        """t encoded and decoded, in its shape and dtype, and whether the dtype
+        held every result exactly. ``rescale`` (formats whose scales are
+        double-quantized): maps the scale codes (in ``encode``'s shape) to
+        the float32 scale values the elements decode with, as ``decode``
+        takes them."""
 
     def encode(self, fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
                tensor_scale: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,

@@ -54,6 +54,8 @@ z = round_half_even(-lo / s) in [0, 2**b - 1]; q = clamp(round(x / s) + z,
 mean over the finite ones (``scale_offset``), are themselves encoded in
 that block format along one axis; the elements are encoded with the exact
 first-level scales, and decoding uses float32(level-two value + offset).
+A block holding NaN or Inf has a NaN scale, and so every block whose scale
+shares its second-level block decodes to NaN.
 """
 
 from __future__ import annotations

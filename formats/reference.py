@@ -11,7 +11,7 @@ needs only its exact math to run here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +120,19 @@ def _packed_rows(packed: torch.Tensor, rows: slice, bits_per_row: int) -> torch.
     return packed[rows.start * bits_per_row // 8: -(-rows.stop * bits_per_row // 8)]
 
 
+def quantize_through_codes(encode: Callable[..., Any], decode: Callable[..., torch.Tensor], fmt: Any,
+                           t: torch.Tensor, layout: Layout, policy: Policy, tensor_scale: float | None,
+                           rescale: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """ScaledOps.quantize with ``rescale``, through a backend's ScaledOps
+    ``encode`` and ``decode``: the encoded elements decoded as float32 with
+    the scales ``rescale`` gives for their scale codes, cast exactly to t's
+    dtype."""
+    elements, scale_codes, subscales, zero_points = encode(fmt, t, layout, policy, tensor_scale)
+    values = decode(fmt, layout, elements, rescale(scale_codes), subscales, tensor_scale, torch.float32,
+                    zero_points)
+    return cast_exactly(values, t.dtype)
+
+
 class ScaledReference:
     """Scaled formats on their exact math (the contract of :class:`~lowbit.formats.backends.ScaledOps`)."""
 
@@ -127,7 +140,10 @@ class ScaledReference:
         return fmt.tensor_scale_exact(t, policy.flush_subnormals)
 
     def quantize(self, fmt: Any, t: torch.Tensor, layout: Layout, policy: Policy,
-                 tensor_scale: float | None) -> tuple[torch.Tensor, bool]:
+                 tensor_scale: float | None,
+                 rescale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, bool]:
+        if rescale is not None:
+            return quantize_through_codes(self.encode, self.decode, fmt, t, layout, policy, tensor_scale, rescale)
         out = torch.empty((layout.nrows, layout.block), dtype=t.dtype, device=t.device)
         for part, codes in block_chunks(fmt, t, layout, policy, tensor_scale):
             values, fits = cast_exactly(fmt.decode_blocks_exact(codes), t.dtype)

@@ -7,14 +7,12 @@ decode of encode, so the two can never disagree."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import backends
-from .arrays import as_tensor, as_torch, cast_exactly, decoded_in, float_dtype
+from .arrays import as_tensor, as_torch, cast_exactly, decoded_in, finite_mean_float32, float_dtype
 from .backends import Policy
 from .base import Grid, check_axis
 from .blocking import BlockCodes, BlockLayout, Layout
@@ -116,20 +114,10 @@ class ScaledFormat:
         NaN or Inf becomes all NaN. Elements saturate (they never overflow).
         ``rounding``, ``seed``, ``generator``, ``sr_bits`` and ``backend``:
         as in :meth:`ElementFormat.quantize`."""
-        if self.double_quant is not None:  # the second level needs every block's scale first
-            encoded = self.encode(x, axis=axis, rounding=rounding, scale_rule=scale_rule, seed=seed,
-                                  generator=generator, flush_subnormals=flush_subnormals, backend=backend,
-                                  sr_bits=sr_bits)
-            t, kind = as_tensor(x)
-            # double-quantized values are float32 numbers (rounds_to_float32): decoded as float32, exactly
-            values, exact_fit = cast_exactly(as_torch(self.decode(encoded, dtype=torch.float32, backend=backend)),
-                                             t.dtype)
-            if not exact_fit:
-                raise kind.inexact_error()
-            return kind.give_back(values.to(t.device))
         t, kind, layout, policy, chosen, ts = self._call(x, "quantize", axis, rounding, scale_rule, seed, generator,
                                                          flush_subnormals, backend, sr_bits)
-        out, exact_fit = chosen.scaled.quantize(self, t, layout, policy, ts)
+        rescale = self._second_level_scales if self.double_quant is not None else None
+        out, exact_fit = chosen.scaled.quantize(self, t, layout, policy, ts, rescale)
         if not exact_fit:
             raise kind.inexact_error()
         return kind.give_back(out)
@@ -169,16 +157,33 @@ class ScaledFormat:
         block order) less offset = float32(mean of the finite ones, summed
         exactly), encoded in ``double_quant`` along their one axis (as numpy
         when ``give_back`` turns the tensor into numpy); and the offset."""
-        values = self.scale.decode_exact(scale_codes.reshape(-1).to(torch.int64))
-        finite = values[torch.isfinite(values)]
-        offset = float(np.float32(math.fsum(finite.tolist()) / finite.numel())) if finite.numel() else 0.0
+        codes = scale_codes.reshape(-1).to(torch.int64)
+        if self.scale.is_float32:  # fp32 codes are float32's own bits
+            signed = ((codes & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+            values = signed.to(torch.int32).view(torch.float32).to(torch.float64)
+        else:
+            values = self.scale.decode_exact(codes)
+        offset = finite_mean_float32(values)
         second = values - offset
+        narrow, exact_fit = cast_exactly(second, torch.float32)  # the same values: float32 takes faster kernels
+        second = narrow if exact_fit else second
         return self.double_quant.encode(give_back(second) if give_back else second, axis=0), offset
 
+    def _second_level_scales(self, scale_codes: torch.Tensor) -> torch.Tensor:
+        """Double quantization: the float32 scales the blocks of these
+        first-level scale codes decode with (:meth:`_encode_scales`, then
+        :meth:`_scales_of`)."""
+        return self._scales_of(*self._encode_scales(scale_codes))
+
     def _decoded_scales(self, encoded: Encoded) -> torch.Tensor:
+        """Double quantization: each block's scale (:meth:`_scales_of`)."""
+        return self._scales_of(encoded.scales, encoded.scale_offset)
+
+    @staticmethod
+    def _scales_of(second: Encoded, offset: float) -> torch.Tensor:
         """Double quantization: each block's scale, float32(second level's float32 value + offset)."""
-        second = as_torch(encoded.scales.decode())
-        return (second + torch.tensor(encoded.scale_offset, dtype=torch.float32)).reshape(-1)
+        values = as_torch(second.decode())
+        return (values + torch.tensor(offset, dtype=torch.float32)).reshape(-1)
 
     def grid(self, x: Any, *, axis: int | tuple[int, int] = -1, scale_rule: str | None = None,
              flush_subnormals: bool = False, backend: str | None = None) -> Grid:

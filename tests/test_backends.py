@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import lowbit
 from lowbit.formats import BlockFormat, FloatFormat, IntFormat, abi, backends
-from lowbit.formats.cpu import fast32
+from lowbit.formats.cpu import codebook_kernels, fast32
 from lowbit.testing import element_formats, scaled_formats, wide_range_blocks
 
 from helpers import assert_same_values
@@ -501,6 +501,64 @@ def test_double_quantized_scales_that_decode_negative_decode_alike():
     scales = fmt._decoded_scales(encoded)
     assert (scales < 0).any()
     same_pair(fmt.decode(encoded, backend="cpu"), fmt.decode(encoded, backend="reference"), "negative scales")
+
+
+def double_quantized_codebook_case() -> torch.Tensor:
+    """Rows of 600 nf4_dq blocks (1800 scales, second-level blocks of 256
+    across the rows) over 2**-30..2**30: all-zero blocks, a block holding
+    NaN and one holding Inf (each makes its second-level block of scales,
+    and so its 256 first-level blocks, NaN), values on the NF4 table's
+    midpoints times their block's scale, subnormal blocks."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 600, 64)) * np.exp2(rng.uniform(-30, 30, (3, 600, 1)))
+    x[0, :5] = 0.0
+    x[1, 300, 7] = np.nan
+    x[2, 10, 0] = -np.inf
+    table = np.array(lowbit.get_format("nf4").element.table)
+    x[0, 20] = np.resize((table[:-1] + table[1:]) / 2, 64) * 3.0  # amax 3 * the largest midpoint
+    x[0, 21] = rng.standard_normal(64) * 2.0 ** -140
+    return torch.from_numpy(x.reshape(3, -1).astype(np.float32))
+
+
+NF4_NEGATIVE_SCALES = BlockFormat(lowbit.get_format("nf4").element, 4, scale=lowbit.get_format("fp32"),
+                                  double_quant=BlockFormat(IntFormat(2), 8, scale=lowbit.get_format("fp32")))
+LONG_MIDPOINTS = BlockFormat(lowbit.CodebookFormat(tuple(float(np.float32(v)) for v in (-1.0, -0.3, 0.0, 0.1, 0.7, 1.0))), 64,
+                             scale=lowbit.get_format("fp32"),
+                             double_quant=BlockFormat(lowbit.get_format("fp8_e4m3"), 256, scale=lowbit.get_format("fp32")))
+
+
+@pytest.mark.parametrize("fmt,dtype,rounding,fused", [
+    (lowbit.get_format("nf4_dq"), torch.float32, "nearest_even", True),
+    (NF4_NEGATIVE_SCALES, torch.float32, "nearest_even", True),
+    (lowbit.get_format("nf4_dq"), torch.float64, "nearest_even", False),
+    (lowbit.get_format("nf4_dq"), torch.float32, "toward_zero", False),
+    (lowbit.get_format("nf4_dq"), torch.float32, "stochastic", False),
+    (LONG_MIDPOINTS, torch.float32, "nearest_even", False),
+], ids=lambda v: getattr(v, "name", str(v)))
+def test_double_quantized_codebook_blocks_quantize_as_the_reference(fmt, dtype, rounding, fused, monkeypatch):
+    """The CPU backend quantizes double-quantized codebook blocks of float32
+    under nearest_even (tables whose midpoints are short) in its float32
+    kernel, after a pass for the first-level scales, multiplying by the
+    second level's scales (``fused``); other inputs, modes and tables go
+    through codes. Both give the reference's values and decode(encode),
+    on :func:`double_quantized_codebook_case` and on scales that a 2-bit
+    second level decodes negative."""
+    calls = []
+    scale_pass = codebook_kernels.block_scales
+    monkeypatch.setattr(codebook_kernels, "block_scales", lambda *a: (calls.append(1), scale_pass(*a))[1])
+    x = double_quantized_codebook_case().to(dtype)
+    if fmt is NF4_NEGATIVE_SCALES:
+        x = torch.tensor([[0.448, 0.1, 0, 0], [448.0, 0, 0, 0], [-1344.0, 0, 0, 0]], dtype=dtype).repeat(4, 3)
+        assert (fmt._decoded_scales(fmt.encode(x, backend="reference")) < 0).any()
+    seed = 3 if rounding == "stochastic" else None
+    got = fmt.quantize(x, rounding=rounding, seed=seed, backend="cpu")
+    assert bool(calls) == fused
+    expected = fmt.quantize(x, rounding=rounding, seed=seed, backend="reference")
+    same_pair(got, expected, f"{fmt.name} {dtype} {rounding}")
+    decoded = fmt.decode(fmt.encode(x, rounding=rounding, seed=seed, backend="cpu"), backend="cpu", dtype=dtype)
+    same_pair(got, decoded, f"{fmt.name} {dtype} {rounding}: decode(encode)")
+    if fmt is not NF4_NEGATIVE_SCALES:  # the second-level blocks of the NaN and the Inf: 2 x 256 blocks of 64
+        assert int(torch.isnan(got).sum()) == 2 * 256 * 64
 
 
 @pytest.mark.parametrize("fmt", [

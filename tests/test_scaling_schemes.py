@@ -810,6 +810,48 @@ def test_double_quant(shape, axis, kind):
     assert_bits(enc.decode(), ref["values"].astype(np.float32), "dq decode", x)
 
 
+def fsum_mean_float32(values) -> np.float32:
+    """The double-quantization offset as written in the spec: float32(fsum / n) of the finite values."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    return np.float32(math.fsum(finite) / len(finite)) if finite else np.float32(0.0)
+
+
+MEAN_CASES = [
+    [1.0, 1.0 + 2.0 ** -23],  # the mean is a float32 midpoint: no bound decides it
+    [1e30, 1.0, -1e30],  # cancellation: the float64 sum is 0, the exact one 1
+    [3.0e38, 3.0e38, -3.0e38, np.nan, np.inf],  # the finite ones only
+    [2.0 ** -149, 2.0 ** -149, 0.0],  # subnormal
+    [],
+    [np.nan],
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(width=32), max_size=40) | st.sampled_from(MEAN_CASES))
+def test_double_quant_offset_is_the_float32_of_the_exactly_summed_mean(values):
+    """finite_mean_float32 (the offset the second level subtracts) is
+    float32(math.fsum(finite) / n), whether its float64 sum's bound decides
+    it or math.fsum must (midpoints, cancellation)."""
+    from lowbit.formats.arrays import finite_mean_float32
+
+    got = finite_mean_float32(torch.tensor(values, dtype=torch.float64))
+    assert np.float32(got).view(np.uint32) == fsum_mean_float32(values).view(np.uint32), (values, got)
+
+
+def test_double_quant_offset_takes_math_fsum_only_where_the_bound_cannot_decide(monkeypatch):
+    from lowbit.formats import arrays
+
+    calls, fsum = [], math.fsum
+    expected = [fsum_mean_float32(case) for case in MEAN_CASES[:2]]
+    monkeypatch.setattr(arrays.math, "fsum", lambda v: (calls.append(1), fsum(v))[1])
+    rng = np.random.default_rng(4)
+    arrays.finite_mean_float32(torch.from_numpy(np.abs(rng.standard_normal(100_000))))
+    assert not calls
+    for case, mean in zip(MEAN_CASES[:2], expected):
+        assert arrays.finite_mean_float32(torch.tensor(case, dtype=torch.float64)) == mean
+    assert len(calls) == 2
+
+
 # --------------------------------------------------------------------------
 # 6. properties
 # --------------------------------------------------------------------------

@@ -364,11 +364,32 @@ def passed_count(x, thresholds, k):
     return np.int32(c0 + c1) + np.int32(c2 + c3)
 
 
+@inline
+def block_scale(rows, r, divisor):
+    """The fp32 scale of float32 block (row) r: float32(amax / divisor) as a
+    float64, at most float32's largest; NaN for a block holding NaN or Inf."""
+    top = np.int32(0)  # the largest magnitude's bits: an int32 maximum vectorizes, a float one does not
+    for i in range(rows.shape[1]):
+        top = max(top, np.int32(np.float32(rows[r, i]).view(np.int32) & np.int32(0x7FFFFFFF)))
+    scale = min(np.float64(np.float32(np.float64(np.int32(top).view(np.float32)) / divisor)), FLOAT32_MAX)
+    return np.nan if top >= np.int32(0x7F800000) else scale
+
+
 @parallel
-def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, zero_code):
+def block_scales(rows, scales, divisor):
+    """scales[r] = :func:`block_scale` of every block (row) of float32 ``rows``."""
+    for r in prange(rows.shape[0]):
+        scales[r] = block_scale(rows, r, divisor)
+
+
+@parallel
+def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, zero_code, rescaled):
     """:func:`codebook_blocks` under ``nearest_even`` for float32 rows
     without flushing, comparing in float32; ``codes`` or ``values`` may be
-    empty (not asked for). The reference tests float64(x / s) > mid (>= at
+    empty (not asked for). ``rescaled`` (double quantization), unless
+    empty: each block's values are its table values times rescaled[r] (the
+    scale its second level decodes) rather than times its own scale, the
+    one its codes are rounded under. The reference tests float64(x / s) > mid (>= at
     odd midpoints, where a tie goes up to the even code); for a float32 x
     that is x > mid * s for tables of :func:`short_midpoints` (mid * s is
     exact in float64), and x passes a float64 threshold exactly when it
@@ -396,12 +417,10 @@ def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, ze
         thresholds = np.empty(slots * ROWS_PER_TASK, np.float32)
         products = np.empty((slots + 1) * ROWS_PER_TASK, np.float32)
         counts = np.empty(block, np.int32)
+        multipliers = np.empty(ROWS_PER_TASK, np.float64)
         for k in range(count):
-            top = np.int32(0)  # the largest magnitude's bits: an int32 maximum vectorizes, a float one does not
-            for i in range(block):
-                top = max(top, np.int32(np.float32(rows[first + k, i]).view(np.int32) & np.int32(0x7FFFFFFF)))
-            scale = min(np.float64(np.float32(np.float64(np.int32(top).view(np.float32)) / divisor)), FLOAT32_MAX)
-            task_scales[k] = np.nan if top >= np.int32(0x7F800000) else scale  # a NaN or an infinity
+            task_scales[k] = block_scale(rows, first + k, divisor)
+            multipliers[k] = task_scales[k] if rescaled.shape[0] == 0 else rescaled[first + k]
         for j in range(slots):
             mid, strict = mids[min(j, m - 1)], j % 2 == 0
             for k in range(count):
@@ -410,7 +429,7 @@ def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, ze
         for j in range(slots + 1):
             entry = table[min(j, last)]
             for k in range(count):
-                products[j * ROWS_PER_TASK + k] = np.float32(entry * task_scales[k])
+                products[j * ROWS_PER_TASK + k] = np.float32(entry * multipliers[k])
         for k in range(count):
             r, scale = first + k, task_scales[k]
             scales[r] = scale
@@ -419,7 +438,7 @@ def nearest_float32_blocks(rows, codes, values, scales, table, mids, divisor, ze
                     if codes.shape[0]:
                         codes[r, i] = 0 if scale != scale else zero_code
                     if values.shape[0]:
-                        values[r, i] = np.nan if scale != scale else np.float32(table[zero_code] * scale)
+                        values[r, i] = np.nan if scale != scale else np.float32(table[zero_code] * multipliers[k])
                 continue
             if m <= SHORT:
                 if values.shape[0]:

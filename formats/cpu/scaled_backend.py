@@ -8,6 +8,8 @@ scale codes of an :class:`~lowbit.formats.Encoded`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -18,6 +20,7 @@ from ..block_format import BlockFormat
 from ..blocking import BlockLayout, Layout, TileLayout
 from ..codebook import CodebookFormat
 from ..packing import pack, unpack
+from ..reference import quantize_through_codes
 from . import (
     block_kernels, codebook_kernels, fast_amax, fast_block_decode, fast_int_blocks, fast_microexponent, fast_mx,
     microexponent_kernels,
@@ -129,28 +132,54 @@ def _in_whole_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
     return padded, padded_layout
 
 
-def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
-                     values: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _rows_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype codebook blocks of t are read in: float64 as it is, other dtypes as float32 (exactly)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _codebook_in_float32(fmt, dtype: torch.dtype, policy: Policy, rescaled: bool = False) -> bool:
+    """Whether codebook blocks read in ``dtype`` take :func:`codebook_kernels.nearest_float32_blocks`
+    alone (``rescaled``: with no blocks left for :func:`codebook_kernels.codebook_blocks`,
+    which multiplies by the blocks' own scales)."""
+    table = fmt.element.table
+    return (dtype == torch.float32 and policy.rounding == "nearest_even" and not policy.flush_subnormals
+            and len(table) <= codebook_kernels.COUNTED_TABLE
+            and (not rescaled or codebook_kernels.short_midpoints(table)))
+
+
+def _fp32_scale_codes(scales: torch.Tensor) -> torch.Tensor:
+    """fp32 scale codes (the float32 bits, unsigned) of float64 scales that are float32 numbers."""
+    return scales.to(torch.float32).view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+
+
+def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy, values: bool,
+                     rescale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A BlockFormat with codebook elements and fp32 scales: float32 values
     (``values``) or element codes, in rows of blocks, and float64 scales;
-    the kernels read the blocks as contiguous rows."""
+    the kernels read the blocks as contiguous rows. ``rescale`` (values
+    of double-quantized blocks, where :func:`_codebook_in_float32` with
+    ``rescaled``): the values are the elements times the scales it gives
+    for the blocks' scale codes, which a pass of their own finds first."""
     in_place = (isinstance(layout, BlockLayout) and t.is_contiguous() and layout.axis == max(t.dim() - 1, 0)
                 and layout.length % layout.block == 0)
     rows = (t if in_place else layout.to_blocks(t)).reshape(layout.nrows, layout.block)
-    rows = rows.contiguous() if rows.dtype in (torch.float32, torch.float64) else rows.to(torch.float32)  # exact
+    rows = rows.contiguous() if rows.dtype == _rows_dtype(rows) else rows.to(torch.float32)  # exact
     scales = new_tensor((layout.nrows,), torch.float64)
     code_type = code_dtype(fmt.element_code_bits)
     out = new_tensor(tuple(rows.shape), torch.float32 if values else code_type)
     table = np.array(fmt.element.table, dtype=np.float64)
-    in_float32 = (rows.dtype == torch.float32 and policy.rounding == "nearest_even" and not policy.flush_subnormals
-                  and len(table) <= codebook_kernels.COUNTED_TABLE)
+    in_float32 = _codebook_in_float32(fmt, rows.dtype, policy)
+    rescaled = np.zeros(0)
+    if rescale is not None:
+        codebook_kernels.block_scales(numpy_view(rows), scales.numpy(), fmt.element.max)
+        rescaled = rescale(_fp32_scale_codes(scales)).to(torch.float64).numpy()
     # the float32 kernel skips the codes when the values are asked for; the general one needs them
     codes = out if not values else new_tensor((0, 0) if in_float32 else tuple(rows.shape), code_type)
     values_out = out if values else new_tensor((0, 0), torch.float32)
     arguments = (numpy_view(rows), codes.numpy(), values_out.numpy(), scales.numpy(), table)
     if in_float32:
         codebook_kernels.nearest_float32_blocks(*arguments, (table[:-1] + table[1:]) / 2, fmt.element.max,
-                                                fmt.zero_element_code)
+                                                fmt.zero_element_code, rescaled)
         if not codebook_kernels.short_midpoints(fmt.element.table):
             codebook_kernels.codebook_blocks(*arguments, fmt.element.max, fmt.zero_element_code,
                                              rounding_code("nearest_even", None), np.uint64(0), 0.0, True)
@@ -161,11 +190,17 @@ def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy,
     return out, scales
 
 
-def quantize(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
+def quantize(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | None,
+             rescale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, bool]:
     """x encoded and decoded, in its shape and dtype, and whether the dtype
-    held every result exactly."""
-    if isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat):
-        values, _ = _codebook_blocks(fmt, t, layout, policy, values=True)
+    held every result exactly. ``rescale``: as in
+    :meth:`lowbit.formats.backends.ScaledOps.quantize`; codebook blocks
+    take it in their float32 kernel, other formats encode and decode."""
+    codebook = isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat)
+    if rescale is not None and not (codebook and _codebook_in_float32(fmt, _rows_dtype(t), policy, rescaled=True)):
+        return quantize_through_codes(encode, decode, fmt, t, layout, policy, ts, rescale)
+    if codebook:
+        values, _ = _codebook_blocks(fmt, t, layout, policy, values=True, rescale=rescale)
         out = layout.from_blocks(values).contiguous()
         return cast_exactly(out, t.dtype)
     rows, row_layout = _blocks_of(fmt, t, layout, policy, ts)
@@ -219,7 +254,7 @@ def encode(fmt, t: torch.Tensor, layout: Layout, policy: Policy, ts: float | Non
     packed sub-block shifts or None, packed zero points or None) as CPU tensors."""
     if isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat):
         codes, scales = _codebook_blocks(fmt, t, layout, policy, values=False)
-        scale_codes = scales.to(torch.float32).view(torch.int32).to(torch.int64).to(code_dtype(fmt.scale_code_bits))
+        scale_codes = _fp32_scale_codes(scales).to(code_dtype(fmt.scale_code_bits))
         bits = fmt.element_code_bits
         if whole_bytes(bits, layout.block):
             packed = new_tensor((-(-codes.numel() * bits // 8),), torch.uint8)

@@ -94,8 +94,13 @@ class ScaledOps:
             return (element_descriptor(fmt.element), element_descriptor(fmt.scale), block_params(fmt, rule, ts))
         return (microexponent_params(fmt),)
 
-    def quantize(self, fmt, t: torch.Tensor, layout, policy: Policy, ts: float | None) -> tuple[torch.Tensor, bool]:
-        """t encoded and decoded, in its shape and dtype, and whether the dtype held every result exactly."""
+    def quantize(self, fmt, t: torch.Tensor, layout, policy: Policy, ts: float | None,
+                 rescale=None) -> tuple[torch.Tensor, bool]:
+        """t encoded and decoded, in its shape and dtype, and whether the dtype
+        held every result exactly. ``rescale`` (double quantization) is not
+        among CUDA_SCHEMES: ValueError."""
+        if rescale is not None:
+            raise ValueError(f"the {self.ops} kernels do not implement double quantization ({fmt.name})")
         op = self.ops.block_quantize if isinstance(fmt, BlockFormat) else self.ops.microexponent_quantize
         out, inexact = op(t, layout.axis, *self._arguments(fmt, policy.scale_rule, ts), *_block_policy(t, policy))
         return out, not bool(inexact)
