@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import backends
-from .arrays import as_tensor, as_torch, cast_exactly, decoded_in, finite_mean_float32, float_dtype
+from .arrays import as_tensor, as_torch, cast_exactly, decoded_in, finite_mean_float32, float_dtype, numpy_view
 from .backends import Policy
 from .base import Grid, check_axis
 from .blocking import BlockCodes, BlockLayout, Layout
@@ -182,8 +183,10 @@ class ScaledFormat:
     @staticmethod
     def _scales_of(second: Encoded, offset: float) -> torch.Tensor:
         """Double quantization: each block's scale, float32(second level's float32 value + offset)."""
-        values = as_torch(second.decode())
-        return (values + torch.tensor(offset, dtype=torch.float32)).reshape(-1)
+        values = as_torch(second.decode()).reshape(-1)
+        if values.device.type == "cpu":  # in numpy, single-threaded (see cpu.scaled_backend.float32_bits)
+            return torch.from_numpy(numpy_view(values) + np.float32(offset))
+        return values + torch.tensor(offset, dtype=torch.float32)
 
     def grid(self, x: Any, *, axis: int | tuple[int, int] = -1, scale_rule: str | None = None,
              flush_subnormals: bool = False, backend: str | None = None) -> Grid:

@@ -147,9 +147,17 @@ def _codebook_in_float32(fmt, dtype: torch.dtype, policy: Policy, rescaled: bool
             and (not rescaled or codebook_kernels.short_midpoints(table)))
 
 
+def float32_bits(values: torch.Tensor) -> np.ndarray:
+    """The bits of CPU ``values`` rounded to float32, as unsigned int64: fp32
+    scale codes. In numpy, single-threaded: on a few cores, torch's OpenMP
+    threads keep spinning for milliseconds after a parallel op, and slow the
+    kernel that follows by a third."""
+    return numpy_view(values.detach().contiguous()).astype(np.float32).view(np.uint32).astype(np.int64)
+
+
 def _fp32_scale_codes(scales: torch.Tensor) -> torch.Tensor:
-    """fp32 scale codes (the float32 bits, unsigned) of float64 scales that are float32 numbers."""
-    return scales.to(torch.float32).view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    """fp32 scale codes (:func:`float32_bits`) of float64 scales that are float32 numbers."""
+    return torch.from_numpy(float32_bits(scales))
 
 
 def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy, values: bool,
@@ -172,7 +180,7 @@ def _codebook_blocks(fmt, t: torch.Tensor, layout: Layout, policy: Policy, value
     rescaled = np.zeros(0)
     if rescale is not None:
         codebook_kernels.block_scales(numpy_view(rows), scales.numpy(), fmt.element.max)
-        rescaled = rescale(_fp32_scale_codes(scales)).to(torch.float64).numpy()
+        rescaled = numpy_view(rescale(_fp32_scale_codes(scales))).astype(np.float64)  # in numpy: see float32_bits
     # the float32 kernel skips the codes when the values are asked for; the general one needs them
     codes = out if not values else new_tensor((0, 0) if in_float32 else tuple(rows.shape), code_type)
     values_out = out if values else new_tensor((0, 0), torch.float32)
@@ -315,8 +323,8 @@ def decode(fmt, layout: Layout, elements: torch.Tensor, scales: torch.Tensor, su
     as their float32 values, which are fp32 scale codes as they are."""
     if isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat) and not _fast_decode(fmt, layout):
         return _decode_codebook_blocks(fmt, layout, elements, scales, dtype)
-    if scales.is_floating_point():  # their bits as unsigned 32-bit codes (negative scales too)
-        scales = scales.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    if scales.is_floating_point():  # their bits as unsigned 32-bit codes (negative scales too), in numpy: see
+        scales = torch.from_numpy(float32_bits(scales))  # _fp32_scale_codes
     if isinstance(layout, TileLayout) and not _fast_decode(fmt, layout):
         row_layout = BlockLayout((layout.nrows, layout.block), 1, layout.block)
         out = _decode(fmt, row_layout, elements, scales, subscales, zero_points, ts, dtype)
