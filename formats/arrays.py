@@ -41,6 +41,12 @@ class InputKind:
             "(outside its range or precision); pass the input as float32 or float64"
         )
 
+    def give_back_array(self, t: torch.Tensor) -> Any:
+        """A result tensor that is an array whatever the input's shape (the
+        packed codes and scales of an :class:`Encoded`): itself for torch
+        input, else a numpy array (for Python and numpy scalars too)."""
+        return t if self.kind == "torch" else t.cpu().numpy()
+
     def give_back(self, t: torch.Tensor) -> Any:
         """A result tensor (values or codes) in the input's kind."""
         if self.kind == "torch":
@@ -51,6 +57,24 @@ class InputKind:
         if self.kind == "numpy_scalar":
             return out[()]
         return out
+
+
+def difference_rounded_to_odd(values: torch.Tensor, subtrahend: float) -> torch.Tensor:
+    """values - subtrahend for float64 ``values``, rounded to odd: the
+    nearest float64 where it is exact, else whichever of the two float64
+    neighbours of the exact difference has an odd last bit. Rounding that
+    once more to at most 51 significant bits (and comparing it with any
+    float64 of at most 52) then decides as the exact difference would
+    (Boldo and Melquiond's round-to-odd): a difference just inside a tie
+    stays inside it. NaN and Inf as float64 subtraction gives them."""
+    nearest = values - subtrahend
+    # TwoSum: the exact difference is nearest + error
+    back = nearest - values
+    error = (values - (nearest - back)) + (-subtrahend - back)
+    even = (nearest.view(torch.int64) & 1) == 0
+    inexact = (error != 0) & torch.isfinite(error) & even
+    toward = torch.where(error > 0, torch.inf, -torch.inf).to(torch.float64)
+    return torch.where(inexact, torch.nextafter(nearest, toward), nearest)
 
 
 def finite_mean_float32(values: torch.Tensor) -> float:

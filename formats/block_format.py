@@ -51,11 +51,15 @@ z = round_half_even(-lo / s) in [0, 2**b - 1]; q = clamp(round(x / s) + z,
 (q - z) * s. ``scale_rule="mse"`` shrinks lo and hi by each ratio instead.
 
 ``double_quant=`` (QLoRA): the scales of every block, less their float32
-mean over the finite ones (``scale_offset``), are themselves encoded in
-that block format along one axis; the elements are encoded with the exact
-first-level scales, and decoding uses float32(level-two value + offset).
-A block holding NaN or Inf has a NaN scale, and so every block whose scale
-shares its second-level block decodes to NaN.
+mean over the finite ones (``scale_offset``, their exact sum divided by
+their count in float64), are themselves encoded in that block format along
+one axis (each exact difference, even where float64 cannot hold it); the
+elements are encoded with the exact first-level scales, and decoding uses
+float32(level-two value + offset), which is Inf where that sum passes
+float32's range (scales near float32's largest: the block then decodes to
+Inf, and its zeros to NaN). A block holding NaN or Inf has a NaN scale,
+and so every block whose scale shares its second-level block decodes to
+NaN.
 """
 
 from __future__ import annotations

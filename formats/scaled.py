@@ -13,7 +13,10 @@ import numpy as np
 import torch
 
 from . import backends
-from .arrays import as_tensor, as_torch, cast_exactly, decoded_in, finite_mean_float32, float_dtype, numpy_view
+from .arrays import (
+    as_tensor, as_torch, cast_exactly, decoded_in, difference_rounded_to_odd, finite_mean_float32, float_dtype,
+    numpy_view,
+)
 from .backends import Policy
 from .base import Grid, check_axis
 from .blocking import BlockCodes, BlockLayout, Layout
@@ -137,27 +140,29 @@ class ScaledFormat:
         t, kind, layout, policy, chosen, ts = self._call(x, "encode", axis, rounding, scale_rule, seed, generator,
                                                          flush_subnormals, backend, sr_bits, tensor_scale)
         elements, scale_codes, subscales, zero_points = chosen.scaled.encode(self, t, layout, policy, ts)
-        scales, scale_offset = kind.give_back(scale_codes), None
+        array = kind.give_back_array
+        scales, scale_offset = array(scale_codes), None
         if self.double_quant is not None:
-            scales, scale_offset = self._encode_scales(scale_codes, kind.give_back)
+            scales, scale_offset = self._encode_scales(scale_codes, array)
         return Encoded(
             format=self,
             shape=layout.shape,
             axis=layout.axis,
-            elements=kind.give_back(elements),
+            elements=array(elements),
             scales=scales,
-            subscales=kind.give_back(subscales) if subscales is not None else None,
+            subscales=array(subscales) if subscales is not None else None,
             tensor_scale=ts,
             kind="torch" if kind.kind == "torch" else "numpy",
-            zero_points=kind.give_back(zero_points) if zero_points is not None else None,
+            zero_points=array(zero_points) if zero_points is not None else None,
             scale_offset=scale_offset,
         )
 
-    def _encode_scales(self, scale_codes: torch.Tensor, give_back: Any = None) -> tuple[Encoded, float]:
+    def _encode_scales(self, scale_codes: torch.Tensor, array: Any = None) -> tuple[Encoded, float]:
         """Double quantization's second level: the first-level scales (in
         block order) less offset = float32(mean of the finite ones, summed
-        exactly), encoded in ``double_quant`` along their one axis (as numpy
-        when ``give_back`` turns the tensor into numpy); and the offset."""
+        exactly), encoded in ``double_quant`` along their one axis (in the
+        kind ``array``, an :meth:`InputKind.give_back_array`, gives them);
+        and the offset."""
         codes = scale_codes.reshape(-1).to(torch.int64)
         if self.scale.is_float32:  # fp32 codes are float32's own bits
             signed = ((codes & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
@@ -165,10 +170,10 @@ class ScaledFormat:
         else:
             values = self.scale.decode_exact(codes)
         offset = finite_mean_float32(values)
-        second = values - offset
+        second = difference_rounded_to_odd(values, offset)  # encodes as the exact difference would
         narrow, exact_fit = cast_exactly(second, torch.float32)  # the same values: float32 takes faster kernels
         second = narrow if exact_fit else second
-        return self.double_quant.encode(give_back(second) if give_back else second, axis=0), offset
+        return self.double_quant.encode(array(second) if array else second, axis=0), offset
 
     def _second_level_scales(self, scale_codes: torch.Tensor) -> torch.Tensor:
         """Double quantization: the float32 scales the blocks of these
@@ -185,7 +190,8 @@ class ScaledFormat:
         """Double quantization: each block's scale, float32(second level's float32 value + offset)."""
         values = as_torch(second.decode()).reshape(-1)
         if values.device.type == "cpu":  # in numpy, single-threaded (see cpu.scaled_backend.float32_bits)
-            return torch.from_numpy(numpy_view(values) + np.float32(offset))
+            with np.errstate(over="ignore"):  # a sum beyond float32's range is inf, as in torch
+                return torch.from_numpy(numpy_view(values) + np.float32(offset))
         return values + torch.tensor(offset, dtype=torch.float32)
 
     def grid(self, x: Any, *, axis: int | tuple[int, int] = -1, scale_rule: str | None = None,

@@ -19,6 +19,19 @@ def test_python_and_numpy_scalars():
     assert lowbit.decode(0x2A, "fp8_e4m3") == 0.3125
 
 
+@pytest.mark.parametrize("name", ["nf4", "nf4_dq", "mxfp4", "int4_g128_asym", "mx6"])
+def test_scaled_formats_encode_python_and_numpy_scalars(name):
+    """A scalar's Encoded holds numpy arrays (packed codes fill whole bytes,
+    so they cannot be scalars): it decodes to a 0-d float32 array of the
+    value quantize gives."""
+    fmt = lowbit.get_format(name)
+    for x in (0.3, np.float32(-3.7), np.float64(2.5)):
+        encoded = fmt.encode(x)
+        assert isinstance(encoded.elements, np.ndarray) and encoded.kind == "numpy"
+        decoded = fmt.decode(encoded)
+        assert isinstance(decoded, np.ndarray) and decoded.shape == () and decoded == fmt.quantize(x), (name, x)
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_numpy_dtype_kept(dtype):
     x = np.linspace(-10, 10, 7, dtype=dtype)

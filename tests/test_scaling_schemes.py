@@ -24,7 +24,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lowbit.formats import BlockFormat, FloatFormat, IntFormat, get_format, unpack  # noqa: F401
 
@@ -808,6 +808,50 @@ def test_double_quant(shape, axis, kind):
     assert_bits(lvl2.decode(), ref["dec2"], "second level decode")
     assert_codes(to_np(lvl2.scales).reshape(-1), FP32.codes(ref["lvl2"].scales).reshape(-1), "second-level scales")
     assert_bits(enc.decode(), ref["values"].astype(np.float32), "dq decode", x)
+
+
+def test_double_quant_encodes_the_exact_difference_of_scale_and_offset():
+    """The second level encodes each scale less the offset exactly, even
+    where float64 cannot hold that difference. nf4_dq's block scales are
+    the blocks' amaxes, here 457.5, 2**-60 and 100 of c:
+    offset = (457.5 + 2**-60 + 100 c) / 102 rounds to 9.5, the second level's
+    amax is 457.5 - 9.5 = 448, so its fp32 scale is 1. 2**-60 - 9.5 lies
+    just inside the e4m3 tie between -9 and -10 (step 1 in [8, 16)), so it
+    rounds to -9 and that block's scale decodes to -9 + 9.5 = 0.5; its
+    element x / 2**-60 = 1 is NF4's 1.0, so it quantizes to +0.5. float64
+    rounds 2**-60 - 9.5 to the tie -9.5, whose even neighbour -10 gives
+    -0.5."""
+    fmt = get_format("nf4_dq")
+    c = np.float32((9.5 * 102 - 457.5) / 100)
+    x = np.zeros((102, 64), np.float32)
+    x[0, 0], x[1, 0], x[2:, 0] = 457.5, 2.0 ** -60, c
+    encoded = fmt.encode(x)
+    assert encoded.scale_offset == 9.5
+    assert float(np.float64(2.0 ** -60) - 9.5) == -9.5  # what a float64 difference would encode
+    for got in (fmt.quantize(x), fmt.decode(encoded), fmt.quantize(x, backend="reference")):
+        assert got[1, 0] == 0.5 and got[0, 0] == 457.5
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=8),
+       st.floats(width=32, allow_nan=False, allow_infinity=False))
+@example([2.0 ** -60, 2.0 ** -60 + 2.0 ** -83, -(2.0 ** -149)], 9.5)  # inexact: odd below, odd above, tiny
+@example([3.0e38, 1.0], -(2.0 ** -149))
+def test_difference_rounded_to_odd(values, subtrahend):
+    """The float64 nearest the exact difference where they are equal, else
+    whichever float64 neighbour of the exact difference has an odd last bit."""
+    from lowbit.formats.arrays import difference_rounded_to_odd
+
+    got = difference_rounded_to_odd(torch.tensor(values, dtype=torch.float64), subtrahend).tolist()
+    for v, g in zip(values, got):
+        exact = Fraction(v) - Fraction(subtrahend)
+        nearest = float(exact)
+        if Fraction(nearest) == exact:
+            assert g == nearest, (v, subtrahend, g)
+            continue
+        other = float(np.nextafter(nearest, np.inf if exact > Fraction(nearest) else -np.inf))
+        odd = nearest if np.float64(nearest).view(np.int64) & 1 else other
+        assert g == odd, (v, subtrahend, g, nearest, other)
 
 
 def fsum_mean_float32(values) -> np.float32:
