@@ -71,10 +71,10 @@ def difference_rounded_to_odd(values: torch.Tensor, subtrahend: float) -> torch.
     # TwoSum: the exact difference is nearest + error
     back = nearest - values
     error = (values - (nearest - back)) + (-subtrahend - back)
-    if not bool((error != 0).any()):  # every difference exact: the common case
+    inexact = error != 0
+    if not bool(inexact.any()):  # every difference exact: the common case
         return nearest
-    even = (nearest.view(torch.int64) & 1) == 0
-    inexact = (error != 0) & torch.isfinite(error) & even
+    inexact &= torch.isfinite(error) & ((nearest.view(torch.int64) & 1) == 0)  # and even
     toward = torch.where(error > 0, torch.inf, -torch.inf).to(torch.float64)
     return torch.where(inexact, torch.nextafter(nearest, toward), nearest)
 

@@ -231,21 +231,20 @@ def search_task(x, g, q, ratios, targets, chosen_values, chosen_inverses, rows, 
         if undecided:  # a loop of its own: the ones above stay lean
             for k in range(m):
                 if margin[k] > 0.0:
-                    best = least_error(x, first + k, tops[k], ratios, targets, q, rows, cols, squares)
+                    best = least_error(x, first + k, tops[k], values[:, k], q, rows, cols, squares)
                     chosen_values[first + k], chosen_inverses[first + k] = values[best, k], inverses[best, k]
 
 
 @inline
-def least_error(x, n, top, ratios, targets, q, rows, cols, squares):
-    """The first candidate with the strictly least squared error over block
-    n as the reference sums it (:func:`squared_error`); 0 for a block of
-    zeros (every candidate's error is 0) and for one with NaN or Inf (its
-    scale is not used)."""
+def least_error(x, n, top, candidates, q, rows, cols, squares):
+    """The first of the candidate scales with the strictly least squared
+    error over block n as the reference sums it (:func:`squared_error`); 0
+    for a block of zeros (every candidate's error is 0) and for one with NaN
+    or Inf (its scale is not used)."""
     best, least = 0, 0.0
     if (top > 0) & (top < EXPONENT32):
-        for c in range(ratios.size):
-            value, _ = candidate_scale(top, ratios[c], targets[c], q)
-            error = squared_error(x, n, value, q, rows, cols, squares)
+        for c in range(candidates.size):
+            error = squared_error(x, n, candidates[c], q, rows, cols, squares)
             if (c == 0) or (error < least):
                 best, least = c, error
     return best
