@@ -46,6 +46,10 @@ MATMULS = [("mxfp4", "mxfp4", "int8", 19, 9, 96), ("mxint8", "mxfp6_e2m3", "int8
            ("mxfp8_e4m3", "mxfp6_e3m2", "fp16", 33, 65, 64), ("mxfp8_e4m3", "mxfp8_e5m2", "fp8", 19, 130, 128),
            ("mxfp8_e4m3", "mxfp4", None, 3, 5, 0)]
 
+#: (name, policy): the rounding paths of the cast kernels (stochastic with a 53-bit and a 13-bit draw)
+ROUNDINGS = [("nearest_even", {}), ("stochastic", {"rounding": "stochastic", "seed": 7}),
+             ("stochastic sr_bits=13", {"rounding": "stochastic", "seed": 7, "sr_bits": 13})]
+
 
 def data(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """Normal data over 16 binades with zeros and a NaN."""
@@ -95,10 +99,9 @@ def cast_cases(device: torch.device):
         fmt = lowbit.get_format(name)
         x = data((3, 1001), 1)
         part = x.reshape(-1)[1:]  # one element past a 16-byte boundary
-        for rounding in ("nearest_even", "stochastic"):
-            seed = {"seed": 7} if rounding == "stochastic" else {}
-            yield f"{name} quantize {rounding}", lambda fmt=fmt, p=part, r=rounding, s=seed: same(
-                fmt.quantize(p.to(device), rounding=r, **s), fmt.quantize(p, rounding=r, backend="reference", **s))
+        for tag, policy in ROUNDINGS:
+            yield f"{name} quantize {tag}", lambda fmt=fmt, p=part, policy=policy: same(
+                fmt.quantize(p.to(device), **policy), fmt.quantize(p, backend="reference", **policy))
         yield f"{name} encode", lambda fmt=fmt, p=part: agree(
             lambda: fmt.encode(p.to(device), overflow="saturate"),
             lambda: fmt.encode(p, overflow="saturate", backend="reference"))
@@ -114,8 +117,9 @@ def cast_cases(device: torch.device):
         x = data((5, 67, 33), 2)
         for axis in (-1, 1):
             tag = f"{fmt.name} axis {axis}"
-            yield f"{tag} quantize", lambda fmt=fmt, a=axis: same(fmt.quantize(x.to(device), axis=a),
-                                                                  fmt.quantize(x, axis=a, backend="reference"))
+            for rounding, policy in ROUNDINGS:
+                yield f"{tag} quantize {rounding}", lambda fmt=fmt, a=axis, policy=policy: same(
+                    fmt.quantize(x.to(device), axis=a, **policy), fmt.quantize(x, axis=a, backend="reference", **policy))
             yield f"{tag} encode", lambda fmt=fmt, a=axis: same(fmt.encode(x.to(device), axis=a),
                                                                 fmt.encode(x, axis=a, backend="reference"))
             yield f"{tag} decode", lambda fmt=fmt, a=axis: same(

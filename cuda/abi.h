@@ -32,4 +32,7 @@ enum MicroField {
   MICRO_EMIN = 5, MICRO_EMAX = 6, MICRO_EXP_BIAS = 7, MICRO_FIELDS = 8
 };
 
+// sr_bits=k is the rounding mode STOCHASTIC_BITS + k (formats/abi.py)
+constexpr int STOCHASTIC_BITS = 64;
+
 }  // namespace lowbit

@@ -107,13 +107,17 @@ LB_HD double counter_uniform(unsigned long long key, long long index) {
   return (double)counter_bits53(key, index) * 0x1p-53;
 }
 
+// Whether rounding mode `mode` draws a random number per element:
+// STOCHASTIC (53 bits) or STOCHASTIC_BITS + k (sr_bits=k, k in 1..32).
+LB_HD bool is_stochastic(int mode) { return mode == STOCHASTIC || mode > STOCHASTIC_BITS; }
+
 LB_HD double uniform_for(const Policy& p, long long index) {
-  return p.mode == STOCHASTIC ? counter_uniform(p.key, index) : 0.0;
+  return is_stochastic(p.mode) ? counter_uniform(p.key, index) : 0.0;
 }
 
 // The same draw as its 53-bit integer (0 for other modes), for the integer paths.
 LB_HD unsigned long long draw53_for(const Policy& p, long long index) {
-  return p.mode == STOCHASTIC ? counter_bits53(p.key, index) : 0;
+  return is_stochastic(p.mode) ? counter_bits53(p.key, index) : 0;
 }
 
 // -- the rounding decision ---------------------------------------------------
@@ -121,12 +125,42 @@ LB_HD bool toward_zero(int mode, bool negative) {
   return mode == TOWARD_ZERO || (mode == UP && negative) || (mode == DOWN && !negative);
 }
 
+// The stochastic decision for lo <= a < hi and the 53-bit uniform u:
+// u * (hi - lo) < a - lo (STOCHASTIC); under sr_bits=k (mode
+// STOCHASTIC_BITS + k) round_half_even((a - lo) / (hi - lo) * 2**k) +
+// floor(u * 2**k) >= 2**k, floor(u * 2**k) being the draw's top k bits.
+// Every step is exact in double but the fraction's division, rounded as the
+// reference rounds it.
+LB_HD bool stochastic_upper(int mode, double a, double lo, double hi, double u) {
+  if (mode == STOCHASTIC) return u * (hi - lo) < (a - lo);
+  if (hi == lo) return a > lo;  // the reference's division gives +-Inf or NaN here
+  const double steps = pow2(mode - STOCHASTIC_BITS);
+  return rint((a - lo) / (hi - lo) * steps) + floor(u * steps) >= steps;
+}
+
+// The sr_bits=k decision of stochastic_upper for the fraction rest / 2**drop
+// (0 <= rest < 2**drop, or rest < 2**24 when drop >= 62), in integers.
+LB_HD bool fraction_upper_bits(long long rest, long long drop, int k, unsigned long long draw53) {
+  long long rounded;  // round_half_even(rest * 2**(k - drop))
+  if (drop <= k) {
+    rounded = rest << (k - drop);
+  } else if (drop - k >= 62) {
+    rounded = 0;  // rest < 2**24 < half a unit
+  } else {
+    const long long shift = drop - k, half = 1LL << (shift - 1);
+    rounded = rest >> shift;
+    const long long remainder = rest - (rounded << shift);
+    rounded += (remainder > half || (remainder == half && (rounded & 1) == 1)) ? 1 : 0;
+  }
+  return rounded + (long long)(draw53 >> (53 - k)) >= (1LL << k);
+}
+
 // Whether magnitude a (lo <= a < hi, its neighbours) rounds up to hi.
 LB_HD bool pick_upper(int mode, double a, double lo, double hi, bool lo_is_odd, bool negative, double u) {
   double twice = 2.0 * a, mid = lo + hi;
   if (mode == NEAREST_EVEN) return twice > mid || (twice == mid && lo_is_odd);
   if (mode == NEAREST_AWAY) return twice >= mid;
-  if (mode == STOCHASTIC) return u * (hi - lo) < (a - lo);
+  if (is_stochastic(mode)) return stochastic_upper(mode, a, lo, hi, u);
   if (mode == ODD) return a > lo && !lo_is_odd;
   return a > lo && !toward_zero(mode, negative);
 }
@@ -192,7 +226,7 @@ LB_HD Code float_encode(double x, const ElementDesc& d, int mode, int overflow, 
 // at most 23 mantissa bits: the same code, with floor(|x| / step) and the
 // rounding decision computed by shifts and integer compares instead of
 // double arithmetic. draw53: the stochastic uniform as its 53-bit integer
-// (counter_bits53); unused by other modes. Float32 inputs
+// (counter_bits53; sr_bits=k reads its top k bits); unused by other modes. Float32 inputs
 // (float_encode_f32) and float32 inputs divided by a power-of-two block
 // scale (element_code) take it.
 LB_HD Code float_encode_parts(bool negative, bool nan_in, bool inf_in, long long significand,
@@ -204,9 +238,16 @@ LB_HD Code float_encode_parts(bool negative, bool nan_in, bool inf_in, long long
   if (significand != 0) {
     e = max64(scale_exponent + highest_bit(significand), e0);
   }
-  const long long drop = e - m - scale_exponent;  // >= 0: bits of the significand below the step
+  const long long drop = e - m - scale_exponent;  // bits of the significand below the step
   long long sig = 0, rest = significand;  // floor(|x| / step) and |x| - lo in units of 2**scale_exponent
-  if (drop < 62) {
+  if (drop < 0) {
+    // the format keeps more bits than the significand has, so it is exact: a
+    // zero, or a float32 subnormal over a block scale so small that the
+    // quotient is normal in the element format (bf16 elements under 2**-127);
+    // then -drop <= 23 for a nonzero significand
+    sig = significand == 0 ? 0 : significand << -drop;
+    rest = 0;
+  } else if (drop < 62) {
     sig = significand >> drop;
     rest = significand - (sig << drop);
   }
@@ -222,6 +263,8 @@ LB_HD Code float_encode_parts(bool negative, bool nan_in, bool inf_in, long long
     const double a = (double)significand * pow2(scale_exponent);
     upper = pick_upper(mode, a, 0.0, double_of(d.f[SMALLEST_BITS]), (code & 1) == 1, negative,
                        (double)draw53 * 0x1p-53) || code < 0;
+  } else if (rest == 0) {
+    upper = false;  // exact: every mode keeps it (and drop may be negative below)
   } else {
     // 2 rest against the step 2**drop: above, at or below the midpoint
     const int half = drop >= 62 ? -1 : (2 * rest > (1LL << drop)) - (2 * rest < (1LL << drop));
@@ -232,6 +275,8 @@ LB_HD Code float_encode_parts(bool negative, bool nan_in, bool inf_in, long long
       if (drop <= 53) upper = draw53 < (unsigned long long)(rest << (53 - drop));
       else if (drop - 53 < 40) upper = draw53 < (unsigned long long)((rest + (1LL << (drop - 53)) - 1) >> (drop - 53));
       else upper = draw53 == 0 && rest > 0;
+    } else if (mode > STOCHASTIC_BITS) {
+      upper = fraction_upper_bits(rest, drop, mode - STOCHASTIC_BITS, draw53);
     } else if (mode == ODD) upper = rest > 0 && (code & 1) == 0;
     else upper = rest > 0 && !toward_zero(mode, negative);
   }

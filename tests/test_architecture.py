@@ -3,7 +3,6 @@ root imports cleanly, the layers point one way with no import circles, every
 backend keeps one contract, and formats compare by value."""
 
 import ast
-import dataclasses
 import pathlib
 import subprocess
 import sys
@@ -182,12 +181,9 @@ def test_a_new_family_lands_on_the_reference_and_the_default_path_keeps_working(
 def test_rounding_policies_are_checked_against_what_the_kernels_take():
     fmt = lowbit.get_format("mxfp4")
     limited = Policy(rounding="stochastic", key=1, sr_bits=8)
-    assert backends.resolve(None, "cpu", fmt, "quantize", limited).name == "cpu"  # the CPU kernels take sr_bits
+    assert backends.resolve(None, "cpu", fmt, "quantize", limited).name == "cpu"  # the kernels take sr_bits
+    assert abi.undescribable(fmt, limited) is None
     assert backends.resolve(None, "cpu", fmt, "quantize", Policy(rounding="odd")).name == "cpu"
-    # kernels without sr_bits (the CUDA builds) refuse it by name
-    assert abi.undescribable(fmt, limited) == "its kernels draw 53 random bits per element, not sr_bits"
-    without_sr_bits = dataclasses.replace(backends.get("cpu"), sr_bits=False)
-    assert without_sr_bits.unsupported(fmt, "quantize", limited) == abi.undescribable(fmt, limited)
     with pytest.raises(ValueError, match="the kernels implement rounding nearest_even, .*, not 'half_down'"):
         backends.resolve("cpu", "cpu", fmt, "quantize", Policy(rounding="half_down"))
 

@@ -90,6 +90,10 @@ def inputs(draw, fmt_max=1e4):
     return torch.tensor(values, dtype=torch.float64).reshape(rows, -1)
 
 
+#: stochastic rounding's draw: 53 bits (None) or sr_bits=k
+SR_BITS = st.one_of(st.none(), st.integers(1, 32))
+
+
 @given(st.data())
 def test_element_formats_agree(data):
     fmt = data.draw(element_formats(max_bits=16), "format")
@@ -98,7 +102,7 @@ def test_element_formats_agree(data):
     rounding = data.draw(st.sampled_from(abi.ROUNDINGS), "rounding")  # the modes the kernels implement
     overflow = data.draw(st.sampled_from(overflow_policies(fmt)), "overflow")
     flush = data.draw(st.booleans(), "flush_subnormals")
-    seed = {"seed": 11} if rounding == "stochastic" else {}
+    seed = {"seed": 11, "sr_bits": data.draw(SR_BITS, "sr_bits")} if rounding == "stochastic" else {}
     for x in layouts(x64.to(dtype)):
         policy = dict(rounding=rounding, overflow=overflow, flush_subnormals=flush, **seed)
         context = f"{fmt.name} {dtype} {policy} {tuple(x.stride())}"
@@ -124,7 +128,8 @@ def test_scaled_formats_agree(data):
     x = x.reshape(shape).to(data.draw(st.sampled_from(DTYPES), "dtype"))
     axis = data.draw(st.sampled_from(range(-x.dim(), x.dim())), "axis")
     rounding = data.draw(st.sampled_from(abi.ROUNDINGS), "rounding")
-    policy = dict(axis=axis, rounding=rounding, **({"seed": 5} if rounding == "stochastic" else {}))
+    stochastic = {"seed": 5, "sr_bits": data.draw(SR_BITS, "sr_bits")}
+    policy = dict(axis=axis, rounding=rounding, **(stochastic if rounding == "stochastic" else {}))
     if isinstance(fmt, BlockFormat):
         policy["scale_rule"] = data.draw(st.sampled_from(
             ["floor", "ceil", "rceil", "even"] if fmt.scale.man_bits == 0 else ["amax"]), "rule")
@@ -438,7 +443,7 @@ def test_scaling_schemes_agree_on_the_cpu_kernels(data):
     x = data.draw(normal_matrices(5, 40, 30), "x")
     axis = data.draw(st.sampled_from([-1, 0, (1, 0)] if fmt.block_shape else [-1, 0]), "axis")
     rounding = data.draw(st.sampled_from(abi.ROUNDINGS), "rounding")
-    stochastic = {"seed": 5, "sr_bits": data.draw(st.one_of(st.none(), st.integers(1, 32)), "sr_bits")}
+    stochastic = {"seed": 5, "sr_bits": data.draw(SR_BITS, "sr_bits")}
     policy = dict(axis=axis, rounding=rounding, scale_rule=data.draw(st.sampled_from(scheme_rules(fmt)), "rule"),
                   **(stochastic if rounding == "stochastic" else {}))
     context = f"{fmt.name} {x.dtype} {tuple(x.shape)} {policy}"

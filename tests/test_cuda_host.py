@@ -38,6 +38,17 @@ def boundaries(fmt) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([points, -points]))
 
 
+def rounding_policies(seed: int):
+    """Every rounding mode the kernels implement; stochastic with its 53-bit
+    draw and with a draw of 1, 8, 13 and 32 bits (sr_bits)."""
+    for rounding in abi.ROUNDINGS:
+        if rounding != "stochastic":
+            yield {"rounding": rounding}
+            continue
+        for k in (None, 1, 8, 13, 32):
+            yield {"rounding": rounding, "seed": seed, **({"sr_bits": k} if k else {})}
+
+
 def same_bits(a: torch.Tensor, b: torch.Tensor, context: str) -> None:
     assert a.dtype == b.dtype, context
     nan = torch.isnan(a)
@@ -71,9 +82,9 @@ def test_every_code_and_boundary_in_every_mode(name):
                   fmt.decode(codes, dtype=torch.float64, backend="reference"), f"{name} decode")
     x = boundaries(fmt)
     representable = ~torch.isnan(x) & ((x >= 0) | fmt.signed) & ((x != 0) | getattr(fmt, "has_zero", True))
-    for rounding in abi.ROUNDINGS:  # the modes the kernels implement
+    for rounding in rounding_policies(seed=7):
         for overflow in overflow_policies(fmt):
-            policy = dict(rounding=rounding, overflow=overflow, **({"seed": 7} if rounding == "stochastic" else {}))
+            policy = dict(rounding, overflow=overflow)
             context = f"{name} {policy}"
             same_bits(fmt.quantize(x, backend="cuda_host", **policy), fmt.quantize(x, backend="reference", **policy),
                       context)
@@ -113,11 +124,10 @@ def test_float32_inputs_take_the_integer_path_to_the_same_codes(name):
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x = points.to(dtype)
         representable = ~torch.isnan(x) & ((x >= 0) | fmt.signed) & ((x != 0) | getattr(fmt, "has_zero", True))
-        for rounding in abi.ROUNDINGS:
+        for rounding in rounding_policies(seed=2**64 - 3):
             for overflow in overflow_policies(fmt):
                 for flush in (False, True):
-                    policy = dict(rounding=rounding, overflow=overflow, flush_subnormals=flush,
-                                  **({"seed": 2**64 - 3} if rounding == "stochastic" else {}))
+                    policy = dict(rounding, overflow=overflow, flush_subnormals=flush)
                     context = f"{name} {dtype} {policy}"
                     host, reference = (outcome(fmt.quantize, x, backend=b, **policy) for b in ("cuda_host", "reference"))
                     if isinstance(host, str) or isinstance(reference, str):  # a dtype that cannot hold the results
@@ -128,6 +138,36 @@ def test_float32_inputs_take_the_integer_path_to_the_same_codes(name):
                                        for b in ("cuda_host", "reference"))
                     assert type(host) is type(reference), context
                     assert host == reference if isinstance(host, str) else torch.equal(host, reference), context
+
+
+def sr_bits_ties(fmt, k: int) -> torch.Tensor:
+    """Magnitudes a fraction (2j + 1) / 2**(k + 1) of the way from a value of
+    the format to the next (j = 0, 1, 2**k - 1), where round(f * 2**k) ties
+    under sr_bits=k, and the float64 numbers on either side; values evenly
+    picked, at most 4096 of them; both signs."""
+    values = fmt.values()
+    values = values[np.isfinite(values) & (values >= 0)]
+    lo, step = values[:-1], np.diff(values)
+    pick = slice(None, None, max(1, lo.size // 4096))
+    fractions = np.array([1, 3, (1 << (k + 1)) - 1]) / 2.0 ** (k + 1)
+    ties = (lo[pick, None] + step[pick, None] * fractions).ravel()  # exact: few significant bits
+    points = np.concatenate([ties, np.nextafter(ties, np.inf), np.nextafter(ties, -np.inf)])
+    return torch.from_numpy(np.concatenate([points, -points]))
+
+
+@pytest.mark.parametrize("name", [n for n in ELEMENT_FORMATS if lowbit.get_format(n).nbits <= 16])
+def test_sr_bits_at_the_ties_of_the_rounded_fraction(name):
+    """sr_bits=k rounds the fraction f of the step to k bits, half to even,
+    before it compares with the draw: the host twin's double path (float64
+    inputs) and integer path (float32 inputs) against the reference where
+    f * 2**k sits on, just above and just below a half."""
+    fmt = lowbit.get_format(name)
+    for k in (1, 3, 8, 13):
+        x = sr_bits_ties(fmt, k)
+        for dtype in (torch.float64, torch.float32):
+            policy = dict(rounding="stochastic", seed=k, sr_bits=k, overflow="saturate")
+            same_bits(fmt.quantize(x.to(dtype), backend="cuda_host", **policy).double(),
+                      fmt.quantize(x.to(dtype), backend="reference", **policy).double(), f"{name} {dtype} {policy}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
@@ -148,15 +188,53 @@ def test_scaled_formats_on_boundary_blocks(name, dtype):
     rules = (["floor", "ceil", "rceil", "even"] if isinstance(fmt, BlockFormat) and fmt.scale.man_bits == 0
              else [None])
     for rule in rules:
-        for rounding in abi.ROUNDINGS:  # the modes the kernels implement
-            policy = dict(rounding=rounding, **({"seed": 1} if rounding == "stochastic" else {}),
-                          **({"scale_rule": rule} if rule else {}))
+        for rounding in rounding_policies(seed=1):
+            policy = dict(rounding, **({"scale_rule": rule} if rule else {}))
             host, reference = (outcome(fmt.quantize, x, backend=b, **policy) for b in ("cuda_host", "reference"))
             if isinstance(host, str) or isinstance(reference, str):  # bfloat16 cannot hold every result
                 assert host == reference, f"{name} {policy}"
             else:
                 same_bits(host.double(), reference.double(), f"{name} {policy}")
             assert fmt.encode(x, backend="cuda_host", **policy) == fmt.encode(x, backend="reference", **policy)
+
+
+@pytest.mark.parametrize("element", ["bf16", "fp16", "p3109_8p1", "fp8_e5m2", "fp8_e4m3"])
+def test_float32_subnormals_over_the_smallest_scales(element):
+    """Blocks of float32 subnormals and signed zeros, whose scales are the
+    smallest (so the quotient of a subnormal lies in a wide element format's
+    normal range and the format keeps every bit of it), and blocks of one
+    larger value among them (p3109_8p1's zeros under 2**-87); every scale
+    rule and rounding mode."""
+    fmt = lowbit.BlockFormat(lowbit.get_format(element), 8, scale=lowbit.get_format("e8m0"))
+    subnormals = torch.tensor([1, 2, 3, 5, 7, 255, 4097, (1 << 23) - 1], dtype=torch.int32).view(torch.float32)
+    blocks = [subnormals, -subnormals, torch.tensor([0.0, -0.0] * 4), subnormals.flip(0)]
+    for top in (2.0 ** -126, 1.5 * 2.0 ** -100, 2.0 ** -60, 2.0 ** -24, 1.5 * 2.0 ** -25):
+        blocks.append(torch.cat([-subnormals[:7], torch.tensor([top])]))
+        blocks.append(torch.tensor([0.0, -0.0, 0.0, -0.0, -0.0, 0.0, -0.0, top]))
+    x = torch.stack(blocks)
+    for rule in ("floor", "ceil", "rceil", "even"):
+        for rounding in rounding_policies(seed=3):
+            policy = dict(rounding, scale_rule=rule)
+            host, reference = (outcome(fmt.quantize, x, backend=b, **policy) for b in ("cuda_host", "reference"))
+            if isinstance(host, str) or isinstance(reference, str):
+                assert host == reference, f"{element} {policy}"
+            else:
+                same_bits(host.double(), reference.double(), f"{element} {policy}")
+            assert fmt.encode(x, backend="cuda_host", **policy) == fmt.encode(x, backend="reference", **policy)
+
+
+@pytest.mark.parametrize("exp_bits,man_bits", [(9, 3), (10, 2), (8, 7)])
+def test_float32_subnormals_in_formats_of_float32s_exponent_range_or_wider(exp_bits, man_bits):
+    """A float32 subnormal is normal (or exact) in a float format whose
+    exponent range reaches below float32's: the integer path keeps every
+    bit of it, in every rounding mode."""
+    fmt = lowbit.FloatFormat(exp_bits, man_bits)
+    subnormals = torch.tensor([1, 2, 3, 5, 7, 255, 4097, (1 << 23) - 1], dtype=torch.int32).view(torch.float32)
+    x = torch.cat([subnormals, -subnormals, torch.tensor([0.0, -0.0, 2.0 ** -126, -1.5])])
+    for rounding in rounding_policies(seed=5):
+        same_bits(fmt.quantize(x, backend="cuda_host", **rounding), fmt.quantize(x, backend="reference", **rounding),
+                  f"{fmt.name} {rounding}")
+        assert torch.equal(fmt.encode(x, backend="cuda_host", **rounding), fmt.encode(x, backend="reference", **rounding))
 
 
 def op_samples():

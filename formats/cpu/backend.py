@@ -13,4 +13,4 @@ CPU_SCHEMES = frozenset(SCHEMES) - {"double quantization of scales other than fp
 
 def load_backend() -> KernelBackend:
     return KernelBackend("cpu", "cpu", element_backend, scaled_backend, schemes=CPU_SCHEMES, codebooks=True,
-                         sr_bits=True, datapath=datapath_kernels.datapath_product)
+                         datapath=datapath_kernels.datapath_product)

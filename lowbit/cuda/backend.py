@@ -35,13 +35,14 @@ def signed_key(key: int | None) -> int:
 
 def _element_policy(t: torch.Tensor, policy: Policy) -> tuple[int, int, int, float]:
     """An element op's policy arguments: rounding, overflow, key, flush threshold."""
-    return (rounding_code(policy.rounding), overflow_code(policy.overflow), signed_key(policy.key),
+    return (rounding_code(policy.rounding, policy.sr_bits), overflow_code(policy.overflow), signed_key(policy.key),
             flush_threshold(t.dtype, policy.flush_subnormals))
 
 
 def _block_policy(t: torch.Tensor, policy: Policy) -> tuple[int, int, float]:
     """A block op's policy arguments: rounding, key, flush threshold."""
-    return rounding_code(policy.rounding), signed_key(policy.key), flush_threshold(t.dtype, policy.flush_subnormals)
+    return (rounding_code(policy.rounding, policy.sr_bits), signed_key(policy.key),
+            flush_threshold(t.dtype, policy.flush_subnormals))
 
 
 class ElementOps:
