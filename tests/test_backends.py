@@ -190,6 +190,32 @@ def test_fast_path_on_every_boundary(fmt):
         same(both(fmt.encode, xd[~torch.isnan(xd)], **policy), f"{fmt.name} {dtype} encode {policy}")
 
 
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp4_e2m1", "bf16"])
+def test_fast_encode_stores_codes_in_words_at_every_length_and_start(name):
+    """encode_float stores the codes of neighbours as one uint32 word: every
+    length (tails of one to three codes) and uint8 outputs that do not
+    start on a 4-byte boundary (stored code by code) give the reference's
+    codes, in each mode (the stochastic draws follow the element index); a
+    NaN counts as invalid where the format has no NaN."""
+    fmt = lowbit.get_format(name)
+    params = fast32.float_params(fmt, "saturate", False)
+    x = np.random.default_rng(1).standard_normal(41).astype(np.float32) * 30
+    x[7] = np.nan
+    dtype = np.uint8 if fmt.nbits <= 8 else np.uint16
+    for policy in (dict(rounding="nearest_even"), dict(rounding="stochastic", seed=3),
+                   dict(rounding="stochastic", seed=3, sr_bits=5)):
+        mode = abi.rounding_code(policy["rounding"], policy.get("sr_bits"))
+        key = np.uint64(policy.get("seed", 0))
+        finite = fmt.encode(torch.from_numpy(np.nan_to_num(x)), backend="reference", overflow="saturate", **policy)
+        for n in range(len(x)):
+            for start in (0, 1, 2, 3) if dtype == np.uint8 else (0,):
+                out = np.zeros(n + 8, dtype)[start:start + n]
+                invalid = fast32.encode_float(x[:n], out, params, key, mode)
+                assert invalid == int(n > 7 and not fmt.has_nan), f"{name} {policy} n={n} start={start}"
+                keep = np.arange(n) != 7
+                assert np.array_equal(out[keep], finite.numpy()[:n][keep]), f"{name} {policy} n={n} start={start}"
+
+
 @pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8"])
 @pytest.mark.parametrize("rule", ["floor", "ceil", "rceil", "even"])
 def test_mx_fast_path_on_every_boundary(name, rule):
