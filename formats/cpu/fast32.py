@@ -330,10 +330,12 @@ ENCODE_SPAN = 1 << 14
 def float_codes_into(xs, outs, start, p, key, mode, c):
     """float_encoded of each element of xs (element start + i of the call)
     into outs; returns the number the format cannot represent. The codes of
-    codes_per_word neighbours are stored as one uint32 word (outs 4-byte
-    aligned): a store per uint8 or uint16 code compiles, for AVX-512, to a
-    loop that ran at half speed where the input started on a 32-byte
-    boundary (benchmarks/encode_alignment.py)."""
+    codes_per_word neighbours are stored as one uint32 word, code k in its
+    bits from k * width up (little-endian, so byte order is code order;
+    outs 4-byte aligned): a store per uint8 or uint16 code compiles, for
+    AVX-512, to a loop that ran at half speed where the input started 0, 32
+    or 48 bytes into a cache line, as torch's allocations start
+    (benchmarks/encode_alignment.py)."""
     per = codes_per_word(outs)
     width = 32 // per
     whole = xs.size // per * per if outs.ctypes.data % 4 == 0 else 0
