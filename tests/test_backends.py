@@ -200,7 +200,7 @@ def test_fast_encode_stores_codes_in_words_at_every_length_and_start(name):
     fmt = lowbit.get_format(name)
     params = fast32.float_params(fmt, "saturate", False)
     x = np.random.default_rng(1).standard_normal(41).astype(np.float32) * 30
-    x[7] = np.nan
+    x[5] = np.nan  # inside a word: its code (-1 where the format has no NaN) must not reach its neighbours
     dtype = np.uint8 if fmt.nbits <= 8 else np.uint16
     for policy in (dict(rounding="nearest_even"), dict(rounding="stochastic", seed=3),
                    dict(rounding="stochastic", seed=3, sr_bits=5)):
@@ -211,8 +211,8 @@ def test_fast_encode_stores_codes_in_words_at_every_length_and_start(name):
             for start in (0, 1, 2, 3) if dtype == np.uint8 else (0,):
                 out = np.zeros(n + 8, dtype)[start:start + n]
                 invalid = fast32.encode_float(x[:n], out, params, key, mode)
-                assert invalid == int(n > 7 and not fmt.has_nan), f"{name} {policy} n={n} start={start}"
-                keep = np.arange(n) != 7
+                assert invalid == int(n > 5 and not fmt.has_nan), f"{name} {policy} n={n} start={start}"
+                keep = np.arange(n) != 5
                 assert np.array_equal(out[keep], finite.numpy()[:n][keep]), f"{name} {policy} n={n} start={start}"
 
 

@@ -338,6 +338,7 @@ def float_codes_into(xs, outs, start, p, key, mode, c):
     (benchmarks/encode_alignment.py)."""
     per = codes_per_word(outs)
     width = 32 // per
+    mask = np.uint32(0xFFFFFFFF >> (32 - width))  # a NaN's code in a format without NaN is -1
     whole = xs.size // per * per if outs.ctypes.data % 4 == 0 else 0
     words = outs[:whole].view(np.uint32)
     count = np.int32(0)
@@ -345,7 +346,7 @@ def float_codes_into(xs, outs, start, p, key, mode, c):
         word = np.uint32(0)
         for k in range(per):
             code, invalid = float_encoded(xs[per * w + k], start + per * w + k, p, key, mode, c)
-            word |= np.uint32(np.uint32(code) << np.uint32(width * k))
+            word |= np.uint32((np.uint32(code) & mask) << np.uint32(width * k))
             count = np.int32(count + invalid)
         words[w] = word
     for i in range(whole, xs.size):
