@@ -198,6 +198,10 @@ def test_scaled_formats_on_boundary_blocks(name, dtype):
             assert fmt.encode(x, backend="cuda_host", **policy) == fmt.encode(x, backend="reference", **policy)
 
 
+#: float32 subnormals from the smallest to the largest, with few and many significant bits
+FLOAT32_SUBNORMALS = torch.tensor([1, 2, 3, 5, 7, 255, 4097, (1 << 23) - 1], dtype=torch.int32).view(torch.float32)
+
+
 @pytest.mark.parametrize("element", ["bf16", "fp16", "p3109_8p1", "fp8_e5m2", "fp8_e4m3"])
 def test_float32_subnormals_over_the_smallest_scales(element):
     """Blocks of float32 subnormals and signed zeros, whose scales are the
@@ -206,7 +210,7 @@ def test_float32_subnormals_over_the_smallest_scales(element):
     larger value among them (p3109_8p1's zeros under 2**-87); every scale
     rule and rounding mode."""
     fmt = lowbit.BlockFormat(lowbit.get_format(element), 8, scale=lowbit.get_format("e8m0"))
-    subnormals = torch.tensor([1, 2, 3, 5, 7, 255, 4097, (1 << 23) - 1], dtype=torch.int32).view(torch.float32)
+    subnormals = FLOAT32_SUBNORMALS
     blocks = [subnormals, -subnormals, torch.tensor([0.0, -0.0] * 4), subnormals.flip(0)]
     for top in (2.0 ** -126, 1.5 * 2.0 ** -100, 2.0 ** -60, 2.0 ** -24, 1.5 * 2.0 ** -25):
         blocks.append(torch.cat([-subnormals[:7], torch.tensor([top])]))
@@ -229,7 +233,7 @@ def test_float32_subnormals_in_formats_of_float32s_exponent_range_or_wider(exp_b
     exponent range reaches below float32's: the integer path keeps every
     bit of it, in every rounding mode."""
     fmt = lowbit.FloatFormat(exp_bits, man_bits)
-    subnormals = torch.tensor([1, 2, 3, 5, 7, 255, 4097, (1 << 23) - 1], dtype=torch.int32).view(torch.float32)
+    subnormals = FLOAT32_SUBNORMALS
     x = torch.cat([subnormals, -subnormals, torch.tensor([0.0, -0.0, 2.0 ** -126, -1.5])])
     for rounding in rounding_policies(seed=5):
         same_bits(fmt.quantize(x, backend="cuda_host", **rounding), fmt.quantize(x, backend="reference", **rounding),
