@@ -33,7 +33,7 @@ import torch
 
 import lowbit
 
-FORMATS = ["fp8_e4m3", "int8", "mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "mx6", "mx9"]
+FORMATS = ["fp8_e4m3", "int8", "mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "mx6", "mx9", "nf4"]
 SIZES = [20, 22, 24, 26, 28]
 REFERENCE_MAX = 24  # the reference's float64 temporaries make larger sizes slow
 

@@ -36,8 +36,11 @@ import torch
 import lowbit
 from lowbit.formats import abi, reference_matmul, summation_bound
 
-ELEMENT = ["fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "int4", "bf16"]
-SCALED = ["mxfp4", "mxfp6_e3m2", "mxint8", "nvfp4", "mx6", "mx9",
+ELEMENT = ["fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "int4", "bf16",
+           # codebooks: NF4's 16 values (the lower neighbour by a short search), 300 values (a longer one)
+           lowbit.get_format("nf4").element,
+           lowbit.CodebookFormat(torch.linspace(-3, 3, 300).float().unique().tolist(), name="codebook300")]
+SCALED = ["mxfp4", "mxfp6_e3m2", "mxint8", "nvfp4", "mx6", "mx9", "nf4", "fp4_bnb", "nf4_dq",
           # rows of codes that end inside a byte: neighbouring threads OR them into shared words
           lowbit.BlockFormat(lowbit.get_format("fp6_e3m2"), 2, scale=lowbit.get_format("e8m0")),
           lowbit.MicroexponentFormat(2, 4, 2, micro_bits=1)]
@@ -95,8 +98,9 @@ def agree(on_device, reference) -> None:
 
 def cast_cases(device: torch.device):
     """(name, call) for every cast kernel: element, block and microexponent formats."""
-    for name in ELEMENT:
-        fmt = lowbit.get_format(name)
+    for fmt in ELEMENT:
+        fmt = lowbit.get_format(fmt) if isinstance(fmt, str) else fmt
+        name = fmt.name
         x = data((3, 1001), 1)
         part = x.reshape(-1)[1:]  # one element past a 16-byte boundary
         for tag, policy in ROUNDINGS:
@@ -197,6 +201,9 @@ def stream_cases(ops, device: torch.device):
     yield "block_decode", ops.block_decode, (encoded.elements, encoded.scales.reshape(-1), [64, 96], 1, *block,
                                              torch.float32)
     yield "microexponent_quantize", ops.microexponent_quantize, (x, 0, [*abi.microexponent_params(mx6)], 0, 0, 0.0)
+    table = torch.tensor(lowbit.NF4_VALUES, dtype=torch.float64, device=device)
+    yield "codebook_encode", ops.codebook_encode, (x, table, 0, 0, 0.0, 8)
+    yield "codebook_block_quantize", ops.codebook_block_quantize, (x, 1, table, 64, 4, 0, 0, 0.0)
     yield "mx_prepare", ops.mx_prepare, (a.elements, a.scales.reshape(-1), None, torch.ones(256, device=device), 8,
                                          64, 96)
     if device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0):

@@ -165,87 +165,173 @@ std::pair<Tensor, BlockView> decode_output(const Tensor& elements, const Tensor&
 
 Tensor flag(const Tensor& like) { return at::zeros({}, like.options().dtype(at::kInt)); }
 
-// -- element formats ----------------------------------------------------------
-std::tuple<Tensor, Tensor> element_quantize_op(const Tensor& x, at::IntArrayRef desc, int64_t mode, int64_t overflow,
-                                               int64_t key, double tiny) {
-  check_device(x, "x");
+// A CodebookFormat's table: contiguous 1-D float64 on x's device, 2 to
+// 65536 strictly increasing float32 numbers (CodebookFormat checks the values).
+Codebook codebook(const Tensor& table, const Tensor& x) {
+  check_same_device(table, "table", x, "x");
+  TORCH_CHECK(table.scalar_type() == at::kDouble && table.dim() == 1 && table.is_contiguous() &&
+                  table.numel() >= 2 && table.numel() <= 65536,
+              "lowbit: table must be a contiguous 1-D float64 tensor of 2 to 65536 values");
+  return Codebook{table.data_ptr<double>(), int(table.numel())};
+}
+
+CodebookBlocks codebook_blocks(const Tensor& table, const Tensor& x, int64_t block, int64_t bits) {
+  TORCH_CHECK(block > 0 && bits >= 1 && bits <= 16, "lowbit: block must be positive and bits 1 to 16");
+  return CodebookBlocks{codebook(table, x), int(block), int(bits)};
+}
+
+// -- element formats (D: ElementDesc, Codebook) --------------------------------
+template <typename D> std::tuple<Tensor, Tensor> quantize_elements(const Tensor& x, const D& d, const Policy& p) {
   OnDevice on(x);
   Tensor input = x.contiguous(), out = at::empty(x.sizes(), x.options()), inexact = flag(x);
-  element_quantize(dtype_of(x), input.data_ptr(), out.data_ptr(), x.numel(), element_desc(desc),
-                   policy(mode, overflow, key, tiny), inexact.data_ptr<int>(), on.stream());
+  element_quantize(dtype_of(x), input.data_ptr(), out.data_ptr(), x.numel(), d, p, inexact.data_ptr<int>(),
+                   on.stream());
   on.launched();
   return {out, inexact};
 }
 
-std::tuple<Tensor, Tensor> element_encode_op(const Tensor& x, at::IntArrayRef desc, int64_t mode, int64_t overflow,
-                                             int64_t key, double tiny, int64_t code_bits) {
-  check_device(x, "x");
+template <typename D>
+std::tuple<Tensor, Tensor> encode_elements(const Tensor& x, const D& d, const Policy& p, int64_t code_bits) {
   TORCH_CHECK(code_bits == 8 || code_bits == 16 || code_bits == 32, "lowbit: code_bits must be 8, 16 or 32");
   OnDevice on(x);
   at::ScalarType code_dtype = code_bits == 8 ? at::kByte : code_bits == 16 ? at::kUInt16 : at::kUInt32;
   Tensor input = x.contiguous(), codes = at::empty(x.sizes(), x.options().dtype(code_dtype));
   Tensor first_invalid = at::full({}, -1, x.options().dtype(at::kLong));  // UINT64_MAX: none
-  element_encode(dtype_of(x), input.data_ptr(), codes.data_ptr(), code_type_of(codes), x.numel(), element_desc(desc),
-                 policy(mode, overflow, key, tiny),
+  element_encode(dtype_of(x), input.data_ptr(), codes.data_ptr(), code_type_of(codes), x.numel(), d, p,
                  reinterpret_cast<unsigned long long*>(first_invalid.data_ptr<int64_t>()), on.stream());
   on.launched();
   return {codes, first_invalid};
 }
 
-std::tuple<Tensor, Tensor> element_decode_op(const Tensor& codes, at::IntArrayRef desc, int64_t nbits,
-                                             at::ScalarType dtype) {
-  check_device(codes, "codes");
+template <typename D>
+std::tuple<Tensor, Tensor> decode_elements(const Tensor& codes, const D& d, int64_t nbits, at::ScalarType dtype) {
   OnDevice on(codes);
   Tensor input = codes.contiguous(), out = at::empty(codes.sizes(), codes.options().dtype(dtype)),
          out_of_range = flag(codes);
-  element_decode(code_type_of(codes), input.data_ptr(), out.data_ptr(), output_dtype_of(dtype), codes.numel(),
-                 element_desc(desc), int(nbits), out_of_range.data_ptr<int>(), on.stream());
+  element_decode(code_type_of(codes), input.data_ptr(), out.data_ptr(), output_dtype_of(dtype), codes.numel(), d,
+                 int(nbits), out_of_range.data_ptr<int>(), on.stream());
   on.launched();
   return {out, out_of_range};
 }
 
-// -- BlockFormat --------------------------------------------------------------
+std::tuple<Tensor, Tensor> element_quantize_op(const Tensor& x, at::IntArrayRef desc, int64_t mode, int64_t overflow,
+                                               int64_t key, double tiny) {
+  check_device(x, "x");
+  return quantize_elements(x, element_desc(desc), policy(mode, overflow, key, tiny));
+}
+
+std::tuple<Tensor, Tensor> element_encode_op(const Tensor& x, at::IntArrayRef desc, int64_t mode, int64_t overflow,
+                                             int64_t key, double tiny, int64_t code_bits) {
+  check_device(x, "x");
+  return encode_elements(x, element_desc(desc), policy(mode, overflow, key, tiny), code_bits);
+}
+
+std::tuple<Tensor, Tensor> element_decode_op(const Tensor& codes, at::IntArrayRef desc, int64_t nbits,
+                                             at::ScalarType dtype) {
+  check_device(codes, "codes");
+  return decode_elements(codes, element_desc(desc), nbits, dtype);
+}
+
+std::tuple<Tensor, Tensor> codebook_quantize_op(const Tensor& x, const Tensor& table, int64_t mode, int64_t key,
+                                                double tiny) {
+  check_device(x, "x");
+  return quantize_elements(x, codebook(table, x), policy(mode, 0, key, tiny));
+}
+
+std::tuple<Tensor, Tensor> codebook_encode_op(const Tensor& x, const Tensor& table, int64_t mode, int64_t key,
+                                              double tiny, int64_t code_bits) {
+  check_device(x, "x");
+  return encode_elements(x, codebook(table, x), policy(mode, 0, key, tiny), code_bits);
+}
+
+std::tuple<Tensor, Tensor> codebook_decode_op(const Tensor& codes, const Tensor& table, int64_t nbits,
+                                              at::ScalarType dtype) {
+  check_device(codes, "codes");
+  TORCH_CHECK(nbits >= 1 && nbits <= 16, "lowbit: a codebook's codes have 1 to 16 bits");
+  return decode_elements(codes, codebook(table, codes), nbits, dtype);
+}
+
+// -- BlockFormat (F: BlockFormatDesc, CodebookBlocks) ----------------------------
+template <typename F>
+std::tuple<Tensor, Tensor> quantize_blocks(const Tensor& x, int64_t axis, const F& f, const Policy& p) {
+  OnDevice on(x);
+  auto [view, v] = axis_view(x, axis, block_size(f));
+  Tensor out = at::empty(x.sizes(), x.options()), inexact = flag(x);
+  block_quantize(dtype_of(x), view.data_ptr(), out.data_ptr(), v, f, p, inexact.data_ptr<int>(), on.stream());
+  on.launched();
+  return {out, inexact};
+}
+
+template <typename F>
+std::tuple<Tensor, Tensor> encode_blocks(const Tensor& x, int64_t axis, const F& f, const Policy& p) {
+  OnDevice on(x);
+  auto [view, v] = axis_view(x, axis, block_size(f));
+  int64_t rows = block_count(v), row_bits = int64_t(block_size(f)) * element_bits(f);
+  Tensor elements = packed_buffer(x, rows * row_bits, row_bits);
+  Tensor scales = at::empty({rows}, x.options().dtype(at::kInt));
+  block_encode(dtype_of(x), view.data_ptr(), elements.data_ptr<uint8_t>(), scales.data_ptr<int32_t>(), v, f, p,
+               on.stream());
+  on.launched();
+  return {elements, scales};
+}
+
+template <typename F>
+Tensor decode_blocks(const Tensor& elements, const Tensor& scales, at::IntArrayRef shape, int64_t axis, const F& f,
+                     at::ScalarType dtype) {
+  OnDevice on(elements);
+  auto [out, v] = decode_output(elements, scales, shape, axis, block_size(f),
+                                int64_t(block_size(f)) * element_bits(f), dtype);
+  Tensor packed = elements.contiguous(), scale_codes = scales.to(at::kInt).contiguous();
+  block_decode(packed.data_ptr<uint8_t>(), scale_codes.data_ptr<int32_t>(), out.data_ptr(), output_dtype_of(dtype), v,
+               f, on.stream());
+  on.launched();
+  return out;
+}
+
+BlockFormatDesc block_format(at::IntArrayRef element, at::IntArrayRef scale, at::ArrayRef<double> params) {
+  return BlockFormatDesc{element_desc(element), element_desc(scale), block_params(params)};
+}
+
 std::tuple<Tensor, Tensor> block_quantize_op(const Tensor& x, int64_t axis, at::IntArrayRef element,
                                              at::IntArrayRef scale, at::ArrayRef<double> params, int64_t mode,
                                              int64_t key, double tiny) {
   check_device(x, "x");
-  OnDevice on(x);
-  BlockParams bp = block_params(params);
-  auto [view, v] = axis_view(x, axis, bp.block);
-  Tensor out = at::empty(x.sizes(), x.options()), inexact = flag(x);
-  block_quantize(dtype_of(x), view.data_ptr(), out.data_ptr(), v, element_desc(element), element_desc(scale), bp,
-                 policy(mode, 0, key, tiny), inexact.data_ptr<int>(), on.stream());
-  on.launched();
-  return {out, inexact};
+  return quantize_blocks(x, axis, block_format(element, scale, params), policy(mode, 0, key, tiny));
 }
 
 std::tuple<Tensor, Tensor> block_encode_op(const Tensor& x, int64_t axis, at::IntArrayRef element,
                                            at::IntArrayRef scale, at::ArrayRef<double> params, int64_t mode,
                                            int64_t key, double tiny) {
   check_device(x, "x");
-  OnDevice on(x);
-  BlockParams bp = block_params(params);
-  auto [view, v] = axis_view(x, axis, bp.block);
-  int64_t rows = block_count(v), row_bits = int64_t(bp.block) * bp.element_bits;
-  Tensor elements = packed_buffer(x, rows * row_bits, row_bits);
-  Tensor scales = at::empty({rows}, x.options().dtype(at::kInt));
-  block_encode(dtype_of(x), view.data_ptr(), elements.data_ptr<uint8_t>(), scales.data_ptr<int32_t>(), v,
-               element_desc(element), element_desc(scale), bp, policy(mode, 0, key, tiny), on.stream());
-  on.launched();
-  return {elements, scales};
+  return encode_blocks(x, axis, block_format(element, scale, params), policy(mode, 0, key, tiny));
 }
 
 Tensor block_decode_op(const Tensor& elements, const Tensor& scales, at::IntArrayRef shape, int64_t axis,
                        at::IntArrayRef element, at::IntArrayRef scale, at::ArrayRef<double> params,
                        at::ScalarType dtype) {
-  OnDevice on(elements);
-  BlockParams bp = block_params(params);
-  auto [out, v] = decode_output(elements, scales, shape, axis, bp.block, int64_t(bp.block) * bp.element_bits, dtype);
-  Tensor packed = elements.contiguous(), scale_codes = scales.to(at::kInt).contiguous();
-  block_decode(packed.data_ptr<uint8_t>(), scale_codes.data_ptr<int32_t>(), out.data_ptr(), output_dtype_of(dtype), v,
-               element_desc(element), element_desc(scale), bp, on.stream());
-  on.launched();
-  return out;
+  return decode_blocks(elements, scales, shape, axis, block_format(element, scale, params), dtype);
+}
+
+std::tuple<Tensor, Tensor> codebook_block_quantize_op(const Tensor& x, int64_t axis, const Tensor& table,
+                                                      int64_t block, int64_t bits, int64_t mode, int64_t key,
+                                                      double tiny) {
+  check_device(x, "x");
+  return quantize_blocks(x, axis, codebook_blocks(table, x, block, bits), policy(mode, 0, key, tiny));
+}
+
+std::tuple<Tensor, Tensor> codebook_block_encode_op(const Tensor& x, int64_t axis, const Tensor& table,
+                                                    int64_t block, int64_t bits, int64_t mode, int64_t key,
+                                                    double tiny) {
+  check_device(x, "x");
+  return encode_blocks(x, axis, codebook_blocks(table, x, block, bits), policy(mode, 0, key, tiny));
+}
+
+// scales: the blocks' fp32 scales as their bits (int32).
+Tensor codebook_block_decode_op(const Tensor& elements, const Tensor& scales, at::IntArrayRef shape, int64_t axis,
+                                const Tensor& table, int64_t block, int64_t bits, at::ScalarType dtype) {
+  check_device(elements, "elements");
+  TORCH_CHECK(scales.scalar_type() == at::kInt, "lowbit: scales must be the fp32 scales' bits as int32");
+  return decode_blocks(elements, scales, shape, axis, codebook_blocks(table, elements, block, bits), dtype);
 }
 
 // -- MicroexponentFormat ------------------------------------------------------
@@ -409,6 +495,15 @@ TORCH_LIBRARY(LOWBIT_OPS, m) {
         " -> (Tensor, Tensor, Tensor)");
   m.def("microexponent_decode(Tensor elements, Tensor scales, Tensor subscales, int[] shape, int axis,"
         " int[] params, ScalarType dtype) -> Tensor");
+  m.def("codebook_quantize(Tensor x, Tensor table, int mode, int key, float tiny) -> (Tensor, Tensor)");
+  m.def("codebook_encode(Tensor x, Tensor table, int mode, int key, float tiny, int code_bits) -> (Tensor, Tensor)");
+  m.def("codebook_decode(Tensor codes, Tensor table, int nbits, ScalarType dtype) -> (Tensor, Tensor)");
+  m.def("codebook_block_quantize(Tensor x, int axis, Tensor table, int block, int bits, int mode, int key,"
+        " float tiny) -> (Tensor, Tensor)");
+  m.def("codebook_block_encode(Tensor x, int axis, Tensor table, int block, int bits, int mode, int key,"
+        " float tiny) -> (Tensor, Tensor)");
+  m.def("codebook_block_decode(Tensor elements, Tensor scales, int[] shape, int axis, Tensor table, int block,"
+        " int bits, ScalarType dtype) -> Tensor");
   m.def("mx_prepare(Tensor packed, Tensor scale_codes, Tensor? element_table, Tensor scale_table, int code_bits,"
         " int rows, int k) -> (Tensor, Tensor)");
   m.def("mx_matmul(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, Tensor? bias, int a_type, int b_type,"
@@ -425,6 +520,12 @@ TORCH_LIBRARY_IMPL(LOWBIT_OPS, LOWBIT_DEVICE, m) {
   m.impl("microexponent_quantize", &lowbit::microexponent_quantize_op);
   m.impl("microexponent_encode", &lowbit::microexponent_encode_op);
   m.impl("microexponent_decode", &lowbit::microexponent_decode_op);
+  m.impl("codebook_quantize", &lowbit::codebook_quantize_op);
+  m.impl("codebook_encode", &lowbit::codebook_encode_op);
+  m.impl("codebook_decode", &lowbit::codebook_decode_op);
+  m.impl("codebook_block_quantize", &lowbit::codebook_block_quantize_op);
+  m.impl("codebook_block_encode", &lowbit::codebook_block_encode_op);
+  m.impl("codebook_block_decode", &lowbit::codebook_block_decode_op);
   m.impl("mx_prepare", &lowbit::mx_prepare_op);
   m.impl("mx_matmul", &lowbit::mx_matmul_op);
 }

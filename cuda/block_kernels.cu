@@ -1,7 +1,8 @@
-// GPU kernels for scaled formats (BlockFormat: OCP MX, NVFP4;
-// MicroexponentFormat: MX9/MX6/MX4, MSFP): quantize, encode and decode
-// along any axis. One thread per block, in one pass over the data: the
-// block's scale and its elements (block_math.cuh) from the same reads.
+// GPU kernels for scaled formats (BlockFormat: OCP MX, NVFP4, and codebook
+// elements with fp32 scales; MicroexponentFormat: MX9/MX6/MX4, MSFP):
+// quantize, encode and decode along any axis. One thread per block, in one
+// pass over the data: the block's scale and its elements (block_math.cuh,
+// codebook_math.cuh) from the same reads.
 // Threads run over blocks with the inner index fastest (block_of_item), so
 // a warp's reads are coalesced when the blocked axis is not the last one;
 // blocks along a contiguous last axis are read with 16-byte vector loads
@@ -47,46 +48,45 @@ __device__ __forceinline__ BlockInput<DT> read_block(const typename Storage<DT>:
   return in;
 }
 
-template <int DT, bool VECTOR>
+// F: the format's descriptor (BlockFormatDesc, CodebookBlocks; MicroParams below).
+template <int DT, bool VECTOR, typename F>
 __global__ void __launch_bounds__(BLOCK_THREADS)
-    block_quantize_kernel(const typename Storage<DT>::type* x, typename Storage<DT>::type* out, BlockView v,
-                          ElementDesc ed, ElementDesc sd, BlockParams bp, Policy p, int* inexact) {
+    block_quantize_kernel(const typename Storage<DT>::type* x, typename Storage<DT>::type* out, BlockView v, F f,
+                          Policy p, int* inexact) {
   uint4 cache[CACHED_BYTES / 16];
   bool lost = false;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < block_count(v);
        t += (long long)gridDim.x * blockDim.x) {
     long long r = block_of_item(t, v);
-    lost |= quantize_block<DT>(read_block<DT, VECTOR>(x, v, r, bp.block, cache), out, v, r, ed, sd, bp, p);
+    lost |= quantize_block<DT>(read_block<DT, VECTOR>(x, v, r, block_size(f), cache), out, v, r, f, p);
   }
   if (lost) *inexact = 1;
 }
 
-template <int DT, bool VECTOR>
+template <int DT, bool VECTOR, typename F>
 __global__ void __launch_bounds__(BLOCK_THREADS)
     block_encode_kernel(const typename Storage<DT>::type* x, unsigned char* elements, int32_t* scales, BlockView v,
-                        ElementDesc ed, ElementDesc sd, BlockParams bp, Policy p) {
+                        F f, Policy p) {
   uint4 cache[CACHED_BYTES / 16];
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < block_count(v);
        t += (long long)gridDim.x * blockDim.x) {
     long long r = block_of_item(t, v);
-    encode_block<DT>(read_block<DT, VECTOR>(x, v, r, bp.block, cache), elements, scales, r, ed, sd, bp, p);
+    encode_block<DT>(read_block<DT, VECTOR>(x, v, r, block_size(f), cache), elements, scales, r, f, p);
   }
 }
 
-template <typename O>
+template <typename O, typename F>
 __global__ void __launch_bounds__(BLOCK_THREADS)
-    block_decode_kernel(const unsigned char* elements, const int32_t* scales, O* out, BlockView v, ElementDesc ed,
-                        ElementDesc sd, BlockParams bp) {
+    block_decode_kernel(const unsigned char* elements, const int32_t* scales, O* out, BlockView v, F f) {
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < block_count(v);
        t += (long long)gridDim.x * blockDim.x)
-    decode_block<O>(elements, scales, out, v, block_of_item(t, v), ed, sd, bp);
+    decode_block<O>(elements, scales, out, v, block_of_item(t, v), f);
 }
 
-template <int DT, bool VECTOR>
+template <int DT, bool VECTOR, typename F>
 __global__ void __launch_bounds__(BLOCK_THREADS)
     microexponent_kernel(const typename Storage<DT>::type* x, typename Storage<DT>::type* out, unsigned char* elements,
-                         int32_t* scales, unsigned char* subscales, BlockView v, MicroParams mp, Policy p,
-                         int* inexact) {
+                         int32_t* scales, unsigned char* subscales, BlockView v, F mp, Policy p, int* inexact) {
   uint4 cache[CACHED_BYTES / 16];
   bool lost = false;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < block_count(v);
@@ -110,53 +110,87 @@ __global__ void __launch_bounds__(BLOCK_THREADS)
     decode_microexponent_block<O>(elements, scales, subscales, out, v, block_of_item(t, v), mp);
 }
 
-// Launches kernel<DT, true> when the blocks can be read with vector loads, else kernel<DT, false>.
-#define LOWBIT_LAUNCH_BLOCKS(kernel, block, ...)                                                  \
+// Launches kernel<DT, true, F> when the blocks can be read with vector loads, else kernel<DT, false, F>.
+#define LOWBIT_LAUNCH_BLOCKS(kernel, F, block, ...)                                               \
   with_dtype(dtype, [&](auto tag) {                                                               \
     constexpr int DT = decltype(tag)::value;                                                      \
     typedef typename Storage<DT>::type T;                                                         \
     const unsigned grid = grid_for(block_count(v), BLOCK_THREADS);                                \
     if (vector_blocks(x, v, block, sizeof(T)))                                                    \
-      LOWBIT_LAUNCH(grid, BLOCK_THREADS, stream, kernel<DT, true>)(static_cast<const T*>(x), __VA_ARGS__); \
+      LOWBIT_LAUNCH(grid, BLOCK_THREADS, stream, kernel<DT, true, F>)(static_cast<const T*>(x), __VA_ARGS__); \
     else                                                                                          \
-      LOWBIT_LAUNCH(grid, BLOCK_THREADS, stream, kernel<DT, false>)(static_cast<const T*>(x), __VA_ARGS__); \
+      LOWBIT_LAUNCH(grid, BLOCK_THREADS, stream, kernel<DT, false, F>)(static_cast<const T*>(x), __VA_ARGS__); \
   })
 
-}  // namespace
-
-void block_quantize(int dtype, const void* x, void* out, BlockView v, ElementDesc ed, ElementDesc sd,
-                    BlockParams bp, Policy p, int* inexact, cudaStream_t stream) {
+template <typename F>
+void launch_block_quantize(int dtype, const void* x, void* out, const BlockView& v, const F& f, const Policy& p,
+                           int* inexact, cudaStream_t stream) {
   if (block_count(v) == 0) return;
-  LOWBIT_LAUNCH_BLOCKS(block_quantize_kernel, bp.block, static_cast<T*>(out), v, ed, sd, bp, p, inexact);
+  LOWBIT_LAUNCH_BLOCKS(block_quantize_kernel, F, block_size(f), static_cast<T*>(out), v, f, p, inexact);
 }
 
-void block_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales, BlockView v, ElementDesc ed,
-                  ElementDesc sd, BlockParams bp, Policy p, cudaStream_t stream) {
+template <typename F>
+void launch_block_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales, const BlockView& v,
+                         const F& f, const Policy& p, cudaStream_t stream) {
   if (block_count(v) == 0) return;
-  LOWBIT_LAUNCH_BLOCKS(block_encode_kernel, bp.block, elements, scales, v, ed, sd, bp, p);
+  LOWBIT_LAUNCH_BLOCKS(block_encode_kernel, F, block_size(f), elements, scales, v, f, p);
 }
 
-void block_decode(const unsigned char* elements, const int32_t* scales, void* out, int out_dtype, BlockView v,
-                  ElementDesc ed, ElementDesc sd, BlockParams bp, cudaStream_t stream) {
+template <typename F>
+void launch_block_decode(const unsigned char* elements, const int32_t* scales, void* out, int out_dtype,
+                         const BlockView& v, const F& f, cudaStream_t stream) {
   if (block_count(v) == 0) return;
   with_output_dtype(out_dtype, [&](auto tag) {
     typedef typename Storage<decltype(tag)::value>::type O;
-    LOWBIT_LAUNCH(grid_for(block_count(v), BLOCK_THREADS), BLOCK_THREADS, stream, block_decode_kernel<O>)(
-        elements, scales, static_cast<O*>(out), v, ed, sd, bp);
+    LOWBIT_LAUNCH(grid_for(block_count(v), BLOCK_THREADS), BLOCK_THREADS, stream, block_decode_kernel<O, F>)(
+        elements, scales, static_cast<O*>(out), v, f);
   });
+}
+
+}  // namespace
+
+void block_quantize(int dtype, const void* x, void* out, BlockView v, BlockFormatDesc f, Policy p, int* inexact,
+                    cudaStream_t stream) {
+  launch_block_quantize(dtype, x, out, v, f, p, inexact, stream);
+}
+
+void block_quantize(int dtype, const void* x, void* out, BlockView v, CodebookBlocks f, Policy p, int* inexact,
+                    cudaStream_t stream) {
+  launch_block_quantize(dtype, x, out, v, f, p, inexact, stream);
+}
+
+void block_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales, BlockView v, BlockFormatDesc f,
+                  Policy p, cudaStream_t stream) {
+  launch_block_encode(dtype, x, elements, scales, v, f, p, stream);
+}
+
+void block_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales, BlockView v, CodebookBlocks f,
+                  Policy p, cudaStream_t stream) {
+  launch_block_encode(dtype, x, elements, scales, v, f, p, stream);
+}
+
+void block_decode(const unsigned char* elements, const int32_t* scales, void* out, int out_dtype, BlockView v,
+                  BlockFormatDesc f, cudaStream_t stream) {
+  launch_block_decode(elements, scales, out, out_dtype, v, f, stream);
+}
+
+void block_decode(const unsigned char* elements, const int32_t* scales, void* out, int out_dtype, BlockView v,
+                  CodebookBlocks f, cudaStream_t stream) {
+  launch_block_decode(elements, scales, out, out_dtype, v, f, stream);
 }
 
 void microexponent_quantize(int dtype, const void* x, void* out, BlockView v, MicroParams mp, Policy p, int* inexact,
                             cudaStream_t stream) {
   if (block_count(v) == 0) return;
-  LOWBIT_LAUNCH_BLOCKS(microexponent_kernel, mp.block, static_cast<T*>(out), nullptr, nullptr, nullptr, v, mp, p,
-                       inexact);
+  LOWBIT_LAUNCH_BLOCKS(microexponent_kernel, MicroParams, mp.block, static_cast<T*>(out), nullptr, nullptr, nullptr, v,
+                       mp, p, inexact);
 }
 
 void microexponent_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales,
                           unsigned char* subscales, BlockView v, MicroParams mp, Policy p, cudaStream_t stream) {
   if (block_count(v) == 0) return;
-  LOWBIT_LAUNCH_BLOCKS(microexponent_kernel, mp.block, nullptr, elements, scales, subscales, v, mp, p, nullptr);
+  LOWBIT_LAUNCH_BLOCKS(microexponent_kernel, MicroParams, mp.block, nullptr, elements, scales, subscales, v, mp, p,
+                       nullptr);
 }
 
 void microexponent_decode(const unsigned char* elements, const int32_t* scales, const unsigned char* subscales,

@@ -23,6 +23,15 @@ struct BlockParams {
                       // read by the CPU kernels only (the CUDA backends refuse the schemes that need them)
 };
 
+// A BlockFormat's descriptors: its elements', its scales' and its parameters.
+struct BlockFormatDesc {
+  ElementDesc element, scale;
+  BlockParams params;
+};
+
+LB_HD int block_size(const BlockFormatDesc& f) { return f.params.block; }
+LB_HD int element_bits(const BlockFormatDesc& f) { return f.params.element_bits; }
+
 // MicroexponentFormat parameters: lowbit.formats.abi.microexponent_params, fields in MicroField order.
 struct MicroParams {
   int man, block, sub_block, exp_bits, micro_bits, emin, emax, exp_bias;
@@ -233,9 +242,11 @@ LB_HD double element_value(long long code, double scale_value, bool bad, const E
 // contiguous output; whether the output dtype failed to hold one exactly.
 template <int DT>
 LB_HD bool quantize_block(const BlockInput<DT>& in, typename Storage<DT>::type* out, const BlockView& v, long long r,
-                          const ElementDesc& ed, const ElementDesc& sd, const BlockParams& bp, const Policy& p) {
+                          const BlockFormatDesc& f, const Policy& p) {
+  const ElementDesc& ed = f.element;
+  const BlockParams& bp = f.params;
   BlockOrigin b = block_origin(r, v, bp.block);
-  BlockScale s = block_scale<DT>(in, sd, bp, p);
+  BlockScale s = block_scale<DT>(in, f.scale, bp, p);
   bool lost = false;
   for (long long j = 0; j < in.valid; ++j) {
     double value = element_at<DT>(in, j, p);
@@ -251,8 +262,10 @@ LB_HD bool quantize_block(const BlockInput<DT>& in, typename Storage<DT>::type* 
 // element codes packed into `elements` (zeroed unless whole bytes).
 template <int DT>
 LB_HD void encode_block(const BlockInput<DT>& in, unsigned char* elements, int32_t* scales, long long r,
-                        const ElementDesc& ed, const ElementDesc& sd, const BlockParams& bp, const Policy& p) {
-  BlockScale s = block_scale<DT>(in, sd, bp, p);
+                        const BlockFormatDesc& f, const Policy& p) {
+  const ElementDesc& ed = f.element;
+  const BlockParams& bp = f.params;
+  BlockScale s = block_scale<DT>(in, f.scale, bp, p);
   scales[r] = (int32_t)s.code;
   RowWriter row(elements, r * bp.block * bp.element_bits, (long long)bp.block * bp.element_bits);
   for (int j = 0; j < bp.block; ++j) {
@@ -264,10 +277,12 @@ LB_HD void encode_block(const BlockInput<DT>& in, unsigned char* elements, int32
 // Block r of a BlockFormat decode into a contiguous (outer, length, inner) output.
 template <typename O>
 LB_HD void decode_block(const unsigned char* elements, const int32_t* scales, O* out, const BlockView& v, long long r,
-                        const ElementDesc& ed, const ElementDesc& sd, const BlockParams& bp) {
+                        const BlockFormatDesc& f) {
+  const ElementDesc& ed = f.element;
+  const BlockParams& bp = f.params;
   BlockOrigin b = block_origin(r, v, bp.block);
   long long scale_code = scales[r];
-  double scale_value = float_decode(scale_code, sd);
+  double scale_value = float_decode(scale_code, f.scale);
   bool bad = scale_code == bp.scale_nan;
   long long n = min64(bp.block, v.length - b.k0);
   for (long long j = 0; j < n; ++j) {

@@ -17,10 +17,8 @@ template <int DT, typename F> void for_each_block(const void* x, const BlockView
   }
 }
 
-}  // namespace
-
-void element_quantize(int dtype, const void* x, void* out, long long n, ElementDesc d, Policy p, int* inexact,
-                      cudaStream_t) {
+template <typename D>
+void quantize_elements(int dtype, const void* x, void* out, long long n, const D& d, const Policy& p, int* inexact) {
   with_dtype(dtype, [&](auto tag) {
     constexpr int DT = decltype(tag)::value;
     typedef typename Storage<DT>::type T;
@@ -32,8 +30,9 @@ void element_quantize(int dtype, const void* x, void* out, long long n, ElementD
   });
 }
 
-void element_encode(int dtype, const void* x, void* codes, int code_type, long long n, ElementDesc d, Policy p,
-                    unsigned long long* first_invalid, cudaStream_t) {
+template <typename D>
+void encode_elements(int dtype, const void* x, void* codes, int code_type, long long n, const D& d, const Policy& p,
+                     unsigned long long* first_invalid) {
   with_dtype(dtype, [&](auto tag) {
     constexpr int DT = decltype(tag)::value;
     typedef typename Storage<DT>::type T;
@@ -48,8 +47,9 @@ void element_encode(int dtype, const void* x, void* codes, int code_type, long l
   });
 }
 
-void element_decode(int code_type, const void* codes, void* out, int out_dtype, long long n, ElementDesc d,
-                    int nbits, int* out_of_range, cudaStream_t) {
+template <typename D>
+void decode_elements(int code_type, const void* codes, void* out, int out_dtype, long long n, const D& d, int nbits,
+                     int* out_of_range) {
   with_code_type(code_type, [&](auto code_tag) {
     typedef typename CodeStorage<decltype(code_tag)::value>::type C;
     with_output_dtype(out_dtype, [&](auto out_tag) {
@@ -63,34 +63,99 @@ void element_decode(int code_type, const void* codes, void* out, int out_dtype, 
   });
 }
 
-void block_quantize(int dtype, const void* x, void* out, BlockView v, ElementDesc ed, ElementDesc sd,
-                    BlockParams bp, Policy p, int* inexact, cudaStream_t) {
+template <typename F>
+void quantize_blocks(int dtype, const void* x, void* out, const BlockView& v, const F& f, const Policy& p,
+                     int* inexact) {
   with_dtype(dtype, [&](auto tag) {
     constexpr int DT = decltype(tag)::value;
     typedef typename Storage<DT>::type T;
-    for_each_block<DT>(x, v, bp.block, [&](const BlockInput<DT>& in, long long r) {
-      if (quantize_block<DT>(in, static_cast<T*>(out), v, r, ed, sd, bp, p)) *inexact = 1;
+    for_each_block<DT>(x, v, block_size(f), [&](const BlockInput<DT>& in, long long r) {
+      if (quantize_block<DT>(in, static_cast<T*>(out), v, r, f, p)) *inexact = 1;
     });
   });
 }
 
-void block_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales, BlockView v, ElementDesc ed,
-                  ElementDesc sd, BlockParams bp, Policy p, cudaStream_t) {
+template <typename F>
+void encode_blocks(int dtype, const void* x, unsigned char* elements, int32_t* scales, const BlockView& v, const F& f,
+                   const Policy& p) {
   with_dtype(dtype, [&](auto tag) {
     constexpr int DT = decltype(tag)::value;
-    for_each_block<DT>(x, v, bp.block, [&](const BlockInput<DT>& in, long long r) {
-      encode_block<DT>(in, elements, scales, r, ed, sd, bp, p);
+    for_each_block<DT>(x, v, block_size(f), [&](const BlockInput<DT>& in, long long r) {
+      encode_block<DT>(in, elements, scales, r, f, p);
     });
   });
 }
 
-void block_decode(const unsigned char* elements, const int32_t* scales, void* out, int out_dtype, BlockView v,
-                  ElementDesc ed, ElementDesc sd, BlockParams bp, cudaStream_t) {
+template <typename F>
+void decode_blocks(const unsigned char* elements, const int32_t* scales, void* out, int out_dtype, const BlockView& v,
+                   const F& f) {
   with_output_dtype(out_dtype, [&](auto tag) {
     typedef typename Storage<decltype(tag)::value>::type O;
     for (long long t = 0; t < block_count(v); ++t)
-      decode_block<O>(elements, scales, static_cast<O*>(out), v, block_of_item(t, v), ed, sd, bp);
+      decode_block<O>(elements, scales, static_cast<O*>(out), v, block_of_item(t, v), f);
   });
+}
+
+}  // namespace
+
+void element_quantize(int dtype, const void* x, void* out, long long n, ElementDesc d, Policy p, int* inexact,
+                      cudaStream_t) {
+  quantize_elements(dtype, x, out, n, d, p, inexact);
+}
+
+void element_quantize(int dtype, const void* x, void* out, long long n, Codebook d, Policy p, int* inexact,
+                      cudaStream_t) {
+  quantize_elements(dtype, x, out, n, d, p, inexact);
+}
+
+void element_encode(int dtype, const void* x, void* codes, int code_type, long long n, ElementDesc d, Policy p,
+                    unsigned long long* first_invalid, cudaStream_t) {
+  encode_elements(dtype, x, codes, code_type, n, d, p, first_invalid);
+}
+
+void element_encode(int dtype, const void* x, void* codes, int code_type, long long n, Codebook d, Policy p,
+                    unsigned long long* first_invalid, cudaStream_t) {
+  encode_elements(dtype, x, codes, code_type, n, d, p, first_invalid);
+}
+
+void element_decode(int code_type, const void* codes, void* out, int out_dtype, long long n, ElementDesc d,
+                    int nbits, int* out_of_range, cudaStream_t) {
+  decode_elements(code_type, codes, out, out_dtype, n, d, nbits, out_of_range);
+}
+
+void element_decode(int code_type, const void* codes, void* out, int out_dtype, long long n, Codebook d,
+                    int nbits, int* out_of_range, cudaStream_t) {
+  decode_elements(code_type, codes, out, out_dtype, n, d, nbits, out_of_range);
+}
+
+void block_quantize(int dtype, const void* x, void* out, BlockView v, BlockFormatDesc f, Policy p, int* inexact,
+                    cudaStream_t) {
+  quantize_blocks(dtype, x, out, v, f, p, inexact);
+}
+
+void block_quantize(int dtype, const void* x, void* out, BlockView v, CodebookBlocks f, Policy p, int* inexact,
+                    cudaStream_t) {
+  quantize_blocks(dtype, x, out, v, f, p, inexact);
+}
+
+void block_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales, BlockView v, BlockFormatDesc f,
+                  Policy p, cudaStream_t) {
+  encode_blocks(dtype, x, elements, scales, v, f, p);
+}
+
+void block_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales, BlockView v, CodebookBlocks f,
+                  Policy p, cudaStream_t) {
+  encode_blocks(dtype, x, elements, scales, v, f, p);
+}
+
+void block_decode(const unsigned char* elements, const int32_t* scales, void* out, int out_dtype, BlockView v,
+                  BlockFormatDesc f, cudaStream_t) {
+  decode_blocks(elements, scales, out, out_dtype, v, f);
+}
+
+void block_decode(const unsigned char* elements, const int32_t* scales, void* out, int out_dtype, BlockView v,
+                  CodebookBlocks f, cudaStream_t) {
+  decode_blocks(elements, scales, out, out_dtype, v, f);
 }
 
 namespace {

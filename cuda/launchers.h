@@ -2,14 +2,14 @@
 // torch types. Implemented for the GPU by element_kernels.cu and
 // block_kernels.cu, and on the host (for tests on machines without a GPU)
 // by host_launchers.cpp, both over the same per-element and per-block
-// functions of element_math.cuh and block_math.cuh.
+// functions of element_math.cuh, block_math.cuh and codebook_math.cuh.
 //
 // Status outputs (`inexact`, `first_invalid`, `out_of_range`) live in the
 // same memory as the data and must be initialised by the caller: 0, 0, and
 // UINT64_MAX for first_invalid.
 #pragma once
 
-#include "block_math.cuh"
+#include "codebook_math.cuh"
 #include "mx_matmul_math.cuh"
 
 #ifdef LOWBIT_HOST_ONLY
@@ -23,26 +23,42 @@ namespace lowbit {
 // Integer dtypes of codes.
 enum CodeType { U8 = 0, I8 = 1, I16 = 2, U16 = 3, I32 = 4, U32 = 5, I64 = 6 };
 
-// Element formats, on n contiguous elements. dtype: a DType.
+// Element formats (ElementDesc: FloatFormat, IntFormat; Codebook: a
+// CodebookFormat's table in the same memory as the data), on n contiguous
+// elements. dtype: a DType.
 void element_quantize(int dtype, const void* x, void* out, long long n, ElementDesc d, Policy p, int* inexact,
+                      cudaStream_t stream);
+void element_quantize(int dtype, const void* x, void* out, long long n, Codebook d, Policy p, int* inexact,
                       cudaStream_t stream);
 // codes: U8, U16 or U32, one per element.
 void element_encode(int dtype, const void* x, void* codes, int code_type, long long n, ElementDesc d, Policy p,
                     unsigned long long* first_invalid, cudaStream_t stream);
+void element_encode(int dtype, const void* x, void* codes, int code_type, long long n, Codebook d, Policy p,
+                    unsigned long long* first_invalid, cudaStream_t stream);
 // out: F32 or F64.
 void element_decode(int code_type, const void* codes, void* out, int out_dtype, long long n, ElementDesc d,
                     int nbits, int* out_of_range, cudaStream_t stream);
+void element_decode(int code_type, const void* codes, void* out, int out_dtype, long long n, Codebook d,
+                    int nbits, int* out_of_range, cudaStream_t stream);
 
-// BlockFormat, blocks along the axis of the view v of x; quantize writes a
+// BlockFormat (BlockFormatDesc; CodebookBlocks: codebook elements with
+// fp32 scales), blocks along the axis of the view v of x; quantize writes a
 // contiguous output of x's (outer, length, inner) shape.
-void block_quantize(int dtype, const void* x, void* out, BlockView v, ElementDesc ed, ElementDesc sd,
-                    BlockParams bp, Policy p, int* inexact, cudaStream_t stream);
+void block_quantize(int dtype, const void* x, void* out, BlockView v, BlockFormatDesc f, Policy p, int* inexact,
+                    cudaStream_t stream);
+void block_quantize(int dtype, const void* x, void* out, BlockView v, CodebookBlocks f, Policy p, int* inexact,
+                    cudaStream_t stream);
 // elements: packed codes, zeroed unless every block's codes fill whole bytes,
-// in whole 32-bit words; scales: one code per block.
-void block_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales, BlockView v, ElementDesc ed,
-                  ElementDesc sd, BlockParams bp, Policy p, cudaStream_t stream);
+// in whole 32-bit words; scales: one code per block (for CodebookBlocks the
+// fp32 scale's bits, which decode also takes).
+void block_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales, BlockView v, BlockFormatDesc f,
+                  Policy p, cudaStream_t stream);
+void block_encode(int dtype, const void* x, unsigned char* elements, int32_t* scales, BlockView v, CodebookBlocks f,
+                  Policy p, cudaStream_t stream);
 void block_decode(const unsigned char* elements, const int32_t* scales, void* out, int out_dtype, BlockView v,
-                  ElementDesc ed, ElementDesc sd, BlockParams bp, cudaStream_t stream);
+                  BlockFormatDesc f, cudaStream_t stream);
+void block_decode(const unsigned char* elements, const int32_t* scales, void* out, int out_dtype, BlockView v,
+                  CodebookBlocks f, cudaStream_t stream);
 
 // MicroexponentFormat, likewise; subscales: packed sub-block shifts.
 void microexponent_quantize(int dtype, const void* x, void* out, BlockView v, MicroParams mp, Policy p, int* inexact,

@@ -268,7 +268,7 @@ def undescribable(fmt: Any, policy: Policy, schemes: frozenset[str] = frozenset(
         if value is not None and value not in known:
             return f"the kernels implement {what} {', '.join(known)}, not {value!r}"
     if type(fmt) is BlockFormat and type(fmt.element) is CodebookFormat and codebooks:
-        return _undescribable_codebook_blocks(fmt, policy)
+        return _undescribable_codebook_blocks(fmt, policy, schemes)
     if type(fmt) is BlockFormat:
         for role, part, allowed in (("elements", fmt.element, (FloatFormat, IntFormat)),
                                     ("scales", fmt.scale, (FloatFormat,))):
@@ -286,14 +286,19 @@ def undescribable(fmt: Any, policy: Policy, schemes: frozenset[str] = frozenset(
     return None
 
 
-def _undescribable_codebook_blocks(fmt: BlockFormat, policy: Policy) -> str | None:
+def _undescribable_codebook_blocks(fmt: BlockFormat, policy: Policy, schemes: frozenset[str]) -> str | None:
     """Why the codebook block kernels cannot run ``fmt`` (QLoRA's layout:
-    fp32 scales, rule amax, double quantization at most), or None."""
+    fp32 scales, rule amax, double quantization at most; the layouts of
+    ``schemes``), or None. Double quantization needs no kernel of its own:
+    the backends encode and decode through it."""
     fp32_scales = fmt.scale.is_float32
     rule = policy.scale_rule or fmt.scale_rule
     if not fp32_scales or rule != "amax" or fmt.tensor_scale:
         return (f"its kernels take codebook elements in blocks with fp32 scales under scale_rule 'amax' only; "
                 f"{fmt.name} has {fmt.scale.name} scales, rule {rule!r}")
+    missing = [what for what in block_schemes(fmt, rule) if what not in schemes and what != "double quantization"]
+    if missing:
+        return f"its kernels do not implement {', '.join(missing)}, which {fmt.name} uses"
     return None
 
 
@@ -311,7 +316,7 @@ class KernelBackend:
     takes_product: Callable[[Any, Any], bool] | None = None
     product: Callable[..., torch.Tensor] | None = None
     schemes: frozenset[str] = frozenset()  # the BlockFormat schemes (of SCHEMES) its kernels implement
-    codebooks: bool = False  # whether its kernels take CodebookFormat elements (on their own, not in blocks)
+    codebooks: bool = False  # whether its kernels take CodebookFormat elements (on their own and in blocks)
     datapath: Callable[..., Any] | None = None  # its datapath matmul (lowbit.formats.datapath_matmul), if any
 
     def supports(self, fmt: Any, operation: str, policy: Policy) -> bool:

@@ -17,6 +17,18 @@ def assert_same_values(actual, expected, context="", nan_sign=False):
                              + ", ".join(f"[{i}] got {a.reshape(-1)[i]!r} expected {e.reshape(-1)[i]!r}" for i in bad))
 
 
+def kernel_backends():
+    """The kernel backends that run here: the numba kernels, and the CPU
+    builds of the CUDA extension where a C++ compiler and ninja build them."""
+    from lowbit.formats import backends
+
+    try:
+        backends.get("cuda_host"), backends.get("cuda_emulated")
+    except backends.BackendUnavailable:
+        return ("cpu",)
+    return ("cpu", "cuda_host", "cuda_emulated")
+
+
 def swept_element_formats(max_bits=16):
     """Names of the catalogued element formats of at most ``max_bits`` bits
     that the per-format sweeps (oracle, grid, round to odd) run on: every

@@ -20,7 +20,7 @@ from lowbit.formats import BlockFormat, FloatFormat, IntFormat, abi, backends
 from lowbit.formats.cpu import codebook_kernels, fast32
 from lowbit.testing import element_formats, scaled_formats, wide_range_blocks
 
-from helpers import assert_same_values
+from helpers import assert_same_values, kernel_backends
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 SPECIALS = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-40, 3e38, 1e300, -1e-300, 2.0 ** -1074]
@@ -32,15 +32,6 @@ def outcome(call):
         return call()
     except (ValueError, TypeError) as error:
         return f"{type(error).__name__}: {error}"
-
-
-def kernel_backends():
-    """The kernel backends that run here (the CPU builds of the CUDA extension need a C++ compiler)."""
-    try:
-        backends.get("cuda_host"), backends.get("cuda_emulated")
-    except backends.BackendUnavailable:
-        return ("cpu",)
-    return ("cpu", "cuda_host", "cuda_emulated")
 
 
 COMPARED = (*kernel_backends(), "reference")

@@ -1,7 +1,9 @@
-"""Codebook elements and the per-tensor scaled formats on the CPU kernels
-against the reference implementation, bit for bit (every rounding mode the
-kernels take, every input dtype, other axes and layouts), the catalogue's
-fitted codebook fitted again, and the backends that lack codebooks saying so.
+"""Codebook elements and the per-tensor scaled formats on the kernel
+backends (the numba kernels, and the CUDA kernels' host twin and emulated
+build) against the reference implementation, bit for bit (every rounding
+mode the kernels take, every input dtype, other axes and layouts), the
+catalogue's fitted codebook fitted again, and the kernels refusing the
+layouts they lack by name.
 The semantics themselves are checked against independent references in
 tests/test_element_kinds.py."""
 
@@ -18,7 +20,7 @@ from lowbit.formats import BlockFormat, CodebookFormat, abi, backends
 from lowbit.formats.codebook import KMEANS4_VALUES
 from lowbit.formats.cpu import codebook_kernels
 
-from helpers import assert_same_values
+from helpers import assert_same_values, kernel_backends
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 TABLES = [
@@ -38,18 +40,24 @@ def outcome(call):
         return f"{type(error).__name__}: {error}"
 
 
+KERNELS = kernel_backends()
+
+
 def same(method, x, context, **policy):
-    got = outcome(lambda: method(x, backend="cpu", **policy))
+    """The call on each kernel backend gives what it gives on the reference."""
     expected = outcome(lambda: method(x, backend="reference", **policy))
-    if isinstance(expected, str) or isinstance(got, str):
-        assert got == expected, context
-    elif isinstance(expected, lowbit.Encoded):
-        assert got == expected, context
-    else:
-        assert got.dtype == expected.dtype, context
-        assert_same_values(got.float().numpy() if got.dtype == torch.bfloat16 else got,
-                           expected.float().numpy() if expected.dtype == torch.bfloat16 else expected, context,
-                           nan_sign=True)
+    for backend in KERNELS:
+        got = outcome(lambda: method(x, backend=backend, **policy))
+        where = f"{backend}: {context}"
+        if isinstance(expected, str) or isinstance(got, str):
+            assert got == expected, where
+        elif isinstance(expected, lowbit.Encoded):
+            assert got == expected, where
+        else:
+            assert got.dtype == expected.dtype, where
+            assert_same_values(got.float().numpy() if got.dtype == torch.bfloat16 else got,
+                               expected.float().numpy() if expected.dtype == torch.bfloat16 else expected, where,
+                               nan_sign=True)
 
 
 def values_for(table, draw):
@@ -103,7 +111,9 @@ def test_codebook_blocks_agree(data):
     same(fmt.quantize, x, context, **policy)
     same(fmt.encode, x, context, **policy)
     encoded = fmt.encode(x, backend="reference", **policy)
-    assert_same_values(fmt.decode(encoded, backend="cpu"), fmt.decode(encoded, backend="reference"), context)
+    for backend in KERNELS:
+        assert_same_values(fmt.decode(encoded, backend=backend), fmt.decode(encoded, backend="reference"),
+                           f"{backend}: {context}")
 
 
 #: tables for the float32 block kernel: 4-bit ones (compared unrolled; bitsandbytes' FP4 with midpoints of
@@ -217,13 +227,12 @@ def test_codebook_kernels_refuse_what_they_lack_by_name():
     limited = dict(rounding="stochastic", seed=1, sr_bits=8)  # taken since the kernels have sr_bits
     assert torch.equal(lowbit.get_format("nf4").quantize(x, backend="cpu", **limited),
                        lowbit.get_format("nf4").quantize(x, backend="reference", **limited))
-    for name in ("cuda_host", "cuda_emulated"):
-        try:
-            backends.get(name)
-        except backends.BackendUnavailable:
-            continue
-        with pytest.raises(ValueError, match="codebook"):
-            lowbit.get_format("nf4").element.quantize(x, backend=name)
+    tiles = BlockFormat(lowbit.get_format("nf4").element, block_shape=(8, 8), scale=lowbit.get_format("fp32"))
+    y = torch.randn(16, 24)
+    assert torch.equal(tiles.quantize(y, backend="cpu"), tiles.quantize(y, backend="reference"))
+    for name in KERNELS[1:]:  # the CUDA kernels read blocks along one axis
+        with pytest.raises(ValueError, match="its kernels do not implement 2-D tiles"):
+            tiles.quantize(y, backend=name)
 
 
 def test_sr_bits_on_block_formats_matches_the_elements_rule():

@@ -49,7 +49,7 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 ELEMENT = ["fp8_e4m3", "fp8_e5m2", "fp8_e4m3fnuz", "fp6_e3m2", "fp4_e2m1", "e8m0", "p3109_8p3", "bf16", "fp16",
            "int8", "int4", "uint5"]
 SCALED = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4", "mx9", "mx6", "mx4",
-          "msfp12", "msfp16",
+          "msfp12", "msfp16", "nf4", "fp4_bnb", "kmeans4_g64", "nf4_dq",
           # rows of codes that end inside a byte, packed by neighbouring threads with atomic ORs
           lowbit.BlockFormat(lowbit.get_format("fp6_e3m2"), 2, scale=lowbit.get_format("e8m0")),
           lowbit.MicroexponentFormat(2, 4, 2, micro_bits=1)]
@@ -119,6 +119,31 @@ def test_element_formats(name, dtype, device):
                                                                 backend="reference"), f"{name} decode")
 
 
+#: codebooks: QLoRA's NF4, bitsandbytes' FP4, and 300 values (a longer search for the lower neighbour)
+CODEBOOKS = [lowbit.NF4_VALUES, lowbit.formats.FP4_BNB_VALUES, torch.linspace(-3, 3, 300).float().unique().tolist()]
+
+
+@pytest.mark.parametrize("table", CODEBOOKS, ids=lambda t: f"{len(t)}-values")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_codebook_elements(table, dtype, device):
+    fmt = lowbit.CodebookFormat(table)
+    values = torch.tensor(table, dtype=torch.float64)
+    midpoints = (values[:-1] + values[1:]) / 2
+    x = torch.cat([data((3, 129), dtype).double().reshape(-1) * 0.3, values, midpoints,
+                   midpoints.nextafter(torch.tensor(float("inf"), dtype=torch.float64))]).reshape(1, -1).to(dtype)
+    for xs in layouts(x, device):
+        for rounding in abi.ROUNDINGS:
+            policy = dict(rounding=rounding, **({"seed": 3} if rounding == "stochastic" else {}))
+            context = f"{len(table)} values {dtype} {tuple(xs.stride())} {policy}"
+            same(outcome(lambda: fmt.quantize(xs, **policy)),
+                 outcome(lambda: fmt.quantize(xs.cpu(), backend="reference", **policy)), context)
+            same(outcome(lambda: fmt.encode(xs, **policy)),
+                 outcome(lambda: fmt.encode(xs.cpu(), backend="reference", **policy)), context)
+    codes = torch.arange(1 << fmt.nbits, device=device)
+    same(fmt.decode(codes, dtype=torch.float64), fmt.decode(codes.cpu(), dtype=torch.float64, backend="reference"),
+         f"{len(table)} values decode")
+
+
 @pytest.mark.parametrize("name", SCALED, ids=lambda f: f if isinstance(f, str) else f"packed-{f.name}")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_scaled_formats_along_each_axis(name, dtype, device):
@@ -168,6 +193,14 @@ def test_ops_agree_with_their_fakes(device, ops):
     checks = [(ops.element_quantize, (x, list(element_descriptor(lowbit.get_format("fp8_e4m3"))), 0, 0, 0, 0.0)),
               (ops.block_encode, (x, 1, *block, 0, 0, 0.0)),
               (ops.microexponent_quantize, (x, 0, list(microexponent_params(mx6)), 0, 0, 0.0))]
+    table = torch.tensor(lowbit.NF4_VALUES, dtype=torch.float64, device=device)
+    nf4 = lowbit.get_format("nf4").encode(x, axis=1)
+    checks += [(ops.codebook_quantize, (x, table, 0, 0, 0.0)), (ops.codebook_encode, (x, table, 0, 0, 0.0, 8)),
+               (ops.codebook_decode, (torch.arange(16, dtype=torch.uint8, device=device), table, 4, torch.float32)),
+               (ops.codebook_block_quantize, (x, 1, table, 64, 4, 0, 0, 0.0)),
+               (ops.codebook_block_encode, (x, 1, table, 64, 4, 0, 0, 0.0)),
+               (ops.codebook_block_decode, (nf4.elements, nf4.scales.reshape(-1).view(torch.int32), [3, 40], 1, table,
+                                            64, 4, torch.float32))]
     for op, args in checks:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 

@@ -16,12 +16,13 @@ import functools
 
 import torch
 
-from lowbit.formats import BlockFormat, Policy
+from lowbit.formats import BlockFormat, CodebookFormat, Policy
 from lowbit.formats.abi import (
     KernelBackend, block_params, element_descriptor, flush_threshold, microexponent_params, overflow_code,
     rounding_code,
 )
 from lowbit.formats.arrays import code_dtype, codes_range_error
+from lowbit.formats.reference import quantize_through_codes
 
 #: integer code dtypes the ops read as they are; others are read as int64
 _CODE_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64)
@@ -45,22 +46,51 @@ def _block_policy(t: torch.Tensor, policy: Policy) -> tuple[int, int, float]:
             flush_threshold(t.dtype, policy.flush_subnormals))
 
 
+@functools.lru_cache(maxsize=64)
+def _table(table: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A codebook's values as the ops take them: float64 on the data's device."""
+    return torch.tensor(table, dtype=torch.float64, device=device)
+
+
+def _codebook_blocks(fmt) -> bool:
+    """Whether fmt is a BlockFormat of codebook elements (fp32 scales: KernelBackend checks)."""
+    return isinstance(fmt, BlockFormat) and isinstance(fmt.element, CodebookFormat)
+
+
+def _fp32_bits(scales: torch.Tensor) -> torch.Tensor:
+    """fp32 scales as the int32 bits the codebook block ops read: codes of
+    any integer dtype (0 .. 2**32 - 1), or float32 values (the scales of a
+    double quantization)."""
+    if scales.is_floating_point():
+        return scales.to(torch.float32).contiguous().view(torch.int32)
+    wide = scales.to(torch.int64)
+    return torch.where(wide >= 1 << 31, wide - (1 << 32), wide).to(torch.int32)
+
+
 class ElementOps:
-    """Element formats (FloatFormat, IntFormat) on one build's ops."""
+    """Element formats (FloatFormat, IntFormat, CodebookFormat) on one build's ops."""
 
     def __init__(self, ops) -> None:
         self.ops = ops
 
     def quantize(self, fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, bool]:
         """The rounded values in t's dtype and shape, and whether they all fit that dtype exactly."""
-        out, inexact = self.ops.element_quantize(t, element_descriptor(fmt), *_element_policy(t, policy))
+        if isinstance(fmt, CodebookFormat):
+            out, inexact = self.ops.codebook_quantize(t, _table(fmt.table, t.device), *_block_policy(t, policy))
+        else:
+            out, inexact = self.ops.element_quantize(t, element_descriptor(fmt), *_element_policy(t, policy))
         return out, not bool(inexact)
 
     def encode(self, fmt, t: torch.Tensor, policy: Policy) -> tuple[torch.Tensor, int | None]:
         """The codes in t's shape, and the flat index of the first element
         the format cannot represent (None if every element encoded)."""
         bits = torch.iinfo(code_dtype(fmt.nbits)).bits
-        codes, first_invalid = self.ops.element_encode(t, element_descriptor(fmt), *_element_policy(t, policy), bits)
+        if isinstance(fmt, CodebookFormat):
+            codes, first_invalid = self.ops.codebook_encode(t, _table(fmt.table, t.device), *_block_policy(t, policy),
+                                                            bits)
+        else:
+            codes, first_invalid = self.ops.element_encode(t, element_descriptor(fmt), *_element_policy(t, policy),
+                                                           bits)
         bad = int(first_invalid)
         return codes, None if bad == -1 else bad
 
@@ -68,7 +98,10 @@ class ElementOps:
         """The values of integer codes in ``dtype``; ValueError for codes outside [0, 2**nbits)."""
         if codes.dtype not in _CODE_DTYPES:
             codes = codes.to(torch.int64)
-        out, out_of_range = self.ops.element_decode(codes, element_descriptor(fmt), fmt.nbits, dtype)
+        if isinstance(fmt, CodebookFormat):
+            out, out_of_range = self.ops.codebook_decode(codes, _table(fmt.table, codes.device), fmt.nbits, dtype)
+        else:
+            out, out_of_range = self.ops.element_decode(codes, element_descriptor(fmt), fmt.nbits, dtype)
         if bool(out_of_range):
             raise codes_range_error(fmt.nbits)
         return out
@@ -89,28 +122,37 @@ class ScaledOps:
         amax = float(torch.where(keep, magnitudes, 0).max()) if t.numel() else 0.0
         return fmt.tensor_scale_of(amax)
 
-    def _arguments(self, fmt, rule, ts):
+    def _arguments(self, fmt, rule, ts, device: torch.device):
         """The format's descriptors, as its ops take them."""
+        if _codebook_blocks(fmt):
+            return (_table(fmt.element.table, device), fmt.block_size, fmt.element_code_bits)
         if isinstance(fmt, BlockFormat):
             return (element_descriptor(fmt.element), element_descriptor(fmt.scale), block_params(fmt, rule, ts))
         return (microexponent_params(fmt),)
 
+    def _op(self, fmt, operation: str):
+        """The build's op for ``operation`` (quantize, encode, decode) on fmt."""
+        if _codebook_blocks(fmt):
+            return getattr(self.ops, f"codebook_block_{operation}")
+        return getattr(self.ops, f"{'block' if isinstance(fmt, BlockFormat) else 'microexponent'}_{operation}")
+
     def quantize(self, fmt, t: torch.Tensor, layout, policy: Policy, ts: float | None,
                  rescale=None) -> tuple[torch.Tensor, bool]:
         """t encoded and decoded, in its shape and dtype, and whether the dtype
-        held every result exactly. ``rescale`` (double quantization) is not
-        among CUDA_SCHEMES: ValueError."""
+        held every result exactly. ``rescale`` (double-quantized codebook
+        blocks, the only double quantization KernelBackend lets through):
+        through encode and decode."""
         if rescale is not None:
-            raise ValueError(f"the {self.ops} kernels do not implement double quantization ({fmt.name})")
-        op = self.ops.block_quantize if isinstance(fmt, BlockFormat) else self.ops.microexponent_quantize
-        out, inexact = op(t, layout.axis, *self._arguments(fmt, policy.scale_rule, ts), *_block_policy(t, policy))
+            return quantize_through_codes(self.encode, self.decode, fmt, t, layout, policy, ts, rescale)
+        out, inexact = self._op(fmt, "quantize")(t, layout.axis, *self._arguments(fmt, policy.scale_rule, ts, t.device),
+                                                 *_block_policy(t, policy))
         return out, not bool(inexact)
 
     def encode(self, fmt, t: torch.Tensor, layout, policy: Policy, ts: float | None):
         """(packed element codes, scale codes in the blocked shape, packed sub-block shifts or None, zero points: None)."""
-        arguments = (t, layout.axis, *self._arguments(fmt, policy.scale_rule, ts), *_block_policy(t, policy))
+        arguments = (t, layout.axis, *self._arguments(fmt, policy.scale_rule, ts, t.device), *_block_policy(t, policy))
         if isinstance(fmt, BlockFormat):
-            elements, scales = self.ops.block_encode(*arguments)
+            elements, scales = self._op(fmt, "encode")(*arguments)
             subscales = None
         else:
             elements, scales, subscales = self.ops.microexponent_encode(*arguments)
@@ -122,7 +164,9 @@ class ScaledOps:
                ts: float | None, dtype: torch.dtype, zero_points: torch.Tensor | None = None) -> torch.Tensor:
         """The values in the layout's true shape."""
         rule = fmt.scale_rule if isinstance(fmt, BlockFormat) else None
-        arguments = (list(layout.shape), layout.axis, *self._arguments(fmt, rule, ts), dtype)
+        arguments = (list(layout.shape), layout.axis, *self._arguments(fmt, rule, ts, elements.device), dtype)
+        if _codebook_blocks(fmt):
+            return self.ops.codebook_block_decode(elements, _fp32_bits(scales), *arguments)
         if isinstance(fmt, BlockFormat):
             return self.ops.block_decode(elements, scales, *arguments)
         if subscales is None:
@@ -142,4 +186,4 @@ def backend(name: str, device_type: str, namespace: str) -> KernelBackend:
     ops = getattr(torch.ops, namespace)
     takes = gpu_takes_product if device_type == "cuda" else takes_product
     return KernelBackend(name, device_type, ElementOps(ops), ScaledOps(ops), takes,
-                         functools.partial(product, ops), schemes=CUDA_SCHEMES)
+                         functools.partial(product, ops), schemes=CUDA_SCHEMES, codebooks=True)

@@ -59,8 +59,8 @@ def sources() -> Path:
 
 
 CSRC = sources()
-HEADERS = ("abi.h", "element_math.cuh", "block_math.cuh", "mx_matmul_math.cuh", "mma_ops.cuh", "launch.cuh",
-           "launchers.h", "dispatch.h", "emulated_device.h")
+HEADERS = ("abi.h", "element_math.cuh", "block_math.cuh", "codebook_math.cuh", "mx_matmul_math.cuh", "mma_ops.cuh",
+           "launch.cuh", "launchers.h", "dispatch.h", "emulated_device.h")
 KERNELS = ("element_kernels.cu", "block_kernels.cu", "mx_matmul.cu")
 HOST_FLAGS = ["-O2", "-ffp-contract=off"]
 NVCC_FLAGS = ["-O3", "--fmad=false"]

@@ -68,6 +68,31 @@ def microexponent_decode(elements, scales, subscales, shape, axis, params, dtype
     return elements.new_empty(shape, dtype=dtype)
 
 
+def codebook_quantize(x, table, mode, key, tiny):
+    return element_quantize(x, (), mode, 0, key, tiny)
+
+
+def codebook_encode(x, table, mode, key, tiny, code_bits):
+    return element_encode(x, (), mode, 0, key, tiny, code_bits)
+
+
+def codebook_decode(codes, table, nbits, dtype):
+    return element_decode(codes, (), nbits, dtype)
+
+
+def codebook_block_quantize(x, axis, table, block, bits, mode, key, tiny):
+    return block_quantize(x, axis, (), (), (), mode, key, tiny)
+
+
+def codebook_block_encode(x, axis, table, block, bits, mode, key, tiny):
+    rows = _rows(x.shape, axis, block)
+    return _bytes(x, rows * block * bits), x.new_empty((rows,), dtype=torch.int32)
+
+
+def codebook_block_decode(elements, scales, shape, axis, table, block, bits, dtype):
+    return elements.new_empty(shape, dtype=dtype)
+
+
 def mx_prepare(packed, scale_codes, element_table, scale_table, code_bits, rows, k):
     width = k * (element_table.shape[1] if element_table is not None else 1)
     blocks = scale_codes.numel() // rows if rows else 0
@@ -79,7 +104,8 @@ def mx_matmul(a, a_scales, b, b_scales, bias, a_type, b_type, block, out_dtype):
 
 
 OPS = (element_quantize, element_encode, element_decode, block_quantize, block_encode, block_decode,
-       microexponent_quantize, microexponent_encode, microexponent_decode, mx_prepare, mx_matmul)
+       microexponent_quantize, microexponent_encode, microexponent_decode, codebook_quantize, codebook_encode,
+       codebook_decode, codebook_block_quantize, codebook_block_encode, codebook_block_decode, mx_prepare, mx_matmul)
 
 
 @functools.cache
