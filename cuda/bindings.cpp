@@ -176,7 +176,8 @@ Codebook codebook(const Tensor& table, const Tensor& x) {
 }
 
 CodebookBlocks codebook_blocks(const Tensor& table, const Tensor& x, int64_t block, int64_t bits) {
-  TORCH_CHECK(block > 0 && bits >= 1 && bits <= 16, "lowbit: block must be positive and bits 1 to 16");
+  TORCH_CHECK(block > 0 && bits >= 1 && bits <= 16 && table.numel() <= (int64_t(1) << bits),
+              "lowbit: block must be positive and bits 1 to 16, enough for the table's codes");
   return CodebookBlocks{codebook(table, x), int(block), int(bits)};
 }
 

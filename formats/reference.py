@@ -133,6 +133,16 @@ def quantize_through_codes(encode: Callable[..., Any], decode: Callable[..., tor
     return cast_exactly(values, t.dtype)
 
 
+def _data_positions(t: torch.Tensor, layout: Layout) -> torch.Tensor | None:
+    """Which positions of the layout's rows of blocks hold t's elements
+    (the rest is padding: zeros, which decode to a table's value nearest 0.0
+    in codebooks without 0.0); None where no block is padded."""
+    if layout.nrows * layout.block == t.numel():
+        return None
+    ones = torch.ones(t.shape, dtype=torch.uint8, device=t.device)
+    return layout.to_blocks(ones).reshape(layout.nrows, layout.block).bool()
+
+
 class ScaledReference:
     """Scaled formats on their exact math (the contract of :class:`~lowbit.formats.backends.ScaledOps`)."""
 
@@ -145,8 +155,12 @@ class ScaledReference:
         if rescale is not None:
             return quantize_through_codes(self.encode, self.decode, fmt, t, layout, policy, tensor_scale, rescale)
         out = torch.empty((layout.nrows, layout.block), dtype=t.dtype, device=t.device)
+        data = _data_positions(t, layout)
         for part, codes in block_chunks(fmt, t, layout, policy, tensor_scale):
-            values, fits = cast_exactly(fmt.decode_blocks_exact(codes), t.dtype)
+            decoded = fmt.decode_blocks_exact(codes)
+            if data is not None:  # the padding's values are dropped: only the data must fit the dtype
+                decoded = torch.where(data[part], decoded, 0.0)
+            values, fits = cast_exactly(decoded, t.dtype)
             if not fits:
                 return layout.from_blocks(out), False
             out[part] = values

@@ -235,6 +235,41 @@ def test_codebook_kernels_refuse_what_they_lack_by_name():
             tiles.quantize(y, backend=name)
 
 
+@pytest.mark.parametrize("rounding", ["nearest_even", "up", "down", "toward_zero", "stochastic"])
+def test_float64_elements_far_below_their_block_scale_round_as_their_exact_quotient(rounding):
+    """A float64 element whose quotient by its block's scale underflows
+    float64 rounds as the exact (tiny, signed) quotient does, not as zero:
+    up to the smallest positive value, down to the largest negative one,
+    and, in a table without 0.0, to the neighbour on its own side."""
+    nf4, two = lowbit.get_format("nf4"), BlockFormat(CodebookFormat([-1.0, 1.0]), 4, scale=lowbit.get_format("fp32"))
+    x = torch.tensor([2.0, 5e-324, -5e-324, 1e-300, -1e-300, 0.0, -0.0, 0.5], dtype=torch.float64)
+    policy = dict(rounding=rounding, **({"seed": 4} if rounding == "stochastic" else {}))
+    for fmt in (nf4, two):
+        rows = torch.cat([x, torch.zeros(fmt.block_size - len(x) % fmt.block_size or fmt.block_size,
+                                         dtype=torch.float64)])
+        assert isinstance(fmt.quantize(rows, backend="reference", **policy), torch.Tensor)
+        same(fmt.quantize, rows, f"{fmt.name} {policy}", **policy)
+        same(fmt.encode, rows, f"{fmt.name} {policy}", **policy)
+    scale = float(np.float32(2.0 / 1.0))  # nf4: the block's amax over the table's largest magnitude
+    smallest_positive = float(np.float32(lowbit.NF4_VALUES[8] * scale))
+    up = nf4.quantize(torch.cat([x, torch.zeros(56, dtype=torch.float64)]), rounding="up", backend="reference")
+    assert up[1] == up[3] == smallest_positive and up[2] == up[4] == 0.0
+    nearest = two.quantize(x, backend="reference")  # the first block's scale is 2: its values are -2 and 2
+    assert nearest.tolist()[:3] == [2.0, 2.0, -2.0]
+
+
+def test_a_partial_block_of_a_table_without_zero_checks_only_its_data():
+    """The padding of a partial last block (zeros, which round to a nonzero
+    value of kmeans4's table) is not data: a bfloat16 input whose values the
+    dtype holds quantizes without error, each element as in a full block."""
+    fmt = lowbit.get_format("kmeans4_g64")
+    x = torch.full((2, 65), 0.375, dtype=torch.bfloat16)
+    full = fmt.quantize(torch.full((2, 64), 0.375, dtype=torch.bfloat16), backend="reference")
+    got = fmt.quantize(x, backend="reference")
+    assert torch.equal(got[:, :64], full) and torch.equal(got[:, 64], full[:, 0])
+    same(fmt.quantize, x, "kmeans4_g64 bfloat16, a partial block")
+
+
 def test_sr_bits_on_block_formats_matches_the_elements_rule():
     """A k-bit draw in a block picks the upper neighbour exactly where the element rule says (mxfp4's scale 1)."""
     x = np.array([[1.0 + 2.0 ** -6, 1.25, 2.5 + 2.0 ** -5] + [0.0] * 28 + [4.0]])

@@ -132,8 +132,10 @@ def test_codebook_elements(table, dtype, device):
     x = torch.cat([data((3, 129), dtype).double().reshape(-1) * 0.3, values, midpoints,
                    midpoints.nextafter(torch.tensor(float("inf"), dtype=torch.float64))]).reshape(1, -1).to(dtype)
     for xs in layouts(x, device):
-        for rounding in abi.ROUNDINGS:
-            policy = dict(rounding=rounding, **({"seed": 3} if rounding == "stochastic" else {}))
+        policies = [dict(rounding=rounding, **({"seed": 3} if rounding == "stochastic" else {}))
+                    for rounding in abi.ROUNDINGS]
+        policies += [dict(rounding="stochastic", seed=3, sr_bits=8), dict(flush_subnormals=True)]
+        for policy in policies:
             context = f"{len(table)} values {dtype} {tuple(xs.stride())} {policy}"
             same(outcome(lambda: fmt.quantize(xs, **policy)),
                  outcome(lambda: fmt.quantize(xs.cpu(), backend="reference", **policy)), context)

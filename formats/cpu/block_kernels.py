@@ -214,13 +214,18 @@ def quantize_group(x, out, g, nblocks, ed, sd, wd, bp, mode, key, half, tiny):
     return lost
 
 
+# The parallel kernels below pass their tasks np.int64(g): numba types a
+# prange index as int64 and lowers the parallel loop with a uint64 one, so a
+# task given g itself would be compiled twice for every signature.
+
+
 @jit(parallel=True)
 def quantize_blocks(x, out, nblocks, ed, sd, wd, bp, mode, key, half, tiny, inexact):
     """out (the shape of x, contiguous) = x encoded in blocks and decoded;
     inexact[task] says whether out's dtype failed to hold a result exactly.
     ``wd``: the wide integers zero-point blocks round x / s on."""
     for g in prange(inexact.size):
-        inexact[g] = quantize_group(x, out, g, nblocks, ed, sd, wd, bp, mode, key, half, tiny)
+        inexact[g] = quantize_group(x, out, np.int64(g), nblocks, ed, sd, wd, bp, mode, key, half, tiny)
 
 
 @task
@@ -245,7 +250,7 @@ def encode_blocks(x, elements, scales, zeros, nblocks, ed, sd, wd, bp, mode, key
     block into ``scales`` and, for zero-point formats, packed zero points
     into ``zeros`` (zeroed)."""
     for g in prange((scales.size + GROUP - 1) // GROUP):
-        encode_group(x, elements, scales, zeros, g, nblocks, ed, sd, wd, bp, mode, key, half, tiny)
+        encode_group(x, elements, scales, zeros, np.int64(g), nblocks, ed, sd, wd, bp, mode, key, half, tiny)
 
 
 @task
@@ -266,7 +271,7 @@ def decode_group(elements, scales, zeros, out, g, nblocks, ed, sd, bp):
 def decode_blocks(elements, scales, zeros, out, nblocks, ed, sd, bp):
     """out (outer, length, inner) = the decoded values of packed codes (and packed zero points)."""
     for g in prange((scales.size + GROUP - 1) // GROUP):
-        decode_group(elements, scales, zeros, out, g, nblocks, ed, sd, bp)
+        decode_group(elements, scales, zeros, out, np.int64(g), nblocks, ed, sd, bp)
 
 
 @jit(parallel=True)

@@ -192,6 +192,20 @@ def codebook_elements(x, codes, values, table, table32, mode, key, tiny, first_n
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+@inline
+def scaled_element(x, scale, tiny):
+    """x (flushed below ``tiny``) / scale in float64, as the reference
+    divides: a nonzero x whose quotient falls below 2**-1020 (float64
+    inputs far below their block's scale) keeps 2**-1020 with its sign,
+    which every table rounds as it rounds the exact quotient, rather than
+    underflowing to zero (BlockFormat._element_codes)."""
+    clean = x * 0.0 if abs(x) < tiny else x
+    quotient = clean / scale
+    if abs(quotient) < 2.0 ** -1020 and clean != 0.0:
+        return math.copysign(2.0 ** -1020, clean)
+    return quotient
+
+
 @task
 def codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code, mode, key, tiny, r, v, run):
     """Block r of a BlockFormat with codebook elements and fp32 scales
@@ -228,8 +242,7 @@ def codebook_block(rows, codes, values, scales, table, mids, divisor, zero_code,
     for begin in range(0, block, RUN):
         n = min(RUN, block - begin)
         for i in range(n):
-            x = np.float64(rows[r, begin + i])
-            v[i] = (x * 0.0 if abs(x) < tiny else x) / scale
+            v[i] = scaled_element(np.float64(rows[r, begin + i]), scale, tiny)
             run[i] = 0
         run_codes(v, n, table, mids, mode, key, r * block + begin, run)
         for i in range(n):

@@ -47,9 +47,20 @@ def _block_policy(t: torch.Tensor, policy: Policy) -> tuple[int, int, float]:
 
 
 @functools.lru_cache(maxsize=64)
-def _table(table: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """A codebook's values as the ops take them: float64 on the data's device."""
+def _cached_table(table: tuple[float, ...], device: torch.device) -> torch.Tensor:
     return torch.tensor(table, dtype=torch.float64, device=device)
+
+
+def _table(table: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A codebook's values as the ops take them: float64 on the data's
+    device, cached per table and device (64 of them). On a GPU the table is
+    marked in use by the current stream, so that the caching allocator does
+    not hand its memory out while a kernel of this call may read it (after
+    the cache drops it, from a stream other than the one it was made on)."""
+    values = _cached_table(table, device)
+    if values.is_cuda:
+        values.record_stream(torch.cuda.current_stream(device))
+    return values
 
 
 def _codebook_blocks(fmt) -> bool:
@@ -165,10 +176,9 @@ class ScaledOps:
         """The values in the layout's true shape."""
         rule = fmt.scale_rule if isinstance(fmt, BlockFormat) else None
         arguments = (list(layout.shape), layout.axis, *self._arguments(fmt, rule, ts, elements.device), dtype)
-        if _codebook_blocks(fmt):
-            return self.ops.codebook_block_decode(elements, _fp32_bits(scales), *arguments)
         if isinstance(fmt, BlockFormat):
-            return self.ops.block_decode(elements, scales, *arguments)
+            return self._op(fmt, "decode")(elements, _fp32_bits(scales) if _codebook_blocks(fmt) else scales,
+                                           *arguments)
         if subscales is None:
             subscales = torch.empty(0, dtype=torch.uint8, device=elements.device)
         return self.ops.microexponent_decode(elements, scales, subscales, *arguments)

@@ -26,27 +26,46 @@ def _bytes(x: torch.Tensor, bits: int) -> torch.Tensor:
     return x.new_empty((-(-bits // 8),), dtype=torch.uint8)
 
 
-def element_quantize(x, desc, mode, overflow, key, tiny):
+def _quantized(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A quantize's outputs: values in x's shape and dtype, and the inexact flag."""
     return torch.empty_like(x, memory_format=torch.contiguous_format), _flag(x)
 
 
-def element_encode(x, desc, mode, overflow, key, tiny, code_bits):
+def _codes(x: torch.Tensor, code_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An element encode's outputs: a code per element, and the first invalid index."""
     dtype = {8: torch.uint8, 16: torch.uint16, 32: torch.uint32}[code_bits]
     return x.new_empty(x.shape, dtype=dtype), _flag(x, torch.int64)
 
 
-def element_decode(codes, desc, nbits, dtype):
+def _decoded(codes: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """An element decode's outputs: values in the codes' shape, and the out-of-range flag."""
     return codes.new_empty(codes.shape, dtype=dtype), _flag(codes)
 
 
+def _packed_blocks(x: torch.Tensor, axis: int, block: int, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block encode's outputs: the packed element codes, and a scale code per block."""
+    rows = _rows(x.shape, axis, block)
+    return _bytes(x, rows * block * bits), x.new_empty((rows,), dtype=torch.int32)
+
+
+def element_quantize(x, desc, mode, overflow, key, tiny):
+    return _quantized(x)
+
+
+def element_encode(x, desc, mode, overflow, key, tiny, code_bits):
+    return _codes(x, code_bits)
+
+
+def element_decode(codes, desc, nbits, dtype):
+    return _decoded(codes, dtype)
+
+
 def block_quantize(x, axis, element, scale, params, mode, key, tiny):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), _flag(x)
+    return _quantized(x)
 
 
 def block_encode(x, axis, element, scale, params, mode, key, tiny):
-    block, bits = int(params[7]), int(params[8])
-    rows = _rows(x.shape, axis, block)
-    return _bytes(x, rows * block * bits), x.new_empty((rows,), dtype=torch.int32)
+    return _packed_blocks(x, axis, int(params[7]), int(params[8]))
 
 
 def block_decode(elements, scales, shape, axis, element, scale, params, dtype):
@@ -54,7 +73,7 @@ def block_decode(elements, scales, shape, axis, element, scale, params, dtype):
 
 
 def microexponent_quantize(x, axis, params, mode, key, tiny):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), _flag(x)
+    return _quantized(x)
 
 
 def microexponent_encode(x, axis, params, mode, key, tiny):
@@ -69,24 +88,23 @@ def microexponent_decode(elements, scales, subscales, shape, axis, params, dtype
 
 
 def codebook_quantize(x, table, mode, key, tiny):
-    return element_quantize(x, (), mode, 0, key, tiny)
+    return _quantized(x)
 
 
 def codebook_encode(x, table, mode, key, tiny, code_bits):
-    return element_encode(x, (), mode, 0, key, tiny, code_bits)
+    return _codes(x, code_bits)
 
 
 def codebook_decode(codes, table, nbits, dtype):
-    return element_decode(codes, (), nbits, dtype)
+    return _decoded(codes, dtype)
 
 
 def codebook_block_quantize(x, axis, table, block, bits, mode, key, tiny):
-    return block_quantize(x, axis, (), (), (), mode, key, tiny)
+    return _quantized(x)
 
 
 def codebook_block_encode(x, axis, table, block, bits, mode, key, tiny):
-    rows = _rows(x.shape, axis, block)
-    return _bytes(x, rows * block * bits), x.new_empty((rows,), dtype=torch.int32)
+    return _packed_blocks(x, axis, block, bits)
 
 
 def codebook_block_decode(elements, scales, shape, axis, table, block, bits, dtype):
