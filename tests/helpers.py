@@ -17,6 +17,25 @@ def assert_same_values(actual, expected, context="", nan_sign=False):
                              + ", ".join(f"[{i}] got {a.reshape(-1)[i]!r} expected {e.reshape(-1)[i]!r}" for i in bad))
 
 
+def assert_same_result(got, expected, context=""):
+    """Two calls' outcomes agree: the same error text, equal Encoded
+    results, or tensors of one dtype with the same values (the signs of
+    zeros and NaNs included)."""
+    import torch
+
+    from lowbit import Encoded
+
+    if isinstance(got, str) or isinstance(expected, str):
+        assert got == expected, context
+    elif isinstance(got, Encoded):
+        assert got == expected, context
+    else:
+        assert got.dtype == expected.dtype, context
+        assert_same_values(got.float().numpy() if got.dtype == torch.bfloat16 else got,
+                           expected.float().numpy() if expected.dtype == torch.bfloat16 else expected, context,
+                           nan_sign=True)
+
+
 def kernel_backends():
     """The kernel backends that run here: the numba kernels, and the CPU
     builds of the CUDA extension where a C++ compiler and ninja build them."""

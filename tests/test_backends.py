@@ -20,7 +20,7 @@ from lowbit.formats import BlockFormat, FloatFormat, IntFormat, abi, backends
 from lowbit.formats.cpu import codebook_kernels, fast32
 from lowbit.testing import element_formats, scaled_formats, wide_range_blocks
 
-from helpers import assert_same_values, kernel_backends
+from helpers import assert_same_result, kernel_backends
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 SPECIALS = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-40, 3e38, 1e300, -1e-300, 2.0 ** -1074]
@@ -40,18 +40,7 @@ COMPARED = (*kernel_backends(), "reference")
 def same(results, context):
     """Each kernel backend's result equals the reference's (the last)."""
     for backend, result in zip(COMPARED, results[:-1]):
-        same_pair(result, results[-1], f"{backend}: {context}")
-
-
-def same_pair(a, b, context):
-    if isinstance(a, str) or isinstance(b, str):
-        assert a == b, context
-    elif isinstance(a, lowbit.Encoded):
-        assert a == b, context
-    else:
-        assert a.dtype == b.dtype, context
-        assert_same_values(a.float().numpy() if a.dtype == torch.bfloat16 else a,
-                           b.float().numpy() if b.dtype == torch.bfloat16 else b, context, nan_sign=True)
+        assert_same_result(result, results[-1], f"{backend}: {context}")
 
 
 def both(method, *args, **kwargs):
@@ -263,7 +252,7 @@ def test_nvfp4_fast_path_near_midpoints(tensor_scale):
         # the searches sum each candidate's errors from float32 elements: blocks with a quotient near a
         # midpoint are summed again from float64 ones
         for rule, call in itertools.product(("4over6", "mse"), (fmt.quantize, fmt.encode)):
-            same_pair(*[outcome(lambda b=b: call(xd, backend=b, scale_rule=rule)) for b in ("cpu", "reference")],
+            assert_same_result(*[outcome(lambda b=b: call(xd, backend=b, scale_rule=rule)) for b in ("cpu", "reference")],
                       f"{fmt.name} tensor_scale={tensor_scale} {xd.dtype} {rule} {call.__name__}")
 
 
@@ -465,11 +454,11 @@ def test_scaling_schemes_agree_on_the_cpu_kernels(data):
                   **(stochastic if rounding == "stochastic" else {}))
     context = f"{fmt.name} {x.dtype} {tuple(x.shape)} {policy}"
     results = [outcome(lambda b=b: fmt.quantize(x, backend=b, **policy)) for b in ("cpu", "reference")]
-    same_pair(*results, context)
+    assert_same_result(*results, context)
     encoded = [outcome(lambda b=b: fmt.encode(x, backend=b, **policy)) for b in ("cpu", "reference")]
-    same_pair(*encoded, context)
+    assert_same_result(*encoded, context)
     if not isinstance(encoded[1], str):
-        same_pair(*[outcome(lambda b=b: fmt.decode(encoded[1], backend=b, dtype=torch.float64))
+        assert_same_result(*[outcome(lambda b=b: fmt.decode(encoded[1], backend=b, dtype=torch.float64))
                     for b in ("cpu", "reference")], context)
 
 
@@ -494,8 +483,8 @@ def test_sr_bits_on_the_cpu_kernels(data):
     if isinstance(fmt, (FloatFormat, IntFormat)):
         policy["overflow"] = data.draw(st.sampled_from(overflow_policies(fmt)), "overflow")
     context = f"{fmt.name} {x.dtype} {tuple(x.shape)} {policy}"
-    same_pair(*[outcome(lambda b=b: fmt.quantize(x, backend=b, **policy)) for b in ("cpu", "reference")], context)
-    same_pair(*[outcome(lambda b=b: fmt.encode(x, backend=b, **policy)) for b in ("cpu", "reference")], context)
+    assert_same_result(*[outcome(lambda b=b: fmt.quantize(x, backend=b, **policy)) for b in ("cpu", "reference")], context)
+    assert_same_result(*[outcome(lambda b=b: fmt.encode(x, backend=b, **policy)) for b in ("cpu", "reference")], context)
 
 
 @pytest.mark.parametrize("name", ["int4_g128_asym", "fp8_e4m3_rowwise", "nvfp4_16x16"])
@@ -522,7 +511,7 @@ def test_double_quantized_scales_that_decode_negative_decode_alike():
     encoded = fmt.encode(x, backend="reference")
     scales = fmt._decoded_scales(encoded)
     assert (scales < 0).any()
-    same_pair(fmt.decode(encoded, backend="cpu"), fmt.decode(encoded, backend="reference"), "negative scales")
+    assert_same_result(fmt.decode(encoded, backend="cpu"), fmt.decode(encoded, backend="reference"), "negative scales")
 
 
 def double_quantized_codebook_case() -> torch.Tensor:
@@ -576,9 +565,9 @@ def test_double_quantized_codebook_blocks_quantize_as_the_reference(fmt, dtype, 
     got = fmt.quantize(x, rounding=rounding, seed=seed, backend="cpu")
     assert bool(calls) == fused
     expected = fmt.quantize(x, rounding=rounding, seed=seed, backend="reference")
-    same_pair(got, expected, f"{fmt.name} {dtype} {rounding}")
+    assert_same_result(got, expected, f"{fmt.name} {dtype} {rounding}")
     decoded = fmt.decode(fmt.encode(x, rounding=rounding, seed=seed, backend="cpu"), backend="cpu", dtype=dtype)
-    same_pair(got, decoded, f"{fmt.name} {dtype} {rounding}: decode(encode)")
+    assert_same_result(got, decoded, f"{fmt.name} {dtype} {rounding}: decode(encode)")
     if fmt is not NF4_NEGATIVE_SCALES:  # the second-level blocks of the NaN and the Inf: 2 x 256 blocks of 64
         assert int(torch.isnan(got).sum()) == 2 * 256 * 64
 
@@ -606,7 +595,7 @@ def test_the_integer_fast_path_agrees_with_the_reference(fmt, dtype):
     x[8, 3] = float("-inf")
     for call in ("quantize", "encode"):
         results = [outcome(lambda b=b: getattr(fmt, call)(x, backend=b)) for b in ("cpu", "reference")]
-        same_pair(*results, f"{fmt.name} {dtype} {call}")
+        assert_same_result(*results, f"{fmt.name} {dtype} {call}")
 
 
 def takes_a_fast_path(fmt, x, rule=None):
@@ -662,11 +651,11 @@ def test_float32_scales_tiles_and_whole_rows_take_the_fast_path_exactly(fmt):
     assert takes_a_fast_path(fmt, t)
     for xd in (t, t.bfloat16()):
         context = f"{fmt.name} {xd.dtype}"
-        same_pair(*[outcome(lambda b=b: fmt.quantize(xd, backend=b)) for b in ("cpu", "reference")], context)
+        assert_same_result(*[outcome(lambda b=b: fmt.quantize(xd, backend=b)) for b in ("cpu", "reference")], context)
         encoded = [outcome(lambda b=b: fmt.encode(xd, backend=b)) for b in ("cpu", "reference")]
-        same_pair(*encoded, context + " encode")
+        assert_same_result(*encoded, context + " encode")
         for dtype in (torch.float32, torch.float64):
-            same_pair(*[outcome(lambda b=b: fmt.decode(encoded[1], backend=b, dtype=dtype)) for b in ("cpu", "reference")],
+            assert_same_result(*[outcome(lambda b=b: fmt.decode(encoded[1], backend=b, dtype=dtype)) for b in ("cpu", "reference")],
                       f"{context} decode to {dtype}")
 
 
@@ -695,7 +684,7 @@ def test_searched_scales_take_the_fast_path_exactly(fmt, rule):
         for call in ("quantize", "encode"):
             results = [outcome(lambda b=b: getattr(fmt, call)(xd, backend=b, scale_rule=rule))
                        for b in ("cpu", "reference")]
-            same_pair(*results, f"{fmt.name} {rule} {xd.dtype} {call}")
+            assert_same_result(*results, f"{fmt.name} {rule} {xd.dtype} {call}")
 
 
 def test_4over6_redoes_the_blocks_its_float32_lanes_cannot_decide():
@@ -715,7 +704,7 @@ def test_4over6_redoes_the_blocks_its_float32_lanes_cannot_decide():
     t = torch.from_numpy(np.concatenate([x, -x]))
     assert takes_a_fast_path(fmt, t, "4over6")
     for call in (fmt.quantize, fmt.encode):
-        same_pair(*[outcome(lambda b=b: call(t, backend=b, scale_rule="4over6")) for b in ("cpu", "reference")],
+        assert_same_result(*[outcome(lambda b=b: call(t, backend=b, scale_rule="4over6")) for b in ("cpu", "reference")],
                   f"4over6 {call.__name__}")
 
 
@@ -754,9 +743,9 @@ def test_the_integer_fast_path_near_half_integers(fmt):
     for xd in (t, t.bfloat16()):
         for call in ("quantize", "encode"):
             results = [outcome(lambda b=b: getattr(fmt, call)(xd, backend=b)) for b in ("cpu", "reference")]
-            same_pair(*results, f"{fmt.name} {xd.dtype} {call}")
+            assert_same_result(*results, f"{fmt.name} {xd.dtype} {call}")
     encoded = fmt.encode(t, backend="reference")
-    same_pair(fmt.decode(encoded, backend="cpu"), fmt.decode(encoded, backend="reference"), f"{fmt.name} decode")
+    assert_same_result(fmt.decode(encoded, backend="cpu"), fmt.decode(encoded, backend="reference"), f"{fmt.name} decode")
 
 
 @pytest.mark.parametrize("fmt", [
@@ -788,4 +777,4 @@ def test_a_partial_last_block_takes_the_fast_path_padded(fmt, dtype, monkeypatch
         padded.clear()
         results = [outcome(lambda b=b: fmt.quantize(x, backend=b)) for b in ("cpu", "reference")]
         assert padded and padded[0] is not None, f"{fmt.name} width {width}: no fast path"
-        same_pair(*results, f"{fmt.name} {dtype} width {width}")
+        assert_same_result(*results, f"{fmt.name} {dtype} width {width}")

@@ -20,7 +20,7 @@ from lowbit.formats import BlockFormat, CodebookFormat, abi, backends
 from lowbit.formats.codebook import KMEANS4_VALUES
 from lowbit.formats.cpu import codebook_kernels
 
-from helpers import assert_same_values, kernel_backends
+from helpers import assert_same_result, assert_same_values, kernel_backends
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 TABLES = [
@@ -47,17 +47,7 @@ def same(method, x, context, **policy):
     """The call on each kernel backend gives what it gives on the reference."""
     expected = outcome(lambda: method(x, backend="reference", **policy))
     for backend in KERNELS:
-        got = outcome(lambda: method(x, backend=backend, **policy))
-        where = f"{backend}: {context}"
-        if isinstance(expected, str) or isinstance(got, str):
-            assert got == expected, where
-        elif isinstance(expected, lowbit.Encoded):
-            assert got == expected, where
-        else:
-            assert got.dtype == expected.dtype, where
-            assert_same_values(got.float().numpy() if got.dtype == torch.bfloat16 else got,
-                               expected.float().numpy() if expected.dtype == torch.bfloat16 else expected, where,
-                               nan_sign=True)
+        assert_same_result(outcome(lambda: method(x, backend=backend, **policy)), expected, f"{backend}: {context}")
 
 
 def values_for(table, draw):
