@@ -111,7 +111,8 @@ template <int DT> LB_HD double codebook_block_scale(const BlockInput<DT>& in, co
     amax = maxd(amax, a);
   }
   const double divisor = maxd(fabs(f.table.values[0]), fabs(f.table.values[f.table.entries - 1]));
-  return mind((double)(float)(amax / divisor), 3.4028234663852886e38);
+  const double quotient = amax / divisor, float32_max = 3.4028234663852886e38;
+  return quotient >= float32_max ? float32_max : (double)(float)quotient;  // no conversion out of float's range
 }
 
 // The element code of v (flushed) in a block of `scale`, the block's element
