@@ -204,6 +204,15 @@ LB_HD BlockScale block_scale(const BlockInput<DT>& in, const ElementDesc& sd, co
   return scale_record(bad ? bp.scale_nan : code, value, bp.divisor, bad);
 }
 
+// The quotient `scaled` of a block's element v by its scale, as the
+// reference keeps it (BlockFormat._element_codes): only double inputs far
+// below the scale underflow, and a nonzero v whose quotient falls below
+// 2**-1020 keeps 2**-1020 with its sign, which every element format (and
+// codebook) rounds as it rounds the exact quotient.
+LB_HD double kept_from_underflow(double scaled, double v) {
+  return fabs(scaled) < 0x1p-1020 && v != 0.0 ? copysign(0x1p-1020, v) : scaled;
+}
+
 // The element code of v (an input of dtype DT, flushed), the block's
 // element `index` (its stochastic draw), in a block with the given scale;
 // 0 in a block of NaN/Inf or with a zero scale. Float32 inputs (and
@@ -219,11 +228,8 @@ LB_HD long long element_code(double v, const BlockScale& s, const ElementDesc& e
     return float_encode_parts(x.negative, x.nan, x.inf, x.significand, x.scale_exponent - s.log2_scale, ed, p.mode,
                               OVERFLOW_SATURATE, draw53_for(p, index)).code;
   }
-  double scaled = s.power_of_two ? v * s.reciprocal : v / s.full_scale;  // the same, correctly rounded, quotient
-  // only double inputs far below the scale underflow here: keep them at
-  // 2**-1020, which rounds like any magnitude below every format's values
-  if (fabs(scaled) < 0x1p-1020 && v != 0.0) scaled = copysign(0x1p-1020, v);
-  return encode_element(scaled, ed, p.mode, OVERFLOW_SATURATE, uniform_for(p, index)).code;
+  const double scaled = s.power_of_two ? v * s.reciprocal : v / s.full_scale;  // the same, correctly rounded, quotient
+  return encode_element(kept_from_underflow(scaled, v), ed, p.mode, OVERFLOW_SATURATE, uniform_for(p, index)).code;
 }
 
 // The value of an element code in a block (BlockFormat.decode_blocks_exact).

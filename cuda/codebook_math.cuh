@@ -117,17 +117,13 @@ template <int DT> LB_HD double codebook_block_scale(const BlockInput<DT>& in, co
 
 // The element code of v (flushed) in a block of `scale`, the block's element
 // `index` (its stochastic draw): 0 in a block of NaN/Inf, the code of 0.0 in
-// a block of scale 0, else the code of the double quotient v / scale; a
-// nonzero v whose quotient falls below 2**-1020 (float64 inputs far below
-// their block's scale) keeps 2**-1020 with its sign, as the reference does
-// (every table rounds it as it rounds the exact quotient).
+// a block of scale 0, else the code of the double quotient v / scale (kept
+// from underflow as the reference keeps it: kept_from_underflow).
 LB_HD long long codebook_element_code(double v, double scale, const CodebookBlocks& f, const Policy& p,
                                       long long index) {
   if (scale != scale) return 0;
   if (scale == 0.0) return codebook_code(0.0, f.table, NEAREST_EVEN, 0.0);
-  double scaled = v / scale;
-  if (fabs(scaled) < 0x1p-1020 && v != 0.0) scaled = copysign(0x1p-1020, v);
-  return codebook_code(scaled, f.table, p.mode, uniform_for(p, index));
+  return codebook_code(kept_from_underflow(v / scale, v), f.table, p.mode, uniform_for(p, index));
 }
 
 // The value of an element code in a block: float32(table value * scale),
