@@ -23,7 +23,7 @@ from ..abi import (
     RULE_CEIL, RULE_EVEN, RULE_FLOOR, RULE_MSE,
 )
 from .bits import get_code, put_code
-from .compiling import jit
+from .compiling import jit, task
 from .scalar import (
     counter_uniform, decode_element, encode_element, float_decode, float_encode, floor_log2_or, is_stochastic, load,
     pow2, store,
@@ -31,9 +31,6 @@ from .scalar import (
 
 GROUP = 64
 inline = jit(inline="always")
-#: what one parallel task runs: compiled on its own (inlining it into the
-#: parallel loop makes numba's compile time explode)
-task = jit()
 
 
 def group_count(nrows: int) -> int:

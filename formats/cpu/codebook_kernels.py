@@ -28,7 +28,7 @@ from numba import prange
 
 from ..abi import DOWN, NEAREST_AWAY, NEAREST_EVEN, ODD, TOWARD_ZERO, UP
 from .bits import pack_row, unpack_row
-from .compiling import jit
+from .compiling import jit, task
 from .scalar import counter_uniform, is_stochastic, stochastic_upper
 
 SPAN = 1 << 14
@@ -36,7 +36,6 @@ SPAN = 1 << 14
 RUN = 256
 NO_INDEX = np.iinfo(np.int64).max
 inline = jit(inline="always")
-task = jit()
 parallel = jit(parallel=True)
 
 

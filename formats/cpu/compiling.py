@@ -172,3 +172,19 @@ def jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
                 kernel.enable_caching()
         return serialized(kernel) if options.get("parallel") else kernel
     return compile_kernel
+
+
+#: A kernel's per-task function (what one iteration of its parallel loop
+#: runs), compiled as a function of its own and called from the loop, not
+#: inlined into it. numba compiles a parallel loop's body a second time as
+#: a function of its own, copying and re-analysing it whole, so a body that
+#: inlines large helpers (several times, once per constant it is
+#: specialised on) takes most of a kernel's compile time. The helpers are
+#: still inlined into the task, and a call with constant arguments (a block
+#: length, a rounding mode) compiles a specialisation on those constants,
+#: as inlining into the loop did. What the call loses: numba compiles a
+#: parallel loop's body with its arrays marked as not aliasing, and a
+#: separately compiled task has no such mark, so a task whose loops need
+#: it to vectorize is slower called than inlined (measured in
+#: docs/performance.md, "Compile time of the CPU kernels").
+task = jit()

@@ -14,15 +14,12 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .compiling import jit
+from .compiling import jit, task
 from .scalar import counter_uniform, decode_element, encode_element, is_stochastic, load, round_element, store
 
 SPAN = 1 << 14
 NO_INDEX = np.iinfo(np.int64).max
 inline = jit(inline="always")
-#: what one parallel task runs: compiled on its own (inlining it into the
-#: parallel loop makes numba's compile time explode)
-task = jit()
 
 
 def span_count(total: int) -> int:

@@ -32,7 +32,7 @@ from ..abi import (
 )
 from ..float_format import FloatFormat
 from ..int_format import IntFormat
-from .compiling import jit
+from .compiling import jit, task
 from .scalar import counter_uniform, fraction_upper, is_stochastic, pow2
 
 inline = jit(inline="always")
@@ -402,6 +402,18 @@ def int_encoded(q, mask):
     return (np.int32(np.int32(q) & mask) if q == q else np.int32(0)), (np.int32(0) if q == q else np.int32(1))
 
 
+@task
+def int_codes_into(xs, outs, start, p, key, mode, mask):
+    """The codes of int_rounded of each element of xs (element start + i of
+    the call) into outs; returns the number of NaN elements."""
+    count = np.int32(0)
+    for i in range(xs.size):
+        code, invalid = int_encoded(int_rounded(as_float32(xs[i]), start + i, p, key, mode), mask)
+        outs[i] = code
+        count = np.int32(count + invalid)
+    return count
+
+
 @jit(parallel=True)
 def encode_int(x, out, p, key, mode):
     """Codes into out; returns the number of NaN elements (not encodable)."""
@@ -410,21 +422,10 @@ def encode_int(x, out, p, key, mode):
     for s in prange(bad.size):
         start = s * ENCODE_SPAN
         xs, outs = x[start:start + ENCODE_SPAN], out[start:start + ENCODE_SPAN]
-        count = np.int32(0)
         if mode == STOCHASTIC:  # the 53-bit draw, a loop of its own (its decision vectorizes)
-            for i in range(xs.size):
-                code, invalid = int_encoded(int_rounded(as_float32(xs[i]), start + i, p, key, STOCHASTIC), mask)
-                outs[i] = code
-                count = np.int32(count + invalid)
+            bad[s] = int_codes_into(xs, outs, start, p, key, STOCHASTIC, mask)
         elif is_stochastic(mode):
-            for i in range(xs.size):
-                code, invalid = int_encoded(int_rounded(as_float32(xs[i]), start + i, p, key, mode), mask)
-                outs[i] = code
-                count = np.int32(count + invalid)
+            bad[s] = int_codes_into(xs, outs, start, p, key, mode, mask)
         else:
-            for i in range(xs.size):
-                code, invalid = int_encoded(int_rounded(as_float32(xs[i]), start + i, p, key, NEAREST_EVEN), mask)
-                outs[i] = code
-                count = np.int32(count + invalid)
-        bad[s] = count
+            bad[s] = int_codes_into(xs, outs, start, p, key, NEAREST_EVEN, mask)
     return bad.sum()

@@ -33,7 +33,7 @@ from ..abi import (
 from ..block_format import MSE_RATIOS
 from ..float_format import FloatFormat
 from .bits import pack_row
-from .compiling import jit
+from .compiling import jit, task
 from .fast_mx import (
     FLOOR_BITS, SHIFT_BITS, float_element_fields, magnitude_element, mx_float_code, mx_float_element,
 )
@@ -171,7 +171,7 @@ def search_scales(x, q, ratios, targets, values, inverses):
             search_task(x, g, q, ratios, targets, values, inverses, rows, cols)
 
 
-@inline
+@task
 def search_task(x, g, q, ratios, targets, chosen_values, chosen_inverses, rows, cols):
     """search_scales for task g's blocks, a batch at a time (as in
     :func:`task_batches`, but at least SEARCH_LANES blocks, so that long
@@ -511,7 +511,7 @@ def quantize_amax_blocks(x, out, q, chosen, inexact):
             inexact[g] = amax_quantize_blocks(x, out, g, q, rows, cols, chosen)
 
 
-@inline
+@task
 def amax_encode_blocks(x, elements, scales, g, q, rows, cols, chosen):
     """Task g's blocks as amax_quantize_blocks computes them, as codes."""
     bp, ep = q[BLOCK], q[MX_ELEMENT]

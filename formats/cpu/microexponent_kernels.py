@@ -16,14 +16,11 @@ from ..abi import (
 )
 from .bits import get_code, put_code
 from .block_kernels import GROUP, block_origin, element_at
-from .compiling import jit
+from .compiling import jit, task
 from .scalar import counter_uniform, floor_log2_or, is_stochastic, pick_upper, pow2, store
 
 NO_EXPONENT = -(1 << 20)
 inline = jit(inline="always")
-#: what one parallel task runs: compiled on its own (inlining it into the
-#: parallel loop makes numba's compile time explode)
-task = jit()
 
 
 @inline
