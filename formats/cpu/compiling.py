@@ -186,5 +186,8 @@ def jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
 #: parallel loop's body with its arrays marked as not aliasing, and a
 #: separately compiled task has no such mark, so a task whose loops need
 #: it to vectorize is slower called than inlined (measured in
-#: docs/performance.md, "Compile time of the CPU kernels").
+#: docs/performance.md, "Compile time of the CPU kernels"). Pass a task
+#: its loop index as ``np.int64(g)``: numba types a ``prange`` index as
+#: int64 and lowers the loop with a uint64 one, so a task given ``g`` itself
+#: compiles twice for every signature.
 task = jit()

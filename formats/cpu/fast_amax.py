@@ -166,9 +166,9 @@ def search_scales(x, q, ratios, targets, values, inverses):
     for g in prange((x.shape[0] * x.shape[2] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         q = (element_fp, scale_fp, element64, scale64, bp, ep, scale_bits)
         if (rows == 1) & (cols == 16):  # NVFP4's blocks
-            search_task(x, g, q, ratios, targets, values, inverses, 1, 16)
+            search_task(x, np.int64(g), q, ratios, targets, values, inverses, 1, 16)
         else:
-            search_task(x, g, q, ratios, targets, values, inverses, rows, cols)
+            search_task(x, np.int64(g), q, ratios, targets, values, inverses, rows, cols)
 
 
 @task
@@ -555,10 +555,10 @@ def encode_amax_blocks(x, elements, scales, q, chosen):
     for g in prange((x.shape[0] * x.shape[2] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         q = (element_fp, scale_fp, element64, scale64, bp, ep, scale_bits)
         if (rows == 1) & (cols == 16):  # NVFP4's blocks
-            amax_encode_blocks(x, elements, scales, g, q, 1, 16, chosen)
+            amax_encode_blocks(x, elements, scales, np.int64(g), q, 1, 16, chosen)
         elif cols == 16:  # NVFP4's 16 x 16 tiles
-            amax_encode_blocks(x, elements, scales, g, q, rows, 16, chosen)
+            amax_encode_blocks(x, elements, scales, np.int64(g), q, rows, 16, chosen)
         elif cols == 128:  # DeepSeek-V3's 128 x 128 tiles
-            amax_encode_blocks(x, elements, scales, g, q, rows, 128, chosen)
+            amax_encode_blocks(x, elements, scales, np.int64(g), q, rows, 128, chosen)
         else:
-            amax_encode_blocks(x, elements, scales, g, q, rows, cols, chosen)
+            amax_encode_blocks(x, elements, scales, np.int64(g), q, rows, cols, chosen)
